@@ -1,0 +1,321 @@
+//! Preparing the admin role pgjit logs in as (`pgjit setup-sql`) and checking it (`pgjit doctor`).
+//!
+//! The admin is never a superuser: it is what the cloud providers give (CREATEROLE plus
+//! privileges WITH GRANT OPTION), so pgjit can only hand out what it was itself handed.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Client;
+
+use crate::access::check_identifier;
+use crate::postgres::{ident, literal, ConnectError, Connector};
+
+/// Where the PostgreSQL server runs; it decides the cloud admin role and IAM support.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Flavor {
+    Postgres,
+    Rds,
+    Aurora,
+    Azure,
+    Cloudsql,
+    Alloydb,
+}
+
+impl Flavor {
+    pub const ALL: [Flavor; 6] = [Flavor::Postgres, Flavor::Rds, Flavor::Aurora, Flavor::Azure, Flavor::Cloudsql, Flavor::Alloydb];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flavor::Postgres => "postgres",
+            Flavor::Rds => "rds",
+            Flavor::Aurora => "aurora",
+            Flavor::Azure => "azure",
+            Flavor::Cloudsql => "cloudsql",
+            Flavor::Alloydb => "alloydb",
+        }
+    }
+
+    /// The provider's admin role the master user holds and can pass on, if any.
+    pub fn cloud_admin_role(self) -> Option<&'static str> {
+        match self {
+            Flavor::Postgres => None,
+            Flavor::Rds | Flavor::Aurora => Some("rds_superuser"),
+            Flavor::Azure => Some("azure_pg_admin"),
+            Flavor::Cloudsql => Some("cloudsqlsuperuser"),
+            Flavor::Alloydb => Some("alloydbsuperuser"),
+        }
+    }
+
+    /// Whether IAM access mode (`rds_iam`) exists on this flavor.
+    pub fn supports_iam(self) -> bool {
+        matches!(self, Flavor::Rds | Flavor::Aurora)
+    }
+}
+
+impl fmt::Display for Flavor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Flavor {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Flavor::ALL
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| format!("unknown flavor {s:?} (expected postgres, rds, aurora, azure, cloudsql or alloydb)"))
+    }
+}
+
+/// The SQL that prepares `admin_user` on `flavor`. Run it as the superuser or master user in
+/// every database pgjit should manage (the role part is cluster-wide and runs harmlessly again).
+/// It creates the role only if it is missing, never sets a password (set one yourself, or use IAM
+/// authentication), and can be run again at any time, e.g. after new schemas appear.
+pub fn setup_sql(flavor: Flavor, admin_user: &str) -> Result<String, String> {
+    check_identifier(admin_user).map_err(|m| format!("admin user {admin_user:?} {m}"))?;
+    let admin_ident = ident(admin_user);
+    // The name goes into DO blocks as a literal, and those bodies are dollar-quoted.
+    let admin_literal = literal(admin_user);
+    if admin_user.contains('$') {
+        return Err(format!("admin user {admin_user:?}: '$' is not supported in the admin's name"));
+    }
+    let mut sql = String::new();
+    sql.push_str(&format!(
+        "-- pgjit admin set-up for {flavor}: run as the superuser / master user in every database pgjit manages.\n\
+         -- Safe to run again. It sets no password: set one (ALTER ROLE … PASSWORD) or use IAM authentication.\n\
+         \n\
+         DO $pgjit$\nBEGIN\n  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {admin_literal}) THEN\n    CREATE ROLE {admin_ident} LOGIN CREATEROLE;\n  END IF;\nEND\n$pgjit$;\n\
+         -- CREATEROLE: create, alter and drop the temporary login roles and the profile roles.\n\
+         ALTER ROLE {admin_ident} LOGIN CREATEROLE NOSUPERUSER;\n"
+    ));
+    match flavor.cloud_admin_role() {
+        Some(role) => sql.push_str(&format!(
+            "-- The provider's admin role: the right to end sessions and the privileges to delegate.\nGRANT {} TO {admin_ident};\n",
+            ident(role)
+        )),
+        None => sql.push_str(&format!("-- The right to end the temporary users' sessions at revoke.\nGRANT pg_signal_backend TO {admin_ident};\n")),
+    }
+    if flavor.supports_iam() {
+        sql.push_str(&format!("-- IAM access mode: the temporary users are made members of rds_iam.\nGRANT rds_iam TO {admin_ident} WITH ADMIN OPTION;\n"));
+    }
+    sql.push_str(&format!(
+        "\n-- In this database: every privilege WITH GRANT OPTION, so the admin can delegate it.\n\
+         DO $pgjit$\nDECLARE\n  admin text := {admin_literal};\n  s record;\n  o record;\nBEGIN\n\
+         \x20 EXECUTE format('GRANT CONNECT, CREATE, TEMPORARY ON DATABASE %I TO %I WITH GRANT OPTION', current_database(), admin);\n\
+         \x20 FOR s IN SELECT nspname FROM pg_namespace\n\
+         \x20          WHERE nspname NOT IN ('pg_catalog', 'information_schema') AND nspname NOT LIKE 'pg\\_toast%' AND nspname NOT LIKE 'pg\\_temp\\_%'\n\
+         \x20 LOOP\n\
+         \x20   EXECUTE format('GRANT USAGE, CREATE ON SCHEMA %I TO %I WITH GRANT OPTION', s.nspname, admin);\n\
+         \x20   EXECUTE format('GRANT ALL ON ALL TABLES IN SCHEMA %I TO %I WITH GRANT OPTION', s.nspname, admin);\n\
+         \x20   EXECUTE format('GRANT ALL ON ALL SEQUENCES IN SCHEMA %I TO %I WITH GRANT OPTION', s.nspname, admin);\n\
+         \x20   EXECUTE format('GRANT ALL ON ALL FUNCTIONS IN SCHEMA %I TO %I WITH GRANT OPTION', s.nspname, admin);\n\
+         \x20 END LOOP;\n\
+         \x20 -- Objects created later by the roles that own objects today are covered as well.\n\
+         \x20 FOR o IN SELECT DISTINCT pg_get_userbyid(c.relowner) AS owner, n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace\n\
+         \x20          WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'\n\
+         \x20            AND pg_get_userbyid(c.relowner) <> admin\n\
+         \x20 LOOP\n\
+         \x20   EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %I GRANT ALL ON TABLES TO %I WITH GRANT OPTION', o.owner, o.nspname, admin);\n\
+         \x20   EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %I GRANT ALL ON SEQUENCES TO %I WITH GRANT OPTION', o.owner, o.nspname, admin);\n\
+         \x20   EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %I GRANT ALL ON FUNCTIONS TO %I WITH GRANT OPTION', o.owner, o.nspname, admin);\n\
+         \x20 END LOOP;\nEND\n$pgjit$;\n"
+    ));
+    Ok(sql)
+}
+
+/// One thing the doctor checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// The capability, by name: `CREATEROLE`, `grant option on database "app"`, …
+    pub capability: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DoctorError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("reading the catalog of database {database:?} failed")]
+    Query {
+        database: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+/// Connects as the admin and reports each capability pgjit needs, by name. `databases`: the
+/// databases to check (empty: every database that accepts connections).
+pub async fn doctor(connector: &Connector, flavor: Flavor, maintenance_database: &str, databases: &[String]) -> Result<Vec<Finding>, DoctorError> {
+    let query_err = |database: &str| {
+        let database = database.to_owned();
+        move |source| DoctorError::Query { database, source }
+    };
+    let client = connector.connect(maintenance_database).await?;
+    let mut findings = Vec::new();
+    let row = client
+        .query_one(
+            "SELECT rolcreaterole, rolsuper, \
+                    pg_has_role(current_user, 'pg_signal_backend', 'USAGE') \
+                    OR EXISTS (SELECT 1 FROM pg_roles WHERE rolname = ANY($1) AND pg_has_role(current_user, oid, 'USAGE')), \
+                    EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_iam'), \
+                    EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_iam' AND (pg_has_role(current_user, oid, 'MEMBER WITH ADMIN OPTION') \
+                           OR (rolcreaterole AND current_setting('server_version_num')::int < 160000))) \
+             FROM pg_roles WHERE rolname = current_user",
+            &[&crate::roles::CLOUD_ADMIN_ROLES.to_vec()],
+        )
+        .await
+        .map_err(query_err(maintenance_database))?;
+    let (createrole, superuser, signal, iam_exists, iam_admin): (bool, bool, bool, bool, bool) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    findings.push(Finding {
+        capability: "CREATEROLE".into(),
+        ok: createrole,
+        detail: if createrole { "can create and drop roles".into() } else { "ALTER ROLE … CREATEROLE is needed to create temporary users".into() },
+    });
+    findings.push(Finding {
+        capability: "end sessions".into(),
+        ok: signal,
+        detail: if signal {
+            "member of pg_signal_backend or the provider's admin role".into()
+        } else {
+            "GRANT pg_signal_backend (or the provider's admin role) so revoke can end open sessions".into()
+        },
+    });
+    if superuser {
+        findings.push(Finding {
+            capability: "not a superuser".into(),
+            ok: false,
+            detail: "the admin is a superuser: pgjit works, but a non-superuser admin limits what a mistake can do".into(),
+        });
+    }
+    if flavor.supports_iam() {
+        findings.push(Finding {
+            capability: "grant rds_iam".into(),
+            ok: iam_admin,
+            detail: match (iam_exists, iam_admin) {
+                (false, _) => "role rds_iam does not exist (IAM authentication is not enabled on this instance)".into(),
+                (true, false) => "GRANT rds_iam TO the admin WITH ADMIN OPTION is needed for IAM access mode".into(),
+                (true, true) => "can make temporary users members of rds_iam".into(),
+            },
+        });
+    }
+    let databases = if databases.is_empty() {
+        crate::catalog::databases(&client).await.map_err(query_err(maintenance_database))?
+    } else {
+        databases.to_vec()
+    };
+    for database in &databases {
+        let other;
+        let c = if database == maintenance_database {
+            &client
+        } else {
+            match connector.connect(database).await {
+                Ok(c) => {
+                    other = c;
+                    &other
+                }
+                Err(e) => {
+                    findings.push(Finding {
+                        capability: format!("connect to database {database:?}"),
+                        ok: false,
+                        detail: crate::postgres::error_chain(&e),
+                    });
+                    continue;
+                }
+            }
+        };
+        findings.extend(check_database(c, database).await.map_err(query_err(database))?);
+    }
+    Ok(findings)
+}
+
+/// Grant options in the connected database: the database itself, then each schema with the
+/// tables, sequences and functions it lacks (one query for all schemas).
+async fn check_database(client: &Client, database: &str) -> Result<Vec<Finding>, tokio_postgres::Error> {
+    let mut findings = Vec::new();
+    let db = client
+        .query_one(
+            "SELECT has_database_privilege(current_database(), 'CONNECT WITH GRANT OPTION') \
+                AND has_database_privilege(current_database(), 'TEMPORARY WITH GRANT OPTION') \
+                AND has_database_privilege(current_database(), 'CREATE WITH GRANT OPTION')",
+            &[],
+        )
+        .await?;
+    let ok: bool = db.get(0);
+    findings.push(Finding {
+        capability: format!("grant option on database {database:?}"),
+        ok,
+        detail: if ok { "CONNECT, CREATE, TEMPORARY".into() } else { "run pgjit setup-sql in this database".into() },
+    });
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, \
+                    has_schema_privilege(n.oid, 'USAGE WITH GRANT OPTION') AND has_schema_privilege(n.oid, 'CREATE WITH GRANT OPTION'), \
+                    ARRAY(SELECT c.relname::text FROM pg_class c WHERE c.relnamespace = n.oid AND c.relkind IN ('r','p','v','m','f') \
+                          AND NOT (has_table_privilege(c.oid, 'SELECT WITH GRANT OPTION') AND has_table_privilege(c.oid, 'INSERT WITH GRANT OPTION') \
+                               AND has_table_privilege(c.oid, 'UPDATE WITH GRANT OPTION') AND has_table_privilege(c.oid, 'DELETE WITH GRANT OPTION')) ORDER BY 1), \
+                    ARRAY(SELECT c.relname::text FROM pg_class c WHERE c.relnamespace = n.oid AND c.relkind = 'S' \
+                          AND NOT has_sequence_privilege(c.oid, 'USAGE WITH GRANT OPTION') ORDER BY 1), \
+                    ARRAY(SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.pronamespace = n.oid \
+                          AND NOT has_function_privilege(p.oid, 'EXECUTE WITH GRANT OPTION') ORDER BY 1) \
+             FROM pg_namespace n \
+             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%' \
+             ORDER BY 1",
+            &[],
+        )
+        .await?;
+    for r in rows {
+        let schema: String = r.get(0);
+        let schema_ok: bool = r.get(1);
+        let tables: Vec<String> = r.get(2);
+        let sequences: Vec<String> = r.get(3);
+        let functions: Vec<String> = r.get(4);
+        let mut gaps = Vec::new();
+        if !schema_ok {
+            gaps.push("USAGE/CREATE on the schema".to_owned());
+        }
+        for (what, names) in [("tables", &tables), ("sequences", &sequences), ("functions", &functions)] {
+            if !names.is_empty() {
+                let shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
+                let more = if names.len() > 5 { format!(" and {} more", names.len() - 5) } else { String::new() };
+                gaps.push(format!("{what} {}{more}", shown.join(", ")));
+            }
+        }
+        findings.push(Finding {
+            capability: format!("grant option on schema {database:?}.{schema:?}"),
+            ok: gaps.is_empty(),
+            detail: if gaps.is_empty() { "schema and every object in it".into() } else { format!("missing: {}", gaps.join("; ")) },
+        });
+    }
+    Ok(findings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_flavor_has_sql_and_names_are_quoted() {
+        for f in Flavor::ALL {
+            let sql = setup_sql(f, "pgjit_admin").unwrap();
+            assert!(sql.contains("CREATE ROLE \"pgjit_admin\" LOGIN CREATEROLE"), "{f}");
+            assert!(sql.contains("WITH GRANT OPTION"), "{f}");
+            assert_eq!(sql.contains("rds_iam"), f.supports_iam(), "{f}");
+            if let Some(role) = f.cloud_admin_role() {
+                assert!(sql.contains(&format!("GRANT \"{role}\" TO \"pgjit_admin\"")), "{f}");
+            }
+            assert_eq!(f.as_str().parse::<Flavor>().unwrap(), f);
+        }
+        let sql = setup_sql(Flavor::Postgres, "o'brien \"x\"").unwrap();
+        assert!(sql.contains(r#"CREATE ROLE "o'brien ""x""" LOGIN"#), "{sql}");
+        assert!(sql.contains(r#"rolname = 'o''brien "x"'"#), "{sql}");
+        assert!(setup_sql(Flavor::Postgres, "a$pgjit$b").is_err());
+        assert!(setup_sql(Flavor::Postgres, &"a".repeat(64)).is_err());
+        assert!("mysql".parse::<Flavor>().unwrap_err().contains("mysql"));
+    }
+}

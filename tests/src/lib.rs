@@ -1,0 +1,103 @@
+//! Access to the local environment that `scripts/localenv.sh` starts (real PostgreSQL servers
+//! with TLS and scram, and moto), for the integration tests and the demo.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use pgjit::postgres::{ConnectError, Connector, Credentials, Endpoint, Login, SslMode};
+use pgjit::SecretString;
+
+/// The environment's addresses and the admin's credentials, from `.localenv/env`.
+#[derive(Debug, Clone)]
+pub struct LocalEnv {
+    pub host: String,
+    pub port: u16,
+    pub plain_port: u16,
+    pub ca_file: String,
+    pub log_file: String,
+    pub socket_dir: String,
+    pub plain_socket_dir: String,
+    pub admin_user: String,
+    pub admin_password: SecretString,
+    pub moto_url: String,
+}
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests through scripts/test.sh (or `scripts/localenv.sh run cargo test`)")
+    })
+}
+
+/// The running environment; panics with a hint when the tests were started without it.
+pub fn env() -> &'static LocalEnv {
+    static ENV: OnceLock<LocalEnv> = OnceLock::new();
+    ENV.get_or_init(|| LocalEnv {
+        host: var("PGJIT_TEST_PG_HOST"),
+        port: var("PGJIT_TEST_PG_PORT").parse().expect("PGJIT_TEST_PG_PORT"),
+        plain_port: var("PGJIT_TEST_PG_PLAIN_PORT").parse().expect("PGJIT_TEST_PG_PLAIN_PORT"),
+        ca_file: var("PGJIT_TEST_PG_CA"),
+        log_file: var("PGJIT_TEST_PG_LOG"),
+        socket_dir: var("PGJIT_TEST_PG_SOCKET"),
+        plain_socket_dir: var("PGJIT_TEST_PG_PLAIN_SOCKET"),
+        admin_user: var("PGJIT_TEST_ADMIN_USER"),
+        admin_password: SecretString::new(var("PGJIT_TEST_ADMIN_PASSWORD")),
+        moto_url: var("PGJIT_TEST_MOTO_URL"),
+    })
+}
+
+impl LocalEnv {
+    /// The TLS server, verified fully against the environment's CA.
+    pub fn endpoint(&self) -> Endpoint {
+        let mut e = Endpoint::new(&self.host, self.port, SslMode::VerifyFull);
+        e.ca_bundle = Some(self.ca_file.clone());
+        e.timeouts.connect = Duration::from_secs(20);
+        e
+    }
+
+    /// The server without TLS.
+    pub fn plain_endpoint(&self, ssl_mode: SslMode) -> Endpoint {
+        let mut e = Endpoint::new(&self.host, self.plain_port, ssl_mode);
+        e.ca_bundle = Some(self.ca_file.clone());
+        e
+    }
+
+    pub fn admin_login(&self) -> Login {
+        Login { user: self.admin_user.clone(), password: self.admin_password.clone() }
+    }
+
+    /// pgjit's connector: the non-superuser admin over verified TLS.
+    pub fn admin(&self) -> Connector {
+        Connector::new(self.endpoint(), Credentials::Password(self.admin_login()))
+    }
+
+    /// A connection as someone else (a temporary user), over verified TLS.
+    pub async fn login_as(&self, user: &str, password: &SecretString, database: &str) -> Result<tokio_postgres::Client, ConnectError> {
+        Connector::new(self.endpoint(), Credentials::Password(Login { user: user.to_owned(), password: password.clone() }))
+            .connect(database)
+            .await
+    }
+
+    /// The superuser over the TLS server's unix socket: only for looking at what pgjit did.
+    pub async fn superuser(&self, database: &str) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::Config::new()
+            .host_path(&self.socket_dir)
+            .port(self.port)
+            .user("postgres")
+            .dbname(database)
+            .connect(tokio_postgres::NoTls)
+            .await
+            .expect("superuser connection over the unix socket");
+        tokio::spawn(connection);
+        client
+    }
+
+    /// Everything the TLS server has logged (log_statement=all).
+    pub fn server_log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log_file).expect("server log")).into_owned()
+    }
+}
+
+/// Whether a role exists, as the superuser sees it.
+pub async fn role_exists(su: &tokio_postgres::Client, name: &str) -> bool {
+    su.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name]).await.expect("pg_roles").is_some()
+}
