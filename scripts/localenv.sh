@@ -131,6 +131,7 @@ INSERT INTO sales.orders (customer, total) VALUES ('acme', 250), ('globex', 40);
 INSERT INTO sales.customers (name) VALUES ('acme'), ('globex');
 INSERT INTO hr.salaries VALUES ('alice', 100000);
 RESET ROLE;
+GRANT USAGE ON SCHEMA sales TO reporting;
 GRANT SELECT ON sales.orders TO reporting;
 EOF
     su_psql "$c" crm <<'EOF'

@@ -172,6 +172,7 @@ impl fmt::Display for Object {
 /// The access of one database: privileges per object, and roles to be a member of.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DatabaseAccess {
+    #[serde(with = "object_list")]
     pub objects: BTreeMap<Object, BTreeSet<Privilege>>,
     pub roles: BTreeSet<String>,
 }
@@ -322,6 +323,20 @@ impl AccessSet {
     }
 }
 
+/// JSON maps need string keys: the objects are written as a list of `[object, privileges]`.
+mod object_list {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(map: &BTreeMap<Object, BTreeSet<Privilege>>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<Object, BTreeSet<Privilege>>, D::Error> {
+        Ok(Vec::<(Object, BTreeSet<Privilege>)>::deserialize(d)?.into_iter().collect())
+    }
+}
+
 fn names(level: Level) -> String {
     level.privileges().iter().map(|p| p.as_sql()).collect::<Vec<_>>().join(", ")
 }
@@ -330,11 +345,56 @@ impl DatabaseAccess {
     /// The profile role that holds exactly this access in `database`: the same access gives the
     /// same name, so concurrent and later grants reuse one role instead of piling up ACL entries.
     pub fn profile_role(&self, prefix: &str, database: &str) -> String {
+        // A canonical encoding: every name length-prefixed, maps and sets in their sorted order.
         let mut hash = Sha256::new();
-        hash.update(database.as_bytes());
-        hash.update([0]);
-        // serde_json of BTreeMaps is canonical: keys sorted, no whitespace.
-        hash.update(serde_json::to_vec(self).unwrap_or_default());
+        let mut put = |text: &str| {
+            hash.update((text.len() as u64).to_be_bytes());
+            hash.update(text.as_bytes());
+        };
+        put(database);
+        for (object, privileges) in &self.objects {
+            match object {
+                Object::Database => put("database"),
+                Object::Schema { schema } => {
+                    put("schema");
+                    put(schema);
+                }
+                Object::Table { schema, table: target } | Object::Sequence { schema, sequence: target } => {
+                    put(object.level().as_str());
+                    put(schema);
+                    match target {
+                        Target::All => put("*all"),
+                        Target::Named(name) => {
+                            put("named");
+                            put(name);
+                        }
+                    }
+                }
+                Object::Function { schema, function, arguments } => {
+                    put("function");
+                    put(schema);
+                    match function {
+                        Target::All => put("*all"),
+                        Target::Named(name) => {
+                            put("named");
+                            put(name);
+                        }
+                    }
+                    match arguments {
+                        None => put("any overload"),
+                        Some(args) => {
+                            put("arguments");
+                            put(&args.len().to_string());
+                            args.iter().for_each(|a| put(a));
+                        }
+                    }
+                }
+            }
+            put("privileges");
+            privileges.iter().for_each(|p| put(p.as_sql()));
+        }
+        put("roles");
+        self.roles.iter().for_each(|r| put(r));
         let digest = hash.finalize();
         format!("{prefix}p_{}", hex::encode(&digest[..8]))
     }
@@ -422,6 +482,21 @@ mod tests {
         assert_eq!(pa, b.databases["app"].profile_role("pgjit_", "app"));
         assert!(is_profile_role(&pa, "pgjit_"), "{pa}");
         assert_ne!(pa, a.databases["app"].profile_role("pgjit_", "other"));
+        // Any difference in the set gives another profile role.
+        let others = [
+            r#"[{"database":"app","schema":"s","table":"t","privileges":["SELECT"]}]"#,
+            r#"[{"database":"app","schema":"s","table":"u","privileges":["ALL"]}]"#,
+            r#"[{"database":"app","schema":"s","table":"*","privileges":["ALL"]}]"#,
+            r#"[{"database":"app","schema":"s","table":"t","privileges":["ALL"]},{"database":"app","role":"r"}]"#,
+        ];
+        let mut seen = std::collections::BTreeSet::from([pa]);
+        for json in others {
+            let set = AccessSet::from_entries(&entries(json)).unwrap();
+            assert!(seen.insert(set.databases["app"].profile_role("pgjit_", "app")), "{json}");
+            // The normalised set round-trips through JSON, as it is stored.
+            let back: AccessSet = serde_json::from_str(&serde_json::to_string(&set).unwrap()).unwrap();
+            assert_eq!(back, set);
+        }
     }
 
     #[test]

@@ -98,7 +98,7 @@ struct Resolved {
 /// most unused profile roles, never a login.
 pub async fn grant(connector: &Connector, spec: &GrantSpec<'_>) -> Result<Granted, RoleError> {
     let admin = connector.user().to_owned();
-    check_login_name(spec.username, spec.prefix)?;
+    check_login_name(spec.username, spec.prefix, &admin)?;
     if spec.access.databases.is_empty() {
         return Err(RoleError::Invalid("no access asked for".into()));
     }
@@ -140,8 +140,11 @@ pub async fn grant(connector: &Connector, spec: &GrantSpec<'_>) -> Result<Grante
     Ok(Granted { username: spec.username.to_owned(), profiles, already_existed })
 }
 
-fn check_login_name(username: &str, prefix: &str) -> Result<(), RoleError> {
+fn check_login_name(username: &str, prefix: &str, admin: &str) -> Result<(), RoleError> {
     check_identifier(username).map_err(|m| RoleError::Invalid(format!("username {username:?} {m}")))?;
+    if username == admin {
+        return Err(RoleError::Invalid(format!("username {username:?} is pgjit's own admin role")));
+    }
     if prefix.is_empty() || !username.starts_with(prefix) {
         return Err(RoleError::Invalid(format!("username {username:?} does not carry the prefix {prefix:?}: pgjit only manages its own roles")));
     }
@@ -537,7 +540,7 @@ pub struct Revoked {
 /// start), its sessions ended by `usesysid` (a session outlives DROP ROLE with a dangling OID),
 /// then its memberships and direct privileges stripped. Safe to repeat.
 pub async fn revoke(connector: &Connector, maintenance_database: &str, username: &str, prefix: &str) -> Result<Revoked, RoleError> {
-    check_login_name(username, prefix)?;
+    check_login_name(username, prefix, connector.user())?;
     let client = connector.connect(maintenance_database).await?;
     let db = maintenance_database;
     let Some(oid) = role_oid(&client, db, username).await? else {
@@ -652,7 +655,7 @@ pub struct Deleted {
 /// `pg_shdepend` shows the role, `REASSIGN OWNED BY … TO <admin>` and `DROP OWNED BY …`, then
 /// `DROP ROLE`. Whatever the role created is kept, owned by the admin. Safe to repeat.
 pub async fn delete(connector: &Connector, maintenance_database: &str, username: &str, prefix: &str) -> Result<Deleted, RoleError> {
-    check_login_name(username, prefix)?;
+    check_login_name(username, prefix, connector.user())?;
     let revoked = revoke(connector, maintenance_database, username, prefix).await?;
     if !revoked.existed {
         return Ok(Deleted { existed: false, reassigned_in: Vec::new() });
@@ -697,11 +700,14 @@ pub struct ManagedRole {
     pub profile: bool,
 }
 
-/// Every role with the prefix, for reconciliation against the store.
+/// Every role with the prefix, for reconciliation against the store. The admin itself and any
+/// role with powers pgjit never gives (superuser, CREATEROLE) are left out even if their name
+/// carries the prefix: an admin called `pgjit_admin` must never look like an orphan.
 pub async fn managed_roles(client: &Client, prefix: &str) -> Result<Vec<ManagedRole>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT rolname::text, rolcanlogin, rolvaliduntil FROM pg_roles WHERE starts_with(rolname, $1) ORDER BY rolname",
+            "SELECT rolname::text, rolcanlogin, rolvaliduntil FROM pg_roles \
+             WHERE starts_with(rolname, $1) AND rolname <> current_user AND NOT rolsuper AND NOT rolcreaterole ORDER BY rolname",
             &[&prefix],
         )
         .await?;

@@ -260,7 +260,7 @@ async fn check_database(client: &Client, database: &str) -> Result<Vec<Finding>,
                           AND NOT (has_table_privilege(c.oid, 'SELECT WITH GRANT OPTION') AND has_table_privilege(c.oid, 'INSERT WITH GRANT OPTION') \
                                AND has_table_privilege(c.oid, 'UPDATE WITH GRANT OPTION') AND has_table_privilege(c.oid, 'DELETE WITH GRANT OPTION')) ORDER BY 1), \
                     ARRAY(SELECT c.relname::text FROM pg_class c WHERE c.relnamespace = n.oid AND c.relkind = 'S' \
-                          AND NOT has_sequence_privilege(c.oid, 'USAGE WITH GRANT OPTION') ORDER BY 1), \
+                          AND CASE WHEN c.relkind = 'S' THEN NOT has_sequence_privilege(c.oid, 'USAGE WITH GRANT OPTION') END ORDER BY 1), \
                     ARRAY(SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.pronamespace = n.oid \
                           AND NOT has_function_privilege(p.oid, 'EXECUTE WITH GRANT OPTION') ORDER BY 1) \
              FROM pg_namespace n \

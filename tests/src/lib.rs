@@ -22,10 +22,17 @@ pub struct LocalEnv {
     pub moto_url: String,
 }
 
+/// A variable of the environment: from the process, or else from `.localenv/env`, which
+/// `scripts/localenv.sh up` writes, so `cargo test` works while an environment is up.
 fn var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run the tests through scripts/test.sh (or `scripts/localenv.sh run cargo test`)")
-    })
+    if let Ok(v) = std::env::var(name) {
+        return v;
+    }
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../.localenv/env");
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|text| text.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix('=')).map(str::to_owned)))
+        .unwrap_or_else(|| panic!("{name} is not set: run the tests through scripts/test.sh, or start `scripts/localenv.sh up` first"))
 }
 
 /// The running environment; panics with a hint when the tests were started without it.

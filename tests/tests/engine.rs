@@ -282,7 +282,7 @@ async fn identifiers_that_look_like_sql_are_names() {
     let client = e.login_as(&user, &password, "app").await.unwrap();
     client.query(r#"SELECT * FROM "we.ird ""schema""".";DROP TABLE x;--""#, &[]).await.expect("select");
     client.execute(r#"INSERT INTO "we.ird ""schema"""."Ünïcødé tàble" VALUES (1)"#, &[]).await.expect("insert");
-    let tables: i64 = su.query_one("SELECT count(*) FROM pg_class WHERE relnamespace = $1::regnamespace", &[&r#""we.ird ""schema""""#]).await.unwrap().get(0);
+    let tables: i64 = su.query_one("SELECT count(*) FROM pg_class WHERE relnamespace = $1::text::regnamespace", &[&r#""we.ird ""schema""""#]).await.unwrap().get(0);
     assert_eq!(tables, 2, "nothing was dropped or created");
 
     // Names that do not exist, however they are spelled, are rejected before anything is made.
