@@ -238,6 +238,9 @@ down() {
             for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
             kill -9 "$pid" 2>/dev/null || true
         fi
+        # Nothing that was started from the state directory may outlive it.
+        for _ in $(seq 1 50); do pgrep -f "$STATE" >/dev/null || break; sleep 0.1; done
+        pkill -9 -f "$STATE" 2>/dev/null || true
         rm -rf "$STATE"
     fi
     rm -rf "$state_link"
