@@ -10,13 +10,34 @@
 //! - [`catalog`]: reading databases, schemas, tables, sequences, functions and roles.
 //! - [`setup`]: the admin's set-up SQL per flavor, and the doctor that checks it.
 //! - [`admin`]: how pgjit logs in: a Secrets Manager secret or an RDS IAM token.
+//! - [`integration`], [`events`]: the operator's and the approval tools' contracts.
+//! - [`store`]: DynamoDB records with conditional state changes; [`grants`]: grant and revoke
+//!   across PostgreSQL, Secrets Manager ([`credentials`]), IAM ([`iam`]) and the scheduler
+//!   ([`schedule`]); [`cleanup`] and [`discovery`]: the periodic sweeps.
+//! - [`handlers`]: the Lambda handlers, plain async functions over [`aws::Services`].
 
 pub mod access;
 pub mod admin;
+pub mod aws;
 pub mod catalog;
+pub mod cleanup;
+pub mod config;
+pub mod credentials;
+pub mod discovery;
+pub mod endpoint;
+pub mod events;
+pub mod failpoint;
+pub mod grants;
+pub mod handlers;
+pub mod iam;
+pub mod integration;
+pub mod metrics;
 pub mod postgres;
+pub mod rds;
 pub mod roles;
+pub mod schedule;
 pub mod secret;
 pub mod setup;
+pub mod store;
 
 pub use secret::SecretString;

@@ -719,3 +719,17 @@ pub async fn managed_roles(client: &Client, prefix: &str) -> Result<Vec<ManagedR
         })
         .collect())
 }
+
+/// Gives a login role a new password (rotation), again as a verifier computed here. Returns
+/// false when the role is gone.
+pub async fn set_password(connector: &Connector, maintenance_database: &str, username: &str, prefix: &str, password: &SecretString) -> Result<bool, RoleError> {
+    check_login_name(username, prefix, connector.user())?;
+    let client = connector.connect(maintenance_database).await?;
+    if role_oid(&client, maintenance_database, username).await?.is_none() {
+        return Ok(false);
+    }
+    let verifier = postgres_protocol::password::scram_sha_256(password.expose().as_bytes());
+    let alter = format!("ALTER ROLE {} PASSWORD {}", ident(username), literal(&verifier));
+    retry(maintenance_database, "setting a new password", || client.batch_execute(&alter)).await?;
+    Ok(true)
+}

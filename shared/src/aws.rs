@@ -1,0 +1,103 @@
+//! The AWS side, built once per cold start: one rustls (ring) HTTPS client shared by every SDK
+//! client, and the clients themselves.
+
+use std::sync::Arc;
+
+use aws_config::{BehaviorVersion, SdkConfig};
+use tokio::sync::OnceCell;
+
+use crate::config::Config;
+use crate::failpoint::Failpoints;
+use crate::store::Store;
+
+/// Loads the AWS configuration from the environment (region, credentials, `AWS_ENDPOINT_URL`)
+/// with pgjit's own HTTPS client: rustls with ring, no OpenSSL, no aws-lc.
+pub async fn load_sdk_config() -> SdkConfig {
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    let http = aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https();
+    aws_config::defaults(BehaviorVersion::latest()).http_client(http).load().await
+}
+
+/// Everything a handler needs; built once in `main` and shared by every invocation.
+#[derive(Clone)]
+pub struct Services {
+    pub config: Arc<Config>,
+    pub sdk_config: SdkConfig,
+    pub store: Store,
+    pub secrets: aws_sdk_secretsmanager::Client,
+    pub scheduler: aws_sdk_scheduler::Client,
+    pub iam: aws_sdk_iam::Client,
+    pub sts: aws_sdk_sts::Client,
+    pub rds: aws_sdk_rds::Client,
+    /// Steps where tests make a run fail on purpose; empty in production.
+    pub failpoints: Failpoints,
+    account: Arc<OnceCell<String>>,
+}
+
+impl Services {
+    pub fn new(config: Config, sdk_config: SdkConfig) -> Self {
+        let store = Store::new(aws_sdk_dynamodb::Client::new(&sdk_config), &config);
+        Services {
+            store,
+            secrets: aws_sdk_secretsmanager::Client::new(&sdk_config),
+            scheduler: aws_sdk_scheduler::Client::new(&sdk_config),
+            iam: aws_sdk_iam::Client::new(&sdk_config),
+            sts: aws_sdk_sts::Client::new(&sdk_config),
+            rds: aws_sdk_rds::Client::new(&sdk_config),
+            config: Arc::new(config),
+            sdk_config,
+            failpoints: Failpoints::default(),
+            account: Arc::new(OnceCell::new()),
+        }
+    }
+
+    /// Loads configuration and AWS settings from the environment.
+    pub async fn from_env() -> Result<Self, crate::config::ConfigError> {
+        let config = Config::from_env()?;
+        Ok(Services::new(config, load_sdk_config().await))
+    }
+
+    /// The account id of pgjit's own credentials (STS), asked once.
+    pub async fn account_id(&self) -> Result<String, AwsError> {
+        self.account
+            .get_or_try_init(|| async {
+                let out = self.sts.get_caller_identity().send().await.map_err(|e| AwsError::new("sts:GetCallerIdentity", e))?;
+                out.account.ok_or_else(|| AwsError::msg("sts:GetCallerIdentity", "no account in the answer"))
+            })
+            .await
+            .cloned()
+    }
+
+    /// The region pgjit runs in.
+    pub fn region(&self) -> Option<String> {
+        self.sdk_config.region().map(|r| r.to_string())
+    }
+}
+
+/// A failed AWS call, with the SDK's error (and its service message) kept as the source.
+#[derive(Debug, thiserror::Error)]
+#[error("AWS {operation} failed: {message}")]
+pub struct AwsError {
+    pub operation: &'static str,
+    pub message: String,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl AwsError {
+    pub fn new<E, R>(operation: &'static str, e: aws_smithy_runtime_api::client::result::SdkError<E, R>) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static + aws_smithy_types::error::metadata::ProvideErrorMetadata,
+        R: std::fmt::Debug + Send + Sync + 'static,
+    {
+        let message = match e.as_service_error() {
+            Some(s) => format!("{}: {}", s.code().unwrap_or("error"), s.message().unwrap_or("")),
+            None => crate::postgres::error_chain(&e),
+        };
+        AwsError { operation, message, source: Some(Box::new(e)) }
+    }
+
+    pub fn msg(operation: &'static str, message: impl Into<String>) -> Self {
+        AwsError { operation, message: message.into(), source: None }
+    }
+}

@@ -1,0 +1,122 @@
+//! The daily sweep: drops users past retention, revokes overdue grants whose revoke never ran,
+//! finishes records abandoned half-way, rotates passwords, and reconciles each database's
+//! prefixed roles against the store. Due work is found with index Queries, never a Scan.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::aws::Services;
+use crate::events::RevokeTrigger;
+use crate::grants;
+use crate::integration::Integration;
+use crate::postgres::error_chain;
+use crate::roles;
+use crate::store::{GrantStatus, StoreError};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CleanupReport {
+    /// Users dropped because their retention ended.
+    pub deleted: Vec<String>,
+    /// Active grants past expiry that were revoked here.
+    pub revoked_overdue: Vec<String>,
+    /// Records found half-way (granting or revoking) and finished or undone.
+    pub finished: Vec<String>,
+    /// Grants whose password was rotated.
+    pub rotated: Vec<String>,
+    /// Roles with pgjit's prefix and no live record: removed, as `integration/role`.
+    pub orphans: Vec<String>,
+    /// What could not be done this time, to be tried again at the next run.
+    pub errors: Vec<String>,
+    /// Grant items read from the store to find the due work.
+    pub items_read: usize,
+}
+
+/// Runs the sweep as of `now` (injectable so tests need not wait days).
+pub async fn run(svc: &Services, now: DateTime<Utc>) -> Result<CleanupReport, StoreError> {
+    let mut report = CleanupReport::default();
+    let integrations: BTreeMap<String, Integration> = svc.store.list_integrations().await?.into_iter().map(|i| (i.name.clone(), i)).collect();
+
+    let (due, read) = svc.store.due_grants(GrantStatus::Revoked, now).await?;
+    report.items_read += read;
+    for mut record in due {
+        let Some(integration) = integrations.get(&record.integration) else {
+            report.errors.push(format!("{}: integration {:?} is gone", record.request_id, record.integration));
+            continue;
+        };
+        match grants::delete_user(svc, &mut record, integration, now).await {
+            Ok(()) => report.deleted.push(record.request_id.clone()),
+            Err(e) => report.errors.push(format!("{}: delete: {}", record.request_id, error_chain(&e))),
+        }
+    }
+
+    let (due, read) = svc.store.due_grants(GrantStatus::Active, now).await?;
+    report.items_read += read;
+    for mut record in due {
+        if record.expires_at <= now {
+            match grants::revoke(svc, &record.request_id, RevokeTrigger::Cleanup, now).await {
+                Ok(_) => report.revoked_overdue.push(record.request_id.clone()),
+                Err(e) => report.errors.push(format!("{}: revoke: {}", record.request_id, error_chain(&e))),
+            }
+        } else if let Some(integration) = integrations.get(&record.integration) {
+            match grants::rotate(svc, &mut record, integration, now).await {
+                Ok(()) => report.rotated.push(record.request_id.clone()),
+                Err(e) => report.errors.push(format!("{}: rotate: {}", record.request_id, error_chain(&e))),
+            }
+        }
+    }
+
+    for status in [GrantStatus::Granting, GrantStatus::Revoking] {
+        let (due, read) = svc.store.due_grants(status, now).await?;
+        report.items_read += read;
+        for record in due {
+            // revoke() undoes an abandoned grant and finishes an abandoned revoke.
+            match grants::revoke(svc, &record.request_id, RevokeTrigger::Cleanup, now).await {
+                Ok(_) => report.finished.push(record.request_id.clone()),
+                Err(e) => report.errors.push(format!("{}: finish {status}: {}", record.request_id, error_chain(&e))),
+            }
+        }
+    }
+
+    for integration in integrations.values() {
+        if let Err(e) = reconcile(svc, integration, &mut report).await {
+            report.errors.push(format!("integration {}: reconcile: {}", integration.name, error_chain(&*e)));
+        }
+    }
+    tracing::info!(
+        deleted = report.deleted.len(),
+        revoked_overdue = report.revoked_overdue.len(),
+        finished = report.finished.len(),
+        rotated = report.rotated.len(),
+        orphans = report.orphans.len(),
+        errors = report.errors.len(),
+        items_read = report.items_read,
+        "cleanup done"
+    );
+    Ok(report)
+}
+
+/// Login roles with the integration's prefix that no live record explains (a crash between
+/// creating the role and writing the record, or a record lost) are revoked and dropped.
+async fn reconcile(svc: &Services, integration: &Integration, report: &mut CleanupReport) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let target = crate::endpoint::resolve(svc, integration).await?;
+    let db = integration.maintenance_database();
+    let client = target.connector.connect(db).await?;
+    let managed = roles::managed_roles(&client, &integration.user_prefix).await?;
+    drop(client);
+    for role in managed.into_iter().filter(|r| !r.profile) {
+        let records = svc.store.grants_of_user(&role.name).await?;
+        // Any integration's record counts: two integrations may share one server and prefix.
+        let live = records.iter().any(|r| !matches!(r.status, GrantStatus::Deleted | GrantStatus::Failed));
+        if live {
+            continue;
+        }
+        tracing::warn!(integration = %integration.name, db_user = %role.name, "orphan role: no live grant record; removing it");
+        match roles::delete(&target.connector, db, &role.name, &integration.user_prefix).await {
+            Ok(_) => report.orphans.push(format!("{}/{}", integration.name, role.name)),
+            Err(e) => report.errors.push(format!("integration {}: orphan {}: {}", integration.name, role.name, error_chain(&e))),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! Configuration from environment variables. Every variable has a default that the local
+//! environment uses, so `pgjit bootstrap` plus the standard AWS variables is enough locally.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `PGJIT_GRANTS_TABLE`: one item per request, keyed by `request_id`.
+    pub grants_table: String,
+    /// `PGJIT_INTEGRATIONS_TABLE`
+    pub integrations_table: String,
+    /// `PGJIT_INVENTORY_TABLE`: discovered objects, keyed by integration and object.
+    pub inventory_table: String,
+    /// `PGJIT_AUDIT_TABLE`: append-only trail, keyed by request id and time.
+    pub audit_table: String,
+    /// `PGJIT_SCHEDULE_GROUP`: the EventBridge Scheduler group of the revoke schedules.
+    pub schedule_group: String,
+    /// `PGJIT_REVOKE_FUNCTION_ARN`: what the one-shot schedules invoke.
+    pub revoke_function_arn: String,
+    /// `PGJIT_SCHEDULER_ROLE_ARN`: the role the scheduler assumes to invoke revoke.
+    pub scheduler_role_arn: String,
+    /// `PGJIT_REVOKE_DLQ_ARN`: where the scheduler puts revokes that kept failing (empty: none).
+    pub revoke_dlq_arn: Option<String>,
+    /// `PGJIT_SECRET_PREFIX`: the name prefix of the requesters' credential secrets.
+    pub secret_prefix: String,
+    /// `PGJIT_DISCOVERY_TAG_KEY`: the tag whose value names an instance's admin secret.
+    pub discovery_tag_key: String,
+    /// `PGJIT_AUTO_REGISTER`: register tagged instances as integrations (`true`/`false`).
+    pub auto_register: bool,
+    /// `PGJIT_DISCOVERY_CONCURRENCY`: integrations inventoried at once.
+    pub discovery_concurrency: usize,
+    /// `PGJIT_STUCK_AFTER_SECONDS`: a record left in `granting` or `revoking` this long was
+    /// abandoned by a crashed run, and cleanup (or a repeated event) finishes it.
+    pub stuck_after: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("environment variable {name}: {message}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub message: String,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `lookup`, so tests need not touch the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let text = |name: &'static str, default: &str| -> Result<String, ConfigError> {
+            match lookup(name) {
+                None => Ok(default.to_owned()),
+                Some(v) if v.trim().is_empty() => Err(ConfigError { name, message: "is set but empty".into() }),
+                Some(v) => Ok(v),
+            }
+        };
+        let number = |name: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
+            let v = text(name, &default.to_string())?;
+            let n: u64 = v.parse().map_err(|_| ConfigError { name, message: format!("{v:?} is not a whole number") })?;
+            if !(min..=max).contains(&n) {
+                return Err(ConfigError { name, message: format!("{n} is outside {min}..={max}") });
+            }
+            Ok(n)
+        };
+        let auto_register = match text("PGJIT_AUTO_REGISTER", "true")?.as_str() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            other => return Err(ConfigError { name: "PGJIT_AUTO_REGISTER", message: format!("{other:?} is not true or false") }),
+        };
+        let dlq = lookup("PGJIT_REVOKE_DLQ_ARN").unwrap_or_else(|| "arn:aws:sqs:us-east-1:123456789012:pgjit-revoke-dlq".into());
+        Ok(Config {
+            grants_table: text("PGJIT_GRANTS_TABLE", "pgjit-grants")?,
+            integrations_table: text("PGJIT_INTEGRATIONS_TABLE", "pgjit-integrations")?,
+            inventory_table: text("PGJIT_INVENTORY_TABLE", "pgjit-inventory")?,
+            audit_table: text("PGJIT_AUDIT_TABLE", "pgjit-audit")?,
+            schedule_group: text("PGJIT_SCHEDULE_GROUP", "pgjit")?,
+            revoke_function_arn: text("PGJIT_REVOKE_FUNCTION_ARN", "arn:aws:lambda:us-east-1:123456789012:function:pgjit-revoke")?,
+            scheduler_role_arn: text("PGJIT_SCHEDULER_ROLE_ARN", "arn:aws:iam::123456789012:role/pgjit-scheduler")?,
+            revoke_dlq_arn: if dlq.trim().is_empty() { None } else { Some(dlq) },
+            secret_prefix: text("PGJIT_SECRET_PREFIX", "pgjit/")?,
+            discovery_tag_key: text("PGJIT_DISCOVERY_TAG_KEY", "pgjit:secret")?,
+            auto_register,
+            discovery_concurrency: number("PGJIT_DISCOVERY_CONCURRENCY", 4, 1, 64)? as usize,
+            stuck_after: Duration::from_secs(number("PGJIT_STUCK_AFTER_SECONDS", 900, 1, 86_400)?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors_name_the_variable() {
+        let c = Config::from_lookup(|_| None).unwrap();
+        assert_eq!(c.grants_table, "pgjit-grants");
+        assert_eq!(c.schedule_group, "pgjit");
+        assert!(c.auto_register);
+        let err = Config::from_lookup(|n| (n == "PGJIT_DISCOVERY_CONCURRENCY").then(|| "lots".into())).unwrap_err();
+        assert_eq!(err.name, "PGJIT_DISCOVERY_CONCURRENCY");
+        let err = Config::from_lookup(|n| (n == "PGJIT_GRANTS_TABLE").then(|| " ".into())).unwrap_err();
+        assert!(err.to_string().contains("PGJIT_GRANTS_TABLE"), "{err}");
+        let c = Config::from_lookup(|n| (n == "PGJIT_REVOKE_DLQ_ARN").then(String::new)).unwrap();
+        assert_eq!(c.revoke_dlq_arn, None);
+    }
+}

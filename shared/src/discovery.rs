@@ -1,0 +1,163 @@
+//! Discovery: registers tagged RDS instances and Aurora clusters as integrations, and keeps each
+//! integration's inventory of databases, schemas, tables, sequences, functions and roles.
+
+use chrono::{DateTime, Utc};
+use futures_util::stream::{self, StreamExt};
+use serde::Serialize;
+
+use crate::admin::AdminAuth;
+use crate::aws::Services;
+use crate::catalog;
+use crate::integration::{AccessMode, DiscoveryStatus, Integration};
+use crate::postgres::{error_chain, SslMode};
+use crate::setup::Flavor;
+use crate::store::{InventoryItem, StoreError};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DiscoveryReport {
+    /// Integrations registered from tagged instances and clusters in this run.
+    pub registered: Vec<String>,
+    /// Integrations inventoried, with their number of objects.
+    pub inventoried: Vec<(String, usize)>,
+    /// Integrations that could not be read, with why (also recorded on the integration).
+    pub failed: Vec<(String, String)>,
+}
+
+/// Longest grant of an auto-registered integration (an operator can change it after).
+const DEFAULT_MAX_DURATION: u64 = 8 * 3600;
+
+pub async fn run(svc: &Services, now: DateTime<Utc>, mut progress: impl FnMut(&str)) -> Result<DiscoveryReport, StoreError> {
+    let mut report = DiscoveryReport::default();
+    if svc.config.auto_register {
+        match crate::rds::postgres_targets(svc).await {
+            Ok(targets) => {
+                for target in targets {
+                    let Some((_, secret)) = target.tags.iter().find(|(k, _)| *k == svc.config.discovery_tag_key) else { continue };
+                    let aurora = target.kind == "aurora";
+                    let integration = Integration {
+                        name: target.id.clone(),
+                        kind: if aurora { Flavor::Aurora } else { Flavor::Rds },
+                        host: None,
+                        port: None,
+                        database: None,
+                        region: svc.region(),
+                        instance_id: (!aurora).then(|| target.id.clone()),
+                        cluster_id: aurora.then(|| target.id.clone()),
+                        admin: AdminAuth::Password { secret_id: secret.clone() },
+                        ssl_mode: SslMode::VerifyFull,
+                        ca_bundle: None,
+                        access_mode: AccessMode::Password,
+                        max_duration_seconds: DEFAULT_MAX_DURATION,
+                        user_cleanup_after_days: 0,
+                        credential_rotation_days: None,
+                        custom_access_details: None,
+                        integration_owners: Vec::new(),
+                        resource_owner_tag: None,
+                        enable_audit: false,
+                        user_prefix: "pgjit_".into(),
+                        grantable_roles: None,
+                        discovery: None,
+                    };
+                    if let Err(e) = integration.validate() {
+                        report.failed.push((target.id.clone(), e.to_string()));
+                        continue;
+                    }
+                    if svc.store.insert_integration(&integration).await? {
+                        tracing::info!(integration = %integration.name, "registered from its {} tag", svc.config.discovery_tag_key);
+                        report.registered.push(integration.name);
+                    }
+                }
+            }
+            Err(e) => report.failed.push(("(rds)".into(), error_chain(&e))),
+        }
+    }
+    let integrations = svc.store.list_integrations().await?;
+    let total = integrations.len();
+    let mut done = 0;
+    let mut results = stream::iter(integrations)
+        .map(|integration| async move {
+            let result = inventory_one(svc, &integration, now).await;
+            (integration, result)
+        })
+        .buffer_unordered(svc.config.discovery_concurrency);
+    while let Some((integration, result)) = results.next().await {
+        done += 1;
+        let status = match &result {
+            Ok(n) => DiscoveryStatus { at: now, error: None, objects: *n },
+            Err(e) => DiscoveryStatus { at: now, error: Some(e.clone()), objects: 0 },
+        };
+        svc.store.set_discovery_status(&integration.name, &status).await?;
+        match result {
+            Ok(n) => {
+                progress(&format!("[{done}/{total}] {}: {n} objects", integration.name));
+                report.inventoried.push((integration.name, n));
+            }
+            Err(e) => {
+                tracing::warn!(integration = %integration.name, error = %e, "discovery failed for this integration");
+                progress(&format!("[{done}/{total}] {}: failed: {e}", integration.name));
+                report.failed.push((integration.name, e));
+            }
+        }
+    }
+    report.inventoried.sort();
+    Ok(report)
+}
+
+/// Reads every database of one integration and replaces its stored inventory.
+async fn inventory_one(svc: &Services, integration: &Integration, now: DateTime<Utc>) -> Result<usize, String> {
+    let target = crate::endpoint::resolve(svc, integration).await.map_err(|e| error_chain(&e))?;
+    let connector = &target.connector;
+    let main = connector.connect(integration.maintenance_database()).await.map_err(|e| error_chain(&e))?;
+    let databases = catalog::databases(&main).await.map_err(|e| error_chain(&e))?;
+    let roles = catalog::roles(&main).await.map_err(|e| error_chain(&e))?;
+    drop(main);
+    let item = |database: &str, kind: &str, schema: Option<&str>, name: &str, owner: Option<&str>| InventoryItem {
+        integration: integration.name.clone(),
+        object: match schema {
+            Some(s) => format!("{database}/{kind}/{s}/{name}"),
+            None => format!("{database}/{kind}/{name}"),
+        },
+        database: database.to_owned(),
+        kind: kind.to_owned(),
+        schema: schema.map(str::to_owned),
+        name: name.to_owned(),
+        owner: owner.map(str::to_owned),
+        discovered_at: now,
+    };
+    let mut items = Vec::new();
+    for role in &roles {
+        // pgjit's own temporary roles are not resources to request.
+        if role.name.starts_with(&integration.user_prefix) {
+            continue;
+        }
+        items.push(item("*", "role", None, &role.name, None));
+    }
+    for database in &databases {
+        let client = match connector.connect(database).await {
+            Ok(c) => c,
+            // A database the admin may not enter is left out, not a failure of the integration.
+            Err(e) if e.db_error().is_some() => {
+                tracing::info!(integration = %integration.name, database, error = %error_chain(&e), "database skipped");
+                continue;
+            }
+            Err(e) => return Err(error_chain(&e)),
+        };
+        let cat = catalog::read_database(&client).await.map_err(|e| error_chain(&e))?;
+        items.push(item(database, "database", None, database, None));
+        for s in &cat.schemas {
+            items.push(item(database, "schema", None, &s.name, Some(&s.owner)));
+        }
+        for r in &cat.relations {
+            items.push(item(database, &r.kind, Some(&r.schema), &r.name, Some(&r.owner)));
+        }
+        for s in &cat.sequences {
+            items.push(item(database, "sequence", Some(&s.schema), &s.name, Some(&s.owner)));
+        }
+        for f in &cat.functions {
+            items.push(item(database, &f.kind, Some(&f.schema), &format!("{}({})", f.name, f.arguments), None));
+        }
+    }
+    let count = items.len();
+    svc.store.replace_inventory(&integration.name, &items).await.map_err(|e| error_chain(&e))?;
+    Ok(count)
+}

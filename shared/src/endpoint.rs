@@ -1,0 +1,53 @@
+//! Where an integration's server is and how pgjit logs in to it, resolved per invocation:
+//! the admin's secret is read here, when a connection is about to be made, and nowhere else.
+
+use std::sync::Arc;
+
+use crate::admin::{read_secret, AdminAuth, AdminError, RdsIamTokens};
+use crate::aws::{AwsError, Services};
+use crate::integration::Integration;
+use crate::postgres::{Connector, Credentials, Endpoint};
+use crate::rds::RdsTarget;
+
+/// A connector for the integration, plus what RDS said about it (for IAM policies).
+pub struct Resolved {
+    pub connector: Connector,
+    pub rds: Option<RdsTarget>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error("integration {0:?}: no host (set host, or check the instance or cluster has an endpoint)")]
+    NoHost(String),
+}
+
+pub async fn resolve(svc: &Services, integration: &Integration) -> Result<Resolved, EndpointError> {
+    let needs_rds = integration.host.is_none() || integration.access_mode == crate::integration::AccessMode::Iam;
+    let rds = if needs_rds { crate::rds::describe(svc, integration).await? } else { None };
+    let credentials = match &integration.admin {
+        AdminAuth::Password { secret_id } => {
+            let secret = read_secret(&svc.secrets, secret_id).await?;
+            Credentials::Password(secret.login())
+        }
+        AdminAuth::Iam { username } => {
+            let mut sdk = svc.sdk_config.clone();
+            if let Some(region) = &integration.region {
+                sdk = sdk.into_builder().region(aws_config::Region::new(region.clone())).build();
+            }
+            Credentials::RdsIam(Arc::new(RdsIamTokens::new(username.clone(), sdk)))
+        }
+    };
+    let host = integration
+        .host
+        .clone()
+        .or_else(|| rds.as_ref().and_then(|r| r.host.clone()))
+        .ok_or_else(|| EndpointError::NoHost(integration.name.clone()))?;
+    let port = integration.port.or_else(|| rds.as_ref().and_then(|r| r.port)).unwrap_or(5432);
+    let mut endpoint = Endpoint::new(host, port, integration.ssl_mode);
+    endpoint.ca_bundle = integration.ca_bundle.clone();
+    Ok(Resolved { connector: Connector::new(endpoint, credentials), rds })
+}

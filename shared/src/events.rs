@@ -1,0 +1,199 @@
+//! The public event contract: approvals (EventBridge or webhook body), early revokes, and the
+//! scheduler's revoke input. Parsing errors name the field and never echo secret-looking values.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::access::AccessEntry;
+use crate::store::Requester;
+
+pub const APPROVED: &str = "Access Request Approved";
+pub const REVOKE_REQUESTED: &str = "Access Revoke Requested";
+
+/// The `detail` of an approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub request_id: String,
+    pub integration: String,
+    pub requester: Requester,
+    pub approver: String,
+    pub duration_seconds: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub access: Vec<AccessEntry>,
+}
+
+/// What started a revoke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RevokeTrigger {
+    /// The one-shot schedule at expiry.
+    Scheduled,
+    /// An `Access Revoke Requested` event or an operator.
+    Early,
+    /// Cleanup found it overdue or abandoned.
+    Cleanup,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokeRequest {
+    pub request_id: String,
+    pub trigger: RevokeTrigger,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad event: {field}: {message}")]
+pub struct EventError {
+    pub field: String,
+    pub message: String,
+}
+
+fn bad(field: &str, message: impl Into<String>) -> EventError {
+    EventError { field: field.to_owned(), message: message.into() }
+}
+
+/// Longest request id accepted: it names a secret, a schedule and an IAM policy.
+pub const MAX_REQUEST_ID: usize = 128;
+
+pub fn check_request_id(id: &str) -> Result<(), EventError> {
+    if id.is_empty() || id.len() > MAX_REQUEST_ID {
+        return Err(bad("request_id", format!("must be 1-{MAX_REQUEST_ID} characters")));
+    }
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:@/+=".contains(&b)) {
+        return Err(bad("request_id", "may hold letters, digits and - _ . : @ / + = only"));
+    }
+    Ok(())
+}
+
+fn detail_of(event: Value, expected_type: &str) -> Result<Value, EventError> {
+    match event {
+        Value::Object(mut map) if map.contains_key("detail-type") => {
+            let kind = map.get("detail-type").and_then(Value::as_str).unwrap_or_default().to_owned();
+            if kind != expected_type {
+                return Err(bad("detail-type", format!("{kind:?} is not {expected_type:?}")));
+            }
+            map.remove("detail").ok_or_else(|| bad("detail", "missing"))
+        }
+        Value::Object(map) => Ok(Value::Object(map)),
+        _ => Err(bad("(event)", "must be a JSON object")),
+    }
+}
+
+/// The field a serde error is about: its path, or for a missing or unknown field at the top,
+/// the name serde quotes in its message.
+pub fn field_of(path: &str, message: &str, top: &str) -> String {
+    let quoted = || {
+        let (_, rest) = message.split_once('`')?;
+        let (name, _) = rest.split_once('`')?;
+        Some(name.to_owned())
+    };
+    // serde's path ends at an unknown field itself, but at the parent of a missing one.
+    if path == "." || message.starts_with("missing field") {
+        if let Some(name) = quoted().filter(|_| message.starts_with("missing field") || message.starts_with("unknown field")) {
+            return if path == "." { name } else { format!("{path}.{name}") };
+        }
+    }
+    if path == "." { top.to_owned() } else { path.to_owned() }
+}
+
+fn typed<T: for<'de> Deserialize<'de>>(value: Value) -> Result<T, EventError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner().to_string();
+        bad(&field_of(&path, &message, "detail"), message)
+    })
+}
+
+/// An approval: the EventBridge event as the function receives it, or the bare `detail` (webhook).
+pub fn parse_approval(event: Value) -> Result<Approval, EventError> {
+    let approval: Approval = typed(detail_of(event, APPROVED)?)?;
+    check_request_id(&approval.request_id)?;
+    for (field, text, max) in [
+        ("integration", approval.integration.as_str(), 64),
+        ("requester.id", approval.requester.id.as_str(), 256),
+        ("approver", approval.approver.as_str(), 256),
+    ] {
+        if text.trim().is_empty() || text.len() > max {
+            return Err(bad(field, format!("must be 1-{max} characters")));
+        }
+    }
+    if approval.reason.as_ref().is_some_and(|r| r.len() > 2048) {
+        return Err(bad("reason", "at most 2048 characters"));
+    }
+    if approval.duration_seconds == 0 {
+        return Err(bad("duration_seconds", "must be positive"));
+    }
+    if approval.access.len() > 100 {
+        return Err(bad("access", "at most 100 entries"));
+    }
+    Ok(approval)
+}
+
+/// A revoke: the scheduler's `{"request_id":…}`, or an `Access Revoke Requested` event.
+pub fn parse_revoke(event: Value) -> Result<RevokeRequest, EventError> {
+    #[derive(Deserialize)]
+    struct Detail {
+        request_id: String,
+    }
+    let early = event.get("detail-type").is_some();
+    let detail: Detail = typed(detail_of(event, REVOKE_REQUESTED)?)?;
+    check_request_id(&detail.request_id)?;
+    Ok(RevokeRequest { request_id: detail.request_id, trigger: if early { RevokeTrigger::Early } else { RevokeTrigger::Scheduled } })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn approval() -> Value {
+        json!({"version":"0","id":"e1","detail-type":"Access Request Approved","source":"pgjit.approvals",
+            "account":"123456789012","time":"2026-11-24T10:00:00Z","region":"us-east-1","resources":[],
+            "detail":{"request_id":"REQ-1001","integration":"orders-prod",
+                "requester":{"id":"john.doe@corp.com","iam_arn":"arn:aws:iam::123456789012:user/john"},
+                "approver":"jane@corp.com","duration_seconds":3600,"reason":"INC-42",
+                "access":[{"database":"app","schema":"sales","table":"orders","privileges":["SELECT"]}]}})
+    }
+
+    #[test]
+    fn approvals_from_eventbridge_and_webhook() {
+        let a = parse_approval(approval()).unwrap();
+        assert_eq!(a.request_id, "REQ-1001");
+        let bare = parse_approval(approval()["detail"].clone()).unwrap();
+        assert_eq!(a, bare);
+    }
+
+    #[test]
+    fn bad_approvals_name_the_field() {
+        let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
+            (Box::new(|v| v["detail-type"] = json!("Something Else")), "detail-type"),
+            (Box::new(|v| { v.as_object_mut().unwrap().remove("detail"); }), "detail"),
+            (Box::new(|v| { v["detail"].as_object_mut().unwrap().remove("request_id"); }), "request_id"),
+            (Box::new(|v| v["detail"]["duration_seconds"] = json!("3600")), "duration_seconds"),
+            (Box::new(|v| v["detail"]["duration_seconds"] = json!(-1)), "duration_seconds"),
+            (Box::new(|v| v["detail"]["duration_seconds"] = json!(0)), "duration_seconds"),
+            (Box::new(|v| v["detail"]["request_id"] = json!("a b")), "request_id"),
+            (Box::new(|v| v["detail"]["request_id"] = json!("x".repeat(129))), "request_id"),
+            (Box::new(|v| v["detail"]["requester"]["id"] = json!("")), "requester.id"),
+            (Box::new(|v| v["detail"]["access"][0]["tabel"] = json!("x")), "access[0]"),
+            (Box::new(|v| v["detail"]["access"] = json!("all")), "access"),
+            (Box::new(|v| v["detail"]["integration"] = json!(42)), "integration"),
+        ];
+        for (change, field) in cases {
+            let mut v = approval();
+            change(&mut v);
+            let err = parse_approval(v).unwrap_err();
+            assert!(err.field.starts_with(field), "{field}: {err}");
+        }
+        assert!(parse_approval(json!([1, 2])).is_err());
+    }
+
+    #[test]
+    fn revokes_from_the_scheduler_and_from_events() {
+        assert_eq!(parse_revoke(json!({"request_id":"R1"})).unwrap().trigger, RevokeTrigger::Scheduled);
+        let early = json!({"detail-type":"Access Revoke Requested","detail":{"request_id":"R1"}});
+        assert_eq!(parse_revoke(early).unwrap().trigger, RevokeTrigger::Early);
+        assert!(parse_revoke(json!({"detail-type":"Access Request Approved","detail":{"request_id":"R1"}})).is_err());
+        assert!(parse_revoke(json!({"request_id":""})).is_err());
+    }
+}

@@ -1,0 +1,535 @@
+//! The control plane's grant and revoke: PostgreSQL, Secrets Manager, IAM, the scheduler and
+//! the store, in an order that can always be undone or finished.
+//!
+//! Every step is idempotent and every name is derived from the request id (secret, schedule,
+//! IAM policy) or stored before the step runs (the database user), so a run that dies anywhere
+//! leaves work that a repeated event, the next revoke or cleanup can finish or undo.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+
+use crate::access::{login_role_name, AccessError, AccessSet};
+use crate::aws::{AwsError, Services};
+use crate::credentials::{self, CredentialsValue};
+use crate::endpoint::{self, EndpointError};
+use crate::events::{Approval, EventError, RevokeTrigger};
+use crate::failpoint::Triggered;
+use crate::iam;
+use crate::integration::{AccessMode, Integration};
+use crate::postgres::error_chain;
+use crate::roles::{self, GrantSpec, LoginMethod, RoleError};
+use crate::schedule;
+use crate::secret::SecretString;
+use crate::store::{due_key, AuditEntry, GrantRecord, GrantStatus, StoreError};
+
+/// What a grant produced, as the function returns it (never the password).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GrantResult {
+    pub request_id: String,
+    pub status: GrantStatus,
+    pub db_user: String,
+    pub expires_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_arn: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub custom_access_details: Option<String>,
+    /// The approval had been handled before: this delivery changed nothing.
+    pub repeated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RevokeResult {
+    pub request_id: String,
+    pub status: GrantStatus,
+    pub db_user: String,
+    /// Nothing was left to do (already revoked, deleted or failed).
+    pub repeated: bool,
+    pub sessions_ended: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    #[error(transparent)]
+    Event(#[from] EventError),
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    #[error("unknown integration {0:?}")]
+    UnknownIntegration(String),
+    #[error("unknown request {0:?}")]
+    UnknownRequest(String),
+    #[error("refused by the integration's policy: {0}")]
+    Policy(String),
+    #[error("request {0:?} was approved before with other details; a request id names one request")]
+    Mismatch(String),
+    #[error("request {0:?} is being worked on by another run; try again later")]
+    InProgress(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{operation} of request {request_id:?} failed at step {step}{}", if *.undone { "; everything done before was undone and the grant is marked failed" } else { "" })]
+    Step {
+        operation: &'static str,
+        request_id: String,
+        step: &'static str,
+        /// Whether the steps done before were undone (grant) or the work is left for a retry.
+        undone: bool,
+        #[source]
+        source: StepError,
+    },
+}
+
+impl GrantError {
+    /// Errors that a later delivery of the same event may not hit (the scheduler retries them).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, GrantError::InProgress(_) | GrantError::Step { .. } | GrantError::Store(StoreError::Dynamo { .. }))
+    }
+}
+
+/// Why one step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Role(#[from] RoleError),
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Failpoint(#[from] Triggered),
+    #[error("{0}")]
+    Other(String),
+}
+
+fn audit(record: &GrantRecord, event: &str, at: DateTime<Utc>, detail: Option<String>) -> AuditEntry {
+    AuditEntry {
+        request_id: record.request_id.clone(),
+        at_event: format!("{}#{event}", due_key(at)),
+        at,
+        event: event.to_owned(),
+        integration: record.integration.clone(),
+        requester: record.requester.id.clone(),
+        approver: record.approver.clone(),
+        db_user: record.db_user.clone(),
+        access: record.access.clone(),
+        detail,
+    }
+}
+
+fn result_of(record: &GrantRecord, integration: &Integration, repeated: bool) -> GrantResult {
+    GrantResult {
+        request_id: record.request_id.clone(),
+        status: record.status,
+        db_user: record.db_user.clone(),
+        expires_at: record.expires_at,
+        secret_arn: record.secret_arn.clone(),
+        host: record.host.clone(),
+        port: record.port,
+        custom_access_details: integration.custom_access_details.clone(),
+        repeated,
+    }
+}
+
+/// When cleanup must next look at an active grant: its expiry, or its password's rotation.
+pub fn active_due(record: &GrantRecord, integration: &Integration) -> DateTime<Utc> {
+    let mut due = record.expires_at;
+    if let (Some(days), AccessMode::Password) = (integration.credential_rotation_days, record.access_mode) {
+        let since = record.rotated_at.unwrap_or(record.created_at);
+        due = due.min(since + Duration::days(i64::from(days)));
+    }
+    due
+}
+
+async fn load_integration(svc: &Services, name: &str) -> Result<Integration, GrantError> {
+    svc.store.get_integration(name).await?.ok_or_else(|| GrantError::UnknownIntegration(name.to_owned()))
+}
+
+/// Handles an approval: checks it against the integration, records it, and grants. A repeated
+/// delivery returns the first result and changes nothing.
+pub async fn grant(svc: &Services, approval: &Approval, now: DateTime<Utc>) -> Result<GrantResult, GrantError> {
+    let integration = load_integration(svc, &approval.integration).await?;
+    let access = AccessSet::from_entries(&approval.access)?;
+    if approval.duration_seconds > integration.max_duration_seconds {
+        return Err(GrantError::Policy(format!(
+            "duration_seconds {} is longer than the integration's max_duration_seconds {}",
+            approval.duration_seconds, integration.max_duration_seconds
+        )));
+    }
+    if integration.access_mode == AccessMode::Iam {
+        let arn = approval.requester.iam_arn.as_deref().ok_or_else(|| {
+            GrantError::Policy(format!("integration {:?} uses IAM access: requester.iam_arn is needed", integration.name))
+        })?;
+        iam::principal_of(arn).map_err(|m| GrantError::Policy(format!("requester.iam_arn: {m}")))?;
+    }
+    let duration = Duration::seconds(i64::try_from(approval.duration_seconds).unwrap_or(i64::MAX));
+    let fresh = GrantRecord {
+        request_id: approval.request_id.clone(),
+        status: GrantStatus::Granting,
+        version: 1,
+        integration: integration.name.clone(),
+        requester: approval.requester.clone(),
+        approver: approval.approver.clone(),
+        reason: approval.reason.clone(),
+        access: approval.access.clone(),
+        access_mode: integration.access_mode,
+        duration_seconds: approval.duration_seconds,
+        db_user: login_role_name(&integration.user_prefix, &approval.requester.id),
+        created_at: now,
+        updated_at: now,
+        expires_at: now + duration,
+        due_at: Some(due_key(now + stuck_after(svc))),
+        host: None,
+        port: None,
+        secret_arn: None,
+        iam_policy: None,
+        schedule_name: None,
+        rotated_at: None,
+        revoked_at: None,
+        revoke_reason: None,
+        delete_after: None,
+        deleted_at: None,
+        failure: None,
+    };
+    let mut record = match svc.store.insert_grant(&fresh).await {
+        Ok(()) => {
+            svc.store.append_audit(&audit(&fresh, "requested", now, approval.reason.clone())).await?;
+            fresh
+        }
+        Err(StoreError::AlreadyExists(_)) => {
+            let existing = svc.store.get_grant(&approval.request_id).await?.ok_or_else(|| GrantError::InProgress(approval.request_id.clone()))?;
+            if existing.integration != approval.integration
+                || existing.requester.id != approval.requester.id
+                || existing.access != approval.access
+                || existing.duration_seconds != approval.duration_seconds
+            {
+                return Err(GrantError::Mismatch(approval.request_id.clone()));
+            }
+            match existing.status {
+                GrantStatus::Active | GrantStatus::Revoking | GrantStatus::Revoked | GrantStatus::Deleted => {
+                    tracing::info!(request_id = %existing.request_id, integration = %existing.integration, db_user = %existing.db_user, status = %existing.status, "repeated approval: nothing to do");
+                    return Ok(result_of(&existing, &integration, true));
+                }
+                GrantStatus::Granting if !is_stuck(&existing, now) => return Err(GrantError::InProgress(existing.request_id)),
+                GrantStatus::Granting | GrantStatus::Failed => {
+                    // A crashed or failed earlier run: clear whatever it left, then start again.
+                    let mut retry = existing;
+                    undo_grant(svc, &integration, &retry).await.map_err(|source| GrantError::Step {
+                        operation: "grant",
+                        request_id: retry.request_id.clone(),
+                        step: "undo of the earlier attempt",
+                        undone: false,
+                        source,
+                    })?;
+                    retry.status = GrantStatus::Granting;
+                    retry.updated_at = now;
+                    retry.expires_at = now + duration;
+                    retry.due_at = Some(due_key(now + stuck_after(svc)));
+                    retry.failure = None;
+                    retry.secret_arn = None;
+                    retry.iam_policy = None;
+                    retry.schedule_name = None;
+                    match svc.store.update_grant(&mut retry).await {
+                        Ok(()) => retry,
+                        Err(StoreError::Conflict { .. }) => return Err(GrantError::InProgress(retry.request_id)),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
+
+    match grant_steps(svc, &integration, &access, &mut record, now).await {
+        Ok(()) => {
+            tracing::info!(request_id = %record.request_id, integration = %record.integration, db_user = %record.db_user, expires_at = %record.expires_at, "granted");
+            crate::metrics::count("GrantsCreated", 1, &record.integration);
+            Ok(result_of(&record, &integration, false))
+        }
+        Err((step, source)) => {
+            tracing::error!(request_id = %record.request_id, integration = %record.integration, db_user = %record.db_user, step, error = %error_chain(&source), "grant failed; undoing");
+            crate::metrics::count("GrantsFailed", 1, &record.integration);
+            let undone = match undo_grant(svc, &integration, &record).await {
+                Ok(()) => true,
+                Err(undo) => {
+                    tracing::error!(request_id = %record.request_id, db_user = %record.db_user, error = %error_chain(&undo), "undo failed; cleanup will finish it");
+                    false
+                }
+            };
+            if undone {
+                record.status = GrantStatus::Failed;
+                record.due_at = None;
+                record.failure = Some(format!("{step}: {}", error_chain(&source)));
+                record.updated_at = Utc::now();
+                // Best effort: a lost race here means another run took over the record.
+                if let Err(e) = svc.store.update_grant(&mut record).await {
+                    tracing::warn!(request_id = %record.request_id, error = %error_chain(&e), "could not mark the grant failed");
+                }
+                let _ = svc.store.append_audit(&audit(&record, "grant_failed", Utc::now(), record.failure.clone())).await;
+            } else {
+                // Left in `granting` and due now: the next cleanup (or delivery) finishes the undo.
+                record.due_at = Some(due_key(now));
+                let _ = svc.store.update_grant(&mut record).await;
+            }
+            Err(GrantError::Step { operation: "grant", request_id: record.request_id.clone(), step, undone, source })
+        }
+    }
+}
+
+fn stuck_after(svc: &Services) -> Duration {
+    Duration::from_std(svc.config.stuck_after).unwrap_or(Duration::minutes(15))
+}
+
+fn is_stuck(record: &GrantRecord, now: DateTime<Utc>) -> bool {
+    record.due_at.as_deref().is_none_or(|due| due <= due_key(now).as_str())
+}
+
+type StepResult = Result<(), (&'static str, StepError)>;
+
+fn at<T, E: Into<StepError>>(step: &'static str) -> impl FnOnce(E) -> (&'static str, StepError) {
+    move |e| (step, e.into())
+}
+
+async fn grant_steps(svc: &Services, integration: &Integration, access: &AccessSet, record: &mut GrantRecord, now: DateTime<Utc>) -> StepResult {
+    let fp = &svc.failpoints;
+    let target = endpoint::resolve(svc, integration).await.map_err(at::<(), _>("connect"))?;
+    fp.check("grant:after_connect").map_err(at::<(), _>("connect"))?;
+    let password = SecretString::random_password();
+    let login = match record.access_mode {
+        AccessMode::Password => LoginMethod::Password(&password),
+        AccessMode::Iam => LoginMethod::Iam,
+    };
+    let spec = GrantSpec {
+        username: &record.db_user,
+        access,
+        login,
+        valid_until: record.expires_at,
+        prefix: &integration.user_prefix,
+        grantable_roles: integration.grantable_roles.as_deref(),
+        maintenance_database: integration.maintenance_database(),
+    };
+    roles::grant(&target.connector, &spec).await.map_err(at::<(), _>("database role"))?;
+    fp.check("grant:after_role").map_err(at::<(), _>("database role"))?;
+    let host = target.connector.endpoint().host.clone();
+    let port = target.connector.endpoint().port;
+    record.host = Some(host.clone());
+    record.port = Some(port);
+
+    match record.access_mode {
+        AccessMode::Password => {
+            let name = credentials::secret_name(svc, &integration.name, &record.request_id);
+            let first_db = record.access.first().map(|a| a.database.as_str()).unwrap_or(integration.maintenance_database());
+            let value = CredentialsValue {
+                engine: "postgres",
+                host: &host,
+                port,
+                dbname: first_db,
+                username: &record.db_user,
+                password: &password,
+                expires_at: record.expires_at,
+            };
+            let arn = credentials::store(svc, &name, &value, &record.requester.id, &record.request_id).await.map_err(at::<(), _>("credentials secret"))?;
+            record.secret_arn = Some(arn);
+            fp.check("grant:after_secret").map_err(at::<(), _>("credentials secret"))?;
+        }
+        AccessMode::Iam => {
+            let arn = record.requester.iam_arn.clone().unwrap_or_default();
+            let principal = iam::principal_of(&arn).map_err(|m| ("iam policy", StepError::Other(m)))?;
+            let resource_id = target
+                .rds
+                .as_ref()
+                .and_then(|r| r.resource_id.clone())
+                .ok_or(("iam policy", StepError::Other("RDS reported no resource id for the instance or cluster".into())))?;
+            let region = integration.region.clone().or_else(|| svc.region()).ok_or(("iam policy", StepError::Other("no region".into())))?;
+            let account = svc.account_id().await.map_err(at::<(), _>("iam policy"))?;
+            let document = iam::policy_document(&iam::dbuser_arn(&region, &account, &resource_id, &record.db_user));
+            let policy = iam::put_policy(svc, &principal, &iam::policy_name(&record.request_id), &document).await.map_err(at::<(), _>("iam policy"))?;
+            record.iam_policy = Some(policy);
+            fp.check("grant:after_policy").map_err(at::<(), _>("iam policy"))?;
+        }
+    }
+
+    let name = schedule::create(svc, &record.request_id, record.expires_at).await.map_err(at::<(), _>("revoke schedule"))?;
+    record.schedule_name = Some(name);
+    fp.check("grant:after_schedule").map_err(at::<(), _>("revoke schedule"))?;
+
+    svc.store.append_audit(&audit(record, "granted", now, None)).await.map_err(at::<(), _>("audit"))?;
+    fp.check("grant:before_activate").map_err(at::<(), _>("activate"))?;
+    record.status = GrantStatus::Active;
+    record.updated_at = Utc::now();
+    record.due_at = Some(due_key(active_due(record, integration)));
+    svc.store.update_grant(record).await.map_err(at::<(), _>("activate"))?;
+    Ok(())
+}
+
+/// Removes everything a grant may have made, whatever step it reached. Every part is a no-op
+/// when there is nothing to remove.
+async fn undo_grant(svc: &Services, integration: &Integration, record: &GrantRecord) -> Result<(), StepError> {
+    schedule::delete(svc, &schedule::schedule_name(&record.request_id)).await?;
+    if record.access_mode == AccessMode::Iam {
+        if let Some(Ok(principal)) = record.requester.iam_arn.as_deref().map(iam::principal_of) {
+            let (kind, name) = match principal {
+                iam::Principal::User(n) => ("user", n),
+                iam::Principal::Role(n) => ("role", n),
+            };
+            let policy = crate::store::IamPolicyRef {
+                principal_kind: kind.into(),
+                principal_name: name,
+                policy_name: iam::policy_name(&record.request_id),
+            };
+            iam::delete_policy(svc, &policy).await?;
+        }
+    }
+    credentials::delete(svc, &credentials::secret_name(svc, &integration.name, &record.request_id)).await?;
+    let target = endpoint::resolve(svc, integration).await?;
+    roles::delete(&target.connector, integration.maintenance_database(), &record.db_user, &integration.user_prefix).await?;
+    Ok(())
+}
+
+/// Takes a grant's access away: at expiry (the schedule), early (an event or an operator), or
+/// when cleanup finds it overdue. Safe to repeat; a failure leaves the record `revoking` so the
+/// scheduler's retry, the next event or cleanup finishes it.
+pub async fn revoke(svc: &Services, request_id: &str, trigger: RevokeTrigger, now: DateTime<Utc>) -> Result<RevokeResult, GrantError> {
+    crate::events::check_request_id(request_id)?;
+    for _ in 0..5 {
+        let mut record = svc.store.get_grant(request_id).await?.ok_or_else(|| GrantError::UnknownRequest(request_id.to_owned()))?;
+        let done = |r: &GrantRecord| RevokeResult { request_id: r.request_id.clone(), status: r.status, db_user: r.db_user.clone(), repeated: true, sessions_ended: 0 };
+        match record.status {
+            GrantStatus::Revoked | GrantStatus::Deleted | GrantStatus::Failed => return Ok(done(&record)),
+            GrantStatus::Granting if !is_stuck(&record, now) => return Err(GrantError::InProgress(record.request_id)),
+            GrantStatus::Granting => {
+                // An abandoned grant: undo it rather than revoke what never finished.
+                let integration = load_integration(svc, &record.integration).await?;
+                undo_grant(svc, &integration, &record).await.map_err(|source| GrantError::Step {
+                    operation: "revoke",
+                    request_id: record.request_id.clone(),
+                    step: "undo of an abandoned grant",
+                    undone: false,
+                    source,
+                })?;
+                record.status = GrantStatus::Failed;
+                record.due_at = None;
+                record.failure = Some("abandoned while granting; undone".into());
+                record.updated_at = now;
+                match svc.store.update_grant(&mut record).await {
+                    Ok(()) => return Ok(done(&record)),
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            GrantStatus::Active => {
+                record.status = GrantStatus::Revoking;
+                record.revoke_reason = Some(format!("{trigger:?}").to_lowercase());
+                record.updated_at = now;
+                record.due_at = Some(due_key(now + stuck_after(svc)));
+                match svc.store.update_grant(&mut record).await {
+                    Ok(()) => {}
+                    // Someone else moved it first (another revoke): look again.
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            GrantStatus::Revoking => {}
+        }
+        let integration = load_integration(svc, &record.integration).await?;
+        return match revoke_steps(svc, &integration, &mut record, trigger, now).await {
+            Ok(sessions_ended) => {
+                tracing::info!(request_id = %record.request_id, integration = %record.integration, db_user = %record.db_user, status = %record.status, sessions_ended, "revoked");
+                crate::metrics::count("GrantsRevoked", 1, &record.integration);
+                Ok(RevokeResult { request_id: record.request_id.clone(), status: record.status, db_user: record.db_user.clone(), repeated: false, sessions_ended })
+            }
+            Err((step, source)) => {
+                tracing::error!(request_id = %record.request_id, integration = %record.integration, db_user = %record.db_user, step, error = %error_chain(&source), "revoke failed; it will be retried");
+                crate::metrics::count("RevokesFailed", 1, &record.integration);
+                Err(GrantError::Step { operation: "revoke", request_id: record.request_id.clone(), step, undone: false, source })
+            }
+        };
+    }
+    Err(GrantError::InProgress(request_id.to_owned()))
+}
+
+async fn revoke_steps(svc: &Services, integration: &Integration, record: &mut GrantRecord, trigger: RevokeTrigger, now: DateTime<Utc>) -> Result<i64, (&'static str, StepError)> {
+    let fp = &svc.failpoints;
+    let target = endpoint::resolve(svc, integration).await.map_err(at::<(), _>("connect"))?;
+    let db = integration.maintenance_database();
+    let revoked = roles::revoke(&target.connector, db, &record.db_user, &integration.user_prefix).await.map_err(at::<(), _>("database role"))?;
+    fp.check("revoke:after_role").map_err(at::<(), _>("database role"))?;
+    if let Some(policy) = &record.iam_policy {
+        iam::delete_policy(svc, policy).await.map_err(at::<(), _>("iam policy"))?;
+    }
+    if record.access_mode == AccessMode::Password {
+        let name = record.secret_arn.clone().unwrap_or_else(|| credentials::secret_name(svc, &integration.name, &record.request_id));
+        credentials::delete(svc, &name).await.map_err(at::<(), _>("credentials secret"))?;
+    }
+    fp.check("revoke:after_secret").map_err(at::<(), _>("credentials secret"))?;
+    // A fired schedule deletes itself; an early revoke removes the one still waiting.
+    if trigger != RevokeTrigger::Scheduled {
+        schedule::delete(svc, &schedule::schedule_name(&record.request_id)).await.map_err(at::<(), _>("revoke schedule"))?;
+    }
+    record.revoked_at = Some(now);
+    let delete_after = now + Duration::days(i64::from(integration.user_cleanup_after_days));
+    record.delete_after = Some(delete_after);
+    svc.store.append_audit(&audit(record, "revoked", now, record.revoke_reason.clone())).await.map_err(at::<(), _>("audit"))?;
+    if integration.user_cleanup_after_days == 0 {
+        roles::delete(&target.connector, db, &record.db_user, &integration.user_prefix).await.map_err(at::<(), _>("delete role"))?;
+        record.status = GrantStatus::Deleted;
+        record.deleted_at = Some(now);
+        record.due_at = None;
+        svc.store.append_audit(&audit(record, "deleted", now, None)).await.map_err(at::<(), _>("audit"))?;
+    } else {
+        record.status = GrantStatus::Revoked;
+        record.due_at = Some(due_key(delete_after));
+    }
+    record.updated_at = Utc::now();
+    match svc.store.update_grant(record).await {
+        Ok(()) => Ok(revoked.sessions_ended),
+        // A concurrent revoke finished first: the work is done either way.
+        Err(StoreError::Conflict { .. }) => Ok(revoked.sessions_ended),
+        Err(e) => Err(("record", e.into())),
+    }
+}
+
+/// Drops a revoked user whose retention is over.
+pub async fn delete_user(svc: &Services, record: &mut GrantRecord, integration: &Integration, now: DateTime<Utc>) -> Result<(), StepError> {
+    let target = endpoint::resolve(svc, integration).await?;
+    roles::delete(&target.connector, integration.maintenance_database(), &record.db_user, &integration.user_prefix).await?;
+    record.status = GrantStatus::Deleted;
+    record.deleted_at = Some(now);
+    record.due_at = None;
+    record.updated_at = now;
+    svc.store.update_grant(record).await?;
+    svc.store.append_audit(&audit(record, "deleted", now, None)).await?;
+    crate::metrics::count("UsersDeleted", 1, &record.integration);
+    Ok(())
+}
+
+/// Gives an active password grant a new password, in the database and in its secret.
+pub async fn rotate(svc: &Services, record: &mut GrantRecord, integration: &Integration, now: DateTime<Utc>) -> Result<(), StepError> {
+    let target = endpoint::resolve(svc, integration).await?;
+    let password = SecretString::random_password();
+    let db = integration.maintenance_database();
+    if !roles::set_password(&target.connector, db, &record.db_user, &integration.user_prefix, &password).await? {
+        return Err(StepError::Other(format!("role {:?} is gone", record.db_user)));
+    }
+    let name = record.secret_arn.clone().unwrap_or_else(|| credentials::secret_name(svc, &integration.name, &record.request_id));
+    let host = record.host.clone().unwrap_or_else(|| target.connector.endpoint().host.clone());
+    let value = CredentialsValue {
+        engine: "postgres",
+        host: &host,
+        port: record.port.unwrap_or(target.connector.endpoint().port),
+        dbname: record.access.first().map(|a| a.database.as_str()).unwrap_or(db),
+        username: &record.db_user,
+        password: &password,
+        expires_at: record.expires_at,
+    };
+    credentials::rotate(svc, &name, &value).await?;
+    record.rotated_at = Some(now);
+    record.updated_at = now;
+    record.due_at = Some(due_key(active_due(record, integration)));
+    svc.store.update_grant(record).await?;
+    svc.store.append_audit(&audit(record, "rotated", now, None)).await?;
+    Ok(())
+}

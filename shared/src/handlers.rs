@@ -1,0 +1,48 @@
+//! The Lambda handlers: plain async functions over [`Services`], so tests call them with
+//! `LambdaEvent::new` and the binaries only wire them to `lambda_runtime::run`.
+
+use chrono::Utc;
+use lambda_runtime::{Error, LambdaEvent};
+use serde_json::Value;
+
+use crate::aws::Services;
+use crate::cleanup::CleanupReport;
+use crate::discovery::DiscoveryReport;
+use crate::grants::{GrantResult, RevokeResult};
+use crate::postgres::error_chain;
+
+/// Turns an error into the function's failure, with its whole chain of causes in the message
+/// (none of pgjit's errors carry a secret).
+fn failure<E: std::error::Error + 'static>(e: E) -> Error {
+    error_chain(&e).into()
+}
+
+/// Approval (EventBridge `Access Request Approved`, or the bare detail) → grant.
+pub async fn grant(svc: &Services, event: LambdaEvent<Value>) -> Result<GrantResult, Error> {
+    let approval = crate::events::parse_approval(event.payload).map_err(failure)?;
+    let span = tracing::info_span!("grant", request_id = %approval.request_id, integration = %approval.integration);
+    let _enter = span.enter();
+    crate::grants::grant(svc, &approval, Utc::now()).await.map_err(failure)
+}
+
+/// The scheduler's `{"request_id":…}` or an `Access Revoke Requested` event → revoke. A failure
+/// is returned as the function's error, so the scheduler retries and then dead-letters it.
+pub async fn revoke(svc: &Services, event: LambdaEvent<Value>) -> Result<RevokeResult, Error> {
+    let request = crate::events::parse_revoke(event.payload).map_err(failure)?;
+    crate::grants::revoke(svc, &request.request_id, request.trigger, Utc::now()).await.map_err(failure)
+}
+
+/// The daily sweep. The event's content is not read: the time is always the real one.
+pub async fn cleanup(svc: &Services, _event: LambdaEvent<Value>) -> Result<CleanupReport, Error> {
+    crate::cleanup::run(svc, Utc::now()).await.map_err(failure)
+}
+
+/// The periodic discovery.
+pub async fn discovery(svc: &Services, _event: LambdaEvent<Value>) -> Result<DiscoveryReport, Error> {
+    crate::discovery::run(svc, Utc::now(), |_| {}).await.map_err(failure)
+}
+
+/// JSON logs for CloudWatch: one line per event, level from `RUST_LOG` (default info).
+pub fn init_tracing() {
+    lambda_runtime::tracing::init_default_subscriber();
+}

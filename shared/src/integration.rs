@@ -1,0 +1,286 @@
+//! An integration: one PostgreSQL endpoint plus the policy for access to it, as an operator
+//! registers it (`pgjit integration put FILE`) or discovery does.
+
+use serde::{Deserialize, Serialize};
+
+use crate::access::check_identifier;
+use crate::admin::AdminAuth;
+use crate::postgres::SslMode;
+use crate::setup::Flavor;
+
+/// How the requester logs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessMode {
+    /// A temporary login role with a generated password, handed over in Secrets Manager.
+    #[default]
+    Password,
+    /// RDS IAM authentication: the role is a member of `rds_iam`, the requester gets an inline
+    /// `rds-db:connect` policy.
+    Iam,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Integration {
+    pub name: String,
+    pub kind: Flavor,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The database pgjit connects to for cluster-wide work (default `postgres`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    pub admin: AdminAuth,
+    #[serde(default)]
+    pub ssl_mode: SslMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
+    #[serde(default)]
+    pub access_mode: AccessMode,
+    pub max_duration_seconds: u64,
+    #[serde(default)]
+    pub user_cleanup_after_days: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_rotation_days: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_access_details: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub integration_owners: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_owner_tag: Option<String>,
+    #[serde(default)]
+    pub enable_audit: bool,
+    #[serde(default = "default_prefix")]
+    pub user_prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grantable_roles: Option<Vec<String>>,
+    /// Written by discovery: when it last read this integration, and what went wrong if it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoveryStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscoveryStatus {
+    pub at: chrono::DateTime<chrono::Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub objects: usize,
+}
+
+fn default_prefix() -> String {
+    "pgjit_".into()
+}
+
+/// A field of an integration that is not acceptable, named.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("integration field `{field}`: {message}")]
+pub struct IntegrationError {
+    pub field: String,
+    pub message: String,
+}
+
+fn bad(field: &str, message: impl Into<String>) -> IntegrationError {
+    IntegrationError { field: field.to_owned(), message: message.into() }
+}
+
+/// The longest grant pgjit accepts at all: 31 days.
+pub const MAX_DURATION_SECONDS: u64 = 31 * 24 * 3600;
+
+impl Integration {
+    /// Parses integration JSON; a wrong type or unknown field is reported with its path.
+    pub fn from_json(text: &str) -> Result<Integration, IntegrationError> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let integration: Integration = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.into_inner().to_string();
+            bad(&crate::events::field_of(&path, &message, "(document)"), message)
+        })?;
+        integration.validate()?;
+        Ok(integration)
+    }
+
+    pub fn validate(&self) -> Result<(), IntegrationError> {
+        if self.name.is_empty() || self.name.len() > 64 || !self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(bad("name", format!("{:?} must be 1-64 letters, digits, '-' or '_'", self.name)));
+        }
+        let cloud = matches!(self.kind, Flavor::Rds | Flavor::Aurora);
+        match (&self.host, self.kind) {
+            (Some(h), _) if h.trim().is_empty() || h.len() > 253 || h.contains(char::is_whitespace) => {
+                return Err(bad("host", format!("{h:?} is not a host name")))
+            }
+            (None, Flavor::Rds) if self.instance_id.is_none() => return Err(bad("instance_id", "an rds integration needs instance_id (or host)")),
+            (None, Flavor::Aurora) if self.cluster_id.is_none() => return Err(bad("cluster_id", "an aurora integration needs cluster_id (or host)")),
+            (None, k) if !cloud => return Err(bad("host", format!("a {k} integration needs host"))),
+            _ => {}
+        }
+        if self.port == Some(0) {
+            return Err(bad("port", "must be 1-65535"));
+        }
+        if let Some(db) = &self.database {
+            check_identifier(db).map_err(|m| bad("database", format!("{db:?} {m}")))?;
+        }
+        if self.instance_id.is_some() && self.kind != Flavor::Rds {
+            return Err(bad("instance_id", format!("only an rds integration has instance_id (this one is {})", self.kind)));
+        }
+        if self.cluster_id.is_some() && self.kind != Flavor::Aurora {
+            return Err(bad("cluster_id", format!("only an aurora integration has cluster_id (this one is {})", self.kind)));
+        }
+        for (field, id) in [("instance_id", &self.instance_id), ("cluster_id", &self.cluster_id)] {
+            if let Some(id) = id {
+                if id.is_empty() || id.len() > 63 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                    return Err(bad(field, format!("{id:?} is not an RDS identifier")));
+                }
+            }
+        }
+        if let Some(r) = &self.region {
+            if r.is_empty() || r.len() > 32 || !r.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+                return Err(bad("region", format!("{r:?} is not an AWS region")));
+            }
+        }
+        match &self.admin {
+            AdminAuth::Password { secret_id } if secret_id.trim().is_empty() => return Err(bad("admin.secret_id", "must not be empty")),
+            AdminAuth::Iam { username } => {
+                check_identifier(username).map_err(|m| bad("admin.username", format!("{username:?} {m}")))?;
+                if !cloud {
+                    return Err(bad("admin", format!("IAM authentication exists on rds and aurora only, not {}", self.kind)));
+                }
+            }
+            _ => {}
+        }
+        if let Some(ca) = &self.ca_bundle {
+            if ca.trim().is_empty() {
+                return Err(bad("ca_bundle", "must not be empty (leave it out instead)"));
+            }
+        }
+        if self.access_mode == AccessMode::Iam {
+            if !cloud {
+                return Err(bad("access_mode", format!("iam works on rds and aurora only, not {}", self.kind)));
+            }
+            if self.instance_id.is_none() && self.cluster_id.is_none() {
+                return Err(bad("access_mode", "iam needs instance_id or cluster_id (the policy names the resource id)"));
+            }
+        }
+        if self.max_duration_seconds == 0 || self.max_duration_seconds > MAX_DURATION_SECONDS {
+            return Err(bad("max_duration_seconds", format!("must be 1-{MAX_DURATION_SECONDS} (31 days)")));
+        }
+        if self.user_cleanup_after_days > 3650 {
+            return Err(bad("user_cleanup_after_days", "must be 0-3650"));
+        }
+        if self.credential_rotation_days == Some(0) {
+            return Err(bad("credential_rotation_days", "must be at least 1 (leave it out for no rotation)"));
+        }
+        if let Some(text) = &self.custom_access_details {
+            if text.chars().count() > 400 {
+                return Err(bad("custom_access_details", format!("is {} characters; at most 400", text.chars().count())));
+            }
+        }
+        if self.resource_owner_tag.is_some() && self.integration_owners.is_empty() {
+            return Err(bad("resource_owner_tag", "a resource owner needs integration_owners as well"));
+        }
+        if self.user_prefix.is_empty()
+            || self.user_prefix.len() > 32
+            || !self.user_prefix.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+            || !self.user_prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            || self.user_prefix.starts_with("pg_")
+        {
+            return Err(bad(
+                "user_prefix",
+                format!("{:?} must be 1-32 lowercase letters, digits or '_', start with a letter, and not start with pg_", self.user_prefix),
+            ));
+        }
+        if let Some(roles) = &self.grantable_roles {
+            for (i, r) in roles.iter().enumerate() {
+                check_identifier(r).map_err(|m| bad(&format!("grantable_roles[{i}]"), format!("{r:?} {m}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(5432)
+    }
+
+    /// The database for cluster-wide statements.
+    pub fn maintenance_database(&self) -> &str {
+        self.database.as_deref().unwrap_or("postgres")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"name":"orders-prod","kind":"postgres","host":"db.internal","admin":{"auth":"password","secret_id":"pgjit/admin"},
+        "max_duration_seconds":3600,"user_cleanup_after_days":7,"ssl_mode":"require"}"#;
+
+    fn with(change: &str) -> Result<Integration, IntegrationError> {
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        let patch: serde_json::Value = serde_json::from_str(change).unwrap();
+        for (k, val) in patch.as_object().unwrap() {
+            if val.is_null() {
+                v.as_object_mut().unwrap().remove(k);
+            } else {
+                v[k] = val.clone();
+            }
+        }
+        Integration::from_json(&v.to_string())
+    }
+
+    #[test]
+    fn a_good_integration_has_defaults() {
+        let i = Integration::from_json(GOOD).unwrap();
+        assert_eq!((i.port(), i.maintenance_database(), i.user_prefix.as_str()), (5432, "postgres", "pgjit_"));
+        assert_eq!(i.access_mode, AccessMode::Password);
+        assert_eq!(i.ssl_mode, SslMode::Require);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases = [
+            (r#"{"name":"has space"}"#, "name"),
+            (r#"{"name":""}"#, "name"),
+            (r#"{"kind":"mysql"}"#, "kind"),
+            (r#"{"host":null}"#, "host"),
+            (r#"{"port":0}"#, "port"),
+            (r#"{"port":"5432"}"#, "port"),
+            (r#"{"port":70000}"#, "port"),
+            (r#"{"ssl_mode":"verify_full"}"#, "ssl_mode"),
+            (r#"{"max_duration_seconds":0}"#, "max_duration_seconds"),
+            (r#"{"max_duration_seconds":-5}"#, "max_duration_seconds"),
+            (r#"{"max_duration_seconds":null}"#, "max_duration_seconds"),
+            (r#"{"resource_owner_tag":"team"}"#, "resource_owner_tag"),
+            (r#"{"access_mode":"iam"}"#, "access_mode"),
+            (r#"{"admin":{"auth":"iam","username":"x"}}"#, "admin"),
+            (r#"{"admin":{"auth":"password","secret_id":""}}"#, "admin.secret_id"),
+            (r#"{"admin":{"auth":"kerberos"}}"#, "admin.auth"),
+            (r#"{"user_prefix":"PG"}"#, "user_prefix"),
+            (r#"{"user_prefix":"pg_x"}"#, "user_prefix"),
+            (r#"{"grantable_roles":["ok",""]}"#, "grantable_roles[1]"),
+            (r#"{"instance_id":"db-1"}"#, "instance_id"),
+            (r#"{"credential_rotation_days":0}"#, "credential_rotation_days"),
+            (r#"{"colour":"blue"}"#, "colour"),
+        ];
+        let long_details = format!(r#"{{"custom_access_details":"{}"}}"#, "é".repeat(401));
+        let cases = cases.iter().map(|(c, f)| (c.to_string(), *f)).chain([(long_details, "custom_access_details")]);
+        for (change, field) in cases {
+            let err = with(&change).expect_err(&change);
+            assert_eq!(err.field, field, "{change}: {err}");
+        }
+        // rds without host needs instance_id; with it, and iam, it is fine.
+        let rds = r#"{"name":"r","kind":"rds","instance_id":"db-1","region":"eu-west-1","admin":{"auth":"iam","username":"pgjit_admin"},"access_mode":"iam","max_duration_seconds":60}"#;
+        Integration::from_json(rds).unwrap();
+        let err = Integration::from_json(&rds.replace(r#""instance_id":"db-1","#, "")).unwrap_err();
+        assert_eq!(err.field, "instance_id");
+        assert!(with(r#"{"resource_owner_tag":"team","integration_owners":["a@corp.com"]}"#).is_ok());
+        assert!(with(&format!(r#"{{"custom_access_details":"{}"}}"#, "é".repeat(400))).is_ok());
+    }
+}

@@ -1,0 +1,102 @@
+//! The one-shot EventBridge Scheduler schedule that revokes a grant at its expiry.
+
+use aws_sdk_scheduler::types::{ActionAfterCompletion, DeadLetterConfig, FlexibleTimeWindow, FlexibleTimeWindowMode, RetryPolicy, Target};
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+
+use crate::aws::{AwsError, Services};
+
+/// The schedule's name: readable from the request id, unique through a hash of it, within the
+/// 64 characters `[0-9A-Za-z_.-]` Scheduler allows.
+pub fn schedule_name(request_id: &str) -> String {
+    let readable: String = request_id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+        .take(40)
+        .collect();
+    let hash = hex::encode(&Sha256::digest(request_id.as_bytes())[..6]);
+    format!("pgjit-{readable}-{hash}")
+}
+
+/// `at(yyyy-mm-ddThh:mm:ss)`, read in UTC.
+pub fn at_expression(at: DateTime<Utc>) -> String {
+    format!("at({})", at.format("%Y-%m-%dT%H:%M:%S"))
+}
+
+/// The input the schedule hands to the revoke function.
+pub fn revoke_input(request_id: &str) -> String {
+    serde_json::json!({ "request_id": request_id }).to_string()
+}
+
+/// Creates the revoke schedule; an existing one of the same name (a repeated run) is kept.
+pub async fn create(svc: &Services, request_id: &str, at: DateTime<Utc>) -> Result<String, AwsError> {
+    let name = schedule_name(request_id);
+    let config = &svc.config;
+    let mut target = Target::builder()
+        .arn(&config.revoke_function_arn)
+        .role_arn(&config.scheduler_role_arn)
+        .input(revoke_input(request_id))
+        // Revoke must not give up quickly: retry for a day, then the dead-letter queue.
+        .retry_policy(RetryPolicy::builder().maximum_event_age_in_seconds(86_400).maximum_retry_attempts(185).build());
+    if let Some(dlq) = &config.revoke_dlq_arn {
+        target = target.dead_letter_config(DeadLetterConfig::builder().arn(dlq).build());
+    }
+    let target = target.build().map_err(|e| AwsError::msg("scheduler:CreateSchedule", e.to_string()))?;
+    let window = FlexibleTimeWindow::builder()
+        .mode(FlexibleTimeWindowMode::Off)
+        .build()
+        .map_err(|e| AwsError::msg("scheduler:CreateSchedule", e.to_string()))?;
+    let result = svc
+        .scheduler
+        .create_schedule()
+        .name(&name)
+        .group_name(&config.schedule_group)
+        .schedule_expression(at_expression(at))
+        .schedule_expression_timezone("UTC")
+        .flexible_time_window(window)
+        .target(target)
+        .action_after_completion(ActionAfterCompletion::Delete)
+        .description(format!("pgjit: revoke {request_id} at expiry"))
+        .send()
+        .await;
+    match result {
+        Ok(_) => Ok(name),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_conflict_exception()) => Ok(name),
+        Err(e) => Err(AwsError::new("scheduler:CreateSchedule", e)),
+    }
+}
+
+/// Deletes the schedule; one that is gone already (fired, or deleted before) is success.
+pub async fn delete(svc: &Services, name: &str) -> Result<(), AwsError> {
+    match svc.scheduler.delete_schedule().name(name).group_name(&svc.config.schedule_group).send().await {
+        Ok(_) => Ok(()),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => Ok(()),
+        Err(e) => Err(AwsError::new("scheduler:DeleteSchedule", e)),
+    }
+}
+
+/// Creates the schedule group if it is missing (bootstrap).
+pub async fn ensure_group(svc: &Services) -> Result<bool, AwsError> {
+    match svc.scheduler.create_schedule_group().name(&svc.config.schedule_group).send().await {
+        Ok(_) => Ok(true),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_conflict_exception()) => Ok(false),
+        Err(e) => Err(AwsError::new("scheduler:CreateScheduleGroup", e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_expressions() {
+        let n = schedule_name("REQ-1001");
+        assert!(n.starts_with("pgjit-REQ-1001-"), "{n}");
+        assert_ne!(n, schedule_name("REQ 1001"));
+        let long = schedule_name(&"x/".repeat(200));
+        assert!(long.len() <= 64 && long.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)), "{long}");
+        let at = DateTime::parse_from_rfc3339("2026-11-24T11:00:00Z").unwrap().with_timezone(&Utc);
+        assert_eq!(at_expression(at), "at(2026-11-24T11:00:00)");
+        assert_eq!(revoke_input("R\"1"), r#"{"request_id":"R\"1"}"#);
+    }
+}

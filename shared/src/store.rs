@@ -1,0 +1,568 @@
+//! DynamoDB: integrations, grants, inventory and the append-only audit trail.
+//!
+//! Every change of a grant's state is a conditional write on its `version`, so two deliveries of
+//! one event, or two functions racing, cannot both act. Cleanup finds due work through the
+//! `status-due` index (partition `status`, sort `due_at`), never with a Scan.
+
+use std::collections::{BTreeMap, HashMap};
+
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, DeleteRequest, GlobalSecondaryIndex, KeySchemaElement, KeyType,
+    Projection, ProjectionType, PutRequest, ScalarAttributeType, WriteRequest,
+};
+use aws_sdk_dynamodb::Client;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::access::AccessEntry;
+use crate::config::Config;
+use crate::integration::{AccessMode, DiscoveryStatus, Integration};
+
+pub const STATUS_DUE_INDEX: &str = "status-due";
+pub const DB_USER_INDEX: &str = "db-user";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GrantStatus {
+    Granting,
+    Active,
+    Revoking,
+    Revoked,
+    Deleted,
+    Failed,
+}
+
+impl GrantStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantStatus::Granting => "granting",
+            GrantStatus::Active => "active",
+            GrantStatus::Revoking => "revoking",
+            GrantStatus::Revoked => "revoked",
+            GrantStatus::Deleted => "deleted",
+            GrantStatus::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for GrantStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Requester {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iam_arn: Option<String>,
+}
+
+/// The inline policy put on the requester in IAM mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IamPolicyRef {
+    /// `user` or `role`
+    pub principal_kind: String,
+    pub principal_name: String,
+    pub policy_name: String,
+}
+
+/// One request's grant, from approval to deletion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GrantRecord {
+    pub request_id: String,
+    pub status: GrantStatus,
+    /// Bumped by every write; each write is conditional on the version it read.
+    pub version: u64,
+    pub integration: String,
+    pub requester: Requester,
+    pub approver: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub access: Vec<AccessEntry>,
+    pub access_mode: AccessMode,
+    pub duration_seconds: u64,
+    pub db_user: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// Sort key of the `status-due` index: when cleanup must look at this record next
+    /// (expiry or rotation when active, deletion when revoked, abandonment when in between).
+    /// Absent for final states, which keeps them out of the index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_arn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iam_policy: Option<IamPolicyRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_after: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+/// The index key for a moment: fixed width, so text order is time order.
+pub fn due_key(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+/// One line of the audit trail: who asked, who approved, what, where and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub request_id: String,
+    /// Sort key: `<time>#<event>`, unique per request.
+    pub at_event: String,
+    pub at: DateTime<Utc>,
+    pub event: String,
+    pub integration: String,
+    pub requester: String,
+    pub approver: String,
+    pub db_user: String,
+    pub access: Vec<AccessEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// One discovered object of an integration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryItem {
+    pub integration: String,
+    /// `<database>/<kind>/<schema>/<name>`: unique within the integration.
+    pub object: String,
+    pub database: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    pub discovered_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("DynamoDB {operation} on {table} failed")]
+    Dynamo {
+        operation: &'static str,
+        table: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("item in {table} is not a valid record")]
+    Decode {
+        table: String,
+        #[source]
+        source: serde_dynamo::Error,
+    },
+    /// The conditional write lost: someone else changed the item first.
+    #[error("{what} was changed concurrently (expected version {expected})")]
+    Conflict { what: String, expected: u64 },
+    #[error("{0} exists already")]
+    AlreadyExists(String),
+}
+
+/// The DynamoDB tables pgjit uses.
+#[derive(Debug, Clone)]
+pub struct Store {
+    client: Client,
+    grants: String,
+    integrations: String,
+    inventory: String,
+    audit: String,
+}
+
+fn dynamo<E: std::error::Error + Send + Sync + 'static>(operation: &'static str, table: &str) -> impl FnOnce(E) -> StoreError {
+    let table = table.to_owned();
+    move |e| StoreError::Dynamo { operation, table, source: Box::new(e) }
+}
+
+fn is_conditional_failure<E, R>(e: &SdkError<E, R>) -> bool
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+{
+    e.as_service_error().and_then(|s| s.code()) == Some("ConditionalCheckFailedException")
+}
+
+impl Store {
+    pub fn new(client: Client, config: &Config) -> Self {
+        Store {
+            client,
+            grants: config.grants_table.clone(),
+            integrations: config.integrations_table.clone(),
+            inventory: config.inventory_table.clone(),
+            audit: config.audit_table.clone(),
+        }
+    }
+
+    fn to_item<T: Serialize>(&self, table: &str, value: &T) -> Result<HashMap<String, AttributeValue>, StoreError> {
+        serde_dynamo::to_item(value).map_err(|source| StoreError::Decode { table: table.to_owned(), source })
+    }
+
+    fn from_item<T: for<'de> Deserialize<'de>>(&self, table: &str, item: HashMap<String, AttributeValue>) -> Result<T, StoreError> {
+        serde_dynamo::from_item(item).map_err(|source| StoreError::Decode { table: table.to_owned(), source })
+    }
+
+    /// Creates the four tables with their indexes; tables that exist are left as they are.
+    pub async fn create_tables(&self) -> Result<Vec<String>, StoreError> {
+        let s = |name: &str| AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build();
+        let key = |name: &str, t: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(t).build();
+        let mut created = Vec::new();
+        let specs: [(&str, Vec<(&str, KeyType)>, Vec<&str>, Vec<(&str, Vec<(&str, KeyType)>)>); 4] = [
+            (
+                &self.grants,
+                vec![("request_id", KeyType::Hash)],
+                vec!["request_id", "status", "due_at", "db_user"],
+                vec![
+                    (STATUS_DUE_INDEX, vec![("status", KeyType::Hash), ("due_at", KeyType::Range)]),
+                    (DB_USER_INDEX, vec![("db_user", KeyType::Hash)]),
+                ],
+            ),
+            (&self.integrations, vec![("name", KeyType::Hash)], vec!["name"], vec![]),
+            (&self.inventory, vec![("integration", KeyType::Hash), ("object", KeyType::Range)], vec!["integration", "object"], vec![]),
+            (&self.audit, vec![("request_id", KeyType::Hash), ("at_event", KeyType::Range)], vec!["request_id", "at_event"], vec![]),
+        ];
+        for (table, keys, attributes, indexes) in specs {
+            let mut req = self.client.create_table().table_name(table).billing_mode(BillingMode::PayPerRequest);
+            for a in attributes {
+                req = req.attribute_definitions(s(a).map_err(dynamo("CreateTable", table))?);
+            }
+            for (k, t) in keys {
+                req = req.key_schema(key(k, t).map_err(dynamo("CreateTable", table))?);
+            }
+            for (name, keys) in indexes {
+                let mut gsi = GlobalSecondaryIndex::builder()
+                    .index_name(name)
+                    .projection(Projection::builder().projection_type(ProjectionType::All).build());
+                for (k, t) in keys {
+                    gsi = gsi.key_schema(key(k, t).map_err(dynamo("CreateTable", table))?);
+                }
+                req = req.global_secondary_indexes(gsi.build().map_err(dynamo("CreateTable", table))?);
+            }
+            match req.send().await {
+                Ok(_) => created.push(table.to_owned()),
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => {}
+                Err(e) => return Err(dynamo("CreateTable", table)(e)),
+            }
+        }
+        Ok(created)
+    }
+
+    // ---- integrations ----
+
+    pub async fn put_integration(&self, integration: &Integration) -> Result<(), StoreError> {
+        let item = self.to_item(&self.integrations, integration)?;
+        self.client
+            .put_item()
+            .table_name(&self.integrations)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(dynamo("PutItem", &self.integrations))?;
+        Ok(())
+    }
+
+    /// Puts the integration only if none of that name exists (discovery never overwrites).
+    pub async fn insert_integration(&self, integration: &Integration) -> Result<bool, StoreError> {
+        let item = self.to_item(&self.integrations, integration)?;
+        match self
+            .client
+            .put_item()
+            .table_name(&self.integrations)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(#n)")
+            .expression_attribute_names("#n", "name")
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(dynamo("PutItem", &self.integrations)(e)),
+        }
+    }
+
+    pub async fn get_integration(&self, name: &str) -> Result<Option<Integration>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.integrations)
+            .key("name", AttributeValue::S(name.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(dynamo("GetItem", &self.integrations))?;
+        out.item.map(|i| self.from_item(&self.integrations, i)).transpose()
+    }
+
+    /// Every integration (a handful per deployment: a paginated Scan of a small table).
+    pub async fn list_integrations(&self) -> Result<Vec<Integration>, StoreError> {
+        let mut out = Vec::new();
+        let mut pages = self.client.scan().table_name(&self.integrations).into_paginator().items().send();
+        while let Some(item) = pages.next().await {
+            out.push(self.from_item(&self.integrations, item.map_err(dynamo("Scan", &self.integrations))?)?);
+        }
+        out.sort_by(|a: &Integration, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    pub async fn set_discovery_status(&self, name: &str, status: &DiscoveryStatus) -> Result<(), StoreError> {
+        let value = serde_dynamo::to_attribute_value(status).map_err(|source| StoreError::Decode { table: self.integrations.clone(), source })?;
+        self.client
+            .update_item()
+            .table_name(&self.integrations)
+            .key("name", AttributeValue::S(name.to_owned()))
+            .update_expression("SET discovery = :d")
+            .condition_expression("attribute_exists(#n)")
+            .expression_attribute_names("#n", "name")
+            .expression_attribute_values(":d", value)
+            .send()
+            .await
+            .map_err(dynamo("UpdateItem", &self.integrations))?;
+        Ok(())
+    }
+
+    // ---- grants ----
+
+    /// Writes a new grant record; fails with [`StoreError::AlreadyExists`] if the request id is
+    /// taken, which is how a repeated approval is recognised.
+    pub async fn insert_grant(&self, record: &GrantRecord) -> Result<(), StoreError> {
+        let item = self.to_item(&self.grants, record)?;
+        match self
+            .client
+            .put_item()
+            .table_name(&self.grants)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(request_id)")
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_conditional_failure(&e) => Err(StoreError::AlreadyExists(format!("grant {:?}", record.request_id))),
+            Err(e) => Err(dynamo("PutItem", &self.grants)(e)),
+        }
+    }
+
+    pub async fn get_grant(&self, request_id: &str) -> Result<Option<GrantRecord>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.grants)
+            .key("request_id", AttributeValue::S(request_id.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(dynamo("GetItem", &self.grants))?;
+        out.item.map(|i| self.from_item(&self.grants, i)).transpose()
+    }
+
+    /// Replaces the record if nobody wrote it since `record.version` was read; the stored
+    /// version becomes `record.version + 1` (and so does `record.version`).
+    pub async fn update_grant(&self, record: &mut GrantRecord) -> Result<(), StoreError> {
+        let expected = record.version;
+        record.version += 1;
+        let item = self.to_item(&self.grants, record)?;
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.grants)
+            .set_item(Some(item))
+            .condition_expression("version = :v")
+            .expression_attribute_values(":v", AttributeValue::N(expected.to_string()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                record.version = expected;
+                if is_conditional_failure(&e) {
+                    Err(StoreError::Conflict { what: format!("grant {:?}", record.request_id), expected })
+                } else {
+                    Err(dynamo("PutItem", &self.grants)(e))
+                }
+            }
+        }
+    }
+
+    /// Records in `status` whose `due_at` has come, oldest first, and how many items were read.
+    pub async fn due_grants(&self, status: GrantStatus, now: DateTime<Utc>) -> Result<(Vec<GrantRecord>, usize), StoreError> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.grants)
+            .index_name(STATUS_DUE_INDEX)
+            .key_condition_expression("#s = :s AND due_at <= :now")
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_values(":s", AttributeValue::S(status.as_str().to_owned()))
+            .expression_attribute_values(":now", AttributeValue::S(due_key(now)))
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = pages.next().await {
+            out.push(self.from_item(&self.grants, item.map_err(dynamo("Query", &self.grants))?)?);
+        }
+        let read = out.len();
+        Ok((out, read))
+    }
+
+    /// Every record in `status` (the index holds the states that still have work to come).
+    pub async fn grants_in(&self, status: GrantStatus) -> Result<Vec<GrantRecord>, StoreError> {
+        let far = DateTime::<Utc>::MAX_UTC;
+        Ok(self.due_grants(status, far).await?.0)
+    }
+
+    /// The records of one database user (normally one).
+    pub async fn grants_of_user(&self, db_user: &str) -> Result<Vec<GrantRecord>, StoreError> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.grants)
+            .index_name(DB_USER_INDEX)
+            .key_condition_expression("db_user = :u")
+            .expression_attribute_values(":u", AttributeValue::S(db_user.to_owned()))
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = pages.next().await {
+            out.push(self.from_item(&self.grants, item.map_err(dynamo("Query", &self.grants))?)?);
+        }
+        Ok(out)
+    }
+
+    /// Every grant, for an operator's listing (a Scan: never on a function's path).
+    pub async fn all_grants(&self) -> Result<Vec<GrantRecord>, StoreError> {
+        let mut out = Vec::new();
+        let mut pages = self.client.scan().table_name(&self.grants).into_paginator().items().send();
+        while let Some(item) = pages.next().await {
+            out.push(self.from_item(&self.grants, item.map_err(dynamo("Scan", &self.grants))?)?);
+        }
+        Ok(out)
+    }
+
+    // ---- audit ----
+
+    /// Appends an entry; an entry is never overwritten.
+    pub async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let item = self.to_item(&self.audit, entry)?;
+        match self
+            .client
+            .put_item()
+            .table_name(&self.audit)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(at_event)")
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_conditional_failure(&e) => Ok(()),
+            Err(e) => Err(dynamo("PutItem", &self.audit)(e)),
+        }
+    }
+
+    pub async fn audit_of(&self, request_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.audit)
+            .key_condition_expression("request_id = :r")
+            .expression_attribute_values(":r", AttributeValue::S(request_id.to_owned()))
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = pages.next().await {
+            out.push(self.from_item(&self.audit, item.map_err(dynamo("Query", &self.audit))?)?);
+        }
+        Ok(out)
+    }
+
+    // ---- inventory ----
+
+    pub async fn inventory(&self, integration: &str) -> Result<Vec<InventoryItem>, StoreError> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.inventory)
+            .key_condition_expression("integration = :i")
+            .expression_attribute_values(":i", AttributeValue::S(integration.to_owned()))
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = pages.next().await {
+            out.push(self.from_item(&self.inventory, item.map_err(dynamo("Query", &self.inventory))?)?);
+        }
+        Ok(out)
+    }
+
+    /// Makes the stored inventory of `integration` equal `items`: new and changed objects are
+    /// written, vanished ones deleted, in batches of 25. Returns (written, deleted).
+    pub async fn replace_inventory(&self, integration: &str, items: &[InventoryItem]) -> Result<(usize, usize), StoreError> {
+        let existing: BTreeMap<String, InventoryItem> =
+            self.inventory(integration).await?.into_iter().map(|i| (i.object.clone(), i)).collect();
+        let wanted: BTreeMap<&str, &InventoryItem> = items.iter().map(|i| (i.object.as_str(), i)).collect();
+        let mut requests = Vec::new();
+        let mut written = 0;
+        for (object, item) in &wanted {
+            let same = existing.get(*object).is_some_and(|old| InventoryItem { discovered_at: item.discovered_at, ..old.clone() } == **item);
+            if !same {
+                let put = PutRequest::builder().set_item(Some(self.to_item(&self.inventory, item)?)).build().map_err(dynamo("BatchWriteItem", &self.inventory))?;
+                requests.push(WriteRequest::builder().put_request(put).build());
+                written += 1;
+            }
+        }
+        let mut deleted = 0;
+        for object in existing.keys() {
+            if !wanted.contains_key(object.as_str()) {
+                let del = DeleteRequest::builder()
+                    .key("integration", AttributeValue::S(integration.to_owned()))
+                    .key("object", AttributeValue::S(object.clone()))
+                    .build()
+                    .map_err(dynamo("BatchWriteItem", &self.inventory))?;
+                requests.push(WriteRequest::builder().delete_request(del).build());
+                deleted += 1;
+            }
+        }
+        for chunk in requests.chunks(25) {
+            let mut pending: Vec<WriteRequest> = chunk.to_vec();
+            for attempt in 0..8u32 {
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.inventory, pending.clone())
+                    .send()
+                    .await
+                    .map_err(dynamo("BatchWriteItem", &self.inventory))?;
+                pending = out.unprocessed_items.and_then(|mut u| u.remove(&self.inventory)).unwrap_or_default();
+                if pending.is_empty() {
+                    break;
+                }
+                // Throttled: back off and send what was left.
+                tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+            }
+            if !pending.is_empty() {
+                return Err(StoreError::Dynamo {
+                    operation: "BatchWriteItem",
+                    table: self.inventory.clone(),
+                    source: format!("{} items still unprocessed after retries", pending.len()).into(),
+                });
+            }
+        }
+        Ok((written, deleted))
+    }
+}
