@@ -1,9 +1,16 @@
-//! `pgjit`: the operator's command line.
+//! `pgjit`: the operator's command line. It runs the functions' own handlers in-process, against
+//! the AWS account (or emulator) the standard AWS variables point at.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
+use lambda_runtime::{Context, LambdaEvent};
+use pgjit::aws::Services;
+use pgjit::postgres::error_chain;
 use pgjit::setup::Flavor;
+use serde_json::{json, Value};
 
 #[derive(Parser)]
 #[command(name = "pgjit", version, about = "Just-in-time PostgreSQL access: operator commands")]
@@ -14,6 +21,59 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Create the DynamoDB tables and the schedule group (for a local emulator; SAM does it in AWS).
+    Bootstrap,
+    /// Register or list integrations.
+    Integration {
+        #[command(subcommand)]
+        command: IntegrationCommand,
+    },
+    /// Run the grant handler on an approval event (the EventBridge event as the function receives it).
+    Grant {
+        #[arg(long, value_name = "FILE")]
+        event: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a grant now (as an `Access Revoke Requested` event would).
+    Revoke {
+        request_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Active grants and when they expire (`--all`: every grant in any state).
+    Grants {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a grant's credentials (the one command that shows a password).
+    Credentials { request_id: String },
+    /// Run the cleanup sweep (`--now` pretends it is another time).
+    Cleanup {
+        #[arg(long, value_name = "RFC3339")]
+        now: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run discovery: register tagged instances, inventory every integration.
+    Discover {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The discovered objects of an integration.
+    Inventory {
+        integration: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the admin role of an integration and name what it is missing.
+    Doctor {
+        integration: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the SQL that prepares pgjit's admin role (run it as the master user in each database).
     SetupSql {
         /// postgres, rds, aurora, azure, cloudsql or alloydb
@@ -25,16 +85,263 @@ enum Command {
     },
 }
 
-fn main() -> ExitCode {
+#[derive(Subcommand)]
+enum IntegrationCommand {
+    /// Validate and store an integration from a JSON file.
+    Put { file: String },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::SetupSql { flavor, admin_user } => pgjit::setup::setup_sql(flavor, &admin_user).map(|sql| print!("{sql}")),
-    };
-    match result {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    }
+    match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("pgjit: error: {message}");
+            eprintln!("pgjit: error: {}", message.replace('\n', " "));
             ExitCode::FAILURE
+        }
+    }
+}
+
+type Outcome = Result<(), String>;
+
+fn chain<E: std::error::Error + 'static>(e: E) -> String {
+    error_chain(&e)
+}
+
+fn print_json(value: &impl serde::Serialize) -> Outcome {
+    println!("{}", serde_json::to_string_pretty(value).map_err(chain)?);
+    Ok(())
+}
+
+async fn services() -> Result<Services, String> {
+    Services::from_env().await.map_err(chain)
+}
+
+fn read_json(path: &str) -> Result<Value, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    serde_json::from_str(&text).map_err(|e| format!("{path} is not JSON: {e}"))
+}
+
+async fn run(command: Command) -> Outcome {
+    match command {
+        Command::SetupSql { flavor, admin_user } => {
+            print!("{}", pgjit::setup::setup_sql(flavor, &admin_user)?);
+            Ok(())
+        }
+        Command::Bootstrap => {
+            let svc = services().await?;
+            let created = svc.store.create_tables().await.map_err(chain)?;
+            let group = pgjit::schedule::ensure_group(&svc).await.map_err(chain)?;
+            println!("tables created: {}", if created.is_empty() { "none (all exist)".to_owned() } else { created.join(", ") });
+            println!("schedule group {:?}: {}", svc.config.schedule_group, if group { "created" } else { "exists" });
+            Ok(())
+        }
+        Command::Integration { command: IntegrationCommand::Put { file } } => {
+            let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {file}: {e}"))?;
+            let integration = pgjit::integration::Integration::from_json(&text).map_err(chain)?;
+            let svc = services().await?;
+            svc.store.put_integration(&integration).await.map_err(chain)?;
+            println!("integration {:?} stored ({} at {})", integration.name, integration.kind, integration.host.as_deref().unwrap_or("its RDS endpoint"));
+            Ok(())
+        }
+        Command::Integration { command: IntegrationCommand::List { json } } => {
+            let svc = services().await?;
+            let list = svc.store.list_integrations().await.map_err(chain)?;
+            if json {
+                return print_json(&list);
+            }
+            for i in &list {
+                let discovered = match &i.discovery {
+                    Some(d) if d.error.is_some() => format!("discovery failed {}", d.at.format("%Y-%m-%d %H:%M")),
+                    Some(d) => format!("{} objects, {}", d.objects, d.at.format("%Y-%m-%d %H:%M")),
+                    None => "not discovered yet".into(),
+                };
+                println!("{:<24} {:<9} {:<30} {:<9} max {}s  {}", i.name, i.kind.as_str(), i.host.as_deref().unwrap_or("-"), format!("{:?}", i.access_mode).to_lowercase(), i.max_duration_seconds, discovered);
+            }
+            Ok(())
+        }
+        Command::Grant { event, json } => {
+            let payload = read_json(&event)?;
+            let svc = services().await?;
+            let result = pgjit::handlers::grant(&svc, LambdaEvent::new(payload, Context::default())).await.map_err(|e| e.to_string())?;
+            if json {
+                return print_json(&json!({
+                    "request_id": result.request_id, "status": result.status, "db_user": result.db_user,
+                    "expires_at": result.expires_at, "secret_arn": result.secret_arn, "repeated": result.repeated
+                }));
+            }
+            let how = match &result.secret_arn {
+                Some(arn) => format!("credentials in {arn}"),
+                None => "log in with an RDS IAM auth token".into(),
+            };
+            let again = if result.repeated { " (already granted: nothing changed)" } else { "" };
+            println!("{}: {} as {} until {}; {how}{again}", result.request_id, result.status, result.db_user, result.expires_at.format("%Y-%m-%d %H:%M:%S UTC"));
+            Ok(())
+        }
+        Command::Revoke { request_id, json } => {
+            let svc = services().await?;
+            let event = json!({"detail-type": pgjit::events::REVOKE_REQUESTED, "source": "pgjit.cli", "detail": {"request_id": request_id}});
+            let result = pgjit::handlers::revoke(&svc, LambdaEvent::new(event, Context::default())).await.map_err(|e| e.to_string())?;
+            if json {
+                return print_json(&result);
+            }
+            let note = if result.repeated { " (nothing left to do)".to_owned() } else { format!(", {} session(s) ended", result.sessions_ended) };
+            println!("{}: {} ({}){note}", result.request_id, result.status, result.db_user);
+            Ok(())
+        }
+        Command::Grants { all, json } => {
+            let svc = services().await?;
+            let mut list = if all {
+                svc.store.all_grants().await.map_err(chain)?
+            } else {
+                svc.store.grants_in(pgjit::store::GrantStatus::Active).await.map_err(chain)?
+            };
+            list.sort_by(|a, b| a.expires_at.cmp(&b.expires_at));
+            if json {
+                return print_json(&list);
+            }
+            let now = Utc::now();
+            if list.is_empty() {
+                println!("{}", if all { "no grants" } else { "no active grants" });
+            }
+            for g in &list {
+                let left = g.expires_at - now;
+                let remaining = if g.status == pgjit::store::GrantStatus::Active && left.num_seconds() > 0 {
+                    format!("{}h{:02}m left", left.num_hours(), left.num_minutes() % 60)
+                } else {
+                    String::new()
+                };
+                let what: Vec<String> = g
+                    .access
+                    .iter()
+                    .map(|a| {
+                        let object = [a.schema.as_deref(), a.table.as_deref().or(a.sequence.as_deref()).or(a.function.as_deref()).or(a.role.as_deref())]
+                            .into_iter()
+                            .flatten()
+                            .collect::<Vec<_>>()
+                            .join(".");
+                        format!("{}{}{} {}", a.database, if object.is_empty() { "" } else { ":" }, object, a.privileges.join(","))
+                    })
+                    .collect();
+                println!(
+                    "{:<16} {:<8} {:<18} {:<28} {} {:<14} approved by {}: {}",
+                    g.request_id,
+                    g.status.as_str(),
+                    g.integration,
+                    g.db_user,
+                    g.expires_at.format("%Y-%m-%d %H:%M"),
+                    remaining,
+                    g.approver,
+                    what.join("; ")
+                );
+            }
+            Ok(())
+        }
+        Command::Credentials { request_id } => {
+            let svc = services().await?;
+            let record = svc.store.get_grant(&request_id).await.map_err(chain)?.ok_or_else(|| format!("unknown request {request_id:?}"))?;
+            let arn = record.secret_arn.ok_or_else(|| format!("request {request_id:?} has no credentials secret (IAM mode, or not granted)"))?;
+            if record.status != pgjit::store::GrantStatus::Active {
+                return Err(format!("request {request_id:?} is {}: its credentials are gone", record.status));
+            }
+            let secret = pgjit::credentials::read(&svc, &arn).await.map_err(chain)?;
+            println!("{}", secret.expose());
+            Ok(())
+        }
+        Command::Cleanup { now, json } => {
+            let now = match now {
+                Some(text) => DateTime::parse_from_rfc3339(&text).map_err(|e| format!("--now {text:?}: {e}"))?.with_timezone(&Utc),
+                None => Utc::now(),
+            };
+            let svc = services().await?;
+            let report = pgjit::cleanup::run(&svc, now).await.map_err(chain)?;
+            if json {
+                return print_json(&report);
+            }
+            println!(
+                "cleanup as of {}: {} deleted, {} overdue revoked, {} finished, {} rotated, {} orphan(s) removed, {} error(s)",
+                now.format("%Y-%m-%d %H:%M:%S UTC"),
+                report.deleted.len(),
+                report.revoked_overdue.len(),
+                report.finished.len(),
+                report.rotated.len(),
+                report.orphans.len(),
+                report.errors.len()
+            );
+            for o in &report.orphans {
+                println!("  orphan removed: {o}");
+            }
+            for e in &report.errors {
+                println!("  error: {e}");
+            }
+            Ok(())
+        }
+        Command::Discover { json } => {
+            let svc = services().await?;
+            let terminal = std::io::stderr().is_terminal() && !json;
+            let report = pgjit::discovery::run(&svc, Utc::now(), |line| {
+                if terminal {
+                    eprintln!("{line}");
+                }
+            })
+            .await
+            .map_err(chain)?;
+            if json {
+                return print_json(&report);
+            }
+            for name in &report.registered {
+                println!("registered {name}");
+            }
+            for (name, n) in &report.inventoried {
+                println!("{name}: {n} objects");
+            }
+            for (name, why) in &report.failed {
+                println!("{name}: failed: {why}");
+            }
+            Ok(())
+        }
+        Command::Inventory { integration, json } => {
+            let svc = services().await?;
+            let items = svc.store.inventory(&integration).await.map_err(chain)?;
+            if items.is_empty() && svc.store.get_integration(&integration).await.map_err(chain)?.is_none() {
+                return Err(format!("unknown integration {integration:?}"));
+            }
+            if json {
+                return print_json(&items);
+            }
+            for i in &items {
+                let name = match &i.schema {
+                    Some(s) => format!("{s}.{}", i.name),
+                    None => i.name.clone(),
+                };
+                println!("{:<10} {:<18} {}", i.database, i.kind, name);
+            }
+            Ok(())
+        }
+        Command::Doctor { integration, json } => {
+            let svc = services().await?;
+            let i = svc.store.get_integration(&integration).await.map_err(chain)?.ok_or_else(|| format!("unknown integration {integration:?}"))?;
+            let target = pgjit::endpoint::resolve(&svc, &i).await.map_err(chain)?;
+            let findings = pgjit::setup::doctor(&target.connector, i.kind, i.maintenance_database(), &[]).await.map_err(chain)?;
+            if json {
+                return print_json(&findings);
+            }
+            for f in &findings {
+                println!("[{}] {}: {}", if f.ok { "ok" } else { "MISSING" }, f.capability, f.detail);
+            }
+            let missing = findings.iter().filter(|f| !f.ok).count();
+            if missing > 0 {
+                return Err(format!("{missing} capability(ies) missing; run `pgjit setup-sql --flavor {} --admin-user NAME` as the master user", i.kind));
+            }
+            Ok(())
         }
     }
 }

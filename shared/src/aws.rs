@@ -13,9 +13,13 @@ use crate::store::Store;
 /// Loads the AWS configuration from the environment (region, credentials, `AWS_ENDPOINT_URL`)
 /// with pgjit's own HTTPS client: rustls with ring, no OpenSSL, no aws-lc.
 pub async fn load_sdk_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest()).http_client(https_client()).load().await
+}
+
+/// The one HTTPS client of every SDK client.
+pub fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
     use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
-    let http = aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https();
-    aws_config::defaults(BehaviorVersion::latest()).http_client(http).load().await
+    aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https()
 }
 
 /// Everything a handler needs; built once in `main` and shared by every invocation.

@@ -108,7 +108,8 @@ pub enum StepError {
 fn audit(record: &GrantRecord, event: &str, at: DateTime<Utc>, detail: Option<String>) -> AuditEntry {
     AuditEntry {
         request_id: record.request_id.clone(),
-        at_event: format!("{}#{event}", due_key(at)),
+        // Within one millisecond, the lifecycle's order decides.
+        at_event: format!("{}#{}#{event}", due_key(at), lifecycle_rank(event)),
         at,
         event: event.to_owned(),
         integration: record.integration.clone(),
@@ -117,6 +118,18 @@ fn audit(record: &GrantRecord, event: &str, at: DateTime<Utc>, detail: Option<St
         db_user: record.db_user.clone(),
         access: record.access.clone(),
         detail,
+    }
+}
+
+fn lifecycle_rank(event: &str) -> u8 {
+    match event {
+        "requested" => 0,
+        "grant_failed" => 1,
+        "granted" => 2,
+        "rotated" => 3,
+        "revoked" => 4,
+        "deleted" => 5,
+        _ => 9,
     }
 }
 

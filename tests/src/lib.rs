@@ -108,3 +108,37 @@ impl LocalEnv {
 pub async fn role_exists(su: &tokio_postgres::Client, name: &str) -> bool {
     su.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name]).await.expect("pg_roles").is_some()
 }
+
+/// AWS settings pointing at the environment's moto, with fixed test credentials: nothing is
+/// read from the process environment, so no test can reach a real account or the metadata service.
+pub async fn moto_sdk_config() -> aws_config::SdkConfig {
+    let creds = aws_credential_types::Credentials::new("testing", "testing", None, None, "pgjit-tests");
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(pgjit::aws::https_client())
+        .endpoint_url(&env().moto_url)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(creds)
+        .load()
+        .await
+}
+
+/// Services with tables, schedule group and secret prefix of their own, so tests running at the
+/// same time against one moto never see each other's records.
+pub async fn isolated_services() -> pgjit::aws::Services {
+    let id: u32 = rand::random();
+    let config = pgjit::config::Config::from_lookup(|name| match name {
+        "PGJIT_GRANTS_TABLE" => Some(format!("grants-{id}")),
+        "PGJIT_INTEGRATIONS_TABLE" => Some(format!("integrations-{id}")),
+        "PGJIT_INVENTORY_TABLE" => Some(format!("inventory-{id}")),
+        "PGJIT_AUDIT_TABLE" => Some(format!("audit-{id}")),
+        "PGJIT_SCHEDULE_GROUP" => Some(format!("pgjit-{id}")),
+        "PGJIT_SECRET_PREFIX" => Some(format!("pgjit-{id}/")),
+        "PGJIT_DISCOVERY_TAG_KEY" => Some(format!("pgjit:secret:{id}")),
+        _ => None,
+    })
+    .expect("test configuration");
+    let svc = pgjit::aws::Services::new(config, moto_sdk_config().await);
+    svc.store.create_tables().await.expect("create tables in moto");
+    pgjit::schedule::ensure_group(&svc).await.expect("schedule group in moto");
+    svc
+}

@@ -1,0 +1,462 @@
+//! The control plane through its handlers, against moto and the real local PostgreSQL.
+
+use chrono::{Duration, Utc};
+use lambda_runtime::{Context, LambdaEvent};
+use pgjit::aws::Services;
+use pgjit::grants::GrantResult;
+use pgjit::integration::Integration;
+use pgjit::store::GrantStatus;
+use pgjit::SecretString;
+use pgjit_tests::{env, isolated_services, role_exists};
+use serde_json::{json, Value};
+
+/// Stores the admin's credentials in moto (RDS format) and an integration using them.
+async fn integration(svc: &Services, name: &str, extra: Value) -> Integration {
+    let e = env();
+    let secret_id = format!("{}admin/{name}", svc.config.secret_prefix);
+    let secret = json!({"engine": "postgres", "username": e.admin_user, "password": e.admin_password.expose()}).to_string();
+    svc.secrets.create_secret().name(&secret_id).secret_string(secret).send().await.expect("admin secret");
+    // A prefix of its own: cleanup reconciles every role with the prefix on the server, and the
+    // tests share one server (as two pgjit deployments must never share a server and prefix).
+    let prefix = format!("t{}_", rand::random::<u32>());
+    let mut doc = json!({
+        "name": name, "kind": "postgres", "host": e.host, "port": e.port, "user_prefix": prefix,
+        "admin": {"auth": "password", "secret_id": secret_id},
+        "ssl_mode": "verify-full", "ca_bundle": e.ca_file,
+        "max_duration_seconds": 7200, "user_cleanup_after_days": 0,
+        "custom_access_details": "Connect with psql; sessions end at expiry."
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        doc[k] = v.clone();
+    }
+    let integration = Integration::from_json(&doc.to_string()).expect("valid integration");
+    svc.store.put_integration(&integration).await.unwrap();
+    integration
+}
+
+fn approval(request_id: &str, integration: &str, requester: &str, access: Value) -> Value {
+    json!({"version": "0", "id": format!("ev-{request_id}"), "detail-type": "Access Request Approved", "source": "pgjit.approvals",
+        "account": "123456789012", "time": "2026-11-24T10:00:00Z", "region": "us-east-1", "resources": [],
+        "detail": {"request_id": request_id, "integration": integration,
+            "requester": {"id": requester, "iam_arn": "arn:aws:iam::123456789012:user/john"},
+            "approver": "jane@corp.com", "duration_seconds": 3600, "reason": "INC-42 stuck orders", "access": access}})
+}
+
+fn orders_access() -> Value {
+    json!([{"database": "app", "schema": "sales", "table": "orders", "privileges": ["SELECT"]}])
+}
+
+async fn grant(svc: &Services, event: Value) -> Result<GrantResult, String> {
+    pgjit::handlers::grant(svc, LambdaEvent::new(event, Context::default())).await.map_err(|e| e.to_string())
+}
+
+async fn revoke_with(svc: &Services, payload: Value) -> Result<pgjit::grants::RevokeResult, String> {
+    pgjit::handlers::revoke(svc, LambdaEvent::new(payload, Context::default())).await.map_err(|e| e.to_string())
+}
+
+/// The input the scheduler would deliver to revoke, read back from the stored schedule.
+async fn schedule_input(svc: &Services, request_id: &str) -> Option<Value> {
+    let name = pgjit::schedule::schedule_name(request_id);
+    let out = svc.scheduler.get_schedule().name(&name).group_name(&svc.config.schedule_group).send().await.ok()?;
+    let target = out.target()?;
+    Some(serde_json::from_str(target.input()?).unwrap())
+}
+
+async fn schedule_count(svc: &Services) -> usize {
+    let out = svc.scheduler.list_schedules().group_name(&svc.config.schedule_group).send().await.unwrap();
+    out.schedules().len()
+}
+
+async fn secret_exists(svc: &Services, integration: &str, request_id: &str) -> bool {
+    let name = pgjit::credentials::secret_name(svc, integration, request_id);
+    svc.secrets.describe_secret().secret_id(name).send().await.is_ok()
+}
+
+async fn credentials(svc: &Services, arn: &str) -> (String, SecretString, Value) {
+    let text = pgjit::credentials::read(svc, arn).await.expect("credentials secret");
+    let v: Value = serde_json::from_str(text.expose()).unwrap();
+    let password = SecretString::new(v["password"].as_str().unwrap());
+    (v["username"].as_str().unwrap().to_owned(), password, v)
+}
+
+#[tokio::test]
+async fn full_lifecycle_through_the_handlers() {
+    let e = env();
+    let svc = isolated_services().await;
+    let su = e.superuser("postgres").await;
+    let i = integration(&svc, "orders", json!({"user_cleanup_after_days": 2})).await;
+
+    let result = grant(&svc, approval("REQ-1001", "orders", "john.doe@corp.com", orders_access())).await.expect("grant");
+    assert_eq!(result.status, GrantStatus::Active);
+    assert!(!result.repeated);
+    assert!(result.db_user.starts_with(&format!("{}john_doe_", i.user_prefix)), "{}", result.db_user);
+    let output = serde_json::to_string(&result).unwrap();
+    let arn = result.secret_arn.clone().expect("secret");
+
+    // The requester's credentials, in the RDS format, log in over TLS and read what was approved.
+    let (username, password, value) = credentials(&svc, &arn).await;
+    assert!(!output.contains(password.expose()), "the result never carries the password");
+    assert_eq!(username, result.db_user);
+    assert_eq!((value["engine"].as_str(), value["port"].as_u64(), value["dbname"].as_str()), (Some("postgres"), Some(u64::from(e.port)), Some("app")));
+    assert!(value["expires_at"].is_string());
+    let tags = svc.secrets.describe_secret().secret_id(&arn).send().await.unwrap();
+    let tags: Vec<(String, String)> = tags.tags().iter().map(|t| (t.key().unwrap().to_owned(), t.value().unwrap().to_owned())).collect();
+    assert!(tags.contains(&("pgjit:request_id".into(), "REQ-1001".into())), "{tags:?}");
+    assert!(tags.contains(&("pgjit:requester".into(), "john.doe@corp.com".into())), "{tags:?}");
+    let client = e.login_as(&username, &password, "app").await.expect("login with the secret's credentials");
+    client.query("SELECT * FROM sales.orders", &[]).await.expect("allowed");
+    assert!(client.query("SELECT * FROM hr.salaries", &[]).await.is_err());
+
+    // The schedule: one-shot at expiry, UTC, deleted after completion, input for revoke.
+    let name = pgjit::schedule::schedule_name("REQ-1001");
+    let schedule = svc.scheduler.get_schedule().name(&name).group_name(&svc.config.schedule_group).send().await.unwrap();
+    assert_eq!(schedule.schedule_expression(), Some(pgjit::schedule::at_expression(result.expires_at).as_str()));
+    assert_eq!(schedule.schedule_expression_timezone(), Some("UTC"));
+    assert_eq!(schedule.action_after_completion().map(|a| a.as_str()), Some("DELETE"));
+    assert_eq!(schedule.flexible_time_window().map(|w| w.mode().as_str()), Some("OFF"));
+    let target = schedule.target().unwrap();
+    assert_eq!(target.arn(), svc.config.revoke_function_arn);
+    assert!(target.dead_letter_config().is_some() && target.retry_policy().is_some());
+    let input = schedule_input(&svc, "REQ-1001").await.unwrap();
+    assert_eq!(input, json!({"request_id": "REQ-1001"}));
+
+    // The schedule fires: revoke with its stored input.
+    let revoked = revoke_with(&svc, input.clone()).await.expect("revoke");
+    assert_eq!(revoked.status, GrantStatus::Revoked);
+    assert_eq!(revoked.sessions_ended, 1);
+    assert!(client.query_one("SELECT 1", &[]).await.is_err(), "session ended");
+    assert!(e.login_as(&username, &password, "app").await.is_err(), "login refused after revoke");
+    assert!(!secret_exists(&svc, "orders", "REQ-1001").await, "credentials deleted at revoke");
+    let record = svc.store.get_grant("REQ-1001").await.unwrap().unwrap();
+    assert_eq!(record.status, GrantStatus::Revoked);
+    let revoked_at = record.revoked_at.unwrap();
+    assert_eq!(record.delete_after, Some(revoked_at + Duration::days(2)));
+    assert!(role_exists(&su, &username).await, "kept NOLOGIN during retention");
+    // The scheduler retrying the same input: nothing to do.
+    assert!(revoke_with(&svc, input).await.unwrap().repeated);
+
+    // Cleanup before the retention ends keeps the role; after, drops it.
+    let report = pgjit::cleanup::run(&svc, Utc::now() + Duration::days(1)).await.unwrap();
+    assert!(report.deleted.is_empty(), "{report:?}");
+    let report = pgjit::cleanup::run(&svc, Utc::now() + Duration::days(3)).await.unwrap();
+    assert_eq!(report.deleted, ["REQ-1001"], "{report:?}");
+    assert!(!role_exists(&su, &username).await, "role gone after retention");
+    let record = svc.store.get_grant("REQ-1001").await.unwrap().unwrap();
+    assert_eq!(record.status, GrantStatus::Deleted);
+
+    // The audit trail answers who, what, approved by whom, when.
+    let audit = svc.store.audit_of("REQ-1001").await.unwrap();
+    let events: Vec<&str> = audit.iter().map(|a| a.event.as_str()).collect();
+    assert_eq!(events, ["requested", "granted", "revoked", "deleted"]);
+    assert!(audit.iter().all(|a| a.approver == "jane@corp.com" && a.requester == "john.doe@corp.com" && a.db_user == username));
+}
+
+#[tokio::test]
+async fn the_same_approval_five_times_grants_once() {
+    let e = env();
+    let svc = isolated_services().await;
+    let su = e.superuser("postgres").await;
+    let i = integration(&svc, "orders", json!({})).await;
+    let event = approval("REQ-DUP", "orders", "dup.user@corp.com", orders_access());
+    let first = grant(&svc, event.clone()).await.unwrap();
+    for _ in 0..4 {
+        let again = grant(&svc, event.clone()).await.unwrap();
+        assert!(again.repeated);
+        assert_eq!((again.db_user.as_str(), again.secret_arn.as_deref(), again.expires_at), (first.db_user.as_str(), first.secret_arn.as_deref(), first.expires_at));
+    }
+    let roles: i64 = su.query_one("SELECT count(*) FROM pg_roles WHERE starts_with(rolname, $1)", &[&format!("{}dup_user_", i.user_prefix)]).await.unwrap().get(0);
+    assert_eq!(roles, 1, "one role");
+    let secrets = svc.secrets.list_secrets().send().await.unwrap();
+    let ours = secrets.secret_list().iter().filter(|s| s.name().is_some_and(|n| n.ends_with("/REQ-DUP"))).count();
+    assert_eq!(ours, 1, "one secret");
+    assert_eq!(schedule_count(&svc).await, 1, "one schedule");
+    // The same request id with other access is refused, not merged.
+    let other = approval("REQ-DUP", "orders", "dup.user@corp.com", json!([{"database": "app", "schema": "hr", "table": "salaries", "privileges": ["SELECT"]}]));
+    let err = grant(&svc, other).await.unwrap_err();
+    assert!(err.contains("other details"), "{err}");
+    revoke_with(&svc, json!({"detail-type": "Access Revoke Requested", "detail": {"request_id": "REQ-DUP"}})).await.unwrap();
+}
+
+#[tokio::test]
+async fn early_revoke_deletes_the_schedule_and_retention_zero_drops_the_user() {
+    let e = env();
+    let svc = isolated_services().await;
+    let su = e.superuser("postgres").await;
+    integration(&svc, "orders", json!({"user_cleanup_after_days": 0})).await;
+    let result = grant(&svc, approval("REQ-EARLY", "orders", "early@corp.com", orders_access())).await.unwrap();
+    assert!(schedule_input(&svc, "REQ-EARLY").await.is_some());
+    let revoked = revoke_with(&svc, json!({"version": "0", "detail-type": "Access Revoke Requested", "source": "pgjit.approvals", "detail": {"request_id": "REQ-EARLY"}}))
+        .await
+        .unwrap();
+    assert_eq!(revoked.status, GrantStatus::Deleted, "retention 0: dropped at revoke");
+    assert!(schedule_input(&svc, "REQ-EARLY").await.is_none(), "schedule deleted");
+    assert!(!role_exists(&su, &result.db_user).await);
+    assert!(!secret_exists(&svc, "orders", "REQ-EARLY").await);
+    let again = revoke_with(&svc, json!({"request_id": "REQ-EARLY"})).await.unwrap();
+    assert!(again.repeated);
+    let err = revoke_with(&svc, json!({"request_id": "REQ-NEVER"})).await.unwrap_err();
+    assert!(err.contains("unknown request"), "{err}");
+}
+
+#[tokio::test]
+async fn iam_mode_puts_and_removes_the_connect_policy() {
+    let e = env();
+    let svc = isolated_services().await;
+    let su = e.superuser("postgres").await;
+    let id: u32 = rand::random();
+    let instance = format!("orders-db-{id}");
+    let created = svc
+        .rds
+        .create_db_instance()
+        .db_instance_identifier(&instance)
+        .engine("postgres")
+        .db_instance_class("db.t3.micro")
+        .master_username("postgres")
+        .master_user_password("not-used-here")
+        .allocated_storage(20)
+        .send()
+        .await
+        .expect("moto RDS instance");
+    let resource_id = created.db_instance().unwrap().dbi_resource_id().unwrap().to_owned();
+    let user = format!("john-{id}");
+    let role = format!("Dev-{id}");
+    svc.iam.create_user().user_name(&user).send().await.unwrap();
+    svc.iam.create_role().role_name(&role).assume_role_policy_document("{}").send().await.unwrap();
+    // The database is the local one (host override); RDS supplies the resource id.
+    integration(&svc, "orders-iam", json!({"kind": "rds", "instance_id": instance, "region": "us-east-1", "access_mode": "iam"})).await;
+
+    for (request_id, arn, kind, principal) in [
+        (format!("REQ-IAM-U-{id}"), format!("arn:aws:iam::123456789012:user/{user}"), "user", user.clone()),
+        (format!("REQ-IAM-R-{id}"), format!("arn:aws:sts::123456789012:assumed-role/{role}/john@corp.com"), "role", role.clone()),
+    ] {
+        let mut event = approval(&request_id, "orders-iam", "iam.user@corp.com", orders_access());
+        event["detail"]["requester"]["iam_arn"] = json!(arn);
+        let result = grant(&svc, event).await.expect("iam grant");
+        assert!(result.secret_arn.is_none(), "no secret in IAM mode");
+        let member: bool = su.query_one("SELECT pg_has_role($1, 'rds_iam', 'MEMBER')", &[&result.db_user]).await.unwrap().get(0);
+        assert!(member);
+        let policy_name = pgjit::iam::policy_name(&request_id);
+        let document = if kind == "user" {
+            svc.iam.get_user_policy().user_name(&principal).policy_name(&policy_name).send().await.unwrap().policy_document
+        } else {
+            svc.iam.get_role_policy().role_name(&principal).policy_name(&policy_name).send().await.unwrap().policy_document
+        };
+        let document: Value = serde_json::from_str(&urlencoding_decode(&document)).unwrap();
+        assert_eq!(document["Statement"][0]["Action"], "rds-db:connect");
+        assert_eq!(document["Statement"][0]["Resource"], format!("arn:aws:rds-db:us-east-1:123456789012:dbuser:{resource_id}/{}", result.db_user));
+
+        revoke_with(&svc, json!({"request_id": request_id})).await.unwrap();
+        let gone = if kind == "user" {
+            svc.iam.get_user_policy().user_name(&principal).policy_name(&policy_name).send().await.is_err()
+        } else {
+            svc.iam.get_role_policy().role_name(&principal).policy_name(&policy_name).send().await.is_err()
+        };
+        assert!(gone, "{kind} policy removed at revoke");
+    }
+    // IAM mode without an IAM identity is refused up front.
+    let mut event = approval(&format!("REQ-IAM-X-{id}"), "orders-iam", "x@corp.com", orders_access());
+    event["detail"]["requester"].as_object_mut().unwrap().remove("iam_arn");
+    let err = grant(&svc, event).await.unwrap_err();
+    assert!(err.contains("iam_arn"), "{err}");
+}
+
+/// IAM may hand documents back URL-encoded.
+fn urlencoding_decode(text: &str) -> String {
+    if !text.contains('%') {
+        return text.to_owned();
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
+}
+
+#[tokio::test]
+async fn a_failure_at_each_step_of_grant_leaves_nothing_behind() {
+    let e = env();
+    let svc = isolated_services().await;
+    let su = e.superuser("postgres").await;
+    integration(&svc, "orders", json!({})).await;
+    let steps = ["grant:after_connect", "grant:after_role", "grant:after_secret", "grant:after_schedule", "grant:before_activate"];
+    for (i, step) in steps.iter().enumerate() {
+        let request_id = format!("REQ-FAIL-{i}");
+        svc.failpoints.set(step);
+        let err = grant(&svc, approval(&request_id, "orders", "fail@corp.com", orders_access())).await.unwrap_err();
+        assert!(err.contains(step) && err.contains("undone"), "{step}: {err}");
+        let record = svc.store.get_grant(&request_id).await.unwrap().unwrap();
+        assert_eq!(record.status, GrantStatus::Failed, "{step}");
+        assert!(record.failure.as_deref().unwrap().contains("failpoint"), "{step}");
+        assert!(!role_exists(&su, &record.db_user).await, "{step}: no role");
+        assert!(!secret_exists(&svc, "orders", &request_id).await, "{step}: no secret");
+        assert!(schedule_input(&svc, &request_id).await.is_none(), "{step}: no schedule");
+        let audit = svc.store.audit_of(&request_id).await.unwrap();
+        assert_eq!(audit.last().unwrap().event, "grant_failed", "{step}");
+
+        // The same event, delivered again once the fault is gone, succeeds.
+        svc.failpoints.clear();
+        let result = grant(&svc, approval(&request_id, "orders", "fail@corp.com", orders_access())).await.expect("retry after the fault");
+        assert_eq!(result.status, GrantStatus::Active, "{step}");
+        let (user, password, _) = credentials(&svc, result.secret_arn.as_deref().unwrap()).await;
+        e.login_as(&user, &password, "app").await.expect("works after retry");
+        revoke_with(&svc, json!({"request_id": request_id})).await.unwrap();
+    }
+    // A failure while revoking leaves the record for the retry, which finishes it.
+    let result = grant(&svc, approval("REQ-FAIL-REVOKE", "orders", "fail@corp.com", orders_access())).await.unwrap();
+    svc.failpoints.set("revoke:after_role");
+    let err = revoke_with(&svc, json!({"request_id": "REQ-FAIL-REVOKE"})).await.unwrap_err();
+    assert!(err.contains("revoke:after_role"), "{err}");
+    assert_eq!(svc.store.get_grant("REQ-FAIL-REVOKE").await.unwrap().unwrap().status, GrantStatus::Revoking);
+    svc.failpoints.clear();
+    let done = revoke_with(&svc, json!({"request_id": "REQ-FAIL-REVOKE"})).await.unwrap();
+    assert_eq!(done.status, GrantStatus::Deleted);
+    assert!(!role_exists(&su, &result.db_user).await);
+    assert!(!secret_exists(&svc, "orders", "REQ-FAIL-REVOKE").await);
+}
+
+#[tokio::test]
+async fn cleanup_revokes_overdue_grants_and_removes_orphans() {
+    let e = env();
+    let svc = isolated_services().await;
+    let su = e.superuser("postgres").await;
+    let prefix = format!("t{}_", rand::random::<u32>());
+    let i = integration(&svc, "orders", json!({"user_prefix": prefix, "user_cleanup_after_days": 1})).await;
+    let result = grant(&svc, approval("REQ-OVERDUE", "orders", "late@corp.com", orders_access())).await.unwrap();
+
+    // An orphan: a role with the prefix and no record (as a crash between the two would leave).
+    let orphan = pgjit::access::login_role_name(&prefix, "ghost@corp.com");
+    let access = pgjit::access::AccessSet::from_entries(&serde_json::from_value::<Vec<pgjit::access::AccessEntry>>(orders_access()).unwrap()).unwrap();
+    let password = SecretString::random_password();
+    let spec = pgjit::roles::GrantSpec {
+        username: &orphan,
+        access: &access,
+        login: pgjit::roles::LoginMethod::Password(&password),
+        valid_until: Utc::now() + Duration::hours(1),
+        prefix: &prefix,
+        grantable_roles: None,
+        maintenance_database: "postgres",
+    };
+    pgjit::roles::grant(&e.admin(), &spec).await.unwrap();
+
+    // Before expiry: nothing due, the orphan goes.
+    let report = pgjit::cleanup::run(&svc, Utc::now()).await.unwrap();
+    assert!(report.revoked_overdue.is_empty(), "{report:?}");
+    assert_eq!(report.orphans, [format!("orders/{orphan}")], "{report:?}");
+    assert!(!role_exists(&su, &orphan).await);
+    assert!(role_exists(&su, &result.db_user).await, "a granted role is not an orphan");
+
+    // The schedule never fired: cleanup past expiry revokes it.
+    let report = pgjit::cleanup::run(&svc, result.expires_at + Duration::minutes(1)).await.unwrap();
+    assert_eq!(report.revoked_overdue, ["REQ-OVERDUE"], "{report:?}");
+    assert!(report.items_read <= 2, "read only the due work: {report:?}");
+    let record = svc.store.get_grant("REQ-OVERDUE").await.unwrap().unwrap();
+    assert_eq!(record.status, GrantStatus::Revoked);
+    assert_eq!(record.revoke_reason.as_deref(), Some("cleanup"));
+    let can_login: bool = su.query_one("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1", &[&result.db_user]).await.unwrap().get(0);
+    assert!(!can_login);
+    assert!(!secret_exists(&svc, &i.name, "REQ-OVERDUE").await);
+}
+
+#[tokio::test]
+async fn rotation_gives_a_new_password_to_old_grants() {
+    let e = env();
+    let svc = isolated_services().await;
+    integration(&svc, "orders", json!({"credential_rotation_days": 1, "max_duration_seconds": 604800})).await;
+    let mut event = approval("REQ-ROTATE", "orders", "rotate@corp.com", orders_access());
+    event["detail"]["duration_seconds"] = json!(5 * 86400);
+    let result = grant(&svc, event).await.unwrap();
+    let (user, old, _) = credentials(&svc, result.secret_arn.as_deref().unwrap()).await;
+    let report = pgjit::cleanup::run(&svc, Utc::now() + Duration::days(1) + Duration::minutes(1)).await.unwrap();
+    assert_eq!(report.rotated, ["REQ-ROTATE"], "{report:?}");
+    let (_, new, _) = credentials(&svc, result.secret_arn.as_deref().unwrap()).await;
+    assert_ne!(old.expose(), new.expose());
+    assert!(e.login_as(&user, &old, "app").await.is_err(), "the old password is dead");
+    e.login_as(&user, &new, "app").await.expect("the new password works");
+    revoke_with(&svc, json!({"request_id": "REQ-ROTATE"})).await.unwrap();
+}
+
+#[tokio::test]
+async fn policy_and_input_errors_change_nothing() {
+    let e = env();
+    let svc = isolated_services().await;
+    let su = e.superuser("postgres").await;
+    let i = integration(&svc, "orders", json!({"max_duration_seconds": 600})).await;
+    let cases = [
+        (approval("REQ-LONG", "orders", "a@corp.com", orders_access()), "max_duration_seconds"),
+        (approval("REQ-NOINT", "nope", "a@corp.com", orders_access()), "unknown integration"),
+        (approval("REQ-BADPRIV", "orders", "a@corp.com", json!([{"database": "app", "schema": "sales", "privileges": ["SELECT"]}])), "access[0].privileges"),
+        (approval("REQ-MISSING", "orders", "a@corp.com", json!([{"database": "app", "schema": "sales", "table": "nope", "privileges": ["SELECT"]}])), "does not exist"),
+        (json!({"detail-type": "Access Request Approved", "detail": {"request_id": "REQ-X"}}), "integration"),
+    ];
+    for (mut event, expected) in cases {
+        if expected != "max_duration_seconds" && event["detail"].get("duration_seconds").is_some() {
+            event["detail"]["duration_seconds"] = json!(60);
+        }
+        let err = grant(&svc, event.clone()).await.unwrap_err();
+        assert!(err.contains(expected), "{expected}: {err}");
+    }
+    assert!(svc.store.get_grant("REQ-LONG").await.unwrap().is_none(), "refused before any record");
+    assert_eq!(schedule_count(&svc).await, 0);
+    let left: i64 = su.query_one("SELECT count(*) FROM pg_roles WHERE starts_with(rolname, $1)", &[&i.user_prefix]).await.unwrap().get(0);
+    assert_eq!(left, 0, "no role for refused requests");
+}
+
+#[tokio::test]
+async fn discovery_registers_tagged_instances_and_inventories_databases() {
+    let e = env();
+    let svc = isolated_services().await;
+    let su = e.superuser("app").await;
+    let id: u32 = rand::random();
+    let tagged = format!("tagged-{id}");
+    svc.rds
+        .create_db_instance()
+        .db_instance_identifier(&tagged)
+        .engine("postgres")
+        .db_instance_class("db.t3.micro")
+        .master_username("postgres")
+        .master_user_password("not-used-here")
+        .allocated_storage(20)
+        .tags(aws_sdk_rds::types::Tag::builder().key(&svc.config.discovery_tag_key).value(format!("{}missing-admin", svc.config.secret_prefix)).build())
+        .send()
+        .await
+        .unwrap();
+    integration(&svc, "local", json!({})).await;
+    let table = format!("discovered_{id}");
+    su.batch_execute(&format!("CREATE TABLE public.{table} (x int)")).await.unwrap();
+
+    let report = pgjit::discovery::run(&svc, Utc::now(), |_| {}).await.unwrap();
+    assert!(report.registered.contains(&tagged), "{report:?}");
+    let registered = svc.store.get_integration(&tagged).await.unwrap().expect("registered");
+    assert_eq!(registered.instance_id.as_deref(), Some(tagged.as_str()));
+    // The registered instance cannot be read (its admin secret is missing): recorded on it,
+    // and the other integration is inventoried all the same.
+    assert!(registered.discovery.unwrap().error.unwrap().contains("missing-admin"));
+    let local = report.inventoried.iter().find(|(n, _)| n == "local").expect("local inventoried");
+    assert!(local.1 > 10);
+    let items = svc.store.inventory("local").await.unwrap();
+    let has = |kind: &str, name: &str| items.iter().any(|i| i.kind == kind && i.name == name);
+    assert!(has("table", "orders") && has("view", "big_orders") && has("sequence", "orders_id_seq") && has("function", "order_count()"));
+    assert!(has("schema", "sales") && has("database", "crm") && has("role", "reporting"));
+    assert!(has("table", &table));
+    let prefix = svc.store.get_integration("local").await.unwrap().unwrap().user_prefix;
+    assert!(!items.iter().any(|i| i.kind == "role" && i.name.starts_with(&prefix)), "temporary roles are not inventoried");
+
+    // A dropped table disappears from the inventory at the next run.
+    su.batch_execute(&format!("DROP TABLE public.{table}")).await.unwrap();
+    pgjit::discovery::run(&svc, Utc::now(), |_| {}).await.unwrap();
+    let items = svc.store.inventory("local").await.unwrap();
+    assert!(!items.iter().any(|i| i.name == table));
+    // Discovery never overwrites an integration an operator changed.
+    let again = pgjit::discovery::run(&svc, Utc::now(), |_| {}).await.unwrap();
+    assert!(again.registered.is_empty());
+}
