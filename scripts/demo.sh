@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Starts the local environment, runs the narrated lifecycle demo on it, and tears it down.
+# The whole lifecycle on the local environment, through the pgjit CLI: starts the environment,
+# runs scripts/demo-lifecycle.sh against it, and tears everything down again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build -q -p pgjit-tests --bin demo
-exec scripts/localenv.sh run cargo run -q -p pgjit-tests --bin demo
+cargo build -q -p pgjit-cli
+exec scripts/localenv.sh run scripts/demo-lifecycle.sh

@@ -216,6 +216,7 @@ PGJIT_TEST_PG_PLAIN_SOCKET=$STATE/plain/sock
 PGJIT_TEST_ADMIN_USER=$admin_user
 PGJIT_TEST_ADMIN_PASSWORD=$ADMIN_PASSWORD
 PGJIT_TEST_MOTO_URL=http://127.0.0.1:$moto_port
+PGJIT_TEST_CLI=$PGJIT_BIN
 EOF
     trap - EXIT
     log "up; environment in $state_link/env"

@@ -421,7 +421,8 @@ impl Store {
 
     /// Every record in `status` (the index holds the states that still have work to come).
     pub async fn grants_in(&self, status: GrantStatus) -> Result<Vec<GrantRecord>, StoreError> {
-        let far = DateTime::<Utc>::MAX_UTC;
+        // The last moment a four-digit year can write: every key sorts before it.
+        let far = DateTime::parse_from_rfc3339("9999-12-31T23:59:59.999Z").map(|d| d.with_timezone(&Utc)).unwrap_or(DateTime::<Utc>::MAX_UTC);
         Ok(self.due_grants(status, far).await?.0)
     }
 

@@ -20,6 +20,8 @@ pub struct LocalEnv {
     pub admin_user: String,
     pub admin_password: SecretString,
     pub moto_url: String,
+    /// The `pgjit` binary the environment was prepared with.
+    pub cli: String,
 }
 
 /// A variable of the environment: from the process, or else from `.localenv/env`, which
@@ -49,6 +51,7 @@ pub fn env() -> &'static LocalEnv {
         admin_user: var("PGJIT_TEST_ADMIN_USER"),
         admin_password: SecretString::new(var("PGJIT_TEST_ADMIN_PASSWORD")),
         moto_url: var("PGJIT_TEST_MOTO_URL"),
+        cli: var("PGJIT_TEST_CLI"),
     })
 }
 

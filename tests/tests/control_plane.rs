@@ -159,6 +159,8 @@ async fn the_same_approval_five_times_grants_once() {
     let i = integration(&svc, "orders", json!({})).await;
     let event = approval("REQ-DUP", "orders", "dup.user@corp.com", orders_access());
     let first = grant(&svc, event.clone()).await.unwrap();
+    let active = svc.store.grants_in(GrantStatus::Active).await.unwrap();
+    assert_eq!(active.iter().map(|g| g.request_id.as_str()).collect::<Vec<_>>(), ["REQ-DUP"], "listed as active");
     for _ in 0..4 {
         let again = grant(&svc, event.clone()).await.unwrap();
         assert!(again.repeated);

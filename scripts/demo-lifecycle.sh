@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The narrated lifecycle, run by scripts/demo.sh inside the local environment (it needs the
+# PGJIT_TEST_* variables that scripts/localenv.sh exports). Every step is a pgjit command, with
+# only the standard AWS variables pointing it at moto.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export AWS_ENDPOINT_URL="$PGJIT_TEST_MOTO_URL" AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo
+target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+pgjit() { "$target/debug/pgjit" "$@"; }
+step() { printf '\n==> %s\n' "$*"; }
+as_requester() { # as_requester USER PASSWORD SQL: psql over verified TLS as the temporary user
+    PGPASSWORD="$2" psql -X -q -A -t "host=localhost port=$PGJIT_TEST_PG_PORT dbname=app user=$1 sslmode=verify-full sslrootcert=$PGJIT_TEST_PG_CA" -c "$3"
+}
+work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+
+step "bootstrap: DynamoDB tables and the schedule group"
+pgjit bootstrap
+
+step "the admin's credentials go into Secrets Manager (RDS format); the integration points at them"
+python3 - "$work/integration.json" <<'PY'
+import json, os, sys, boto3
+sm = boto3.client("secretsmanager", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1")
+sm.create_secret(Name="pgjit/admin/orders-prod", SecretString=json.dumps(
+    {"engine": "postgres", "username": os.environ["PGJIT_TEST_ADMIN_USER"], "password": os.environ["PGJIT_TEST_ADMIN_PASSWORD"]}))
+json.dump({"name": "orders-prod", "kind": "postgres", "host": "localhost", "port": int(os.environ["PGJIT_TEST_PG_PORT"]),
+           "admin": {"auth": "password", "secret_id": "pgjit/admin/orders-prod"},
+           "ssl_mode": "verify-full", "ca_bundle": os.environ["PGJIT_TEST_PG_CA"],
+           "max_duration_seconds": 14400, "user_cleanup_after_days": 1,
+           "custom_access_details": "psql with sslmode=verify-full"}, open(sys.argv[1], "w"), indent=2)
+PY
+pgjit integration put "$work/integration.json"
+pgjit integration list
+
+step "doctor: can the (non-superuser) admin do its job?"
+pgjit doctor orders-prod
+
+step "discovery: the inventory of the server"
+pgjit discover
+pgjit inventory orders-prod | grep -E ' (table|view|schema) ' | head -8
+
+step "approval arrives (events/approval.json): john.doe may read sales for 1 hour"
+pgjit grant --event events/approval.json
+step "the same approval delivered again changes nothing"
+pgjit grant --event events/approval.json
+pgjit grants
+
+step "the requester's credentials (the password stays hidden here)"
+pgjit credentials REQ-1001 > "$work/creds.json"
+user=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["username"])' "$work/creds.json")
+password=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["password"])' "$work/creds.json")
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["password"]="(hidden)"; print(json.dumps(d))' "$work/creds.json"
+
+step "as $user: an allowed query, then a denied one"
+echo "SELECT count(*) FROM sales.orders -> $(as_requester "$user" "$password" 'SELECT count(*) FROM sales.orders')"
+if as_requester "$user" "$password" 'SELECT * FROM hr.salaries' 2>"$work/denied"; then
+    echo "hr.salaries was readable: the grant is too wide" >&2; exit 1
+fi
+echo "SELECT * FROM hr.salaries -> $(head -1 "$work/denied")"
+
+step "revoke (early, as an 'Access Revoke Requested' event would)"
+pgjit revoke REQ-1001
+if as_requester "$user" "$password" 'SELECT 1' 2>"$work/refused"; then
+    echo "login still works after revoke" >&2; exit 1
+fi
+echo "login refused: $(head -1 "$work/refused")"
+
+step "cleanup, two days later: the retention (1 day) is over, the role is dropped"
+pgjit cleanup --now "$(date -u -d '+2 days' +%Y-%m-%dT%H:%M:%SZ)"
+pgjit grants --all
+
+step "nothing left behind"
+left=$(psql -X -q -A -t -h "$PGJIT_TEST_PG_SOCKET" -p "$PGJIT_TEST_PG_PORT" -U postgres -d postgres \
+    -c "SELECT count(*) FROM pg_roles WHERE rolname = '$user'")
+sessions=$(psql -X -q -A -t -h "$PGJIT_TEST_PG_SOCKET" -p "$PGJIT_TEST_PG_PORT" -U postgres -d postgres \
+    -c "SELECT count(*) FROM pg_stat_activity WHERE usename = '$user'")
+echo "roles named $user: $left, sessions: $sessions"
+[ "$left" = 0 ] && [ "$sessions" = 0 ]
+echo "demo complete"
