@@ -217,6 +217,26 @@ impl Store {
         serde_dynamo::from_item(item).map_err(|source| StoreError::Decode { table: table.to_owned(), source })
     }
 
+    /// Every item a Query returns, all pages, decoded.
+    async fn query_all<T: for<'de> Deserialize<'de>>(&self, table: &str, query: aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        let mut pages = query.table_name(table).into_paginator().items().send();
+        while let Some(item) = pages.next().await {
+            out.push(self.from_item(table, item.map_err(dynamo("Query", table))?)?);
+        }
+        Ok(out)
+    }
+
+    /// Every item of a table (operator listings and the small integrations table only).
+    async fn scan_all<T: for<'de> Deserialize<'de>>(&self, table: &str) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        let mut pages = self.client.scan().table_name(table).into_paginator().items().send();
+        while let Some(item) = pages.next().await {
+            out.push(self.from_item(table, item.map_err(dynamo("Scan", table))?)?);
+        }
+        Ok(out)
+    }
+
     /// Creates the four tables with their indexes; tables that exist are left as they are.
     pub async fn create_tables(&self) -> Result<Vec<String>, StoreError> {
         let s = |name: &str| AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build();
@@ -310,12 +330,8 @@ impl Store {
 
     /// Every integration (a handful per deployment: a paginated Scan of a small table).
     pub async fn list_integrations(&self) -> Result<Vec<Integration>, StoreError> {
-        let mut out = Vec::new();
-        let mut pages = self.client.scan().table_name(&self.integrations).into_paginator().items().send();
-        while let Some(item) = pages.next().await {
-            out.push(self.from_item(&self.integrations, item.map_err(dynamo("Scan", &self.integrations))?)?);
-        }
-        out.sort_by(|a: &Integration, b| a.name.cmp(&b.name));
+        let mut out: Vec<Integration> = self.scan_all(&self.integrations).await?;
+        out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
@@ -399,22 +415,15 @@ impl Store {
 
     /// Records in `status` whose `due_at` has come, oldest first, and how many items were read.
     pub async fn due_grants(&self, status: GrantStatus, now: DateTime<Utc>) -> Result<(Vec<GrantRecord>, usize), StoreError> {
-        let mut out = Vec::new();
-        let mut pages = self
+        let query = self
             .client
             .query()
-            .table_name(&self.grants)
             .index_name(STATUS_DUE_INDEX)
             .key_condition_expression("#s = :s AND due_at <= :now")
             .expression_attribute_names("#s", "status")
             .expression_attribute_values(":s", AttributeValue::S(status.as_str().to_owned()))
-            .expression_attribute_values(":now", AttributeValue::S(due_key(now)))
-            .into_paginator()
-            .items()
-            .send();
-        while let Some(item) = pages.next().await {
-            out.push(self.from_item(&self.grants, item.map_err(dynamo("Query", &self.grants))?)?);
-        }
+            .expression_attribute_values(":now", AttributeValue::S(due_key(now)));
+        let out: Vec<GrantRecord> = self.query_all(&self.grants, query).await?;
         let read = out.len();
         Ok((out, read))
     }
@@ -428,31 +437,18 @@ impl Store {
 
     /// The records of one database user (normally one).
     pub async fn grants_of_user(&self, db_user: &str) -> Result<Vec<GrantRecord>, StoreError> {
-        let mut out = Vec::new();
-        let mut pages = self
+        let query = self
             .client
             .query()
-            .table_name(&self.grants)
             .index_name(DB_USER_INDEX)
             .key_condition_expression("db_user = :u")
-            .expression_attribute_values(":u", AttributeValue::S(db_user.to_owned()))
-            .into_paginator()
-            .items()
-            .send();
-        while let Some(item) = pages.next().await {
-            out.push(self.from_item(&self.grants, item.map_err(dynamo("Query", &self.grants))?)?);
-        }
-        Ok(out)
+            .expression_attribute_values(":u", AttributeValue::S(db_user.to_owned()));
+        self.query_all(&self.grants, query).await
     }
 
     /// Every grant, for an operator's listing (a Scan: never on a function's path).
     pub async fn all_grants(&self) -> Result<Vec<GrantRecord>, StoreError> {
-        let mut out = Vec::new();
-        let mut pages = self.client.scan().table_name(&self.grants).into_paginator().items().send();
-        while let Some(item) = pages.next().await {
-            out.push(self.from_item(&self.grants, item.map_err(dynamo("Scan", &self.grants))?)?);
-        }
-        Ok(out)
+        self.scan_all(&self.grants).await
     }
 
     // ---- audit ----
@@ -476,39 +472,15 @@ impl Store {
     }
 
     pub async fn audit_of(&self, request_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
-        let mut out = Vec::new();
-        let mut pages = self
-            .client
-            .query()
-            .table_name(&self.audit)
-            .key_condition_expression("request_id = :r")
-            .expression_attribute_values(":r", AttributeValue::S(request_id.to_owned()))
-            .into_paginator()
-            .items()
-            .send();
-        while let Some(item) = pages.next().await {
-            out.push(self.from_item(&self.audit, item.map_err(dynamo("Query", &self.audit))?)?);
-        }
-        Ok(out)
+        let query = self.client.query().key_condition_expression("request_id = :r").expression_attribute_values(":r", AttributeValue::S(request_id.to_owned()));
+        self.query_all(&self.audit, query).await
     }
 
     // ---- inventory ----
 
     pub async fn inventory(&self, integration: &str) -> Result<Vec<InventoryItem>, StoreError> {
-        let mut out = Vec::new();
-        let mut pages = self
-            .client
-            .query()
-            .table_name(&self.inventory)
-            .key_condition_expression("integration = :i")
-            .expression_attribute_values(":i", AttributeValue::S(integration.to_owned()))
-            .into_paginator()
-            .items()
-            .send();
-        while let Some(item) = pages.next().await {
-            out.push(self.from_item(&self.inventory, item.map_err(dynamo("Query", &self.inventory))?)?);
-        }
-        Ok(out)
+        let query = self.client.query().key_condition_expression("integration = :i").expression_attribute_values(":i", AttributeValue::S(integration.to_owned()));
+        self.query_all(&self.inventory, query).await
     }
 
     /// Makes the stored inventory of `integration` equal `items`: new and changed objects are
