@@ -32,6 +32,8 @@ pub struct Config {
     /// `PGJIT_STUCK_AFTER_SECONDS`: a record left in `granting` or `revoking` this long was
     /// abandoned by a crashed run, and cleanup (or a repeated event) finishes it.
     pub stuck_after: Duration,
+    /// `PGJIT_WEBHOOK_SECRET_ID`: the Secrets Manager secret holding the webhook's HMAC key.
+    pub webhook_secret_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +85,7 @@ impl Config {
             auto_register,
             discovery_concurrency: number("PGJIT_DISCOVERY_CONCURRENCY", 4, 1, 64)? as usize,
             stuck_after: Duration::from_secs(number("PGJIT_STUCK_AFTER_SECONDS", 900, 1, 86_400)?),
+            webhook_secret_id: lookup("PGJIT_WEBHOOK_SECRET_ID").filter(|v| !v.trim().is_empty()),
         })
     }
 }

@@ -42,6 +42,15 @@ pub async fn discovery(svc: &Services, _event: LambdaEvent<Value>) -> Result<Dis
     crate::discovery::run(svc, Utc::now(), |_| {}).await.map_err(failure)
 }
 
+/// A signed webhook request to the Function URL → grant (401 for any signature fault).
+pub async fn webhook(
+    svc: &Services,
+    secrets: &crate::webhook::SecretCache,
+    event: LambdaEvent<aws_lambda_events::event::lambda_function_urls::LambdaFunctionUrlRequest>,
+) -> Result<aws_lambda_events::event::lambda_function_urls::LambdaFunctionUrlResponse, Error> {
+    Ok(crate::webhook::handle(svc, secrets, event.payload, Utc::now()).await)
+}
+
 /// JSON logs for CloudWatch: one line per event, level from `RUST_LOG` (default info).
 pub fn init_tracing() {
     lambda_runtime::tracing::init_default_subscriber();

@@ -39,5 +39,6 @@ pub mod schedule;
 pub mod secret;
 pub mod setup;
 pub mod store;
+pub mod webhook;
 
 pub use secret::SecretString;

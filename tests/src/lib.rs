@@ -128,8 +128,13 @@ pub async fn moto_sdk_config() -> aws_config::SdkConfig {
 /// Services with tables, schedule group and secret prefix of their own, so tests running at the
 /// same time against one moto never see each other's records.
 pub async fn isolated_services() -> pgjit::aws::Services {
+    isolated_services_with(|_| None).await
+}
+
+/// [`isolated_services`] with some settings of the test's own (`extra` is asked first).
+pub async fn isolated_services_with(extra: impl Fn(&str) -> Option<String>) -> pgjit::aws::Services {
     let id: u32 = rand::random();
-    let config = pgjit::config::Config::from_lookup(|name| match name {
+    let config = pgjit::config::Config::from_lookup(|name| extra(name).or_else(|| match name {
         "PGJIT_GRANTS_TABLE" => Some(format!("grants-{id}")),
         "PGJIT_INTEGRATIONS_TABLE" => Some(format!("integrations-{id}")),
         "PGJIT_INVENTORY_TABLE" => Some(format!("inventory-{id}")),
@@ -138,7 +143,7 @@ pub async fn isolated_services() -> pgjit::aws::Services {
         "PGJIT_SECRET_PREFIX" => Some(format!("pgjit-{id}/")),
         "PGJIT_DISCOVERY_TAG_KEY" => Some(format!("pgjit:secret:{id}")),
         _ => None,
-    })
+    }))
     .expect("test configuration");
     let svc = pgjit::aws::Services::new(config, moto_sdk_config().await);
     svc.store.create_tables().await.expect("create tables in moto");

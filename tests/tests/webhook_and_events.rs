@@ -1,0 +1,135 @@
+//! The signed webhook through its handler, and every sample in `events/` parsed with the
+//! project's own types (so a sample can never drift from the code).
+
+use aws_lambda_events::event::lambda_function_urls::LambdaFunctionUrlRequest;
+use chrono::{DateTime, Utc};
+use lambda_runtime::{Context, LambdaEvent};
+use pgjit::webhook::{sign, SecretCache};
+use pgjit_tests::{env, isolated_services_with};
+use serde_json::{json, Value};
+
+const EVENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../events");
+
+fn sample(name: &str) -> Value {
+    let text = std::fs::read_to_string(format!("{EVENTS}/{name}")).unwrap_or_else(|e| panic!("{name}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[test]
+fn every_sample_event_parses_with_the_project_types() {
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(EVENTS).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        let value = sample(&name);
+        match name.as_str() {
+            "approval.json" => {
+                let a = pgjit::events::parse_approval(value).unwrap();
+                pgjit::access::AccessSet::from_entries(&a.access).unwrap();
+            }
+            "revoke-early.json" => assert_eq!(pgjit::events::parse_revoke(value).unwrap().trigger, pgjit::events::RevokeTrigger::Early),
+            "revoke-scheduled.json" => {
+                let r = pgjit::events::parse_revoke(value.clone()).unwrap();
+                assert_eq!(r.trigger, pgjit::events::RevokeTrigger::Scheduled);
+                assert_eq!(value.to_string(), pgjit::schedule::revoke_input(&r.request_id), "exactly what the schedule sends");
+            }
+            "cleanup.json" | "discovery.json" => {
+                let e: aws_lambda_events::event::eventbridge::EventBridgeEvent<Value> = serde_json::from_value(value).unwrap();
+                assert_eq!(e.detail_type, "Scheduled Event");
+            }
+            "webhook-request.json" => {
+                let request: LambdaFunctionUrlRequest = serde_json::from_value(value).unwrap();
+                let header = |n: &str| request.headers.get(n).and_then(|v| v.to_str().ok());
+                let ts: i64 = header("x-pgjit-timestamp").unwrap().parse().unwrap();
+                let body = request.body.as_deref().unwrap();
+                // Signed with the documented sample secret at its own timestamp.
+                pgjit::webhook::verify(b"sample-webhook-secret", header("x-pgjit-timestamp"), header("x-pgjit-signature"), body.as_bytes(), DateTime::from_timestamp(ts, 0).unwrap())
+                    .unwrap();
+                pgjit::events::parse_approval(serde_json::from_str(body).unwrap()).unwrap();
+            }
+            other => panic!("events/{other} has no parser in this test: add one"),
+        }
+        seen.push(name);
+    }
+    assert_eq!(seen.len(), 6, "{seen:?}");
+}
+
+fn request(body: &str, timestamp: Option<String>, signature: Option<String>) -> LambdaFunctionUrlRequest {
+    let mut headers = json!({"content-type": "application/json"});
+    if let Some(t) = timestamp {
+        headers["x-pgjit-timestamp"] = json!(t);
+    }
+    if let Some(s) = signature {
+        headers["x-pgjit-signature"] = json!(s);
+    }
+    // The sample request as the Function URL delivers it, with these headers and body.
+    let mut request = sample("webhook-request.json");
+    request["headers"] = headers;
+    request["body"] = json!(body);
+    serde_json::from_value(request).unwrap()
+}
+
+#[tokio::test]
+async fn the_webhook_grants_only_with_a_good_signature() {
+    let e = env();
+    let secret_id = format!("webhook-{}", rand::random::<u32>());
+    let id = secret_id.clone();
+    let svc = isolated_services_with(move |n| (n == "PGJIT_WEBHOOK_SECRET_ID").then(|| id.clone())).await;
+    svc.secrets.create_secret().name(&secret_id).secret_string("hook-key-123").send().await.unwrap();
+    let admin_secret = format!("{}admin", svc.config.secret_prefix);
+    svc.secrets
+        .create_secret()
+        .name(&admin_secret)
+        .secret_string(json!({"username": e.admin_user, "password": e.admin_password.expose()}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let prefix = format!("w{}_", rand::random::<u32>());
+    let integration = json!({"name": "hooked", "kind": "postgres", "host": "localhost", "port": e.port, "ca_bundle": e.ca_file,
+        "admin": {"auth": "password", "secret_id": admin_secret}, "max_duration_seconds": 3600, "user_prefix": prefix});
+    svc.store.put_integration(&pgjit::integration::Integration::from_json(&integration.to_string()).unwrap()).await.unwrap();
+    let cache = SecretCache::default();
+    let call = |req: LambdaFunctionUrlRequest| {
+        let (svc, cache) = (&svc, &cache);
+        async move { pgjit::handlers::webhook(svc, cache, LambdaEvent::new(req, Context::default())).await.unwrap() }
+    };
+    let body = json!({"request_id": "HOOK-1", "integration": "hooked", "requester": {"id": "hook.user@corp.com"}, "approver": "jane@corp.com",
+        "duration_seconds": 600, "access": [{"database": "app", "schema": "sales", "table": "orders", "privileges": ["SELECT"]}]})
+    .to_string();
+    let now = Utc::now().timestamp().to_string();
+    let good = sign(b"hook-key-123", &now, body.as_bytes());
+
+    let rejected: Vec<(Option<String>, Option<String>, &str)> = vec![
+        (None, Some(good.clone()), "missing X-Pgjit-Timestamp"),
+        (Some(now.clone()), None, "missing X-Pgjit-Signature"),
+        (Some(now.clone()), Some("sha1=abcd".into()), "malformed X-Pgjit-Signature"),
+        (Some("tomorrow".into()), Some(good.clone()), "malformed X-Pgjit-Timestamp"),
+        ((Utc::now().timestamp() - 301).to_string().into(), Some(sign(b"hook-key-123", &(Utc::now().timestamp() - 301).to_string(), body.as_bytes())), "window"),
+        (Some(now.clone()), Some(sign(b"wrong-key", &now, body.as_bytes())), "does not match"),
+    ];
+    for (ts, sig, why) in rejected {
+        let response = call(request(&body, ts, sig)).await;
+        assert_eq!(response.status_code, 401, "{why}");
+        assert!(response.body.as_deref().unwrap().contains(why), "{why}: {:?}", response.body);
+        assert!(svc.store.get_grant("HOOK-1").await.unwrap().is_none(), "{why}: nothing changed");
+    }
+    // A body altered after signing.
+    let tampered = body.replace("600", "3600");
+    assert_eq!(call(request(&tampered, Some(now.clone()), Some(good.clone()))).await.status_code, 401);
+
+    // Signed but bad: 400 with a message that names the problem.
+    for (bad, expected) in [("{not json", "not JSON"), (r#"{"request_id":"HOOK-2"}"#, "integration")] {
+        let response = call(request(bad, Some(now.clone()), Some(sign(b"hook-key-123", &now, bad.as_bytes())))).await;
+        assert_eq!(response.status_code, 400, "{bad}");
+        assert!(response.body.as_deref().unwrap().contains(expected), "{:?}", response.body);
+    }
+
+    let response = call(request(&body, Some(now.clone()), Some(good.clone()))).await;
+    assert_eq!(response.status_code, 200, "{:?}", response.body);
+    let result: Value = serde_json::from_str(response.body.as_deref().unwrap()).unwrap();
+    assert_eq!(result["status"], "active");
+    assert_eq!(result["repeated"], false);
+    // The same request again (a retrying sender): the first result, nothing new.
+    let again: Value = serde_json::from_str(call(request(&body, Some(now.clone()), Some(good))).await.body.as_deref().unwrap()).unwrap();
+    assert_eq!((again["repeated"].as_bool(), &again["db_user"]), (Some(true), &result["db_user"]));
+    pgjit::grants::revoke(&svc, "HOOK-1", pgjit::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+}
