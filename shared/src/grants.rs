@@ -302,14 +302,24 @@ fn is_stuck(record: &GrantRecord, now: DateTime<Utc>) -> bool {
 
 type StepResult = Result<(), (&'static str, StepError)>;
 
+/// One log line per finished step, with who and where, and its duration as a metric.
+fn step_done(record: &GrantRecord, operation: &str, step: &str, started: std::time::Instant) {
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    tracing::info!(request_id = %record.request_id, integration = %record.integration, db_user = %record.db_user, operation, step, duration_ms = ms, "step done");
+    crate::metrics::step_duration(&format!("{operation}.{step}"), ms);
+}
+
 fn at<T, E: Into<StepError>>(step: &'static str) -> impl FnOnce(E) -> (&'static str, StepError) {
     move |e| (step, e.into())
 }
 
 async fn grant_steps(svc: &Services, integration: &Integration, access: &AccessSet, record: &mut GrantRecord, now: DateTime<Utc>) -> StepResult {
     let fp = &svc.failpoints;
+    let started = std::time::Instant::now();
     let target = endpoint::resolve(svc, integration).await.map_err(at::<(), _>("connect"))?;
     fp.check("grant:after_connect").map_err(at::<(), _>("connect"))?;
+    step_done(record, "grant", "endpoint", started);
+    let started = std::time::Instant::now();
     let password = SecretString::random_password();
     let login = match record.access_mode {
         AccessMode::Password => LoginMethod::Password(&password),
@@ -326,6 +336,8 @@ async fn grant_steps(svc: &Services, integration: &Integration, access: &AccessS
     };
     roles::grant(&target.connector, &spec).await.map_err(at::<(), _>("database role"))?;
     fp.check("grant:after_role").map_err(at::<(), _>("database role"))?;
+    step_done(record, "grant", "database_role", started);
+    let started = std::time::Instant::now();
     let host = target.connector.endpoint().host.clone();
     let port = target.connector.endpoint().port;
     record.host = Some(host.clone());
@@ -347,6 +359,7 @@ async fn grant_steps(svc: &Services, integration: &Integration, access: &AccessS
             let arn = credentials::store(svc, &name, &value, &record.requester.id, &record.request_id).await.map_err(at::<(), _>("credentials secret"))?;
             record.secret_arn = Some(arn);
             fp.check("grant:after_secret").map_err(at::<(), _>("credentials secret"))?;
+            step_done(record, "grant", "credentials_secret", started);
         }
         AccessMode::Iam => {
             let arn = record.requester.iam_arn.clone().unwrap_or_default();
@@ -362,12 +375,16 @@ async fn grant_steps(svc: &Services, integration: &Integration, access: &AccessS
             let policy = iam::put_policy(svc, &principal, &iam::policy_name(&record.request_id), &document).await.map_err(at::<(), _>("iam policy"))?;
             record.iam_policy = Some(policy);
             fp.check("grant:after_policy").map_err(at::<(), _>("iam policy"))?;
+            step_done(record, "grant", "iam_policy", started);
         }
     }
 
+    let started = std::time::Instant::now();
     let name = schedule::create(svc, &record.request_id, record.expires_at).await.map_err(at::<(), _>("revoke schedule"))?;
     record.schedule_name = Some(name);
     fp.check("grant:after_schedule").map_err(at::<(), _>("revoke schedule"))?;
+    step_done(record, "grant", "revoke_schedule", started);
+    let started = std::time::Instant::now();
 
     svc.store.append_audit(&audit(record, "granted", now, None)).await.map_err(at::<(), _>("audit"))?;
     fp.check("grant:before_activate").map_err(at::<(), _>("activate"))?;
@@ -375,6 +392,7 @@ async fn grant_steps(svc: &Services, integration: &Integration, access: &AccessS
     record.updated_at = Utc::now();
     record.due_at = Some(due_key(active_due(record, integration)));
     svc.store.update_grant(record).await.map_err(at::<(), _>("activate"))?;
+    step_done(record, "grant", "activate", started);
     Ok(())
 }
 
@@ -466,10 +484,13 @@ pub async fn revoke(svc: &Services, request_id: &str, trigger: RevokeTrigger, no
 
 async fn revoke_steps(svc: &Services, integration: &Integration, record: &mut GrantRecord, trigger: RevokeTrigger, now: DateTime<Utc>) -> Result<i64, (&'static str, StepError)> {
     let fp = &svc.failpoints;
+    let started = std::time::Instant::now();
     let target = endpoint::resolve(svc, integration).await.map_err(at::<(), _>("connect"))?;
     let db = integration.maintenance_database();
     let revoked = roles::revoke(&target.connector, db, &record.db_user, &integration.user_prefix).await.map_err(at::<(), _>("database role"))?;
     fp.check("revoke:after_role").map_err(at::<(), _>("database role"))?;
+    step_done(record, "revoke", "database_role", started);
+    let started = std::time::Instant::now();
     if let Some(policy) = &record.iam_policy {
         iam::delete_policy(svc, policy).await.map_err(at::<(), _>("iam policy"))?;
     }
@@ -478,6 +499,7 @@ async fn revoke_steps(svc: &Services, integration: &Integration, record: &mut Gr
         credentials::delete(svc, &name).await.map_err(at::<(), _>("credentials secret"))?;
     }
     fp.check("revoke:after_secret").map_err(at::<(), _>("credentials secret"))?;
+    step_done(record, "revoke", "credentials", started);
     // A fired schedule deletes itself; an early revoke removes the one still waiting.
     if trigger != RevokeTrigger::Scheduled {
         schedule::delete(svc, &schedule::schedule_name(&record.request_id)).await.map_err(at::<(), _>("revoke schedule"))?;
@@ -487,7 +509,9 @@ async fn revoke_steps(svc: &Services, integration: &Integration, record: &mut Gr
     record.delete_after = Some(delete_after);
     svc.store.append_audit(&audit(record, "revoked", now, record.revoke_reason.clone())).await.map_err(at::<(), _>("audit"))?;
     if integration.user_cleanup_after_days == 0 {
+        let started = std::time::Instant::now();
         roles::delete(&target.connector, db, &record.db_user, &integration.user_prefix).await.map_err(at::<(), _>("delete role"))?;
+        step_done(record, "revoke", "delete_role", started);
         record.status = GrantStatus::Deleted;
         record.deleted_at = Some(now);
         record.due_at = None;

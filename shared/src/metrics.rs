@@ -25,6 +25,21 @@ pub fn emf_line(name: &str, value: f64, unit: &str, integration: &str, timestamp
     .to_string()
 }
 
+/// How long one step of a grant or revoke took, in milliseconds, per step name.
+pub fn step_duration(step: &str, milliseconds: f64) {
+    if in_lambda() {
+        let line = serde_json::json!({
+            "_aws": {
+                "Timestamp": chrono::Utc::now().timestamp_millis(),
+                "CloudWatchMetrics": [{"Namespace": "pgjit", "Dimensions": [["Step"]], "Metrics": [{"Name": "StepDuration", "Unit": "Milliseconds"}]}]
+            },
+            "Step": step,
+            "StepDuration": milliseconds
+        });
+        println!("{line}");
+    }
+}
+
 pub fn count(name: &str, value: u64, integration: &str) {
     if in_lambda() {
         println!("{}", emf_line(name, value as f64, "Count", integration, chrono::Utc::now().timestamp_millis()));
