@@ -41,6 +41,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Break glass: revoke every active grant of an integration now.
+    RevokeAll {
+        integration: String,
+        /// Required: this ends every temporary session on the integration.
+        #[arg(long)]
+        yes: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Who had access: every grant, with requester, approver, access and when (newest first).
+    Audit {
+        /// Only this integration.
+        #[arg(long)]
+        integration: Option<String>,
+        /// Only grants that touched this database.
+        #[arg(long)]
+        database: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Active grants and when they expire (`--all`: every grant in any state).
     Grants {
         #[arg(long)]
@@ -195,6 +215,71 @@ async fn run(command: Command) -> Outcome {
             }
             let note = if result.repeated { " (nothing left to do)".to_owned() } else { format!(", {} session(s) ended", result.sessions_ended) };
             println!("{}: {} ({}){note}", result.request_id, result.status, result.db_user);
+            Ok(())
+        }
+        Command::RevokeAll { integration, yes, json } => {
+            if !yes {
+                return Err(format!("revoke-all ends every temporary access to {integration:?}: run it again with --yes"));
+            }
+            let svc = services().await?;
+            let results = pgjit::grants::revoke_all(&svc, &integration, Utc::now()).await.map_err(chain)?;
+            let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+            if json {
+                let rows: Vec<Value> = results
+                    .iter()
+                    .map(|(id, r)| match r {
+                        Ok(r) => json!({"request_id": id, "status": r.status, "db_user": r.db_user}),
+                        Err(e) => json!({"request_id": id, "error": e}),
+                    })
+                    .collect();
+                print_json(&rows)?;
+            } else {
+                for (id, r) in &results {
+                    match r {
+                        Ok(r) => println!("{id}: {} ({})", r.status, r.db_user),
+                        Err(e) => println!("{id}: FAILED: {e}"),
+                    }
+                }
+                println!("{} grant(s) revoked on {integration}, {failed} failed", results.len() - failed);
+            }
+            if failed > 0 {
+                return Err(format!("{failed} revoke(s) failed; run revoke-all again or see the errors above"));
+            }
+            Ok(())
+        }
+        Command::Audit { integration, database, json } => {
+            let svc = services().await?;
+            let mut list: Vec<_> = svc
+                .store
+                .all_grants()
+                .await
+                .map_err(chain)?
+                .into_iter()
+                .filter(|g| integration.as_ref().is_none_or(|i| &g.integration == i))
+                .filter(|g| database.as_ref().is_none_or(|d| g.access.iter().any(|a| &a.database == d)))
+                .collect();
+            list.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+            if json {
+                return print_json(&list);
+            }
+            for g in &list {
+                let until = g.revoked_at.map(|t| format!("revoked {}", t.format("%Y-%m-%d %H:%M"))).unwrap_or_else(|| format!("until {}", g.expires_at.format("%Y-%m-%d %H:%M")));
+                let access: Vec<String> = g.access.iter().map(|a| serde_json::to_string(a).unwrap_or_default()).collect();
+                println!(
+                    "{} {} {} as {} on {}, approved by {}, granted {} {} [{}]{}\n    {}",
+                    g.request_id,
+                    g.status.as_str(),
+                    g.requester.id,
+                    g.db_user,
+                    g.integration,
+                    g.approver,
+                    g.created_at.format("%Y-%m-%d %H:%M"),
+                    until,
+                    g.reason.as_deref().unwrap_or("no reason given"),
+                    g.failure.as_deref().map(|f| format!(" failed: {f}")).unwrap_or_default(),
+                    access.join(" ")
+                );
+            }
             Ok(())
         }
         Command::Grants { all, json } => {

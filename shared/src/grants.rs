@@ -570,3 +570,19 @@ pub async fn rotate(svc: &Services, record: &mut GrantRecord, integration: &Inte
     svc.store.append_audit(&audit(record, "rotated", now, None)).await?;
     Ok(())
 }
+
+/// Break glass: revokes every grant of one integration that still gives or may give access
+/// (active, revoking, and granting ones that were abandoned), early. Returns each request id
+/// with its outcome; one failure does not stop the others.
+pub async fn revoke_all(svc: &Services, integration: &str, now: DateTime<Utc>) -> Result<Vec<(String, Result<RevokeResult, String>)>, GrantError> {
+    load_integration(svc, integration).await?;
+    let mut out = Vec::new();
+    for status in [GrantStatus::Active, GrantStatus::Revoking, GrantStatus::Granting] {
+        for record in svc.store.grants_in(status).await?.into_iter().filter(|r| r.integration == integration) {
+            let result = revoke(svc, &record.request_id, RevokeTrigger::Early, now).await.map_err(|e| error_chain(&e));
+            tracing::warn!(request_id = %record.request_id, integration, db_user = %record.db_user, ok = result.is_ok(), "break-glass revoke");
+            out.push((record.request_id, result));
+        }
+    }
+    Ok(out)
+}

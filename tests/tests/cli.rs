@@ -115,7 +115,31 @@ async fn bootstrap_then_the_lifecycle_from_the_command_line() {
     e.login_as(&user, &password, "app").await.expect("the printed credentials work");
     assert!(!cli.ok(&["grants", "--all", "--json"]).contains(password.expose()), "listings never show the password");
 
+    // Audit answers who had access to a database, approved by whom.
+    let audit: Value = serde_json::from_str(&cli.ok(&["audit", "--database", "app", "--json"])).unwrap();
+    assert_eq!(audit[0]["requester"]["id"], "cli.user@corp.com");
+    assert_eq!(audit[0]["approver"], "boss@corp.com");
+    assert_eq!(cli.ok(&["audit", "--database", "crm", "--json"]).trim(), "[]");
+
     assert!(cli.ok(&["revoke", "CLI-1"]).contains("CLI-1: deleted"), "retention 0: dropped at revoke");
+
+    // Break glass: every active grant of the integration, at once.
+    let mut users = Vec::new();
+    for n in 2..5 {
+        let mut ev = event.clone();
+        ev["detail"]["request_id"] = json!(format!("CLI-{n}"));
+        let g: Value = serde_json::from_str(&cli.ok(&["grant", "--event", &cli.file(&format!("a{n}.json"), &ev), "--json"])).unwrap();
+        users.push(g["db_user"].as_str().unwrap().to_owned());
+    }
+    assert!(cli.fails(&["revoke-all", "cli-db"]).contains("--yes"), "asks for --yes and changes nothing");
+    assert!(cli.ok(&["grants"]).contains(&users[0]));
+    let out = cli.ok(&["revoke-all", "cli-db", "--yes"]);
+    assert!(out.contains("3 grant(s) revoked"), "{out}");
+    assert!(cli.ok(&["grants"]).contains("no active grants"));
+    let su = e.superuser("postgres").await;
+    for u in &users {
+        assert!(!pgjit_tests::role_exists(&su, u).await, "{u} dropped");
+    }
     assert!(e.login_as(&user, &password, "app").await.is_err());
     let err = cli.fails(&["credentials", "CLI-1"]);
     assert!(err.contains("revoked") || err.contains("deleted"), "{err}");
