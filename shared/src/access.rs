@@ -280,7 +280,10 @@ impl AccessSet {
                         return Err(err("arguments", "arguments pick one overload; they do not go with \"*\"".into()));
                     }
                     for a in args {
-                        if a.trim().is_empty() || a.len() > 200 || a.contains('\0') {
+                        // Bare type names (`integer`, `text[]`, `"My Type"`, `public.money`):
+                        // argument types carry no modifiers, so no parentheses or commas.
+                        let plain = a.chars().all(|c| c.is_alphanumeric() || " _.\"[]".contains(c));
+                        if a.trim().is_empty() || a.len() > 200 || !plain {
                             return Err(err("arguments", format!("{a:?} is not a type name")));
                         }
                     }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// `PGJIT_GRANTS_TABLE`: one item per request, keyed by `request_id`.
     pub grants_table: String,
@@ -32,6 +32,10 @@ pub struct Config {
     /// `PGJIT_STUCK_AFTER_SECONDS`: a record left in `granting` or `revoking` this long was
     /// abandoned by a crashed run, and cleanup (or a repeated event) finishes it.
     pub stuck_after: Duration,
+    /// `PGJIT_CONNECT_TIMEOUT_SECONDS` (10), `PGJIT_STATEMENT_TIMEOUT_SECONDS` (30),
+    /// `PGJIT_LOCK_TIMEOUT_SECONDS` (10): applied to every database connection, so a database that
+    /// accepts TCP and never answers cannot hold a function past its own timeout.
+    pub db_timeouts: crate::postgres::Timeouts,
     /// `PGJIT_WEBHOOK_SECRET_ID`: the Secrets Manager secret holding the webhook's HMAC key.
     pub webhook_secret_id: Option<String>,
 }
@@ -85,6 +89,11 @@ impl Config {
             auto_register,
             discovery_concurrency: number("PGJIT_DISCOVERY_CONCURRENCY", 4, 1, 64)? as usize,
             stuck_after: Duration::from_secs(number("PGJIT_STUCK_AFTER_SECONDS", 900, 1, 86_400)?),
+            db_timeouts: crate::postgres::Timeouts {
+                connect: Duration::from_secs(number("PGJIT_CONNECT_TIMEOUT_SECONDS", 10, 1, 300)?),
+                statement: Duration::from_secs(number("PGJIT_STATEMENT_TIMEOUT_SECONDS", 30, 1, 3600)?),
+                lock: Duration::from_secs(number("PGJIT_LOCK_TIMEOUT_SECONDS", 10, 1, 3600)?),
+            },
             webhook_secret_id: lookup("PGJIT_WEBHOOK_SECRET_ID").filter(|v| !v.trim().is_empty()),
         })
     }

@@ -85,7 +85,8 @@ pub fn field_of(path: &str, message: &str, top: &str) -> String {
     let quoted = || {
         let (_, rest) = message.split_once('`')?;
         let (name, _) = rest.split_once('`')?;
-        Some(name.to_owned())
+        // An empty key names nothing a person could find: report the document instead.
+        (!name.is_empty()).then(|| name.to_owned())
     };
     // serde's path ends at an unknown field itself, but at the parent of a missing one.
     if path == "." || message.starts_with("missing field") {
@@ -93,7 +94,7 @@ pub fn field_of(path: &str, message: &str, top: &str) -> String {
             return if path == "." { name } else { format!("{path}.{name}") };
         }
     }
-    if path == "." { top.to_owned() } else { path.to_owned() }
+    if path == "." || path.is_empty() { top.to_owned() } else { path.to_owned() }
 }
 
 fn typed<T: for<'de> Deserialize<'de>>(value: Value) -> Result<T, EventError> {

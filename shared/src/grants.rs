@@ -230,7 +230,7 @@ pub async fn grant(svc: &Services, approval: &Approval, now: DateTime<Utc>) -> R
                 GrantStatus::Granting | GrantStatus::Failed => {
                     // A crashed or failed earlier run: clear whatever it left, then start again.
                     let mut retry = existing;
-                    undo_grant(svc, &integration, &retry).await.map_err(|source| GrantError::Step {
+                    undo_grant(svc, &integration, &retry, None).await.map_err(|source| GrantError::Step {
                         operation: "grant",
                         request_id: retry.request_id.clone(),
                         step: "undo of the earlier attempt",
@@ -256,7 +256,17 @@ pub async fn grant(svc: &Services, approval: &Approval, now: DateTime<Utc>) -> R
         Err(e) => return Err(e.into()),
     };
 
-    match grant_steps(svc, &integration, &access, &mut record, now).await {
+    // Resolved once: the undo reuses the admin's connection details, so it can still remove the
+    // role when AWS (and with it the admin secret) became unreachable half-way.
+    let started = std::time::Instant::now();
+    let (steps, target) = match endpoint::resolve(svc, &integration).await {
+        Ok(target) => {
+            step_done(&record, "grant", "endpoint", started);
+            (grant_steps(svc, &integration, &target, &access, &mut record, now).await, Some(target))
+        }
+        Err(e) => (Err(("connect", StepError::Endpoint(e))), None),
+    };
+    match steps {
         Ok(()) => {
             tracing::info!(request_id = %record.request_id, integration = %record.integration, db_user = %record.db_user, expires_at = %record.expires_at, "granted");
             crate::metrics::count("GrantsCreated", 1, &record.integration);
@@ -265,7 +275,7 @@ pub async fn grant(svc: &Services, approval: &Approval, now: DateTime<Utc>) -> R
         Err((step, source)) => {
             tracing::error!(request_id = %record.request_id, integration = %record.integration, db_user = %record.db_user, step, error = %error_chain(&source), "grant failed; undoing");
             crate::metrics::count("GrantsFailed", 1, &record.integration);
-            let undone = match undo_grant(svc, &integration, &record).await {
+            let undone = match undo_grant(svc, &integration, &record, target.as_ref()).await {
                 Ok(()) => true,
                 Err(undo) => {
                     tracing::error!(request_id = %record.request_id, db_user = %record.db_user, error = %error_chain(&undo), "undo failed; cleanup will finish it");
@@ -313,12 +323,16 @@ fn at<T, E: Into<StepError>>(step: &'static str) -> impl FnOnce(E) -> (&'static 
     move |e| (step, e.into())
 }
 
-async fn grant_steps(svc: &Services, integration: &Integration, access: &AccessSet, record: &mut GrantRecord, now: DateTime<Utc>) -> StepResult {
+async fn grant_steps(
+    svc: &Services,
+    integration: &Integration,
+    target: &endpoint::Resolved,
+    access: &AccessSet,
+    record: &mut GrantRecord,
+    now: DateTime<Utc>,
+) -> StepResult {
     let fp = &svc.failpoints;
-    let started = std::time::Instant::now();
-    let target = endpoint::resolve(svc, integration).await.map_err(at::<(), _>("connect"))?;
-    fp.check("grant:after_connect").map_err(at::<(), _>("connect"))?;
-    step_done(record, "grant", "endpoint", started);
+    fp.check("grant:after_connect").await.map_err(at::<(), _>("connect"))?;
     let started = std::time::Instant::now();
     let password = SecretString::random_password();
     let login = match record.access_mode {
@@ -335,7 +349,7 @@ async fn grant_steps(svc: &Services, integration: &Integration, access: &AccessS
         maintenance_database: integration.maintenance_database(),
     };
     roles::grant(&target.connector, &spec).await.map_err(at::<(), _>("database role"))?;
-    fp.check("grant:after_role").map_err(at::<(), _>("database role"))?;
+    fp.check("grant:after_role").await.map_err(at::<(), _>("database role"))?;
     step_done(record, "grant", "database_role", started);
     let started = std::time::Instant::now();
     let host = target.connector.endpoint().host.clone();
@@ -358,7 +372,7 @@ async fn grant_steps(svc: &Services, integration: &Integration, access: &AccessS
             };
             let arn = credentials::store(svc, &name, &value, &record.requester.id, &record.request_id).await.map_err(at::<(), _>("credentials secret"))?;
             record.secret_arn = Some(arn);
-            fp.check("grant:after_secret").map_err(at::<(), _>("credentials secret"))?;
+            fp.check("grant:after_secret").await.map_err(at::<(), _>("credentials secret"))?;
             step_done(record, "grant", "credentials_secret", started);
         }
         AccessMode::Iam => {
@@ -374,7 +388,7 @@ async fn grant_steps(svc: &Services, integration: &Integration, access: &AccessS
             let document = iam::policy_document(&iam::dbuser_arn(&region, &account, &resource_id, &record.db_user));
             let policy = iam::put_policy(svc, &principal, &iam::policy_name(&record.request_id), &document).await.map_err(at::<(), _>("iam policy"))?;
             record.iam_policy = Some(policy);
-            fp.check("grant:after_policy").map_err(at::<(), _>("iam policy"))?;
+            fp.check("grant:after_policy").await.map_err(at::<(), _>("iam policy"))?;
             step_done(record, "grant", "iam_policy", started);
         }
     }
@@ -382,12 +396,12 @@ async fn grant_steps(svc: &Services, integration: &Integration, access: &AccessS
     let started = std::time::Instant::now();
     let name = schedule::create(svc, &record.request_id, record.expires_at).await.map_err(at::<(), _>("revoke schedule"))?;
     record.schedule_name = Some(name);
-    fp.check("grant:after_schedule").map_err(at::<(), _>("revoke schedule"))?;
+    fp.check("grant:after_schedule").await.map_err(at::<(), _>("revoke schedule"))?;
     step_done(record, "grant", "revoke_schedule", started);
     let started = std::time::Instant::now();
 
     svc.store.append_audit(&audit(record, "granted", now, None)).await.map_err(at::<(), _>("audit"))?;
-    fp.check("grant:before_activate").map_err(at::<(), _>("activate"))?;
+    fp.check("grant:before_activate").await.map_err(at::<(), _>("activate"))?;
     record.status = GrantStatus::Active;
     record.updated_at = Utc::now();
     record.due_at = Some(due_key(active_due(record, integration)));
@@ -397,27 +411,43 @@ async fn grant_steps(svc: &Services, integration: &Integration, access: &AccessS
 }
 
 /// Removes everything a grant may have made, whatever step it reached. Every part is a no-op
-/// when there is nothing to remove.
-async fn undo_grant(svc: &Services, integration: &Integration, record: &GrantRecord) -> Result<(), StepError> {
-    schedule::delete(svc, &schedule::schedule_name(&record.request_id)).await?;
+/// when there is nothing to remove, and every part is tried even when an earlier one failed (the
+/// database role first: with AWS down, the access itself must still go); the first error is
+/// returned so the record stays due for another try.
+async fn undo_grant(svc: &Services, integration: &Integration, record: &GrantRecord, target: Option<&endpoint::Resolved>) -> Result<(), StepError> {
+    let mut first_error: Option<StepError> = None;
+    let mut keep = |result: Result<(), StepError>| {
+        if let Err(e) = result {
+            tracing::warn!(request_id = %record.request_id, db_user = %record.db_user, error = %error_chain(&e), "undo step failed");
+            first_error.get_or_insert(e);
+        }
+    };
+    let role = async {
+        let resolved;
+        let target = match target {
+            Some(t) => t,
+            None => {
+                resolved = endpoint::resolve(svc, integration).await?;
+                &resolved
+            }
+        };
+        roles::delete(&target.connector, integration.maintenance_database(), &record.db_user, &integration.user_prefix).await?;
+        Ok::<(), StepError>(())
+    };
+    keep(role.await);
+    keep(schedule::delete(svc, &schedule::schedule_name(&record.request_id)).await.map_err(StepError::from));
     if record.access_mode == AccessMode::Iam {
         if let Some(Ok(principal)) = record.requester.iam_arn.as_deref().map(iam::principal_of) {
             let (kind, name) = match principal {
                 iam::Principal::User(n) => ("user", n),
                 iam::Principal::Role(n) => ("role", n),
             };
-            let policy = crate::store::IamPolicyRef {
-                principal_kind: kind.into(),
-                principal_name: name,
-                policy_name: iam::policy_name(&record.request_id),
-            };
-            iam::delete_policy(svc, &policy).await?;
+            let policy = crate::store::IamPolicyRef { principal_kind: kind.into(), principal_name: name, policy_name: iam::policy_name(&record.request_id) };
+            keep(iam::delete_policy(svc, &policy).await.map_err(StepError::from));
         }
     }
-    credentials::delete(svc, &credentials::secret_name(svc, &integration.name, &record.request_id)).await?;
-    let target = endpoint::resolve(svc, integration).await?;
-    roles::delete(&target.connector, integration.maintenance_database(), &record.db_user, &integration.user_prefix).await?;
-    Ok(())
+    keep(credentials::delete(svc, &credentials::secret_name(svc, &integration.name, &record.request_id)).await.map_err(StepError::from));
+    first_error.map_or(Ok(()), Err)
 }
 
 /// Takes a grant's access away: at expiry (the schedule), early (an event or an operator), or
@@ -434,7 +464,7 @@ pub async fn revoke(svc: &Services, request_id: &str, trigger: RevokeTrigger, no
             GrantStatus::Granting => {
                 // An abandoned grant: undo it rather than revoke what never finished.
                 let integration = load_integration(svc, &record.integration).await?;
-                undo_grant(svc, &integration, &record).await.map_err(|source| GrantError::Step {
+                undo_grant(svc, &integration, &record, None).await.map_err(|source| GrantError::Step {
                     operation: "revoke",
                     request_id: record.request_id.clone(),
                     step: "undo of an abandoned grant",
@@ -488,7 +518,7 @@ async fn revoke_steps(svc: &Services, integration: &Integration, record: &mut Gr
     let target = endpoint::resolve(svc, integration).await.map_err(at::<(), _>("connect"))?;
     let db = integration.maintenance_database();
     let revoked = roles::revoke(&target.connector, db, &record.db_user, &integration.user_prefix).await.map_err(at::<(), _>("database role"))?;
-    fp.check("revoke:after_role").map_err(at::<(), _>("database role"))?;
+    fp.check("revoke:after_role").await.map_err(at::<(), _>("database role"))?;
     step_done(record, "revoke", "database_role", started);
     let started = std::time::Instant::now();
     if let Some(policy) = &record.iam_policy {
@@ -498,7 +528,7 @@ async fn revoke_steps(svc: &Services, integration: &Integration, record: &mut Gr
         let name = record.secret_arn.clone().unwrap_or_else(|| credentials::secret_name(svc, &integration.name, &record.request_id));
         credentials::delete(svc, &name).await.map_err(at::<(), _>("credentials secret"))?;
     }
-    fp.check("revoke:after_secret").map_err(at::<(), _>("credentials secret"))?;
+    fp.check("revoke:after_secret").await.map_err(at::<(), _>("credentials secret"))?;
     step_done(record, "revoke", "credentials", started);
     // A fired schedule deletes itself; an early revoke removes the one still waiting.
     if trigger != RevokeTrigger::Scheduled {

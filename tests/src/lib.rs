@@ -115,10 +115,15 @@ pub async fn role_exists(su: &tokio_postgres::Client, name: &str) -> bool {
 /// AWS settings pointing at the environment's moto, with fixed test credentials: nothing is
 /// read from the process environment, so no test can reach a real account or the metadata service.
 pub async fn moto_sdk_config() -> aws_config::SdkConfig {
+    moto_sdk_config_at(&env().moto_url).await
+}
+
+/// The same, for moto behind another address (a [`Proxy`]).
+pub async fn moto_sdk_config_at(url: &str) -> aws_config::SdkConfig {
     let creds = aws_credential_types::Credentials::new("testing", "testing", None, None, "pgjit-tests");
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .http_client(pgjit::aws::https_client())
-        .endpoint_url(&env().moto_url)
+        .endpoint_url(url)
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(creds)
         .load()
@@ -145,8 +150,126 @@ pub async fn isolated_services_with(extra: impl Fn(&str) -> Option<String>) -> p
         _ => None,
     }))
     .expect("test configuration");
-    let svc = pgjit::aws::Services::new(config, moto_sdk_config().await);
+    // `PGJIT_TEST_MOTO_URL` in `extra` puts moto behind another address.
+    let url = extra("PGJIT_TEST_MOTO_URL").unwrap_or_else(|| env().moto_url.clone());
+    let svc = pgjit::aws::Services::new(config, moto_sdk_config_at(&url).await);
     svc.store.create_tables().await.expect("create tables in moto");
     pgjit::schedule::ensure_group(&svc).await.expect("schedule group in moto");
     svc
+}
+
+/// A TCP relay in front of a server that a test can cut, as a server that stopped or a network
+/// that broke: `down()` refuses new connections and drops every open one; `up()` restores.
+pub struct Proxy {
+    pub port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target_port: u16) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("proxy listener");
+        let port = listener.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (up2, open2) = (up.clone(), open.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                open2.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Proxy { port, up, open, accept }
+    }
+
+    pub fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for task in self.open.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    pub fn up(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// A handle that cuts the proxy from anywhere (a failpoint hook).
+    pub fn cutter(&self) -> impl Fn() + Send + Sync + 'static {
+        let (up, open) = (self.up.clone(), self.open.clone());
+        move || {
+            up.store(false, std::sync::atomic::Ordering::SeqCst);
+            for task in open.lock().unwrap().drain(..) {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.down();
+        self.accept.abort();
+    }
+}
+
+/// A server that accepts TCP connections and never says a word.
+pub async fn silent_server() -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (port, task)
+}
+
+/// Stores the admin's credentials in moto (RDS format) and an integration of the local TLS
+/// server that uses them, with a user prefix of its own: cleanup reconciles every role with the
+/// prefix on the server, and the tests share one server. `extra` overrides any field.
+pub async fn register_integration(svc: &pgjit::aws::Services, name: &str, extra: serde_json::Value) -> pgjit::integration::Integration {
+    use serde_json::json;
+    let e = env();
+    let secret_id = format!("{}admin/{name}", svc.config.secret_prefix);
+    let secret = json!({"engine": "postgres", "username": e.admin_user, "password": e.admin_password.expose()}).to_string();
+    svc.secrets.create_secret().name(&secret_id).secret_string(secret).send().await.expect("admin secret");
+    let prefix = format!("t{}_", rand::random::<u32>());
+    let mut doc = json!({
+        "name": name, "kind": "postgres", "host": "localhost", "port": e.port, "user_prefix": prefix,
+        "admin": {"auth": "password", "secret_id": secret_id},
+        "ssl_mode": "verify-full", "ca_bundle": e.ca_file,
+        "max_duration_seconds": 7200, "user_cleanup_after_days": 0,
+        "custom_access_details": "Connect with psql; sessions end at expiry."
+    });
+    for (k, v) in extra.as_object().expect("extra fields as an object") {
+        doc[k] = v.clone();
+    }
+    let integration = pgjit::integration::Integration::from_json(&doc.to_string()).expect("valid integration");
+    svc.store.put_integration(&integration).await.expect("put integration");
+    integration
+}
+
+/// An approval event as EventBridge delivers it.
+pub fn approval(request_id: &str, integration: &str, requester: &str, access: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"version": "0", "id": format!("ev-{request_id}"), "detail-type": "Access Request Approved", "source": "pgjit.approvals",
+        "account": "123456789012", "time": "2026-11-24T10:00:00Z", "region": "us-east-1", "resources": [],
+        "detail": {"request_id": request_id, "integration": integration,
+            "requester": {"id": requester, "iam_arn": "arn:aws:iam::123456789012:user/john"},
+            "approver": "jane@corp.com", "duration_seconds": 3600, "reason": "INC-42 stuck orders", "access": access}})
+}
+
+/// SELECT on sales.orders in app: the access most tests ask for.
+pub fn orders_access() -> serde_json::Value {
+    serde_json::json!([{"database": "app", "schema": "sales", "table": "orders", "privileges": ["SELECT"]}])
 }

@@ -4,47 +4,10 @@ use chrono::{Duration, Utc};
 use lambda_runtime::{Context, LambdaEvent};
 use pgjit::aws::Services;
 use pgjit::grants::GrantResult;
-use pgjit::integration::Integration;
 use pgjit::store::GrantStatus;
 use pgjit::SecretString;
-use pgjit_tests::{env, isolated_services, role_exists};
+use pgjit_tests::{approval, env, isolated_services, orders_access, register_integration as integration, role_exists};
 use serde_json::{json, Value};
-
-/// Stores the admin's credentials in moto (RDS format) and an integration using them.
-async fn integration(svc: &Services, name: &str, extra: Value) -> Integration {
-    let e = env();
-    let secret_id = format!("{}admin/{name}", svc.config.secret_prefix);
-    let secret = json!({"engine": "postgres", "username": e.admin_user, "password": e.admin_password.expose()}).to_string();
-    svc.secrets.create_secret().name(&secret_id).secret_string(secret).send().await.expect("admin secret");
-    // A prefix of its own: cleanup reconciles every role with the prefix on the server, and the
-    // tests share one server (as two pgjit deployments must never share a server and prefix).
-    let prefix = format!("t{}_", rand::random::<u32>());
-    let mut doc = json!({
-        "name": name, "kind": "postgres", "host": e.host, "port": e.port, "user_prefix": prefix,
-        "admin": {"auth": "password", "secret_id": secret_id},
-        "ssl_mode": "verify-full", "ca_bundle": e.ca_file,
-        "max_duration_seconds": 7200, "user_cleanup_after_days": 0,
-        "custom_access_details": "Connect with psql; sessions end at expiry."
-    });
-    for (k, v) in extra.as_object().unwrap() {
-        doc[k] = v.clone();
-    }
-    let integration = Integration::from_json(&doc.to_string()).expect("valid integration");
-    svc.store.put_integration(&integration).await.unwrap();
-    integration
-}
-
-fn approval(request_id: &str, integration: &str, requester: &str, access: Value) -> Value {
-    json!({"version": "0", "id": format!("ev-{request_id}"), "detail-type": "Access Request Approved", "source": "pgjit.approvals",
-        "account": "123456789012", "time": "2026-11-24T10:00:00Z", "region": "us-east-1", "resources": [],
-        "detail": {"request_id": request_id, "integration": integration,
-            "requester": {"id": requester, "iam_arn": "arn:aws:iam::123456789012:user/john"},
-            "approver": "jane@corp.com", "duration_seconds": 3600, "reason": "INC-42 stuck orders", "access": access}})
-}
-
-fn orders_access() -> Value {
-    json!([{"database": "app", "schema": "sales", "table": "orders", "privileges": ["SELECT"]}])
-}
 
 async fn grant(svc: &Services, event: Value) -> Result<GrantResult, String> {
     pgjit::handlers::grant(svc, LambdaEvent::new(event, Context::default())).await.map_err(|e| e.to_string())

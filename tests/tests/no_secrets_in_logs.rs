@@ -41,19 +41,16 @@ async fn no_secret_reaches_a_log_line_an_error_or_a_record() {
     let id = hook_id.clone();
     let svc = isolated_services_with(move |n| (n == "PGJIT_WEBHOOK_SECRET_ID").then(|| id.clone())).await;
     svc.secrets.create_secret().name(&hook_id).secret_string(&hook_key).send().await.unwrap();
-    let admin_secret = format!("{}admin", svc.config.secret_prefix);
-    svc.secrets
-        .create_secret()
-        .name(&admin_secret)
-        .secret_string(json!({"username": e.admin_user, "password": e.admin_password.expose()}).to_string())
-        .send()
-        .await
-        .unwrap();
-    let prefix = format!("l{}_", rand::random::<u32>());
-    let integration = json!({"name": "logged", "kind": "postgres", "host": "localhost", "port": e.port, "ca_bundle": e.ca_file,
-        "admin": {"auth": "password", "secret_id": admin_secret}, "max_duration_seconds": 604800, "user_prefix": prefix,
-        "credential_rotation_days": 1, "user_cleanup_after_days": 1});
-    svc.store.put_integration(&pgjit::integration::Integration::from_json(&integration.to_string()).unwrap()).await.unwrap();
+    let integration = pgjit_tests::register_integration(
+        &svc,
+        "logged",
+        json!({"max_duration_seconds": 604800, "credential_rotation_days": 1, "user_cleanup_after_days": 1}),
+    )
+    .await;
+    let admin_secret = match &integration.admin {
+        pgjit::admin::AdminAuth::Password { secret_id } => secret_id.clone(),
+        other => panic!("{other:?}"),
+    };
 
     let mut outputs = Vec::new();
     // Grant through the signed webhook.

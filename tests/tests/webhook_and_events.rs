@@ -5,7 +5,7 @@ use aws_lambda_events::event::lambda_function_urls::LambdaFunctionUrlRequest;
 use chrono::{DateTime, Utc};
 use lambda_runtime::{Context, LambdaEvent};
 use pgjit::webhook::{sign, SecretCache};
-use pgjit_tests::{env, isolated_services_with};
+use pgjit_tests::isolated_services_with;
 use serde_json::{json, Value};
 
 const EVENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../events");
@@ -70,23 +70,11 @@ fn request(body: &str, timestamp: Option<String>, signature: Option<String>) -> 
 
 #[tokio::test]
 async fn the_webhook_grants_only_with_a_good_signature() {
-    let e = env();
     let secret_id = format!("webhook-{}", rand::random::<u32>());
     let id = secret_id.clone();
     let svc = isolated_services_with(move |n| (n == "PGJIT_WEBHOOK_SECRET_ID").then(|| id.clone())).await;
     svc.secrets.create_secret().name(&secret_id).secret_string("hook-key-123").send().await.unwrap();
-    let admin_secret = format!("{}admin", svc.config.secret_prefix);
-    svc.secrets
-        .create_secret()
-        .name(&admin_secret)
-        .secret_string(json!({"username": e.admin_user, "password": e.admin_password.expose()}).to_string())
-        .send()
-        .await
-        .unwrap();
-    let prefix = format!("w{}_", rand::random::<u32>());
-    let integration = json!({"name": "hooked", "kind": "postgres", "host": "localhost", "port": e.port, "ca_bundle": e.ca_file,
-        "admin": {"auth": "password", "secret_id": admin_secret}, "max_duration_seconds": 3600, "user_prefix": prefix});
-    svc.store.put_integration(&pgjit::integration::Integration::from_json(&integration.to_string()).unwrap()).await.unwrap();
+    pgjit_tests::register_integration(&svc, "hooked", json!({"max_duration_seconds": 3600})).await;
     let cache = SecretCache::default();
     let call = |req: LambdaFunctionUrlRequest| {
         let (svc, cache) = (&svc, &cache);

@@ -1,0 +1,321 @@
+//! Faults and races: servers that stop, processes killed between steps, databases that never
+//! answer, concurrent deliveries. Each test asserts the outcome: nothing active without a record,
+//! no role, secret or schedule left behind, and the work finished by the next run.
+
+use std::sync::Arc;
+use std::time::{Duration as StdDuration, Instant};
+
+use chrono::{Duration, Utc};
+use lambda_runtime::{Context, LambdaEvent};
+use pgjit::aws::Services;
+use pgjit::events::RevokeTrigger;
+use pgjit::grants::{GrantError, GrantResult};
+use pgjit::store::GrantStatus;
+use pgjit_tests::{approval, env, isolated_services, isolated_services_with, orders_access, register_integration, role_exists, Proxy};
+use serde_json::{json, Value};
+
+async fn grant(svc: &Services, event: Value) -> Result<GrantResult, String> {
+    pgjit::handlers::grant(svc, LambdaEvent::new(event, Context::default())).await.map_err(|e| e.to_string())
+}
+
+/// Nothing of the request is left anywhere: no role, no secret, no schedule, not active.
+async fn nothing_left(svc: &Services, integration: &str, request_id: &str, db_user: &str) {
+    let su = env().superuser("postgres").await;
+    assert!(!role_exists(&su, db_user).await, "{request_id}: role {db_user} left");
+    let secret = pgjit::credentials::secret_name(svc, integration, request_id);
+    assert!(svc.secrets.describe_secret().secret_id(&secret).send().await.is_err(), "{request_id}: secret left");
+    let schedule = pgjit::schedule::schedule_name(request_id);
+    assert!(svc.scheduler.get_schedule().name(&schedule).group_name(&svc.config.schedule_group).send().await.is_err(), "{request_id}: schedule left");
+    if let Some(record) = svc.store.get_grant(request_id).await.unwrap() {
+        assert_ne!(record.status, GrantStatus::Active, "{request_id}: active without access");
+    }
+}
+
+fn past_stuck(svc: &Services) -> chrono::DateTime<Utc> {
+    Utc::now() + Duration::from_std(svc.config.stuck_after).unwrap() + Duration::seconds(5)
+}
+
+#[tokio::test]
+async fn postgres_stopped_before_and_during_a_grant() {
+    let e = env();
+    let svc = isolated_services().await;
+    let proxy = Proxy::start(e.port).await;
+    register_integration(&svc, "flaky", json!({"port": proxy.port})).await;
+
+    // Stopped before: the grant fails, nothing is made; once back, the same event succeeds.
+    proxy.down();
+    let err = grant(&svc, approval("PGDOWN-1", "flaky", "pg.down@corp.com", orders_access())).await.unwrap_err();
+    assert!(err.contains("database role") || err.contains("connect"), "{err}");
+    let record = svc.store.get_grant("PGDOWN-1").await.unwrap().unwrap();
+    nothing_left(&svc, "flaky", "PGDOWN-1", &record.db_user).await;
+    proxy.up();
+    let result = grant(&svc, approval("PGDOWN-1", "flaky", "pg.down@corp.com", orders_access())).await.expect("succeeds once the server is back");
+    assert_eq!(result.status, GrantStatus::Active);
+
+    // Stopped during: the connection goes away after the endpoint was resolved.
+    svc.failpoints.hook("grant:after_connect", proxy.cutter());
+    let err = grant(&svc, approval("PGDOWN-2", "flaky", "pg.down@corp.com", orders_access())).await.unwrap_err();
+    assert!(err.contains("database role"), "{err}");
+    svc.failpoints.clear();
+    let record = svc.store.get_grant("PGDOWN-2").await.unwrap().unwrap();
+    nothing_left(&svc, "flaky", "PGDOWN-2", &record.db_user).await;
+    proxy.up();
+    grant(&svc, approval("PGDOWN-2", "flaky", "pg.down@corp.com", orders_access())).await.expect("succeeds once the server is back");
+    pgjit::grants::revoke_all(&svc, "flaky", Utc::now()).await.unwrap();
+}
+
+#[tokio::test]
+async fn postgres_stopped_when_the_revoke_fires() {
+    let e = env();
+    let svc = isolated_services().await;
+    let proxy = Proxy::start(e.port).await;
+    register_integration(&svc, "flaky", json!({"port": proxy.port})).await;
+    let result = grant(&svc, approval("PGREV-1", "flaky", "pg.rev@corp.com", orders_access())).await.unwrap();
+    proxy.down();
+    // The revoke reports failure, so the scheduler retries it and the dead-letter queue catches it.
+    let err = pgjit::handlers::revoke(&svc, LambdaEvent::new(json!({"request_id": "PGREV-1"}), Context::default())).await.unwrap_err();
+    assert!(err.to_string().contains("revoke of request"), "{err}");
+    assert_eq!(svc.store.get_grant("PGREV-1").await.unwrap().unwrap().status, GrantStatus::Revoking);
+    // The next cleanup, with the server back, completes it.
+    proxy.up();
+    let report = pgjit::cleanup::run(&svc, past_stuck(&svc)).await.unwrap();
+    assert_eq!(report.finished, ["PGREV-1"], "{report:?}");
+    nothing_left(&svc, "flaky", "PGREV-1", &result.db_user).await;
+    assert_eq!(svc.store.get_grant("PGREV-1").await.unwrap().unwrap().status, GrantStatus::Deleted);
+}
+
+#[tokio::test]
+async fn password_login_is_refused_after_expiry_even_without_a_revoke() {
+    let e = env();
+    let svc = isolated_services().await;
+    register_integration(&svc, "expiring", json!({})).await;
+    let mut event = approval("EXPIRE-1", "expiring", "short@corp.com", orders_access());
+    event["detail"]["duration_seconds"] = json!(2);
+    let result = grant(&svc, event).await.unwrap();
+    let creds: Value = serde_json::from_str(pgjit::credentials::read(&svc, result.secret_arn.as_deref().unwrap()).await.unwrap().expose()).unwrap();
+    let password = pgjit::SecretString::new(creds["password"].as_str().unwrap());
+    e.login_as(&result.db_user, &password, "app").await.expect("valid before expiry");
+    tokio::time::sleep(StdDuration::from_millis(3100)).await;
+    let err = e.login_as(&result.db_user, &password, "app").await.expect_err("VALID UNTIL passed");
+    assert!(pgjit::postgres::error_chain(&err).contains("password authentication failed"));
+    pgjit::grants::revoke(&svc, "EXPIRE-1", RevokeTrigger::Early, Utc::now()).await.unwrap();
+}
+
+#[tokio::test]
+async fn aws_stopped_during_a_grant_leaves_no_access() {
+    let e = env();
+    let moto: u16 = e.moto_url.rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = Proxy::start(moto).await;
+    let url = format!("http://127.0.0.1:{}", proxy.port);
+    let svc = isolated_services_with(move |n| (n == "PGJIT_TEST_MOTO_URL").then(|| url.clone())).await;
+    register_integration(&svc, "cloudless", json!({})).await;
+    // AWS goes away right after the role was created.
+    svc.failpoints.hook("grant:after_role", proxy.cutter());
+    let err = grant(&svc, approval("AWSDOWN-1", "cloudless", "aws.down@corp.com", orders_access())).await.unwrap_err();
+    assert!(err.contains("credentials secret"), "{err}");
+    svc.failpoints.clear();
+    proxy.up();
+    let record = svc.store.get_grant("AWSDOWN-1").await.unwrap().unwrap();
+    // The database role went at once (undo starts with it); the record could not be updated.
+    let su = e.superuser("postgres").await;
+    assert!(!role_exists(&su, &record.db_user).await, "no role without a live record");
+    assert_eq!(record.status, GrantStatus::Granting);
+    // Cleanup after the stuck window finishes the undo and closes the record.
+    let report = pgjit::cleanup::run(&svc, past_stuck(&svc)).await.unwrap();
+    assert_eq!(report.finished, ["AWSDOWN-1"], "{report:?}");
+    assert_eq!(svc.store.get_grant("AWSDOWN-1").await.unwrap().unwrap().status, GrantStatus::Failed);
+    nothing_left(&svc, "cloudless", "AWSDOWN-1", &record.db_user).await;
+    // And the approval, delivered again, works.
+    assert_eq!(grant(&svc, approval("AWSDOWN-1", "cloudless", "aws.down@corp.com", orders_access())).await.unwrap().status, GrantStatus::Active);
+    pgjit::grants::revoke_all(&svc, "cloudless", Utc::now()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_run_killed_between_steps_is_finished_by_the_next() {
+    let svc = Arc::new(isolated_services().await);
+    register_integration(&svc, "killed", json!({})).await;
+    let points = ["grant:after_connect", "grant:after_role", "grant:after_secret", "grant:after_schedule", "grant:before_activate"];
+    for (i, point) in points.iter().enumerate() {
+        let request_id = format!("KILL-{i}");
+        let reached = svc.failpoints.halt(point);
+        let task = {
+            let (svc, event) = (svc.clone(), approval(&request_id, "killed", "killed@corp.com", orders_access()));
+            tokio::spawn(async move { grant(&svc, event).await })
+        };
+        tokio::time::timeout(StdDuration::from_secs(20), reached.notified()).await.unwrap_or_else(|_| panic!("{point} never reached"));
+        task.abort(); // the process dies here
+        let _ = task.await;
+        svc.failpoints.clear();
+        let record = svc.store.get_grant(&request_id).await.unwrap().unwrap();
+        assert_eq!(record.status, GrantStatus::Granting, "{point}");
+        // A redelivery inside the stuck window does not race the (dead) run.
+        let err = grant(&svc, approval(&request_id, "killed", "killed@corp.com", orders_access())).await.unwrap_err();
+        assert!(err.contains("another run"), "{point}: {err}");
+        // Cleanup after the window undoes it.
+        let report = pgjit::cleanup::run(&svc, past_stuck(&svc)).await.unwrap();
+        assert!(report.finished.contains(&request_id), "{point}: {report:?}");
+        nothing_left(&svc, "killed", &request_id, &record.db_user).await;
+        // The approval delivered again works.
+        let result = grant(&svc, approval(&request_id, "killed", "killed@corp.com", orders_access())).await.unwrap();
+        assert_eq!(result.status, GrantStatus::Active, "{point}");
+    }
+    // Killed in the middle of a revoke: the next revoke finishes it.
+    for (point, request_id) in [("revoke:after_role", "KILL-0"), ("revoke:after_secret", "KILL-1")] {
+        let record = svc.store.get_grant(request_id).await.unwrap().unwrap();
+        let reached = svc.failpoints.halt(point);
+        let task = {
+            let svc = svc.clone();
+            tokio::spawn(async move { pgjit::grants::revoke(&svc, request_id, RevokeTrigger::Early, Utc::now()).await })
+        };
+        tokio::time::timeout(StdDuration::from_secs(20), reached.notified()).await.unwrap_or_else(|_| panic!("{point} never reached"));
+        task.abort();
+        let _ = task.await;
+        svc.failpoints.clear();
+        assert_eq!(svc.store.get_grant(request_id).await.unwrap().unwrap().status, GrantStatus::Revoking, "{point}");
+        let done = pgjit::grants::revoke(&svc, request_id, RevokeTrigger::Early, Utc::now()).await.unwrap();
+        assert_eq!(done.status, GrantStatus::Deleted, "{point}");
+        nothing_left(&svc, "killed", request_id, &record.db_user).await;
+    }
+    let results = pgjit::grants::revoke_all(&svc, "killed", Utc::now()).await.unwrap();
+    assert!(results.iter().all(|(_, r)| r.is_ok()), "{results:?}");
+}
+
+#[tokio::test]
+async fn a_database_that_never_answers_does_not_hang() {
+    let (port, _server) = pgjit_tests::silent_server().await;
+    let mut endpoint = pgjit::postgres::Endpoint::new("localhost", port, pgjit::postgres::SslMode::VerifyFull);
+    endpoint.timeouts.connect = StdDuration::from_secs(1);
+    let connector = pgjit::postgres::Connector::new(endpoint, pgjit::postgres::Credentials::Password(env().admin_login()));
+    let started = Instant::now();
+    let err = connector.connect("postgres").await.unwrap_err();
+    assert!(matches!(err, pgjit::postgres::ConnectError::Timeout { .. }), "{err:?}");
+    assert!(started.elapsed() < StdDuration::from_secs(5), "gave up after the connect timeout");
+
+    // A statement that runs too long is cancelled by the server's statement_timeout.
+    let mut endpoint = env().endpoint();
+    endpoint.timeouts.statement = StdDuration::from_secs(1);
+    let client = pgjit::postgres::Connector::new(endpoint, pgjit::postgres::Credentials::Password(env().admin_login())).connect("postgres").await.unwrap();
+    let err = client.query("SELECT pg_sleep(10)", &[]).await.unwrap_err();
+    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::QUERY_CANCELED));
+
+    // Through the handler: the grant fails within the configured connect timeout.
+    let svc = isolated_services_with(|n| (n == "PGJIT_CONNECT_TIMEOUT_SECONDS").then(|| "2".to_owned())).await;
+    register_integration(&svc, "silent", json!({"port": port})).await;
+    let started = Instant::now();
+    let err = grant(&svc, approval("SILENT-1", "silent", "silent@corp.com", orders_access())).await.unwrap_err();
+    assert!(err.contains("timed out"), "{err}");
+    assert!(started.elapsed() < StdDuration::from_secs(15), "took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_grants_all_succeed() {
+    let svc = Arc::new(isolated_services().await);
+    register_integration(&svc, "busy", json!({})).await;
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let svc = svc.clone();
+            tokio::spawn(async move { grant(&svc, approval(&format!("BURST-{i}"), "busy", &format!("burst{i}@corp.com"), orders_access())).await })
+        })
+        .collect();
+    let mut users = Vec::new();
+    for t in tasks {
+        let r = t.await.unwrap().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status, GrantStatus::Active);
+        users.push(r.db_user);
+    }
+    users.sort();
+    users.dedup();
+    assert_eq!(users.len(), 100);
+    let results = pgjit::grants::revoke_all(&svc, "busy", Utc::now()).await.unwrap();
+    assert_eq!(results.len(), 100);
+    assert!(results.iter().all(|(_, r)| r.is_ok()));
+    let su = env().superuser("postgres").await;
+    for u in &users {
+        assert!(!role_exists(&su, u).await);
+    }
+}
+
+#[tokio::test]
+async fn the_same_approval_ten_times_at_once_grants_once() {
+    let svc = Arc::new(isolated_services().await);
+    let i = register_integration(&svc, "dup", json!({})).await;
+    let event = approval("SAME-1", "dup", "same@corp.com", orders_access());
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (svc, event) = (svc.clone(), event.clone());
+            tokio::spawn(async move { pgjit::grants::grant(&svc, &pgjit::events::parse_approval(event).unwrap(), Utc::now()).await })
+        })
+        .collect();
+    let mut first = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(r) if !r.repeated => first += 1,
+            Ok(_) | Err(GrantError::InProgress(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(first, 1, "exactly one delivery did the work");
+    let su = env().superuser("postgres").await;
+    let roles: i64 = su.query_one("SELECT count(*) FROM pg_roles WHERE starts_with(rolname, $1)", &[&i.user_prefix]).await.unwrap().get(0);
+    let profiles = su.query_one("SELECT count(*) FROM pg_roles WHERE starts_with(rolname, $1)", &[&format!("{}p_", i.user_prefix)]).await.unwrap().get::<_, i64>(0);
+    assert_eq!(roles - profiles, 1, "one login role");
+    let secrets = svc.secrets.list_secrets().send().await.unwrap();
+    assert_eq!(secrets.secret_list().iter().filter(|s| s.name().is_some_and(|n| n.ends_with("/SAME-1"))).count(), 1, "one secret");
+    let schedules = svc.scheduler.list_schedules().group_name(&svc.config.schedule_group).send().await.unwrap();
+    assert_eq!(schedules.schedules().len(), 1, "one schedule");
+    pgjit::grants::revoke_all(&svc, "dup", Utc::now()).await.unwrap();
+}
+
+/// Revokes until it succeeds, as the scheduler and EventBridge retry a failed invocation.
+async fn revoke_until_done(svc: &Services, request_id: &str) -> pgjit::grants::RevokeResult {
+    for _ in 0..100 {
+        match pgjit::grants::revoke(svc, request_id, RevokeTrigger::Early, Utc::now()).await {
+            Ok(r) => return r,
+            Err(GrantError::InProgress(_)) | Err(GrantError::UnknownRequest(_)) => tokio::time::sleep(StdDuration::from_millis(50)).await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("{request_id}: revoke never went through");
+}
+
+#[tokio::test]
+async fn revoke_racing_its_grant_and_two_revokes_racing_leave_nothing() {
+    let svc = Arc::new(isolated_services().await);
+    register_integration(&svc, "racy", json!({})).await;
+    for round in 0..6 {
+        let request_id = format!("RACE-{round}");
+        let grant_task = {
+            let (svc, event) = (svc.clone(), approval(&request_id, "racy", "racer@corp.com", orders_access()));
+            tokio::spawn(async move { grant(&svc, event).await })
+        };
+        let revoke_task = {
+            let (svc, id) = (svc.clone(), request_id.clone());
+            tokio::spawn(async move { revoke_until_done(&svc, &id).await })
+        };
+        let granted = grant_task.await.unwrap();
+        let revoked = revoke_task.await.unwrap();
+        // The revoke may have come first (nothing to do yet); the next delivery of the
+        // revoke, as the caller retries, then takes the access away.
+        let last = revoke_until_done(&svc, &request_id).await;
+        assert!(matches!(last.status, GrantStatus::Deleted | GrantStatus::Failed), "{round}: {last:?} after {granted:?} / {revoked:?}");
+        let record = svc.store.get_grant(&request_id).await.unwrap().unwrap();
+        nothing_left(&svc, "racy", &request_id, &record.db_user).await;
+    }
+    // Two revokes of one grant at the same time.
+    for round in 0..6 {
+        let request_id = format!("TWICE-{round}");
+        let result = grant(&svc, approval(&request_id, "racy", "twice@corp.com", orders_access())).await.unwrap();
+        let a = {
+            let (svc, id) = (svc.clone(), request_id.clone());
+            tokio::spawn(async move { revoke_until_done(&svc, &id).await })
+        };
+        let b = {
+            let (svc, id) = (svc.clone(), request_id.clone());
+            tokio::spawn(async move { revoke_until_done(&svc, &id).await })
+        };
+        let (a, b) = (a.await.unwrap(), b.await.unwrap());
+        assert!(!(a.repeated && b.repeated), "one of them did the work");
+        assert_eq!(svc.store.get_grant(&request_id).await.unwrap().unwrap().status, GrantStatus::Deleted);
+        nothing_left(&svc, "racy", &request_id, &result.db_user).await;
+    }
+}
