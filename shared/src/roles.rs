@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::{Client, GenericClient};
+use tokio_postgres::types::Type;
+use tokio_postgres::Client;
 
 use crate::access::{check_identifier, AccessSet, DatabaseAccess, Object, Privilege, Target};
 use crate::postgres::{ident, is_retryable, literal, ConnectError, Connector};
@@ -178,38 +179,34 @@ async fn resolve(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let rows = client
-        .query("SELECT nspname::text, oid FROM pg_namespace WHERE nspname = ANY($1)", &[&schemas])
-        .await
-        .map_err(sql(database, "looking up schemas"))?;
-    let schema_oids: BTreeMap<String, u32> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    // (schema, name, relkind, oid) of every relation in those schemas: '*' needs them all anyway.
-    let rows = client
-        .query(
+    // The schemas, every relation and sequence in them ('*' needs them all anyway), and the
+    // database itself: three lookups sent together, one round trip.
+    let (schema_rows, relation_rows, database_row) = futures_util::future::try_join3(
+        client.query_typed("SELECT nspname::text, oid FROM pg_namespace WHERE nspname = ANY($1)", &[(&schemas, Type::TEXT_ARRAY)]),
+        client.query_typed(
             "SELECT n.nspname::text, c.relname::text, c.relkind::text, c.oid FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE n.nspname = ANY($1) AND c.relkind IN ('r','p','v','m','f','S')",
-            &[&schemas],
-        )
-        .await
-        .map_err(sql(database, "looking up tables and sequences"))?;
+            &[(&schemas, Type::TEXT_ARRAY)],
+        ),
+        client.query_typed("SELECT oid FROM pg_database WHERE datname = current_database()", &[]),
+    )
+    .await
+    .map_err(sql(database, "looking up schemas, tables and sequences"))?;
+    let schema_oids: BTreeMap<String, u32> = schema_rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     let mut relations: BTreeMap<(String, bool), Vec<(String, u32)>> = BTreeMap::new();
-    for r in &rows {
+    for r in &relation_rows {
         let kind: String = r.get(2);
         relations.entry((r.get::<_, String>(0), kind == "S")).or_default().push((r.get(1), r.get(3)));
     }
+    let database_oid: u32 = database_row.first().map(|r| r.get(0)).unwrap_or(0);
 
     for (object, set) in &access.objects {
         match object {
             Object::Database => {
-                let oid: Option<u32> = client
-                    .query_one("SELECT oid FROM pg_database WHERE datname = current_database()", &[])
-                    .await
-                    .map_err(sql(database, "looking up the database"))?
-                    .get(0);
                 plan.statements.push(format!("GRANT {} ON DATABASE {} TO {to}", privs(set), ident(database)));
                 for p in set {
-                    plan.checks.push(("database", oid.unwrap_or(0), p.as_sql().to_owned()));
+                    plan.checks.push(("database", database_oid, p.as_sql().to_owned()));
                 }
             }
             Object::Schema { schema } => match schema_oids.get(schema) {
@@ -384,90 +381,82 @@ async fn check_roles(
     Ok(())
 }
 
+/// The SQLSTATE the verification raises when a grant did not take effect.
+const NOT_GRANTED: &str = "PJ001";
+
 /// Creates the profile role if it is new, re-applies its grants, and proves they took effect,
-/// in one transaction under the database's grant lock, retried as a whole on contention.
+/// in one transaction under the database's grant lock, retried as a whole on contention. It is
+/// one round trip: the statements go as one batch, and the proof is a DO block that raises when
+/// `has_*_privilege` disagrees, which rolls everything back.
 async fn prepare_profile(client: &mut Client, database: &str, profile: &str, plan: &Resolved) -> Result<(), RoleError> {
-    let batch = plan.statements.join(";\n");
-    let (kinds, oids, privileges): (Vec<&str>, Vec<u32>, Vec<&str>) = plan.checks.iter().fold(
-        (Vec::new(), Vec::new(), Vec::new()),
-        |(mut k, mut o, mut p), (kind, oid, privilege)| {
-            k.push(*kind);
-            o.push(*oid);
-            p.push(privilege.as_str());
-            (k, o, p)
-        },
-    );
+    let batch = profile_batch(profile, plan);
     let mut attempt = 0;
-    let outcome = loop {
+    loop {
         attempt += 1;
-        match profile_transaction(client, profile, &batch, &kinds, &oids, &privileges).await {
-            Ok(outcome) => break outcome,
-            Err(e) if attempt < ATTEMPTS && is_retryable(&e) => backoff(database, "preparing the profile role", attempt, &e).await,
-            Err(source) => return Err(RoleError::Sql { database: database.to_owned(), action: "preparing the profile role", source }),
+        match client.batch_execute(&batch).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                // The batch stopped inside its transaction: end it before anything else.
+                let _ = client.batch_execute("ROLLBACK").await;
+                if let Some(db) = e.as_db_error().filter(|d| d.code().code() == NOT_GRANTED) {
+                    let missing = db.message().split("; ").map(str::to_owned).collect();
+                    return Err(RoleError::NotGranted { database: database.to_owned(), profile: profile.to_owned(), missing });
+                }
+                // An admin with no privilege at all on an object gets an error instead of a warning.
+                if let Some(db) = e.as_db_error().filter(|d| *d.code() == tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+                    return Err(RoleError::NotGranted { database: database.to_owned(), profile: profile.to_owned(), missing: vec![db.message().to_owned()] });
+                }
+                if attempt < ATTEMPTS && is_retryable(&e) {
+                    backoff(database, "preparing the profile role", attempt, &e).await;
+                    continue;
+                }
+                return Err(RoleError::Sql { database: database.to_owned(), action: "preparing the profile role", source: e });
+            }
         }
-    };
-    outcome
-    .map_err(|missing| RoleError::NotGranted { database: database.to_owned(), profile: profile.to_owned(), missing })
+    }
 }
 
-async fn profile_transaction(
-    client: &mut Client,
-    profile: &str,
-    batch: &str,
-    kinds: &[&str],
-    oids: &[u32],
-    privileges: &[&str],
-) -> Result<Result<(), Vec<String>>, tokio_postgres::Error> {
-    let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&GRANT_LOCK]).await?;
-    let exists = tx.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&profile]).await?.is_some();
-    if !exists {
-        tx.batch_execute(&format!("CREATE ROLE {} NOLOGIN", ident(profile))).await?;
+/// The profile's transaction as one batch. Everything in it is either quoted (`ident`,
+/// `literal`) or pgjit's own fixed words and catalog numbers; the profile name is pgjit's own
+/// `<prefix>p_<hex>` (prefix `[a-z0-9_]`), so it cannot end the `$pgjit$` quoting.
+fn profile_batch(profile: &str, plan: &Resolved) -> String {
+    let array = |items: Vec<String>, ty: &str| format!("ARRAY[{}]::{ty}[]", items.join(","));
+    let kinds = array(plan.checks.iter().map(|(k, _, _)| literal(k)).collect(), "text");
+    let oids = array(plan.checks.iter().map(|(_, o, _)| o.to_string()).collect(), "oid");
+    let privileges = array(plan.checks.iter().map(|(_, _, p)| literal(p)).collect(), "text");
+    let name = literal(profile);
+    let mut sql = format!(
+        "BEGIN;\nSELECT pg_advisory_xact_lock({GRANT_LOCK});\n\
+         DO $pgjit$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {name}) THEN CREATE ROLE {} NOLOGIN; END IF; END $pgjit$;\n",
+        ident(profile)
+    );
+    for statement in &plan.statements {
+        sql.push_str(statement);
+        sql.push_str(";\n");
     }
-    if !batch.is_empty() {
-        tx.batch_execute(batch).await?;
-    }
-    let missing = tx
-        .query(
-            "SELECT kind, oid, privilege FROM unnest($2::text[], $3::oid[], $4::text[]) AS t(kind, oid, privilege) \
+    if !plan.checks.is_empty() {
+        sql.push_str(&format!(
+            "DO $pgjit$ DECLARE missing text; BEGIN\n\
+             SELECT string_agg(privilege || ' on ' || kind || ' ' || coalesce(CASE kind \
+                 WHEN 'database' THEN (SELECT datname::text FROM pg_database WHERE oid = t.oid) \
+                 WHEN 'schema' THEN (SELECT nspname::text FROM pg_namespace WHERE oid = t.oid) \
+                 WHEN 'function' THEN (SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.oid = t.oid) \
+                 WHEN 'role' THEN (SELECT rolname::text FROM pg_roles WHERE oid = t.oid) \
+                 ELSE (SELECT c.oid::regclass::text FROM pg_class c WHERE c.oid = t.oid) END, 'oid ' || t.oid), '; ') INTO missing \
+             FROM unnest({kinds}, {oids}, {privileges}) AS t(kind, oid, privilege) \
              WHERE (CASE kind \
-                 WHEN 'database' THEN has_database_privilege($1, oid, privilege) \
-                 WHEN 'schema' THEN has_schema_privilege($1, oid, privilege) \
-                 WHEN 'table' THEN has_table_privilege($1, oid, privilege) \
-                 WHEN 'sequence' THEN has_sequence_privilege($1, oid, privilege) \
-                 WHEN 'function' THEN has_function_privilege($1, oid, privilege) \
-                 WHEN 'role' THEN pg_has_role($1, oid, privilege) END) IS NOT TRUE",
-            &[&profile, &kinds, &oids, &privileges],
-        )
-        .await?;
-    if !missing.is_empty() {
-        // Rolled back on drop: a profile that cannot hold what it promises is not kept.
-        return Ok(Err(describe_missing(&tx, &missing).await?));
+                 WHEN 'database' THEN has_database_privilege({name}, t.oid, privilege) \
+                 WHEN 'schema' THEN has_schema_privilege({name}, t.oid, privilege) \
+                 WHEN 'table' THEN has_table_privilege({name}, t.oid, privilege) \
+                 WHEN 'sequence' THEN has_sequence_privilege({name}, t.oid, privilege) \
+                 WHEN 'function' THEN has_function_privilege({name}, t.oid, privilege) \
+                 WHEN 'role' THEN pg_has_role({name}, t.oid, privilege) END) IS NOT TRUE;\n\
+             IF missing IS NOT NULL THEN RAISE EXCEPTION USING ERRCODE = '{NOT_GRANTED}', MESSAGE = missing; END IF;\n\
+             END $pgjit$;\n"
+        ));
     }
-    tx.commit().await?;
-    Ok(Ok(()))
-}
-
-async fn describe_missing(tx: &impl GenericClient, rows: &[tokio_postgres::Row]) -> Result<Vec<String>, tokio_postgres::Error> {
-    let mut out = Vec::new();
-    for r in rows {
-        let kind: String = r.get(0);
-        let oid: u32 = r.get(1);
-        let privilege: String = r.get(2);
-        let name: Option<String> = tx
-            .query_one(
-                "SELECT CASE $1::text WHEN 'database' THEN (SELECT datname::text FROM pg_database WHERE oid = $2) \
-                     WHEN 'schema' THEN (SELECT nspname::text FROM pg_namespace WHERE oid = $2) \
-                     WHEN 'function' THEN (SELECT $2::regprocedure::text) \
-                     WHEN 'role' THEN (SELECT rolname::text FROM pg_roles WHERE oid = $2) \
-                     ELSE (SELECT $2::regclass::text) END",
-                &[&kind, &oid],
-            )
-            .await?
-            .get(0);
-        out.push(format!("{privilege} on {kind} {}", name.unwrap_or_else(|| format!("oid {oid}"))));
-    }
-    Ok(out)
+    sql.push_str("COMMIT");
+    sql
 }
 
 /// `CREATE ROLE … LOGIN … VALID UNTIL … ROLE <admin> IN ROLE <profiles>`; when the role exists

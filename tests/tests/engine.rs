@@ -535,3 +535,38 @@ async fn doctor_names_what_the_admin_can_and_cannot_do() {
         assert!(failed.contains(expected), "{expected} missing from {failed:?}");
     }
 }
+
+#[tokio::test]
+async fn a_grant_that_does_not_take_effect_is_refused_and_rolled_back() {
+    let e = env();
+    let admin = e.admin();
+    let su = e.superuser("app").await;
+    // A schema the admin may delegate, holding a table it was never given: GRANT only warns.
+    let schema = format!("lonely_{}", rand::random::<u32>());
+    su.batch_execute(&format!(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'stranger') THEN CREATE ROLE stranger NOLOGIN; END IF; END $$;
+         CREATE SCHEMA {schema} AUTHORIZATION stranger;
+         CREATE TABLE {schema}.kept_away (x int);
+         ALTER TABLE {schema}.kept_away OWNER TO stranger;
+         CREATE TABLE {schema}.half_given (x int);
+         ALTER TABLE {schema}.half_given OWNER TO stranger;
+         GRANT USAGE ON SCHEMA {schema} TO {a} WITH GRANT OPTION;
+         GRANT SELECT ON {schema}.half_given TO {a}",
+        a = pgjit::postgres::ident(&e.admin_user)
+    ))
+    .await
+    .unwrap();
+    // SELECT held without grant option: GRANT warns, the verification catches it.
+    // No privilege at all: GRANT fails outright. Both: refused, nothing kept.
+    for (table, expected) in [("half_given", format!("SELECT on table {schema}.half_given")), ("kept_away", "permission denied".to_owned())] {
+        let set = access(&format!(r#"[{{"database":"app","schema":"{schema}","table":"{table}","privileges":["SELECT"]}}]"#));
+        let user = login_role_name(PREFIX, "notgranted@corp.com");
+        let password = SecretString::random_password();
+        let err = roles::grant(&admin, &spec(&user, &set, &password)).await.expect_err("the admin cannot delegate it");
+        assert!(matches!(err, RoleError::NotGranted { .. }), "{table}: {err}");
+        assert!(err.to_string().contains(&expected), "{table}: {err}");
+        assert!(!role_exists(&su, &user).await, "{table}: no login role");
+        assert!(!role_exists(&su, &set.databases["app"].profile_role(PREFIX, "app")).await, "{table}: the profile was rolled back");
+    }
+    su.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+}

@@ -1,0 +1,257 @@
+//! Database and control-plane benchmarks on the local environment, each against its floor in
+//! the same run. Run through `scripts/bench.sh` (which starts the environment).
+//!
+//! Usage: bench-db [grant|burst|cleanup|discovery|all] [RUNS]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures_util::stream::{self, StreamExt};
+use pgjit::access::{login_role_name, AccessEntry, AccessSet};
+use pgjit::postgres::{ident, literal};
+use pgjit::roles::{self, GrantSpec, LoginMethod};
+use pgjit::SecretString;
+use pgjit_tests::{approval, env, isolated_services, orders_access, register_integration};
+use serde_json::json;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let what = args.get(1).map(String::as_str).unwrap_or("all");
+    let runs: usize = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(30);
+    if matches!(what, "grant" | "all") {
+        grant_vs_floor(runs).await;
+    }
+    if matches!(what, "burst" | "all") {
+        burst().await;
+    }
+    if matches!(what, "cleanup" | "all") {
+        cleanup_scaling().await;
+    }
+    if matches!(what, "discovery" | "all") {
+        discovery_scaling().await;
+    }
+}
+
+/// pgjit's grant (database part) against one pipelined transaction of the same final effect on
+/// an open connection, plus connect (TCP + TLS + SCRAM) on its own.
+async fn grant_vs_floor(runs: usize) {
+    let e = env();
+    let admin = e.admin();
+    let entries: Vec<AccessEntry> = serde_json::from_value(orders_access()).unwrap();
+    let access = AccessSet::from_entries(&entries).unwrap();
+    let prefix = "bench_";
+    let password = SecretString::random_password();
+    let grant_once = |user: String| {
+        let (admin, access, password) = (&admin, &access, &password);
+        async move {
+            let spec = GrantSpec {
+                username: &user,
+                access,
+                login: LoginMethod::Password(password),
+                valid_until: Utc::now() + chrono::Duration::hours(1),
+                prefix,
+                grantable_roles: None,
+                maintenance_database: "postgres",
+            };
+            let started = Instant::now();
+            roles::grant(admin, &spec).await.unwrap();
+            (started.elapsed(), user)
+        }
+    };
+    // Warm-up: the profile role exists from here on, as it does for every grant but the first.
+    let (_, first) = grant_once(login_role_name(prefix, "warmup")).await;
+    roles::delete(&admin, "postgres", &first, prefix).await.unwrap();
+    let profile = access.databases["app"].profile_role(prefix, "app");
+
+    let mut connect = Vec::new();
+    for _ in 0..runs {
+        let started = Instant::now();
+        let c = admin.connect("app").await.unwrap();
+        connect.push(started.elapsed());
+        drop(c);
+    }
+    let mut pgjit = Vec::new();
+    let mut users = Vec::new();
+    for i in 0..runs {
+        let (d, user) = grant_once(login_role_name(prefix, &format!("pgjit{i}"))).await;
+        pgjit.push(d);
+        users.push(user);
+    }
+    // The floor: the same final SQL effect, one transaction, one round trip, open connection.
+    let client = admin.connect("app").await.unwrap();
+    let mut floor = Vec::new();
+    for i in 0..runs {
+        let user = login_role_name(prefix, &format!("floor{i}"));
+        let verifier = postgres_protocol_verifier(&password);
+        let sql = format!(
+            "BEGIN; SELECT pg_advisory_xact_lock(1); GRANT SELECT ON TABLE sales.orders TO {p}; GRANT USAGE ON SCHEMA sales TO {p}; \
+             GRANT CONNECT ON DATABASE app TO {p}; CREATE ROLE {u} LOGIN PASSWORD {v} VALID UNTIL {t} ROLE {a} IN ROLE {p}; COMMIT",
+            p = ident(&profile),
+            u = ident(&user),
+            v = literal(&verifier),
+            t = literal(&(Utc::now() + chrono::Duration::hours(1)).format("%Y-%m-%d %H:%M:%S+00").to_string()),
+            a = ident(&e.admin_user),
+        );
+        let started = Instant::now();
+        client.batch_execute(&sql).await.unwrap();
+        floor.push(started.elapsed());
+        users.push(user);
+    }
+    for u in &users {
+        roles::delete(&admin, "postgres", u, prefix).await.unwrap();
+    }
+    let (c, p, f) = (ms(median(connect)), ms(median(pgjit)), ms(median(floor)));
+    println!("grant, database part ({runs} runs, medians):");
+    println!("  connect (TCP + TLS + SCRAM)           {c:>8.2} ms");
+    println!("  floor: one pipelined transaction      {f:>8.2} ms");
+    println!("  pgjit roles::grant (incl. its connect) {p:>7.2} ms");
+    println!("  pgjit minus connect                   {:>8.2} ms  = {:.2} x floor", p - c, (p - c) / f);
+    println!("  pgjit / (floor + connect)             {:>8.2} x", p / (f + c));
+}
+
+/// The verifier for the floor, computed outside its timing (pgjit's grant computes its own inside).
+fn postgres_protocol_verifier(password: &SecretString) -> String {
+    postgres_protocol::password::scram_sha_256(password.expose().as_bytes())
+}
+
+/// Concurrent grants through the handler: grants per second at 10, 50 and 100 at once.
+async fn burst() {
+    println!("burst: concurrent grants through the grant handler (moto + PostgreSQL, 2 cores):");
+    for n in [1usize, 10, 50, 100] {
+        let svc = Arc::new(isolated_services().await);
+        register_integration(&svc, "burst", json!({})).await;
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let svc = svc.clone();
+                tokio::spawn(async move {
+                    let event = approval(&format!("B{n}-{i}"), "burst", &format!("b{i}@corp.com"), orders_access());
+                    pgjit::grants::grant(&svc, &pgjit::events::parse_approval(event).unwrap(), Utc::now()).await
+                })
+            })
+            .collect();
+        let mut ok = 0;
+        for t in tasks {
+            if t.await.unwrap().is_ok() {
+                ok += 1;
+            }
+        }
+        let elapsed = started.elapsed();
+        println!("  {n:>3} at once: {ok}/{n} succeeded in {:>8.1} ms = {:>6.1} grants/s", ms(elapsed), ok as f64 / elapsed.as_secs_f64());
+        pgjit::grants::revoke_all(&svc, "burst", Utc::now()).await.unwrap();
+    }
+}
+
+/// Cleanup reads the due work only: 100 due records among 1,000 and among 10,000.
+async fn cleanup_scaling() {
+    println!("cleanup: 100 due grants among N records (items read from DynamoDB, time):");
+    for total in [1_000usize, 10_000] {
+        let svc = isolated_services().await;
+        let integration = register_integration(&svc, "sweep", json!({})).await;
+        let now = Utc::now();
+        let template = pgjit::store::GrantRecord {
+            request_id: String::new(),
+            status: pgjit::store::GrantStatus::Active,
+            version: 1,
+            integration: integration.name.clone(),
+            requester: pgjit::store::Requester { id: "sweep@corp.com".into(), iam_arn: None },
+            approver: "jane@corp.com".into(),
+            reason: None,
+            access: serde_json::from_value(orders_access()).unwrap(),
+            access_mode: pgjit::integration::AccessMode::Password,
+            duration_seconds: 3600,
+            db_user: String::new(),
+            created_at: now,
+            updated_at: now,
+            expires_at: now,
+            due_at: None,
+            host: None,
+            port: None,
+            secret_arn: None,
+            iam_policy: None,
+            schedule_name: None,
+            rotated_at: None,
+            revoked_at: None,
+            revoke_reason: None,
+            delete_after: None,
+            deleted_at: None,
+            failure: None,
+        };
+        let svc_ref = &svc;
+        stream::iter(0..total)
+            .map(|i| {
+                let mut r = template.clone();
+                r.request_id = format!("SWEEP-{i}");
+                r.db_user = format!("{}sweep_{i:08}", integration.user_prefix);
+                // 100 are past expiry; the rest expire in a day.
+                let expiry = if i < 100 { now - chrono::Duration::minutes(1) } else { now + chrono::Duration::days(1) };
+                r.expires_at = expiry;
+                r.due_at = Some(pgjit::store::due_key(expiry));
+                async move { svc_ref.store.insert_grant(&r).await.unwrap() }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await;
+        let started = Instant::now();
+        let report = pgjit::cleanup::run(&svc, now).await.unwrap();
+        let elapsed = started.elapsed();
+        println!(
+            "  {total:>6} records, 100 due: {} revoked, {} items read ({:.2} x due), {:>8.1} ms",
+            report.revoked_overdue.len(),
+            report.items_read,
+            report.items_read as f64 / 100.0,
+            ms(elapsed)
+        );
+    }
+}
+
+/// Discovery of a database with 10,000 tables in 100 schemas: the catalog read against one
+/// catalog query, and the statements it takes.
+async fn discovery_scaling() {
+    let e = env();
+    let su = e.superuser("postgres").await;
+    let exists = su.query_opt("SELECT 1 FROM pg_database WHERE datname = 'bench_wide'", &[]).await.unwrap().is_some();
+    if !exists {
+        su.batch_execute("CREATE DATABASE bench_wide OWNER app_owner").await.unwrap();
+        let wide = e.superuser("bench_wide").await;
+        let mut sql = String::from("SET ROLE app_owner;");
+        for s in 0..100 {
+            sql.push_str(&format!("CREATE SCHEMA s{s};"));
+            for t in 0..100 {
+                sql.push_str(&format!("CREATE TABLE s{s}.t{t} (id int);"));
+            }
+        }
+        wide.batch_execute(&sql).await.unwrap();
+        let setup = pgjit::setup::setup_sql(pgjit::setup::Flavor::Postgres, &e.admin_user).unwrap();
+        wide.batch_execute(&setup).await.unwrap();
+    }
+    let admin = e.admin();
+    let client = admin.connect("bench_wide").await.unwrap();
+    let mut read = Vec::new();
+    let mut single = Vec::new();
+    let mut objects = 0;
+    for _ in 0..10 {
+        let started = Instant::now();
+        let cat = pgjit::catalog::read_database(&client).await.unwrap();
+        read.push(started.elapsed());
+        objects = cat.relations.len() + cat.schemas.len();
+        let started = Instant::now();
+        client.query("SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r'", &[]).await.unwrap();
+        single.push(started.elapsed());
+    }
+    let (r, s) = (ms(median(read)), ms(median(single)));
+    println!("discovery: database with 100 schemas x 100 tables ({objects} schemas and relations):");
+    println!("  single catalog query (all tables)     {s:>8.2} ms");
+    println!("  pgjit catalog read (5 statements)     {r:>8.2} ms = {:.2} x the single query", r / s);
+}
