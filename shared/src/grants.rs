@@ -179,34 +179,14 @@ pub async fn grant(svc: &Services, approval: &Approval, now: DateTime<Utc>) -> R
         iam::principal_of(arn).map_err(|m| GrantError::Policy(format!("requester.iam_arn: {m}")))?;
     }
     let duration = Duration::seconds(i64::try_from(approval.duration_seconds).unwrap_or(i64::MAX));
-    let fresh = GrantRecord {
-        request_id: approval.request_id.clone(),
-        status: GrantStatus::Granting,
-        version: 1,
-        integration: integration.name.clone(),
-        requester: approval.requester.clone(),
-        approver: approval.approver.clone(),
-        reason: approval.reason.clone(),
-        access: approval.access.clone(),
-        access_mode: integration.access_mode,
-        duration_seconds: approval.duration_seconds,
-        db_user: login_role_name(&integration.user_prefix, &approval.requester.id),
-        created_at: now,
-        updated_at: now,
-        expires_at: now + duration,
-        due_at: Some(due_key(now + stuck_after(svc))),
-        host: None,
-        port: None,
-        secret_arn: None,
-        iam_policy: None,
-        schedule_name: None,
-        rotated_at: None,
-        revoked_at: None,
-        revoke_reason: None,
-        delete_after: None,
-        deleted_at: None,
-        failure: None,
-    };
+    let fresh = GrantRecord::granting(
+        approval,
+        &integration,
+        login_role_name(&integration.user_prefix, &approval.requester.id),
+        now,
+        now + duration,
+        now + stuck_after(svc),
+    );
     let mut record = match svc.store.insert_grant(&fresh).await {
         Ok(()) => {
             svc.store.append_audit(&audit(&fresh, "requested", now, approval.reason.clone())).await?;

@@ -116,6 +116,47 @@ pub struct GrantRecord {
     pub failure: Option<String>,
 }
 
+impl GrantRecord {
+    /// A new record for an approval, in `granting`, due at `stuck_at` should its run die.
+    pub fn granting(
+        approval: &crate::events::Approval,
+        integration: &Integration,
+        db_user: String,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+        stuck_at: DateTime<Utc>,
+    ) -> GrantRecord {
+        GrantRecord {
+            request_id: approval.request_id.clone(),
+            status: GrantStatus::Granting,
+            version: 1,
+            integration: integration.name.clone(),
+            requester: approval.requester.clone(),
+            approver: approval.approver.clone(),
+            reason: approval.reason.clone(),
+            access: approval.access.clone(),
+            access_mode: integration.access_mode,
+            duration_seconds: approval.duration_seconds,
+            db_user,
+            created_at: now,
+            updated_at: now,
+            expires_at,
+            due_at: Some(due_key(stuck_at)),
+            host: None,
+            port: None,
+            secret_arn: None,
+            iam_policy: None,
+            schedule_name: None,
+            rotated_at: None,
+            revoked_at: None,
+            revoke_reason: None,
+            delete_after: None,
+            deleted_at: None,
+            failure: None,
+        }
+    }
+}
+
 /// The index key for a moment: fixed width, so text order is time order.
 pub fn due_key(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()

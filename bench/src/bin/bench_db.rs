@@ -160,34 +160,9 @@ async fn cleanup_scaling() {
         let svc = isolated_services().await;
         let integration = register_integration(&svc, "sweep", json!({})).await;
         let now = Utc::now();
-        let template = pgjit::store::GrantRecord {
-            request_id: String::new(),
-            status: pgjit::store::GrantStatus::Active,
-            version: 1,
-            integration: integration.name.clone(),
-            requester: pgjit::store::Requester { id: "sweep@corp.com".into(), iam_arn: None },
-            approver: "jane@corp.com".into(),
-            reason: None,
-            access: serde_json::from_value(orders_access()).unwrap(),
-            access_mode: pgjit::integration::AccessMode::Password,
-            duration_seconds: 3600,
-            db_user: String::new(),
-            created_at: now,
-            updated_at: now,
-            expires_at: now,
-            due_at: None,
-            host: None,
-            port: None,
-            secret_arn: None,
-            iam_policy: None,
-            schedule_name: None,
-            rotated_at: None,
-            revoked_at: None,
-            revoke_reason: None,
-            delete_after: None,
-            deleted_at: None,
-            failure: None,
-        };
+        let approved = pgjit::events::parse_approval(approval("SWEEP", "sweep", "sweep@corp.com", orders_access())).unwrap();
+        let mut template = pgjit::store::GrantRecord::granting(&approved, &integration, String::new(), now, now, now);
+        template.status = pgjit::store::GrantStatus::Active;
         let svc_ref = &svc;
         stream::iter(0..total)
             .map(|i| {
