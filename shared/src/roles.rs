@@ -530,6 +530,19 @@ pub struct Revoked {
 /// then its memberships and direct privileges stripped. Safe to repeat.
 pub async fn revoke(connector: &Connector, maintenance_database: &str, username: &str, prefix: &str) -> Result<Revoked, RoleError> {
     check_login_name(username, prefix, connector.user())?;
+    match revoke_existing(connector, maintenance_database, username).await {
+        // Dropped by a concurrent delete half-way through: gone is what revoke wants.
+        Err(e) if dropped_meanwhile(&e) => Ok(Revoked { existed: false, sessions_ended: 0, memberships_removed: 0 }),
+        other => other,
+    }
+}
+
+/// Whether an error says the role stopped existing (another run dropped it first).
+fn dropped_meanwhile(e: &RoleError) -> bool {
+    matches!(e, RoleError::Sql { source, .. } if source.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT))
+}
+
+async fn revoke_existing(connector: &Connector, maintenance_database: &str, username: &str) -> Result<Revoked, RoleError> {
     let client = connector.connect(maintenance_database).await?;
     let db = maintenance_database;
     let Some(oid) = role_oid(&client, db, username).await? else {
@@ -645,6 +658,13 @@ pub struct Deleted {
 /// `DROP ROLE`. Whatever the role created is kept, owned by the admin. Safe to repeat.
 pub async fn delete(connector: &Connector, maintenance_database: &str, username: &str, prefix: &str) -> Result<Deleted, RoleError> {
     check_login_name(username, prefix, connector.user())?;
+    match delete_existing(connector, maintenance_database, username, prefix).await {
+        Err(e) if dropped_meanwhile(&e) => Ok(Deleted { existed: false, reassigned_in: Vec::new() }),
+        other => other,
+    }
+}
+
+async fn delete_existing(connector: &Connector, maintenance_database: &str, username: &str, prefix: &str) -> Result<Deleted, RoleError> {
     let revoked = revoke(connector, maintenance_database, username, prefix).await?;
     if !revoked.existed {
         return Ok(Deleted { existed: false, reassigned_in: Vec::new() });

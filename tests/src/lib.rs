@@ -273,3 +273,13 @@ pub fn approval(request_id: &str, integration: &str, requester: &str, access: se
 pub fn orders_access() -> serde_json::Value {
     serde_json::json!([{"database": "app", "schema": "sales", "table": "orders", "privileges": ["SELECT"]}])
 }
+
+/// The names of every secret in moto, all pages.
+pub async fn secret_names(svc: &pgjit::aws::Services) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut pages = svc.secrets.list_secrets().max_results(100).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        names.extend(page.expect("ListSecrets").secret_list().iter().filter_map(|s| s.name().map(str::to_owned)));
+    }
+    names
+}

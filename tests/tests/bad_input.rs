@@ -16,16 +16,7 @@ async fn footprint(svc: &pgjit::aws::Services, prefix: &str) -> (i64, i64, usize
         .unwrap()
         .get(0);
     let grants = svc.store.all_grants().await.unwrap().len();
-    let secrets = svc
-        .secrets
-        .list_secrets()
-        .send()
-        .await
-        .unwrap()
-        .secret_list()
-        .iter()
-        .filter(|s| s.name().is_some_and(|n| n.starts_with(&svc.config.secret_prefix) && !n.contains("/admin/")))
-        .count();
+    let secrets = pgjit_tests::secret_names(svc).await.iter().filter(|n| n.starts_with(&svc.config.secret_prefix) && !n.contains("/admin/")).count();
     let schedules = svc.scheduler.list_schedules().group_name(&svc.config.schedule_group).send().await.unwrap().schedules().len();
     let policies = svc.iam.list_user_policies().user_name("corpus-user").send().await.unwrap().policy_names().len();
     (roles, catalog, grants, secrets, schedules, policies)

@@ -131,8 +131,8 @@ async fn the_same_approval_five_times_grants_once() {
     }
     let roles: i64 = su.query_one("SELECT count(*) FROM pg_roles WHERE starts_with(rolname, $1)", &[&format!("{}dup_user_", i.user_prefix)]).await.unwrap().get(0);
     assert_eq!(roles, 1, "one role");
-    let secrets = svc.secrets.list_secrets().send().await.unwrap();
-    let ours = secrets.secret_list().iter().filter(|s| s.name().is_some_and(|n| n.ends_with("/REQ-DUP"))).count();
+    let secrets = pgjit_tests::secret_names(&svc).await;
+    let ours = secrets.iter().filter(|n| n.starts_with(&svc.config.secret_prefix) && n.ends_with("/REQ-DUP")).count();
     assert_eq!(ours, 1, "one secret");
     assert_eq!(schedule_count(&svc).await, 1, "one schedule");
     // The same request id with other access is refused, not merged.
