@@ -544,14 +544,19 @@ fn dropped_meanwhile(e: &RoleError) -> bool {
 
 async fn revoke_existing(connector: &Connector, maintenance_database: &str, username: &str) -> Result<Revoked, RoleError> {
     let client = connector.connect(maintenance_database).await?;
+    revoke_on(&client, connector, maintenance_database, username).await
+}
+
+/// Revoke on an open connection to the maintenance database (delete reuses its connection).
+async fn revoke_on(client: &Client, connector: &Connector, maintenance_database: &str, username: &str) -> Result<Revoked, RoleError> {
     let db = maintenance_database;
-    let Some(oid) = role_oid(&client, db, username).await? else {
+    let Some(oid) = role_oid(client, db, username).await? else {
         return Ok(Revoked { existed: false, sessions_ended: 0, memberships_removed: 0 });
     };
     let user = ident(username);
     let nologin = format!("ALTER ROLE {user} NOLOGIN");
     retry(db, "setting NOLOGIN", || client.batch_execute(&nologin)).await?;
-    let sessions_ended = end_sessions(&client, db, oid).await?;
+    let sessions_ended = end_sessions(client, db, oid).await?;
     let memberships: Vec<String> = client
         .query("SELECT r.rolname::text FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid WHERE m.member = $1", &[&oid])
         .await
@@ -566,10 +571,10 @@ async fn revoke_existing(connector: &Connector, maintenance_database: &str, user
     }
     // Direct privileges (pgjit grants none, but a role may have been given some): revoked in
     // every database where the catalog records an ACL entry for it.
-    for database in dependent_databases(&client, db, oid, "a").await? {
+    for database in dependent_databases(client, db, oid, "a").await? {
         let other;
         let c = if database == db {
-            &client
+            client
         } else {
             other = connector.connect(&database).await?;
             &other
@@ -658,20 +663,21 @@ pub struct Deleted {
 /// `DROP ROLE`. Whatever the role created is kept, owned by the admin. Safe to repeat.
 pub async fn delete(connector: &Connector, maintenance_database: &str, username: &str, prefix: &str) -> Result<Deleted, RoleError> {
     check_login_name(username, prefix, connector.user())?;
-    match delete_existing(connector, maintenance_database, username, prefix).await {
+    match delete_existing(connector, maintenance_database, username).await {
         Err(e) if dropped_meanwhile(&e) => Ok(Deleted { existed: false, reassigned_in: Vec::new() }),
         other => other,
     }
 }
 
-async fn delete_existing(connector: &Connector, maintenance_database: &str, username: &str, prefix: &str) -> Result<Deleted, RoleError> {
-    let revoked = revoke(connector, maintenance_database, username, prefix).await?;
+async fn delete_existing(connector: &Connector, maintenance_database: &str, username: &str) -> Result<Deleted, RoleError> {
+    // One connection for the revoke and the drop.
+    let client = connector.connect(maintenance_database).await?;
+    let revoked = revoke_on(&client, connector, maintenance_database, username).await?;
     if !revoked.existed {
         return Ok(Deleted { existed: false, reassigned_in: Vec::new() });
     }
     let admin = ident(connector.user());
     let user = ident(username);
-    let client = connector.connect(maintenance_database).await?;
     let db = maintenance_database;
     let Some(oid) = role_oid(&client, db, username).await? else {
         return Ok(Deleted { existed: false, reassigned_in: Vec::new() });

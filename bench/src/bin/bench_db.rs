@@ -24,13 +24,40 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// The step log lines pgjit writes, kept in memory to read each step's duration.
+#[derive(Clone, Default)]
+struct StepLog(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for StepLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl StepLog {
+    fn take(&self) -> String {
+        String::from_utf8(std::mem::take(&mut *self.0.lock().unwrap())).unwrap_or_default()
+    }
+}
+
+static STEPS: std::sync::OnceLock<StepLog> = std::sync::OnceLock::new();
+
 #[tokio::main]
 async fn main() {
+    let log = STEPS.get_or_init(StepLog::default).clone();
+    tracing_subscriber::fmt().json().with_env_filter("pgjit=info").with_writer(move || log.clone()).init();
     let args: Vec<String> = std::env::args().collect();
     let what = args.get(1).map(String::as_str).unwrap_or("all");
     let runs: usize = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(30);
     if matches!(what, "grant" | "all") {
         grant_vs_floor(runs).await;
+    }
+    if matches!(what, "e2e" | "all") {
+        end_to_end(runs).await;
     }
     if matches!(what, "burst" | "all") {
         burst().await;
@@ -123,6 +150,63 @@ async fn grant_vs_floor(runs: usize) {
 /// The verifier for the floor, computed outside its timing (pgjit's grant computes its own inside).
 fn postgres_protocol_verifier(password: &SecretString) -> String {
     postgres_protocol::password::scram_sha_256(password.expose().as_bytes())
+}
+
+/// Lines written to the environment's moto log so far (one per AWS request).
+fn moto_requests() -> usize {
+    let state = std::env::var("PGJIT_TEST_STATE").unwrap_or_default();
+    std::fs::read_to_string(format!("{state}/moto.log")).map(|t| t.lines().filter(|l| l.contains("\" 200 ") || l.contains("\" 4")).count()).unwrap_or(0)
+}
+
+/// Statements PostgreSQL logged so far (log_statement=all), and connections authorized.
+fn postgres_log_counts() -> (usize, usize) {
+    let log = env().server_log();
+    (log.lines().filter(|l| l.contains("LOG:  statement:") || l.contains("LOG:  execute")).count(), log.lines().filter(|l| l.contains("connection authorized")).count())
+}
+
+/// Grant and revoke through the handlers on moto and PostgreSQL: medians, the share of each
+/// step (from the step log lines), and the requests each grant makes to AWS and PostgreSQL.
+async fn end_to_end(runs: usize) {
+    let svc = isolated_services().await;
+    register_integration(&svc, "e2e", json!({})).await;
+    let mut grant_times: Vec<Duration> = Vec::new();
+    let mut revoke_times = Vec::new();
+    let (mut aws, mut statements) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        let event = pgjit::events::parse_approval(approval(&format!("E2E-{i}"), "e2e", "e2e@corp.com", orders_access())).unwrap();
+        let (aws0, (pg0, _)) = (moto_requests(), postgres_log_counts());
+        let started = Instant::now();
+        pgjit::grants::grant(&svc, &event, Utc::now()).await.unwrap();
+        grant_times.push(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await; // let the logs reach their files
+        aws.push(moto_requests() - aws0);
+        statements.push(postgres_log_counts().0 - pg0);
+        let started = Instant::now();
+        pgjit::grants::revoke(&svc, &format!("E2E-{i}"), pgjit::events::RevokeTrigger::Scheduled, Utc::now()).await.unwrap();
+        revoke_times.push(started.elapsed());
+    }
+    aws.sort();
+    statements.sort();
+    // Each step's share of the grant, from the "step done" lines.
+    let mut steps: std::collections::BTreeMap<String, Vec<f64>> = std::collections::BTreeMap::new();
+    for line in STEPS.get().map(|l| l.take()).unwrap_or_default().lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let f = &v["fields"];
+        if f["message"] == "step done" {
+            let name = format!("{}.{}", f["operation"].as_str().unwrap_or(""), f["step"].as_str().unwrap_or(""));
+            steps.entry(name).or_default().push(f["duration_ms"].as_f64().unwrap_or(0.0));
+        }
+    }
+    println!("end to end through the handlers ({runs} runs, medians; moto and PostgreSQL on this machine):");
+    println!("  grant  {:>8.2} ms   AWS requests per grant: {}   PostgreSQL statements per grant: {}", ms(median(grant_times.clone())), aws[aws.len() / 2], statements[statements.len() / 2]);
+    println!("  revoke {:>8.2} ms   (retention 0: the role is dropped too)", ms(median(revoke_times)));
+    let grant_ms = ms(median(grant_times.clone()));
+    for (step, mut v) in steps {
+        v.sort_by(|a, b| a.total_cmp(b));
+        let m = v[v.len() / 2];
+        let share = if step.starts_with("grant.") { format!("{:>5.1}% of the grant", 100.0 * m / grant_ms) } else { String::new() };
+        println!("    {step:<28} {m:>8.2} ms  {share}");
+    }
 }
 
 /// Concurrent grants through the handler: grants per second at 10, 50 and 100 at once.
