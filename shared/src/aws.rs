@@ -33,6 +33,7 @@ pub struct Services {
     pub iam: aws_sdk_iam::Client,
     pub sts: aws_sdk_sts::Client,
     pub rds: aws_sdk_rds::Client,
+    pub events: aws_sdk_eventbridge::Client,
     /// Steps where tests make a run fail on purpose; empty in production.
     pub failpoints: Failpoints,
     account: Arc<OnceCell<String>>,
@@ -48,6 +49,7 @@ impl Services {
             iam: aws_sdk_iam::Client::new(&sdk_config),
             sts: aws_sdk_sts::Client::new(&sdk_config),
             rds: aws_sdk_rds::Client::new(&sdk_config),
+            events: aws_sdk_eventbridge::Client::new(&sdk_config),
             config: Arc::new(config),
             sdk_config,
             failpoints: Failpoints::default(),

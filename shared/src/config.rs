@@ -36,6 +36,10 @@ pub struct Config {
     /// `PGJIT_LOCK_TIMEOUT_SECONDS` (10): applied to every database connection, so a database that
     /// accepts TCP and never answers cannot hold a function past its own timeout.
     pub db_timeouts: crate::postgres::Timeouts,
+    /// `PGJIT_EVENT_BUS` (`default`; empty: none): where `Access Granted` events go.
+    pub event_bus: Option<String>,
+    /// `PGJIT_EVENT_SOURCE` (`pgjit`): the `source` of the events pgjit emits.
+    pub event_source: String,
     /// `PGJIT_WEBHOOK_SECRET_ID`: the Secrets Manager secret holding the webhook's HMAC key.
     pub webhook_secret_id: Option<String>,
 }
@@ -94,6 +98,12 @@ impl Config {
                 statement: Duration::from_secs(number("PGJIT_STATEMENT_TIMEOUT_SECONDS", 30, 1, 3600)?),
                 lock: Duration::from_secs(number("PGJIT_LOCK_TIMEOUT_SECONDS", 10, 1, 3600)?),
             },
+            event_bus: match lookup("PGJIT_EVENT_BUS") {
+                None => Some("default".to_owned()),
+                Some(v) if v.trim().is_empty() => None,
+                Some(v) => Some(v),
+            },
+            event_source: text("PGJIT_EVENT_SOURCE", "pgjit")?,
             webhook_secret_id: lookup("PGJIT_WEBHOOK_SECRET_ID").filter(|v| !v.trim().is_empty()),
         })
     }

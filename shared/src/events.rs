@@ -8,6 +8,7 @@ use crate::access::AccessEntry;
 use crate::store::Requester;
 
 pub const APPROVED: &str = "Access Request Approved";
+pub const GRANTED: &str = "Access Granted";
 pub const REVOKE_REQUESTED: &str = "Access Revoke Requested";
 
 /// The `detail` of an approval.

@@ -250,7 +250,9 @@ pub async fn grant(svc: &Services, approval: &Approval, now: DateTime<Utc>) -> R
         Ok(()) => {
             tracing::info!(request_id = %record.request_id, integration = %record.integration, db_user = %record.db_user, expires_at = %record.expires_at, "granted");
             crate::metrics::count("GrantsCreated", 1, &record.integration);
-            Ok(result_of(&record, &integration, false))
+            let result = result_of(&record, &integration, false);
+            announce(svc, &record, &result).await;
+            Ok(result)
         }
         Err((step, source)) => {
             tracing::error!(request_id = %record.request_id, integration = %record.integration, db_user = %record.db_user, step, error = %error_chain(&source), "grant failed; undoing");
@@ -279,6 +281,41 @@ pub async fn grant(svc: &Services, approval: &Approval, now: DateTime<Utc>) -> R
             }
             Err(GrantError::Step { operation: "grant", request_id: record.request_id.clone(), step, undone, source })
         }
+    }
+}
+
+/// Emits `Access Granted` (no password in it: username, endpoint, expiry, secret ARN and the
+/// integration's access details) so approval tools can tell the requester. The grant stands
+/// whether or not the event goes out; a failure is logged and counted.
+async fn announce(svc: &Services, record: &GrantRecord, result: &GrantResult) {
+    let Some(bus) = &svc.config.event_bus else { return };
+    let detail = serde_json::json!({
+        "request_id": result.request_id,
+        "integration": record.integration,
+        "requester": record.requester,
+        "approver": record.approver,
+        "db_user": result.db_user,
+        "access_mode": record.access_mode,
+        "host": result.host,
+        "port": result.port,
+        "databases": record.access.iter().map(|a| a.database.as_str()).collect::<std::collections::BTreeSet<_>>(),
+        "expires_at": result.expires_at,
+        "secret_arn": result.secret_arn,
+        "custom_access_details": result.custom_access_details,
+    });
+    let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+        .event_bus_name(bus)
+        .source(&svc.config.event_source)
+        .detail_type(crate::events::GRANTED)
+        .detail(detail.to_string())
+        .build();
+    let failed = match svc.events.put_events().entries(entry).send().await {
+        Ok(out) => (out.failed_entry_count() > 0).then(|| format!("{} entry failed", out.failed_entry_count())),
+        Err(e) => Some(error_chain(&AwsError::new("events:PutEvents", e))),
+    };
+    if let Some(why) = failed {
+        tracing::warn!(request_id = %record.request_id, integration = %record.integration, db_user = %record.db_user, error = %why, "Access Granted event not sent");
+        crate::metrics::count("GrantedEventsFailed", 1, &record.integration);
     }
 }
 

@@ -425,3 +425,43 @@ async fn discovery_registers_tagged_instances_and_inventories_databases() {
     let again = pgjit::discovery::run(&svc, Utc::now(), |_| {}).await.unwrap();
     assert!(again.registered.is_empty());
 }
+
+#[tokio::test]
+async fn an_access_granted_event_tells_the_requester_without_the_password() {
+    let bus = format!("approvals-{}", rand::random::<u32>());
+    let b = bus.clone();
+    let svc = pgjit_tests::isolated_services_with(move |n| (n == "PGJIT_EVENT_BUS").then(|| b.clone())).await;
+    integration(&svc, "announced", json!({})).await;
+    // The bus, a rule for pgjit's event, and a queue that receives it, as a notifier would have.
+    svc.events.create_event_bus().name(&bus).send().await.unwrap();
+    let sqs = aws_sdk_sqs::Client::new(&pgjit_tests::moto_sdk_config().await);
+    let queue = sqs.create_queue().queue_name(&bus).send().await.unwrap().queue_url.unwrap();
+    let attributes = sqs.get_queue_attributes().queue_url(&queue).attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn).send().await.unwrap();
+    let queue_arn = attributes.attributes().unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn].clone();
+    svc.events
+        .put_rule()
+        .name("granted")
+        .event_bus_name(&bus)
+        .event_pattern(json!({"source": ["pgjit"], "detail-type": ["Access Granted"]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let target = aws_sdk_eventbridge::types::Target::builder().id("queue").arn(&queue_arn).build().unwrap();
+    svc.events.put_targets().rule("granted").event_bus_name(&bus).targets(target).send().await.unwrap();
+
+    let result = grant(&svc, approval("REQ-ANNOUNCE", "announced", "told@corp.com", orders_access())).await.unwrap();
+    let messages = sqs.receive_message().queue_url(&queue).max_number_of_messages(10).wait_time_seconds(2).send().await.unwrap();
+    let bodies: Vec<Value> = messages.messages().iter().map(|m| serde_json::from_str(m.body().unwrap()).unwrap()).collect();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    let event = &bodies[0];
+    assert_eq!(event["detail-type"], "Access Granted");
+    let detail = &event["detail"];
+    assert_eq!(detail["request_id"], "REQ-ANNOUNCE");
+    assert_eq!(detail["db_user"], result.db_user.as_str());
+    assert_eq!(detail["secret_arn"], result.secret_arn.as_deref().unwrap());
+    assert_eq!(detail["databases"], json!(["app"]));
+    assert!(detail["custom_access_details"].as_str().unwrap().contains("psql"));
+    let (_, password, _) = credentials(&svc, result.secret_arn.as_deref().unwrap()).await;
+    assert!(!event.to_string().contains(password.expose()), "no password in the event");
+    revoke_with(&svc, json!({"request_id": "REQ-ANNOUNCE"})).await.unwrap();
+}
