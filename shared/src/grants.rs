@@ -363,7 +363,6 @@ async fn grant_steps(
         valid_until: record.expires_at,
         prefix: &integration.user_prefix,
         grantable_roles: integration.grantable_roles.as_deref(),
-        maintenance_database: integration.maintenance_database(),
     };
     roles::grant(&target.connector, &spec).await.map_err(at::<(), _>("database role"))?;
     fp.check("grant:after_role").await.map_err(at::<(), _>("database role"))?;

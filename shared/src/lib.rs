@@ -6,7 +6,8 @@
 //!
 //! - [`postgres`]: connections (libpq's ssl modes over rustls, timeouts), quoting, retries.
 //! - [`access`]: the access a request asks for, checked and normalised.
-//! - [`roles`]: the login and profile roles: grant, revoke, delete.
+//! - [`roles`]: the login and profile roles: grant, revoke, delete; [`scram`]: their password
+//!   verifiers.
 //! - [`catalog`]: reading databases, schemas, tables, sequences, functions and roles.
 //! - [`setup`]: the admin's set-up SQL per flavor, and the doctor that checks it.
 //! - [`admin`]: how pgjit logs in: a Secrets Manager secret or an RDS IAM token.
@@ -36,6 +37,7 @@ pub mod postgres;
 pub mod rds;
 pub mod roles;
 pub mod schedule;
+pub mod scram;
 pub mod secret;
 pub mod setup;
 pub mod store;

@@ -9,8 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::types::Type;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::access::{check_identifier, AccessSet, DatabaseAccess, Object, Privilege, Target};
 use crate::postgres::{ident, is_retryable, literal, ConnectError, Connector};
@@ -36,6 +35,14 @@ pub enum RoleError {
     Refused(Vec<String>),
     #[error("database {database:?}: the grant did not take effect for the profile role {profile:?}: {} (does the admin hold these privileges WITH GRANT OPTION?)", .missing.join(", "))]
     NotGranted { database: String, profile: String, missing: Vec<String> },
+    #[error("database {database:?}: the catalog lookup could not be read")]
+    Lookup {
+        database: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("computing the password verifier failed")]
+    Verifier(#[source] tokio::task::JoinError),
     #[error("database {database:?}: {action} failed")]
     Sql {
         database: String,
@@ -73,8 +80,6 @@ pub struct GrantSpec<'a> {
     pub prefix: &'a str,
     /// Roles a request may ask membership of; `None`: any role but the dangerous ones.
     pub grantable_roles: Option<&'a [String]>,
-    /// The database pgjit connects to for cluster-wide statements (CREATE ROLE).
-    pub maintenance_database: &'a str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,24 +91,47 @@ pub struct Granted {
     pub already_existed: bool,
 }
 
-/// A checked object with what must be granted on it and verified afterwards.
-struct Resolved {
+/// One database's part of a grant, planned from what the lookup found.
+struct Plan {
+    database: String,
+    profile: String,
+    /// Whether the profile role existed at lookup time. A concurrent creation in between makes
+    /// `CREATE ROLE` fail, and the grant is planned again.
+    profile_exists: bool,
+    /// Whether the login role existed at lookup time (a repeated grant converges it).
+    login_exists: bool,
     statements: Vec<String>,
     /// (kind, oid, privilege) triples that `has_*_privilege` must confirm.
     checks: Vec<(&'static str, u32, String)>,
 }
 
-/// Creates (or, when repeated with the same username, converges) the login role with exactly the
-/// access asked for. Every object is checked before anything is created; every database's
-/// profile role is prepared before the login role is created, so a failure part-way leaves at
-/// most unused profile roles, never a login.
-pub async fn grant(connector: &Connector, spec: &GrantSpec<'_>) -> Result<Granted, RoleError> {
-    let admin = connector.user().to_owned();
-    check_login_name(spec.username, spec.prefix, &admin)?;
-    if spec.access.databases.is_empty() {
-        return Err(RoleError::Invalid("no access asked for".into()));
+/// What went wrong in one attempt: contention or a concurrent change is worth another plan,
+/// anything else is the answer.
+enum AttemptError {
+    Conflict { database: String, source: tokio_postgres::Error },
+    Failed(RoleError),
+}
+
+/// The SCRAM verifier, computed on a blocking thread (about a millisecond of CPU) while the
+/// grant waits on the network.
+type PendingPassword = Option<tokio::task::JoinHandle<String>>;
+
+fn start_password(login: LoginMethod<'_>) -> PendingPassword {
+    match login {
+        LoginMethod::Password(p) => {
+            let password = p.clone();
+            Some(tokio::task::spawn_blocking(move || crate::scram::verifier(&password)))
+        }
+        LoginMethod::Iam => None,
     }
-    // One connection per database: privileges are per database, roles per cluster.
+}
+
+/// Creates (or, when repeated with the same username, converges) the login role with exactly the
+/// access asked for, on sessions it opens itself (one per database: privileges are per database,
+/// roles per cluster). See [`grant_on`].
+pub async fn grant(connector: &Connector, spec: &GrantSpec<'_>) -> Result<Granted, RoleError> {
+    check_request(spec, connector.user())?;
+    let password = start_password(spec.login);
     let mut clients = Vec::new();
     for database in spec.access.databases.keys() {
         let client = connector.connect(database).await.map_err(|e| match e.db_error().map(|d| d.code().clone()) {
@@ -112,104 +140,371 @@ pub async fn grant(connector: &Connector, spec: &GrantSpec<'_>) -> Result<Grante
         })?;
         clients.push(client);
     }
-    // Check everything first: nothing is created when anything is missing or refused.
-    let mut missing = Vec::new();
-    let mut refused = Vec::new();
-    let mut plans = Vec::new();
-    for ((database, access), client) in spec.access.databases.iter().zip(&clients) {
-        let profile = access.profile_role(spec.prefix, database);
-        let plan = resolve(client, database, access, &profile, &admin, spec, &mut missing, &mut refused).await?;
-        plans.push((database, profile, plan));
+    grant_with(&clients, connector.user(), spec, password).await
+}
+
+/// The grant on open sessions, one per database of `spec.access` in its order, as `admin`.
+///
+/// Each database's catalog is read first, in one statement, so nothing is created for a request
+/// that names something missing or refused. Then each database gets one transaction under its
+/// grant lock: the profile role created if it is new, its grants re-applied, and the
+/// `has_*_privilege` proof read back, which must find nothing missing (a GRANT the admin cannot
+/// delegate only warns) before the transaction commits. The last database's transaction also
+/// creates the login role, so a failure part-way leaves at most unused profile roles, never a
+/// login. Contention and concurrent changes plan the grant again.
+pub async fn grant_on(clients: &[Client], admin: &str, spec: &GrantSpec<'_>) -> Result<Granted, RoleError> {
+    check_request(spec, admin)?;
+    grant_with(clients, admin, spec, start_password(spec.login)).await
+}
+
+fn check_request(spec: &GrantSpec<'_>, admin: &str) -> Result<(), RoleError> {
+    check_login_name(spec.username, spec.prefix, admin)?;
+    if spec.access.databases.is_empty() {
+        return Err(RoleError::Invalid("no access asked for".into()));
     }
+    Ok(())
+}
+
+async fn grant_with(clients: &[Client], admin: &str, spec: &GrantSpec<'_>, password: PendingPassword) -> Result<Granted, RoleError> {
+    if clients.len() != spec.access.databases.len() {
+        return Err(RoleError::Invalid(format!("{} sessions given for {} databases", clients.len(), spec.access.databases.len())));
+    }
+    let mut plans = plan_all(clients, admin, spec).await?;
+    let mut password = Password { pending: password, clause: None };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match apply_all(clients, &plans, admin, spec, &mut password).await {
+            Ok(granted) => {
+                tracing::info!(db_user = spec.username, databases = granted.profiles.len(), already_existed = granted.already_existed, "login role ready");
+                return Ok(granted);
+            }
+            Err(AttemptError::Conflict { database, source }) if attempt < ATTEMPTS => {
+                backoff(&database, "granting", attempt, &source).await;
+                plans = plan_all(clients, admin, spec).await?;
+            }
+            Err(AttemptError::Conflict { database, source }) => return Err(RoleError::Sql { database, action: "granting", source }),
+            Err(AttemptError::Failed(e)) => return Err(e),
+        }
+    }
+}
+
+/// The `PASSWORD …` clause of the login role, awaited only when the login role is created.
+struct Password {
+    pending: PendingPassword,
+    clause: Option<String>,
+}
+
+impl Password {
+    async fn clause(&mut self) -> Result<&str, RoleError> {
+        let clause = match self.clause.take() {
+            Some(clause) => clause,
+            None => match self.pending.take() {
+                Some(task) => format!("PASSWORD {}", literal(&task.await.map_err(RoleError::Verifier)?)),
+                None => "PASSWORD NULL".to_owned(),
+            },
+        };
+        Ok(self.clause.insert(clause))
+    }
+}
+
+/// Looks up and plans every database at once; reports everything missing or refused together.
+async fn plan_all(clients: &[Client], admin: &str, spec: &GrantSpec<'_>) -> Result<Vec<Plan>, RoleError> {
+    let facts = futures_util::future::try_join_all(
+        spec.access.databases.iter().zip(clients).map(|((database, access), client)| look_up(client, database, access, spec.prefix, spec.username)),
+    )
+    .await?;
+    let (mut missing, mut refused) = (Vec::new(), Vec::new());
+    let plans: Vec<Plan> = spec
+        .access
+        .databases
+        .iter()
+        .zip(&facts)
+        .map(|((database, access), facts)| plan(database, access, facts, admin, spec, &mut missing, &mut refused))
+        .collect();
     if !missing.is_empty() {
         return Err(RoleError::NotFound(missing));
     }
     if !refused.is_empty() {
         return Err(RoleError::Refused(refused));
     }
-    let mut profiles = BTreeMap::new();
-    for ((database, profile, plan), client) in plans.iter().zip(clients.iter_mut()) {
-        prepare_profile(client, database, profile, plan).await?;
-        profiles.insert((*database).clone(), profile.clone());
-    }
-    let mut memberships: Vec<&str> = profiles.values().map(String::as_str).collect();
+    Ok(plans)
+}
+
+/// Runs each database's transaction in turn, the login role with the last one.
+async fn apply_all(clients: &[Client], plans: &[Plan], admin: &str, spec: &GrantSpec<'_>, password: &mut Password) -> Result<Granted, AttemptError> {
+    let mut memberships: Vec<&str> = plans.iter().map(|p| p.profile.as_str()).collect();
     if matches!(spec.login, LoginMethod::Iam) {
         memberships.insert(0, "rds_iam");
     }
-    let already_existed = create_login(&clients[0], spec, &admin, &memberships).await?;
-    tracing::info!(db_user = spec.username, databases = profiles.len(), already_existed, "login role ready");
-    Ok(Granted { username: spec.username.to_owned(), profiles, already_existed })
+    let last = plans.len() - 1;
+    for (i, (plan, client)) in plans.iter().zip(clients).enumerate() {
+        let failed = |e: RoleError| AttemptError::Failed(e);
+        let not_granted = |missing| failed(RoleError::NotGranted { database: plan.database.clone(), profile: plan.profile.clone(), missing });
+        // The grants and their proof go first; the verifier is still being computed meanwhile.
+        let proof = begin(client, plan).await;
+        let missing = match proof {
+            Ok(missing) => missing,
+            Err(e) => return Err(classify(plan, "preparing the profile role", e)),
+        };
+        if let Some(missing) = missing {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(not_granted(missing));
+        }
+        let end = if i == last {
+            let clause = match password.clause().await {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    return Err(failed(e));
+                }
+            };
+            format!("{};\nCOMMIT", login_statements(spec, admin, clause, &memberships, plan.login_exists))
+        } else {
+            "COMMIT".to_owned()
+        };
+        if let Err(e) = client.batch_execute(&end).await {
+            // Ends the transaction if the login statements stopped inside it.
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(classify(plan, "creating the login role", e));
+        }
+    }
+    Ok(Granted {
+        username: spec.username.to_owned(),
+        profiles: plans.iter().map(|p| (p.database.clone(), p.profile.clone())).collect(),
+        already_existed: plans[last].login_exists,
+    })
 }
 
-fn check_login_name(username: &str, prefix: &str, admin: &str) -> Result<(), RoleError> {
-    check_identifier(username).map_err(|m| RoleError::Invalid(format!("username {username:?} {m}")))?;
-    if username == admin {
-        return Err(RoleError::Invalid(format!("username {username:?} is pgjit's own admin role")));
+fn classify(plan: &Plan, action: &'static str, e: tokio_postgres::Error) -> AttemptError {
+    if is_conflict(&e) {
+        return AttemptError::Conflict { database: plan.database.clone(), source: e };
     }
-    if prefix.is_empty() || !username.starts_with(prefix) {
-        return Err(RoleError::Invalid(format!("username {username:?} does not carry the prefix {prefix:?}: pgjit only manages its own roles")));
+    // An admin with no privilege at all on an object gets an error instead of a warning.
+    if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+        let missing = vec![e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default()];
+        return AttemptError::Failed(RoleError::NotGranted { database: plan.database.clone(), profile: plan.profile.clone(), missing });
     }
-    Ok(())
+    AttemptError::Failed(RoleError::Sql { database: plan.database.clone(), action, source: e })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn resolve(
-    client: &Client,
-    database: &str,
-    access: &DatabaseAccess,
-    profile: &str,
-    admin: &str,
-    spec: &GrantSpec<'_>,
-    missing: &mut Vec<String>,
-    refused: &mut Vec<String>,
-) -> Result<Resolved, RoleError> {
-    let sql = RoleError::sql;
-    let to = ident(profile);
-    let mut plan = Resolved { statements: Vec::new(), checks: Vec::new() };
-    let privs = |set: &BTreeSet<Privilege>| set.iter().map(|p| p.as_sql()).collect::<Vec<_>>().join(", ");
+/// Errors that say the world changed between lookup and grant, or that another transaction got
+/// in the way: planning again settles them (a role created meanwhile is converged, an object
+/// dropped meanwhile is reported as missing).
+fn is_conflict(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    is_retryable(e)
+        || [
+            SqlState::DUPLICATE_OBJECT,
+            SqlState::UNIQUE_VIOLATION,
+            SqlState::UNDEFINED_OBJECT,
+            SqlState::UNDEFINED_TABLE,
+            SqlState::UNDEFINED_FUNCTION,
+            SqlState::INVALID_SCHEMA_NAME,
+        ]
+        .iter()
+        .any(|c| e.code() == Some(c))
+}
 
-    // Schemas, relations and sequences named by the request, in one query each.
-    let schemas: Vec<String> = access
+/// Opens one database's transaction and runs its grants and their proof, as one batch; the
+/// transaction is left open. Returns what did not take effect, if anything.
+async fn begin(client: &Client, plan: &Plan) -> Result<Option<Vec<String>>, tokio_postgres::Error> {
+    let messages = match client.simple_query(&grants_batch(plan)).await {
+        Ok(messages) => messages,
+        Err(e) => {
+            // The batch stopped inside its transaction: end it before anything else.
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e);
+        }
+    };
+    Ok(messages.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(row) if row.columns().first().map(|c| c.name()) == Some(PROOF_COLUMN) => {
+            row.get(0).map(|missing| missing.split("; ").map(str::to_owned).collect())
+        }
+        _ => None,
+    }))
+}
+
+/// The name of the proof's one column: the privileges that did not take effect, or NULL.
+const PROOF_COLUMN: &str = "pgjit_missing";
+
+/// Everything a database's plan needs, read as one JSON document in one statement: which of the
+/// profile and login roles (`names`) exist, the database, and, when the request needs them, the
+/// schemas named with every relation and sequence in them ('*' needs them all anyway), the
+/// requested roles' membership chains (a harmless name that leads to `rds_superuser` is refused
+/// like `rds_superuser` itself), and the functions named, with regprocedure's text as the
+/// server's own quoted signature. Parts a request does not need are left out: planning them
+/// would cost the server more than running them. It is sent as a simple query, with every value
+/// quoted by `literal`: the extended protocol's parse, bind and describe steps cost the server
+/// twice as much for this statement. JSON has no oid type: oids go out as int8, which JSON
+/// renders as numbers.
+fn lookup_sql(names: &[&str], schemas: &[&str], roles: &[&str], functions: &[serde_json::Value]) -> String {
+    let mut sql = format!(
+        "SELECT json_build_object('database', (SELECT oid::int8 FROM pg_database WHERE datname = current_database()), \
+         'existing_roles', (SELECT coalesce(json_agg(rolname), '[]') FROM pg_roles WHERE rolname = ANY({names})) ",
+        names = text_array(names)
+    );
+    if !schemas.is_empty() {
+        sql.push_str(&format!(
+            ", 'schemas', (SELECT coalesce(json_agg(json_build_object('name', nspname, 'oid', oid::int8)), '[]') \
+                 FROM pg_namespace WHERE nspname = ANY({schemas})), \
+             'relations', (SELECT coalesce(json_agg(json_build_object('schema', n.nspname, 'name', c.relname, 'sequence', c.relkind = 'S', 'oid', c.oid::int8)), '[]') \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = ANY({schemas}) AND c.relkind IN ('r','p','v','m','f','S'))",
+            schemas = text_array(schemas)
+        ));
+    }
+    if !roles.is_empty() {
+        sql.push_str(&format!(
+            ", 'role_chains', (WITH RECURSIVE up(root, oid) AS ( \
+                     SELECT r.rolname::text, r.oid FROM pg_roles r WHERE r.rolname = ANY({roles}) \
+                   UNION \
+                     SELECT up.root, m.roleid FROM up JOIN pg_auth_members m ON m.member = up.oid) \
+                 SELECT coalesce(json_agg(json_build_object('root', up.root, 'name', r.rolname, 'oid', r.oid::int8, \
+                     'superuser', r.rolsuper, 'createrole', r.rolcreaterole, 'createdb', r.rolcreatedb, \
+                     'replication', r.rolreplication, 'bypassrls', r.rolbypassrls)), '[]') \
+                 FROM up JOIN pg_roles r ON r.oid = up.oid)",
+            roles = text_array(roles)
+        ));
+    }
+    if !functions.is_empty() {
+        sql.push_str(&format!(
+            ", 'functions', (SELECT coalesce(json_agg(json_build_object('request', f.position - 1, 'oid', p.oid::int8, \
+                     'signature', p.oid::regprocedure::text, \
+                     'matches', coalesce(jsonb_typeof(f.request->'arguments'), 'null') <> 'array' OR p.proargtypes::oid[] = \
+                         ARRAY(SELECT coalesce(to_regtype(a)::oid, 0) FROM jsonb_array_elements_text(f.request->'arguments') WITH ORDINALITY u(a, i) ORDER BY i))), '[]') \
+                 FROM jsonb_array_elements({functions}::jsonb) WITH ORDINALITY f(request, position) \
+                 JOIN pg_namespace n ON n.nspname = f.request->>'schema' \
+                 JOIN pg_proc p ON p.pronamespace = n.oid AND p.prokind IN ('f','p') \
+                     AND (f.request->>'name' IS NULL OR p.proname = f.request->>'name'))",
+            functions = literal(&serde_json::Value::Array(functions.to_vec()).to_string())
+        ));
+    }
+    sql.push_str(") AS facts");
+    sql
+}
+
+/// `ARRAY['a','b']::text[]`, every item quoted.
+fn text_array<S: AsRef<str>>(items: &[S]) -> String {
+    format!("ARRAY[{}]::text[]", items.iter().map(|i| literal(i.as_ref())).collect::<Vec<_>>().join(","))
+}
+
+/// What a request needs to know of one database. Parts the lookup left out are empty.
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct Facts {
+    #[serde(skip)]
+    profile: String,
+    schemas: Vec<SchemaFact>,
+    relations: Vec<RelationFact>,
+    database: u32,
+    existing_roles: BTreeSet<String>,
+    role_chains: Vec<RoleLink>,
+    functions: Vec<FunctionFact>,
+}
+
+#[derive(serde::Deserialize)]
+struct SchemaFact {
+    name: String,
+    oid: u32,
+}
+
+#[derive(serde::Deserialize)]
+struct RelationFact {
+    schema: String,
+    name: String,
+    sequence: bool,
+    oid: u32,
+}
+
+/// One role on the way up from a requested role (`root`), the requested role included.
+#[derive(serde::Deserialize)]
+struct RoleLink {
+    root: String,
+    name: String,
+    oid: u32,
+    superuser: bool,
+    createrole: bool,
+    createdb: bool,
+    replication: bool,
+    bypassrls: bool,
+}
+
+/// A function that a function request (by its index among them) may mean.
+#[derive(serde::Deserialize)]
+struct FunctionFact {
+    request: usize,
+    oid: u32,
+    signature: String,
+    /// Whether its argument types are the ones asked for (always, when none were given).
+    matches: bool,
+}
+
+async fn look_up(client: &Client, database: &str, access: &DatabaseAccess, prefix: &str, username: &str) -> Result<Facts, RoleError> {
+    let profile = access.profile_role(prefix, database);
+    let schemas: Vec<&str> = access
         .objects
         .keys()
         .filter_map(|o| match o {
-            Object::Schema { schema } | Object::Table { schema, .. } | Object::Sequence { schema, .. } | Object::Function { schema, .. } => Some(schema.clone()),
+            Object::Schema { schema } | Object::Table { schema, .. } | Object::Sequence { schema, .. } | Object::Function { schema, .. } => Some(schema.as_str()),
             Object::Database => None,
         })
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    // The schemas, every relation and sequence in them ('*' needs them all anyway), and the
-    // database itself: three lookups sent together, one round trip.
-    let (schema_rows, relation_rows, database_row) = futures_util::future::try_join3(
-        client.query_typed("SELECT nspname::text, oid FROM pg_namespace WHERE nspname = ANY($1)", &[(&schemas, Type::TEXT_ARRAY)]),
-        client.query_typed(
-            "SELECT n.nspname::text, c.relname::text, c.relkind::text, c.oid FROM pg_class c \
-             JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = ANY($1) AND c.relkind IN ('r','p','v','m','f','S')",
-            &[(&schemas, Type::TEXT_ARRAY)],
-        ),
-        client.query_typed("SELECT oid FROM pg_database WHERE datname = current_database()", &[]),
-    )
-    .await
-    .map_err(sql(database, "looking up schemas, tables and sequences"))?;
-    let schema_oids: BTreeMap<String, u32> = schema_rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let mut relations: BTreeMap<(String, bool), Vec<(String, u32)>> = BTreeMap::new();
-    for r in &relation_rows {
-        let kind: String = r.get(2);
-        relations.entry((r.get::<_, String>(0), kind == "S")).or_default().push((r.get(1), r.get(3)));
-    }
-    let database_oid: u32 = database_row.first().map(|r| r.get(0)).unwrap_or(0);
+    let functions: Vec<serde_json::Value> = access
+        .objects
+        .keys()
+        .filter_map(|o| match o {
+            Object::Function { schema, function, arguments } => {
+                let name = match function {
+                    Target::Named(n) => Some(n.as_str()),
+                    Target::All => None,
+                };
+                Some(serde_json::json!({ "schema": schema, "name": name, "arguments": arguments }))
+            }
+            _ => None,
+        })
+        .collect();
+    let roles: Vec<&str> = access.roles.iter().map(String::as_str).collect();
+    let messages = client
+        .simple_query(&lookup_sql(&[profile.as_str(), username], &schemas, &roles, &functions))
+        .await
+        .map_err(RoleError::sql(database, "looking up the objects and roles asked for"))?;
+    let json = messages.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(row) => row.get(0),
+        _ => None,
+    });
+    let mut facts: Facts =
+        serde_json::from_str(json.unwrap_or_default()).map_err(|source| RoleError::Lookup { database: database.to_owned(), source })?;
+    facts.profile = profile;
+    Ok(facts)
+}
+
+/// Plans one database's grants from its facts, adding what is missing or refused to the lists.
+fn plan(database: &str, access: &DatabaseAccess, facts: &Facts, admin: &str, spec: &GrantSpec<'_>, missing: &mut Vec<String>, refused: &mut Vec<String>) -> Plan {
+    let to = ident(&facts.profile);
+    let mut plan = Plan {
+        database: database.to_owned(),
+        profile: facts.profile.clone(),
+        profile_exists: facts.existing_roles.contains(&facts.profile),
+        login_exists: facts.existing_roles.contains(spec.username),
+        statements: Vec::new(),
+        checks: Vec::new(),
+    };
+    let privs = |set: &BTreeSet<Privilege>| set.iter().map(|p| p.as_sql()).collect::<Vec<_>>().join(", ");
+    let schema_oids: BTreeMap<&str, u32> = facts.schemas.iter().map(|s| (s.name.as_str(), s.oid)).collect();
+    let mut function_request = 0;
 
     for (object, set) in &access.objects {
         match object {
             Object::Database => {
                 plan.statements.push(format!("GRANT {} ON DATABASE {} TO {to}", privs(set), ident(database)));
                 for p in set {
-                    plan.checks.push(("database", database_oid, p.as_sql().to_owned()));
+                    plan.checks.push(("database", facts.database, p.as_sql().to_owned()));
                 }
             }
-            Object::Schema { schema } => match schema_oids.get(schema) {
+            Object::Schema { schema } => match schema_oids.get(schema.as_str()) {
                 None => missing.push(format!("database {database:?}: schema {schema:?} does not exist")),
                 Some(oid) => {
                     plan.statements.push(format!("GRANT {} ON SCHEMA {} TO {to}", privs(set), ident(schema)));
@@ -221,24 +516,24 @@ async fn resolve(
             Object::Table { schema, table: target } | Object::Sequence { schema, sequence: target } => {
                 let is_seq = matches!(object, Object::Sequence { .. });
                 let (kind, keyword, all) = if is_seq { ("sequence", "SEQUENCE", "ALL SEQUENCES") } else { ("table", "TABLE", "ALL TABLES") };
-                if !schema_oids.contains_key(schema) {
+                if !schema_oids.contains_key(schema.as_str()) {
                     missing.push(format!("database {database:?}: schema {schema:?} does not exist"));
                     continue;
                 }
-                let in_schema = relations.get(&(schema.clone(), is_seq)).map(Vec::as_slice).unwrap_or(&[]);
+                let in_schema = facts.relations.iter().filter(|r| r.schema == *schema && r.sequence == is_seq);
                 let oids: Vec<u32> = match target {
                     Target::All => {
                         plan.statements.push(format!("GRANT {} ON {all} IN SCHEMA {} TO {to}", privs(set), ident(schema)));
-                        in_schema.iter().map(|(_, oid)| *oid).collect()
+                        in_schema.map(|r| r.oid).collect()
                     }
-                    Target::Named(name) => match in_schema.iter().find(|(n, _)| n == name) {
+                    Target::Named(name) => match in_schema.into_iter().find(|r| r.name == *name) {
                         None => {
                             missing.push(format!("database {database:?}: {kind} {schema:?}.{name:?} does not exist"));
                             continue;
                         }
-                        Some((_, oid)) => {
+                        Some(r) => {
                             plan.statements.push(format!("GRANT {} ON {keyword} {}.{} TO {to}", privs(set), ident(schema), ident(name)));
-                            vec![*oid]
+                            vec![r.oid]
                         }
                     },
                 };
@@ -248,94 +543,50 @@ async fn resolve(
                     }
                 }
             }
-            Object::Function { schema, function, arguments } => {
-                if !schema_oids.contains_key(schema) {
+            Object::Function { schema, function, .. } => {
+                let request = function_request;
+                function_request += 1;
+                if !schema_oids.contains_key(schema.as_str()) {
                     missing.push(format!("database {database:?}: schema {schema:?} does not exist"));
                     continue;
                 }
-                let name = match function {
-                    Target::Named(n) => Some(n.as_str()),
-                    Target::All => None,
-                };
-                // regprocedure's text is the server's own quoted signature of the function.
-                let rows = client
-                    .query(
-                        "SELECT p.oid, p.oid::regprocedure::text, \
-                                ($3::text[] IS NULL OR p.proargtypes::oid[] = \
-                                   ARRAY(SELECT coalesce(to_regtype(a)::oid, 0) FROM unnest($3::text[]) WITH ORDINALITY u(a, i) ORDER BY i)) \
-                         FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
-                         WHERE n.nspname = $1 AND ($2::text IS NULL OR p.proname = $2) AND p.prokind IN ('f','p')",
-                        &[schema, &name, arguments],
-                    )
-                    .await
-                    .map_err(sql(database, "looking up functions"))?;
-                let matching: Vec<(u32, String)> = rows.iter().filter(|r| r.get::<_, bool>(2)).map(|r| (r.get(0), r.get(1))).collect();
+                let matching: Vec<&FunctionFact> = facts.functions.iter().filter(|f| f.request == request && f.matches).collect();
                 match (function, matching.len()) {
                     (Target::All, _) => {
                         plan.statements.push(format!("GRANT {} ON ALL FUNCTIONS IN SCHEMA {} TO {to}", privs(set), ident(schema)));
                     }
-                    (Target::Named(n), 0) => {
+                    (Target::Named(_), 0) => {
                         missing.push(format!("database {database:?}: {object} does not exist"));
-                        let _ = n;
                         continue;
                     }
                     (Target::Named(_), 1) => {
-                        plan.statements.push(format!("GRANT {} ON FUNCTION {} TO {to}", privs(set), matching[0].1));
+                        plan.statements.push(format!("GRANT {} ON FUNCTION {} TO {to}", privs(set), matching[0].signature));
                     }
                     (Target::Named(_), _) => {
-                        let overloads: Vec<&str> = matching.iter().map(|(_, s)| s.as_str()).collect();
-                        refused.push(format!(
-                            "database {database:?}: {object} is overloaded ({}); give \"arguments\" to pick one",
-                            overloads.join(", ")
-                        ));
+                        let overloads: Vec<&str> = matching.iter().map(|f| f.signature.as_str()).collect();
+                        refused.push(format!("database {database:?}: {object} is overloaded ({}); give \"arguments\" to pick one", overloads.join(", ")));
                         continue;
                     }
                 }
-                for (oid, _) in &matching {
+                for f in &matching {
                     for p in set {
-                        plan.checks.push(("function", *oid, p.as_sql().to_owned()));
+                        plan.checks.push(("function", f.oid, p.as_sql().to_owned()));
                     }
                 }
             }
         }
     }
-
-    if !access.roles.is_empty() {
-        check_roles(client, database, access, admin, spec, &mut plan, missing, refused).await?;
-    }
-    Ok(plan)
+    plan_roles(access, facts, admin, spec, &mut plan, missing, refused);
+    plan
 }
 
-/// Membership is checked through every role the requested one is itself a member of: a harmless
-/// name that leads to `rds_superuser` is refused like `rds_superuser` itself.
-#[allow(clippy::too_many_arguments)]
-async fn check_roles(
-    client: &Client,
-    database: &str,
-    access: &DatabaseAccess,
-    admin: &str,
-    spec: &GrantSpec<'_>,
-    plan: &mut Resolved,
-    missing: &mut Vec<String>,
-    refused: &mut Vec<String>,
-) -> Result<(), RoleError> {
-    let requested: Vec<&str> = access.roles.iter().map(String::as_str).collect();
-    let rows = client
-        .query(
-            "WITH RECURSIVE up(root, oid) AS ( \
-                 SELECT r.rolname::text, r.oid FROM pg_roles r WHERE r.rolname = ANY($1) \
-               UNION \
-                 SELECT up.root, m.roleid FROM up JOIN pg_auth_members m ON m.member = up.oid) \
-             SELECT up.root, r.rolname::text, r.oid, r.rolsuper, r.rolcreaterole, r.rolcreatedb, r.rolreplication, r.rolbypassrls \
-             FROM up JOIN pg_roles r ON r.oid = up.oid",
-            &[&requested],
-        )
-        .await
-        .map_err(RoleError::sql(database, "looking up roles"))?;
-    let to = ident(&access.profile_role(spec.prefix, database));
+/// Membership of the requested roles, refused when any role in the chain is dangerous (unless
+/// the integration's `grantable_roles` lists it).
+fn plan_roles(access: &DatabaseAccess, facts: &Facts, admin: &str, spec: &GrantSpec<'_>, plan: &mut Plan, missing: &mut Vec<String>, refused: &mut Vec<String>) {
+    let to = ident(&facts.profile);
     for role in &access.roles {
-        let chain: Vec<_> = rows.iter().filter(|r| r.get::<_, String>(0) == *role).collect();
-        let Some(own) = chain.iter().find(|r| r.get::<_, String>(1) == *role) else {
+        let chain: Vec<&RoleLink> = facts.role_chains.iter().filter(|l| l.root == *role).collect();
+        let Some(own) = chain.iter().find(|l| l.name == *role) else {
             missing.push(format!("role {role:?} does not exist"));
             continue;
         };
@@ -346,13 +597,13 @@ async fn check_roles(
             }
         } else {
             let mut reasons = Vec::new();
-            for r in &chain {
-                let name: String = r.get(1);
-                let via = if name == *role { String::new() } else { format!(" (through {name:?})") };
+            for link in &chain {
+                let name = link.name.as_str();
+                let via = if name == role { String::new() } else { format!(" (through {name:?})") };
                 if name.starts_with("pg_") {
                     reasons.push(format!("predefined role{via}"));
                 }
-                if CLOUD_ADMIN_ROLES.contains(&name.as_str()) {
+                if CLOUD_ADMIN_ROLES.contains(&name) {
                     reasons.push(format!("cloud admin role{via}"));
                 }
                 if name == admin {
@@ -361,8 +612,14 @@ async fn check_roles(
                 if name.starts_with(spec.prefix) {
                     reasons.push(format!("a role pgjit manages{via}"));
                 }
-                for (i, attr) in [(3, "SUPERUSER"), (4, "CREATEROLE"), (5, "CREATEDB"), (6, "REPLICATION"), (7, "BYPASSRLS")] {
-                    if r.get::<_, bool>(i) {
+                for (held, attr) in [
+                    (link.superuser, "SUPERUSER"),
+                    (link.createrole, "CREATEROLE"),
+                    (link.createdb, "CREATEDB"),
+                    (link.replication, "REPLICATION"),
+                    (link.bypassrls, "BYPASSRLS"),
+                ] {
+                    if held {
                         reasons.push(format!("{attr}{via}"));
                     }
                 }
@@ -376,120 +633,67 @@ async fn check_roles(
             }
         }
         plan.statements.push(format!("GRANT {} TO {to}", ident(role)));
-        plan.checks.push(("role", own.get(2), "MEMBER".into()));
-    }
-    Ok(())
-}
-
-/// The SQLSTATE the verification raises when a grant did not take effect.
-const NOT_GRANTED: &str = "PJ001";
-
-/// Creates the profile role if it is new, re-applies its grants, and proves they took effect,
-/// in one transaction under the database's grant lock, retried as a whole on contention. It is
-/// one round trip: the statements go as one batch, and the proof is a DO block that raises when
-/// `has_*_privilege` disagrees, which rolls everything back.
-async fn prepare_profile(client: &mut Client, database: &str, profile: &str, plan: &Resolved) -> Result<(), RoleError> {
-    let batch = profile_batch(profile, plan);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match client.batch_execute(&batch).await {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                // The batch stopped inside its transaction: end it before anything else.
-                let _ = client.batch_execute("ROLLBACK").await;
-                if let Some(db) = e.as_db_error().filter(|d| d.code().code() == NOT_GRANTED) {
-                    let missing = db.message().split("; ").map(str::to_owned).collect();
-                    return Err(RoleError::NotGranted { database: database.to_owned(), profile: profile.to_owned(), missing });
-                }
-                // An admin with no privilege at all on an object gets an error instead of a warning.
-                if let Some(db) = e.as_db_error().filter(|d| *d.code() == tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
-                    return Err(RoleError::NotGranted { database: database.to_owned(), profile: profile.to_owned(), missing: vec![db.message().to_owned()] });
-                }
-                if attempt < ATTEMPTS && is_retryable(&e) {
-                    backoff(database, "preparing the profile role", attempt, &e).await;
-                    continue;
-                }
-                return Err(RoleError::Sql { database: database.to_owned(), action: "preparing the profile role", source: e });
-            }
-        }
+        plan.checks.push(("role", own.oid, "MEMBER".into()));
     }
 }
 
-/// The profile's transaction as one batch. Everything in it is either quoted (`ident`,
-/// `literal`) or pgjit's own fixed words and catalog numbers; the profile name is pgjit's own
-/// `<prefix>p_<hex>` (prefix `[a-z0-9_]`), so it cannot end the `$pgjit$` quoting.
-fn profile_batch(profile: &str, plan: &Resolved) -> String {
-    let array = |items: Vec<String>, ty: &str| format!("ARRAY[{}]::{ty}[]", items.join(","));
-    let kinds = array(plan.checks.iter().map(|(k, _, _)| literal(k)).collect(), "text");
-    let oids = array(plan.checks.iter().map(|(_, o, _)| o.to_string()).collect(), "oid");
-    let privileges = array(plan.checks.iter().map(|(_, _, p)| literal(p)).collect(), "text");
-    let name = literal(profile);
-    let mut sql = format!(
-        "BEGIN;\nSELECT pg_advisory_xact_lock({GRANT_LOCK});\n\
-         DO $pgjit$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {name}) THEN CREATE ROLE {} NOLOGIN; END IF; END $pgjit$;\n",
-        ident(profile)
-    );
+/// A database's grants as one batch that opens its transaction: the grant lock, the profile role
+/// if new, its grants, and the proof as a one-row SELECT. Everything in it is either quoted
+/// (`ident`, `literal`) or pgjit's own fixed words and catalog numbers.
+fn grants_batch(plan: &Plan) -> String {
+    let mut sql = format!("BEGIN;\nSELECT pg_advisory_xact_lock({GRANT_LOCK});\n");
+    if !plan.profile_exists {
+        sql.push_str(&format!("CREATE ROLE {} NOLOGIN;\n", ident(&plan.profile)));
+    }
     for statement in &plan.statements {
         sql.push_str(statement);
         sql.push_str(";\n");
     }
-    if !plan.checks.is_empty() {
-        sql.push_str(&format!(
-            "DO $pgjit$ DECLARE missing text; BEGIN\n\
-             SELECT string_agg(privilege || ' on ' || kind || ' ' || coalesce(CASE kind \
-                 WHEN 'database' THEN (SELECT datname::text FROM pg_database WHERE oid = t.oid) \
-                 WHEN 'schema' THEN (SELECT nspname::text FROM pg_namespace WHERE oid = t.oid) \
-                 WHEN 'function' THEN (SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.oid = t.oid) \
-                 WHEN 'role' THEN (SELECT rolname::text FROM pg_roles WHERE oid = t.oid) \
-                 ELSE (SELECT c.oid::regclass::text FROM pg_class c WHERE c.oid = t.oid) END, 'oid ' || t.oid), '; ') INTO missing \
-             FROM unnest({kinds}, {oids}, {privileges}) AS t(kind, oid, privilege) \
-             WHERE (CASE kind \
-                 WHEN 'database' THEN has_database_privilege({name}, t.oid, privilege) \
-                 WHEN 'schema' THEN has_schema_privilege({name}, t.oid, privilege) \
-                 WHEN 'table' THEN has_table_privilege({name}, t.oid, privilege) \
-                 WHEN 'sequence' THEN has_sequence_privilege({name}, t.oid, privilege) \
-                 WHEN 'function' THEN has_function_privilege({name}, t.oid, privilege) \
-                 WHEN 'role' THEN pg_has_role({name}, t.oid, privilege) END) IS NOT TRUE;\n\
-             IF missing IS NOT NULL THEN RAISE EXCEPTION USING ERRCODE = '{NOT_GRANTED}', MESSAGE = missing; END IF;\n\
-             END $pgjit$;\n"
-        ));
-    }
-    sql.push_str("COMMIT");
+    let kinds = text_array(&plan.checks.iter().map(|(k, _, _)| *k).collect::<Vec<_>>());
+    let oids = format!("ARRAY[{}]::oid[]", plan.checks.iter().map(|(_, o, _)| o.to_string()).collect::<Vec<_>>().join(","));
+    let privileges = text_array(&plan.checks.iter().map(|(_, _, p)| p.as_str()).collect::<Vec<_>>());
+    let name = literal(&plan.profile);
+    sql.push_str(&format!(
+        "SELECT string_agg(privilege || ' on ' || kind || ' ' || coalesce(CASE kind \
+             WHEN 'database' THEN (SELECT datname::text FROM pg_database WHERE oid = t.oid) \
+             WHEN 'schema' THEN (SELECT nspname::text FROM pg_namespace WHERE oid = t.oid) \
+             WHEN 'function' THEN (SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.oid = t.oid) \
+             WHEN 'role' THEN (SELECT rolname::text FROM pg_roles WHERE oid = t.oid) \
+             ELSE (SELECT c.oid::regclass::text FROM pg_class c WHERE c.oid = t.oid) END, 'oid ' || t.oid), '; ') AS {PROOF_COLUMN} \
+         FROM unnest({kinds}, {oids}, {privileges}) AS t(kind, oid, privilege) \
+         WHERE (CASE kind \
+             WHEN 'database' THEN has_database_privilege({name}, t.oid, privilege) \
+             WHEN 'schema' THEN has_schema_privilege({name}, t.oid, privilege) \
+             WHEN 'table' THEN has_table_privilege({name}, t.oid, privilege) \
+             WHEN 'sequence' THEN has_sequence_privilege({name}, t.oid, privilege) \
+             WHEN 'function' THEN has_function_privilege({name}, t.oid, privilege) \
+             WHEN 'role' THEN pg_has_role({name}, t.oid, privilege) END) IS NOT TRUE"
+    ));
     sql
 }
 
-/// `CREATE ROLE … LOGIN … VALID UNTIL … ROLE <admin> IN ROLE <profiles>`; when the role exists
-/// already (the same grant, repeated), it is brought to the same state instead.
-async fn create_login(client: &Client, spec: &GrantSpec<'_>, admin: &str, memberships: &[&str]) -> Result<bool, RoleError> {
+/// `CREATE ROLE … LOGIN … VALID UNTIL … ROLE <admin> IN ROLE <profiles>`, or, when the role
+/// exists already (the same grant, repeated), the statements that bring it to the same state.
+fn login_statements(spec: &GrantSpec<'_>, admin: &str, password: &str, memberships: &[&str], exists: bool) -> String {
     let user = ident(spec.username);
-    let password = match spec.login {
-        LoginMethod::Password(p) => format!("PASSWORD {}", literal(&postgres_protocol::password::scram_sha_256(p.expose().as_bytes()))),
-        LoginMethod::Iam => "PASSWORD NULL".to_owned(),
-    };
     let valid_until = literal(&spec.valid_until.format("%Y-%m-%d %H:%M:%S+00").to_string());
     let in_roles = memberships.iter().map(|r| ident(r)).collect::<Vec<_>>().join(", ");
-    let create = format!("CREATE ROLE {user} LOGIN INHERIT {password} VALID UNTIL {valid_until} ROLE {} IN ROLE {in_roles}", ident(admin));
-    let converge = format!(
-        "ALTER ROLE {user} LOGIN INHERIT {password} VALID UNTIL {valid_until};\nGRANT {user} TO {};\nGRANT {in_roles} TO {user}",
-        ident(admin)
-    );
-    let database = spec.maintenance_database;
-    let (create, converge) = (&create, &converge);
-    retry(database, "creating the login role", || async move {
-        let exists = client.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&spec.username]).await?.is_some();
-        if !exists {
-            match client.batch_execute(&create).await {
-                Ok(()) => return Ok(false),
-                // Created by a concurrent delivery of the same grant: converge below.
-                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        client.batch_execute(converge).await?;
-        Ok(true)
-    })
-    .await
+    if exists {
+        format!("ALTER ROLE {user} LOGIN INHERIT {password} VALID UNTIL {valid_until};\nGRANT {user} TO {};\nGRANT {in_roles} TO {user}", ident(admin))
+    } else {
+        format!("CREATE ROLE {user} LOGIN INHERIT {password} VALID UNTIL {valid_until} ROLE {} IN ROLE {in_roles}", ident(admin))
+    }
+}
+
+fn check_login_name(username: &str, prefix: &str, admin: &str) -> Result<(), RoleError> {
+    check_identifier(username).map_err(|m| RoleError::Invalid(format!("username {username:?} {m}")))?;
+    if username == admin {
+        return Err(RoleError::Invalid(format!("username {username:?} is pgjit's own admin role")));
+    }
+    if prefix.is_empty() || !username.starts_with(prefix) {
+        return Err(RoleError::Invalid(format!("username {username:?} does not carry the prefix {prefix:?}: pgjit only manages its own roles")));
+    }
+    Ok(())
 }
 
 /// Runs `attempt` until it succeeds or fails with an error that is not worth a retry.
@@ -743,7 +947,7 @@ pub async fn set_password(connector: &Connector, maintenance_database: &str, use
     if role_oid(&client, maintenance_database, username).await?.is_none() {
         return Ok(false);
     }
-    let verifier = postgres_protocol::password::scram_sha_256(password.expose().as_bytes());
+    let verifier = crate::scram::verifier(password);
     let alter = format!("ALTER ROLE {} PASSWORD {}", ident(username), literal(&verifier));
     retry(maintenance_database, "setting a new password", || client.batch_execute(&alter)).await?;
     Ok(true)

@@ -309,7 +309,6 @@ async fn cleanup_revokes_overdue_grants_and_removes_orphans() {
         valid_until: Utc::now() + Duration::hours(1),
         prefix: &prefix,
         grantable_roles: None,
-        maintenance_database: "postgres",
     };
     pgjit::roles::grant(&e.admin(), &spec).await.unwrap();
 

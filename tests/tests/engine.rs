@@ -24,7 +24,6 @@ fn spec<'a>(username: &'a str, access: &'a AccessSet, password: &'a SecretString
         valid_until: Utc::now() + Duration::hours(1),
         prefix: PREFIX,
         grantable_roles: None,
-        maintenance_database: "postgres",
     }
 }
 
@@ -340,13 +339,17 @@ async fn fifty_concurrent_grants_of_the_same_privileges_all_succeed() {
     let e = env();
     let admin = std::sync::Arc::new(e.admin());
     let set = std::sync::Arc::new(access(r#"[{"database":"app","schema":"sales","table":"customers","privileges":["SELECT","UPDATE"]}]"#));
+    // A prefix of its own, so the profile role is new and all fifty race to create it.
+    let prefix: &'static str = Box::leak(format!("burst{}_", rand::random::<u32>()).into_boxed_str());
     let mut tasks = Vec::new();
     for i in 0..50 {
         let (admin, set) = (admin.clone(), set.clone());
         tasks.push(tokio::spawn(async move {
-            let user = login_role_name(PREFIX, &format!("burst{i}@corp.com"));
+            let user = login_role_name(prefix, &format!("burst{i}@corp.com"));
             let password = SecretString::random_password();
-            roles::grant(&admin, &spec(&user, &set, &password)).await.map(|g| (user, password, g))
+            let mut s = spec(&user, &set, &password);
+            s.prefix = prefix;
+            roles::grant(&admin, &s).await.map(|g| (user, password, g))
         }));
     }
     let mut users = Vec::new();
@@ -362,7 +365,7 @@ async fn fifty_concurrent_grants_of_the_same_privileges_all_succeed() {
     let mut deletes = Vec::new();
     for (user, _, _) in users {
         let admin = admin.clone();
-        deletes.push(tokio::spawn(async move { roles::delete(&admin, "postgres", &user, PREFIX).await }));
+        deletes.push(tokio::spawn(async move { roles::delete(&admin, "postgres", &user, prefix).await }));
     }
     for d in deletes {
         d.await.unwrap().expect("delete");
@@ -512,7 +515,9 @@ async fn managed_roles_lists_login_and_profile_roles() {
 #[tokio::test]
 async fn doctor_names_what_the_admin_can_and_cannot_do() {
     let e = env();
-    let findings = pgjit::setup::doctor(&e.admin(), pgjit::setup::Flavor::Postgres, "postgres", &[]).await.unwrap();
+    // The environment's databases, named: other tests create short-lived ones of their own.
+    let databases = ["postgres", "app", "crm"].map(String::from);
+    let findings = pgjit::setup::doctor(&e.admin(), pgjit::setup::Flavor::Postgres, "postgres", &databases).await.unwrap();
     let failed: Vec<_> = findings.iter().filter(|f| !f.ok).collect();
     assert!(failed.is_empty(), "the prepared admin passes: {failed:?}");
     assert!(findings.iter().any(|f| f.capability == "CREATEROLE"));
@@ -540,7 +545,10 @@ async fn doctor_names_what_the_admin_can_and_cannot_do() {
 async fn a_grant_that_does_not_take_effect_is_refused_and_rolled_back() {
     let e = env();
     let admin = e.admin();
-    let su = e.superuser("app").await;
+    // Its own database: the half-delegable schema below would fail the doctor running alongside.
+    let db = format!("notgranted_{}", rand::random::<u32>());
+    e.superuser("postgres").await.batch_execute(&format!("CREATE DATABASE {db}")).await.unwrap();
+    let su = e.superuser(&db).await;
     // A schema the admin may delegate, holding a table it was never given: GRANT only warns.
     let schema = format!("lonely_{}", rand::random::<u32>());
     su.batch_execute(&format!(
@@ -559,14 +567,15 @@ async fn a_grant_that_does_not_take_effect_is_refused_and_rolled_back() {
     // SELECT held without grant option: GRANT warns, the verification catches it.
     // No privilege at all: GRANT fails outright. Both: refused, nothing kept.
     for (table, expected) in [("half_given", format!("SELECT on table {schema}.half_given")), ("kept_away", "permission denied".to_owned())] {
-        let set = access(&format!(r#"[{{"database":"app","schema":"{schema}","table":"{table}","privileges":["SELECT"]}}]"#));
+        let set = access(&format!(r#"[{{"database":"{db}","schema":"{schema}","table":"{table}","privileges":["SELECT"]}}]"#));
         let user = login_role_name(PREFIX, "notgranted@corp.com");
         let password = SecretString::random_password();
         let err = roles::grant(&admin, &spec(&user, &set, &password)).await.expect_err("the admin cannot delegate it");
         assert!(matches!(err, RoleError::NotGranted { .. }), "{table}: {err}");
         assert!(err.to_string().contains(&expected), "{table}: {err}");
         assert!(!role_exists(&su, &user).await, "{table}: no login role");
-        assert!(!role_exists(&su, &set.databases["app"].profile_role(PREFIX, "app")).await, "{table}: the profile was rolled back");
+        assert!(!role_exists(&su, &set.databases[&db].profile_role(PREFIX, &db)).await, "{table}: the profile was rolled back");
     }
-    su.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+    drop(su);
+    e.superuser("postgres").await.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).await.unwrap();
 }
