@@ -187,10 +187,11 @@ pub async fn grant(svc: &Services, approval: &Approval, now: DateTime<Utc>) -> R
         now + duration,
         now + stuck_after(svc),
     );
-    let mut record = match svc.store.insert_grant(&fresh).await {
+    // The "requested" entry of a new record is written while the endpoint is resolved.
+    let (mut record, requested) = match svc.store.insert_grant(&fresh).await {
         Ok(()) => {
-            svc.store.append_audit(&audit(&fresh, "requested", now, approval.reason.clone())).await?;
-            fresh
+            let entry = audit(&fresh, "requested", now, approval.reason.clone());
+            (fresh, Some(entry))
         }
         Err(StoreError::AlreadyExists(_)) => {
             let existing = svc.store.get_grant(&approval.request_id).await?.ok_or_else(|| GrantError::InProgress(approval.request_id.clone()))?;
@@ -226,7 +227,7 @@ pub async fn grant(svc: &Services, approval: &Approval, now: DateTime<Utc>) -> R
                     retry.iam_policy = None;
                     retry.schedule_name = None;
                     match svc.store.update_grant(&mut retry).await {
-                        Ok(()) => retry,
+                        Ok(()) => (retry, None),
                         Err(StoreError::Conflict { .. }) => return Err(GrantError::InProgress(retry.request_id)),
                         Err(e) => return Err(e.into()),
                     }
@@ -239,7 +240,15 @@ pub async fn grant(svc: &Services, approval: &Approval, now: DateTime<Utc>) -> R
     // Resolved once: the undo reuses the admin's connection details, so it can still remove the
     // role when AWS (and with it the admin secret) became unreachable half-way.
     let started = std::time::Instant::now();
-    let (steps, target) = match endpoint::resolve(svc, &integration).await {
+    let log_requested = async {
+        match &requested {
+            Some(entry) => svc.store.append_audit(entry).await,
+            None => Ok(()),
+        }
+    };
+    let (logged, resolved) = tokio::join!(log_requested, endpoint::resolve(svc, &integration));
+    logged?;
+    let (steps, target) = match resolved {
         Ok(target) => {
             step_done(&record, "grant", "endpoint", started);
             (grant_steps(svc, &integration, &target, &access, &mut record, now).await, Some(target))
@@ -329,6 +338,12 @@ fn is_stuck(record: &GrantRecord, now: DateTime<Utc>) -> bool {
 
 type StepResult = Result<(), (&'static str, StepError)>;
 
+/// What a grant made for the requester to get in.
+enum WayIn {
+    Secret(String),
+    Policy(crate::store::IamPolicyRef),
+}
+
 /// One log line per finished step, with who and where, and its duration as a metric.
 fn step_done(record: &GrantRecord, operation: &str, step: &str, started: std::time::Instant) {
     let ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -367,53 +382,66 @@ async fn grant_steps(
     roles::grant(&target.connector, &spec).await.map_err(at::<(), _>("database role"))?;
     fp.check("grant:after_role").await.map_err(at::<(), _>("database role"))?;
     step_done(record, "grant", "database_role", started);
-    let started = std::time::Instant::now();
     let host = target.connector.endpoint().host.clone();
     let port = target.connector.endpoint().port;
     record.host = Some(host.clone());
     record.port = Some(port);
 
-    match record.access_mode {
-        AccessMode::Password => {
-            let name = credentials::secret_name(svc, &integration.name, &record.request_id);
-            let first_db = record.access.first().map(|a| a.database.as_str()).unwrap_or(integration.maintenance_database());
-            let value = CredentialsValue {
-                engine: "postgres",
-                host: &host,
-                port,
-                dbname: first_db,
-                username: &record.db_user,
-                password: &password,
-                expires_at: record.expires_at,
-            };
-            let arn = credentials::store(svc, &name, &value, &record.requester.id, &record.request_id).await.map_err(at::<(), _>("credentials secret"))?;
-            record.secret_arn = Some(arn);
-            fp.check("grant:after_secret").await.map_err(at::<(), _>("credentials secret"))?;
-            step_done(record, "grant", "credentials_secret", started);
+    // How the requester gets in, and the revoke at expiry, do not depend on each other: both are
+    // made at once (the undo removes both, whichever got made).
+    let record_now: &GrantRecord = record;
+    let way_in = async {
+        let started = std::time::Instant::now();
+        match record_now.access_mode {
+            AccessMode::Password => {
+                let name = credentials::secret_name(svc, &integration.name, &record_now.request_id);
+                let first_db = record_now.access.first().map(|a| a.database.as_str()).unwrap_or(integration.maintenance_database());
+                let value = CredentialsValue {
+                    engine: "postgres",
+                    host: &host,
+                    port,
+                    dbname: first_db,
+                    username: &record_now.db_user,
+                    password: &password,
+                    expires_at: record_now.expires_at,
+                };
+                let arn = credentials::store(svc, &name, &value, &record_now.requester.id, &record_now.request_id).await.map_err(at::<(), _>("credentials secret"))?;
+                fp.check("grant:after_secret").await.map_err(at::<(), _>("credentials secret"))?;
+                step_done(record_now, "grant", "credentials_secret", started);
+                Ok(WayIn::Secret(arn))
+            }
+            AccessMode::Iam => {
+                let arn = record_now.requester.iam_arn.clone().unwrap_or_default();
+                let principal = iam::principal_of(&arn).map_err(|m| ("iam policy", StepError::Other(m)))?;
+                let resource_id = target
+                    .rds
+                    .as_ref()
+                    .and_then(|r| r.resource_id.clone())
+                    .ok_or(("iam policy", StepError::Other("RDS reported no resource id for the instance or cluster".into())))?;
+                let region = integration.region.clone().or_else(|| svc.region()).ok_or(("iam policy", StepError::Other("no region".into())))?;
+                let account = svc.account_id().await.map_err(at::<(), _>("iam policy"))?;
+                let document = iam::policy_document(&iam::dbuser_arn(&region, &account, &resource_id, &record_now.db_user));
+                let policy =
+                    iam::put_policy(svc, &principal, &iam::policy_name(&record_now.request_id), &document).await.map_err(at::<(), _>("iam policy"))?;
+                fp.check("grant:after_policy").await.map_err(at::<(), _>("iam policy"))?;
+                step_done(record_now, "grant", "iam_policy", started);
+                Ok(WayIn::Policy(policy))
+            }
         }
-        AccessMode::Iam => {
-            let arn = record.requester.iam_arn.clone().unwrap_or_default();
-            let principal = iam::principal_of(&arn).map_err(|m| ("iam policy", StepError::Other(m)))?;
-            let resource_id = target
-                .rds
-                .as_ref()
-                .and_then(|r| r.resource_id.clone())
-                .ok_or(("iam policy", StepError::Other("RDS reported no resource id for the instance or cluster".into())))?;
-            let region = integration.region.clone().or_else(|| svc.region()).ok_or(("iam policy", StepError::Other("no region".into())))?;
-            let account = svc.account_id().await.map_err(at::<(), _>("iam policy"))?;
-            let document = iam::policy_document(&iam::dbuser_arn(&region, &account, &resource_id, &record.db_user));
-            let policy = iam::put_policy(svc, &principal, &iam::policy_name(&record.request_id), &document).await.map_err(at::<(), _>("iam policy"))?;
-            record.iam_policy = Some(policy);
-            fp.check("grant:after_policy").await.map_err(at::<(), _>("iam policy"))?;
-            step_done(record, "grant", "iam_policy", started);
-        }
+    };
+    let revoke_schedule = async {
+        let started = std::time::Instant::now();
+        let name = schedule::create(svc, &record_now.request_id, record_now.expires_at).await.map_err(at::<(), _>("revoke schedule"))?;
+        fp.check("grant:after_schedule").await.map_err(at::<(), _>("revoke schedule"))?;
+        step_done(record_now, "grant", "revoke_schedule", started);
+        Ok::<_, (&'static str, StepError)>(name)
+    };
+    let (way_in, revoke_schedule): (Result<WayIn, (&'static str, StepError)>, _) = tokio::join!(way_in, revoke_schedule);
+    match way_in? {
+        WayIn::Secret(arn) => record.secret_arn = Some(arn),
+        WayIn::Policy(policy) => record.iam_policy = Some(policy),
     }
-
-    let started = std::time::Instant::now();
-    let name = schedule::create(svc, &record.request_id, record.expires_at).await.map_err(at::<(), _>("revoke schedule"))?;
-    record.schedule_name = Some(name);
-    fp.check("grant:after_schedule").await.map_err(at::<(), _>("revoke schedule"))?;
-    step_done(record, "grant", "revoke_schedule", started);
+    record.schedule_name = Some(revoke_schedule?);
     let started = std::time::Instant::now();
 
     svc.store.append_audit(&audit(record, "granted", now, None)).await.map_err(at::<(), _>("audit"))?;
