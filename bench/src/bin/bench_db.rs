@@ -150,15 +150,22 @@ async fn grant_vs_floor(runs: usize) {
         theirs.push(started.elapsed());
     }
     let (v, v_before) = (ms(median(ours)), ms(median(theirs)));
+    // Each pgjit run against the floor run next to it: the machine's drift cancels out.
+    let paired = |ours: &[Duration], floor: &[Duration]| {
+        let mut r: Vec<f64> = ours.iter().zip(floor).map(|(o, f)| o.as_secs_f64() / f.as_secs_f64()).collect();
+        r.sort_by(f64::total_cmp);
+        format!("paired: median {:.2} x, p25-p75 {:.2}-{:.2}", r[r.len() / 2], r[r.len() / 4], r[r.len() * 3 / 4])
+    };
+    let (open, new) = (paired(&pgjit, &floor), paired(&pgjit_new, &floor_new));
     let (c, f, p, fnew, pnew) = (ms(median(connect)), ms(median(floor)), ms(median(pgjit)), ms(median(floor_new)), ms(median(pgjit_new)));
     println!("grant, database part ({runs} runs each, interleaved, medians):");
     println!("  connect (TCP + TLS + SCRAM)                    {c:>8.2} ms");
     println!("  on an open connection:");
     println!("    floor: one pipelined transaction             {f:>8.2} ms");
-    println!("    pgjit roles::grant_on                        {p:>8.2} ms  = {:.2} x floor", p / f);
+    println!("    pgjit roles::grant_on                        {p:>8.2} ms  = {:.2} x floor ({open})", p / f);
     println!("  on a new connection each (as a function runs):");
     println!("    floor: connect, then the transaction         {fnew:>8.2} ms");
-    println!("    pgjit roles::grant (connects itself)         {pnew:>8.2} ms  = {:.2} x floor", pnew / fnew);
+    println!("    pgjit roles::grant (connects itself)         {pnew:>8.2} ms  = {:.2} x floor ({new})", pnew / fnew);
     println!("  the SCRAM verifier pgjit computes per grant    {v:>8.2} ms (postgres-protocol's: {v_before:.2} ms)");
 }
 
