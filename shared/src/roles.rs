@@ -91,29 +91,28 @@ pub struct Granted {
     pub already_existed: bool,
 }
 
-/// One database's part of a grant, planned from what the lookup found.
+/// One database's part of a grant: its statements and the proof that they took effect.
 struct Plan {
     database: String,
     profile: String,
-    /// Whether the profile role existed at lookup time. A concurrent creation in between makes
-    /// `CREATE ROLE` fail, and the grant is planned again.
-    profile_exists: bool,
-    /// Whether the login role existed at lookup time (a repeated grant converges it).
-    login_exists: bool,
     statements: Vec<String>,
-    /// (kind, oid, privilege) triples that `has_*_privilege` must confirm.
-    checks: Vec<(&'static str, u32, String)>,
+    /// Queries yielding `(kind, oid, privilege)` rows that `has_*_privilege` must confirm. They
+    /// name objects by their quoted names (`'"s"."t"'::regclass`), so the proof needs no lookup.
+    proofs: Vec<String>,
 }
 
-/// What went wrong in one attempt: contention or a concurrent change is worth another plan,
-/// anything else is the answer.
+/// What went wrong in one attempt.
 enum AttemptError {
+    /// Contention, or the world changed since the lookup: worth another attempt, planned again.
     Conflict { database: String, source: tokio_postgres::Error },
+    /// A grant sent without a lookup failed on an object (missing, of another kind, or not
+    /// delegable): the lookup will say exactly what, or plan the same grant properly.
+    NeedsLookup,
     Failed(RoleError),
 }
 
-/// The SCRAM verifier, computed on a blocking thread (about a millisecond of CPU) while the
-/// grant waits on the network.
+/// The SCRAM verifier, computed on a blocking thread (about a millisecond of CPU), started as
+/// early as possible so it overlaps the network.
 type PendingPassword = Option<tokio::task::JoinHandle<String>>;
 
 fn start_password(login: LoginMethod<'_>) -> PendingPassword {
@@ -128,7 +127,7 @@ fn start_password(login: LoginMethod<'_>) -> PendingPassword {
 
 /// Creates (or, when repeated with the same username, converges) the login role with exactly the
 /// access asked for, on sessions it opens itself (one per database: privileges are per database,
-/// roles per cluster). See [`grant_on`].
+/// roles per cluster). The password's verifier is computed while it connects. See [`grant_on`].
 pub async fn grant(connector: &Connector, spec: &GrantSpec<'_>) -> Result<Granted, RoleError> {
     check_request(spec, connector.user())?;
     let password = start_password(spec.login);
@@ -145,13 +144,19 @@ pub async fn grant(connector: &Connector, spec: &GrantSpec<'_>) -> Result<Grante
 
 /// The grant on open sessions, one per database of `spec.access` in its order, as `admin`.
 ///
-/// Each database's catalog is read first, in one statement, so nothing is created for a request
-/// that names something missing or refused. Then each database gets one transaction under its
-/// grant lock: the profile role created if it is new, its grants re-applied, and the
-/// `has_*_privilege` proof read back, which must find nothing missing (a GRANT the admin cannot
-/// delegate only warns) before the transaction commits. The last database's transaction also
-/// creates the login role, so a failure part-way leaves at most unused profile roles, never a
-/// login. Contention and concurrent changes plan the grant again.
+/// Each database gets one transaction, sent as one batch (one round trip): under the database's
+/// grant lock, the profile role is created if it is new, its grants are re-applied, a `DO` block
+/// proves with `has_*_privilege` that they took effect (a GRANT the admin cannot delegate only
+/// warns) and raises otherwise, and the last database's transaction also creates (or converges)
+/// the login role; any error rolls the transaction back. So a failure leaves at most unused
+/// profile roles, never a login.
+///
+/// A request for database, schema, table and sequence privileges in one database is sent
+/// straight away: a missing object makes its GRANT fail, and nothing commits. Only then, or when the request
+/// names functions (their overloads must be resolved) or roles (their membership chains must be
+/// vetted before anything is granted), is each database's catalog read first, so that every
+/// missing or refused entry is reported together. Contention and concurrent changes are tried
+/// again.
 pub async fn grant_on(clients: &[Client], admin: &str, spec: &GrantSpec<'_>) -> Result<Granted, RoleError> {
     check_request(spec, admin)?;
     grant_with(clients, admin, spec, start_password(spec.login)).await
@@ -169,19 +174,31 @@ async fn grant_with(clients: &[Client], admin: &str, spec: &GrantSpec<'_>, passw
     if clients.len() != spec.access.databases.len() {
         return Err(RoleError::Invalid(format!("{} sessions given for {} databases", clients.len(), spec.access.databases.len())));
     }
-    let mut plans = plan_all(clients, admin, spec).await?;
-    let mut password = Password { pending: password, clause: None };
+    let password = match password {
+        Some(task) => format!("PASSWORD {}", literal(&task.await.map_err(RoleError::Verifier)?)),
+        None => "PASSWORD NULL".to_owned(),
+    };
+    let (mut plans, mut looked_up) = match unchecked_plans(spec) {
+        Some(plans) => (plans, false),
+        None => (plan_all(clients, admin, spec).await?, true),
+    };
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match apply_all(clients, &plans, admin, spec, &mut password).await {
+        match apply_all(clients, &plans, admin, spec, &password, looked_up).await {
             Ok(granted) => {
                 tracing::info!(db_user = spec.username, databases = granted.profiles.len(), already_existed = granted.already_existed, "login role ready");
                 return Ok(granted);
             }
+            Err(AttemptError::NeedsLookup) => {
+                plans = plan_all(clients, admin, spec).await?;
+                looked_up = true;
+            }
             Err(AttemptError::Conflict { database, source }) if attempt < ATTEMPTS => {
                 backoff(&database, "granting", attempt, &source).await;
-                plans = plan_all(clients, admin, spec).await?;
+                if looked_up {
+                    plans = plan_all(clients, admin, spec).await?;
+                }
             }
             Err(AttemptError::Conflict { database, source }) => return Err(RoleError::Sql { database, action: "granting", source }),
             Err(AttemptError::Failed(e)) => return Err(e),
@@ -189,29 +206,28 @@ async fn grant_with(clients: &[Client], admin: &str, spec: &GrantSpec<'_>, passw
     }
 }
 
-/// The `PASSWORD …` clause of the login role, awaited only when the login role is created.
-struct Password {
-    pending: PendingPassword,
-    clause: Option<String>,
-}
-
-impl Password {
-    async fn clause(&mut self) -> Result<&str, RoleError> {
-        let clause = match self.clause.take() {
-            Some(clause) => clause,
-            None => match self.pending.take() {
-                Some(task) => format!("PASSWORD {}", literal(&task.await.map_err(RoleError::Verifier)?)),
-                None => "PASSWORD NULL".to_owned(),
-            },
-        };
-        Ok(self.clause.insert(clause))
+/// Plans made from the request alone, when it asks for nothing that needs a lookup first: one
+/// database (across several, a later database's missing object must be found before an earlier
+/// one commits), and no functions or roles.
+fn unchecked_plans(spec: &GrantSpec<'_>) -> Option<Vec<Plan>> {
+    if spec.access.databases.len() != 1 {
+        return None;
     }
+    spec.access
+        .databases
+        .iter()
+        .map(|(database, access)| {
+            let mut plan = Plan { database: database.clone(), profile: access.profile_role(spec.prefix, database), statements: Vec::new(), proofs: Vec::new() };
+            let by_name = access.objects.iter().all(|(object, set)| plan_object(&mut plan, object, set));
+            (by_name && access.roles.is_empty()).then_some(plan)
+        })
+        .collect()
 }
 
 /// Looks up and plans every database at once; reports everything missing or refused together.
 async fn plan_all(clients: &[Client], admin: &str, spec: &GrantSpec<'_>) -> Result<Vec<Plan>, RoleError> {
     let facts = futures_util::future::try_join_all(
-        spec.access.databases.iter().zip(clients).map(|((database, access), client)| look_up(client, database, access, spec.prefix, spec.username)),
+        spec.access.databases.iter().zip(clients).map(|((database, access), client)| look_up(client, database, access)),
     )
     .await?;
     let (mut missing, mut refused) = (Vec::new(), Vec::new());
@@ -232,135 +248,92 @@ async fn plan_all(clients: &[Client], admin: &str, spec: &GrantSpec<'_>) -> Resu
 }
 
 /// Runs each database's transaction in turn, the login role with the last one.
-async fn apply_all(clients: &[Client], plans: &[Plan], admin: &str, spec: &GrantSpec<'_>, password: &mut Password) -> Result<Granted, AttemptError> {
+async fn apply_all(clients: &[Client], plans: &[Plan], admin: &str, spec: &GrantSpec<'_>, password: &str, looked_up: bool) -> Result<Granted, AttemptError> {
     let mut memberships: Vec<&str> = plans.iter().map(|p| p.profile.as_str()).collect();
     if matches!(spec.login, LoginMethod::Iam) {
         memberships.insert(0, "rds_iam");
     }
     let last = plans.len() - 1;
+    let mut already_existed = false;
     for (i, (plan, client)) in plans.iter().zip(clients).enumerate() {
-        let failed = |e: RoleError| AttemptError::Failed(e);
-        let not_granted = |missing| failed(RoleError::NotGranted { database: plan.database.clone(), profile: plan.profile.clone(), missing });
-        // The grants and their proof go first; the verifier is still being computed meanwhile.
-        let proof = begin(client, plan).await;
-        let missing = match proof {
-            Ok(missing) => missing,
-            Err(e) => return Err(classify(plan, "preparing the profile role", e)),
-        };
-        if let Some(missing) = missing {
-            let _ = client.batch_execute("ROLLBACK").await;
-            return Err(not_granted(missing));
-        }
-        let end = if i == last {
-            let clause = match password.clause().await {
-                Ok(c) => c,
-                Err(e) => {
-                    let _ = client.batch_execute("ROLLBACK").await;
-                    return Err(failed(e));
-                }
-            };
-            format!("{};\nCOMMIT", login_statements(spec, admin, clause, &memberships, plan.login_exists))
-        } else {
-            "COMMIT".to_owned()
-        };
-        if let Err(e) = client.batch_execute(&end).await {
-            // Ends the transaction if the login statements stopped inside it.
-            let _ = client.batch_execute("ROLLBACK").await;
-            return Err(classify(plan, "creating the login role", e));
+        let login = (i == last).then(|| login_block(spec, admin, password, &memberships));
+        match run_transaction(client, plan, login.as_deref()).await {
+            Ok(existed) => already_existed = existed,
+            Err(e) => return Err(classify(plan, e, looked_up)),
         }
     }
-    Ok(Granted {
-        username: spec.username.to_owned(),
-        profiles: plans.iter().map(|p| (p.database.clone(), p.profile.clone())).collect(),
-        already_existed: plans[last].login_exists,
-    })
+    Ok(Granted { username: spec.username.to_owned(), profiles: plans.iter().map(|p| (p.database.clone(), p.profile.clone())).collect(), already_existed })
 }
 
-fn classify(plan: &Plan, action: &'static str, e: tokio_postgres::Error) -> AttemptError {
-    if is_conflict(&e) {
-        return AttemptError::Conflict { database: plan.database.clone(), source: e };
+fn classify(plan: &Plan, e: tokio_postgres::Error, looked_up: bool) -> AttemptError {
+    use tokio_postgres::error::SqlState;
+    let code = e.code().cloned();
+    let object_trouble = [SqlState::UNDEFINED_TABLE, SqlState::INVALID_SCHEMA_NAME, SqlState::UNDEFINED_OBJECT, SqlState::UNDEFINED_FUNCTION, SqlState::WRONG_OBJECT_TYPE];
+    let not_granted = code.as_ref().is_some_and(|c| c.code() == NOT_GRANTED);
+    if !looked_up && (not_granted || code.as_ref().is_some_and(|c| object_trouble.contains(c))) {
+        return AttemptError::NeedsLookup;
+    }
+    if not_granted {
+        let missing = e.as_db_error().map(|d| d.message().split("; ").map(str::to_owned).collect()).unwrap_or_default();
+        return AttemptError::Failed(RoleError::NotGranted { database: plan.database.clone(), profile: plan.profile.clone(), missing });
     }
     // An admin with no privilege at all on an object gets an error instead of a warning.
-    if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+    if code == Some(SqlState::INSUFFICIENT_PRIVILEGE) {
         let missing = vec![e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default()];
         return AttemptError::Failed(RoleError::NotGranted { database: plan.database.clone(), profile: plan.profile.clone(), missing });
     }
-    AttemptError::Failed(RoleError::Sql { database: plan.database.clone(), action, source: e })
+    // Contention, a role created by a concurrent delivery, or an object dropped since the lookup.
+    if is_retryable(&e) || code.as_ref().is_some_and(|c| object_trouble.contains(c) || *c == SqlState::DUPLICATE_OBJECT || *c == SqlState::UNIQUE_VIOLATION) {
+        return AttemptError::Conflict { database: plan.database.clone(), source: e };
+    }
+    AttemptError::Failed(RoleError::Sql { database: plan.database.clone(), action: "granting", source: e })
 }
 
-/// Errors that say the world changed between lookup and grant, or that another transaction got
-/// in the way: planning again settles them (a role created meanwhile is converged, an object
-/// dropped meanwhile is reported as missing).
-fn is_conflict(e: &tokio_postgres::Error) -> bool {
-    use tokio_postgres::error::SqlState;
-    is_retryable(e)
-        || [
-            SqlState::DUPLICATE_OBJECT,
-            SqlState::UNIQUE_VIOLATION,
-            SqlState::UNDEFINED_OBJECT,
-            SqlState::UNDEFINED_TABLE,
-            SqlState::UNDEFINED_FUNCTION,
-            SqlState::INVALID_SCHEMA_NAME,
-        ]
-        .iter()
-        .any(|c| e.code() == Some(c))
-}
-
-/// Opens one database's transaction and runs its grants and their proof, as one batch; the
-/// transaction is left open. Returns what did not take effect, if anything.
-async fn begin(client: &Client, plan: &Plan) -> Result<Option<Vec<String>>, tokio_postgres::Error> {
-    let messages = match client.simple_query(&grants_batch(plan)).await {
-        Ok(messages) => messages,
+/// Runs one database's transaction as one batch. Returns whether the login role existed already
+/// (false when this transaction does not create it).
+async fn run_transaction(client: &Client, plan: &Plan, login: Option<&str>) -> Result<bool, tokio_postgres::Error> {
+    match client.simple_query(&transaction(plan, login)).await {
+        Ok(messages) => Ok(messages.iter().any(|m| {
+            matches!(m, SimpleQueryMessage::Row(row) if row.columns().first().map(|c| c.name()) == Some(LOGIN_EXISTED) && row.get(0) == Some("t"))
+        })),
         Err(e) => {
             // The batch stopped inside its transaction: end it before anything else.
             let _ = client.batch_execute("ROLLBACK").await;
-            return Err(e);
+            Err(e)
         }
-    };
-    Ok(messages.iter().find_map(|m| match m {
-        SimpleQueryMessage::Row(row) if row.columns().first().map(|c| c.name()) == Some(PROOF_COLUMN) => {
-            row.get(0).map(|missing| missing.split("; ").map(str::to_owned).collect())
-        }
-        _ => None,
-    }))
+    }
 }
 
-/// The name of the proof's one column: the privileges that did not take effect, or NULL.
-const PROOF_COLUMN: &str = "pgjit_missing";
+/// The SQLSTATE the proof raises when a grant did not take effect.
+const NOT_GRANTED: &str = "PJ001";
+/// The column that tells whether the login role existed before this transaction.
+const LOGIN_EXISTED: &str = "pgjit_login_existed";
 
-/// Everything a database's plan needs, read as one JSON document in one statement: which of the
-/// profile and login roles (`names`) exist, the database, and, when the request needs them, the
-/// schemas named with every relation and sequence in them ('*' needs them all anyway), the
+/// What a database's plan needs to know, read as one JSON document in one statement, from the
+/// parts the request needs: the schemas named with every relation and sequence in them, the
 /// requested roles' membership chains (a harmless name that leads to `rds_superuser` is refused
 /// like `rds_superuser` itself), and the functions named, with regprocedure's text as the
-/// server's own quoted signature. Parts a request does not need are left out: planning them
-/// would cost the server more than running them. It is sent as a simple query, with every value
-/// quoted by `literal`: the extended protocol's parse, bind and describe steps cost the server
-/// twice as much for this statement. JSON has no oid type: oids go out as int8, which JSON
-/// renders as numbers.
-fn lookup_sql(names: &[&str], schemas: &[&str], roles: &[&str], functions: &[serde_json::Value]) -> String {
-    let mut sql = format!(
-        "SELECT json_build_object('database', (SELECT oid::int8 FROM pg_database WHERE datname = current_database()), \
-         'existing_roles', (SELECT coalesce(json_agg(rolname), '[]') FROM pg_roles WHERE rolname = ANY({names})) ",
-        names = text_array(names)
-    );
+/// server's own quoted signature. It is sent as a simple query, every value quoted by `literal`:
+/// the extended protocol's parse, bind and describe steps cost the server twice as much here.
+fn lookup_sql(schemas: &[&str], roles: &[&str], functions: &[serde_json::Value]) -> String {
+    let mut parts = Vec::new();
     if !schemas.is_empty() {
-        sql.push_str(&format!(
-            ", 'schemas', (SELECT coalesce(json_agg(json_build_object('name', nspname, 'oid', oid::int8)), '[]') \
+        parts.push(format!(
+            "'schemas', (SELECT coalesce(json_agg(json_build_object('name', nspname)), '[]') \
                  FROM pg_namespace WHERE nspname = ANY({schemas})), \
-             'relations', (SELECT coalesce(json_agg(json_build_object('schema', n.nspname, 'name', c.relname, 'sequence', c.relkind = 'S', 'oid', c.oid::int8)), '[]') \
+             'relations', (SELECT coalesce(json_agg(json_build_object('schema', n.nspname, 'name', c.relname, 'sequence', c.relkind = 'S')), '[]') \
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE n.nspname = ANY({schemas}) AND c.relkind IN ('r','p','v','m','f','S'))",
             schemas = text_array(schemas)
         ));
     }
     if !roles.is_empty() {
-        sql.push_str(&format!(
-            ", 'role_chains', (WITH RECURSIVE up(root, oid) AS ( \
+        parts.push(format!(
+            "'role_chains', (WITH RECURSIVE up(root, oid) AS ( \
                      SELECT r.rolname::text, r.oid FROM pg_roles r WHERE r.rolname = ANY({roles}) \
                    UNION \
                      SELECT up.root, m.roleid FROM up JOIN pg_auth_members m ON m.member = up.oid) \
-                 SELECT coalesce(json_agg(json_build_object('root', up.root, 'name', r.rolname, 'oid', r.oid::int8, \
+                 SELECT coalesce(json_agg(json_build_object('root', up.root, 'name', r.rolname, \
                      'superuser', r.rolsuper, 'createrole', r.rolcreaterole, 'createdb', r.rolcreatedb, \
                      'replication', r.rolreplication, 'bypassrls', r.rolbypassrls)), '[]') \
                  FROM up JOIN pg_roles r ON r.oid = up.oid)",
@@ -368,8 +341,8 @@ fn lookup_sql(names: &[&str], schemas: &[&str], roles: &[&str], functions: &[ser
         ));
     }
     if !functions.is_empty() {
-        sql.push_str(&format!(
-            ", 'functions', (SELECT coalesce(json_agg(json_build_object('request', f.position - 1, 'oid', p.oid::int8, \
+        parts.push(format!(
+            "'functions', (SELECT coalesce(json_agg(json_build_object('request', f.position - 1, \
                      'signature', p.oid::regprocedure::text, \
                      'matches', coalesce(jsonb_typeof(f.request->'arguments'), 'null') <> 'array' OR p.proargtypes::oid[] = \
                          ARRAY(SELECT coalesce(to_regtype(a)::oid, 0) FROM jsonb_array_elements_text(f.request->'arguments') WITH ORDINALITY u(a, i) ORDER BY i))), '[]') \
@@ -380,8 +353,7 @@ fn lookup_sql(names: &[&str], schemas: &[&str], roles: &[&str], functions: &[ser
             functions = literal(&serde_json::Value::Array(functions.to_vec()).to_string())
         ));
     }
-    sql.push_str(") AS facts");
-    sql
+    format!("SELECT json_build_object({}) AS facts", parts.join(", "))
 }
 
 /// `ARRAY['a','b']::text[]`, every item quoted.
@@ -393,12 +365,8 @@ fn text_array<S: AsRef<str>>(items: &[S]) -> String {
 #[derive(serde::Deserialize, Default)]
 #[serde(default)]
 struct Facts {
-    #[serde(skip)]
-    profile: String,
     schemas: Vec<SchemaFact>,
     relations: Vec<RelationFact>,
-    database: u32,
-    existing_roles: BTreeSet<String>,
     role_chains: Vec<RoleLink>,
     functions: Vec<FunctionFact>,
 }
@@ -406,7 +374,6 @@ struct Facts {
 #[derive(serde::Deserialize)]
 struct SchemaFact {
     name: String,
-    oid: u32,
 }
 
 #[derive(serde::Deserialize)]
@@ -414,7 +381,6 @@ struct RelationFact {
     schema: String,
     name: String,
     sequence: bool,
-    oid: u32,
 }
 
 /// One role on the way up from a requested role (`root`), the requested role included.
@@ -422,7 +388,6 @@ struct RelationFact {
 struct RoleLink {
     root: String,
     name: String,
-    oid: u32,
     superuser: bool,
     createrole: bool,
     createdb: bool,
@@ -434,14 +399,12 @@ struct RoleLink {
 #[derive(serde::Deserialize)]
 struct FunctionFact {
     request: usize,
-    oid: u32,
     signature: String,
     /// Whether its argument types are the ones asked for (always, when none were given).
     matches: bool,
 }
 
-async fn look_up(client: &Client, database: &str, access: &DatabaseAccess, prefix: &str, username: &str) -> Result<Facts, RoleError> {
-    let profile = access.profile_role(prefix, database);
+async fn look_up(client: &Client, database: &str, access: &DatabaseAccess) -> Result<Facts, RoleError> {
     let schemas: Vec<&str> = access
         .objects
         .keys()
@@ -468,122 +431,125 @@ async fn look_up(client: &Client, database: &str, access: &DatabaseAccess, prefi
         .collect();
     let roles: Vec<&str> = access.roles.iter().map(String::as_str).collect();
     let messages = client
-        .simple_query(&lookup_sql(&[profile.as_str(), username], &schemas, &roles, &functions))
+        .simple_query(&lookup_sql(&schemas, &roles, &functions))
         .await
         .map_err(RoleError::sql(database, "looking up the objects and roles asked for"))?;
     let json = messages.iter().find_map(|m| match m {
         SimpleQueryMessage::Row(row) => row.get(0),
         _ => None,
     });
-    let mut facts: Facts =
-        serde_json::from_str(json.unwrap_or_default()).map_err(|source| RoleError::Lookup { database: database.to_owned(), source })?;
-    facts.profile = profile;
-    Ok(facts)
+    serde_json::from_str(json.unwrap_or_default()).map_err(|source| RoleError::Lookup { database: database.to_owned(), source })
 }
 
 /// Plans one database's grants from its facts, adding what is missing or refused to the lists.
 fn plan(database: &str, access: &DatabaseAccess, facts: &Facts, admin: &str, spec: &GrantSpec<'_>, missing: &mut Vec<String>, refused: &mut Vec<String>) -> Plan {
-    let to = ident(&facts.profile);
-    let mut plan = Plan {
-        database: database.to_owned(),
-        profile: facts.profile.clone(),
-        profile_exists: facts.existing_roles.contains(&facts.profile),
-        login_exists: facts.existing_roles.contains(spec.username),
-        statements: Vec::new(),
-        checks: Vec::new(),
-    };
-    let privs = |set: &BTreeSet<Privilege>| set.iter().map(|p| p.as_sql()).collect::<Vec<_>>().join(", ");
-    let schema_oids: BTreeMap<&str, u32> = facts.schemas.iter().map(|s| (s.name.as_str(), s.oid)).collect();
+    let mut plan = Plan { database: database.to_owned(), profile: access.profile_role(spec.prefix, database), statements: Vec::new(), proofs: Vec::new() };
+    let schemas: BTreeSet<&str> = facts.schemas.iter().map(|s| s.name.as_str()).collect();
     let mut function_request = 0;
-
     for (object, set) in &access.objects {
+        let schema = match object {
+            Object::Database => None,
+            Object::Schema { schema } | Object::Table { schema, .. } | Object::Sequence { schema, .. } | Object::Function { schema, .. } => Some(schema),
+        };
+        let request = function_request;
+        if matches!(object, Object::Function { .. }) {
+            function_request += 1;
+        }
+        if let Some(schema) = schema.filter(|s| !schemas.contains(s.as_str())) {
+            missing.push(format!("database {database:?}: schema {schema:?} does not exist"));
+            continue;
+        }
         match object {
-            Object::Database => {
-                plan.statements.push(format!("GRANT {} ON DATABASE {} TO {to}", privs(set), ident(database)));
-                for p in set {
-                    plan.checks.push(("database", facts.database, p.as_sql().to_owned()));
-                }
-            }
-            Object::Schema { schema } => match schema_oids.get(schema.as_str()) {
-                None => missing.push(format!("database {database:?}: schema {schema:?} does not exist")),
-                Some(oid) => {
-                    plan.statements.push(format!("GRANT {} ON SCHEMA {} TO {to}", privs(set), ident(schema)));
-                    for p in set {
-                        plan.checks.push(("schema", *oid, p.as_sql().to_owned()));
-                    }
-                }
-            },
-            Object::Table { schema, table: target } | Object::Sequence { schema, sequence: target } => {
-                let is_seq = matches!(object, Object::Sequence { .. });
-                let (kind, keyword, all) = if is_seq { ("sequence", "SEQUENCE", "ALL SEQUENCES") } else { ("table", "TABLE", "ALL TABLES") };
-                if !schema_oids.contains_key(schema.as_str()) {
-                    missing.push(format!("database {database:?}: schema {schema:?} does not exist"));
+            Object::Table { schema, table: Target::Named(name) } | Object::Sequence { schema, sequence: Target::Named(name) } => {
+                let sequence = matches!(object, Object::Sequence { .. });
+                if !facts.relations.iter().any(|r| r.schema == *schema && r.name == *name && r.sequence == sequence) {
+                    let kind = if sequence { "sequence" } else { "table" };
+                    missing.push(format!("database {database:?}: {kind} {schema:?}.{name:?} does not exist"));
                     continue;
-                }
-                let in_schema = facts.relations.iter().filter(|r| r.schema == *schema && r.sequence == is_seq);
-                let oids: Vec<u32> = match target {
-                    Target::All => {
-                        plan.statements.push(format!("GRANT {} ON {all} IN SCHEMA {} TO {to}", privs(set), ident(schema)));
-                        in_schema.map(|r| r.oid).collect()
-                    }
-                    Target::Named(name) => match in_schema.into_iter().find(|r| r.name == *name) {
-                        None => {
-                            missing.push(format!("database {database:?}: {kind} {schema:?}.{name:?} does not exist"));
-                            continue;
-                        }
-                        Some(r) => {
-                            plan.statements.push(format!("GRANT {} ON {keyword} {}.{} TO {to}", privs(set), ident(schema), ident(name)));
-                            vec![r.oid]
-                        }
-                    },
-                };
-                for oid in oids {
-                    for p in set {
-                        plan.checks.push((kind, oid, p.as_sql().to_owned()));
-                    }
                 }
             }
             Object::Function { schema, function, .. } => {
-                let request = function_request;
-                function_request += 1;
-                if !schema_oids.contains_key(schema.as_str()) {
-                    missing.push(format!("database {database:?}: schema {schema:?} does not exist"));
-                    continue;
-                }
                 let matching: Vec<&FunctionFact> = facts.functions.iter().filter(|f| f.request == request && f.matches).collect();
-                match (function, matching.len()) {
+                let to = ident(&plan.profile);
+                let privileges = set.iter().map(|p| p.as_sql()).collect::<Vec<_>>();
+                match (function, matching.as_slice()) {
                     (Target::All, _) => {
-                        plan.statements.push(format!("GRANT {} ON ALL FUNCTIONS IN SCHEMA {} TO {to}", privs(set), ident(schema)));
+                        plan.statements.push(format!("GRANT {} ON ALL FUNCTIONS IN SCHEMA {} TO {to}", privileges.join(", "), ident(schema)));
+                        let every = format!("SELECT oid FROM pg_proc WHERE pronamespace = {}::regnamespace AND prokind IN ('f','p')", literal(&ident(schema)));
+                        plan.proofs.push(proof_rows("function", &every, privileges));
                     }
-                    (Target::Named(_), 0) => {
-                        missing.push(format!("database {database:?}: {object} does not exist"));
-                        continue;
+                    (Target::Named(_), []) => missing.push(format!("database {database:?}: {object} does not exist")),
+                    (Target::Named(_), [only]) => {
+                        plan.statements.push(format!("GRANT {} ON FUNCTION {} TO {to}", privileges.join(", "), only.signature));
+                        plan.proofs.push(proof_rows("function", &format!("SELECT {}::regprocedure::oid", literal(&only.signature)), privileges));
                     }
-                    (Target::Named(_), 1) => {
-                        plan.statements.push(format!("GRANT {} ON FUNCTION {} TO {to}", privs(set), matching[0].signature));
-                    }
-                    (Target::Named(_), _) => {
-                        let overloads: Vec<&str> = matching.iter().map(|f| f.signature.as_str()).collect();
+                    (Target::Named(_), overloads) => {
+                        let overloads: Vec<&str> = overloads.iter().map(|f| f.signature.as_str()).collect();
                         refused.push(format!("database {database:?}: {object} is overloaded ({}); give \"arguments\" to pick one", overloads.join(", ")));
-                        continue;
                     }
                 }
-                for f in &matching {
-                    for p in set {
-                        plan.checks.push(("function", f.oid, p.as_sql().to_owned()));
-                    }
-                }
+                continue;
             }
+            _ => {}
         }
+        plan_object(&mut plan, object, set);
     }
     plan_roles(access, facts, admin, spec, &mut plan, missing, refused);
     plan
 }
 
+/// The GRANT and its proof for a database, schema, table or sequence, by name: these need no
+/// lookup (a missing one makes the GRANT fail). Returns false for a function, which does.
+fn plan_object(plan: &mut Plan, object: &Object, set: &BTreeSet<Privilege>) -> bool {
+    let to = ident(&plan.profile);
+    let privileges: Vec<&str> = set.iter().map(|p| p.as_sql()).collect();
+    let list = privileges.join(", ");
+    let relations_in = |schema: &str, kinds: &str| {
+        format!("SELECT oid FROM pg_class WHERE relnamespace = {}::regnamespace AND relkind IN ({kinds})", literal(&ident(schema)))
+    };
+    let relation = |schema: &str, name: &str| format!("SELECT {}::regclass::oid", literal(&format!("{}.{}", ident(schema), ident(name))));
+    let (statement, kind, oids) = match object {
+        Object::Database => (
+            format!("GRANT {list} ON DATABASE {} TO {to}", ident(&plan.database)),
+            "database",
+            "SELECT oid FROM pg_database WHERE datname = current_database()".to_owned(),
+        ),
+        Object::Schema { schema } => {
+            (format!("GRANT {list} ON SCHEMA {} TO {to}", ident(schema)), "schema", format!("SELECT {}::regnamespace::oid", literal(&ident(schema))))
+        }
+        Object::Table { schema, table: Target::All } => {
+            (format!("GRANT {list} ON ALL TABLES IN SCHEMA {} TO {to}", ident(schema)), "table", relations_in(schema, TABLE_KINDS))
+        }
+        Object::Table { schema, table: Target::Named(name) } => {
+            (format!("GRANT {list} ON TABLE {}.{} TO {to}", ident(schema), ident(name)), "table", relation(schema, name))
+        }
+        Object::Sequence { schema, sequence: Target::All } => {
+            (format!("GRANT {list} ON ALL SEQUENCES IN SCHEMA {} TO {to}", ident(schema)), "sequence", relations_in(schema, "'S'"))
+        }
+        Object::Sequence { schema, sequence: Target::Named(name) } => {
+            (format!("GRANT {list} ON SEQUENCE {}.{} TO {to}", ident(schema), ident(name)), "sequence", relation(schema, name))
+        }
+        Object::Function { .. } => return false,
+    };
+    plan.statements.push(statement);
+    plan.proofs.push(proof_rows(kind, &oids, privileges));
+    true
+}
+
+/// The relkinds `GRANT … ON ALL TABLES` covers: tables, partitioned tables, views, materialized
+/// views and foreign tables (sequences have their own).
+const TABLE_KINDS: &str = "'r','p','v','m','f'";
+
+/// A query yielding `(kind, oid, privilege)` for every oid `oids` yields and every privilege.
+fn proof_rows<'a>(kind: &str, oids: &str, privileges: impl IntoIterator<Item = &'a str>) -> String {
+    let privileges: Vec<&str> = privileges.into_iter().collect();
+    format!("SELECT {}::text, o.oid, p.privilege FROM ({oids}) AS o(oid), unnest({}) AS p(privilege)", literal(kind), text_array(&privileges))
+}
+
 /// Membership of the requested roles, refused when any role in the chain is dangerous (unless
 /// the integration's `grantable_roles` lists it).
 fn plan_roles(access: &DatabaseAccess, facts: &Facts, admin: &str, spec: &GrantSpec<'_>, plan: &mut Plan, missing: &mut Vec<String>, refused: &mut Vec<String>) {
-    let to = ident(&facts.profile);
+    let to = ident(&plan.profile);
     for role in &access.roles {
         let chain: Vec<&RoleLink> = facts.role_chains.iter().filter(|l| l.root == *role).collect();
         let Some(own) = chain.iter().find(|l| l.name == *role) else {
@@ -633,55 +599,83 @@ fn plan_roles(access: &DatabaseAccess, facts: &Facts, admin: &str, spec: &GrantS
             }
         }
         plan.statements.push(format!("GRANT {} TO {to}", ident(role)));
-        plan.checks.push(("role", own.oid, "MEMBER".into()));
+        plan.proofs.push(proof_rows("role", &format!("SELECT {}::regrole::oid", literal(&ident(&own.name))), ["MEMBER"]));
     }
 }
 
-/// A database's grants as one batch that opens its transaction: the grant lock, the profile role
-/// if new, its grants, and the proof as a one-row SELECT. Everything in it is either quoted
-/// (`ident`, `literal`) or pgjit's own fixed words and catalog numbers.
-fn grants_batch(plan: &Plan) -> String {
-    let mut sql = format!("BEGIN;\nSELECT pg_advisory_xact_lock({GRANT_LOCK});\n");
-    if !plan.profile_exists {
-        sql.push_str(&format!("CREATE ROLE {} NOLOGIN;\n", ident(&plan.profile)));
-    }
+/// A database's transaction as one batch: the grant lock, the profile role if new, its grants,
+/// the proof, the login role (last database only), COMMIT. Everything in it is either quoted
+/// (`ident`, `literal`, [`dollar_quoted`]) or pgjit's own fixed words.
+fn transaction(plan: &Plan, login: Option<&str>) -> String {
+    let name = literal(&plan.profile);
+    let mut sql = format!(
+        "BEGIN;\nSELECT pg_advisory_xact_lock({GRANT_LOCK});\nDO {};\n",
+        dollar_quoted(&format!("BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {name}) THEN CREATE ROLE {} NOLOGIN; END IF; END", ident(&plan.profile)))
+    );
     for statement in &plan.statements {
         sql.push_str(statement);
         sql.push_str(";\n");
     }
-    let kinds = text_array(&plan.checks.iter().map(|(k, _, _)| *k).collect::<Vec<_>>());
-    let oids = format!("ARRAY[{}]::oid[]", plan.checks.iter().map(|(_, o, _)| o.to_string()).collect::<Vec<_>>().join(","));
-    let privileges = text_array(&plan.checks.iter().map(|(_, _, p)| p.as_str()).collect::<Vec<_>>());
-    let name = literal(&plan.profile);
-    sql.push_str(&format!(
-        "SELECT string_agg(privilege || ' on ' || kind || ' ' || coalesce(CASE kind \
-             WHEN 'database' THEN (SELECT datname::text FROM pg_database WHERE oid = t.oid) \
-             WHEN 'schema' THEN (SELECT nspname::text FROM pg_namespace WHERE oid = t.oid) \
-             WHEN 'function' THEN (SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.oid = t.oid) \
-             WHEN 'role' THEN (SELECT rolname::text FROM pg_roles WHERE oid = t.oid) \
-             ELSE (SELECT c.oid::regclass::text FROM pg_class c WHERE c.oid = t.oid) END, 'oid ' || t.oid), '; ') AS {PROOF_COLUMN} \
-         FROM unnest({kinds}, {oids}, {privileges}) AS t(kind, oid, privilege) \
-         WHERE (CASE kind \
-             WHEN 'database' THEN has_database_privilege({name}, t.oid, privilege) \
-             WHEN 'schema' THEN has_schema_privilege({name}, t.oid, privilege) \
-             WHEN 'table' THEN has_table_privilege({name}, t.oid, privilege) \
-             WHEN 'sequence' THEN has_sequence_privilege({name}, t.oid, privilege) \
-             WHEN 'function' THEN has_function_privilege({name}, t.oid, privilege) \
-             WHEN 'role' THEN pg_has_role({name}, t.oid, privilege) END) IS NOT TRUE"
-    ));
+    if !plan.proofs.is_empty() {
+        let proof = format!(
+            "DECLARE missing text; BEGIN \
+             SELECT string_agg(privilege || ' on ' || kind || ' ' || coalesce(CASE kind \
+                 WHEN 'database' THEN (SELECT datname::text FROM pg_database WHERE oid = t.oid) \
+                 WHEN 'schema' THEN (SELECT nspname::text FROM pg_namespace WHERE oid = t.oid) \
+                 WHEN 'function' THEN (SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.oid = t.oid) \
+                 WHEN 'role' THEN (SELECT rolname::text FROM pg_roles WHERE oid = t.oid) \
+                 ELSE (SELECT c.oid::regclass::text FROM pg_class c WHERE c.oid = t.oid) END, 'oid ' || t.oid), '; ') INTO missing \
+             FROM ({}) AS t(kind, oid, privilege) \
+             WHERE (CASE kind \
+                 WHEN 'database' THEN has_database_privilege({name}, t.oid, privilege) \
+                 WHEN 'schema' THEN has_schema_privilege({name}, t.oid, privilege) \
+                 WHEN 'table' THEN has_table_privilege({name}, t.oid, privilege) \
+                     AND (SELECT c.relkind FROM pg_class c WHERE c.oid = t.oid) <> 'S' \
+                 WHEN 'sequence' THEN has_sequence_privilege({name}, t.oid, privilege) \
+                 WHEN 'function' THEN has_function_privilege({name}, t.oid, privilege) \
+                 WHEN 'role' THEN pg_has_role({name}, t.oid, privilege) END) IS NOT TRUE; \
+             IF missing IS NOT NULL THEN RAISE EXCEPTION USING ERRCODE = '{NOT_GRANTED}', MESSAGE = missing; END IF; \
+             END",
+            plan.proofs.join(" UNION ALL ")
+        );
+        sql.push_str(&format!("DO {};\n", dollar_quoted(&proof)));
+    }
+    if let Some(login) = login {
+        sql.push_str(login);
+        sql.push_str(";\n");
+    }
+    sql.push_str("COMMIT");
     sql
 }
 
-/// `CREATE ROLE … LOGIN … VALID UNTIL … ROLE <admin> IN ROLE <profiles>`, or, when the role
-/// exists already (the same grant, repeated), the statements that bring it to the same state.
-fn login_statements(spec: &GrantSpec<'_>, admin: &str, password: &str, memberships: &[&str], exists: bool) -> String {
+/// Creates the login role (`CREATE ROLE … LOGIN … VALID UNTIL … ROLE <admin> IN ROLE
+/// <profiles>`) or, when it exists already (the same grant, repeated), brings it to the same
+/// state; first reports whether it existed.
+fn login_block(spec: &GrantSpec<'_>, admin: &str, password: &str, memberships: &[&str]) -> String {
     let user = ident(spec.username);
+    let name = literal(spec.username);
     let valid_until = literal(&spec.valid_until.format("%Y-%m-%d %H:%M:%S+00").to_string());
     let in_roles = memberships.iter().map(|r| ident(r)).collect::<Vec<_>>().join(", ");
-    if exists {
-        format!("ALTER ROLE {user} LOGIN INHERIT {password} VALID UNTIL {valid_until};\nGRANT {user} TO {};\nGRANT {in_roles} TO {user}", ident(admin))
-    } else {
-        format!("CREATE ROLE {user} LOGIN INHERIT {password} VALID UNTIL {valid_until} ROLE {} IN ROLE {in_roles}", ident(admin))
+    let admin = ident(admin);
+    let body = format!(
+        "BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {name}) THEN \
+             ALTER ROLE {user} LOGIN INHERIT {password} VALID UNTIL {valid_until}; GRANT {user} TO {admin}; GRANT {in_roles} TO {user}; \
+         ELSE CREATE ROLE {user} LOGIN INHERIT {password} VALID UNTIL {valid_until} ROLE {admin} IN ROLE {in_roles}; END IF; END"
+    );
+    format!("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {name}) AS {LOGIN_EXISTED};\nDO {}", dollar_quoted(&body))
+}
+
+/// `body` in dollar quotes whose closing tag first occurs where it is meant to, so no name
+/// inside can end the quoting early.
+fn dollar_quoted(body: &str) -> String {
+    let mut n = 0;
+    loop {
+        let tag = if n == 0 { "$pgjit$".to_owned() } else { format!("$pgjit{n}$") };
+        let quoted = format!("{tag}{body}{tag}");
+        if quoted[tag.len()..].find(&tag) == Some(body.len()) {
+            return quoted;
+        }
+        n += 1;
     }
 }
 
@@ -951,4 +945,18 @@ pub async fn set_password(connector: &Connector, maintenance_database: &str, use
     let alter = format!("ALTER ROLE {} PASSWORD {}", ident(username), literal(&verifier));
     retry(maintenance_database, "setting a new password", || client.batch_execute(&alter)).await?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dollar_quoted;
+
+    #[test]
+    fn dollar_quoting_cannot_be_ended_from_inside() {
+        assert_eq!(dollar_quoted("BEGIN END"), "$pgjit$BEGIN END$pgjit$");
+        // The tag itself inside, or a body ending in a start of it: another tag is taken.
+        assert_eq!(dollar_quoted("a $pgjit$ b"), "$pgjit1$a $pgjit$ b$pgjit1$");
+        assert_eq!(dollar_quoted("a $pgjit$ $pgjit1$"), "$pgjit2$a $pgjit$ $pgjit1$$pgjit2$");
+        assert_eq!(dollar_quoted("x$pgjit"), "$pgjit1$x$pgjit$pgjit1$");
+    }
 }

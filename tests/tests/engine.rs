@@ -314,6 +314,10 @@ async fn missing_objects_are_rejected_with_nothing_created() {
         (r#"[{"database":"nope","privileges":["CONNECT"]}]"#, "database \"nope\" does not exist"),
         // One good database, one bad one: the good one gets no profile role either.
         (r#"[{"database":"crm","schema":"accounts","privileges":["USAGE"]},{"database":"app","schema":"sales","table":"nope","privileges":["SELECT"]}]"#, "does not exist"),
+        (r#"[{"database":"app","schema":"sales","privileges":["USAGE"]},{"database":"crm","schema":"accounts","table":"nope","privileges":["SELECT"]}]"#, "does not exist"),
+        // An object of another kind than asked for is not there either.
+        (r#"[{"database":"app","schema":"sales","table":"orders_id_seq","privileges":["SELECT"]}]"#, "table \"sales\".\"orders_id_seq\" does not exist"),
+        (r#"[{"database":"app","schema":"sales","sequence":"orders","privileges":["USAGE"]}]"#, "sequence \"sales\".\"orders\" does not exist"),
     ];
     for (json, expected) in cases {
         let set = access(json);
