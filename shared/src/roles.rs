@@ -174,10 +174,7 @@ async fn grant_with(clients: &[Client], admin: &str, spec: &GrantSpec<'_>, passw
     if clients.len() != spec.access.databases.len() {
         return Err(RoleError::Invalid(format!("{} sessions given for {} databases", clients.len(), spec.access.databases.len())));
     }
-    let password = match password {
-        Some(task) => format!("PASSWORD {}", literal(&task.await.map_err(RoleError::Verifier)?)),
-        None => "PASSWORD NULL".to_owned(),
-    };
+    let mut password = Password { pending: password, clause: None };
     let (mut plans, mut looked_up) = match unchecked_plans(spec) {
         Some(plans) => (plans, false),
         None => (plan_all(clients, admin, spec).await?, true),
@@ -185,7 +182,7 @@ async fn grant_with(clients: &[Client], admin: &str, spec: &GrantSpec<'_>, passw
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match apply_all(clients, &plans, admin, spec, &password, looked_up).await {
+        match apply_all(clients, &plans, admin, spec, &mut password, looked_up).await {
             Ok(granted) => {
                 tracing::info!(db_user = spec.username, databases = granted.profiles.len(), already_existed = granted.already_existed, "login role ready");
                 return Ok(granted);
@@ -247,8 +244,27 @@ async fn plan_all(clients: &[Client], admin: &str, spec: &GrantSpec<'_>) -> Resu
     Ok(plans)
 }
 
+/// The `PASSWORD …` clause of the login role, awaited only when the login role is sent.
+struct Password {
+    pending: PendingPassword,
+    clause: Option<String>,
+}
+
+impl Password {
+    async fn clause(&mut self) -> Result<&str, RoleError> {
+        let clause = match self.clause.take() {
+            Some(clause) => clause,
+            None => match self.pending.take() {
+                Some(task) => format!("PASSWORD {}", literal(&task.await.map_err(RoleError::Verifier)?)),
+                None => "PASSWORD NULL".to_owned(),
+            },
+        };
+        Ok(self.clause.insert(clause))
+    }
+}
+
 /// Runs each database's transaction in turn, the login role with the last one.
-async fn apply_all(clients: &[Client], plans: &[Plan], admin: &str, spec: &GrantSpec<'_>, password: &str, looked_up: bool) -> Result<Granted, AttemptError> {
+async fn apply_all(clients: &[Client], plans: &[Plan], admin: &str, spec: &GrantSpec<'_>, password: &mut Password, looked_up: bool) -> Result<Granted, AttemptError> {
     let mut memberships: Vec<&str> = plans.iter().map(|p| p.profile.as_str()).collect();
     if matches!(spec.login, LoginMethod::Iam) {
         memberships.insert(0, "rds_iam");
@@ -256,10 +272,18 @@ async fn apply_all(clients: &[Client], plans: &[Plan], admin: &str, spec: &Grant
     let last = plans.len() - 1;
     let mut already_existed = false;
     for (i, (plan, client)) in plans.iter().zip(clients).enumerate() {
-        let login = (i == last).then(|| login_block(spec, admin, password, &memberships));
-        match run_transaction(client, plan, login.as_deref()).await {
+        let memberships = &memberships;
+        let password = &mut *password;
+        let end = async move {
+            if i < last {
+                return Ok("COMMIT".to_owned());
+            }
+            Ok(format!("{};\nCOMMIT", login_block(spec, admin, password.clause().await?, memberships)))
+        };
+        match run_transaction(client, plan, end).await {
             Ok(existed) => already_existed = existed,
-            Err(e) => return Err(classify(plan, e, looked_up)),
+            Err(TransactionError::Sql(e)) => return Err(classify(plan, e, looked_up)),
+            Err(TransactionError::Other(e)) => return Err(AttemptError::Failed(e)),
         }
     }
     Ok(Granted { username: spec.username.to_owned(), profiles: plans.iter().map(|p| (p.database.clone(), p.profile.clone())).collect(), already_existed })
@@ -289,19 +313,36 @@ fn classify(plan: &Plan, e: tokio_postgres::Error, looked_up: bool) -> AttemptEr
     AttemptError::Failed(RoleError::Sql { database: plan.database.clone(), action: "granting", source: e })
 }
 
-/// Runs one database's transaction as one batch. Returns whether the login role existed already
-/// (false when this transaction does not create it).
-async fn run_transaction(client: &Client, plan: &Plan, login: Option<&str>) -> Result<bool, tokio_postgres::Error> {
-    match client.simple_query(&transaction(plan, login)).await {
-        Ok(messages) => Ok(messages.iter().any(|m| {
+enum TransactionError {
+    Sql(tokio_postgres::Error),
+    Other(RoleError),
+}
+
+/// Runs one database's transaction: its grants and proof are sent at once, and `end` (the login
+/// role, the COMMIT) is sent behind them as soon as it is ready, without waiting for their
+/// answer, so the verifier is computed while the server works. If anything in the first part
+/// fails, the transaction is aborted and the COMMIT cannot commit it. Returns whether the login
+/// role existed already (false when this transaction does not create it).
+async fn run_transaction(client: &Client, plan: &Plan, end: impl std::future::Future<Output = Result<String, RoleError>>) -> Result<bool, TransactionError> {
+    let grants = grants_part(plan);
+    let sent_behind = async {
+        let end = end.await.map_err(TransactionError::Other)?;
+        client.simple_query(&end).await.map_err(TransactionError::Sql)
+    };
+    // Polled in order: the grants are queued on the connection before the end is.
+    let (granted, ended) = tokio::join!(client.simple_query(&grants), sent_behind);
+    let result = match (granted, ended) {
+        (Err(e), _) => Err(TransactionError::Sql(e)),
+        (Ok(_), Err(e)) => Err(e),
+        (Ok(_), Ok(messages)) => Ok(messages.iter().any(|m| {
             matches!(m, SimpleQueryMessage::Row(row) if row.columns().first().map(|c| c.name()) == Some(LOGIN_EXISTED) && row.get(0) == Some("t"))
         })),
-        Err(e) => {
-            // The batch stopped inside its transaction: end it before anything else.
-            let _ = client.batch_execute("ROLLBACK").await;
-            Err(e)
-        }
+    };
+    if result.is_err() {
+        // Whatever stopped, the transaction may still be open: end it before anything else.
+        let _ = client.batch_execute("ROLLBACK").await;
     }
+    result
 }
 
 /// The SQLSTATE the proof raises when a grant did not take effect.
@@ -603,10 +644,10 @@ fn plan_roles(access: &DatabaseAccess, facts: &Facts, admin: &str, spec: &GrantS
     }
 }
 
-/// A database's transaction as one batch: the grant lock, the profile role if new, its grants,
-/// the proof, the login role (last database only), COMMIT. Everything in it is either quoted
-/// (`ident`, `literal`, [`dollar_quoted`]) or pgjit's own fixed words.
-fn transaction(plan: &Plan, login: Option<&str>) -> String {
+/// The first part of a database's transaction: the grant lock, the profile role if new, its
+/// grants, and the proof. Everything in it is either quoted (`ident`, `literal`,
+/// [`dollar_quoted`]) or pgjit's own fixed words.
+fn grants_part(plan: &Plan) -> String {
     let name = literal(&plan.profile);
     let mut sql = format!(
         "BEGIN;\nSELECT pg_advisory_xact_lock({GRANT_LOCK});\nDO {};\n",
@@ -638,13 +679,8 @@ fn transaction(plan: &Plan, login: Option<&str>) -> String {
              END",
             plan.proofs.join(" UNION ALL ")
         );
-        sql.push_str(&format!("DO {};\n", dollar_quoted(&proof)));
+        sql.push_str(&format!("DO {}", dollar_quoted(&proof)));
     }
-    if let Some(login) = login {
-        sql.push_str(login);
-        sql.push_str(";\n");
-    }
-    sql.push_str("COMMIT");
     sql
 }
 
