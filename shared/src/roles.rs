@@ -95,6 +95,12 @@ pub struct Granted {
 struct Plan {
     database: String,
     profile: String,
+    /// Whether the profile role exists (assumed when planned without a lookup: it does for every
+    /// grant of a privilege set but the first, and the GRANTs fail if it does not).
+    profile_exists: bool,
+    /// Whether the login role exists (assumed not without a lookup: CREATE ROLE fails if it
+    /// does, and a repeated grant then converges it).
+    login_exists: bool,
     statements: Vec<String>,
     /// Queries yielding `(kind, oid, privilege)` rows that `has_*_privilege` must confirm. They
     /// name objects by their quoted names (`'"s"."t"'::regclass`), so the proof needs no lookup.
@@ -144,19 +150,20 @@ pub async fn grant(connector: &Connector, spec: &GrantSpec<'_>) -> Result<Grante
 
 /// The grant on open sessions, one per database of `spec.access` in its order, as `admin`.
 ///
-/// Each database gets one transaction, sent as one batch (one round trip): under the database's
-/// grant lock, the profile role is created if it is new, its grants are re-applied, a `DO` block
-/// proves with `has_*_privilege` that they took effect (a GRANT the admin cannot delegate only
-/// warns) and raises otherwise, and the last database's transaction also creates (or converges)
-/// the login role; any error rolls the transaction back. So a failure leaves at most unused
-/// profile roles, never a login.
+/// Each database gets one transaction in two round trips: under the database's grant lock, the
+/// profile role is created if it is new, its grants are re-applied, and the `has_*_privilege`
+/// proof is read back (a GRANT the admin cannot delegate only warns); only when it finds nothing
+/// missing does the second round trip create (or converge) the login role, in the last
+/// database's transaction, and commit. Any error rolls the transaction back, so a failure leaves
+/// at most unused profile roles, never a login.
 ///
-/// A request for database, schema, table and sequence privileges in one database is sent
-/// straight away: a missing object makes its GRANT fail, and nothing commits. Only then, or when the request
-/// names functions (their overloads must be resolved) or roles (their membership chains must be
-/// vetted before anything is granted), is each database's catalog read first, so that every
-/// missing or refused entry is reported together. Contention and concurrent changes are tried
-/// again.
+/// A single-database request for database, schema, table and sequence privileges goes straight
+/// away, assuming the profile role exists and the login role does not (true for all but the
+/// first and a repeated grant): a missing object makes its GRANT fail, and nothing commits. Only
+/// then, or when the request spans databases or names functions (their overloads must be
+/// resolved) or roles (their membership chains must be vetted before anything is granted), is
+/// each database's catalog read first, so that every missing or refused entry is reported
+/// together. Contention and concurrent changes are tried again.
 pub async fn grant_on(clients: &[Client], admin: &str, spec: &GrantSpec<'_>) -> Result<Granted, RoleError> {
     check_request(spec, admin)?;
     grant_with(clients, admin, spec, start_password(spec.login)).await
@@ -214,7 +221,14 @@ fn unchecked_plans(spec: &GrantSpec<'_>) -> Option<Vec<Plan>> {
         .databases
         .iter()
         .map(|(database, access)| {
-            let mut plan = Plan { database: database.clone(), profile: access.profile_role(spec.prefix, database), statements: Vec::new(), proofs: Vec::new() };
+            let mut plan = Plan {
+                database: database.clone(),
+                profile: access.profile_role(spec.prefix, database),
+                profile_exists: true,
+                login_exists: false,
+                statements: Vec::new(),
+                proofs: Vec::new(),
+            };
             let by_name = access.objects.iter().all(|(object, set)| plan_object(&mut plan, object, set));
             (by_name && access.roles.is_empty()).then_some(plan)
         })
@@ -224,7 +238,7 @@ fn unchecked_plans(spec: &GrantSpec<'_>) -> Option<Vec<Plan>> {
 /// Looks up and plans every database at once; reports everything missing or refused together.
 async fn plan_all(clients: &[Client], admin: &str, spec: &GrantSpec<'_>) -> Result<Vec<Plan>, RoleError> {
     let facts = futures_util::future::try_join_all(
-        spec.access.databases.iter().zip(clients).map(|((database, access), client)| look_up(client, database, access)),
+        spec.access.databases.iter().zip(clients).map(|((database, access), client)| look_up(client, database, access, spec)),
     )
     .await?;
     let (mut missing, mut refused) = (Vec::new(), Vec::new());
@@ -270,7 +284,6 @@ async fn apply_all(clients: &[Client], plans: &[Plan], admin: &str, spec: &Grant
         memberships.insert(0, "rds_iam");
     }
     let last = plans.len() - 1;
-    let mut already_existed = false;
     for (i, (plan, client)) in plans.iter().zip(clients).enumerate() {
         let memberships = &memberships;
         let password = &mut *password;
@@ -278,28 +291,35 @@ async fn apply_all(clients: &[Client], plans: &[Plan], admin: &str, spec: &Grant
             if i < last {
                 return Ok("COMMIT".to_owned());
             }
-            Ok(format!("{};\nCOMMIT", login_block(spec, admin, password.clause().await?, memberships)))
+            Ok(format!("{};\nCOMMIT", login_statements(spec, admin, password.clause().await?, memberships, plan.login_exists)))
         };
         match run_transaction(client, plan, end).await {
-            Ok(existed) => already_existed = existed,
+            Ok(None) => {}
+            // Without a lookup, a proof that fails may mean an object of another kind than asked
+            // for: the lookup tells.
+            Ok(Some(_)) if !looked_up => return Err(AttemptError::NeedsLookup),
+            Ok(Some(missing)) => {
+                return Err(AttemptError::Failed(RoleError::NotGranted { database: plan.database.clone(), profile: plan.profile.clone(), missing }))
+            }
             Err(TransactionError::Sql(e)) => return Err(classify(plan, e, looked_up)),
             Err(TransactionError::Other(e)) => return Err(AttemptError::Failed(e)),
         }
     }
-    Ok(Granted { username: spec.username.to_owned(), profiles: plans.iter().map(|p| (p.database.clone(), p.profile.clone())).collect(), already_existed })
+    Ok(Granted {
+        username: spec.username.to_owned(),
+        profiles: plans.iter().map(|p| (p.database.clone(), p.profile.clone())).collect(),
+        already_existed: plans[last].login_exists,
+    })
 }
 
 fn classify(plan: &Plan, e: tokio_postgres::Error, looked_up: bool) -> AttemptError {
     use tokio_postgres::error::SqlState;
     let code = e.code().cloned();
+    // A missing object, or one of another kind; without a lookup also a profile role that does
+    // not exist yet (42704) or a login role that does (42710).
     let object_trouble = [SqlState::UNDEFINED_TABLE, SqlState::INVALID_SCHEMA_NAME, SqlState::UNDEFINED_OBJECT, SqlState::UNDEFINED_FUNCTION, SqlState::WRONG_OBJECT_TYPE];
-    let not_granted = code.as_ref().is_some_and(|c| c.code() == NOT_GRANTED);
-    if !looked_up && (not_granted || code.as_ref().is_some_and(|c| object_trouble.contains(c))) {
+    if !looked_up && code.as_ref().is_some_and(|c| object_trouble.contains(c) || *c == SqlState::DUPLICATE_OBJECT) {
         return AttemptError::NeedsLookup;
-    }
-    if not_granted {
-        let missing = e.as_db_error().map(|d| d.message().split("; ").map(str::to_owned).collect()).unwrap_or_default();
-        return AttemptError::Failed(RoleError::NotGranted { database: plan.database.clone(), profile: plan.profile.clone(), missing });
     }
     // An admin with no privilege at all on an object gets an error instead of a warning.
     if code == Some(SqlState::INSUFFICIENT_PRIVILEGE) {
@@ -318,46 +338,45 @@ enum TransactionError {
     Other(RoleError),
 }
 
-/// Runs one database's transaction: its grants and proof are sent at once, and `end` (the login
-/// role, the COMMIT) is sent behind them as soon as it is ready, without waiting for their
-/// answer, so the verifier is computed while the server works. If anything in the first part
-/// fails, the transaction is aborted and the COMMIT cannot commit it. Returns whether the login
-/// role existed already (false when this transaction does not create it).
-async fn run_transaction(client: &Client, plan: &Plan, end: impl std::future::Future<Output = Result<String, RoleError>>) -> Result<bool, TransactionError> {
-    let grants = grants_part(plan);
-    let sent_behind = async {
+/// Runs one database's transaction in two round trips: the grants with the proof read back
+/// (the verifier is computed meanwhile), then, only when the proof found nothing missing,
+/// `end` (the login role and COMMIT). Returns what did not take effect, if anything; the
+/// transaction is then rolled back, as it is on any error.
+async fn run_transaction(client: &Client, plan: &Plan, end: impl std::future::Future<Output = Result<String, RoleError>>) -> Result<Option<Vec<String>>, TransactionError> {
+    let result = async {
+        let messages = client.simple_query(&grants_part(plan)).await.map_err(TransactionError::Sql)?;
+        let missing = messages.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(row) if row.columns().first().map(|c| c.name()) == Some(PROOF_COLUMN) => {
+                row.get(0).map(|missing| missing.split("; ").map(str::to_owned).collect::<Vec<_>>())
+            }
+            _ => None,
+        });
+        if missing.is_some() {
+            return Ok(missing);
+        }
         let end = end.await.map_err(TransactionError::Other)?;
-        client.simple_query(&end).await.map_err(TransactionError::Sql)
-    };
-    // Polled in order: the grants are queued on the connection before the end is.
-    let (granted, ended) = tokio::join!(client.simple_query(&grants), sent_behind);
-    let result = match (granted, ended) {
-        (Err(e), _) => Err(TransactionError::Sql(e)),
-        (Ok(_), Err(e)) => Err(e),
-        (Ok(_), Ok(messages)) => Ok(messages.iter().any(|m| {
-            matches!(m, SimpleQueryMessage::Row(row) if row.columns().first().map(|c| c.name()) == Some(LOGIN_EXISTED) && row.get(0) == Some("t"))
-        })),
-    };
-    if result.is_err() {
-        // Whatever stopped, the transaction may still be open: end it before anything else.
+        client.batch_execute(&end).await.map_err(TransactionError::Sql)?;
+        Ok(None)
+    }
+    .await;
+    if !matches!(result, Ok(None)) {
+        // Whatever stopped it, the transaction may still be open: end it before anything else.
         let _ = client.batch_execute("ROLLBACK").await;
     }
     result
 }
 
-/// The SQLSTATE the proof raises when a grant did not take effect.
-const NOT_GRANTED: &str = "PJ001";
-/// The column that tells whether the login role existed before this transaction.
-const LOGIN_EXISTED: &str = "pgjit_login_existed";
+/// The name of the proof's one column: the privileges that did not take effect, or NULL.
+const PROOF_COLUMN: &str = "pgjit_missing";
 
 /// What a database's plan needs to know, read as one JSON document in one statement, from the
-/// parts the request needs: the schemas named with every relation and sequence in them, the
+/// parts the request needs: which of the profile and login roles (`names`) exist, the schemas named with every relation and sequence in them, the
 /// requested roles' membership chains (a harmless name that leads to `rds_superuser` is refused
 /// like `rds_superuser` itself), and the functions named, with regprocedure's text as the
 /// server's own quoted signature. It is sent as a simple query, every value quoted by `literal`:
 /// the extended protocol's parse, bind and describe steps cost the server twice as much here.
-fn lookup_sql(schemas: &[&str], roles: &[&str], functions: &[serde_json::Value]) -> String {
-    let mut parts = Vec::new();
+fn lookup_sql(names: &[&str], schemas: &[&str], roles: &[&str], functions: &[serde_json::Value]) -> String {
+    let mut parts = vec![format!("'existing_roles', (SELECT coalesce(json_agg(rolname), '[]') FROM pg_roles WHERE rolname = ANY({}))", text_array(names))];
     if !schemas.is_empty() {
         parts.push(format!(
             "'schemas', (SELECT coalesce(json_agg(json_build_object('name', nspname)), '[]') \
@@ -408,6 +427,7 @@ fn text_array<S: AsRef<str>>(items: &[S]) -> String {
 struct Facts {
     schemas: Vec<SchemaFact>,
     relations: Vec<RelationFact>,
+    existing_roles: BTreeSet<String>,
     role_chains: Vec<RoleLink>,
     functions: Vec<FunctionFact>,
 }
@@ -445,7 +465,8 @@ struct FunctionFact {
     matches: bool,
 }
 
-async fn look_up(client: &Client, database: &str, access: &DatabaseAccess) -> Result<Facts, RoleError> {
+async fn look_up(client: &Client, database: &str, access: &DatabaseAccess, spec: &GrantSpec<'_>) -> Result<Facts, RoleError> {
+    let profile = access.profile_role(spec.prefix, database);
     let schemas: Vec<&str> = access
         .objects
         .keys()
@@ -472,7 +493,7 @@ async fn look_up(client: &Client, database: &str, access: &DatabaseAccess) -> Re
         .collect();
     let roles: Vec<&str> = access.roles.iter().map(String::as_str).collect();
     let messages = client
-        .simple_query(&lookup_sql(&schemas, &roles, &functions))
+        .simple_query(&lookup_sql(&[profile.as_str(), spec.username], &schemas, &roles, &functions))
         .await
         .map_err(RoleError::sql(database, "looking up the objects and roles asked for"))?;
     let json = messages.iter().find_map(|m| match m {
@@ -484,7 +505,15 @@ async fn look_up(client: &Client, database: &str, access: &DatabaseAccess) -> Re
 
 /// Plans one database's grants from its facts, adding what is missing or refused to the lists.
 fn plan(database: &str, access: &DatabaseAccess, facts: &Facts, admin: &str, spec: &GrantSpec<'_>, missing: &mut Vec<String>, refused: &mut Vec<String>) -> Plan {
-    let mut plan = Plan { database: database.to_owned(), profile: access.profile_role(spec.prefix, database), statements: Vec::new(), proofs: Vec::new() };
+    let profile = access.profile_role(spec.prefix, database);
+    let mut plan = Plan {
+        database: database.to_owned(),
+        profile_exists: facts.existing_roles.contains(&profile),
+        login_exists: facts.existing_roles.contains(spec.username),
+        profile,
+        statements: Vec::new(),
+        proofs: Vec::new(),
+    };
     let schemas: BTreeSet<&str> = facts.schemas.iter().map(|s| s.name.as_str()).collect();
     let mut function_request = 0;
     for (object, set) in &access.objects {
@@ -645,27 +674,27 @@ fn plan_roles(access: &DatabaseAccess, facts: &Facts, admin: &str, spec: &GrantS
 }
 
 /// The first part of a database's transaction: the grant lock, the profile role if new, its
-/// grants, and the proof. Everything in it is either quoted (`ident`, `literal`,
-/// [`dollar_quoted`]) or pgjit's own fixed words.
+/// grants, and the proof as a one-row SELECT naming what did not take effect (a GRANT the admin
+/// cannot delegate only warns). Everything in it is either quoted (`ident`, `literal`) or pgjit's
+/// own fixed words.
 fn grants_part(plan: &Plan) -> String {
-    let name = literal(&plan.profile);
-    let mut sql = format!(
-        "BEGIN;\nSELECT pg_advisory_xact_lock({GRANT_LOCK});\nDO {};\n",
-        dollar_quoted(&format!("BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {name}) THEN CREATE ROLE {} NOLOGIN; END IF; END", ident(&plan.profile)))
-    );
+    let mut sql = format!("BEGIN;\nSELECT pg_advisory_xact_lock({GRANT_LOCK});\n");
+    if !plan.profile_exists {
+        sql.push_str(&format!("CREATE ROLE {} NOLOGIN;\n", ident(&plan.profile)));
+    }
     for statement in &plan.statements {
         sql.push_str(statement);
         sql.push_str(";\n");
     }
     if !plan.proofs.is_empty() {
-        let proof = format!(
-            "DECLARE missing text; BEGIN \
-             SELECT string_agg(privilege || ' on ' || kind || ' ' || coalesce(CASE kind \
+        let name = literal(&plan.profile);
+        sql.push_str(&format!(
+            "SELECT string_agg(privilege || ' on ' || kind || ' ' || coalesce(CASE kind \
                  WHEN 'database' THEN (SELECT datname::text FROM pg_database WHERE oid = t.oid) \
                  WHEN 'schema' THEN (SELECT nspname::text FROM pg_namespace WHERE oid = t.oid) \
                  WHEN 'function' THEN (SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.oid = t.oid) \
                  WHEN 'role' THEN (SELECT rolname::text FROM pg_roles WHERE oid = t.oid) \
-                 ELSE (SELECT c.oid::regclass::text FROM pg_class c WHERE c.oid = t.oid) END, 'oid ' || t.oid), '; ') INTO missing \
+                 ELSE (SELECT c.oid::regclass::text FROM pg_class c WHERE c.oid = t.oid) END, 'oid ' || t.oid), '; ') AS {PROOF_COLUMN} \
              FROM ({}) AS t(kind, oid, privilege) \
              WHERE (CASE kind \
                  WHEN 'database' THEN has_database_privilege({name}, t.oid, privilege) \
@@ -674,44 +703,23 @@ fn grants_part(plan: &Plan) -> String {
                      AND (SELECT c.relkind FROM pg_class c WHERE c.oid = t.oid) <> 'S' \
                  WHEN 'sequence' THEN has_sequence_privilege({name}, t.oid, privilege) \
                  WHEN 'function' THEN has_function_privilege({name}, t.oid, privilege) \
-                 WHEN 'role' THEN pg_has_role({name}, t.oid, privilege) END) IS NOT TRUE; \
-             IF missing IS NOT NULL THEN RAISE EXCEPTION USING ERRCODE = '{NOT_GRANTED}', MESSAGE = missing; END IF; \
-             END",
+                 WHEN 'role' THEN pg_has_role({name}, t.oid, privilege) END) IS NOT TRUE",
             plan.proofs.join(" UNION ALL ")
-        );
-        sql.push_str(&format!("DO {}", dollar_quoted(&proof)));
+        ));
     }
     sql
 }
 
-/// Creates the login role (`CREATE ROLE … LOGIN … VALID UNTIL … ROLE <admin> IN ROLE
-/// <profiles>`) or, when it exists already (the same grant, repeated), brings it to the same
-/// state; first reports whether it existed.
-fn login_block(spec: &GrantSpec<'_>, admin: &str, password: &str, memberships: &[&str]) -> String {
+/// `CREATE ROLE … LOGIN … VALID UNTIL … ROLE <admin> IN ROLE <profiles>`, or, when the role
+/// exists already (the same grant, repeated), the statements that bring it to the same state.
+fn login_statements(spec: &GrantSpec<'_>, admin: &str, password: &str, memberships: &[&str], exists: bool) -> String {
     let user = ident(spec.username);
-    let name = literal(spec.username);
     let valid_until = literal(&spec.valid_until.format("%Y-%m-%d %H:%M:%S+00").to_string());
     let in_roles = memberships.iter().map(|r| ident(r)).collect::<Vec<_>>().join(", ");
-    let admin = ident(admin);
-    let body = format!(
-        "BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {name}) THEN \
-             ALTER ROLE {user} LOGIN INHERIT {password} VALID UNTIL {valid_until}; GRANT {user} TO {admin}; GRANT {in_roles} TO {user}; \
-         ELSE CREATE ROLE {user} LOGIN INHERIT {password} VALID UNTIL {valid_until} ROLE {admin} IN ROLE {in_roles}; END IF; END"
-    );
-    format!("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {name}) AS {LOGIN_EXISTED};\nDO {}", dollar_quoted(&body))
-}
-
-/// `body` in dollar quotes whose closing tag first occurs where it is meant to, so no name
-/// inside can end the quoting early.
-fn dollar_quoted(body: &str) -> String {
-    let mut n = 0;
-    loop {
-        let tag = if n == 0 { "$pgjit$".to_owned() } else { format!("$pgjit{n}$") };
-        let quoted = format!("{tag}{body}{tag}");
-        if quoted[tag.len()..].find(&tag) == Some(body.len()) {
-            return quoted;
-        }
-        n += 1;
+    if exists {
+        format!("ALTER ROLE {user} LOGIN INHERIT {password} VALID UNTIL {valid_until};\nGRANT {user} TO {};\nGRANT {in_roles} TO {user}", ident(admin))
+    } else {
+        format!("CREATE ROLE {user} LOGIN INHERIT {password} VALID UNTIL {valid_until} ROLE {} IN ROLE {in_roles}", ident(admin))
     }
 }
 
@@ -981,18 +989,4 @@ pub async fn set_password(connector: &Connector, maintenance_database: &str, use
     let alter = format!("ALTER ROLE {} PASSWORD {}", ident(username), literal(&verifier));
     retry(maintenance_database, "setting a new password", || client.batch_execute(&alter)).await?;
     Ok(true)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::dollar_quoted;
-
-    #[test]
-    fn dollar_quoting_cannot_be_ended_from_inside() {
-        assert_eq!(dollar_quoted("BEGIN END"), "$pgjit$BEGIN END$pgjit$");
-        // The tag itself inside, or a body ending in a start of it: another tag is taken.
-        assert_eq!(dollar_quoted("a $pgjit$ b"), "$pgjit1$a $pgjit$ b$pgjit1$");
-        assert_eq!(dollar_quoted("a $pgjit$ $pgjit1$"), "$pgjit2$a $pgjit$ $pgjit1$$pgjit2$");
-        assert_eq!(dollar_quoted("x$pgjit"), "$pgjit1$x$pgjit$pgjit1$");
-    }
 }

@@ -242,8 +242,7 @@ async fn check_database(client: &Client, database: &str) -> Result<Vec<Finding>,
         .query_one(
             "SELECT has_database_privilege(current_database(), 'CONNECT WITH GRANT OPTION') \
                 AND has_database_privilege(current_database(), 'TEMPORARY WITH GRANT OPTION') \
-                AND has_database_privilege(current_database(), 'CREATE WITH GRANT OPTION'), \
-                EXISTS (SELECT 1 FROM pg_language WHERE lanname = 'plpgsql')",
+                AND has_database_privilege(current_database(), 'CREATE WITH GRANT OPTION')",
             &[],
         )
         .await?;
@@ -252,13 +251,6 @@ async fn check_database(client: &Client, database: &str) -> Result<Vec<Finding>,
         capability: format!("grant option on database {database:?}"),
         ok,
         detail: if ok { "CONNECT, CREATE, TEMPORARY".into() } else { "run pgjit setup-sql in this database".into() },
-    });
-    // The grant proves its effect and creates the login role in DO blocks.
-    let plpgsql: bool = db.get(1);
-    findings.push(Finding {
-        capability: format!("PL/pgSQL in database {database:?}"),
-        ok: plpgsql,
-        detail: if plpgsql { "installed".into() } else { "CREATE EXTENSION plpgsql is needed: grants run DO blocks".into() },
     });
     let rows = client
         .query(
