@@ -333,6 +333,7 @@ fn classify(plan: &Plan, e: tokio_postgres::Error, looked_up: bool) -> AttemptEr
     AttemptError::Failed(RoleError::Sql { database: plan.database.clone(), action: "granting", source: e })
 }
 
+/// Why one database's transaction stopped: the server's error, or pgjit's own (the verifier).
 enum TransactionError {
     Sql(tokio_postgres::Error),
     Other(RoleError),
