@@ -149,6 +149,14 @@ impl Object {
             Object::Function { .. } => Level::Function,
         }
     }
+
+    /// The schema the object is in (none for the database itself).
+    pub fn schema(&self) -> Option<&str> {
+        match self {
+            Object::Database => None,
+            Object::Schema { schema } | Object::Table { schema, .. } | Object::Sequence { schema, .. } | Object::Function { schema, .. } => Some(schema),
+        }
+    }
 }
 
 impl fmt::Display for Object {

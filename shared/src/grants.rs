@@ -382,61 +382,12 @@ async fn grant_steps(
     roles::grant(&target.connector, &spec).await.map_err(at::<(), _>("database role"))?;
     fp.check("grant:after_role").await.map_err(at::<(), _>("database role"))?;
     step_done(record, "grant", "database_role", started);
-    let host = target.connector.endpoint().host.clone();
-    let port = target.connector.endpoint().port;
-    record.host = Some(host.clone());
-    record.port = Some(port);
+    record.host = Some(target.connector.endpoint().host.clone());
+    record.port = Some(target.connector.endpoint().port);
 
     // How the requester gets in, and the revoke at expiry, do not depend on each other: both are
     // made at once (the undo removes both, whichever got made).
-    let record_now: &GrantRecord = record;
-    let way_in = async {
-        let started = std::time::Instant::now();
-        match record_now.access_mode {
-            AccessMode::Password => {
-                let name = credentials::secret_name(svc, &integration.name, &record_now.request_id);
-                let first_db = record_now.access.first().map(|a| a.database.as_str()).unwrap_or(integration.maintenance_database());
-                let value = CredentialsValue {
-                    engine: "postgres",
-                    host: &host,
-                    port,
-                    dbname: first_db,
-                    username: &record_now.db_user,
-                    password: &password,
-                    expires_at: record_now.expires_at,
-                };
-                let arn = credentials::store(svc, &name, &value, &record_now.requester.id, &record_now.request_id).await.map_err(at::<(), _>("credentials secret"))?;
-                fp.check("grant:after_secret").await.map_err(at::<(), _>("credentials secret"))?;
-                step_done(record_now, "grant", "credentials_secret", started);
-                Ok(WayIn::Secret(arn))
-            }
-            AccessMode::Iam => {
-                let arn = record_now.requester.iam_arn.clone().unwrap_or_default();
-                let principal = iam::principal_of(&arn).map_err(|m| ("iam policy", StepError::Other(m)))?;
-                let resource_id = target
-                    .rds
-                    .as_ref()
-                    .and_then(|r| r.resource_id.clone())
-                    .ok_or(("iam policy", StepError::Other("RDS reported no resource id for the instance or cluster".into())))?;
-                let region = integration.region.clone().or_else(|| svc.region()).ok_or(("iam policy", StepError::Other("no region".into())))?;
-                let account = svc.account_id().await.map_err(at::<(), _>("iam policy"))?;
-                let document = iam::policy_document(&iam::dbuser_arn(&region, &account, &resource_id, &record_now.db_user));
-                let policy =
-                    iam::put_policy(svc, &principal, &iam::policy_name(&record_now.request_id), &document).await.map_err(at::<(), _>("iam policy"))?;
-                fp.check("grant:after_policy").await.map_err(at::<(), _>("iam policy"))?;
-                step_done(record_now, "grant", "iam_policy", started);
-                Ok(WayIn::Policy(policy))
-            }
-        }
-    };
-    let revoke_schedule = async {
-        let started = std::time::Instant::now();
-        let name = schedule::create(svc, &record_now.request_id, record_now.expires_at).await.map_err(at::<(), _>("revoke schedule"))?;
-        fp.check("grant:after_schedule").await.map_err(at::<(), _>("revoke schedule"))?;
-        step_done(record_now, "grant", "revoke_schedule", started);
-        Ok::<_, (&'static str, StepError)>(name)
-    };
-    let (way_in, revoke_schedule): (Result<WayIn, (&'static str, StepError)>, _) = tokio::join!(way_in, revoke_schedule);
+    let (way_in, revoke_schedule) = tokio::join!(open_way_in(svc, integration, target, record, &password), schedule_revoke(svc, record));
     match way_in? {
         WayIn::Secret(arn) => record.secret_arn = Some(arn),
         WayIn::Policy(policy) => record.iam_policy = Some(policy),
@@ -452,6 +403,57 @@ async fn grant_steps(
     svc.store.update_grant(record).await.map_err(at::<(), _>("activate"))?;
     step_done(record, "grant", "activate", started);
     Ok(())
+}
+
+/// The credentials secret (password mode) or the IAM policy (IAM mode) for the requester.
+async fn open_way_in(svc: &Services, integration: &Integration, target: &endpoint::Resolved, record: &GrantRecord, password: &SecretString) -> Result<WayIn, (&'static str, StepError)> {
+    let fp = &svc.failpoints;
+    let started = std::time::Instant::now();
+    match record.access_mode {
+        AccessMode::Password => {
+            let name = credentials::secret_name(svc, &integration.name, &record.request_id);
+            let first_db = record.access.first().map(|a| a.database.as_str()).unwrap_or(integration.maintenance_database());
+            let endpoint = target.connector.endpoint();
+            let value = CredentialsValue {
+                engine: "postgres",
+                host: &endpoint.host,
+                port: endpoint.port,
+                dbname: first_db,
+                username: &record.db_user,
+                password,
+                expires_at: record.expires_at,
+            };
+            let arn = credentials::store(svc, &name, &value, &record.requester.id, &record.request_id).await.map_err(at::<(), _>("credentials secret"))?;
+            fp.check("grant:after_secret").await.map_err(at::<(), _>("credentials secret"))?;
+            step_done(record, "grant", "credentials_secret", started);
+            Ok(WayIn::Secret(arn))
+        }
+        AccessMode::Iam => {
+            let arn = record.requester.iam_arn.clone().unwrap_or_default();
+            let principal = iam::principal_of(&arn).map_err(|m| ("iam policy", StepError::Other(m)))?;
+            let resource_id = target
+                .rds
+                .as_ref()
+                .and_then(|r| r.resource_id.clone())
+                .ok_or(("iam policy", StepError::Other("RDS reported no resource id for the instance or cluster".into())))?;
+            let region = integration.region.clone().or_else(|| svc.region()).ok_or(("iam policy", StepError::Other("no region".into())))?;
+            let account = svc.account_id().await.map_err(at::<(), _>("iam policy"))?;
+            let document = iam::policy_document(&iam::dbuser_arn(&region, &account, &resource_id, &record.db_user));
+            let policy = iam::put_policy(svc, &principal, &iam::policy_name(&record.request_id), &document).await.map_err(at::<(), _>("iam policy"))?;
+            fp.check("grant:after_policy").await.map_err(at::<(), _>("iam policy"))?;
+            step_done(record, "grant", "iam_policy", started);
+            Ok(WayIn::Policy(policy))
+        }
+    }
+}
+
+/// The one-shot schedule that revokes the grant at expiry.
+async fn schedule_revoke(svc: &Services, record: &GrantRecord) -> Result<String, (&'static str, StepError)> {
+    let started = std::time::Instant::now();
+    let name = schedule::create(svc, &record.request_id, record.expires_at).await.map_err(at::<(), _>("revoke schedule"))?;
+    svc.failpoints.check("grant:after_schedule").await.map_err(at::<(), _>("revoke schedule"))?;
+    step_done(record, "grant", "revoke_schedule", started);
+    Ok(name)
 }
 
 /// Removes everything a grant may have made, whatever step it reached. Every part is a no-op

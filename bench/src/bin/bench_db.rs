@@ -15,6 +15,9 @@ use pgjit::SecretString;
 use pgjit_tests::{approval, env, isolated_services, orders_access, register_integration};
 use serde_json::json;
 
+/// The prefix of the grant benchmark's roles.
+const PREFIX: &str = "bench_";
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -78,10 +81,10 @@ async fn grant_vs_floor(runs: usize) {
     let admin = e.admin();
     let entries: Vec<AccessEntry> = serde_json::from_value(orders_access()).unwrap();
     let access = AccessSet::from_entries(&entries).unwrap();
-    let prefix = "bench_";
+    let prefix = PREFIX;
     let password = SecretString::random_password();
     fn grant_spec<'a>(user: &'a str, access: &'a AccessSet, password: &'a SecretString) -> GrantSpec<'a> {
-        GrantSpec { username: user, access, login: LoginMethod::Password(password), valid_until: Utc::now() + chrono::Duration::hours(1), prefix: "bench_", grantable_roles: None }
+        GrantSpec { username: user, access, login: LoginMethod::Password(password), valid_until: Utc::now() + chrono::Duration::hours(1), prefix: PREFIX, grantable_roles: None }
     }
     // The floor: the same final SQL effect, one transaction, one round trip.
     let floor_sql = |user: &str| {
