@@ -26,6 +26,7 @@ json.dump({"name": "orders-prod", "kind": "postgres", "host": "localhost", "port
            "admin": {"auth": "password", "secret_id": "pgjit/admin/orders-prod"},
            "ssl_mode": "verify-full", "ca_bundle": os.environ["PGJIT_TEST_PG_CA"],
            "max_duration_seconds": 14400, "user_cleanup_after_days": 1,
+           "grantable_roles": ["reporting"],
            "custom_access_details": "psql with sslmode=verify-full"}, open(sys.argv[1], "w"), indent=2)
 PY
 pgjit integration put "$work/integration.json"
@@ -38,10 +39,24 @@ step "discovery: the inventory of the server"
 pgjit discover
 pgjit inventory orders-prod | grep -E ' (table|view|schema) ' | head -8
 
-step "approval arrives (events/approval.json): john.doe may read sales for 1 hour"
-pgjit grant --event events/approval.json
+step "approval arrives (events/approval.json, stamped now as the bus would): john.doe may read sales for 1 hour"
+python3 - events/approval.json "$work/approval.json" <<'PY'
+import datetime, json, sys
+event = json.load(open(sys.argv[1]))
+event["time"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+json.dump(event, open(sys.argv[2], "w"))
+PY
+pgjit grant --event "$work/approval.json"
 step "the same approval delivered again changes nothing"
-pgjit grant --event events/approval.json
+pgjit grant --event "$work/approval.json"
+step "a forged approval: the requester approves itself, and is refused"
+python3 - "$work/approval.json" "$work/self.json" <<'PY'
+import json, sys
+event = json.load(open(sys.argv[1]))
+event["detail"].update(request_id="REQ-SELF", approver=event["detail"]["requester"]["id"])
+json.dump(event, open(sys.argv[2], "w"))
+PY
+if pgjit grant --event "$work/self.json"; then echo "self-approval was granted" >&2; exit 1; fi
 pgjit grants
 
 step "the requester's credentials (the password stays hidden here)"

@@ -102,6 +102,9 @@ enum Command {
         /// The admin role pgjit logs in as.
         #[arg(long)]
         admin_user: String,
+        /// The powerless role that receives what departed temporary users owned.
+        #[arg(long, default_value = pgjit::integration::DEFAULT_HOLDING_ROLE)]
+        holding_role: String,
     },
 }
 
@@ -152,8 +155,8 @@ fn read_json(path: &str) -> Result<Value, String> {
 
 async fn run(command: Command) -> Outcome {
     match command {
-        Command::SetupSql { flavor, admin_user } => {
-            print!("{}", pgjit::setup::setup_sql(flavor, &admin_user)?);
+        Command::SetupSql { flavor, admin_user, holding_role } => {
+            print!("{}", pgjit::setup::setup_sql(flavor, &admin_user, &holding_role)?);
             Ok(())
         }
         Command::Bootstrap => {
@@ -415,14 +418,14 @@ async fn run(command: Command) -> Outcome {
             let svc = services().await?;
             let i = svc.store.get_integration(&integration).await.map_err(chain)?.ok_or_else(|| format!("unknown integration {integration:?}"))?;
             let target = pgjit::endpoint::resolve(&svc, &i).await.map_err(chain)?;
-            let findings = pgjit::setup::doctor(&target.connector, i.kind, i.maintenance_database(), &[]).await.map_err(chain)?;
+            let findings = pgjit::setup::doctor(&target.connector, i.kind, i.maintenance_database(), &i.holding_role, &[]).await.map_err(chain)?;
             if json {
                 return print_json(&findings);
             }
             for f in &findings {
-                println!("[{}] {}: {}", if f.ok { "ok" } else { "MISSING" }, f.capability, f.detail);
+                println!("[{}] {}: {}", if f.ok { "ok" } else if f.warning { "WARN" } else { "MISSING" }, f.capability, f.detail);
             }
-            let missing = findings.iter().filter(|f| !f.ok).count();
+            let missing = findings.iter().filter(|f| !f.ok && !f.warning).count();
             if missing > 0 {
                 return Err(format!("{missing} capability(ies) missing; run `pgjit setup-sql --flavor {} --admin-user NAME` as the master user", i.kind));
             }

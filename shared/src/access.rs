@@ -418,6 +418,17 @@ pub fn is_profile_role(name: &str, prefix: &str) -> bool {
         .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
 }
 
+/// Whether a name has the shape [`login_role_name`] gives: `<prefix><slug>_<8 of a-z0-9>`.
+pub fn is_login_role_name(name: &str, prefix: &str) -> bool {
+    let Some(rest) = name.strip_prefix(prefix) else { return false };
+    let Some((slug, random)) = rest.rsplit_once('_') else { return false };
+    !slug.is_empty()
+        && slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && random.len() == 8
+        && random.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && !is_profile_role(name, prefix)
+}
+
 /// `<prefix><slug>_<8 random>`, at most 63 bytes: the slug comes from the requester's id so a
 /// person reading `pg_stat_activity` sees who it is; the random part keeps every grant's role apart.
 pub fn login_role_name(prefix: &str, requester: &str) -> String {
@@ -540,6 +551,16 @@ mod tests {
         assert_eq!(ok.len(), 63);
         check_identifier(&ok).unwrap();
         assert!(serde_json::from_str::<Vec<AccessEntry>>(r#"[{"database":"a","tabel":"x"}]"#).is_err());
+    }
+
+    #[test]
+    fn login_role_names_are_recognised_and_others_are_not() {
+        for requester in ["john.doe@corp.com", "ö", &"x".repeat(300)] {
+            assert!(is_login_role_name(&login_role_name("pgjit_", requester), "pgjit_"), "{requester}");
+        }
+        for other in ["pgjit_readonly", "pgjit_admin", "pgjit_p_0123456789abcdef", "other_john_abcd1234", "pgjit__abcd1234", "pgjit_john_ABCD1234"] {
+            assert!(!is_login_role_name(other, "pgjit_"), "{other}");
+        }
     }
 
     #[test]

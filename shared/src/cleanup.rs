@@ -12,7 +12,7 @@ use crate::events::RevokeTrigger;
 use crate::grants;
 use crate::integration::Integration;
 use crate::postgres::error_chain;
-use crate::roles;
+use crate::revocation;
 use crate::store::{GrantStatus, StoreError};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -25,8 +25,10 @@ pub struct CleanupReport {
     pub finished: Vec<String>,
     /// Grants whose password was rotated.
     pub rotated: Vec<String>,
-    /// Roles with pgjit's prefix and no live record: removed, as `integration/role`.
+    /// Roles pgjit created with no live record: removed, as `integration/role`.
     pub orphans: Vec<String>,
+    /// Objects of orphans and profile roles handed to the holding role or made harmless.
+    pub handed_over: Vec<String>,
     /// What could not be done this time, to be tried again at the next run.
     pub errors: Vec<String>,
     /// Grant items read from the store to find the due work.
@@ -80,7 +82,7 @@ pub async fn run(svc: &Services, now: DateTime<Utc>) -> Result<CleanupReport, St
     }
 
     for integration in integrations.values() {
-        if let Err(e) = reconcile(svc, integration, &mut report).await {
+        if let Err(e) = reconcile(svc, integration, now, &mut report).await {
             report.errors.push(format!("integration {}: reconcile: {}", integration.name, error_chain(&*e)));
         }
     }
@@ -97,15 +99,31 @@ pub async fn run(svc: &Services, now: DateTime<Utc>) -> Result<CleanupReport, St
     Ok(report)
 }
 
-/// Login roles with the integration's prefix that no live record explains (a crash between
-/// creating the role and writing the record, or a record lost) are revoked and dropped.
-async fn reconcile(svc: &Services, integration: &Integration, report: &mut CleanupReport) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// Login roles pgjit created (its marker and name shape) that no live record explains (a crash
+/// between creating the role and writing the record, or a record lost) are revoked and dropped,
+/// once they are older than the grace period (the db-user index is eventually consistent, so a
+/// brand-new grant's record may not show there yet). Profile roles that own objects (a user
+/// could act as its profile role before PostgreSQL 16) hand them to the holding role.
+async fn reconcile(svc: &Services, integration: &Integration, now: DateTime<Utc>, report: &mut CleanupReport) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let target = crate::endpoint::resolve(svc, integration).await?;
     let db = integration.maintenance_database();
     let client = target.connector.connect(db).await?;
-    let managed = roles::managed_roles(&client, &integration.user_prefix).await?;
+    let managed = revocation::managed_roles(&client, &integration.user_prefix).await?;
     drop(client);
-    for role in managed.into_iter().filter(|r| !r.profile) {
+    let grace = chrono::Duration::from_std(svc.config.reconcile_grace).unwrap_or(chrono::Duration::hours(1));
+    for role in managed {
+        if role.profile {
+            if role.owns_objects {
+                match revocation::hand_over(&target.connector, db, &role.name, &integration.holding_role).await {
+                    Ok(changes) => report.handed_over.extend(changes.into_iter().map(|c| format!("{}/{}: {c}", integration.name, role.name))),
+                    Err(e) => report.errors.push(format!("integration {}: profile {}: {}", integration.name, role.name, error_chain(&e))),
+                }
+            }
+            continue;
+        }
+        if role.created + grace > now {
+            continue;
+        }
         let records = svc.store.grants_of_user(&role.name).await?;
         // Any integration's record counts: two integrations may share one server and prefix.
         let live = records.iter().any(|r| !matches!(r.status, GrantStatus::Deleted | GrantStatus::Failed));
@@ -113,8 +131,11 @@ async fn reconcile(svc: &Services, integration: &Integration, report: &mut Clean
             continue;
         }
         tracing::warn!(integration = %integration.name, db_user = %role.name, "orphan role: no live grant record; removing it");
-        match roles::delete(&target.connector, db, &role.name, &integration.user_prefix).await {
-            Ok(_) => report.orphans.push(format!("{}/{}", integration.name, role.name)),
+        match revocation::delete(&target.connector, db, &role.name, &integration.user_prefix, &integration.holding_role).await {
+            Ok(deleted) => {
+                report.orphans.push(format!("{}/{}", integration.name, role.name));
+                report.handed_over.extend(deleted.handed_over.into_iter().map(|c| format!("{}/{}: {c}", integration.name, role.name)));
+            }
             Err(e) => report.errors.push(format!("integration {}: orphan {}: {}", integration.name, role.name, error_chain(&e))),
         }
     }

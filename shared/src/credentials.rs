@@ -6,11 +6,24 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::aws::{AwsError, Services};
+use crate::names;
 use crate::secret::SecretString;
 
-/// `<prefix><integration>/<request id>`: the IAM policy of the functions covers the prefix only.
+/// `<credentials prefix><integration>/<request id>`, the request id encoded so that every name is
+/// one Secrets Manager accepts and distinct ids never share a secret ([`crate::names`]). The
+/// prefix is apart from pgjit's own secrets, and the functions' IAM policies cover it alone.
 pub fn secret_name(svc: &Services, integration: &str, request_id: &str) -> String {
-    format!("{}{integration}/{request_id}", svc.config.secret_prefix)
+    let prefix = format!("{}{integration}/", svc.config.credentials_prefix);
+    let room = names::SECRET_NAME.max_len.saturating_sub(prefix.len());
+    format!("{prefix}{}", names::encode(request_id, names::SECRET_NAME, room))
+}
+
+/// The tag that says which request a secret belongs to; checked before pgjit overwrites or
+/// deletes a secret, so one request can never touch another's.
+const REQUEST_TAG: &str = "pgjit:request_id";
+
+fn tag_value(text: &str) -> String {
+    names::encode(text, names::SECRET_TAG_VALUE, names::SECRET_TAG_VALUE.max_len)
 }
 
 /// The secret's JSON: what a client needs to connect, in the RDS secret format.
@@ -29,25 +42,89 @@ fn text(value: &CredentialsValue<'_>) -> Result<SecretString, AwsError> {
     serde_json::to_string(value).map(SecretString::new).map_err(|e| AwsError::msg("secretsmanager:CreateSecret", e.to_string()))
 }
 
-/// Creates the secret (or, when a repeated run finds it, replaces its value) and returns its ARN.
-pub async fn store(svc: &Services, name: &str, value: &CredentialsValue<'_>, requester: &str, request_id: &str) -> Result<String, AwsError> {
+/// Who may read a credentials secret: the requester's principal (when the approval names one)
+/// and the configured readers; everyone else is denied, whatever their identity policies say.
+pub struct Readers<'a> {
+    pub requester: Option<&'a crate::iam::Requester>,
+    pub others: &'a [String],
+}
+
+/// The secret's resource policy, or None when it names nobody (then the account's IAM decides).
+pub fn resource_policy(readers: &Readers<'_>) -> Option<String> {
+    let mut allowed: Vec<String> = readers.requester.map(|r| r.principal_arn_patterns()).unwrap_or_default();
+    allowed.extend(readers.others.iter().cloned());
+    if allowed.is_empty() {
+        return None;
+    }
+    let mut statements = vec![serde_json::json!({
+        "Sid": "OnlyTheRequesterAndReaders", "Effect": "Deny", "Principal": "*",
+        "Action": "secretsmanager:GetSecretValue", "Resource": "*",
+        "Condition": {"ArnNotLike": {"aws:PrincipalArn": allowed}}
+    })];
+    if let Some(r) = readers.requester {
+        statements.push(serde_json::json!({
+            "Sid": "TheRequesterReads", "Effect": "Allow",
+            "Principal": {"AWS": format!("arn:{}:iam::{}:root", r.partition, r.account)},
+            "Action": ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"], "Resource": "*",
+            "Condition": {"ArnLike": {"aws:PrincipalArn": r.principal_arn_patterns()}}
+        }));
+    }
+    Some(serde_json::json!({"Version": "2012-10-17", "Statement": statements}).to_string())
+}
+
+/// Creates the secret (or, when a repeated run of the same request finds it, replaces its value),
+/// encrypted with the configured KMS key, tagged, and with its resource policy; returns its ARN.
+/// A secret of that name that belongs to another request is never touched.
+pub async fn store(svc: &Services, name: &str, value: &CredentialsValue<'_>, requester: &str, request_id: &str, readers: &Readers<'_>) -> Result<String, AwsError> {
     let secret = text(value)?;
-    let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
-    let created = svc
+    let tag = |k: &str, v: &str| Tag::builder().key(k).value(tag_value(v)).build();
+    let mut create = svc
         .secrets
         .create_secret()
         .name(name)
-        .description(format!("pgjit temporary credentials for request {request_id}"))
+        .description(format!("pgjit temporary credentials for request {}", tag_value(request_id)))
         .secret_string(secret.expose())
         .tags(tag("pgjit:requester", requester))
-        .tags(tag("pgjit:request_id", request_id))
-        .send()
-        .await;
-    match created {
-        Ok(out) => out.arn.ok_or_else(|| AwsError::msg("secretsmanager:CreateSecret", "no ARN in the answer")),
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_exists_exception()) => replace(svc, name, &secret).await,
-        Err(e) => Err(AwsError::new("secretsmanager:CreateSecret", e)),
+        .tags(tag(REQUEST_TAG, request_id));
+    if let Some(key) = &svc.config.credentials_kms_key_id {
+        create = create.kms_key_id(key);
     }
+    let arn = match create.send().await {
+        Ok(out) => out.arn.ok_or_else(|| AwsError::msg("secretsmanager:CreateSecret", "no ARN in the answer"))?,
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_exists_exception()) => {
+            check_owner(svc, name, request_id).await?;
+            replace(svc, name, &secret).await?
+        }
+        Err(e) => return Err(AwsError::new("secretsmanager:CreateSecret", e)),
+    };
+    if let Some(policy) = resource_policy(readers) {
+        svc.secrets
+            .put_resource_policy()
+            .secret_id(&arn)
+            .resource_policy(policy)
+            .block_public_policy(true)
+            .send()
+            .await
+            .map_err(|e| AwsError::new("secretsmanager:PutResourcePolicy", e))?;
+    }
+    Ok(arn)
+}
+
+/// Whether the secret carries this request's tag; Ok(false) when it does not exist.
+async fn check_owner(svc: &Services, name_or_arn: &str, request_id: &str) -> Result<bool, AwsError> {
+    let described = match svc.secrets.describe_secret().secret_id(name_or_arn).send().await {
+        Ok(out) => out,
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => return Ok(false),
+        Err(e) => return Err(AwsError::new("secretsmanager:DescribeSecret", e)),
+    };
+    let owner = described.tags().iter().find(|t| t.key() == Some(REQUEST_TAG)).and_then(|t| t.value());
+    if owner != Some(tag_value(request_id).as_str()) {
+        return Err(AwsError::msg(
+            "secretsmanager:DescribeSecret",
+            format!("secret {name_or_arn:?} does not belong to request {:?} (its {REQUEST_TAG} tag is {owner:?}); pgjit leaves it alone", tag_value(request_id)),
+        ));
+    }
+    Ok(true)
 }
 
 /// Puts a new value into an existing secret (rotation, or a repeated grant).
@@ -63,13 +140,19 @@ async fn replace(svc: &Services, name: &str, secret: &SecretString) -> Result<St
     out.arn.ok_or_else(|| AwsError::msg("secretsmanager:PutSecretValue", "no ARN in the answer"))
 }
 
-pub async fn rotate(svc: &Services, name: &str, value: &CredentialsValue<'_>) -> Result<String, AwsError> {
+pub async fn rotate(svc: &Services, name: &str, value: &CredentialsValue<'_>, request_id: &str) -> Result<String, AwsError> {
+    if !check_owner(svc, name, request_id).await? {
+        return Err(AwsError::msg("secretsmanager:DescribeSecret", format!("secret {name:?} does not exist")));
+    }
     replace(svc, name, &text(value)?).await
 }
 
-/// Deletes the secret at once (no recovery window: the credentials must stop existing now);
-/// a secret that is gone already is success.
-pub async fn delete(svc: &Services, name_or_arn: &str) -> Result<(), AwsError> {
+/// Deletes the request's secret at once (no recovery window: the credentials must stop existing
+/// now); a secret that is gone already is success, one of another request is refused.
+pub async fn delete(svc: &Services, name_or_arn: &str, request_id: &str) -> Result<(), AwsError> {
+    if !check_owner(svc, name_or_arn, request_id).await? {
+        return Ok(());
+    }
     match svc.secrets.delete_secret().secret_id(name_or_arn).force_delete_without_recovery(true).send().await {
         Ok(_) => Ok(()),
         Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => Ok(()),

@@ -55,7 +55,10 @@ pub async fn run(svc: &Services, now: DateTime<Utc>, mut progress: impl FnMut(&s
                         resource_owner_tag: None,
                         enable_audit: false,
                         user_prefix: "pgjit_".into(),
-                        grantable_roles: None,
+                        grantable_roles: Vec::new(),
+                        privileged_grantable_roles: Vec::new(),
+                        allow_self_approval: false,
+                        holding_role: crate::integration::DEFAULT_HOLDING_ROLE.into(),
                         discovery: None,
                     };
                     if let Err(e) = integration.validate() {

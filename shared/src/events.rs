@@ -22,6 +22,10 @@ pub struct Approval {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub access: Vec<AccessEntry>,
+    /// The event's `time` when it came through EventBridge (None for a bare `detail`): an
+    /// approval older than the configured age is refused, so a replay cannot grant again.
+    #[serde(skip)]
+    pub sent_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// What started a revoke.
@@ -108,7 +112,17 @@ fn typed<T: for<'de> Deserialize<'de>>(value: Value) -> Result<T, EventError> {
 
 /// An approval: the EventBridge event as the function receives it, or the bare `detail` (webhook).
 pub fn parse_approval(event: Value) -> Result<Approval, EventError> {
-    let approval: Approval = typed(detail_of(event, APPROVED)?)?;
+    let sent_at = match event.get("detail-type").and(event.get("time")) {
+        None => None,
+        Some(time) => Some(
+            time.as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .ok_or_else(|| bad("time", "must be an RFC 3339 time"))?,
+        ),
+    };
+    let mut approval: Approval = typed(detail_of(event, APPROVED)?)?;
+    approval.sent_at = sent_at;
     check_request_id(&approval.request_id)?;
     for (field, text, max) in [
         ("integration", approval.integration.as_str(), 64),
@@ -161,8 +175,10 @@ mod tests {
     fn approvals_from_eventbridge_and_webhook() {
         let a = parse_approval(approval()).unwrap();
         assert_eq!(a.request_id, "REQ-1001");
+        assert_eq!(a.sent_at.map(|t| t.to_rfc3339()), Some("2026-11-24T10:00:00+00:00".to_owned()));
         let bare = parse_approval(approval()["detail"].clone()).unwrap();
-        assert_eq!(a, bare);
+        assert_eq!(bare.sent_at, None);
+        assert_eq!(Approval { sent_at: None, ..a }, bare);
     }
 
     #[test]
@@ -180,6 +196,7 @@ mod tests {
             (Box::new(|v| v["detail"]["access"][0]["tabel"] = json!("x")), "access[0]"),
             (Box::new(|v| v["detail"]["access"] = json!("all")), "access"),
             (Box::new(|v| v["detail"]["integration"] = json!(42)), "integration"),
+            (Box::new(|v| v["time"] = json!("yesterday")), "time"),
         ];
         for (change, field) in cases {
             let mut v = approval();

@@ -17,6 +17,7 @@ use crate::failpoint::Triggered;
 use crate::iam;
 use crate::integration::{AccessMode, Integration};
 use crate::postgres::error_chain;
+use crate::revocation;
 use crate::roles::{self, GrantSpec, LoginMethod, RoleError};
 use crate::schedule;
 use crate::secret::SecretString;
@@ -161,10 +162,37 @@ async fn load_integration(svc: &Services, name: &str) -> Result<Integration, Gra
     svc.store.get_integration(name).await?.ok_or_else(|| GrantError::UnknownIntegration(name.to_owned()))
 }
 
+/// Who approved, and when: an approval must come from someone other than the requester (unless
+/// the integration allows it) and be fresh (a stale or replayed event grants nothing).
+fn check_trust(svc: &Services, integration: &Integration, approval: &Approval, now: DateTime<Utc>) -> Result<(), GrantError> {
+    let same = |a: &str, b: &str| a.trim().eq_ignore_ascii_case(b.trim());
+    if same(&approval.approver, &approval.requester.id) && !integration.allow_self_approval {
+        return Err(GrantError::Policy(format!(
+            "approver {:?} is the requester: an approval must come from someone else (integration {:?} does not set allow_self_approval)",
+            approval.approver, integration.name
+        )));
+    }
+    if let Some(sent) = approval.sent_at {
+        let max_age = Duration::from_std(svc.config.approval_max_age).unwrap_or(Duration::hours(1));
+        if now - sent > max_age {
+            return Err(GrantError::Policy(format!(
+                "the approval event was sent at {} and is older than {} s (PGJIT_APPROVAL_MAX_AGE_SECONDS): a stale or replayed approval grants nothing",
+                sent.to_rfc3339(),
+                max_age.num_seconds()
+            )));
+        }
+        if sent - now > Duration::minutes(5) {
+            return Err(GrantError::Policy(format!("the approval event's time {} is in the future", sent.to_rfc3339())));
+        }
+    }
+    Ok(())
+}
+
 /// Handles an approval: checks it against the integration, records it, and grants. A repeated
 /// delivery returns the first result and changes nothing.
 pub async fn grant(svc: &Services, approval: &Approval, now: DateTime<Utc>) -> Result<GrantResult, GrantError> {
     let integration = load_integration(svc, &approval.integration).await?;
+    check_trust(svc, &integration, approval, now)?;
     let access = AccessSet::from_entries(&approval.access)?;
     if approval.duration_seconds > integration.max_duration_seconds {
         return Err(GrantError::Policy(format!(
@@ -172,11 +200,21 @@ pub async fn grant(svc: &Services, approval: &Approval, now: DateTime<Utc>) -> R
             approval.duration_seconds, integration.max_duration_seconds
         )));
     }
-    if integration.access_mode == AccessMode::Iam {
-        let arn = approval.requester.iam_arn.as_deref().ok_or_else(|| {
-            GrantError::Policy(format!("integration {:?} uses IAM access: requester.iam_arn is needed", integration.name))
+    if let Some(arn) = approval.requester.iam_arn.as_deref() {
+        let requester = iam::requester_of(arn).map_err(|m| GrantError::Policy(format!("requester.iam_arn: {m}")))?;
+        let account = svc.account_id().await.map_err(|e| GrantError::Step {
+            operation: "grant",
+            request_id: approval.request_id.clone(),
+            step: "account",
+            undone: false,
+            source: e.into(),
         })?;
-        iam::principal_of(arn).map_err(|m| GrantError::Policy(format!("requester.iam_arn: {m}")))?;
+        iam::check_account(&requester, &account, &svc.config.trusted_accounts).map_err(|m| GrantError::Policy(format!("requester.iam_arn: {m}")))?;
+        if integration.access_mode == AccessMode::Iam {
+            iam::check_policy_target(&requester, &account, &svc.config.protected_roles).map_err(|m| GrantError::Policy(format!("requester.iam_arn: {m}")))?;
+        }
+    } else if integration.access_mode == AccessMode::Iam {
+        return Err(GrantError::Policy(format!("integration {:?} uses IAM access: requester.iam_arn is needed", integration.name)));
     }
     let duration = Duration::seconds(i64::try_from(approval.duration_seconds).unwrap_or(i64::MAX));
     let fresh = GrantRecord::granting(
@@ -377,7 +415,8 @@ async fn grant_steps(
         login,
         valid_until: record.expires_at,
         prefix: &integration.user_prefix,
-        grantable_roles: integration.grantable_roles.as_deref(),
+        grantable_roles: &integration.grantable_roles,
+        privileged_roles: &integration.privileged_grantable_roles,
     };
     roles::grant(&target.connector, &spec).await.map_err(at::<(), _>("database role"))?;
     fp.check("grant:after_role").await.map_err(at::<(), _>("database role"))?;
@@ -423,14 +462,16 @@ async fn open_way_in(svc: &Services, integration: &Integration, target: &endpoin
                 password,
                 expires_at: record.expires_at,
             };
-            let arn = credentials::store(svc, &name, &value, &record.requester.id, &record.request_id).await.map_err(at::<(), _>("credentials secret"))?;
+            let requester = record.requester.iam_arn.as_deref().and_then(|arn| iam::requester_of(arn).ok());
+            let readers = credentials::Readers { requester: requester.as_ref(), others: &svc.config.credential_readers };
+            let arn = credentials::store(svc, &name, &value, &record.requester.id, &record.request_id, &readers).await.map_err(at::<(), _>("credentials secret"))?;
             fp.check("grant:after_secret").await.map_err(at::<(), _>("credentials secret"))?;
             step_done(record, "grant", "credentials_secret", started);
             Ok(WayIn::Secret(arn))
         }
         AccessMode::Iam => {
             let arn = record.requester.iam_arn.clone().unwrap_or_default();
-            let principal = iam::principal_of(&arn).map_err(|m| ("iam policy", StepError::Other(m)))?;
+            let requester = iam::requester_of(&arn).map_err(|m| ("iam policy", StepError::Other(m)))?;
             let resource_id = target
                 .rds
                 .as_ref()
@@ -438,8 +479,15 @@ async fn open_way_in(svc: &Services, integration: &Integration, target: &endpoin
                 .ok_or(("iam policy", StepError::Other("RDS reported no resource id for the instance or cluster".into())))?;
             let region = integration.region.clone().or_else(|| svc.region()).ok_or(("iam policy", StepError::Other("no region".into())))?;
             let account = svc.account_id().await.map_err(at::<(), _>("iam policy"))?;
-            let document = iam::policy_document(&iam::dbuser_arn(&region, &account, &resource_id, &record.db_user));
-            let policy = iam::put_policy(svc, &principal, &iam::policy_name(&record.request_id), &document).await.map_err(at::<(), _>("iam policy"))?;
+            // Checked before anything was made; checked again where the policy is written.
+            iam::check_policy_target(&requester, &account, &svc.config.protected_roles).map_err(|m| ("iam policy", StepError::Other(m)))?;
+            let session = match (&requester.principal, &requester.session) {
+                (iam::Principal::Role(role), Some(session)) => Some(format!("{}:{session}", iam::role_id(svc, role).await.map_err(at::<(), _>("iam policy"))?)),
+                _ => None,
+            };
+            let resource = iam::dbuser_arn(&requester.partition, &region, &account, &resource_id, &record.db_user);
+            let document = iam::policy_document(&resource, record.expires_at, session.as_deref());
+            let policy = iam::put_policy(svc, &requester.principal, &iam::policy_name(&record.request_id), &document).await.map_err(at::<(), _>("iam policy"))?;
             fp.check("grant:after_policy").await.map_err(at::<(), _>("iam policy"))?;
             step_done(record, "grant", "iam_policy", started);
             Ok(WayIn::Policy(policy))
@@ -477,7 +525,7 @@ async fn undo_grant(svc: &Services, integration: &Integration, record: &GrantRec
                 &resolved
             }
         };
-        roles::delete(&target.connector, integration.maintenance_database(), &record.db_user, &integration.user_prefix).await?;
+        revocation::delete(&target.connector, integration.maintenance_database(), &record.db_user, &integration.user_prefix, &integration.holding_role).await?;
         Ok::<(), StepError>(())
     };
     keep(role.await);
@@ -492,7 +540,7 @@ async fn undo_grant(svc: &Services, integration: &Integration, record: &GrantRec
             keep(iam::delete_policy(svc, &policy).await.map_err(StepError::from));
         }
     }
-    keep(credentials::delete(svc, &credentials::secret_name(svc, &integration.name, &record.request_id)).await.map_err(StepError::from));
+    keep(credentials::delete(svc, &credentials::secret_name(svc, &integration.name, &record.request_id), &record.request_id).await.map_err(StepError::from));
     first_error.map_or(Ok(()), Err)
 }
 
@@ -563,7 +611,7 @@ async fn revoke_steps(svc: &Services, integration: &Integration, record: &mut Gr
     let started = std::time::Instant::now();
     let target = endpoint::resolve(svc, integration).await.map_err(at::<(), _>("connect"))?;
     let db = integration.maintenance_database();
-    let revoked = roles::revoke(&target.connector, db, &record.db_user, &integration.user_prefix).await.map_err(at::<(), _>("database role"))?;
+    let revoked = revocation::revoke(&target.connector, db, &record.db_user, &integration.user_prefix).await.map_err(at::<(), _>("database role"))?;
     fp.check("revoke:after_role").await.map_err(at::<(), _>("database role"))?;
     step_done(record, "revoke", "database_role", started);
     let started = std::time::Instant::now();
@@ -572,7 +620,7 @@ async fn revoke_steps(svc: &Services, integration: &Integration, record: &mut Gr
     }
     if record.access_mode == AccessMode::Password {
         let name = record.secret_arn.clone().unwrap_or_else(|| credentials::secret_name(svc, &integration.name, &record.request_id));
-        credentials::delete(svc, &name).await.map_err(at::<(), _>("credentials secret"))?;
+        credentials::delete(svc, &name, &record.request_id).await.map_err(at::<(), _>("credentials secret"))?;
     }
     fp.check("revoke:after_secret").await.map_err(at::<(), _>("credentials secret"))?;
     step_done(record, "revoke", "credentials", started);
@@ -583,15 +631,21 @@ async fn revoke_steps(svc: &Services, integration: &Integration, record: &mut Gr
     record.revoked_at = Some(now);
     let delete_after = now + Duration::days(i64::from(integration.user_cleanup_after_days));
     record.delete_after = Some(delete_after);
-    svc.store.append_audit(&audit(record, "revoked", now, record.revoke_reason.clone())).await.map_err(at::<(), _>("audit"))?;
+    let detail = match (&record.revoke_reason, handed_over_detail(&revoked.disarmed)) {
+        (Some(reason), Some(disarmed)) => Some(format!("{reason}; {disarmed}")),
+        (reason, disarmed) => reason.clone().or(disarmed),
+    };
+    svc.store.append_audit(&audit(record, "revoked", now, detail)).await.map_err(at::<(), _>("audit"))?;
     if integration.user_cleanup_after_days == 0 {
         let started = std::time::Instant::now();
-        roles::delete(&target.connector, db, &record.db_user, &integration.user_prefix).await.map_err(at::<(), _>("delete role"))?;
+        let deleted = revocation::delete(&target.connector, db, &record.db_user, &integration.user_prefix, &integration.holding_role)
+            .await
+            .map_err(at::<(), _>("delete role"))?;
         step_done(record, "revoke", "delete_role", started);
         record.status = GrantStatus::Deleted;
         record.deleted_at = Some(now);
         record.due_at = None;
-        svc.store.append_audit(&audit(record, "deleted", now, None)).await.map_err(at::<(), _>("audit"))?;
+        svc.store.append_audit(&audit(record, "deleted", now, handed_over_detail(&deleted.handed_over))).await.map_err(at::<(), _>("audit"))?;
     } else {
         record.status = GrantStatus::Revoked;
         record.due_at = Some(due_key(delete_after));
@@ -605,16 +659,21 @@ async fn revoke_steps(svc: &Services, integration: &Integration, record: &mut Gr
     }
 }
 
+/// The audit trail's account of what a departed user left behind: names, never contents.
+fn handed_over_detail(changes: &[String]) -> Option<String> {
+    (!changes.is_empty()).then(|| format!("objects the user owned: {}", changes.join("; ")))
+}
+
 /// Drops a revoked user whose retention is over.
 pub async fn delete_user(svc: &Services, record: &mut GrantRecord, integration: &Integration, now: DateTime<Utc>) -> Result<(), StepError> {
     let target = endpoint::resolve(svc, integration).await?;
-    roles::delete(&target.connector, integration.maintenance_database(), &record.db_user, &integration.user_prefix).await?;
+    let deleted = revocation::delete(&target.connector, integration.maintenance_database(), &record.db_user, &integration.user_prefix, &integration.holding_role).await?;
     record.status = GrantStatus::Deleted;
     record.deleted_at = Some(now);
     record.due_at = None;
     record.updated_at = now;
     svc.store.update_grant(record).await?;
-    svc.store.append_audit(&audit(record, "deleted", now, None)).await?;
+    svc.store.append_audit(&audit(record, "deleted", now, handed_over_detail(&deleted.handed_over))).await?;
     crate::metrics::count("UsersDeleted", 1, &record.integration);
     Ok(())
 }
@@ -638,7 +697,7 @@ pub async fn rotate(svc: &Services, record: &mut GrantRecord, integration: &Inte
         password: &password,
         expires_at: record.expires_at,
     };
-    credentials::rotate(svc, &name, &value).await?;
+    credentials::rotate(svc, &name, &value, &record.request_id).await?;
     record.rotated_at = Some(now);
     record.updated_at = now;
     record.due_at = Some(due_key(active_due(record, integration)));

@@ -13,43 +13,148 @@ pub enum Principal {
     Role(String),
 }
 
+/// A requester's ARN, taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requester {
+    pub partition: String,
+    pub account: String,
+    pub principal: Principal,
+    /// The IAM path (`/` or `/team/…/`); unknown (None) for an assumed-role session.
+    pub path: Option<String>,
+    /// The session name of an assumed-role ARN.
+    pub session: Option<String>,
+}
+
+const PARTITIONS: [&str; 3] = ["aws", "aws-cn", "aws-us-gov"];
+
 pub fn principal_of(arn: &str) -> Result<Principal, String> {
+    requester_of(arn).map(|r| r.principal)
+}
+
+pub fn requester_of(arn: &str) -> Result<Requester, String> {
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
     if parts.len() != 6 || parts[0] != "arn" || parts[4].len() != 12 || !parts[4].bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("{arn:?} is not an IAM ARN (arn:aws:iam::<account>:user/… or role/…)"));
     }
+    if !PARTITIONS.contains(&parts[1]) {
+        return Err(format!("{arn:?}: unknown partition {:?}", parts[1]));
+    }
     let (service, resource) = (parts[2], parts[5]);
-    let last = |path: &str| path.rsplit('/').next().unwrap_or("").to_owned();
     let valid = |name: &str| !name.is_empty() && name.len() <= 128 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b));
-    let principal = match (service, resource.split_once('/')) {
-        ("iam", Some(("user", path))) => Principal::User(last(path)),
-        ("iam", Some(("role", path))) => Principal::Role(last(path)),
-        ("sts", Some(("assumed-role", rest))) => Principal::Role(rest.split('/').next().unwrap_or("").to_owned()),
+    let split_path = |rest: &str| match rest.rsplit_once('/') {
+        Some((path, name)) => (format!("/{path}/"), name.to_owned()),
+        None => ("/".to_owned(), rest.to_owned()),
+    };
+    let (principal, path, session) = match (service, resource.split_once('/')) {
+        ("iam", Some(("user", rest))) => {
+            let (path, name) = split_path(rest);
+            (Principal::User(name), Some(path), None)
+        }
+        ("iam", Some(("role", rest))) => {
+            let (path, name) = split_path(rest);
+            (Principal::Role(name), Some(path), None)
+        }
+        ("sts", Some(("assumed-role", rest))) => match rest.split_once('/') {
+            Some((role, session)) if !session.is_empty() && !session.contains('/') => (Principal::Role(role.to_owned()), None, Some(session.to_owned())),
+            _ => return Err(format!("{arn:?}: an assumed-role ARN ends in <role>/<session>")),
+        },
         _ => return Err(format!("{arn:?} names neither an IAM user, an IAM role nor an assumed role")),
     };
     match &principal {
-        Principal::User(n) | Principal::Role(n) if valid(n) => Ok(principal),
-        _ => Err(format!("{arn:?} has no valid principal name")),
+        Principal::User(n) | Principal::Role(n) if valid(n) => {}
+        _ => return Err(format!("{arn:?} has no valid principal name")),
+    }
+    if path.as_deref().is_some_and(|p| p.contains("//")) {
+        return Err(format!("{arn:?} has an empty path segment"));
+    }
+    Ok(Requester { partition: parts[1].to_owned(), account: parts[4].to_owned(), principal, path, session })
+}
+
+impl Requester {
+    /// Patterns for `aws:PrincipalArn` that match this principal and no other, whatever its path
+    /// (an assumed-role ARN does not carry the role's path).
+    pub fn principal_arn_patterns(&self) -> Vec<String> {
+        let (kind, name) = match &self.principal {
+            Principal::User(n) => ("user", n),
+            Principal::Role(n) => ("role", n),
+        };
+        let base = format!("arn:{}:iam::{}:{kind}", self.partition, self.account);
+        match &self.path {
+            Some(path) => vec![format!("{base}{path}{name}")],
+            None => vec![format!("{base}/{name}"), format!("{base}/*/{name}")],
+        }
     }
 }
 
-/// The policy's name: one per request, so overlapping grants never remove each other's access.
+/// Refuses requesters that IAM mode must never write a policy on, or whose account pgjit does
+/// not serve: a principal of another account (pgjit's IAM rights end at its own account), IAM
+/// Identity Center and service-linked roles (AWS refuses changes to them), and protected roles
+/// (pgjit's own, and those the operator listed; a trailing `*` matches a prefix).
+pub fn check_policy_target(requester: &Requester, own_account: &str, protected_roles: &[String]) -> Result<(), String> {
+    if requester.account != own_account {
+        return Err(format!(
+            "account {} is not pgjit's account ({own_account}): IAM mode can only write policies in its own account; use password access mode",
+            requester.account
+        ));
+    }
+    let Principal::Role(name) = &requester.principal else { return Ok(()) };
+    let path = requester.path.as_deref().unwrap_or("/");
+    if path.starts_with("/aws-reserved/sso.amazonaws.com/") || name.starts_with("AWSReservedSSO_") {
+        return Err(format!(
+            "role {name:?} is an IAM Identity Center role, whose policies AWS lets nobody change; use password access mode for this requester"
+        ));
+    }
+    if path.starts_with("/aws-service-role/") || name.starts_with("AWSServiceRole") {
+        return Err(format!("role {name:?} is a service-linked role, whose policies AWS lets nobody change"));
+    }
+    let protected = protected_roles.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => p == name,
+    });
+    if protected {
+        return Err(format!("role {name:?} is protected (pgjit's own roles and PGJIT_PROTECTED_ROLES): pgjit never writes policies on it"));
+    }
+    Ok(())
+}
+
+/// Whether a requester's account may be named at all: pgjit's own or a trusted one.
+pub fn check_account(requester: &Requester, own_account: &str, trusted_accounts: &[String]) -> Result<(), String> {
+    if requester.account == own_account || trusted_accounts.contains(&requester.account) {
+        return Ok(());
+    }
+    Err(format!("account {} is neither pgjit's account ({own_account}) nor in PGJIT_TRUSTED_ACCOUNTS", requester.account))
+}
+
+/// The policy's name: one per request, so overlapping grants never remove each other's access;
+/// distinct request ids give distinct names (see [`crate::names`]).
 pub fn policy_name(request_id: &str) -> String {
-    let safe: String = request_id.chars().map(|c| if c.is_ascii_alphanumeric() || "+=,.@_-".contains(c) { c } else { '_' }).take(100).collect();
-    format!("pgjit-{safe}")
+    format!("pgjit-{}", crate::names::encode(request_id, crate::names::IAM_POLICY_NAME, crate::names::IAM_POLICY_NAME.max_len - 6))
 }
 
-/// `arn:aws:rds-db:<region>:<account>:dbuser:<resource id>/<db user>`
-pub fn dbuser_arn(region: &str, account: &str, resource_id: &str, db_user: &str) -> String {
-    format!("arn:aws:rds-db:{region}:{account}:dbuser:{resource_id}/{db_user}")
+/// `arn:<partition>:rds-db:<region>:<account>:dbuser:<resource id>/<db user>`
+pub fn dbuser_arn(partition: &str, region: &str, account: &str, resource_id: &str, db_user: &str) -> String {
+    format!("arn:{partition}:rds-db:{region}:{account}:dbuser:{resource_id}/{db_user}")
 }
 
-pub fn policy_document(resource_arn: &str) -> String {
+/// The `rds-db:connect` policy: it stops working at `expires_at` on its own (even if revoke
+/// never runs), and for an assumed role only the requester's own session (`aws:userid` is
+/// `<role id>:<session name>`) may use it, not every session of the role.
+pub fn policy_document(resource_arn: &str, expires_at: chrono::DateTime<chrono::Utc>, session_userid: Option<&str>) -> String {
+    let mut condition = json!({"DateLessThan": {"aws:CurrentTime": expires_at.format("%Y-%m-%dT%H:%M:%SZ").to_string()}});
+    if let Some(userid) = session_userid {
+        condition["StringEquals"] = json!({"aws:userid": userid});
+    }
     json!({
         "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": "rds-db:connect", "Resource": resource_arn}]
+        "Statement": [{"Effect": "Allow", "Action": "rds-db:connect", "Resource": resource_arn, "Condition": condition}]
     })
     .to_string()
+}
+
+/// The unique id of a role (`AROA…`), which `aws:userid` of its sessions starts with.
+pub async fn role_id(svc: &Services, role: &str) -> Result<String, AwsError> {
+    let out = svc.iam.get_role().role_name(role).send().await.map_err(|e| AwsError::new("iam:GetRole", e))?;
+    out.role().map(|r| r.role_id().to_owned()).ok_or_else(|| AwsError::msg("iam:GetRole", "no role in the answer"))
 }
 
 /// Puts the inline policy (PutUserPolicy/PutRolePolicy replace, so a repeat is harmless).
@@ -107,19 +212,55 @@ mod tests {
         assert_eq!(principal_of("arn:aws:iam::123456789012:user/john").unwrap(), Principal::User("john".into()));
         assert_eq!(principal_of("arn:aws:iam::123456789012:user/dev/team/john").unwrap(), Principal::User("john".into()));
         assert_eq!(principal_of("arn:aws:iam::123456789012:role/Admin").unwrap(), Principal::Role("Admin".into()));
-        assert_eq!(
-            principal_of("arn:aws:sts::123456789012:assumed-role/AWSReservedSSO_Dev_abc/john@corp.com").unwrap(),
-            Principal::Role("AWSReservedSSO_Dev_abc".into())
-        );
-        for bad in ["", "john", "arn:aws:iam::123:user/john", "arn:aws:s3:::bucket/key", "arn:aws:iam::123456789012:group/devs", "arn:aws:iam::123456789012:user/"] {
-            assert!(principal_of(bad).is_err(), "{bad}");
+        let sso = requester_of("arn:aws:sts::123456789012:assumed-role/AWSReservedSSO_Dev_abc/john@corp.com").unwrap();
+        assert_eq!((sso.principal.clone(), sso.session.as_deref()), (Principal::Role("AWSReservedSSO_Dev_abc".into()), Some("john@corp.com")));
+        for bad in ["", "john", "arn:aws:iam::123:user/john", "arn:aws:s3:::bucket/key", "arn:aws:iam::123456789012:group/devs", "arn:aws:iam::123456789012:user/",
+            "arn:evil:iam::123456789012:user/john", "arn:aws:sts::123456789012:assumed-role/Admin", "arn:aws:iam::123456789012:user/a//john"] {
+            assert!(requester_of(bad).is_err(), "{bad}");
         }
+        let china = requester_of("arn:aws-cn:iam::123456789012:role/ops/Dev").unwrap();
+        assert_eq!(china.principal_arn_patterns(), ["arn:aws-cn:iam::123456789012:role/ops/Dev"]);
+        assert_eq!(sso.principal_arn_patterns(), ["arn:aws:iam::123456789012:role/AWSReservedSSO_Dev_abc", "arn:aws:iam::123456789012:role/*/AWSReservedSSO_Dev_abc"]);
         assert_eq!(
-            dbuser_arn("eu-west-1", "123456789012", "db-ABCDEFG", "pgjit_john_x1"),
-            "arn:aws:rds-db:eu-west-1:123456789012:dbuser:db-ABCDEFG/pgjit_john_x1"
+            dbuser_arn("aws-us-gov", "us-gov-west-1", "123456789012", "db-ABCDEFG", "pgjit_john_x1"),
+            "arn:aws-us-gov:rds-db:us-gov-west-1:123456789012:dbuser:db-ABCDEFG/pgjit_john_x1"
         );
-        let doc: serde_json::Value = serde_json::from_str(&policy_document("arn:x")).unwrap();
-        assert_eq!(doc["Statement"][0]["Action"], "rds-db:connect");
-        assert_eq!(policy_name("REQ 1/2"), "pgjit-REQ_1_2");
+        assert_eq!(policy_name("REQ 1/2"), "pgjit-REQ=201=2F2");
+        assert_ne!(policy_name("CHG:2041/a"), policy_name("CHG_2041_a"));
+    }
+
+    #[test]
+    fn the_policy_expires_and_binds_the_session() {
+        let at = chrono::DateTime::parse_from_rfc3339("2026-11-25T12:00:00Z").unwrap().with_timezone(&chrono::Utc);
+        let doc: serde_json::Value = serde_json::from_str(&policy_document("arn:x", at, Some("AROAEXAMPLE:john"))).unwrap();
+        let statement = &doc["Statement"][0];
+        assert_eq!(statement["Action"], "rds-db:connect");
+        assert_eq!(statement["Condition"]["DateLessThan"]["aws:CurrentTime"], "2026-11-25T12:00:00Z");
+        assert_eq!(statement["Condition"]["StringEquals"]["aws:userid"], "AROAEXAMPLE:john");
+        let doc: serde_json::Value = serde_json::from_str(&policy_document("arn:x", at, None)).unwrap();
+        assert!(doc["Statement"][0]["Condition"].get("StringEquals").is_none());
+    }
+
+    #[test]
+    fn protected_and_foreign_principals_are_refused() {
+        let protected = vec!["pgjit-prod-*".to_owned(), "BreakGlass".to_owned()];
+        let check = |arn: &str| check_policy_target(&requester_of(arn).unwrap(), "123456789012", &protected);
+        assert!(check("arn:aws:iam::123456789012:user/john").is_ok());
+        assert!(check("arn:aws:iam::123456789012:role/Developer").is_ok());
+        let cases = [
+            ("arn:aws:iam::210987654321:user/john", "pgjit's account"),
+            ("arn:aws:iam::123456789012:role/aws-reserved/sso.amazonaws.com/eu-west-1/AWSReservedSSO_Admin_1", "Identity Center"),
+            ("arn:aws:sts::123456789012:assumed-role/AWSReservedSSO_Admin_1/jane", "password access mode"),
+            ("arn:aws:iam::123456789012:role/aws-service-role/rds.amazonaws.com/AWSServiceRoleForRDS", "service-linked"),
+            ("arn:aws:iam::123456789012:role/pgjit-prod-GrantFunctionRole-X1", "protected"),
+            ("arn:aws:sts::123456789012:assumed-role/BreakGlass/ops", "protected"),
+        ];
+        for (arn, why) in cases {
+            let err = check(arn).expect_err(arn);
+            assert!(err.contains(why), "{arn}: {err}");
+        }
+        let foreign = requester_of("arn:aws:iam::210987654321:user/john").unwrap();
+        assert!(check_account(&foreign, "123456789012", &[]).is_err());
+        assert!(check_account(&foreign, "123456789012", &["210987654321".into()]).is_ok());
     }
 }

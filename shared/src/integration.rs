@@ -60,8 +60,22 @@ pub struct Integration {
     pub enable_audit: bool,
     #[serde(default = "default_prefix")]
     pub user_prefix: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grantable_roles: Option<Vec<String>>,
+    /// Existing roles a request may ask membership of; none unless listed (deny by default).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grantable_roles: Vec<String>,
+    /// Roles of `grantable_roles` handed out even though they can log in, own objects, carry
+    /// powers (SUPERUSER, CREATEROLE, …) or lead to predefined or cloud admin roles: an explicit
+    /// opt-in, since membership gives whatever those roles can do.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub privileged_grantable_roles: Vec<String>,
+    /// Whether an approval whose approver is the requester is accepted (default: refused).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_self_approval: bool,
+    /// The NOLOGIN role, without privileges or memberships, that receives whatever a temporary
+    /// user owned when it is dropped (`setup-sql` creates it). Never the admin: what a temporary
+    /// user created must never run with the admin's rights.
+    #[serde(default = "default_holding_role")]
+    pub holding_role: String,
     /// Written by discovery: when it last read this integration, and what went wrong if it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery: Option<DiscoveryStatus>,
@@ -78,6 +92,13 @@ pub struct DiscoveryStatus {
 
 fn default_prefix() -> String {
     "pgjit_".into()
+}
+
+/// The holding role `setup-sql` creates unless told otherwise.
+pub const DEFAULT_HOLDING_ROLE: &str = "pgjit_holding";
+
+fn default_holding_role() -> String {
+    DEFAULT_HOLDING_ROLE.into()
 }
 
 /// A field of an integration that is not acceptable, named.
@@ -191,15 +212,31 @@ impl Integration {
             || !self.user_prefix.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
             || !self.user_prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
             || self.user_prefix.starts_with("pg_")
+            || !self.user_prefix.ends_with('_')
         {
             return Err(bad(
                 "user_prefix",
-                format!("{:?} must be 1-32 lowercase letters, digits or '_', start with a letter, and not start with pg_", self.user_prefix),
+                format!(
+                    "{:?} must be 1-32 lowercase letters, digits or '_', start with a letter, end with '_', and not start with pg_",
+                    self.user_prefix
+                ),
             ));
         }
-        if let Some(roles) = &self.grantable_roles {
-            for (i, r) in roles.iter().enumerate() {
-                check_identifier(r).map_err(|m| bad(&format!("grantable_roles[{i}]"), format!("{r:?} {m}")))?;
+        for (i, r) in self.grantable_roles.iter().enumerate() {
+            check_identifier(r).map_err(|m| bad(&format!("grantable_roles[{i}]"), format!("{r:?} {m}")))?;
+        }
+        for (i, r) in self.privileged_grantable_roles.iter().enumerate() {
+            if !self.grantable_roles.contains(r) {
+                return Err(bad(&format!("privileged_grantable_roles[{i}]"), format!("{r:?} is not in grantable_roles")));
+            }
+        }
+        check_identifier(&self.holding_role).map_err(|m| bad("holding_role", format!("{:?} {m}", self.holding_role)))?;
+        if self.holding_role.starts_with("pg_") || crate::roles::CLOUD_ADMIN_ROLES.contains(&self.holding_role.as_str()) {
+            return Err(bad("holding_role", format!("{:?} is a predefined or cloud admin role; name a powerless role", self.holding_role)));
+        }
+        if let AdminAuth::Iam { username } = &self.admin {
+            if *username == self.holding_role {
+                return Err(bad("holding_role", "must not be the admin"));
             }
         }
         Ok(())
@@ -241,6 +278,9 @@ mod tests {
         assert_eq!((i.port(), i.maintenance_database(), i.user_prefix.as_str()), (5432, "postgres", "pgjit_"));
         assert_eq!(i.access_mode, AccessMode::Password);
         assert_eq!(i.ssl_mode, SslMode::Require);
+        assert!(i.grantable_roles.is_empty(), "no role is grantable unless listed");
+        assert_eq!(i.holding_role, DEFAULT_HOLDING_ROLE);
+        assert!(!i.allow_self_approval);
     }
 
     #[test]
@@ -264,6 +304,10 @@ mod tests {
             (r#"{"admin":{"auth":"kerberos"}}"#, "admin.auth"),
             (r#"{"user_prefix":"PG"}"#, "user_prefix"),
             (r#"{"user_prefix":"pg_x"}"#, "user_prefix"),
+            (r#"{"user_prefix":"pgjit"}"#, "user_prefix"),
+            (r#"{"privileged_grantable_roles":["app_owner"]}"#, "privileged_grantable_roles[0]"),
+            (r#"{"holding_role":"pg_monitor"}"#, "holding_role"),
+            (r#"{"holding_role":"rds_superuser"}"#, "holding_role"),
             (r#"{"grantable_roles":["ok",""]}"#, "grantable_roles[1]"),
             (r#"{"instance_id":"db-1"}"#, "instance_id"),
             (r#"{"credential_rotation_days":0}"#, "credential_rotation_days"),

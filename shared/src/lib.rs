@@ -6,8 +6,8 @@
 //!
 //! - [`postgres`]: connections (libpq's ssl modes over rustls, timeouts), quoting, retries.
 //! - [`access`]: the access a request asks for, checked and normalised.
-//! - [`roles`]: the login and profile roles: grant, revoke, delete; [`scram`]: their password
-//!   verifiers.
+//! - [`roles`]: the login and profile roles and their grant; [`revocation`]: revoke, delete, and
+//!   the holding role for what departed users owned; [`scram`]: password verifiers.
 //! - [`catalog`]: reading databases, schemas, tables, sequences, functions and roles.
 //! - [`setup`]: the admin's set-up SQL per flavor, and the doctor that checks it.
 //! - [`admin`]: how pgjit logs in: a Secrets Manager secret or an RDS IAM token.
@@ -33,8 +33,10 @@ pub mod handlers;
 pub mod iam;
 pub mod integration;
 pub mod metrics;
+pub mod names;
 pub mod postgres;
 pub mod rds;
+pub mod revocation;
 pub mod roles;
 pub mod schedule;
 pub mod scram;

@@ -53,7 +53,7 @@ pub enum RoleError {
 }
 
 impl RoleError {
-    fn sql(database: &str, action: &'static str) -> impl FnOnce(tokio_postgres::Error) -> RoleError {
+    pub(crate) fn sql(database: &str, action: &'static str) -> impl FnOnce(tokio_postgres::Error) -> RoleError {
         let database = database.to_owned();
         move |source| RoleError::Sql { database, action, source }
     }
@@ -78,8 +78,11 @@ pub struct GrantSpec<'a> {
     pub valid_until: DateTime<Utc>,
     /// Prefix of every role pgjit creates; the username must carry it.
     pub prefix: &'a str,
-    /// Roles a request may ask membership of; `None`: any role but the dangerous ones.
-    pub grantable_roles: Option<&'a [String]>,
+    /// Roles a request may ask membership of; none unless listed.
+    pub grantable_roles: &'a [String],
+    /// Roles of `grantable_roles` handed out although they can log in, own objects, carry powers
+    /// or lead to predefined or cloud admin roles (an explicit opt-in).
+    pub privileged_roles: &'a [String],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,11 +282,11 @@ async fn apply_all(clients: &[Client], plans: &[Plan], admin: &str, spec: &Grant
     for (i, (plan, client)) in plans.iter().zip(clients).enumerate() {
         let memberships = &memberships;
         let password = &mut *password;
-        let end = async move {
+        let end = move |version: u32| async move {
             if i < last {
                 return Ok("COMMIT".to_owned());
             }
-            Ok(format!("{};\nCOMMIT", login_statements(spec, admin, password.clause().await?, memberships, plan.login_exists)))
+            Ok(format!("{};\nCOMMIT", login_statements(spec, admin, password.clause().await?, memberships, plan.login_exists, version)))
         };
         match run_transaction(client, plan, end).await {
             Ok(None) => {}
@@ -335,19 +338,25 @@ enum TransactionError {
 /// (the verifier is computed meanwhile), then, only when the proof found nothing missing,
 /// `end` (the login role and COMMIT). Returns what did not take effect, if anything; the
 /// transaction is then rolled back, as it is on any error.
-async fn run_transaction(client: &Client, plan: &Plan, end: impl std::future::Future<Output = Result<String, RoleError>>) -> Result<Option<Vec<String>>, TransactionError> {
+async fn run_transaction<F, Fut>(client: &Client, plan: &Plan, end: F) -> Result<Option<Vec<String>>, TransactionError>
+where
+    F: FnOnce(u32) -> Fut,
+    Fut: std::future::Future<Output = Result<String, RoleError>>,
+{
     let result = async {
         let messages = client.simple_query(&grants_part(plan)).await.map_err(TransactionError::Sql)?;
-        let missing = messages.iter().find_map(|m| match m {
-            SimpleQueryMessage::Row(row) if row.columns().first().map(|c| c.name()) == Some(PROOF_COLUMN) => {
-                row.get(0).map(|missing| missing.split("; ").map(str::to_owned).collect::<Vec<_>>())
-            }
-            _ => None,
-        });
+        let column = |name: &str| {
+            messages.iter().find_map(|m| match m {
+                SimpleQueryMessage::Row(row) if row.columns().first().map(|c| c.name()) == Some(name) => row.get(0).map(str::to_owned),
+                _ => None,
+            })
+        };
+        let missing = column(PROOF_COLUMN).map(|missing| missing.split("; ").map(str::to_owned).collect::<Vec<_>>());
         if missing.is_some() {
             return Ok(missing);
         }
-        let end = end.await.map_err(TransactionError::Other)?;
+        let version = column(VERSION_COLUMN).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let end = end(version).await.map_err(TransactionError::Other)?;
         client.batch_execute(&end).await.map_err(TransactionError::Sql)?;
         Ok(None)
     }
@@ -361,6 +370,8 @@ async fn run_transaction(client: &Client, plan: &Plan, end: impl std::future::Fu
 
 /// The name of the proof's one column: the privileges that did not take effect, or NULL.
 const PROOF_COLUMN: &str = "pgjit_missing";
+/// The column that carries `server_version_num`: version differences are chosen from it.
+const VERSION_COLUMN: &str = "pgjit_server_version";
 
 /// What a database's plan needs to know, read as one JSON document in one statement, from the
 /// parts the request needs: which of the profile and login roles (`names`) exist, the schemas
@@ -389,7 +400,9 @@ fn lookup_sql(names: &[&str], schemas: &[&str], roles: &[&str], functions: &[ser
                      SELECT up.root, m.roleid FROM up JOIN pg_auth_members m ON m.member = up.oid) \
                  SELECT coalesce(json_agg(json_build_object('root', up.root, 'name', r.rolname, \
                      'superuser', r.rolsuper, 'createrole', r.rolcreaterole, 'createdb', r.rolcreatedb, \
-                     'replication', r.rolreplication, 'bypassrls', r.rolbypassrls)), '[]') \
+                     'replication', r.rolreplication, 'bypassrls', r.rolbypassrls, 'login', r.rolcanlogin, \
+                     'owns', EXISTS (SELECT 1 FROM pg_shdepend d WHERE d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid \
+                         AND d.deptype = 'o' AND d.dbid IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))))), '[]') \
                  FROM up JOIN pg_roles r ON r.oid = up.oid)",
             roles = text_array(roles)
         ));
@@ -443,6 +456,8 @@ struct RoleLink {
     createdb: bool,
     replication: bool,
     bypassrls: bool,
+    login: bool,
+    owns: bool,
 }
 
 /// A function that a function request (by its index among them) may mean.
@@ -591,57 +606,62 @@ fn proof_rows<'a>(kind: &str, oids: &str, privileges: impl IntoIterator<Item = &
     format!("SELECT {}::text, o.oid, p.privilege FROM ({oids}) AS o(oid), unnest({}) AS p(privilege)", literal(kind), text_array(&privileges))
 }
 
-/// Membership of the requested roles, refused when any role in the chain is dangerous (unless
-/// the integration's `grantable_roles` lists it).
+/// Membership of the requested roles: only roles the integration's `grantable_roles` names, and
+/// among them never pgjit's admin or its own roles; a role whose chain leads to a predefined or
+/// cloud admin role, to powers (SUPERUSER, CREATEROLE, …), to a role that can log in or that
+/// owns objects only when `privileged_grantable_roles` opts in to it.
 fn plan_roles(access: &DatabaseAccess, facts: &Facts, admin: &str, spec: &GrantSpec<'_>, plan: &mut Plan, missing: &mut Vec<String>, refused: &mut Vec<String>) {
     let to = ident(&plan.profile);
     for role in &access.roles {
+        if !spec.grantable_roles.contains(role) {
+            refused.push(format!("role {role:?} is not in the integration's grantable_roles (membership of existing roles is refused unless listed)"));
+            continue;
+        }
         let chain: Vec<&RoleLink> = facts.role_chains.iter().filter(|l| l.root == *role).collect();
         let Some(own) = chain.iter().find(|l| l.name == *role) else {
             missing.push(format!("role {role:?} does not exist"));
             continue;
         };
-        if let Some(allowed) = spec.grantable_roles {
-            if !allowed.iter().any(|a| a == role) {
-                refused.push(format!("role {role:?} is not in the integration's grantable_roles"));
-                continue;
+        let (mut never, mut privileged) = (Vec::new(), Vec::new());
+        for link in &chain {
+            let name = link.name.as_str();
+            let via = if name == role { String::new() } else { format!(" (through {name:?})") };
+            if name == admin {
+                never.push(format!("pgjit's admin role{via}"));
             }
-        } else {
-            let mut reasons = Vec::new();
-            for link in &chain {
-                let name = link.name.as_str();
-                let via = if name == role { String::new() } else { format!(" (through {name:?})") };
-                if name.starts_with("pg_") {
-                    reasons.push(format!("predefined role{via}"));
-                }
-                if CLOUD_ADMIN_ROLES.contains(&name) {
-                    reasons.push(format!("cloud admin role{via}"));
-                }
-                if name == admin {
-                    reasons.push(format!("pgjit's admin role{via}"));
-                }
-                if name.starts_with(spec.prefix) {
-                    reasons.push(format!("a role pgjit manages{via}"));
-                }
-                for (held, attr) in [
-                    (link.superuser, "SUPERUSER"),
-                    (link.createrole, "CREATEROLE"),
-                    (link.createdb, "CREATEDB"),
-                    (link.replication, "REPLICATION"),
-                    (link.bypassrls, "BYPASSRLS"),
-                ] {
-                    if held {
-                        reasons.push(format!("{attr}{via}"));
-                    }
+            if name.starts_with(spec.prefix) {
+                never.push(format!("a role pgjit manages{via}"));
+            }
+            if name.starts_with("pg_") {
+                privileged.push(format!("predefined role{via}"));
+            }
+            if CLOUD_ADMIN_ROLES.contains(&name) {
+                privileged.push(format!("cloud admin role{via}"));
+            }
+            for (held, what) in [
+                (link.superuser, "SUPERUSER"),
+                (link.createrole, "CREATEROLE"),
+                (link.createdb, "CREATEDB"),
+                (link.replication, "REPLICATION"),
+                (link.bypassrls, "BYPASSRLS"),
+                (link.login, "can log in"),
+                (link.owns, "owns objects"),
+            ] {
+                if held {
+                    privileged.push(format!("{what}{via}"));
                 }
             }
-            if !reasons.is_empty() {
-                refused.push(format!(
-                    "membership of role {role:?} is never handed out ({}) unless the integration's grantable_roles names it",
-                    reasons.join(", ")
-                ));
-                continue;
-            }
+        }
+        if !never.is_empty() {
+            refused.push(format!("membership of role {role:?} is never handed out ({})", never.join(", ")));
+            continue;
+        }
+        if !privileged.is_empty() && !spec.privileged_roles.contains(role) {
+            refused.push(format!(
+                "membership of role {role:?} is refused ({}) unless the integration's privileged_grantable_roles names it",
+                privileged.join(", ")
+            ));
+            continue;
         }
         plan.statements.push(format!("GRANT {} TO {to}", ident(role)));
         plan.proofs.push(proof_rows("role", &format!("SELECT {}::regrole::oid", literal(&ident(&own.name))), ["MEMBER"]));
@@ -653,9 +673,9 @@ fn plan_roles(access: &DatabaseAccess, facts: &Facts, admin: &str, spec: &GrantS
 /// cannot delegate only warns). Everything in it is either quoted (`ident`, `literal`) or pgjit's
 /// own fixed words.
 fn grants_part(plan: &Plan) -> String {
-    let mut sql = format!("BEGIN;\nSELECT pg_advisory_xact_lock({GRANT_LOCK});\n");
+    let mut sql = format!("BEGIN;\nSELECT pg_advisory_xact_lock({GRANT_LOCK});\nSELECT current_setting('server_version_num') AS {VERSION_COLUMN};\n");
     if !plan.profile_exists {
-        sql.push_str(&format!("CREATE ROLE {} NOLOGIN;\n", ident(&plan.profile)));
+        sql.push_str(&format!("CREATE ROLE {0} NOLOGIN;\nCOMMENT ON ROLE {0} IS {1};\n", ident(&plan.profile), literal(&marker(Utc::now()))));
     }
     for statement in &plan.statements {
         sql.push_str(statement);
@@ -685,20 +705,45 @@ fn grants_part(plan: &Plan) -> String {
     sql
 }
 
-/// `CREATE ROLE … LOGIN … VALID UNTIL … ROLE <admin> IN ROLE <profiles>`, or, when the role
-/// exists already (the same grant, repeated), the statements that bring it to the same state.
-fn login_statements(spec: &GrantSpec<'_>, admin: &str, password: &str, memberships: &[&str], exists: bool) -> String {
+/// `CREATE ROLE … LOGIN … VALID UNTIL … ROLE <admin>` with the profile memberships, or, when
+/// the role exists already (the same grant, repeated), the statements that bring it to the same
+/// state; then pgjit's marker as the role's comment.
+///
+/// From PostgreSQL 16 the memberships are granted `WITH INHERIT TRUE, SET FALSE`: the user gets
+/// the profile's privileges but cannot `SET ROLE` to it, so nothing it creates can be owned by a
+/// profile role that outlives it (on 15 and older, cleanup hands such objects over instead).
+fn login_statements(spec: &GrantSpec<'_>, admin: &str, password: &str, memberships: &[&str], exists: bool, server_version: u32) -> String {
     let user = ident(spec.username);
     let valid_until = literal(&spec.valid_until.format("%Y-%m-%d %H:%M:%S+00").to_string());
     let in_roles = memberships.iter().map(|r| ident(r)).collect::<Vec<_>>().join(", ");
-    if exists {
-        format!("ALTER ROLE {user} LOGIN INHERIT {password} VALID UNTIL {valid_until};\nGRANT {user} TO {};\nGRANT {in_roles} TO {user}", ident(admin))
+    let membership_options = if server_version >= 160000 { " WITH INHERIT TRUE, SET FALSE" } else { "" };
+    let role = if exists {
+        format!("ALTER ROLE {user} LOGIN INHERIT {password} VALID UNTIL {valid_until};\nGRANT {user} TO {}", ident(admin))
+    } else if server_version >= 160000 {
+        format!("CREATE ROLE {user} LOGIN INHERIT {password} VALID UNTIL {valid_until} ROLE {}", ident(admin))
     } else {
         format!("CREATE ROLE {user} LOGIN INHERIT {password} VALID UNTIL {valid_until} ROLE {} IN ROLE {in_roles}", ident(admin))
-    }
+    };
+    let grant = if exists || server_version >= 160000 { format!(";\nGRANT {in_roles} TO {user}{membership_options}") } else { String::new() };
+    format!("{role}{grant};\nCOMMENT ON ROLE {user} IS {}", literal(&marker(Utc::now())))
 }
 
-fn check_login_name(username: &str, prefix: &str, admin: &str) -> Result<(), RoleError> {
+/// The comment pgjit puts on every role it creates, with the time: cleanup reconciles only
+/// marked roles (never a DBA's role that happens to carry the prefix), and only once they are
+/// older than a grace period (the store's db-user index is eventually consistent).
+pub fn marker(created: DateTime<Utc>) -> String {
+    format!("{MARKER_PREFIX}{}", created.format("%Y-%m-%dT%H:%M:%SZ"))
+}
+
+const MARKER_PREFIX: &str = "pgjit-managed; created ";
+
+/// When a role carrying pgjit's marker was created; None for a comment pgjit did not write.
+pub fn marker_created(comment: &str) -> Option<DateTime<Utc>> {
+    let at = comment.strip_prefix(MARKER_PREFIX)?;
+    DateTime::parse_from_rfc3339(at).ok().map(|t| t.with_timezone(&Utc))
+}
+
+pub(crate) fn check_login_name(username: &str, prefix: &str, admin: &str) -> Result<(), RoleError> {
     check_identifier(username).map_err(|m| RoleError::Invalid(format!("username {username:?} {m}")))?;
     if username == admin {
         return Err(RoleError::Invalid(format!("username {username:?} is pgjit's own admin role")));
@@ -710,7 +755,7 @@ fn check_login_name(username: &str, prefix: &str, admin: &str) -> Result<(), Rol
 }
 
 /// Runs `attempt` until it succeeds or fails with an error that is not worth a retry.
-async fn retry<T, F, Fut>(database: &str, action: &'static str, attempt: F) -> Result<T, RoleError>
+pub(crate) async fn retry<T, F, Fut>(database: &str, action: &'static str, attempt: F) -> Result<T, RoleError>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
@@ -733,231 +778,12 @@ async fn backoff(database: &str, action: &str, attempt: u32, error: &tokio_postg
     tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt) + jitter)).await;
 }
 
-/// What a revoke found and did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Revoked {
-    /// False when the role was already gone: revoke is then a no-op that succeeds.
-    pub existed: bool,
-    pub sessions_ended: i64,
-    pub memberships_removed: usize,
-}
-
-/// Takes every way in away from a login role: NOLOGIN (committed first, so no new session can
-/// start), its sessions ended by `usesysid` (a session outlives DROP ROLE with a dangling OID),
-/// then its memberships and direct privileges stripped. Safe to repeat.
-pub async fn revoke(connector: &Connector, maintenance_database: &str, username: &str, prefix: &str) -> Result<Revoked, RoleError> {
-    check_login_name(username, prefix, connector.user())?;
-    match revoke_existing(connector, maintenance_database, username).await {
-        // Dropped by a concurrent delete half-way through: gone is what revoke wants.
-        Err(e) if dropped_meanwhile(&e) => Ok(Revoked { existed: false, sessions_ended: 0, memberships_removed: 0 }),
-        other => other,
-    }
-}
-
-/// Whether an error says the role stopped existing (another run dropped it first).
-fn dropped_meanwhile(e: &RoleError) -> bool {
-    matches!(e, RoleError::Sql { source, .. } if source.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT))
-}
-
-async fn revoke_existing(connector: &Connector, maintenance_database: &str, username: &str) -> Result<Revoked, RoleError> {
-    let client = connector.connect(maintenance_database).await?;
-    revoke_on(&client, connector, maintenance_database, username).await
-}
-
-/// Revoke on an open connection to the maintenance database (delete reuses its connection).
-async fn revoke_on(client: &Client, connector: &Connector, maintenance_database: &str, username: &str) -> Result<Revoked, RoleError> {
-    let db = maintenance_database;
-    let Some(oid) = role_oid(client, db, username).await? else {
-        return Ok(Revoked { existed: false, sessions_ended: 0, memberships_removed: 0 });
-    };
-    let user = ident(username);
-    let nologin = format!("ALTER ROLE {user} NOLOGIN");
-    retry(db, "setting NOLOGIN", || client.batch_execute(&nologin)).await?;
-    let sessions_ended = end_sessions(client, db, oid).await?;
-    let memberships: Vec<String> = client
-        .query("SELECT r.rolname::text FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid WHERE m.member = $1", &[&oid])
-        .await
-        .map_err(RoleError::sql(db, "listing memberships"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    if !memberships.is_empty() {
-        let list = memberships.iter().map(|m| ident(m)).collect::<Vec<_>>().join(", ");
-        let revoke = format!("REVOKE {list} FROM {user}");
-        retry(db, "revoking memberships", || client.batch_execute(&revoke)).await?;
-    }
-    // Direct privileges (pgjit grants none, but a role may have been given some): revoked in
-    // every database where the catalog records an ACL entry for it.
-    for database in dependent_databases(client, db, oid, "a").await? {
-        let other;
-        let c = if database == db {
-            client
-        } else {
-            other = connector.connect(&database).await?;
-            &other
-        };
-        revoke_direct_privileges(c, &database, username).await?;
-    }
-    tracing::info!(db_user = username, sessions_ended, memberships = memberships.len(), "login role revoked");
-    Ok(Revoked { existed: true, sessions_ended, memberships_removed: memberships.len() })
-}
-
-async fn role_oid(client: &Client, database: &str, username: &str) -> Result<Option<u32>, RoleError> {
-    Ok(client
-        .query_opt("SELECT oid FROM pg_roles WHERE rolname = $1", &[&username])
-        .await
-        .map_err(RoleError::sql(database, "looking up the role"))?
-        .map(|r| r.get(0)))
-}
-
-/// Ends every session of the role and waits (up to 5 s each) until they are gone.
-async fn end_sessions(client: &Client, database: &str, oid: u32) -> Result<i64, RoleError> {
-    let row = client
-        .query_one(
-            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) FROM pg_stat_activity WHERE usesysid = $1 AND pid <> pg_backend_pid()",
-            &[&oid],
-        )
-        .await
-        .map_err(RoleError::sql(database, "ending sessions"))?;
-    Ok(row.get(0))
-}
-
-/// Databases in which `pg_shdepend` records a dependency of kind `deptype` on the role
-/// (`a`: ACL entries, `o`: ownership, None: any); shared objects are reported under `fallback`.
-async fn dependent_databases(client: &Client, fallback: &str, oid: u32, deptype: &str) -> Result<Vec<String>, RoleError> {
-    let rows = client
-        .query(
-            "SELECT DISTINCT coalesce(d.datname::text, $3) FROM pg_shdepend s LEFT JOIN pg_database d ON d.oid = s.dbid \
-             WHERE s.refclassid = 'pg_authid'::regclass AND s.refobjid = $1 AND ($2 = '' OR s.deptype::text = $2)",
-            &[&oid, &deptype, &fallback],
-        )
-        .await
-        .map_err(RoleError::sql(fallback, "listing the databases that depend on the role"))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
-/// REVOKE ALL on every table, sequence, schema, function and the database itself where the role
-/// holds a privilege. The object names come from the server's own quoting (regclass, regprocedure).
-async fn revoke_direct_privileges(client: &Client, database: &str, username: &str) -> Result<(), RoleError> {
-    let rows = client
-        .query(
-            "SELECT CASE s.classid \
-                 WHEN 'pg_class'::regclass THEN CASE c.relkind WHEN 'S' THEN 'SEQUENCE ' ELSE 'TABLE ' END || s.objid::regclass::text \
-                 WHEN 'pg_namespace'::regclass THEN 'SCHEMA ' || quote_ident(n.nspname) \
-                 WHEN 'pg_proc'::regclass THEN 'FUNCTION ' || s.objid::regprocedure::text \
-                 WHEN 'pg_database'::regclass THEN 'DATABASE ' || quote_ident(d.datname) END \
-             FROM pg_shdepend s \
-             LEFT JOIN pg_class c ON s.classid = 'pg_class'::regclass AND c.oid = s.objid \
-             LEFT JOIN pg_namespace n ON s.classid = 'pg_namespace'::regclass AND n.oid = s.objid \
-             LEFT JOIN pg_database d ON s.classid = 'pg_database'::regclass AND d.oid = s.objid \
-             WHERE s.refclassid = 'pg_authid'::regclass AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = $1) \
-               AND s.deptype = 'a' AND s.dbid IN (0, (SELECT oid FROM pg_database WHERE datname = current_database())) \
-               AND s.objsubid = 0",
-            &[&username],
-        )
-        .await
-        .map_err(RoleError::sql(database, "listing direct privileges"))?;
-    let user = ident(username);
-    let statements: Vec<String> =
-        rows.iter().filter_map(|r| r.get::<_, Option<String>>(0)).map(|object| format!("REVOKE ALL ON {object} FROM {user}")).collect();
-    if !statements.is_empty() {
-        let batch = statements.join(";\n");
-        retry(database, "revoking direct privileges", || client.batch_execute(&batch)).await?;
-    }
-    Ok(())
-}
-
-/// What a delete found and did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Deleted {
-    pub existed: bool,
-    /// Databases where objects owned by the role were handed to the admin.
-    pub reassigned_in: Vec<String>,
-}
-
-/// Drops a login role for good: revoked first (if it was not), then in every database where
-/// `pg_shdepend` shows the role, `REASSIGN OWNED BY … TO <admin>` and `DROP OWNED BY …`, then
-/// `DROP ROLE`. Whatever the role created is kept, owned by the admin. Safe to repeat.
-pub async fn delete(connector: &Connector, maintenance_database: &str, username: &str, prefix: &str) -> Result<Deleted, RoleError> {
-    check_login_name(username, prefix, connector.user())?;
-    match delete_existing(connector, maintenance_database, username).await {
-        Err(e) if dropped_meanwhile(&e) => Ok(Deleted { existed: false, reassigned_in: Vec::new() }),
-        other => other,
-    }
-}
-
-async fn delete_existing(connector: &Connector, maintenance_database: &str, username: &str) -> Result<Deleted, RoleError> {
-    // One connection for the revoke and the drop.
-    let client = connector.connect(maintenance_database).await?;
-    let revoked = revoke_on(&client, connector, maintenance_database, username).await?;
-    if !revoked.existed {
-        return Ok(Deleted { existed: false, reassigned_in: Vec::new() });
-    }
-    let admin = ident(connector.user());
-    let user = ident(username);
-    let db = maintenance_database;
-    let Some(oid) = role_oid(&client, db, username).await? else {
-        return Ok(Deleted { existed: false, reassigned_in: Vec::new() });
-    };
-    // The admin must be a member to reassign and drop what the role owns; ROLE <admin> at
-    // creation made it one, and this repairs it if someone removed that.
-    let membership = format!("GRANT {user} TO {admin}");
-    retry(db, "making the admin a member", || client.batch_execute(&membership)).await?;
-    let hand_over = format!("REASSIGN OWNED BY {user} TO {admin};\nDROP OWNED BY {user}");
-    let mut reassigned_in = Vec::new();
-    for database in dependent_databases(&client, db, oid, "").await? {
-        let other;
-        let c = if database == db {
-            &client
-        } else {
-            other = connector.connect(&database).await?;
-            &other
-        };
-        retry(&database, "handing owned objects to the admin", || c.batch_execute(&hand_over)).await?;
-        reassigned_in.push(database);
-    }
-    let drop = format!("DROP ROLE IF EXISTS {user}");
-    retry(db, "dropping the role", || client.batch_execute(&drop)).await?;
-    tracing::info!(db_user = username, databases = reassigned_in.len(), "login role dropped");
-    Ok(Deleted { existed: true, reassigned_in })
-}
-
-/// A role carrying pgjit's prefix, as the catalog shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ManagedRole {
-    pub name: String,
-    pub can_login: bool,
-    pub valid_until: Option<DateTime<Utc>>,
-    /// A profile role (privileges holder) rather than a login role.
-    pub profile: bool,
-}
-
-/// Every role with the prefix, for reconciliation against the store. The admin itself and any
-/// role with powers pgjit never gives (superuser, CREATEROLE) are left out even if their name
-/// carries the prefix: an admin called `pgjit_admin` must never look like an orphan.
-pub async fn managed_roles(client: &Client, prefix: &str) -> Result<Vec<ManagedRole>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "SELECT rolname::text, rolcanlogin, rolvaliduntil FROM pg_roles \
-             WHERE starts_with(rolname, $1) AND rolname <> current_user AND NOT rolsuper AND NOT rolcreaterole ORDER BY rolname",
-            &[&prefix],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let name: String = r.get(0);
-            ManagedRole { profile: crate::access::is_profile_role(&name, prefix), name, can_login: r.get(1), valid_until: r.get(2) }
-        })
-        .collect())
-}
-
 /// Gives a login role a new password (rotation), again as a verifier computed here. Returns
 /// false when the role is gone.
 pub async fn set_password(connector: &Connector, maintenance_database: &str, username: &str, prefix: &str, password: &SecretString) -> Result<bool, RoleError> {
     check_login_name(username, prefix, connector.user())?;
     let client = connector.connect(maintenance_database).await?;
-    if role_oid(&client, maintenance_database, username).await?.is_none() {
+    if crate::revocation::role_oid(&client, maintenance_database, username).await?.is_none() {
         return Ok(false);
     }
     let verifier = crate::scram::verifier(password);

@@ -75,13 +75,22 @@ impl FromStr for Flavor {
 /// every database pgjit should manage (the role part is cluster-wide and runs harmlessly again).
 /// It creates the role only if it is missing, never sets a password (set one yourself, or use IAM
 /// authentication), and can be run again at any time, e.g. after new schemas appear.
-pub fn setup_sql(flavor: Flavor, admin_user: &str) -> Result<String, String> {
+///
+/// It grants only what pgjit uses, each line saying why, and never the provider's admin role
+/// (`rds_superuser`, …): a member of it could hand out far more than any approval asks for.
+pub fn setup_sql(flavor: Flavor, admin_user: &str, holding_role: &str) -> Result<String, String> {
     check_identifier(admin_user).map_err(|m| format!("admin user {admin_user:?} {m}"))?;
+    check_identifier(holding_role).map_err(|m| format!("holding role {holding_role:?} {m}"))?;
+    if holding_role == admin_user {
+        return Err("the holding role must not be the admin: what departed users created must never run with the admin's rights".into());
+    }
+    let holding_ident = ident(holding_role);
+    let holding_literal = literal(holding_role);
     let admin_ident = ident(admin_user);
     // The name goes into DO blocks as a literal, and those bodies are dollar-quoted.
     let admin_literal = literal(admin_user);
-    if admin_user.contains('$') {
-        return Err(format!("admin user {admin_user:?}: '$' is not supported in the admin's name"));
+    if admin_user.contains('$') || holding_role.contains('$') {
+        return Err(format!("admin user {admin_user:?} / holding role {holding_role:?}: '$' is not supported in these names"));
     }
     let mut sql = String::new();
     sql.push_str(&format!(
@@ -90,18 +99,34 @@ pub fn setup_sql(flavor: Flavor, admin_user: &str) -> Result<String, String> {
          \n\
          DO $pgjit$\nBEGIN\n  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {admin_literal}) THEN\n    CREATE ROLE {admin_ident} LOGIN CREATEROLE;\n  END IF;\nEND\n$pgjit$;\n\
          -- CREATEROLE: create, alter and drop the temporary login roles and the profile roles.\n\
-         ALTER ROLE {admin_ident} LOGIN CREATEROLE NOSUPERUSER;\n"
+         ALTER ROLE {admin_ident} LOGIN CREATEROLE;\n\
+         -- pg_signal_backend: end the temporary users' sessions at revoke.\n\
+         GRANT pg_signal_backend TO {admin_ident};\n"
     ));
-    match flavor.cloud_admin_role() {
-        Some(role) => sql.push_str(&format!(
-            "-- The provider's admin role: the right to end sessions and the privileges to delegate.\nGRANT {} TO {admin_ident};\n",
-            ident(role)
-        )),
-        None => sql.push_str(&format!("-- The right to end the temporary users' sessions at revoke.\nGRANT pg_signal_backend TO {admin_ident};\n")),
+    if let Some(role) = flavor.cloud_admin_role() {
+        sql.push_str(&format!(
+            "-- Not granted: {role}. pgjit needs none of its powers, and an admin holding it could hand out more\n\
+             -- than any approval asks for (`pgjit doctor` warns if the admin is a member). Where {role}\n\
+             -- refuses to pass on pg_signal_backend, ask the provider's support rather than granting {role}.\n"
+        ));
     }
     if flavor.supports_iam() {
         sql.push_str(&format!("-- IAM access mode: the temporary users are made members of rds_iam.\nGRANT rds_iam TO {admin_ident} WITH ADMIN OPTION;\n"));
     }
+    sql.push_str(&format!(
+        "\n-- The holding role: owns what departed temporary users created (REASSIGN OWNED), so none of it ever\n\
+         -- runs with the admin's rights. NOLOGIN, no privileges, no memberships; only the admin is a member.\n\
+         DO $pgjit$\nBEGIN\n  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {holding_literal}) THEN\n    CREATE ROLE {holding_ident} NOLOGIN;\n  END IF;\nEND\n$pgjit$;\n\
+         ALTER ROLE {holding_ident} NOLOGIN;\n\
+         COMMENT ON ROLE {holding_ident} IS 'pgjit: owns what departed temporary users created; no privileges, no login';\n\
+         -- Membership: REASSIGN OWNED needs the admin to hold the rights of the role it hands objects to.\n\
+         GRANT {holding_ident} TO {admin_ident};\n\
+         \n\
+         -- PostgreSQL 13 and 14 let every login create objects in schema public (15 took that away): a\n\
+         -- temporary user could plant functions there without any grant. Unless an application relies on\n\
+         -- it, take it away in each database (`pgjit doctor` warns while PUBLIC still has it):\n\
+         --   REVOKE CREATE ON SCHEMA public FROM PUBLIC;\n"
+    ));
     sql.push_str(&format!(
         "\n-- In this database: every privilege WITH GRANT OPTION, so the admin can delegate it.\n\
          DO $pgjit$\nDECLARE\n  admin text := {admin_literal};\n  s record;\n  o record;\nBEGIN\n\
@@ -134,6 +159,19 @@ pub struct Finding {
     pub capability: String,
     pub ok: bool,
     pub detail: String,
+    /// A risk rather than something missing: pgjit works, but with more power than it needs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warning: bool,
+}
+
+impl Finding {
+    fn check(capability: impl Into<String>, ok: bool, detail: impl Into<String>) -> Finding {
+        Finding { capability: capability.into(), ok, detail: detail.into(), warning: false }
+    }
+
+    fn warn(capability: impl Into<String>, detail: impl Into<String>) -> Finding {
+        Finding { capability: capability.into(), ok: false, detail: detail.into(), warning: true }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +188,7 @@ pub enum DoctorError {
 
 /// Connects as the admin and reports each capability pgjit needs, by name. `databases`: the
 /// databases to check (empty: every database that accepts connections).
-pub async fn doctor(connector: &Connector, flavor: Flavor, maintenance_database: &str, databases: &[String]) -> Result<Vec<Finding>, DoctorError> {
+pub async fn doctor(connector: &Connector, flavor: Flavor, maintenance_database: &str, holding_role: &str, databases: &[String]) -> Result<Vec<Finding>, DoctorError> {
     let query_err = |database: &str| {
         let database = database.to_owned();
         move |source| DoctorError::Query { database, source }
@@ -164,7 +202,10 @@ pub async fn doctor(connector: &Connector, flavor: Flavor, maintenance_database:
                     OR EXISTS (SELECT 1 FROM pg_roles WHERE rolname = ANY($1) AND pg_has_role(current_user, oid, 'USAGE')), \
                     EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_iam'), \
                     EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_iam' AND (pg_has_role(current_user, oid, 'MEMBER WITH ADMIN OPTION') \
-                           OR (rolcreaterole AND current_setting('server_version_num')::int < 160000))) \
+                           OR (rolcreaterole AND current_setting('server_version_num')::int < 160000))), \
+                    ARRAY(SELECT c.rolname::text FROM pg_roles c WHERE c.rolname = ANY($1) AND pg_has_role(current_user, c.oid, 'MEMBER') ORDER BY 1), \
+                    ARRAY(SELECT a FROM unnest(ARRAY[CASE WHEN rolcreatedb THEN 'CREATEDB' END, CASE WHEN rolreplication THEN 'REPLICATION' END, \
+                                                      CASE WHEN rolbypassrls THEN 'BYPASSRLS' END]) a WHERE a IS NOT NULL) \
              FROM pg_roles WHERE rolname = current_user",
             &[&crate::roles::CLOUD_ADMIN_ROLES.to_vec()],
         )
@@ -172,37 +213,44 @@ pub async fn doctor(connector: &Connector, flavor: Flavor, maintenance_database:
         .map_err(query_err(maintenance_database))?;
     let (createrole, superuser, signal, iam_exists, iam_admin): (bool, bool, bool, bool, bool) =
         (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-    findings.push(Finding {
-        capability: "CREATEROLE".into(),
-        ok: createrole,
-        detail: if createrole { "can create and drop roles".into() } else { "ALTER ROLE … CREATEROLE is needed to create temporary users".into() },
-    });
-    findings.push(Finding {
-        capability: "end sessions".into(),
-        ok: signal,
-        detail: if signal {
-            "member of pg_signal_backend or the provider's admin role".into()
+    let (cloud_admin_of, surplus_attributes): (Vec<String>, Vec<String>) = (row.get(5), row.get(6));
+    if !cloud_admin_of.is_empty() {
+        findings.push(Finding::warn(
+            "no cloud admin role",
+            format!("the admin is a member of {}: pgjit needs none of it; REVOKE it after granting what `pgjit setup-sql` lists", cloud_admin_of.join(", ")),
+        ));
+    }
+    if !surplus_attributes.is_empty() {
+        findings.push(Finding::warn("no surplus attributes", format!("the admin has {}, which pgjit never uses", surplus_attributes.join(", "))));
+    }
+    findings.push(holding_finding(&client, holding_role).await.map_err(query_err(maintenance_database))?);
+    findings.push(Finding::check(
+        "CREATEROLE",
+        createrole,
+        if createrole { "can create and drop roles" } else { "ALTER ROLE … CREATEROLE is needed to create temporary users" },
+    ));
+    findings.push(Finding::check(
+        "end sessions",
+        signal,
+        if signal {
+            "member of pg_signal_backend"
         } else {
-            "GRANT pg_signal_backend (or the provider's admin role) so revoke can end open sessions".into()
+            "GRANT pg_signal_backend so revoke can end open sessions"
         },
-    });
+    ));
     if superuser {
-        findings.push(Finding {
-            capability: "not a superuser".into(),
-            ok: false,
-            detail: "the admin is a superuser: pgjit works, but a non-superuser admin limits what a mistake can do".into(),
-        });
+        findings.push(Finding::warn("not a superuser", "the admin is a superuser: pgjit works, but a non-superuser admin limits what a mistake can do"));
     }
     if flavor.supports_iam() {
-        findings.push(Finding {
-            capability: "grant rds_iam".into(),
-            ok: iam_admin,
-            detail: match (iam_exists, iam_admin) {
-                (false, _) => "role rds_iam does not exist (IAM authentication is not enabled on this instance)".into(),
-                (true, false) => "GRANT rds_iam TO the admin WITH ADMIN OPTION is needed for IAM access mode".into(),
-                (true, true) => "can make temporary users members of rds_iam".into(),
+        findings.push(Finding::check(
+            "grant rds_iam",
+            iam_admin,
+            match (iam_exists, iam_admin) {
+                (false, _) => "role rds_iam does not exist (IAM authentication is not enabled on this instance)",
+                (true, false) => "GRANT rds_iam TO the admin WITH ADMIN OPTION is needed for IAM access mode",
+                (true, true) => "can make temporary users members of rds_iam",
             },
-        });
+        ));
     }
     let databases = if databases.is_empty() {
         crate::catalog::databases(&client).await.map_err(query_err(maintenance_database))?
@@ -220,11 +268,7 @@ pub async fn doctor(connector: &Connector, flavor: Flavor, maintenance_database:
                     &other
                 }
                 Err(e) => {
-                    findings.push(Finding {
-                        capability: format!("connect to database {database:?}"),
-                        ok: false,
-                        detail: crate::postgres::error_chain(&e),
-                    });
+                    findings.push(Finding::check(format!("connect to database {database:?}"), false, crate::postgres::error_chain(&e)));
                     continue;
                 }
             }
@@ -247,11 +291,11 @@ async fn check_database(client: &Client, database: &str) -> Result<Vec<Finding>,
         )
         .await?;
     let ok: bool = db.get(0);
-    findings.push(Finding {
-        capability: format!("grant option on database {database:?}"),
+    findings.push(Finding::check(
+        format!("grant option on database {database:?}"),
         ok,
-        detail: if ok { "CONNECT, CREATE, TEMPORARY".into() } else { "run pgjit setup-sql in this database".into() },
-    });
+        if ok { "CONNECT, CREATE, TEMPORARY" } else { "run pgjit setup-sql in this database" },
+    ));
     let rows = client
         .query(
             "SELECT n.nspname::text, \
@@ -286,13 +330,63 @@ async fn check_database(client: &Client, database: &str) -> Result<Vec<Finding>,
                 gaps.push(format!("{what} {}{more}", shown.join(", ")));
             }
         }
-        findings.push(Finding {
-            capability: format!("grant option on schema {database:?}.{schema:?}"),
-            ok: gaps.is_empty(),
-            detail: if gaps.is_empty() { "schema and every object in it".into() } else { format!("missing: {}", gaps.join("; ")) },
-        });
+        findings.push(Finding::check(
+            format!("grant option on schema {database:?}.{schema:?}"),
+            gaps.is_empty(),
+            if gaps.is_empty() { "schema and every object in it".into() } else { format!("missing: {}", gaps.join("; ")) },
+        ));
+    }
+    // 13 and 14 give every login CREATE on schema public: a temporary user could plant code there.
+    let public_create: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace n, aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a                             WHERE n.nspname = 'public' AND a.grantee = 0 AND a.privilege_type = 'CREATE')",
+            &[],
+        )
+        .await?
+        .get(0);
+    if public_create {
+        findings.push(Finding::warn(
+            format!("no CREATE for PUBLIC in {database:?}.\"public\""),
+            "every login may create objects in schema public (the default before PostgreSQL 15), temporary users included: \
+             REVOKE CREATE ON SCHEMA public FROM PUBLIC unless an application relies on it",
+        ));
     }
     Ok(findings)
+}
+
+/// The holding role exists, is powerless (NOLOGIN, no attributes, a member of nothing, no member
+/// but the admin) and the admin is a member, so delete can hand objects to it.
+async fn holding_finding(client: &Client, holding_role: &str) -> Result<Finding, tokio_postgres::Error> {
+    let capability = format!("holding role {holding_role:?}");
+    let row = client
+        .query_opt(
+            "SELECT ARRAY(SELECT a FROM unnest(ARRAY[CASE WHEN r.rolcanlogin THEN 'LOGIN' END, CASE WHEN r.rolsuper THEN 'SUPERUSER' END, \
+                        CASE WHEN r.rolcreaterole THEN 'CREATEROLE' END, CASE WHEN r.rolcreatedb THEN 'CREATEDB' END, \
+                        CASE WHEN r.rolreplication THEN 'REPLICATION' END, CASE WHEN r.rolbypassrls THEN 'BYPASSRLS' END, \
+                        CASE WHEN r.rolname = current_user THEN 'it is the admin' END, \
+                        CASE WHEN EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.member = r.oid) THEN 'member of other roles' END, \
+                        CASE WHEN EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles x ON x.oid = m.member \
+                                          WHERE m.roleid = r.oid AND x.rolname <> current_user) THEN 'roles besides the admin are members' END]) a \
+                        WHERE a IS NOT NULL), \
+                    pg_has_role(current_user, r.oid, 'USAGE') \
+             FROM pg_roles r WHERE r.rolname = $1",
+            &[&holding_role],
+        )
+        .await?;
+    Ok(match row {
+        None => Finding::check(capability, false, "missing: run `pgjit setup-sql` (pgjit would create it at the first delete)"),
+        Some(r) => {
+            let wrong: Vec<String> = r.get(0);
+            let member: bool = r.get(1);
+            if !wrong.is_empty() {
+                Finding::check(capability, false, format!("not powerless: {}; whatever departed users created would gain that", wrong.join(", ")))
+            } else if !member {
+                Finding::check(capability, false, "the admin is not a member (REASSIGN OWNED needs it): run `pgjit setup-sql`")
+            } else {
+                Finding::check(capability, true, "NOLOGIN, no privileges or memberships; the admin may hand objects to it")
+            }
+        }
+    })
 }
 
 #[cfg(test)]
@@ -302,20 +396,26 @@ mod tests {
     #[test]
     fn every_flavor_has_sql_and_names_are_quoted() {
         for f in Flavor::ALL {
-            let sql = setup_sql(f, "pgjit_admin").unwrap();
+            let sql = setup_sql(f, "pgjit_admin", "pgjit_holding").unwrap();
             assert!(sql.contains("CREATE ROLE \"pgjit_admin\" LOGIN CREATEROLE"), "{f}");
             assert!(sql.contains("WITH GRANT OPTION"), "{f}");
             assert_eq!(sql.contains("rds_iam"), f.supports_iam(), "{f}");
-            if let Some(role) = f.cloud_admin_role() {
-                assert!(sql.contains(&format!("GRANT \"{role}\" TO \"pgjit_admin\"")), "{f}");
+            assert!(sql.contains("GRANT pg_signal_backend TO \"pgjit_admin\""), "{f}");
+            assert!(sql.contains("CREATE ROLE \"pgjit_holding\" NOLOGIN") && sql.contains("GRANT \"pgjit_holding\" TO \"pgjit_admin\""), "{f}");
+            assert!(sql.contains("REVOKE CREATE ON SCHEMA public FROM PUBLIC"), "{f}: says how to close public on 13 and 14");
+            // The provider's admin role is never granted: no statement grants it.
+            for role in crate::roles::CLOUD_ADMIN_ROLES {
+                let granted = sql.lines().filter(|l| !l.trim_start().starts_with("--")).any(|l| l.contains(role));
+                assert!(!granted, "{f}: {role} must not be granted");
             }
             assert_eq!(f.as_str().parse::<Flavor>().unwrap(), f);
         }
-        let sql = setup_sql(Flavor::Postgres, "o'brien \"x\"").unwrap();
+        assert!(setup_sql(Flavor::Postgres, "pgjit_admin", "pgjit_admin").is_err(), "the holding role is never the admin");
+        let sql = setup_sql(Flavor::Postgres, "o'brien \"x\"", "pgjit_holding").unwrap();
         assert!(sql.contains(r#"CREATE ROLE "o'brien ""x""" LOGIN"#), "{sql}");
         assert!(sql.contains(r#"rolname = 'o''brien "x"'"#), "{sql}");
-        assert!(setup_sql(Flavor::Postgres, "a$pgjit$b").is_err());
-        assert!(setup_sql(Flavor::Postgres, &"a".repeat(64)).is_err());
+        assert!(setup_sql(Flavor::Postgres, "a$pgjit$b", "pgjit_holding").is_err());
+        assert!(setup_sql(Flavor::Postgres, &"a".repeat(64), "pgjit_holding").is_err());
         assert!("mysql".parse::<Flavor>().unwrap_err().contains("mysql"));
     }
 }

@@ -1,6 +1,11 @@
 //! The signed webhook: an approval's `detail` POSTed to a Lambda Function URL, with
 //! `X-Pgjit-Timestamp` and `X-Pgjit-Signature: sha256=<hex HMAC-SHA256 of "timestamp.body">`.
 //! A missing, malformed, stale or wrong signature gets 401 and changes nothing; a bad body 400.
+//!
+//! The webhook holds no database, IAM or broad secret rights: it verifies, checks the body, and
+//! forwards the approval as an event to the approval bus, where the grant function takes it
+//! under the same checks as any approval. A bug in this internet-facing function can at most
+//! send approvals, never grant. Error bodies never carry internal error chains.
 
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
@@ -15,7 +20,6 @@ use sha2::Sha256;
 use tokio::sync::Mutex;
 
 use crate::aws::Services;
-use crate::grants::GrantError;
 use crate::postgres::error_chain;
 use crate::secret::SecretString;
 
@@ -122,7 +126,7 @@ pub async fn handle(svc: &Services, secrets: &SecretCache, request: LambdaFuncti
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "webhook secret unavailable");
-            return respond(500, json!({"error": "webhook secret unavailable"}));
+            return respond(500, json!({"error": "internal error"}));
         }
     };
     if let Err(rejection) = verify(secret.expose().as_bytes(), header(TIMESTAMP_HEADER), header(SIGNATURE_HEADER), &body, now) {
@@ -131,22 +135,42 @@ pub async fn handle(svc: &Services, secrets: &SecretCache, request: LambdaFuncti
     }
     let value: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return respond(400, json!({"error": format!("body is not JSON: {e}")})),
+        Err(_) => return respond(400, json!({"error": "body is not JSON"})),
     };
-    let approval = match crate::events::parse_approval(value) {
+    // A body with an EventBridge envelope is refused: the bus sets the envelope, not the sender.
+    if value.get("detail-type").is_some() {
+        return respond(400, json!({"error": "send the approval's detail, not an EventBridge event"}));
+    }
+    let approval = match crate::events::parse_approval(value.clone()) {
         Ok(a) => a,
         Err(e) => return respond(400, json!({"error": e.to_string()})),
     };
-    match crate::grants::grant(svc, &approval, now).await {
-        Ok(result) => respond(200, serde_json::to_value(&result).unwrap_or(Value::Null)),
-        Err(e) => {
-            let status = match &e {
-                GrantError::Event(_) | GrantError::Access(_) | GrantError::UnknownIntegration(_) | GrantError::Policy(_) | GrantError::Mismatch(_) => 400,
-                GrantError::InProgress(_) => 409,
-                _ => 500,
-            };
-            respond(status, json!({"error": error_chain(&e)}))
+    match forward(svc, &value).await {
+        Ok(event_id) => {
+            tracing::info!(request_id = %approval.request_id, integration = %approval.integration, event_id = %event_id, "approval forwarded to the approval bus");
+            respond(202, json!({"request_id": approval.request_id, "forwarded": true, "event_id": event_id}))
         }
+        Err(e) => {
+            // The cause goes to the log only: the caller learns that it failed, not how.
+            tracing::error!(request_id = %approval.request_id, error = %e, "forwarding the approval failed");
+            respond(502, json!({"error": "the approval could not be forwarded; send it again"}))
+        }
+    }
+}
+
+/// Puts the approval on the approval bus as an `Access Request Approved` event; returns its id.
+async fn forward(svc: &Services, detail: &Value) -> Result<String, String> {
+    let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+        .event_bus_name(&svc.config.approval_bus)
+        .source(&svc.config.approval_source)
+        .detail_type(crate::events::APPROVED)
+        .detail(detail.to_string())
+        .build();
+    let out = svc.events.put_events().entries(entry).send().await.map_err(|e| error_chain(&crate::aws::AwsError::new("events:PutEvents", e)))?;
+    let first = out.entries().first();
+    match first.and_then(|e| e.event_id()) {
+        Some(id) if out.failed_entry_count() == 0 => Ok(id.to_owned()),
+        _ => Err(format!("PutEvents refused the entry: {:?}", first.and_then(|e| e.error_message()))),
     }
 }
 

@@ -146,6 +146,9 @@ pub async fn isolated_services_with(extra: impl Fn(&str) -> Option<String>) -> p
         "PGJIT_AUDIT_TABLE" => Some(format!("audit-{id}")),
         "PGJIT_SCHEDULE_GROUP" => Some(format!("pgjit-{id}")),
         "PGJIT_SECRET_PREFIX" => Some(format!("pgjit-{id}/")),
+        "PGJIT_CREDENTIALS_PREFIX" => Some(format!("pgjit-credentials-{id}/")),
+        // Cleanup's reconciliation sees every role of the shared server with a test's prefix.
+        "PGJIT_RECONCILE_GRACE_SECONDS" => Some("0".into()),
         "PGJIT_DISCOVERY_TAG_KEY" => Some(format!("pgjit:secret:{id}")),
         _ => None,
     }))
@@ -260,10 +263,11 @@ pub async fn register_integration(svc: &pgjit::aws::Services, name: &str, extra:
     integration
 }
 
-/// An approval event as EventBridge delivers it.
+/// An approval event as EventBridge delivers it, sent just now.
 pub fn approval(request_id: &str, integration: &str, requester: &str, access: serde_json::Value) -> serde_json::Value {
+    let time = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
     serde_json::json!({"version": "0", "id": format!("ev-{request_id}"), "detail-type": "Access Request Approved", "source": "pgjit.approvals",
-        "account": "123456789012", "time": "2026-11-24T10:00:00Z", "region": "us-east-1", "resources": [],
+        "account": "123456789012", "time": time, "region": "us-east-1", "resources": [],
         "detail": {"request_id": request_id, "integration": integration,
             "requester": {"id": requester, "iam_arn": "arn:aws:iam::123456789012:user/john"},
             "approver": "jane@corp.com", "duration_seconds": 3600, "reason": "INC-42 stuck orders", "access": access}})
@@ -272,6 +276,26 @@ pub fn approval(request_id: &str, integration: &str, requester: &str, access: se
 /// SELECT on sales.orders in app: the access most tests ask for.
 pub fn orders_access() -> serde_json::Value {
     serde_json::json!([{"database": "app", "schema": "sales", "table": "orders", "privileges": ["SELECT"]}])
+}
+
+/// A queue that receives what a rule on `bus` matches (moto delivers EventBridge to SQS), so a
+/// test sees the events as a target would; returns the SQS client and the queue's URL.
+pub async fn queue_for(svc: &pgjit::aws::Services, bus: &str, pattern: serde_json::Value) -> (aws_sdk_sqs::Client, String) {
+    let sqs = aws_sdk_sqs::Client::new(&moto_sdk_config().await);
+    let name = format!("q-{}", rand::random::<u32>());
+    let queue = sqs.create_queue().queue_name(&name).send().await.expect("queue").queue_url.expect("queue url");
+    let attributes = sqs.get_queue_attributes().queue_url(&queue).attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn).send().await.expect("queue arn");
+    let queue_arn = attributes.attributes().expect("attributes")[&aws_sdk_sqs::types::QueueAttributeName::QueueArn].clone();
+    svc.events.put_rule().name(&name).event_bus_name(bus).event_pattern(pattern.to_string()).send().await.expect("rule");
+    let target = aws_sdk_eventbridge::types::Target::builder().id("queue").arn(&queue_arn).build().expect("target");
+    svc.events.put_targets().rule(&name).event_bus_name(bus).targets(target).send().await.expect("targets");
+    (sqs, queue)
+}
+
+/// The events a [`queue_for`] queue holds now (waiting up to two seconds for the first).
+pub async fn received(sqs: &aws_sdk_sqs::Client, queue: &str) -> Vec<serde_json::Value> {
+    let messages = sqs.receive_message().queue_url(queue).max_number_of_messages(10).wait_time_seconds(2).send().await.expect("receive");
+    messages.messages().iter().map(|m| serde_json::from_str(m.body().unwrap_or_default()).expect("event JSON")).collect()
 }
 
 /// The names of every secret in moto, all pages.

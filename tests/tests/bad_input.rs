@@ -16,7 +16,7 @@ async fn footprint(svc: &pgjit::aws::Services, prefix: &str) -> (i64, i64, usize
         .unwrap()
         .get(0);
     let grants = svc.store.all_grants().await.unwrap().len();
-    let secrets = pgjit_tests::secret_names(svc).await.iter().filter(|n| n.starts_with(&svc.config.secret_prefix) && !n.contains("/admin/")).count();
+    let secrets = pgjit_tests::secret_names(svc).await.iter().filter(|n| n.starts_with(&svc.config.credentials_prefix)).count();
     let schedules = svc.scheduler.list_schedules().group_name(&svc.config.schedule_group).send().await.unwrap().schedules().len();
     let policies = svc.iam.list_user_policies().user_name("corpus-user").send().await.unwrap().policy_names().len();
     (roles, catalog, grants, secrets, schedules, policies)
@@ -26,7 +26,9 @@ async fn footprint(svc: &pgjit::aws::Services, prefix: &str) -> (i64, i64, usize
 async fn malformed_approvals_are_refused_and_change_nothing() {
     let svc = isolated_services().await;
     svc.iam.create_user().user_name("corpus-user").send().await.ok();
-    let integration = register_integration(&svc, "corpus", json!({"max_duration_seconds": 3600})).await;
+    // Every role the corpus names is listed, so each is refused for what it is, not for being unlisted.
+    let listed = ["pg_read_all_data", "pg_execute_server_program", "postgres", "pgjit_admin", "reporting", "nope", "reporting\"; ALTER ROLE pgjit_admin SUPERUSER; --", "unlisted_role"];
+    let integration = register_integration(&svc, "corpus", json!({"max_duration_seconds": 3600, "grantable_roles": listed[..listed.len() - 1]})).await;
     let before = footprint(&svc, &integration.user_prefix).await;
 
     let base = approval("BAD-1", "corpus", "corpus@corp.com", orders_access());
@@ -90,8 +92,9 @@ async fn malformed_approvals_are_refused_and_change_nothing() {
         (entry(json!({"database": "app", "schema": "sales", "function": "order_count", "privileges": ["SELECT"]})), "does not apply to a function"),
         (entry(json!({"database": "app", "schema": "sales", "table": "orders"})), "at least one privilege"),
         (entry(json!({"database": "app", "schema": "sales", "table": "orders", "privileges": "SELECT"})), "privileges"),
-        (entry(json!({"database": "app", "role": "pg_read_all_data"})), "never handed out"),
-        (entry(json!({"database": "app", "role": "pg_execute_server_program"})), "never handed out"),
+        (entry(json!({"database": "app", "role": "pg_read_all_data"})), "privileged_grantable_roles"),
+        (entry(json!({"database": "app", "role": "pg_execute_server_program"})), "predefined role"),
+        (entry(json!({"database": "app", "role": "unlisted_role"})), "not in the integration's grantable_roles"),
         (entry(json!({"database": "app", "role": "postgres"})), "SUPERUSER"),
         (entry(json!({"database": "app", "role": "pgjit_admin"})), "never handed out"),
         (entry(json!({"database": "app", "role": "reporting", "privileges": ["SELECT"]})), "takes no privileges"),

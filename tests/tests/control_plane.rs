@@ -132,7 +132,7 @@ async fn the_same_approval_five_times_grants_once() {
     let roles: i64 = su.query_one("SELECT count(*) FROM pg_roles WHERE starts_with(rolname, $1)", &[&format!("{}dup_user_", i.user_prefix)]).await.unwrap().get(0);
     assert_eq!(roles, 1, "one role");
     let secrets = pgjit_tests::secret_names(&svc).await;
-    let ours = secrets.iter().filter(|n| n.starts_with(&svc.config.secret_prefix) && n.ends_with("/REQ-DUP")).count();
+    let ours = secrets.iter().filter(|n| n.starts_with(&svc.config.credentials_prefix) && n.ends_with("/REQ-DUP")).count();
     assert_eq!(ours, 1, "one secret");
     assert_eq!(schedule_count(&svc).await, 1, "one schedule");
     // The same request id with other access is refused, not merged.
@@ -308,7 +308,8 @@ async fn cleanup_revokes_overdue_grants_and_removes_orphans() {
         login: pgjit::roles::LoginMethod::Password(&password),
         valid_until: Utc::now() + Duration::hours(1),
         prefix: &prefix,
-        grantable_roles: None,
+        grantable_roles: &[],
+        privileged_roles: &[],
     };
     pgjit::roles::grant(&e.admin(), &spec).await.unwrap();
 

@@ -5,11 +5,13 @@ use std::collections::BTreeSet;
 use chrono::{Duration, Utc};
 use pgjit::access::{login_role_name, AccessEntry, AccessSet};
 use pgjit::postgres::{Connector, Credentials, Endpoint, SslMode};
+use pgjit::revocation;
 use pgjit::roles::{self, GrantSpec, LoginMethod, RoleError};
 use pgjit::SecretString;
 use pgjit_tests::{env, role_exists};
 
 const PREFIX: &str = "pgjit_";
+const HOLDING: &str = pgjit::integration::DEFAULT_HOLDING_ROLE;
 
 fn access(json: &str) -> AccessSet {
     let entries: Vec<AccessEntry> = serde_json::from_str(json).expect("access json");
@@ -23,7 +25,8 @@ fn spec<'a>(username: &'a str, access: &'a AccessSet, password: &'a SecretString
         login: LoginMethod::Password(password),
         valid_until: Utc::now() + Duration::hours(1),
         prefix: PREFIX,
-        grantable_roles: None,
+        grantable_roles: &[],
+        privileged_roles: &[],
     }
 }
 
@@ -163,7 +166,7 @@ async fn grant_login_allowed_and_denied_then_revoke_and_delete() {
     assert!(member);
 
     // Revoke: the open session ends, new logins are refused, memberships are gone.
-    let revoked = roles::revoke(&admin, "postgres", &user, PREFIX).await.expect("revoke");
+    let revoked = revocation::revoke(&admin, "postgres", &user, PREFIX).await.expect("revoke");
     assert!(revoked.existed);
     assert_eq!(revoked.sessions_ended, 1);
     assert!(client.query_one("SELECT 1", &[]).await.is_err(), "the open session was ended");
@@ -176,15 +179,16 @@ async fn grant_login_allowed_and_denied_then_revoke_and_delete() {
         .get(0);
     assert_eq!(memberships, 0);
     // Revoke again: a no-op that succeeds.
-    let again = roles::revoke(&admin, "postgres", &user, PREFIX).await.expect("second revoke");
+    let again = revocation::revoke(&admin, "postgres", &user, PREFIX).await.expect("second revoke");
     assert_eq!((again.existed, again.sessions_ended, again.memberships_removed), (true, 0, 0));
+    assert!(again.disarmed.is_empty(), "{:?}", again.disarmed);
 
-    let deleted = roles::delete(&admin, "postgres", &user, PREFIX).await.expect("delete");
+    let deleted = revocation::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.expect("delete");
     assert!(deleted.existed);
     assert!(!role_exists(&su, &user).await);
-    let again = roles::delete(&admin, "postgres", &user, PREFIX).await.expect("second delete");
+    let again = revocation::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.expect("second delete");
     assert!(!again.existed);
-    let gone = roles::revoke(&admin, "postgres", &user, PREFIX).await.expect("revoke of a dropped role");
+    let gone = revocation::revoke(&admin, "postgres", &user, PREFIX).await.expect("revoke of a dropped role");
     assert!(!gone.existed);
     // The profile role stays for the next grant of the same set.
     assert!(role_exists(&su, profile).await);
@@ -211,7 +215,7 @@ async fn all_tables_of_a_schema_and_several_databases() {
     let crm = e.login_as(&user, &password, "crm").await.unwrap();
     crm.execute("INSERT INTO accounts.contacts (email) VALUES ('new@example.com')", &[]).await.expect("insert with sequence usage");
     assert!(crm.execute("DELETE FROM accounts.contacts", &[]).await.is_err());
-    roles::delete(&admin, "postgres", &user, PREFIX).await.expect("delete");
+    revocation::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.expect("delete");
 }
 
 #[tokio::test]
@@ -227,44 +231,65 @@ async fn role_membership_and_dangerous_roles() {
     .unwrap();
     let password = SecretString::random_password();
 
+    su.batch_execute(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'alice_login') THEN CREATE ROLE alice_login LOGIN; END IF; END $$",
+    )
+    .await
+    .unwrap();
     let set = access(r#"[{"database":"app","role":"reporting"}]"#);
     let user = login_role_name(PREFIX, "member@corp.com");
-    roles::grant(&admin, &spec(&user, &set, &password)).await.expect("membership of a plain role");
+    // Deny by default: no role is handed out unless the integration lists it.
+    let err = roles::grant(&admin, &spec(&user, &set, &password)).await.expect_err("reporting is not listed");
+    assert!(matches!(err, RoleError::Refused(_)) && err.to_string().contains("grantable_roles"), "{err}");
+    assert!(!role_exists(&su, &user).await);
+    let listed: Vec<String> = ["reporting", "pg_read_all_data", "sneaky", "app_owner", "alice_login", "postgres", "pgjit_admin"].map(String::from).to_vec();
+    let mut s = spec(&user, &set, &password);
+    s.grantable_roles = &listed;
+    roles::grant(&admin, &s).await.expect("membership of a plain, listed role");
     let client = e.login_as(&user, &password, "app").await.unwrap();
     client.query("SELECT * FROM sales.orders", &[]).await.expect("reporting may read orders");
     assert!(client.query("SELECT * FROM sales.customers", &[]).await.is_err());
-    roles::delete(&admin, "postgres", &user, PREFIX).await.unwrap();
+    revocation::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.unwrap();
 
+    // Listed, but powerful: refused unless privileged_grantable_roles opts in, the reason named.
     for (role, why) in [
         ("pg_read_all_data", "predefined role"),
         ("sneaky", "through \"pg_read_all_data\""),
-        ("pgjit_admin", "pgjit's admin role"),
+        ("app_owner", "owns objects"),
+        ("alice_login", "can log in"),
         ("postgres", "SUPERUSER"),
     ] {
         let set = access(&format!(r#"[{{"database":"app","role":"{role}"}}]"#));
         let user = login_role_name(PREFIX, "greedy@corp.com");
-        // (the allowed grant below makes the sneaky profile on an earlier run against the same server)
+        // (the opted-in grant below makes the sneaky profile on an earlier run against the same server)
         let profile = set.databases["app"].profile_role(PREFIX, "app");
         let profile_before = role_exists(&su, &profile).await;
-        let err = roles::grant(&admin, &spec(&user, &set, &password)).await.expect_err(role);
+        let mut s = spec(&user, &set, &password);
+        s.grantable_roles = &listed;
+        let err = roles::grant(&admin, &s).await.expect_err(role);
         assert!(matches!(err, RoleError::Refused(_)), "{role}: {err}");
-        assert!(err.to_string().contains(why), "{role}: {err}");
+        assert!(err.to_string().contains(why) && err.to_string().contains("privileged_grantable_roles"), "{role}: {err}");
         assert!(!role_exists(&su, &user).await);
         assert_eq!(role_exists(&su, &profile).await, profile_before, "{role}: no profile made");
     }
-    // grantable_roles lets an operator allow exactly what they chose, and nothing else.
-    let allowed = vec!["sneaky".to_string()];
+    // pgjit's own admin is never handed out, opt-in or not.
+    let set = access(r#"[{"database":"app","role":"pgjit_admin"}]"#);
+    let user = login_role_name(PREFIX, "greedy@corp.com");
+    let mut s = spec(&user, &set, &password);
+    s.grantable_roles = &listed;
+    s.privileged_roles = &listed;
+    let err = roles::grant(&admin, &s).await.expect_err("the admin");
+    assert!(err.to_string().contains("never handed out") && err.to_string().contains("pgjit's admin role"), "{err}");
+    assert!(!role_exists(&su, &user).await);
+    // An explicit opt-in hands out exactly what the operator chose.
+    let opted = vec!["sneaky".to_string()];
     let set = access(r#"[{"database":"app","role":"sneaky"}]"#);
     let user = login_role_name(PREFIX, "allowed@corp.com");
     let mut s = spec(&user, &set, &password);
-    s.grantable_roles = Some(&allowed);
-    roles::grant(&admin, &s).await.expect("listed in grantable_roles");
-    roles::delete(&admin, "postgres", &user, PREFIX).await.unwrap();
-    let set = access(r#"[{"database":"app","role":"reporting"}]"#);
-    let mut s = spec(&user, &set, &password);
-    s.grantable_roles = Some(&allowed);
-    let err = roles::grant(&admin, &s).await.expect_err("not listed");
-    assert!(err.to_string().contains("grantable_roles"), "{err}");
+    s.grantable_roles = &listed;
+    s.privileged_roles = &opted;
+    roles::grant(&admin, &s).await.expect("opted in");
+    revocation::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.unwrap();
 }
 
 #[tokio::test]
@@ -296,7 +321,7 @@ async fn identifiers_that_look_like_sql_are_names() {
     assert!(matches!(err, RoleError::NotFound(_)), "{err}");
     let orders: i64 = su.query_one("SELECT count(*) FROM sales.orders", &[]).await.unwrap().get(0);
     assert!(orders >= 2);
-    roles::delete(&admin, "postgres", &user, PREFIX).await.unwrap();
+    revocation::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.unwrap();
 }
 
 #[tokio::test]
@@ -322,7 +347,10 @@ async fn missing_objects_are_rejected_with_nothing_created() {
     for (json, expected) in cases {
         let set = access(json);
         let user = login_role_name(PREFIX, "missing@corp.com");
-        let err = roles::grant(&admin, &spec(&user, &set, &password)).await.expect_err(json);
+        let listed = ["nope".to_string()];
+        let mut s = spec(&user, &set, &password);
+        s.grantable_roles = &listed;
+        let err = roles::grant(&admin, &s).await.expect_err(json);
         assert!(matches!(err, RoleError::NotFound(_)), "{json}: {err}");
         assert!(err.to_string().contains(expected), "{json}: {err}");
         assert!(!role_exists(&su, &user).await, "{json}: no login role");
@@ -334,7 +362,7 @@ async fn missing_objects_are_rejected_with_nothing_created() {
     let set = access(r#"[{"database":"app","privileges":["CONNECT"]}]"#);
     let err = roles::grant(&admin, &spec("postgres", &set, &password)).await.expect_err("foreign name");
     assert!(matches!(err, RoleError::Invalid(_)), "{err}");
-    let err = roles::delete(&admin, "postgres", "postgres", PREFIX).await.expect_err("foreign name");
+    let err = revocation::delete(&admin, "postgres", "postgres", PREFIX, HOLDING).await.expect_err("foreign name");
     assert!(matches!(err, RoleError::Invalid(_)), "{err}");
 }
 
@@ -369,7 +397,7 @@ async fn fifty_concurrent_grants_of_the_same_privileges_all_succeed() {
     let mut deletes = Vec::new();
     for (user, _, _) in users {
         let admin = admin.clone();
-        deletes.push(tokio::spawn(async move { roles::delete(&admin, "postgres", &user, prefix).await }));
+        deletes.push(tokio::spawn(async move { revocation::delete(&admin, "postgres", &user, prefix, HOLDING).await }));
     }
     for d in deletes {
         d.await.unwrap().expect("delete");
@@ -393,32 +421,121 @@ async fn valid_until_in_the_past_blocks_login() {
     let again = roles::grant(&admin, &s).await.expect("repeat");
     assert!(again.already_existed);
     e.login_as(&user, &password, "app").await.expect("valid again");
-    roles::delete(&admin, "postgres", &user, PREFIX).await.unwrap();
+    revocation::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.unwrap();
 }
 
+/// The attack: a temporary user with CREATE on a schema plants a SECURITY DEFINER function that
+/// creates roles, a view over a table it may not read (the admin may), grants to PUBLIC, default privileges and
+/// a trigger on someone else's table. Once it is revoked and dropped, none of it may run with the
+/// admin's rights (the admin has CREATEROLE and every privilege WITH GRANT OPTION), nor with
+/// anyone else's.
 #[tokio::test]
-async fn delete_hands_what_the_user_created_to_the_admin() {
+async fn what_a_temporary_user_leaves_behind_never_runs_with_anyone_elses_rights() {
     let e = env();
     let admin = e.admin();
     let su = e.superuser("app").await;
-    let set = access(r#"[{"database":"app","schema":"sales","privileges":["USAGE","CREATE"]}]"#);
-    let user = login_role_name(PREFIX, "creator@corp.com");
+    let set = access(
+        r#"[{"database":"app","schema":"sales","privileges":["USAGE","CREATE"]},
+            {"database":"app","schema":"sales","table":"orders","privileges":["SELECT","TRIGGER"]}]"#,
+    );
+    let user = login_role_name(PREFIX, "planter@corp.com");
+    let tag = &user[user.len() - 8..];
     let password = SecretString::random_password();
-    roles::grant(&admin, &spec(&user, &set, &password)).await.expect("grant");
-    let table = format!("scratch_{}", &user[user.len() - 8..]);
+    let granted = roles::grant(&admin, &spec(&user, &set, &password)).await.expect("grant");
+    let profile = granted.profiles["app"].clone();
+    let version: i32 = su.query_one("SELECT current_setting('server_version_num')::int", &[]).await.unwrap().get(0);
+
     let client = e.login_as(&user, &password, "app").await.unwrap();
-    client.batch_execute(&format!("CREATE TABLE sales.{table} (x int); INSERT INTO sales.{table} VALUES (42)")).await.unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE sales.scratch_{tag} (x int); INSERT INTO sales.scratch_{tag} VALUES (42);
+             GRANT SELECT ON sales.scratch_{tag} TO PUBLIC;
+             CREATE FUNCTION sales.escalate_{tag}() RETURNS text LANGUAGE plpgsql SECURITY DEFINER
+                 AS $f$ BEGIN EXECUTE 'CREATE ROLE attacker_{tag} LOGIN'; RETURN current_user; END $f$;
+             CREATE VIEW sales.peek_{tag} AS SELECT * FROM sales.customers;
+             GRANT SELECT ON sales.peek_{tag} TO PUBLIC;
+             ALTER DEFAULT PRIVILEGES IN SCHEMA sales GRANT SELECT ON TABLES TO PUBLIC;
+             CREATE FUNCTION sales.trap_{tag}() RETURNS trigger LANGUAGE plpgsql
+                 AS $f$ BEGIN EXECUTE 'CREATE ROLE trapped_{tag}'; RETURN NEW; END $f$;
+             CREATE TRIGGER trap_{tag} BEFORE INSERT ON sales.orders FOR EACH ROW EXECUTE FUNCTION sales.trap_{tag}()"
+        ))
+        .await
+        .expect("what a user with CREATE on a schema and TRIGGER on a table can do");
+    // Acting as its profile role would leave objects owned by a role that outlives the user:
+    // impossible from 16 (SET FALSE); before 16, cleanup hands them over (below).
+    let as_profile = client.batch_execute(&format!("SET ROLE {}; CREATE TABLE sales.by_profile_{tag} (x int); RESET ROLE", pgjit::postgres::ident(&profile))).await;
+    assert_eq!(as_profile.is_err(), version >= 160000, "SET ROLE to the profile: {as_profile:?}");
     drop(client);
-    let deleted = roles::delete(&admin, "postgres", &user, PREFIX).await.expect("delete despite owned objects");
+
+    // Revoke already takes the trigger away: it would run the user's code as whoever inserts.
+    let revoked = revocation::revoke(&admin, "postgres", &user, PREFIX).await.expect("revoke");
+    assert!(revoked.disarmed.iter().any(|d| d.contains(&format!("dropped function sales.trap_{tag}()")) && d.contains(&format!("trap_{tag} ON sales.orders"))), "{:?}", revoked.disarmed);
+    for disarmed in [format!("SECURITY DEFINER taken from function sales.escalate_{tag}()"), format!("grants on table sales.peek_{tag} to PUBLIC dropped")] {
+        assert!(revoked.disarmed.iter().any(|d| d.contains(&disarmed)), "{disarmed} in {:?}", revoked.disarmed);
+    }
+    let triggers: i64 = su.query_one("SELECT count(*) FROM pg_trigger WHERE tgname = $1", &[&format!("trap_{tag}")]).await.unwrap().get(0);
+    assert_eq!(triggers, 0);
+    let deleted = revocation::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.expect("delete despite owned objects");
     assert_eq!(deleted.reassigned_in, ["app"]);
     assert!(!role_exists(&su, &user).await);
-    let owner: String = su
-        .query_one(&format!("SELECT pg_get_userbyid(relowner)::text FROM pg_class WHERE oid = 'sales.{table}'::regclass"), &[])
+    for handed in [format!("table sales.scratch_{tag} handed to {HOLDING}"), format!("routine sales.escalate_{tag}() handed to {HOLDING}")] {
+        assert!(deleted.handed_over.iter().any(|h| h.contains(&handed)), "{handed} in {:?}", deleted.handed_over);
+    }
+    if version < 160000 {
+        let handed = revocation::hand_over(&admin, "postgres", &profile, HOLDING).await.expect("profile hand-over");
+        assert!(handed.iter().any(|h| h.contains(&format!("sales.by_profile_{tag}"))), "{handed:?}");
+    }
+
+    // Everything is kept, owned by the powerless holding role, with nothing granted on it.
+    for object in [format!("sales.scratch_{tag}"), format!("sales.peek_{tag}")].iter().chain((version < 160000).then(|| format!("sales.by_profile_{tag}")).iter()) {
+        let owner: String = su.query_one(&format!("SELECT pg_get_userbyid(relowner)::text FROM pg_class WHERE oid = '{object}'::regclass"), &[]).await.unwrap().get(0);
+        assert_eq!(owner, HOLDING, "{object}");
+    }
+    let row = su
+        .query_one(
+            &format!("SELECT pg_get_userbyid(proowner)::text, prosecdef, proacl::text FROM pg_proc WHERE oid = 'sales.escalate_{tag}()'::regprocedure"),
+            &[],
+        )
         .await
-        .unwrap()
-        .get(0);
-    assert_eq!(owner, e.admin_user, "the table is kept and handed to the admin");
-    su.batch_execute(&format!("DROP TABLE sales.{table}")).await.unwrap();
+        .unwrap();
+    assert_eq!((row.get::<_, String>(0).as_str(), row.get::<_, bool>(1)), (HOLDING, false), "no longer SECURITY DEFINER");
+    let acl = row.get::<_, Option<String>>(2).unwrap_or_default();
+    assert!(!acl.contains("{=X") && !acl.contains(",=X"), "no EXECUTE for PUBLIC: {acl}");
+    let holding: (bool, bool, i64) = {
+        let r = su
+            .query_one("SELECT rolcanlogin, rolsuper OR rolcreaterole OR rolcreatedb, (SELECT count(*) FROM pg_auth_members WHERE member = r.oid) FROM pg_roles r WHERE rolname = $1", &[&HOLDING])
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!(holding, (false, false, 0), "the holding role is powerless");
+    let defaults: i64 = su.query_one("SELECT count(*) FROM pg_default_acl WHERE defaclrole = (SELECT oid FROM pg_roles WHERE rolname = $1)", &[&HOLDING]).await.unwrap().get(0);
+    assert_eq!(defaults, 0, "the user's default privileges went with it");
+
+    // A bystander with a login of its own tries what was planted.
+    let bystander = format!("bystander_{tag}");
+    let bystander_password = SecretString::random_password();
+    su.batch_execute("SET log_statement = 'none'").await.unwrap();
+    su.batch_execute(&format!("CREATE ROLE {bystander} LOGIN PASSWORD {}; GRANT USAGE ON SCHEMA sales TO {bystander}", pgjit::postgres::literal(bystander_password.expose())))
+        .await
+        .unwrap();
+    su.batch_execute("RESET log_statement").await.unwrap();
+    let other = e.login_as(&bystander, &bystander_password, "app").await.unwrap();
+    for attack in [format!("SELECT sales.escalate_{tag}()"), format!("SELECT * FROM sales.peek_{tag}"), format!("SELECT * FROM sales.scratch_{tag}")] {
+        let err = other.query(&attack, &[]).await.expect_err(&attack);
+        assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{attack}: {err}");
+    }
+    // The admin itself writes to the table the trap was on: nothing of the user's runs.
+    su.batch_execute("SET ROLE app_owner; INSERT INTO sales.orders (customer, total) VALUES ('trap check', 1); RESET ROLE; DELETE FROM sales.orders WHERE customer = 'trap check'").await.unwrap();
+    for planted in [format!("attacker_{tag}"), format!("trapped_{tag}")] {
+        assert!(!role_exists(&su, &planted).await, "{planted} was never created");
+    }
+    su.batch_execute(&format!(
+        "DROP VIEW sales.peek_{tag}; DROP TABLE sales.scratch_{tag}; DROP TABLE IF EXISTS sales.by_profile_{tag}; DROP FUNCTION sales.escalate_{tag}(); \
+         REVOKE USAGE ON SCHEMA sales FROM {bystander}; DROP ROLE {bystander}"
+    ))
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -438,10 +555,10 @@ async fn iam_mode_makes_an_rds_iam_member_without_password() {
         .unwrap();
     assert!(row.get::<_, bool>(0), "member of rds_iam");
     assert!(row.get::<_, bool>(1), "no password");
-    roles::revoke(&admin, "postgres", &user, PREFIX).await.unwrap();
+    revocation::revoke(&admin, "postgres", &user, PREFIX).await.unwrap();
     let member: bool = su.query_one("SELECT pg_has_role($1, 'rds_iam', 'MEMBER')", &[&user]).await.unwrap().get(0);
     assert!(!member, "rds_iam membership removed at revoke");
-    roles::delete(&admin, "postgres", &user, PREFIX).await.unwrap();
+    revocation::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.unwrap();
 }
 
 #[tokio::test]
@@ -453,7 +570,7 @@ async fn the_password_never_reaches_the_server_log() {
     let password = SecretString::random_password();
     roles::grant(&admin, &spec(&user, &set, &password)).await.expect("grant");
     e.login_as(&user, &password, "app").await.unwrap().query("SELECT * FROM hr.salaries", &[]).await.unwrap();
-    roles::delete(&admin, "postgres", &user, PREFIX).await.unwrap();
+    revocation::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.unwrap();
     let log = e.server_log();
     assert!(log.contains(&format!("CREATE ROLE \"{user}\" LOGIN")), "the statement log is on and saw the grant");
     assert!(log.contains("SCRAM-SHA-256$4096:"), "only the verifier is sent");
@@ -507,13 +624,13 @@ async fn managed_roles_lists_login_and_profile_roles() {
     let password = SecretString::random_password();
     let granted = roles::grant(&admin, &spec(&user, &set, &password)).await.unwrap();
     let client = admin.connect("postgres").await.unwrap();
-    let listed = roles::managed_roles(&client, PREFIX).await.unwrap();
+    let listed = revocation::managed_roles(&client, PREFIX).await.unwrap();
     let mine = listed.iter().find(|r| r.name == user).unwrap();
     assert!(mine.can_login && !mine.profile && mine.valid_until.is_some());
     let profile = listed.iter().find(|r| r.name == granted.profiles["app"]).unwrap();
     assert!(profile.profile && !profile.can_login);
     assert!(!listed.iter().any(|r| r.name == e.admin_user));
-    roles::delete(&admin, "postgres", &user, PREFIX).await.unwrap();
+    revocation::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.unwrap();
 }
 
 #[tokio::test]
@@ -521,9 +638,10 @@ async fn doctor_names_what_the_admin_can_and_cannot_do() {
     let e = env();
     // The environment's databases, named: other tests create short-lived ones of their own.
     let databases = ["postgres", "app", "crm"].map(String::from);
-    let findings = pgjit::setup::doctor(&e.admin(), pgjit::setup::Flavor::Postgres, "postgres", &databases).await.unwrap();
+    let findings = pgjit::setup::doctor(&e.admin(), pgjit::setup::Flavor::Postgres, "postgres", HOLDING, &databases).await.unwrap();
     let failed: Vec<_> = findings.iter().filter(|f| !f.ok).collect();
-    assert!(failed.is_empty(), "the prepared admin passes: {failed:?}");
+    assert!(failed.is_empty(), "the prepared admin passes, without warnings: {failed:?}");
+    assert!(findings.iter().any(|f| f.capability == format!("holding role {HOLDING:?}") && f.ok), "{findings:?}");
     assert!(findings.iter().any(|f| f.capability == "CREATEROLE"));
     assert!(findings.iter().any(|f| f.capability == "grant option on database \"app\""));
     assert!(findings.iter().any(|f| f.capability == "grant option on schema \"app\".\"sales\""));
@@ -538,7 +656,7 @@ async fn doctor_names_what_the_admin_can_and_cannot_do() {
     su.batch_execute("SET log_statement = 'none'").await.unwrap();
     su.batch_execute(&format!("ALTER ROLE weak_admin PASSWORD {}", pgjit::postgres::literal(password.expose()))).await.unwrap();
     let weak = Connector::new(e.endpoint(), Credentials::Password(pgjit::postgres::Login { user: "weak_admin".into(), password }));
-    let findings = pgjit::setup::doctor(&weak, pgjit::setup::Flavor::Rds, "postgres", &["app".into()]).await.unwrap();
+    let findings = pgjit::setup::doctor(&weak, pgjit::setup::Flavor::Rds, "postgres", HOLDING, &["app".into()]).await.unwrap();
     let failed: BTreeSet<&str> = findings.iter().filter(|f| !f.ok).map(|f| f.capability.as_str()).collect();
     for expected in ["CREATEROLE", "end sessions", "grant rds_iam", "grant option on database \"app\"", "grant option on schema \"app\".\"sales\""] {
         assert!(failed.contains(expected), "{expected} missing from {failed:?}");

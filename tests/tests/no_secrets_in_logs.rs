@@ -64,8 +64,13 @@ async fn no_secret_reaches_a_log_line_an_error_or_a_record() {
     request["body"] = json!(body);
     let cache = SecretCache::default();
     let response = pgjit::handlers::webhook(&svc, &cache, LambdaEvent::new(serde_json::from_value(request.clone()).unwrap(), Context::default())).await.unwrap();
-    assert_eq!(response.status_code, 200, "{:?}", response.body);
+    assert_eq!(response.status_code, 202, "{:?}", response.body);
     outputs.push(response.body.unwrap_or_default());
+    // The approval as the bus delivers it to the grant function.
+    let event = json!({"version": "0", "id": "ev-log-1", "detail-type": "Access Request Approved", "source": "pgjit.approvals", "account": "123456789012",
+        "time": Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(), "region": "us-east-1", "resources": [], "detail": serde_json::from_str::<Value>(&body).unwrap()});
+    let granted = pgjit::handlers::grant(&svc, LambdaEvent::new(event, Context::default())).await.unwrap();
+    outputs.push(serde_json::to_string(&granted).unwrap());
     // A wrongly signed one, for the rejection path's logs.
     request["headers"]["x-pgjit-signature"] = json!(pgjit::webhook::sign(b"guess", &now, body.as_bytes()));
     let rejected = pgjit::handlers::webhook(&svc, &cache, LambdaEvent::new(serde_json::from_value(request).unwrap(), Context::default())).await.unwrap();

@@ -260,7 +260,7 @@ async fn the_same_approval_ten_times_at_once_grants_once() {
     let profiles = su.query_one("SELECT count(*) FROM pg_roles WHERE starts_with(rolname, $1)", &[&format!("{}p_", i.user_prefix)]).await.unwrap().get::<_, i64>(0);
     assert_eq!(roles - profiles, 1, "one login role");
     let secrets = pgjit_tests::secret_names(&svc).await;
-    assert_eq!(secrets.iter().filter(|n| n.starts_with(&svc.config.secret_prefix) && n.ends_with("/SAME-1")).count(), 1, "one secret");
+    assert_eq!(secrets.iter().filter(|n| n.starts_with(&svc.config.credentials_prefix) && n.ends_with("/SAME-1")).count(), 1, "one secret");
     let schedules = svc.scheduler.list_schedules().group_name(&svc.config.schedule_group).send().await.unwrap();
     assert_eq!(schedules.schedules().len(), 1, "one schedule");
     pgjit::grants::revoke_all(&svc, "dup", Utc::now()).await.unwrap();

@@ -69,10 +69,18 @@ fn request(body: &str, timestamp: Option<String>, signature: Option<String>) -> 
 }
 
 #[tokio::test]
-async fn the_webhook_grants_only_with_a_good_signature() {
+async fn the_webhook_forwards_only_well_signed_approvals_to_the_approval_bus() {
     let secret_id = format!("webhook-{}", rand::random::<u32>());
-    let id = secret_id.clone();
-    let svc = isolated_services_with(move |n| (n == "PGJIT_WEBHOOK_SECRET_ID").then(|| id.clone())).await;
+    let bus = format!("approvals-{}", rand::random::<u32>());
+    let (id, b) = (secret_id.clone(), bus.clone());
+    let svc = isolated_services_with(move |n| match n {
+        "PGJIT_WEBHOOK_SECRET_ID" => Some(id.clone()),
+        "PGJIT_APPROVAL_BUS" => Some(b.clone()),
+        _ => None,
+    })
+    .await;
+    svc.events.create_event_bus().name(&bus).send().await.unwrap();
+    let (sqs, queue) = pgjit_tests::queue_for(&svc, &bus, json!({"source": ["pgjit.approvals"], "detail-type": ["Access Request Approved"]})).await;
     svc.secrets.create_secret().name(&secret_id).secret_string("hook-key-123").send().await.unwrap();
     pgjit_tests::register_integration(&svc, "hooked", json!({"max_duration_seconds": 3600})).await;
     let cache = SecretCache::default();
@@ -111,13 +119,59 @@ async fn the_webhook_grants_only_with_a_good_signature() {
         assert!(response.body.as_deref().unwrap().contains(expected), "{:?}", response.body);
     }
 
+    // A body dressed as an EventBridge event: the bus sets the envelope (and its time), not the sender.
+    let dressed = json!({"detail-type": "Access Request Approved", "time": "2030-01-01T00:00:00Z", "detail": serde_json::from_str::<Value>(&body).unwrap()}).to_string();
+    let response = call(request(&dressed, Some(now.clone()), Some(sign(b"hook-key-123", &now, dressed.as_bytes())))).await;
+    assert_eq!(response.status_code, 400, "{:?}", response.body);
+    assert!(pgjit_tests::received(&sqs, &queue).await.is_empty(), "nothing forwarded for refused requests");
+
+    // Good: accepted and forwarded, nothing granted by the webhook itself (it holds no such rights).
     let response = call(request(&body, Some(now.clone()), Some(good.clone()))).await;
-    assert_eq!(response.status_code, 200, "{:?}", response.body);
+    assert_eq!(response.status_code, 202, "{:?}", response.body);
     let result: Value = serde_json::from_str(response.body.as_deref().unwrap()).unwrap();
-    assert_eq!(result["status"], "active");
-    assert_eq!(result["repeated"], false);
-    // The same request again (a retrying sender): the first result, nothing new.
-    let again: Value = serde_json::from_str(call(request(&body, Some(now.clone()), Some(good))).await.body.as_deref().unwrap()).unwrap();
-    assert_eq!((again["repeated"].as_bool(), &again["db_user"]), (Some(true), &result["db_user"]));
+    assert_eq!((result["request_id"].as_str(), result["forwarded"].as_bool()), (Some("HOOK-1"), Some(true)));
+    assert!(svc.store.get_grant("HOOK-1").await.unwrap().is_none(), "the webhook grants nothing itself");
+    let events = pgjit_tests::received(&sqs, &queue).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    // The grant function takes it from the bus under the same checks as any approval.
+    let granted = pgjit::handlers::grant(&svc, LambdaEvent::new(events[0].clone(), Context::default())).await.unwrap();
+    assert_eq!(granted.status, pgjit::store::GrantStatus::Active);
+    assert!(!granted.repeated);
+    // The same request again (a retrying sender): forwarded again, and the grant changes nothing.
+    assert_eq!(call(request(&body, Some(now.clone()), Some(good))).await.status_code, 202);
+    let again = pgjit_tests::received(&sqs, &queue).await;
+    let repeated = pgjit::handlers::grant(&svc, LambdaEvent::new(again[0].clone(), Context::default())).await.unwrap();
+    assert_eq!((repeated.repeated, &repeated.db_user), (true, &granted.db_user));
     pgjit::grants::revoke(&svc, "HOOK-1", pgjit::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_webhook_never_tells_a_caller_its_internal_errors() {
+    let secret_id = format!("webhook-{}", rand::random::<u32>());
+    let id = secret_id.clone();
+    // The approval bus does not exist: forwarding fails inside.
+    let svc = isolated_services_with(move |n| match n {
+        "PGJIT_WEBHOOK_SECRET_ID" => Some(id.clone()),
+        "PGJIT_APPROVAL_BUS" => Some("no-such-bus-for-pgjit".into()),
+        _ => None,
+    })
+    .await;
+    svc.secrets.create_secret().name(&secret_id).secret_string("hook-key-456").send().await.unwrap();
+    let cache = SecretCache::default();
+    let body = json!({"request_id": "HOOK-9", "integration": "hooked", "requester": {"id": "a@corp.com"}, "approver": "b@corp.com",
+        "duration_seconds": 600, "access": [{"database": "app", "privileges": ["CONNECT"]}]})
+    .to_string();
+    let now = Utc::now().timestamp().to_string();
+    let signed = request(&body, Some(now.clone()), Some(sign(b"hook-key-456", &now, body.as_bytes())));
+    let response = pgjit::handlers::webhook(&svc, &cache, LambdaEvent::new(signed, Context::default())).await.unwrap();
+    assert_eq!(response.status_code, 502, "{:?}", response.body);
+    let text = response.body.unwrap_or_default();
+    for internal in ["PutEvents", "no-such-bus", "failed:", "service error", "127.0.0.1"] {
+        assert!(!text.contains(internal), "{internal} leaked: {text}");
+    }
+    // Without its key the webhook answers 500 and says no more.
+    let svc = isolated_services_with(|n| (n == "PGJIT_WEBHOOK_SECRET_ID").then(|| "missing-key".to_owned())).await;
+    let signed = request(&body, Some(now.clone()), Some(sign(b"x", &now, body.as_bytes())));
+    let response = pgjit::handlers::webhook(&svc, &SecretCache::default(), LambdaEvent::new(signed, Context::default())).await.unwrap();
+    assert_eq!((response.status_code, response.body.as_deref()), (500, Some(r#"{"error":"internal error"}"#)));
 }

@@ -84,7 +84,7 @@ async fn grant_vs_floor(runs: usize) {
     let prefix = PREFIX;
     let password = SecretString::random_password();
     fn grant_spec<'a>(user: &'a str, access: &'a AccessSet, password: &'a SecretString) -> GrantSpec<'a> {
-        GrantSpec { username: user, access, login: LoginMethod::Password(password), valid_until: Utc::now() + chrono::Duration::hours(1), prefix: PREFIX, grantable_roles: None }
+        GrantSpec { username: user, access, login: LoginMethod::Password(password), valid_until: Utc::now() + chrono::Duration::hours(1), prefix: PREFIX, grantable_roles: &[], privileged_roles: &[] }
     }
     // The floor: the same final SQL effect, one transaction, one round trip.
     let floor_sql = |user: &str| {
@@ -101,7 +101,7 @@ async fn grant_vs_floor(runs: usize) {
     // Warm-up: the profile role exists from here on, as it does for every grant but the first.
     let first = login_role_name(prefix, "warmup");
     roles::grant(&admin, &grant_spec(&first, &access, &password)).await.unwrap();
-    roles::delete(&admin, "postgres", &first, prefix).await.unwrap();
+    pgjit::revocation::delete(&admin, "postgres", &first, prefix, pgjit::integration::DEFAULT_HOLDING_ROLE).await.unwrap();
 
     let floor_client = admin.connect("app").await.unwrap();
     let pgjit_clients = vec![admin.connect("app").await.unwrap()];
@@ -139,7 +139,7 @@ async fn grant_vs_floor(runs: usize) {
         users.push(user);
     }
     for u in &users {
-        roles::delete(&admin, "postgres", u, prefix).await.unwrap();
+        pgjit::revocation::delete(&admin, "postgres", u, prefix, pgjit::integration::DEFAULT_HOLDING_ROLE).await.unwrap();
     }
     // The SCRAM verifier pgjit computes per grant (PBKDF2, 4096 rounds), which the floor skips,
     // against postgres-protocol's, which pgjit used before.
@@ -321,7 +321,7 @@ async fn discovery_scaling() {
         wide.batch_execute(&sql).await.unwrap();
     }
     // The admin's set-up, as in every database pgjit manages (safe to repeat).
-    let setup = pgjit::setup::setup_sql(pgjit::setup::Flavor::Postgres, &e.admin_user).unwrap();
+    let setup = pgjit::setup::setup_sql(pgjit::setup::Flavor::Postgres, &e.admin_user, pgjit::integration::DEFAULT_HOLDING_ROLE).unwrap();
     e.superuser("bench_wide").await.batch_execute(&setup).await.unwrap();
     let admin = e.admin();
     let client = admin.connect("bench_wide").await.unwrap();

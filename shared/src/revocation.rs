@@ -1,0 +1,499 @@
+//! Taking access away from a login role (revoke) and dropping it for good (delete), and what
+//! happens to the objects a temporary user leaves behind.
+//!
+//! What a temporary user created must never run with more rights than the user had: a
+//! `SECURITY DEFINER` function handed to the admin would run as the admin for anyone who calls
+//! it. So its objects go to a powerless *holding role* (NOLOGIN, no privileges, no memberships),
+//! `SECURITY DEFINER` is taken away, the grants on them are dropped, and functions that fire as
+//! triggers on other owners' tables are dropped with their triggers.
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Client;
+
+use crate::postgres::{ident, literal, Connector};
+use crate::roles::{check_login_name, retry, RoleError};
+
+/// What a revoke found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revoked {
+    /// False when the role was already gone: revoke is then a no-op that succeeds.
+    pub existed: bool,
+    pub sessions_ended: i64,
+    pub memberships_removed: usize,
+    /// What was made harmless among the objects the user owns (schema-qualified names).
+    pub disarmed: Vec<String>,
+}
+
+impl Revoked {
+    fn gone() -> Revoked {
+        Revoked { existed: false, sessions_ended: 0, memberships_removed: 0, disarmed: Vec::new() }
+    }
+}
+
+/// Takes every way in away from a login role: NOLOGIN (committed first, so no new session can
+/// start), its sessions ended by `usesysid` (a session outlives DROP ROLE with a dangling OID),
+/// its memberships (verified gone: from 16 a REVOKE of another grantor's membership only warns),
+/// the members it gave itself to, its direct privileges, and the code it planted (see
+/// [`disarm`]). Safe to repeat.
+pub async fn revoke(connector: &Connector, maintenance_database: &str, username: &str, prefix: &str) -> Result<Revoked, RoleError> {
+    check_login_name(username, prefix, connector.user())?;
+    let revoked = async {
+        let client = connector.connect(maintenance_database).await?;
+        revoke_on(&client, connector, maintenance_database, username).await
+    };
+    match revoked.await {
+        // Dropped by a concurrent delete half-way through: gone is what revoke wants.
+        Err(e) if dropped_meanwhile(&e) => Ok(Revoked::gone()),
+        other => other,
+    }
+}
+
+/// Whether an error says the role stopped existing (another run dropped it first).
+fn dropped_meanwhile(e: &RoleError) -> bool {
+    matches!(e, RoleError::Sql { source, .. } if source.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT))
+}
+
+/// The role's oid and the server's `server_version_num`, or None when the role does not exist.
+pub(crate) async fn role_oid(client: &Client, database: &str, username: &str) -> Result<Option<(u32, i32)>, RoleError> {
+    Ok(client
+        .query_opt("SELECT oid, current_setting('server_version_num')::int FROM pg_roles WHERE rolname = $1", &[&username])
+        .await
+        .map_err(RoleError::sql(database, "looking up the role"))?
+        .map(|r| (r.get(0), r.get(1))))
+}
+
+/// Revoke on an open connection to the maintenance database (delete reuses its connection).
+async fn revoke_on(client: &Client, connector: &Connector, maintenance_database: &str, username: &str) -> Result<Revoked, RoleError> {
+    let db = maintenance_database;
+    let Some((oid, version)) = role_oid(client, db, username).await? else {
+        return Ok(Revoked::gone());
+    };
+    let user = ident(username);
+    let nologin = format!("ALTER ROLE {user} NOLOGIN");
+    retry(db, "setting NOLOGIN", || client.batch_execute(&nologin)).await?;
+    let sessions_ended = end_sessions(client, db, oid, version).await?;
+    let memberships = memberships_of(client, db, oid).await?;
+    if !memberships.is_empty() {
+        let list = memberships.iter().map(|m| ident(m)).collect::<Vec<_>>().join(", ");
+        let revoke = format!("REVOKE {list} FROM {user}");
+        retry(db, "revoking memberships", || client.batch_execute(&revoke)).await?;
+        let left = memberships_of(client, db, oid).await?;
+        if !left.is_empty() {
+            return Err(RoleError::Invalid(format!(
+                "role {username:?} is still a member of {} after REVOKE (granted by another role: the admin may only revoke its own grants)",
+                left.join(", ")
+            )));
+        }
+    }
+    // Before PostgreSQL 16 a role may grant membership of itself to others from its own session:
+    // whoever it let in loses that too (the admin keeps its own membership, to drop the role).
+    let members: Vec<String> = client
+        .query(
+            "SELECT r.rolname::text FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member WHERE m.roleid = $1 AND r.rolname <> current_user",
+            &[&oid],
+        )
+        .await
+        .map_err(RoleError::sql(db, "listing the role's members"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !members.is_empty() {
+        let revoke = format!("REVOKE {user} FROM {}", members.iter().map(|m| ident(m)).collect::<Vec<_>>().join(", "));
+        retry(db, "removing the role's members", || client.batch_execute(&revoke)).await?;
+    }
+    // Direct privileges (pgjit grants none, but a role may have been given some) and what it
+    // owns: in every database where the catalog records an ACL entry or an owned object.
+    let mut disarmed = Vec::new();
+    for database in dependent_databases(client, db, oid, "").await? {
+        let other;
+        let c = if database == db {
+            client
+        } else {
+            other = connector.connect(&database).await?;
+            &other
+        };
+        revoke_direct_privileges(c, &database, username).await?;
+        disarmed.extend(disarm(c, &database, username).await?);
+    }
+    tracing::info!(db_user = username, sessions_ended, memberships = memberships.len(), members = members.len(), disarmed = disarmed.len(), "login role revoked");
+    Ok(Revoked { existed: true, sessions_ended, memberships_removed: memberships.len(), disarmed })
+}
+
+async fn memberships_of(client: &Client, database: &str, oid: u32) -> Result<Vec<String>, RoleError> {
+    Ok(client
+        .query("SELECT r.rolname::text FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid WHERE m.member = $1 ORDER BY 1", &[&oid])
+        .await
+        .map_err(RoleError::sql(database, "listing memberships"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Ends every session of the role. From 14 each termination waits (up to 5 s) until the
+/// session is gone; 13 has no timeout argument, so pgjit polls for that itself.
+async fn end_sessions(client: &Client, database: &str, oid: u32, server_version: i32) -> Result<i64, RoleError> {
+    let terminate = if server_version >= 140000 { "pg_terminate_backend(pid, 5000)" } else { "pg_terminate_backend(pid)" };
+    let row = client
+        .query_one(
+            &format!("SELECT count(*) FILTER (WHERE {terminate}) FROM pg_stat_activity WHERE usesysid = $1 AND pid <> pg_backend_pid()"),
+            &[&oid],
+        )
+        .await
+        .map_err(RoleError::sql(database, "ending sessions"))?;
+    if server_version < 140000 {
+        for _ in 0..50 {
+            let left: i64 = client
+                .query_one("SELECT count(*) FROM pg_stat_activity WHERE usesysid = $1 AND pid <> pg_backend_pid()", &[&oid])
+                .await
+                .map_err(RoleError::sql(database, "waiting for sessions to end"))?
+                .get(0);
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    Ok(row.get(0))
+}
+
+/// Databases in which `pg_shdepend` records a dependency of kind `deptype` on the role
+/// (`a`: ACL entries, `o`: ownership, empty: any); shared objects are reported under `fallback`.
+async fn dependent_databases(client: &Client, fallback: &str, oid: u32, deptype: &str) -> Result<Vec<String>, RoleError> {
+    let rows = client
+        .query(
+            "SELECT DISTINCT coalesce(d.datname::text, $3) FROM pg_shdepend s LEFT JOIN pg_database d ON d.oid = s.dbid \
+             WHERE s.refclassid = 'pg_authid'::regclass AND s.refobjid = $1 AND ($2 = '' OR s.deptype::text = $2)",
+            &[&oid, &deptype, &fallback],
+        )
+        .await
+        .map_err(RoleError::sql(fallback, "listing the databases that depend on the role"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// REVOKE ALL on every table, sequence, schema, function and the database itself where the role
+/// holds a privilege. The object names come from the server's own quoting (regclass, regprocedure).
+async fn revoke_direct_privileges(client: &Client, database: &str, username: &str) -> Result<(), RoleError> {
+    let rows = client
+        .query(
+            "SELECT CASE s.classid \
+                 WHEN 'pg_class'::regclass THEN CASE c.relkind WHEN 'S' THEN 'SEQUENCE ' ELSE 'TABLE ' END || s.objid::regclass::text \
+                 WHEN 'pg_namespace'::regclass THEN 'SCHEMA ' || quote_ident(n.nspname) \
+                 WHEN 'pg_proc'::regclass THEN 'FUNCTION ' || s.objid::regprocedure::text \
+                 WHEN 'pg_database'::regclass THEN 'DATABASE ' || quote_ident(d.datname) END \
+             FROM pg_shdepend s \
+             LEFT JOIN pg_class c ON s.classid = 'pg_class'::regclass AND c.oid = s.objid \
+             LEFT JOIN pg_namespace n ON s.classid = 'pg_namespace'::regclass AND n.oid = s.objid \
+             LEFT JOIN pg_database d ON s.classid = 'pg_database'::regclass AND d.oid = s.objid \
+             WHERE s.refclassid = 'pg_authid'::regclass AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = $1) \
+               AND s.deptype = 'a' AND s.dbid IN (0, (SELECT oid FROM pg_database WHERE datname = current_database())) \
+               AND s.objsubid = 0",
+            &[&username],
+        )
+        .await
+        .map_err(RoleError::sql(database, "listing direct privileges"))?;
+    let user = ident(username);
+    let statements: Vec<String> =
+        rows.iter().filter_map(|r| r.get::<_, Option<String>>(0)).map(|object| format!("REVOKE ALL ON {object} FROM {user}")).collect();
+    if !statements.is_empty() {
+        let batch = statements.join(";\n");
+        retry(database, "revoking direct privileges", || client.batch_execute(&batch)).await?;
+    }
+    Ok(())
+}
+
+/// The objects `owner` owns in the connected database, with what makes each dangerous: the
+/// grants on it (to PUBLIC, by default, for functions and types), `SECURITY DEFINER`, and
+/// triggers on tables of other owners that a function fires as. Every name is the server's own
+/// quoting (regclass, regprocedure, regtype, quote_ident).
+const OWNED_OBJECTS: &str = "\
+WITH o AS (SELECT oid FROM pg_roles WHERE rolname = $1) \
+SELECT kind, name, secdef, grantees, foreign_triggers FROM ( \
+  SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END AS kind, c.oid::regclass::text AS name, false AS secdef, \
+         ARRAY(SELECT DISTINCT CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END \
+               FROM aclexplode(c.relacl) a WHERE a.grantee <> c.relowner) AS grantees, NULL::text AS foreign_triggers \
+    FROM pg_class c, o WHERE c.relowner = o.oid AND c.relkind IN ('r','p','v','m','f','S') \
+  UNION ALL \
+  SELECT 'ROUTINE', p.oid::regprocedure::text, p.prosecdef, \
+         ARRAY(SELECT DISTINCT CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END \
+               FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a WHERE a.grantee <> p.proowner), \
+         (SELECT string_agg(quote_ident(t.tgname) || ' ON ' || t.tgrelid::regclass::text, ', ' ORDER BY 1) \
+            FROM pg_trigger t JOIN pg_class tc ON tc.oid = t.tgrelid WHERE t.tgfoid = p.oid AND tc.relowner <> p.proowner) \
+    FROM pg_proc p, o WHERE p.proowner = o.oid \
+  UNION ALL \
+  SELECT 'SCHEMA', quote_ident(n.nspname), false, \
+         ARRAY(SELECT DISTINCT CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END \
+               FROM aclexplode(n.nspacl) a WHERE a.grantee <> n.nspowner), NULL \
+    FROM pg_namespace n, o WHERE n.nspowner = o.oid \
+  UNION ALL \
+  SELECT 'TYPE', t.oid::regtype::text, false, \
+         ARRAY(SELECT DISTINCT CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END \
+               FROM aclexplode(coalesce(t.typacl, acldefault('T', t.typowner))) a WHERE a.grantee <> t.typowner), NULL \
+    FROM pg_type t, o WHERE t.typowner = o.oid AND t.typtype IN ('b','d','e','r','m') AND t.typrelid = 0 \
+      AND NOT EXISTS (SELECT 1 FROM pg_type e WHERE e.typarray = t.oid) \
+) owned ORDER BY kind, name";
+
+/// Makes what `owner` owns in the connected database harmless to everyone else, in one
+/// transaction: functions that fire as triggers on other owners' tables are dropped with those
+/// triggers (they would run the departed user's code as whoever writes to the table),
+/// `SECURITY DEFINER` is taken away, and every grant on the objects is revoked, so nobody but
+/// their owner can use them. Returns what it changed, for the audit trail. Safe to repeat.
+pub async fn disarm(client: &Client, database: &str, owner: &str) -> Result<Vec<String>, RoleError> {
+    let rows = client.query(OWNED_OBJECTS, &[&owner]).await.map_err(RoleError::sql(database, "listing the objects the role owns"))?;
+    let mut statements = Vec::new();
+    let mut changed = Vec::new();
+    for row in &rows {
+        let (kind, name, secdef): (&str, &str, bool) = (row.get(0), row.get(1), row.get(2));
+        let grantees: Vec<String> = row.get(3);
+        let foreign_triggers: Option<&str> = row.get(4);
+        if let Some(triggers) = foreign_triggers {
+            statements.push(format!("DROP ROUTINE {name} CASCADE"));
+            changed.push(format!("{database}: dropped function {name} and its triggers {triggers}"));
+            continue;
+        }
+        if secdef {
+            statements.push(format!("ALTER ROUTINE {name} SECURITY INVOKER"));
+            changed.push(format!("{database}: SECURITY DEFINER taken from function {name}"));
+        }
+        if !grantees.is_empty() {
+            statements.push(format!("REVOKE ALL ON {kind} {name} FROM {}", grantees.join(", ")));
+            changed.push(format!("{database}: grants on {} {name} to {} dropped", kind.to_lowercase(), grantees.join(", ")));
+        }
+    }
+    if !statements.is_empty() {
+        let batch = format!("BEGIN;\n{};\nCOMMIT", statements.join(";\n"));
+        let run = || async {
+            let result = client.batch_execute(&batch).await;
+            if result.is_err() {
+                let _ = client.batch_execute("ROLLBACK").await;
+            }
+            result
+        };
+        retry(database, "disarming the objects the role owns", run).await?;
+        for c in &changed {
+            tracing::warn!(database, role = owner, change = %c, "disarmed an object a temporary role owned");
+        }
+    }
+    Ok(changed)
+}
+
+/// What a delete found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deleted {
+    pub existed: bool,
+    /// Databases where objects owned by the role were handed to the holding role.
+    pub reassigned_in: Vec<String>,
+    /// What was handed over or made harmless, schema-qualified (names, never contents).
+    pub handed_over: Vec<String>,
+}
+
+/// Drops a login role for good: revoked first (if it was not), then what it owns handed to the
+/// holding role ([`hand_over`]), then `DROP ROLE`. Safe to repeat.
+pub async fn delete(connector: &Connector, maintenance_database: &str, username: &str, prefix: &str, holding_role: &str) -> Result<Deleted, RoleError> {
+    check_login_name(username, prefix, connector.user())?;
+    let gone = || Deleted { existed: false, reassigned_in: Vec::new(), handed_over: Vec::new() };
+    let deleted = async {
+        // One connection for the revoke, the hand-over and the drop.
+        let client = connector.connect(maintenance_database).await?;
+        let revoked = revoke_on(&client, connector, maintenance_database, username).await?;
+        if !revoked.existed {
+            return Ok(gone());
+        }
+        let (reassigned_in, mut handed_over) = hand_over_on(&client, connector, maintenance_database, username, holding_role).await?;
+        handed_over.splice(0..0, revoked.disarmed);
+        let drop = format!("DROP ROLE IF EXISTS {}", ident(username));
+        retry(maintenance_database, "dropping the role", || client.batch_execute(&drop)).await?;
+        tracing::info!(db_user = username, databases = reassigned_in.len(), handed_over = handed_over.len(), "login role dropped");
+        Ok(Deleted { existed: true, reassigned_in, handed_over })
+    };
+    match deleted.await {
+        Err(e) if dropped_meanwhile(&e) => Ok(gone()),
+        other => other,
+    }
+}
+
+/// Hands whatever `role` owns, in every database, to the holding role (see [`disarm`]), and
+/// drops its grants and default privileges (`DROP OWNED`); the role itself stays. Cleanup uses
+/// it for profile roles, which a user could act as before PostgreSQL 16.
+pub async fn hand_over(connector: &Connector, maintenance_database: &str, role: &str, holding_role: &str) -> Result<Vec<String>, RoleError> {
+    let client = connector.connect(maintenance_database).await?;
+    Ok(hand_over_on(&client, connector, maintenance_database, role, holding_role).await?.1)
+}
+
+async fn hand_over_on(client: &Client, connector: &Connector, db: &str, role: &str, holding_role: &str) -> Result<(Vec<String>, Vec<String>), RoleError> {
+    let Some((oid, _)) = role_oid(client, db, role).await? else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    ensure_holding_role(client, db, holding_role).await?;
+    let admin = ident(connector.user());
+    let user = ident(role);
+    // The admin must be a member to reassign and drop what the role owns; ROLE <admin> at
+    // creation made it one, and this repairs it if someone removed that.
+    let membership = format!("GRANT {user} TO {admin}");
+    retry(db, "making the admin a member", || client.batch_execute(&membership)).await?;
+    let (mut reassigned_in, mut handed_over) = (Vec::new(), Vec::new());
+    for database in dependent_databases(client, db, oid, "").await? {
+        let other;
+        let c = if database == db {
+            client
+        } else {
+            other = connector.connect(&database).await?;
+            &other
+        };
+        handed_over.extend(disarm(c, &database, role).await?);
+        let owned: Vec<String> = c
+            .query(OWNED_OBJECTS, &[&role])
+            .await
+            .map_err(RoleError::sql(&database, "listing the objects the role owns"))?
+            .iter()
+            .map(|r| format!("{database}: {} {} handed to {holding_role}", r.get::<_, &str>(0).to_lowercase(), r.get::<_, &str>(1)))
+            .collect();
+        let hand_over = hand_over_sql(c, &database, role, holding_role).await?;
+        let run = || async {
+            let result = c.batch_execute(&hand_over).await;
+            if result.is_err() {
+                let _ = c.batch_execute("ROLLBACK").await;
+            }
+            result
+        };
+        retry(&database, "handing owned objects to the holding role", run).await?;
+        handed_over.extend(owned);
+        reassigned_in.push(database);
+    }
+    Ok((reassigned_in, handed_over))
+}
+
+/// The hand-over transaction of one database. A new owner needs CREATE on each object's schema
+/// (and on the database, for a schema): the holding role gets exactly that for the length of the
+/// transaction and loses it before COMMIT, so it is never seen holding a privilege.
+async fn hand_over_sql(client: &Client, database: &str, role: &str, holding_role: &str) -> Result<String, RoleError> {
+    let row = client
+        .query_one(
+            "WITH o AS (SELECT oid FROM pg_roles WHERE rolname = $1) \
+             SELECT quote_ident(current_database()), ARRAY(SELECT quote_ident(n.nspname) FROM pg_namespace n WHERE n.oid IN ( \
+                 SELECT relnamespace FROM pg_class, o WHERE relowner = o.oid \
+                 UNION SELECT pronamespace FROM pg_proc, o WHERE proowner = o.oid \
+                 UNION SELECT typnamespace FROM pg_type, o WHERE typowner = o.oid \
+                 UNION SELECT oprnamespace FROM pg_operator, o WHERE oprowner = o.oid \
+                 UNION SELECT collnamespace FROM pg_collation, o WHERE collowner = o.oid \
+                 UNION SELECT connamespace FROM pg_conversion, o WHERE conowner = o.oid \
+                 UNION SELECT cfgnamespace FROM pg_ts_config, o WHERE cfgowner = o.oid \
+                 UNION SELECT dictnamespace FROM pg_ts_dict, o WHERE dictowner = o.oid \
+                 UNION SELECT stxnamespace FROM pg_statistic_ext, o WHERE stxowner = o.oid) \
+               AND n.nspname NOT LIKE 'pg\\_temp\\_%' AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%' ORDER BY 1)",
+            &[&role],
+        )
+        .await
+        .map_err(RoleError::sql(database, "listing the schemas of the objects the role owns"))?;
+    let (db, schemas): (String, Vec<String>) = (row.get(0), row.get(1));
+    let (user, holding) = (ident(role), ident(holding_role));
+    let mut sql = format!("BEGIN;\nGRANT CREATE ON DATABASE {db} TO {holding};\n");
+    if !schemas.is_empty() {
+        sql.push_str(&format!("GRANT CREATE ON SCHEMA {} TO {holding};\n", schemas.join(", ")));
+    }
+    sql.push_str(&format!("REASSIGN OWNED BY {user} TO {holding};\nDROP OWNED BY {user};\n"));
+    if !schemas.is_empty() {
+        sql.push_str(&format!("REVOKE CREATE ON SCHEMA {} FROM {holding};\n", schemas.join(", ")));
+    }
+    sql.push_str(&format!("REVOKE CREATE ON DATABASE {db} FROM {holding};\nCOMMIT"));
+    Ok(sql)
+}
+
+/// Makes sure the holding role exists and is powerless: NOLOGIN, no attributes, a member of
+/// nothing, with no member but the admin. pgjit creates it when it is missing (the admin has
+/// CREATEROLE); a holding role that has gained anything is refused, since everything handed to
+/// it would gain the same.
+async fn ensure_holding_role(client: &Client, database: &str, holding_role: &str) -> Result<(), RoleError> {
+    let row = client
+        .query_opt(
+            "SELECT r.rolcanlogin OR r.rolsuper OR r.rolcreaterole OR r.rolcreatedb OR r.rolreplication OR r.rolbypassrls, \
+                    EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.member = r.oid), \
+                    EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles x ON x.oid = m.member WHERE m.roleid = r.oid AND x.rolname <> current_user), \
+                    r.rolname = current_user \
+             FROM pg_roles r WHERE r.rolname = $1",
+            &[&holding_role],
+        )
+        .await
+        .map_err(RoleError::sql(database, "checking the holding role"))?;
+    let holding = ident(holding_role);
+    match row {
+        None => {
+            let create = format!(
+                "CREATE ROLE {holding} NOLOGIN;\nCOMMENT ON ROLE {holding} IS {};\nGRANT {holding} TO CURRENT_USER",
+                literal("pgjit: owns what departed temporary users created; no privileges, no login")
+            );
+            retry(database, "creating the holding role", || client.batch_execute(&create)).await?;
+            Ok(())
+        }
+        Some(r) => {
+            let (powers, member_of, members, is_admin): (bool, bool, bool, bool) = (r.get(0), r.get(1), r.get(2), r.get(3));
+            let mut wrong = Vec::new();
+            if is_admin {
+                wrong.push("it is the admin itself");
+            }
+            if powers {
+                wrong.push("it can log in or has role attributes");
+            }
+            if member_of {
+                wrong.push("it is a member of other roles");
+            }
+            if members {
+                wrong.push("roles other than the admin are members of it");
+            }
+            if !wrong.is_empty() {
+                return Err(RoleError::Invalid(format!(
+                    "holding role {holding_role:?} is not powerless ({}): what departed users created would gain that; fix it (see `pgjit setup-sql`) or name another holding_role",
+                    wrong.join("; ")
+                )));
+            }
+            let membership = format!("GRANT {holding} TO CURRENT_USER");
+            retry(database, "making the admin a member of the holding role", || client.batch_execute(&membership)).await?;
+            Ok(())
+        }
+    }
+}
+
+/// A role with pgjit's marker and prefix, as the catalog shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedRole {
+    pub name: String,
+    pub can_login: bool,
+    pub valid_until: Option<DateTime<Utc>>,
+    /// A profile role (privileges holder) rather than a login role.
+    pub profile: bool,
+    /// When pgjit created it, from its marker.
+    pub created: DateTime<Utc>,
+    /// Whether it owns anything in any database.
+    pub owns_objects: bool,
+}
+
+/// Every role pgjit created with this prefix, for reconciliation against the store: only roles
+/// whose name has the shape pgjit gives (`<prefix><slug>_<8 random>` or `<prefix>p_<16 hex>`)
+/// and that carry pgjit's marker comment. A DBA's `pgjit_readonly` or an admin called
+/// `pgjit_admin` never looks like an orphan. Read in one statement.
+pub async fn managed_roles(client: &Client, prefix: &str) -> Result<Vec<ManagedRole>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT r.rolname::text, r.rolcanlogin, r.rolvaliduntil, shobj_description(r.oid, 'pg_authid'), \
+                    EXISTS (SELECT 1 FROM pg_shdepend d WHERE d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid AND d.deptype = 'o') \
+             FROM pg_roles r \
+             WHERE starts_with(r.rolname, $1) AND r.rolname <> current_user AND NOT r.rolsuper AND NOT r.rolcreaterole ORDER BY 1",
+            &[&prefix],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let name: String = r.get(0);
+            let created = crate::roles::marker_created(r.get::<_, Option<&str>>(3)?)?;
+            let profile = crate::access::is_profile_role(&name, prefix);
+            (profile || crate::access::is_login_role_name(&name, prefix)).then(|| ManagedRole {
+                profile,
+                name,
+                can_login: r.get(1),
+                valid_until: r.get(2),
+                created,
+                owns_objects: r.get(4),
+            })
+        })
+        .collect())
+}
