@@ -92,7 +92,7 @@ pub async fn store(svc: &Services, name: &str, value: &CredentialsValue<'_>, req
     let arn = match create.send().await {
         Ok(out) => out.arn.ok_or_else(|| AwsError::msg("secretsmanager:CreateSecret", "no ARN in the answer"))?,
         Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_exists_exception()) => {
-            check_owner(svc, name, request_id).await?;
+            owner_of(svc, name, request_id).await?.require(name)?;
             replace(svc, name, &secret).await?
         }
         Err(e) => return Err(AwsError::new("secretsmanager:CreateSecret", e)),
@@ -110,21 +110,40 @@ pub async fn store(svc: &Services, name: &str, value: &CredentialsValue<'_>, req
     Ok(arn)
 }
 
-/// Whether the secret carries this request's tag; Ok(false) when it does not exist.
-async fn check_owner(svc: &Services, name_or_arn: &str, request_id: &str) -> Result<bool, AwsError> {
+/// Whose a secret is, by its request tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// It carries this request's tag.
+    This,
+    /// It does not exist.
+    Absent,
+    /// It carries another tag (or none): another request's, or not pgjit's at all.
+    Other(Option<String>),
+}
+
+impl Owner {
+    /// Ok only for this request's own secret.
+    fn require(self, name: &str) -> Result<(), AwsError> {
+        match self {
+            Owner::This => Ok(()),
+            Owner::Absent => Err(AwsError::msg("secretsmanager:DescribeSecret", format!("secret {name:?} does not exist"))),
+            Owner::Other(tag) => Err(AwsError::msg(
+                "secretsmanager:DescribeSecret",
+                format!("secret {name:?} does not belong to request (its {REQUEST_TAG} tag is {tag:?}); pgjit leaves it alone"),
+            )),
+        }
+    }
+}
+
+/// Reads the secret's request tag.
+pub async fn owner_of(svc: &Services, name_or_arn: &str, request_id: &str) -> Result<Owner, AwsError> {
     let described = match svc.secrets.describe_secret().secret_id(name_or_arn).send().await {
         Ok(out) => out,
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => return Ok(false),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => return Ok(Owner::Absent),
         Err(e) => return Err(AwsError::new("secretsmanager:DescribeSecret", e)),
     };
-    let owner = described.tags().iter().find(|t| t.key() == Some(REQUEST_TAG)).and_then(|t| t.value());
-    if owner != Some(tag_value(request_id).as_str()) {
-        return Err(AwsError::msg(
-            "secretsmanager:DescribeSecret",
-            format!("secret {name_or_arn:?} does not belong to request {:?} (its {REQUEST_TAG} tag is {owner:?}); pgjit leaves it alone", tag_value(request_id)),
-        ));
-    }
-    Ok(true)
+    let tag = described.tags().iter().find(|t| t.key() == Some(REQUEST_TAG)).and_then(|t| t.value());
+    Ok(if tag == Some(tag_value(request_id).as_str()) { Owner::This } else { Owner::Other(tag.map(str::to_owned)) })
 }
 
 /// Puts a new value into an existing secret (rotation, or a repeated grant).
@@ -141,17 +160,16 @@ async fn replace(svc: &Services, name: &str, secret: &SecretString) -> Result<St
 }
 
 pub async fn rotate(svc: &Services, name: &str, value: &CredentialsValue<'_>, request_id: &str) -> Result<String, AwsError> {
-    if !check_owner(svc, name, request_id).await? {
-        return Err(AwsError::msg("secretsmanager:DescribeSecret", format!("secret {name:?} does not exist")));
-    }
+    owner_of(svc, name, request_id).await?.require(name)?;
     replace(svc, name, &text(value)?).await
 }
 
 /// Deletes the request's secret at once (no recovery window: the credentials must stop existing
 /// now); a secret that is gone already is success, one of another request is refused.
 pub async fn delete(svc: &Services, name_or_arn: &str, request_id: &str) -> Result<(), AwsError> {
-    if !check_owner(svc, name_or_arn, request_id).await? {
-        return Ok(());
+    match owner_of(svc, name_or_arn, request_id).await? {
+        Owner::Absent => return Ok(()),
+        other => other.require(name_or_arn)?,
     }
     match svc.secrets.delete_secret().secret_id(name_or_arn).force_delete_without_recovery(true).send().await {
         Ok(_) => Ok(()),

@@ -540,7 +540,15 @@ async fn undo_grant(svc: &Services, integration: &Integration, record: &GrantRec
             keep(iam::delete_policy(svc, &policy).await.map_err(StepError::from));
         }
     }
-    keep(credentials::delete(svc, &credentials::secret_name(svc, &integration.name, &record.request_id), &record.request_id).await.map_err(StepError::from));
+    // A secret of that name that is not this request's was never made by it: nothing to undo.
+    let name = credentials::secret_name(svc, &integration.name, &record.request_id);
+    let secret = async {
+        match credentials::owner_of(svc, &name, &record.request_id).await? {
+            credentials::Owner::This => credentials::delete(svc, &name, &record.request_id).await,
+            _ => Ok(()),
+        }
+    };
+    keep(secret.await.map_err(StepError::from));
     first_error.map_or(Ok(()), Err)
 }
 

@@ -209,6 +209,15 @@ async fn iam_mode_puts_and_removes_the_connect_policy() {
         let document: Value = serde_json::from_str(&urlencoding_decode(&document)).unwrap();
         assert_eq!(document["Statement"][0]["Action"], "rds-db:connect");
         assert_eq!(document["Statement"][0]["Resource"], format!("arn:aws:rds-db:us-east-1:123456789012:dbuser:{resource_id}/{}", result.db_user));
+        // The policy stops working at expiry by itself; an assumed role's policy serves its session only.
+        let condition = &document["Statement"][0]["Condition"];
+        assert_eq!(condition["DateLessThan"]["aws:CurrentTime"], result.expires_at.format("%Y-%m-%dT%H:%M:%SZ").to_string());
+        if kind == "role" {
+            let role_id = svc.iam.get_role().role_name(&principal).send().await.unwrap().role.unwrap().role_id;
+            assert_eq!(condition["StringEquals"]["aws:userid"], format!("{role_id}:john@corp.com"));
+        } else {
+            assert!(condition.get("StringEquals").is_none(), "{condition}");
+        }
 
         revoke_with(&svc, json!({"request_id": request_id})).await.unwrap();
         let gone = if kind == "user" {

@@ -1,0 +1,227 @@
+//! The trust boundary, attacked: each test performs an attack an approval sender, a requester or a
+//! bystander could try, and shows that it fails with a clear message and changes nothing.
+//! (The database side, what a departed user leaves behind and which roles may be handed out, is
+//! in `engine.rs`; the template's IAM statements in `deployment.rs`.)
+
+use chrono::{Duration, Utc};
+use lambda_runtime::{Context, LambdaEvent};
+use pgjit::aws::Services;
+use pgjit::grants::GrantResult;
+use pgjit_tests::{approval, env, isolated_services, isolated_services_with, orders_access, register_integration, role_exists, secret_names};
+use serde_json::{json, Value};
+
+async fn grant(svc: &Services, event: Value) -> Result<GrantResult, String> {
+    pgjit::handlers::grant(svc, LambdaEvent::new(event, Context::default())).await.map_err(|e| e.to_string())
+}
+
+/// What pgjit has made for an integration: its roles on the server, credential secrets and
+/// revoke schedules in moto.
+async fn footprint(svc: &Services, prefix: &str) -> (i64, usize, usize) {
+    let su = env().superuser("postgres").await;
+    let roles: i64 = su.query_one("SELECT count(*) FROM pg_roles WHERE starts_with(rolname, $1)", &[&prefix]).await.unwrap().get(0);
+    let secrets = secret_names(svc).await.iter().filter(|n| n.starts_with(&svc.config.credentials_prefix)).count();
+    let schedules = svc.scheduler.list_schedules().group_name(&svc.config.schedule_group).send().await.unwrap().schedules().len();
+    (roles, secrets, schedules)
+}
+
+#[tokio::test]
+async fn self_approved_stale_and_future_approvals_grant_nothing() {
+    let svc = isolated_services().await;
+    let integration = register_integration(&svc, "guarded", json!({})).await;
+    let before = footprint(&svc, &integration.user_prefix).await;
+    let sent = |offset: Duration| (Utc::now() + offset).format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let mut cases = Vec::new();
+    // The requester approves its own request (case and spaces do not disguise it).
+    let mut event = approval("SELF-1", "guarded", "mallory@corp.com", orders_access());
+    event["detail"]["approver"] = json!(" Mallory@Corp.com");
+    cases.push((event, "is the requester"));
+    // A captured approval replayed two days later.
+    let mut event = approval("STALE-1", "guarded", "john@corp.com", orders_access());
+    event["time"] = json!(sent(-Duration::days(2)));
+    cases.push((event, "older than 3600 s"));
+    // One dated ahead to outlive the age limit.
+    let mut event = approval("FUTURE-1", "guarded", "john@corp.com", orders_access());
+    event["time"] = json!(sent(Duration::hours(3)));
+    cases.push((event, "in the future"));
+    for (event, why) in cases {
+        let request_id = event["detail"]["request_id"].as_str().unwrap().to_owned();
+        let err = grant(&svc, event).await.expect_err(why);
+        assert!(err.contains(why), "{request_id}: {err}");
+        assert!(svc.store.get_grant(&request_id).await.unwrap().is_none(), "{request_id}: no record");
+        assert!(svc.store.audit_of(&request_id).await.unwrap().is_empty(), "{request_id}: no audit entry");
+    }
+    assert_eq!(footprint(&svc, &integration.user_prefix).await, before, "no role, secret or schedule");
+
+    // An integration may allow self-approval explicitly (a break-glass team, say).
+    register_integration(&svc, "selfserve", json!({"allow_self_approval": true, "user_prefix": integration.user_prefix})).await;
+    let mut event = approval("SELF-2", "selfserve", "mallory@corp.com", orders_access());
+    event["detail"]["approver"] = json!("mallory@corp.com");
+    let granted = grant(&svc, event).await.expect("allowed explicitly");
+    pgjit::grants::revoke(&svc, &granted.request_id, pgjit::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+}
+
+#[tokio::test]
+async fn iam_mode_never_writes_on_foreign_identity_center_service_or_protected_roles() {
+    let id: u32 = rand::random();
+    let protected = format!("pgjit-stack-{id}-");
+    let p = protected.clone();
+    let svc = isolated_services_with(move |n| (n == "PGJIT_PROTECTED_ROLES").then(|| format!("{p}*,BreakGlass-{id}"))).await;
+    let instance = format!("iam-guard-{id}");
+    svc.rds
+        .create_db_instance()
+        .db_instance_identifier(&instance)
+        .engine("postgres")
+        .db_instance_class("db.t3.micro")
+        .master_username("postgres")
+        .master_user_password("not-used-here")
+        .allocated_storage(20)
+        .send()
+        .await
+        .expect("moto RDS instance");
+    let integration = register_integration(&svc, "iam-guarded", json!({"kind": "rds", "instance_id": instance, "region": "us-east-1", "access_mode": "iam"})).await;
+    // pgjit's own function role, and a break-glass role, exist in the account.
+    let own_role = format!("{protected}GrantFunctionRole-ABC");
+    for role in [own_role.clone(), format!("BreakGlass-{id}")] {
+        svc.iam.create_role().role_name(&role).assume_role_policy_document("{}").send().await.unwrap();
+    }
+    let before = footprint(&svc, &integration.user_prefix).await;
+    let cases = [
+        ("arn:aws:iam::210987654321:user/john".to_owned(), "pgjit's account"),
+        (format!("arn:aws:iam::123456789012:role/aws-reserved/sso.amazonaws.com/eu-west-1/AWSReservedSSO_Admin_{id}"), "IAM Identity Center"),
+        (format!("arn:aws:sts::123456789012:assumed-role/AWSReservedSSO_Admin_{id}/jane@corp.com"), "use password access mode"),
+        ("arn:aws:iam::123456789012:role/aws-service-role/rds.amazonaws.com/AWSServiceRoleForRDS".to_owned(), "service-linked"),
+        (format!("arn:aws:iam::123456789012:role/{own_role}"), "protected"),
+        (format!("arn:aws:sts::123456789012:assumed-role/BreakGlass-{id}/ops"), "protected"),
+    ];
+    for (i, (arn, why)) in cases.iter().enumerate() {
+        let request_id = format!("IAM-ATTACK-{i}");
+        let mut event = approval(&request_id, "iam-guarded", "x@corp.com", orders_access());
+        event["detail"]["requester"]["iam_arn"] = json!(arn);
+        let err = grant(&svc, event).await.expect_err(arn);
+        assert!(err.contains(why), "{arn}: {err}");
+        assert!(svc.store.get_grant(&request_id).await.unwrap().is_none(), "{arn}: no record");
+    }
+    for role in [own_role, format!("BreakGlass-{id}")] {
+        let policies = svc.iam.list_role_policies().role_name(&role).send().await.unwrap();
+        assert!(policies.policy_names().is_empty(), "{role}: no policy written");
+    }
+    assert_eq!(footprint(&svc, &integration.user_prefix).await, before);
+
+    // Password mode names the requester's principal only for the secret's policy: a foreign
+    // account is refused there too, unless trusted.
+    register_integration(&svc, "pw-guarded", json!({"user_prefix": integration.user_prefix})).await;
+    let mut event = approval("IAM-ATTACK-PW", "pw-guarded", "x@corp.com", orders_access());
+    event["detail"]["requester"]["iam_arn"] = json!("arn:aws:iam::210987654321:user/john");
+    let err = grant(&svc, event).await.expect_err("foreign account");
+    assert!(err.contains("PGJIT_TRUSTED_ACCOUNTS"), "{err}");
+}
+
+#[tokio::test]
+async fn colliding_request_ids_never_share_a_secret_a_policy_or_a_schedule() {
+    let svc = isolated_services().await;
+    let integration = register_integration(&svc, "colliding", json!({})).await;
+    // `:` is not allowed in a secret name on AWS (moto accepts it); the two ids must stay apart.
+    let a = grant(&svc, approval("CHG:2041/a", "colliding", "ann@corp.com", orders_access())).await.expect("CHG:2041/a");
+    let b = grant(&svc, approval("CHG_2041_a", "colliding", "bob@corp.com", orders_access())).await.expect("CHG_2041_a");
+    let (sa, sb) = (a.secret_arn.clone().unwrap(), b.secret_arn.clone().unwrap());
+    assert_ne!(sa, sb);
+    for id in ["CHG:2041/a", "CHG_2041_a"] {
+        let name = pgjit::credentials::secret_name(&svc, &integration.name, id);
+        assert!(name.len() <= 512 && name.bytes().all(|c| c.is_ascii_alphanumeric() || b"/_+=.@-".contains(&c)), "{name} is a valid AWS secret name");
+    }
+    assert_ne!(pgjit::iam::policy_name("CHG:2041/a"), pgjit::iam::policy_name("CHG_2041_a"));
+    assert_ne!(pgjit::schedule::schedule_name("CHG:2041/a"), pgjit::schedule::schedule_name("CHG_2041_a"));
+    // Revoking one leaves the other whole.
+    pgjit::grants::revoke(&svc, "CHG:2041/a", pgjit::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+    let value = pgjit::credentials::read(&svc, &sb).await.expect("the other secret is still there");
+    let value: Value = serde_json::from_str(value.expose()).unwrap();
+    let password = pgjit::SecretString::new(value["password"].as_str().unwrap());
+    env().login_as(&b.db_user, &password, "app").await.expect("the other grant still works");
+    pgjit::grants::revoke(&svc, "CHG_2041_a", pgjit::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_secret_of_another_request_is_never_overwritten_or_deleted() {
+    let svc = isolated_services().await;
+    let integration = register_integration(&svc, "owned", json!({})).await;
+    // A secret already at the name REQ-TAKEN would use, belonging to another request.
+    let name = pgjit::credentials::secret_name(&svc, &integration.name, "REQ-TAKEN");
+    let tag = aws_sdk_secretsmanager::types::Tag::builder().key("pgjit:request_id").value("REQ-OTHER").build();
+    svc.secrets.create_secret().name(&name).secret_string("someone else's").tags(tag).send().await.unwrap();
+    let err = grant(&svc, approval("REQ-TAKEN", "owned", "x@corp.com", orders_access())).await.expect_err("not ours");
+    assert!(err.contains("does not belong to request"), "{err}");
+    let kept = pgjit::credentials::read(&svc, &name).await.expect("still there");
+    assert_eq!(kept.expose(), "someone else's", "not overwritten");
+    let record = svc.store.get_grant("REQ-TAKEN").await.unwrap().unwrap();
+    assert_eq!(record.status, pgjit::store::GrantStatus::Failed);
+    assert!(!role_exists(&env().superuser("postgres").await, &record.db_user).await, "the grant was undone");
+    let err = pgjit::credentials::delete(&svc, &name, "REQ-TAKEN").await.expect_err("not ours to delete");
+    assert!(pgjit::postgres::error_chain(&err).contains("does not belong"), "{err}");
+    assert!(pgjit::credentials::read(&svc, &name).await.is_ok(), "not deleted");
+}
+
+#[tokio::test]
+async fn a_credentials_secret_is_readable_by_the_requester_and_the_readers_only() {
+    let reader = "arn:aws:iam::123456789012:role/approval-tool".to_owned();
+    let r = reader.clone();
+    let svc = isolated_services_with(move |n| match n {
+        "PGJIT_CREDENTIAL_READERS" => Some(r.clone()),
+        "PGJIT_CREDENTIALS_KMS_KEY_ID" => Some("alias/pgjit-credentials".into()),
+        _ => None,
+    })
+    .await;
+    register_integration(&svc, "private", json!({})).await;
+    let mut event = approval("REQ-PRIVATE", "private", "john@corp.com", orders_access());
+    event["detail"]["requester"]["iam_arn"] = json!("arn:aws:iam::123456789012:user/dev/john");
+    let granted = grant(&svc, event).await.unwrap();
+    let arn = granted.secret_arn.unwrap();
+    let policy = svc.secrets.get_resource_policy().secret_id(&arn).send().await.unwrap().resource_policy.expect("a resource policy");
+    let policy: Value = serde_json::from_str(&policy).unwrap();
+    let deny = policy["Statement"].as_array().unwrap().iter().find(|s| s["Effect"] == "Deny").expect("a Deny for everyone else");
+    assert_eq!(deny["Principal"], "*");
+    assert_eq!(deny["Action"], "secretsmanager:GetSecretValue");
+    assert_eq!(deny["Condition"]["ArnNotLike"]["aws:PrincipalArn"], json!(["arn:aws:iam::123456789012:user/dev/john", reader]));
+    let allow = policy["Statement"].as_array().unwrap().iter().find(|s| s["Effect"] == "Allow").expect("the requester may read");
+    assert_eq!(allow["Condition"]["ArnLike"]["aws:PrincipalArn"], json!(["arn:aws:iam::123456789012:user/dev/john"]));
+    let described = svc.secrets.describe_secret().secret_id(&arn).send().await.unwrap();
+    assert_eq!(described.kms_key_id(), Some("alias/pgjit-credentials"), "encrypted with the configured key");
+    pgjit::grants::revoke(&svc, "REQ-PRIVATE", pgjit::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+}
+
+#[tokio::test]
+async fn cleanup_never_drops_a_role_pgjit_did_not_create() {
+    let e = env();
+    let svc = isolated_services_with(|n| (n == "PGJIT_RECONCILE_GRACE_SECONDS").then(|| "3600".into())).await;
+    let integration = register_integration(&svc, "dba-land", json!({})).await;
+    let prefix = integration.user_prefix.clone();
+    let su = e.superuser("postgres").await;
+    // A DBA's roles that happen to carry the prefix, one even shaped like a login role of pgjit's.
+    let (readonly, lookalike) = (format!("{prefix}readonly"), format!("{prefix}dba_abcd1234"));
+    su.batch_execute(&format!("CREATE ROLE {readonly} NOLOGIN; CREATE ROLE {lookalike} LOGIN")).await.unwrap();
+    // pgjit's own orphan, made just now: within the grace period (the store's index may lag).
+    let access = pgjit::access::AccessSet::from_entries(&serde_json::from_value::<Vec<pgjit::access::AccessEntry>>(orders_access()).unwrap()).unwrap();
+    let orphan = pgjit::access::login_role_name(&prefix, "ghost@corp.com");
+    let password = pgjit::SecretString::random_password();
+    let spec = pgjit::roles::GrantSpec {
+        username: &orphan,
+        access: &access,
+        login: pgjit::roles::LoginMethod::Password(&password),
+        valid_until: Utc::now() + Duration::hours(1),
+        prefix: &prefix,
+        grantable_roles: &[],
+        privileged_roles: &[],
+    };
+    pgjit::roles::grant(&e.admin(), &spec).await.unwrap();
+
+    let report = pgjit::cleanup::run(&svc, Utc::now()).await.unwrap();
+    assert!(report.orphans.is_empty() && report.errors.is_empty(), "{report:?}");
+    assert!(role_exists(&su, &orphan).await, "too young to be an orphan");
+    // Past the grace period pgjit's orphan goes; the DBA's roles stay, whatever their names.
+    let report = pgjit::cleanup::run(&svc, Utc::now() + Duration::hours(2)).await.unwrap();
+    assert_eq!(report.orphans, [format!("dba-land/{orphan}")], "{report:?}");
+    assert!(!role_exists(&su, &orphan).await);
+    for dba in [&readonly, &lookalike] {
+        assert!(role_exists(&su, dba).await, "{dba} was never pgjit's");
+    }
+    su.batch_execute(&format!("DROP ROLE {readonly}; DROP ROLE {lookalike}")).await.unwrap();
+}
