@@ -66,3 +66,153 @@ fn the_template_runs_rust_on_graviton_with_json_logs() {
     }
     assert!(!text.contains("Action: \"*\"") && !text.contains("Action: '*'"), "no wildcard actions");
 }
+
+// ---- the template's trust boundary, read as data ----
+
+use serde_yaml::Value;
+
+fn template() -> Value {
+    serde_yaml::from_str(&std::fs::read_to_string(format!("{ROOT}/template.yaml")).unwrap()).expect("template.yaml is YAML")
+}
+
+/// Text of a value, CloudFormation tags included (`!Ref X` reads as `!Ref X`), for matching.
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Tagged(t) => format!("{} {}", t.tag, text(&t.value)),
+        Value::Sequence(items) => items.iter().map(text).collect::<Vec<_>>().join(" | "),
+        Value::Mapping(m) => m.iter().map(|(k, v)| format!("{}: {}", text(k), text(v))).collect::<Vec<_>>().join(", "),
+        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_owned(),
+    }
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    match v {
+        Value::Sequence(items) => items.iter().map(text).collect(),
+        other => vec![text(other)],
+    }
+}
+
+/// Every statement of a function's inline policies, `!If [cond, statement, NoValue]` unfolded.
+fn statements(t: &Value, function: &str) -> Vec<Value> {
+    let policies = &t["Resources"][function]["Properties"]["Policies"];
+    let mut out = Vec::new();
+    for policy in policies.as_sequence().unwrap_or_else(|| panic!("{function}: Policies")) {
+        for s in policy["Statement"].as_sequence().unwrap() {
+            match s {
+                Value::Tagged(tagged) if tagged.tag == "!If" => out.push(tagged.value[1].clone()),
+                other => out.push(other.clone()),
+            }
+        }
+    }
+    out
+}
+
+fn functions(t: &Value) -> Vec<String> {
+    let resources = t["Resources"].as_mapping().unwrap();
+    resources.iter().filter(|(_, r)| r["Type"].as_str() == Some("AWS::Serverless::Function")).map(|(k, _)| k.as_str().unwrap().to_owned()).collect()
+}
+
+fn allows(statement: &Value, action: &str) -> bool {
+    statement["Effect"].as_str() == Some("Allow") && strings(&statement["Action"]).iter().any(|a| a == action)
+}
+
+#[test]
+fn approvals_come_only_from_the_approval_bus_of_this_account() {
+    let t = template();
+    for (function, event) in [("GrantFunction", "Approved"), ("RevokeFunction", "RevokeRequested")] {
+        let properties = &t["Resources"][function]["Properties"]["Events"][event]["Properties"];
+        let bus = text(&properties["EventBusName"]);
+        assert!(bus.contains("ApprovalBus") && !bus.contains("EventBusName"), "{function}: listens on {bus}");
+        assert_eq!(strings(&properties["Pattern"]["account"]), ["!Ref AWS::AccountId"], "{function}: the rule matches the account");
+    }
+    // Retried only while an approval is fresh, and pgjit refuses it once it is not.
+    let retry = &t["Resources"]["GrantFunction"]["Properties"]["Events"]["Approved"]["Properties"]["RetryPolicy"];
+    assert_eq!(text(&retry["MaximumEventAgeInSeconds"]), "!Ref ApprovalMaxAgeSeconds");
+    assert_eq!(text(&t["Globals"]["Function"]["Environment"]["Variables"]["PGJIT_APPROVAL_MAX_AGE_SECONDS"]), "!Ref ApprovalMaxAgeSeconds");
+    // Everyone but the listed senders and the webhook is denied PutEvents, whatever their IAM allows.
+    let deny = &t["Resources"]["ApprovalBusOnlySenders"];
+    assert!(deny.get("Condition").is_none(), "the Deny is always there");
+    let statement = &deny["Properties"]["Statement"];
+    assert_eq!((statement["Effect"].as_str(), statement["Principal"].as_str(), statement["Action"].as_str()), (Some("Deny"), Some("*"), Some("events:PutEvents")));
+    let exempt = text(&statement["Condition"]["ArnNotLike"]["aws:PrincipalArn"]);
+    assert!(exempt.contains("WebhookFunctionRole.Arn") && exempt.contains("ApprovalSenderArns"), "{exempt}");
+}
+
+#[test]
+fn the_internet_facing_webhook_can_only_read_its_key_and_forward() {
+    let t = template();
+    let webhook = &t["Resources"]["WebhookFunction"]["Properties"];
+    assert!(webhook.get("ReservedConcurrentExecutions").is_some(), "reserved concurrency");
+    let mut actions: Vec<String> = statements(&t, "WebhookFunction").iter().flat_map(|s| strings(&s["Action"])).collect();
+    actions.sort();
+    assert_eq!(actions, ["events:PutEvents", "secretsmanager:GetSecretValue"]);
+    for s in statements(&t, "WebhookFunction") {
+        if allows(&s, "secretsmanager:GetSecretValue") {
+            assert_eq!(text(&s["Resource"]), "!Ref WebhookSecret", "its own key and nothing else");
+        }
+        if allows(&s, "events:PutEvents") {
+            assert!(text(&s["Resource"]).contains("ApprovalBusName"), "the approval bus only");
+        }
+    }
+    let env = text(&webhook["Environment"]);
+    assert!(!env.contains("REVOKE_FUNCTION") && !env.contains("SCHEDULER_ROLE"), "{env}");
+    // And no other function may touch the webhook's key.
+    for function in functions(&t).into_iter().filter(|f| f != "WebhookFunction") {
+        let statements = statements(&t, &function);
+        if statements.iter().any(|s| strings(&s["Action"]).iter().any(|a| a.starts_with("secretsmanager:"))) {
+            assert!(
+                statements.iter().any(|s| s["Effect"].as_str() == Some("Deny") && text(&s["Resource"]) == "!Ref WebhookSecret"),
+                "{function} is denied the webhook key"
+            );
+        }
+    }
+}
+
+#[test]
+fn iam_writes_never_reach_the_stacks_own_or_aws_protected_roles() {
+    let t = template();
+    let mut writers = 0;
+    for function in functions(&t) {
+        let statements = statements(&t, &function);
+        let writes = ["iam:PutUserPolicy", "iam:PutRolePolicy", "iam:DeleteUserPolicy", "iam:DeleteRolePolicy"];
+        if !statements.iter().any(|s| writes.iter().any(|w| allows(s, w))) {
+            continue;
+        }
+        writers += 1;
+        let denied: Vec<String> = statements
+            .iter()
+            .filter(|s| s["Effect"].as_str() == Some("Deny") && writes.iter().all(|w| strings(&s["Action"]).contains(&w.to_string())))
+            .flat_map(|s| strings(&s["Resource"]))
+            .collect();
+        for protected in ["role/${AWS::StackName}-*", "role/aws-reserved/*", "role/aws-service-role/*"] {
+            assert!(denied.iter().any(|r| r.contains(protected)), "{function}: writes on {protected} are not denied: {denied:?}");
+        }
+    }
+    assert_eq!(writers, 3, "grant, revoke and cleanup write or remove IAM policies; nothing else");
+    let protected = text(&t["Globals"]["Function"]["Environment"]["Variables"]["PGJIT_PROTECTED_ROLES"]);
+    assert!(protected.contains("${AWS::StackName}-*"), "pgjit refuses them itself too: {protected}");
+}
+
+#[test]
+fn credentials_are_apart_from_pgjits_own_secrets() {
+    let t = template();
+    let (own, creds) = (t["Parameters"]["SecretPrefix"]["Default"].as_str().unwrap(), t["Parameters"]["CredentialsPrefix"]["Default"].as_str().unwrap());
+    assert!(!own.starts_with(creds) && !creds.starts_with(own), "{own} / {creds}");
+    for function in functions(&t) {
+        for s in statements(&t, &function) {
+            if s["Effect"].as_str() != Some("Allow") {
+                continue;
+            }
+            let actions = strings(&s["Action"]);
+            let resource = text(&s["Resource"]);
+            let writes = actions.iter().any(|a| ["secretsmanager:CreateSecret", "secretsmanager:PutSecretValue", "secretsmanager:DeleteSecret", "secretsmanager:PutResourcePolicy"].contains(&a.as_str()));
+            if writes {
+                assert!(resource.contains("${CredentialsPrefix}") && !resource.contains("${SecretPrefix}"), "{function} writes only credentials: {resource}");
+            }
+            if actions.iter().any(|a| a == "secretsmanager:GetSecretValue") {
+                assert!(!resource.contains("${CredentialsPrefix}"), "{function} never reads a requester's credentials: {resource}");
+            }
+        }
+    }
+}
