@@ -48,6 +48,25 @@ pub async fn revoke(connector: &Connector, maintenance_database: &str, username:
     }
 }
 
+/// A session in a database: the maintenance database's open one, or a new one.
+enum Session<'a> {
+    Open(&'a Client),
+    New(Client),
+}
+
+impl<'a> Session<'a> {
+    async fn to(open: &'a Client, open_database: &str, connector: &Connector, database: &str) -> Result<Session<'a>, RoleError> {
+        Ok(if database == open_database { Session::Open(open) } else { Session::New(connector.connect(database).await?) })
+    }
+
+    fn client(&self) -> &Client {
+        match self {
+            Session::Open(c) => c,
+            Session::New(c) => c,
+        }
+    }
+}
+
 /// Whether an error says the role stopped existing (another run dropped it first).
 fn dropped_meanwhile(e: &RoleError) -> bool {
     matches!(e, RoleError::Sql { source, .. } if source.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT))
@@ -105,13 +124,8 @@ async fn revoke_on(client: &Client, connector: &Connector, maintenance_database:
     // owns: in every database where the catalog records an ACL entry or an owned object.
     let mut disarmed = Vec::new();
     for database in dependent_databases(client, db, oid, "").await? {
-        let other;
-        let c = if database == db {
-            client
-        } else {
-            other = connector.connect(&database).await?;
-            &other
-        };
+        let session = Session::to(client, db, connector, &database).await?;
+        let c = session.client();
         revoke_direct_privileges(c, &database, username).await?;
         disarmed.extend(disarm(c, &database, username).await?);
     }
@@ -332,13 +346,8 @@ async fn hand_over_on(client: &Client, connector: &Connector, db: &str, role: &s
     retry(db, "making the admin a member", || client.batch_execute(&membership)).await?;
     let (mut reassigned_in, mut handed_over) = (Vec::new(), Vec::new());
     for database in dependent_databases(client, db, oid, "").await? {
-        let other;
-        let c = if database == db {
-            client
-        } else {
-            other = connector.connect(&database).await?;
-            &other
-        };
+        let session = Session::to(client, db, connector, &database).await?;
+        let c = session.client();
         handed_over.extend(disarm(c, &database, role).await?);
         let owned: Vec<String> = c
             .query(OWNED_OBJECTS, &[&role])

@@ -273,6 +273,44 @@ pub fn approval(request_id: &str, integration: &str, requester: &str, access: se
             "approver": "jane@corp.com", "duration_seconds": 3600, "reason": "INC-42 stuck orders", "access": access}})
 }
 
+/// An orphan: a role pgjit made (marked, with the prefix) with no record, as a crash between
+/// creating the role and writing the record would leave. Returns its name.
+pub async fn orphan_role(prefix: &str) -> String {
+    let orphan = pgjit::access::login_role_name(prefix, "ghost@corp.com");
+    let entries: Vec<pgjit::access::AccessEntry> = serde_json::from_value(orders_access()).expect("access entries");
+    let access = pgjit::access::AccessSet::from_entries(&entries).expect("access");
+    let password = SecretString::random_password();
+    let spec = pgjit::roles::GrantSpec {
+        username: &orphan,
+        access: &access,
+        login: pgjit::roles::LoginMethod::Password(&password),
+        valid_until: chrono::Utc::now() + chrono::Duration::hours(1),
+        prefix,
+        grantable_roles: &[],
+        privileged_roles: &[],
+    };
+    pgjit::roles::grant(&env().admin(), &spec).await.expect("orphan role");
+    orphan
+}
+
+/// A PostgreSQL instance in moto's RDS (for IAM mode: RDS supplies the resource id; the
+/// database itself is the local one). Returns its DbiResourceId.
+pub async fn moto_rds_instance(svc: &pgjit::aws::Services, instance: &str) -> String {
+    let created = svc
+        .rds
+        .create_db_instance()
+        .db_instance_identifier(instance)
+        .engine("postgres")
+        .db_instance_class("db.t3.micro")
+        .master_username("postgres")
+        .master_user_password("not-used-here")
+        .allocated_storage(20)
+        .send()
+        .await
+        .expect("moto RDS instance");
+    created.db_instance().and_then(|i| i.dbi_resource_id()).expect("resource id").to_owned()
+}
+
 /// SELECT on sales.orders in app: the access most tests ask for.
 pub fn orders_access() -> serde_json::Value {
     serde_json::json!([{"database": "app", "schema": "sales", "table": "orders", "privileges": ["SELECT"]}])

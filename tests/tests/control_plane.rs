@@ -170,19 +170,7 @@ async fn iam_mode_puts_and_removes_the_connect_policy() {
     let su = e.superuser("postgres").await;
     let id: u32 = rand::random();
     let instance = format!("orders-db-{id}");
-    let created = svc
-        .rds
-        .create_db_instance()
-        .db_instance_identifier(&instance)
-        .engine("postgres")
-        .db_instance_class("db.t3.micro")
-        .master_username("postgres")
-        .master_user_password("not-used-here")
-        .allocated_storage(20)
-        .send()
-        .await
-        .expect("moto RDS instance");
-    let resource_id = created.db_instance().unwrap().dbi_resource_id().unwrap().to_owned();
+    let resource_id = pgjit_tests::moto_rds_instance(&svc, &instance).await;
     let user = format!("john-{id}");
     let role = format!("Dev-{id}");
     svc.iam.create_user().user_name(&user).send().await.unwrap();
@@ -307,20 +295,7 @@ async fn cleanup_revokes_overdue_grants_and_removes_orphans() {
     let i = integration(&svc, "orders", json!({"user_prefix": prefix, "user_cleanup_after_days": 1})).await;
     let result = grant(&svc, approval("REQ-OVERDUE", "orders", "late@corp.com", orders_access())).await.unwrap();
 
-    // An orphan: a role with the prefix and no record (as a crash between the two would leave).
-    let orphan = pgjit::access::login_role_name(&prefix, "ghost@corp.com");
-    let access = pgjit::access::AccessSet::from_entries(&serde_json::from_value::<Vec<pgjit::access::AccessEntry>>(orders_access()).unwrap()).unwrap();
-    let password = SecretString::random_password();
-    let spec = pgjit::roles::GrantSpec {
-        username: &orphan,
-        access: &access,
-        login: pgjit::roles::LoginMethod::Password(&password),
-        valid_until: Utc::now() + Duration::hours(1),
-        prefix: &prefix,
-        grantable_roles: &[],
-        privileged_roles: &[],
-    };
-    pgjit::roles::grant(&e.admin(), &spec).await.unwrap();
+    let orphan = pgjit_tests::orphan_role(&prefix).await;
 
     // Before expiry: nothing due, the orphan goes.
     let report = pgjit::cleanup::run(&svc, Utc::now()).await.unwrap();

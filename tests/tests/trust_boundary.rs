@@ -67,17 +67,7 @@ async fn iam_mode_never_writes_on_foreign_identity_center_service_or_protected_r
     let p = protected.clone();
     let svc = isolated_services_with(move |n| (n == "PGJIT_PROTECTED_ROLES").then(|| format!("{p}*,BreakGlass-{id}"))).await;
     let instance = format!("iam-guard-{id}");
-    svc.rds
-        .create_db_instance()
-        .db_instance_identifier(&instance)
-        .engine("postgres")
-        .db_instance_class("db.t3.micro")
-        .master_username("postgres")
-        .master_user_password("not-used-here")
-        .allocated_storage(20)
-        .send()
-        .await
-        .expect("moto RDS instance");
+    pgjit_tests::moto_rds_instance(&svc, &instance).await;
     let integration = register_integration(&svc, "iam-guarded", json!({"kind": "rds", "instance_id": instance, "region": "us-east-1", "access_mode": "iam"})).await;
     // pgjit's own function role, and a break-glass role, exist in the account.
     let own_role = format!("{protected}GrantFunctionRole-ABC");
@@ -199,19 +189,7 @@ async fn cleanup_never_drops_a_role_pgjit_did_not_create() {
     let (readonly, lookalike) = (format!("{prefix}readonly"), format!("{prefix}dba_abcd1234"));
     su.batch_execute(&format!("CREATE ROLE {readonly} NOLOGIN; CREATE ROLE {lookalike} LOGIN")).await.unwrap();
     // pgjit's own orphan, made just now: within the grace period (the store's index may lag).
-    let access = pgjit::access::AccessSet::from_entries(&serde_json::from_value::<Vec<pgjit::access::AccessEntry>>(orders_access()).unwrap()).unwrap();
-    let orphan = pgjit::access::login_role_name(&prefix, "ghost@corp.com");
-    let password = pgjit::SecretString::random_password();
-    let spec = pgjit::roles::GrantSpec {
-        username: &orphan,
-        access: &access,
-        login: pgjit::roles::LoginMethod::Password(&password),
-        valid_until: Utc::now() + Duration::hours(1),
-        prefix: &prefix,
-        grantable_roles: &[],
-        privileged_roles: &[],
-    };
-    pgjit::roles::grant(&e.admin(), &spec).await.unwrap();
+    let orphan = pgjit_tests::orphan_role(&prefix).await;
 
     let report = pgjit::cleanup::run(&svc, Utc::now()).await.unwrap();
     assert!(report.orphans.is_empty() && report.errors.is_empty(), "{report:?}");
