@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The local environment of real parts that the tests, the demo and CI share:
-#   - PostgreSQL 15 "tls":   ssl=on with a CA made here, hostssl only, scram-sha-256, log_statement=all
-#   - PostgreSQL 15 "plain": ssl=off, scram-sha-256 (for the ssl-mode tests against a server without TLS)
+#   - PostgreSQL "tls":   ssl=on with a CA made here, hostssl only, scram-sha-256, log_statement=all
+#   - PostgreSQL "plain": ssl=off, scram-sha-256 (for the ssl-mode tests against a server without TLS)
+#   Both of the major PGJIT_PG_MAJOR names (13 to 18; default 15, Debian's), see scripts/pg-server.sh.
 #   - moto's standalone server, for the AWS side
 # Each PostgreSQL holds a non-superuser admin prepared with `pgjit setup-sql --flavor postgres`,
 # a database `app` (schemas sales and hr, tables owned by another role) and a second database `crm`.
@@ -13,6 +14,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 state_link="$repo/.localenv"
+pg_major=${PGJIT_PG_MAJOR:-15}
 pg_bin=/usr/lib/postgresql/15/bin
 admin_user=pgjit_admin
 
@@ -23,7 +25,8 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 ensure_packages() {
     local missing=()
-    [ -x "$pg_bin/initdb" ] || missing+=(postgresql-15 postgresql-client-15)
+    [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15 postgresql-client-15)
+    command -v npm >/dev/null || [ "$pg_major" = 15 ] || missing+=(npm)
     command -v psql >/dev/null || missing+=(postgresql-client-15)
     command -v openssl >/dev/null || missing+=(openssl)
     command -v curl >/dev/null || missing+=(curl)
@@ -145,7 +148,7 @@ EOF
     # run by the superuser in every database pgjit manages.
     local db
     for db in postgres app crm; do
-        "$PGJIT_BIN" setup-sql --flavor postgres --admin-user "$admin_user" | su_psql "$c" "$db"
+        "$PGJIT_BIN" setup-sql --flavor postgres --admin-user "$admin_user" --grantable-role reporting | su_psql "$c" "$db"
     done
     # The local stand-in for rds_iam must be grantable by the admin (on RDS, rds_superuser has it).
     su_psql "$c" postgres -c "GRANT rds_iam TO $admin_user WITH ADMIN OPTION"
@@ -178,6 +181,8 @@ up() {
     # Whatever fails part-way, nothing that was started is left running.
     trap 'status=$?; if [ $status -ne 0 ]; then down; fi' EXIT
     ensure_packages
+    pg_bin=$("$repo/scripts/pg-server.sh" "$pg_major") || die "no PostgreSQL $pg_major"
+    log "PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') from $pg_bin"
     build_cli
     PG_OS_USER=$(pg_os_user)
     STATE=$(mktemp -d /tmp/pgjit-localenv.XXXXXX)
@@ -185,6 +190,7 @@ up() {
     mkdir -p "$state_link"
     echo "$STATE" > "$state_link/state"
     echo "$PG_OS_USER" > "$STATE/pg_os_user"
+    echo "$pg_bin" > "$STATE/pg_bin"
     mkdir -p "$STATE/certs"
     make_certs "$STATE/certs"
     ADMIN_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')
@@ -205,6 +211,7 @@ up() {
     start_moto "$moto_port"
     cat > "$state_link/env" <<EOF
 PGJIT_TEST_STATE=$STATE
+PGJIT_TEST_PG_MAJOR=$pg_major
 PGJIT_TEST_PG_HOST=127.0.0.1
 PGJIT_TEST_PG_PORT=$tls_port
 PGJIT_TEST_PG_PLAIN_PORT=$plain_port
@@ -227,6 +234,7 @@ down() {
     local STATE; STATE=$(cat "$state_link/state")
     if [ -d "$STATE" ]; then
         PG_OS_USER=$(cat "$STATE/pg_os_user" 2>/dev/null || pg_os_user)
+        pg_bin=$(cat "$STATE/pg_bin" 2>/dev/null || echo "$pg_bin")
         local c
         for c in tls plain; do
             if [ -f "$STATE/$c/data/postmaster.pid" ]; then

@@ -105,6 +105,13 @@ enum Command {
         /// The powerless role that receives what departed temporary users owned.
         #[arg(long, default_value = pgjit::integration::DEFAULT_HOLDING_ROLE)]
         holding_role: String,
+        /// An existing role requests may ask membership of (repeatable; the integration's
+        /// grantable_roles): from PostgreSQL 16 the admin needs ADMIN OPTION on it.
+        #[arg(long = "grantable-role")]
+        grantable_roles: Vec<String>,
+        /// The integration's user_prefix, to repair roles created before an upgrade to 16.
+        #[arg(long, default_value = "pgjit_")]
+        user_prefix: String,
     },
 }
 
@@ -155,8 +162,9 @@ fn read_json(path: &str) -> Result<Value, String> {
 
 async fn run(command: Command) -> Outcome {
     match command {
-        Command::SetupSql { flavor, admin_user, holding_role } => {
-            print!("{}", pgjit::setup::setup_sql(flavor, &admin_user, &holding_role)?);
+        Command::SetupSql { flavor, admin_user, holding_role, grantable_roles, user_prefix } => {
+            let options = pgjit::setup::SetupOptions { grantable_roles, user_prefix };
+            print!("{}", pgjit::setup::setup_sql(flavor, &admin_user, &holding_role, &options)?);
             Ok(())
         }
         Command::Bootstrap => {
@@ -418,7 +426,7 @@ async fn run(command: Command) -> Outcome {
             let svc = services().await?;
             let i = svc.store.get_integration(&integration).await.map_err(chain)?.ok_or_else(|| format!("unknown integration {integration:?}"))?;
             let target = pgjit::endpoint::resolve(&svc, &i).await.map_err(chain)?;
-            let findings = pgjit::setup::doctor(&target.connector, i.kind, i.maintenance_database(), &i.holding_role, &[]).await.map_err(chain)?;
+            let findings = pgjit::setup::doctor(&target.connector, &i, &[]).await.map_err(chain)?;
             if json {
                 return print_json(&findings);
             }

@@ -417,7 +417,7 @@ async fn ensure_holding_role(client: &Client, database: &str, holding_role: &str
             "SELECT r.rolcanlogin OR r.rolsuper OR r.rolcreaterole OR r.rolcreatedb OR r.rolreplication OR r.rolbypassrls, \
                     EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.member = r.oid), \
                     EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles x ON x.oid = m.member WHERE m.roleid = r.oid AND x.rolname <> current_user), \
-                    r.rolname = current_user \
+                    r.rolname = current_user, pg_has_role(current_user, r.oid, 'USAGE') \
              FROM pg_roles r WHERE r.rolname = $1",
             &[&holding_role],
         )
@@ -434,7 +434,7 @@ async fn ensure_holding_role(client: &Client, database: &str, holding_role: &str
             Ok(())
         }
         Some(r) => {
-            let (powers, member_of, members, is_admin): (bool, bool, bool, bool) = (r.get(0), r.get(1), r.get(2), r.get(3));
+            let (powers, member_of, members, is_admin, usable): (bool, bool, bool, bool, bool) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
             let mut wrong = Vec::new();
             if is_admin {
                 wrong.push("it is the admin itself");
@@ -454,8 +454,11 @@ async fn ensure_holding_role(client: &Client, database: &str, holding_role: &str
                     wrong.join("; ")
                 )));
             }
-            let membership = format!("GRANT {holding} TO CURRENT_USER");
-            retry(database, "making the admin a member of the holding role", || client.batch_execute(&membership)).await?;
+            if !usable {
+                // From 16 only a role with ADMIN OPTION on it may grant this: setup-sql's job.
+                let membership = format!("GRANT {holding} TO CURRENT_USER");
+                retry(database, "making the admin a member of the holding role (run `pgjit setup-sql`)", || client.batch_execute(&membership)).await?;
+            }
             Ok(())
         }
     }

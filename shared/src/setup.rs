@@ -78,7 +78,7 @@ impl FromStr for Flavor {
 ///
 /// It grants only what pgjit uses, each line saying why, and never the provider's admin role
 /// (`rds_superuser`, …): a member of it could hand out far more than any approval asks for.
-pub fn setup_sql(flavor: Flavor, admin_user: &str, holding_role: &str) -> Result<String, String> {
+pub fn setup_sql(flavor: Flavor, admin_user: &str, holding_role: &str, options: &SetupOptions) -> Result<String, String> {
     check_identifier(admin_user).map_err(|m| format!("admin user {admin_user:?} {m}"))?;
     check_identifier(holding_role).map_err(|m| format!("holding role {holding_role:?} {m}"))?;
     if holding_role == admin_user {
@@ -91,6 +91,16 @@ pub fn setup_sql(flavor: Flavor, admin_user: &str, holding_role: &str) -> Result
     let admin_literal = literal(admin_user);
     if admin_user.contains('$') || holding_role.contains('$') {
         return Err(format!("admin user {admin_user:?} / holding role {holding_role:?}: '$' is not supported in these names"));
+    }
+    for role in &options.grantable_roles {
+        check_identifier(role).map_err(|m| format!("grantable role {role:?} {m}"))?;
+        if role == admin_user || role == holding_role {
+            return Err(format!("grantable role {role:?} is pgjit's own role"));
+        }
+    }
+    let prefix = &options.user_prefix;
+    if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') || !prefix.ends_with('_') {
+        return Err(format!("user prefix {prefix:?} must be lowercase letters, digits and '_', ending in '_'"));
     }
     let mut sql = String::new();
     sql.push_str(&format!(
@@ -127,6 +137,30 @@ pub fn setup_sql(flavor: Flavor, admin_user: &str, holding_role: &str) -> Result
          -- it, take it away in each database (`pgjit doctor` warns while PUBLIC still has it):\n\
          --   REVOKE CREATE ON SCHEMA public FROM PUBLIC;\n"
     ));
+    for role in &options.grantable_roles {
+        sql.push_str(&format!(
+            "\n-- Grantable role {role_text}: from PostgreSQL 16 handing out membership needs ADMIN OPTION (before,\n\
+             -- CREATEROLE sufficed). INHERIT FALSE, SET FALSE: the admin may hand it out without holding its rights.\n\
+             DO $pgjit$\nBEGIN\n  IF current_setting('server_version_num')::int >= 160000 THEN\n\
+             \x20   EXECUTE format('GRANT %I TO %I WITH ADMIN TRUE, INHERIT FALSE, SET FALSE', {role_literal}, {admin_literal});\n  END IF;\nEND\n$pgjit$;\n",
+            role_text = ident(role),
+            role_literal = literal(role),
+        ));
+    }
+    sql.push_str(&format!(
+        "\n-- PostgreSQL 16 and later: a role pgjit created before an upgrade from 15 or older is one the admin\n\
+         -- holds no ADMIN OPTION on, so revoke and cleanup could not alter or drop it. Give it back\n\
+         -- (roles with pgjit's name shape and prefix {prefix_text} only).\n\
+         DO $pgjit$\nDECLARE\n  r record;\nBEGIN\n  IF current_setting('server_version_num')::int >= 160000 THEN\n\
+         \x20   FOR r IN SELECT rolname FROM pg_roles\n\
+         \x20            WHERE rolname ~ {shape} AND rolname <> {admin_literal} AND NOT rolsuper\n\
+         \x20              AND NOT pg_has_role({admin_literal}, oid, 'MEMBER WITH ADMIN OPTION')\n\
+         \x20   LOOP\n\
+         \x20     EXECUTE format('GRANT %I TO %I WITH ADMIN TRUE, INHERIT FALSE, SET FALSE', r.rolname, {admin_literal});\n\
+         \x20   END LOOP;\n  END IF;\nEND\n$pgjit$;\n",
+        prefix_text = literal(prefix),
+        shape = literal(&managed_role_pattern(prefix)),
+    ));
     sql.push_str(&format!(
         "\n-- In this database: every privilege WITH GRANT OPTION, so the admin can delegate it.\n\
          DO $pgjit$\nDECLARE\n  admin text := {admin_literal};\n  s record;\n  o record;\nBEGIN\n\
@@ -144,12 +178,38 @@ pub fn setup_sql(flavor: Flavor, admin_user: &str, holding_role: &str) -> Result
          \x20          WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'\n\
          \x20            AND pg_get_userbyid(c.relowner) <> admin\n\
          \x20 LOOP\n\
-         \x20   EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %I GRANT ALL ON TABLES TO %I WITH GRANT OPTION', o.owner, o.nspname, admin);\n\
-         \x20   EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %I GRANT ALL ON SEQUENCES TO %I WITH GRANT OPTION', o.owner, o.nspname, admin);\n\
-         \x20   EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %I GRANT ALL ON FUNCTIONS TO %I WITH GRANT OPTION', o.owner, o.nspname, admin);\n\
+         \x20   -- Only an owner's member may set its default privileges (on RDS the master is not a member\n\
+         \x20   -- of every owner): such a statement is skipped with a NOTICE naming it, never the whole script.\n\
+         \x20   BEGIN\n\
+         \x20     EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %I GRANT ALL ON TABLES TO %I WITH GRANT OPTION', o.owner, o.nspname, admin);\n\
+         \x20     EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %I GRANT ALL ON SEQUENCES TO %I WITH GRANT OPTION', o.owner, o.nspname, admin);\n\
+         \x20     EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %I GRANT ALL ON FUNCTIONS TO %I WITH GRANT OPTION', o.owner, o.nspname, admin);\n\
+         \x20   EXCEPTION WHEN insufficient_privilege THEN\n\
+         \x20     RAISE NOTICE 'pgjit: skipped default privileges for objects role % creates in schema % (%)', o.owner, o.nspname, SQLERRM;\n\
+         \x20   END;\n\
          \x20 END LOOP;\nEND\n$pgjit$;\n"
     ));
     Ok(sql)
+}
+
+/// What `setup-sql` prepares besides the admin itself.
+#[derive(Debug, Clone)]
+pub struct SetupOptions {
+    /// Existing roles requests may ask membership of (the integration's `grantable_roles`).
+    pub grantable_roles: Vec<String>,
+    /// The integration's `user_prefix`, for repairing roles created before an upgrade to 16.
+    pub user_prefix: String,
+}
+
+impl Default for SetupOptions {
+    fn default() -> Self {
+        SetupOptions { grantable_roles: Vec::new(), user_prefix: "pgjit_".into() }
+    }
+}
+
+/// A regular expression for the names pgjit gives roles with `prefix` (login and profile roles).
+fn managed_role_pattern(prefix: &str) -> String {
+    format!("^{prefix}([a-z0-9_]+_[a-z0-9]{{8}}|p_[0-9a-f]{{16}})$")
 }
 
 /// One thing the doctor checked.
@@ -188,7 +248,8 @@ pub enum DoctorError {
 
 /// Connects as the admin and reports each capability pgjit needs, by name. `databases`: the
 /// databases to check (empty: every database that accepts connections).
-pub async fn doctor(connector: &Connector, flavor: Flavor, maintenance_database: &str, holding_role: &str, databases: &[String]) -> Result<Vec<Finding>, DoctorError> {
+pub async fn doctor(connector: &Connector, integration: &crate::integration::Integration, databases: &[String]) -> Result<Vec<Finding>, DoctorError> {
+    let (flavor, maintenance_database, holding_role) = (integration.kind, integration.maintenance_database(), integration.holding_role.as_str());
     let query_err = |database: &str| {
         let database = database.to_owned();
         move |source| DoctorError::Query { database, source }
@@ -224,6 +285,7 @@ pub async fn doctor(connector: &Connector, flavor: Flavor, maintenance_database:
         findings.push(Finding::warn("no surplus attributes", format!("the admin has {}, which pgjit never uses", surplus_attributes.join(", "))));
     }
     findings.push(holding_finding(&client, holding_role).await.map_err(query_err(maintenance_database))?);
+    findings.extend(role_admin_findings(&client, integration).await.map_err(query_err(maintenance_database))?);
     findings.push(Finding::check(
         "CREATEROLE",
         createrole,
@@ -354,6 +416,61 @@ async fn check_database(client: &Client, database: &str) -> Result<Vec<Finding>,
     Ok(findings)
 }
 
+/// Whether the admin can hand out each grantable role on this server's version (from 16 that
+/// takes ADMIN OPTION), and, from 16, whether it can still manage the roles pgjit created before
+/// an upgrade (it holds no ADMIN OPTION on those).
+async fn role_admin_findings(client: &Client, integration: &crate::integration::Integration) -> Result<Vec<Finding>, tokio_postgres::Error> {
+    let mut findings = Vec::new();
+    let version: i32 = client.query_one("SELECT current_setting('server_version_num')::int", &[]).await?.get(0);
+    let setup_hint = |extra: &str| format!("run `pgjit setup-sql --flavor {} --admin-user NAME{extra}` as the master user", integration.kind);
+    for role in &integration.grantable_roles {
+        let row = client
+            .query_opt(
+                "SELECT CASE WHEN current_setting('server_version_num')::int >= 160000                              THEN pg_has_role(current_user, r.oid, 'MEMBER WITH ADMIN OPTION')                              ELSE (SELECT rolcreaterole FROM pg_roles WHERE rolname = current_user) AND NOT r.rolsuper END                  FROM pg_roles r WHERE r.rolname = $1",
+                &[role],
+            )
+            .await?;
+        let capability = format!("grant role {role:?}");
+        findings.push(match row.map(|r| r.get::<_, bool>(0)) {
+            None => Finding::check(capability, false, "the role does not exist (it is in grantable_roles)"),
+            Some(true) => Finding::check(capability, true, "the admin can hand out membership"),
+            Some(false) => Finding::check(
+                capability,
+                false,
+                format!("PostgreSQL {} needs ADMIN OPTION on it: {}", version / 10000, setup_hint(&format!(" --grantable-role {role}"))),
+            ),
+        });
+    }
+    if version >= 160000 {
+        let stranded: Vec<String> = client
+            .query(
+                "SELECT rolname::text FROM pg_roles WHERE rolname ~ $1 AND rolname <> current_user AND NOT rolsuper                    AND NOT pg_has_role(current_user, oid, 'MEMBER WITH ADMIN OPTION') ORDER BY 1",
+                &[&managed_role_pattern(&integration.user_prefix)],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        findings.push(if stranded.is_empty() {
+            Finding::check("manage pgjit's roles", true, "ADMIN OPTION on every role pgjit created")
+        } else {
+            let shown: Vec<&str> = stranded.iter().take(5).map(String::as_str).collect();
+            Finding::check(
+                "manage pgjit's roles",
+                false,
+                format!(
+                    "no ADMIN OPTION on {} role(s) pgjit created before an upgrade to 16 ({}{}): revoke and cleanup cannot alter or drop them; {}",
+                    stranded.len(),
+                    shown.join(", "),
+                    if stranded.len() > 5 { ", …" } else { "" },
+                    setup_hint(&format!(" --user-prefix {}", integration.user_prefix))
+                ),
+            )
+        });
+    }
+    Ok(findings)
+}
+
 /// The holding role exists, is powerless (NOLOGIN, no attributes, a member of nothing, no member
 /// but the admin) and the admin is a member, so delete can hand objects to it.
 async fn holding_finding(client: &Client, holding_role: &str) -> Result<Finding, tokio_postgres::Error> {
@@ -396,7 +513,7 @@ mod tests {
     #[test]
     fn every_flavor_has_sql_and_names_are_quoted() {
         for f in Flavor::ALL {
-            let sql = setup_sql(f, "pgjit_admin", "pgjit_holding").unwrap();
+            let sql = setup_sql(f, "pgjit_admin", "pgjit_holding", &SetupOptions::default()).unwrap();
             assert!(sql.contains("CREATE ROLE \"pgjit_admin\" LOGIN CREATEROLE"), "{f}");
             assert!(sql.contains("WITH GRANT OPTION"), "{f}");
             assert_eq!(sql.contains("rds_iam"), f.supports_iam(), "{f}");
@@ -410,12 +527,20 @@ mod tests {
             }
             assert_eq!(f.as_str().parse::<Flavor>().unwrap(), f);
         }
-        assert!(setup_sql(Flavor::Postgres, "pgjit_admin", "pgjit_admin").is_err(), "the holding role is never the admin");
-        let sql = setup_sql(Flavor::Postgres, "o'brien \"x\"", "pgjit_holding").unwrap();
+        assert!(setup_sql(Flavor::Postgres, "pgjit_admin", "pgjit_admin", &SetupOptions::default()).is_err(), "the holding role is never the admin");
+        let options = SetupOptions { grantable_roles: vec!["report\"ing".into()], user_prefix: "jit_".into() };
+        let sql = setup_sql(Flavor::Rds, "pgjit_admin", "pgjit_holding", &options).unwrap();
+        assert!(sql.contains("GRANT %I TO %I WITH ADMIN TRUE, INHERIT FALSE, SET FALSE', 'report\"ing', 'pgjit_admin'"), "{sql}");
+        assert!(sql.contains("'^jit_([a-z0-9_]+_[a-z0-9]{8}|p_[0-9a-f]{16})$'"), "{sql}");
+        assert!(sql.contains("EXCEPTION WHEN insufficient_privilege THEN") && sql.contains("RAISE NOTICE 'pgjit: skipped default privileges"), "{sql}");
+        for bad in [SetupOptions { grantable_roles: vec!["pgjit_admin".into()], ..SetupOptions::default() }, SetupOptions { user_prefix: "pgjit".into(), ..SetupOptions::default() }] {
+            assert!(setup_sql(Flavor::Postgres, "pgjit_admin", "pgjit_holding", &bad).is_err(), "{bad:?}");
+        }
+        let sql = setup_sql(Flavor::Postgres, "o'brien \"x\"", "pgjit_holding", &SetupOptions::default()).unwrap();
         assert!(sql.contains(r#"CREATE ROLE "o'brien ""x""" LOGIN"#), "{sql}");
         assert!(sql.contains(r#"rolname = 'o''brien "x"'"#), "{sql}");
-        assert!(setup_sql(Flavor::Postgres, "a$pgjit$b", "pgjit_holding").is_err());
-        assert!(setup_sql(Flavor::Postgres, &"a".repeat(64), "pgjit_holding").is_err());
+        assert!(setup_sql(Flavor::Postgres, "a$pgjit$b", "pgjit_holding", &SetupOptions::default()).is_err());
+        assert!(setup_sql(Flavor::Postgres, &"a".repeat(64), "pgjit_holding", &SetupOptions::default()).is_err());
         assert!("mysql".parse::<Flavor>().unwrap_err().contains("mysql"));
     }
 }

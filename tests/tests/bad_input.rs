@@ -27,7 +27,7 @@ async fn malformed_approvals_are_refused_and_change_nothing() {
     let svc = isolated_services().await;
     svc.iam.create_user().user_name("corpus-user").send().await.ok();
     // Every role the corpus names is listed, so each is refused for what it is, not for being unlisted.
-    let listed = ["pg_read_all_data", "pg_execute_server_program", "postgres", "pgjit_admin", "reporting", "nope", "reporting\"; ALTER ROLE pgjit_admin SUPERUSER; --", "unlisted_role"];
+    let listed = ["pg_read_all_settings", "pg_execute_server_program", "postgres", "pgjit_admin", "reporting", "nope", "reporting\"; ALTER ROLE pgjit_admin SUPERUSER; --", "unlisted_role"];
     let integration = register_integration(&svc, "corpus", json!({"max_duration_seconds": 3600, "grantable_roles": listed[..listed.len() - 1]})).await;
     let before = footprint(&svc, &integration.user_prefix).await;
 
@@ -92,7 +92,7 @@ async fn malformed_approvals_are_refused_and_change_nothing() {
         (entry(json!({"database": "app", "schema": "sales", "function": "order_count", "privileges": ["SELECT"]})), "does not apply to a function"),
         (entry(json!({"database": "app", "schema": "sales", "table": "orders"})), "at least one privilege"),
         (entry(json!({"database": "app", "schema": "sales", "table": "orders", "privileges": "SELECT"})), "privileges"),
-        (entry(json!({"database": "app", "role": "pg_read_all_data"})), "privileged_grantable_roles"),
+        (entry(json!({"database": "app", "role": "pg_read_all_settings"})), "privileged_grantable_roles"),
         (entry(json!({"database": "app", "role": "pg_execute_server_program"})), "predefined role"),
         (entry(json!({"database": "app", "role": "unlisted_role"})), "not in the integration's grantable_roles"),
         (entry(json!({"database": "app", "role": "postgres"})), "SUPERUSER"),

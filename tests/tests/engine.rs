@@ -225,7 +225,7 @@ async fn role_membership_and_dangerous_roles() {
     let su = e.superuser("postgres").await;
     su.batch_execute(
         "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'sneaky') THEN CREATE ROLE sneaky NOLOGIN; END IF; END $$; \
-         GRANT pg_read_all_data TO sneaky",
+         GRANT pg_read_all_settings TO sneaky; GRANT sneaky TO pgjit_admin WITH ADMIN OPTION",
     )
     .await
     .unwrap();
@@ -242,7 +242,7 @@ async fn role_membership_and_dangerous_roles() {
     let err = roles::grant(&admin, &spec(&user, &set, &password)).await.expect_err("reporting is not listed");
     assert!(matches!(err, RoleError::Refused(_)) && err.to_string().contains("grantable_roles"), "{err}");
     assert!(!role_exists(&su, &user).await);
-    let listed: Vec<String> = ["reporting", "pg_read_all_data", "sneaky", "app_owner", "alice_login", "postgres", "pgjit_admin"].map(String::from).to_vec();
+    let listed: Vec<String> = ["reporting", "pg_read_all_settings", "sneaky", "app_owner", "alice_login", "postgres", "pgjit_admin"].map(String::from).to_vec();
     let mut s = spec(&user, &set, &password);
     s.grantable_roles = &listed;
     roles::grant(&admin, &s).await.expect("membership of a plain, listed role");
@@ -253,8 +253,8 @@ async fn role_membership_and_dangerous_roles() {
 
     // Listed, but powerful: refused unless privileged_grantable_roles opts in, the reason named.
     for (role, why) in [
-        ("pg_read_all_data", "predefined role"),
-        ("sneaky", "through \"pg_read_all_data\""),
+        ("pg_read_all_settings", "predefined role"),
+        ("sneaky", "through \"pg_read_all_settings\""),
         ("app_owner", "owns objects"),
         ("alice_login", "can log in"),
         ("postgres", "SUPERUSER"),
@@ -647,11 +647,24 @@ async fn doctor_names_what_the_admin_can_and_cannot_do() {
     let e = env();
     // The environment's databases, named: other tests create short-lived ones of their own.
     let databases = ["postgres", "app", "crm"].map(String::from);
-    let findings = pgjit::setup::doctor(&e.admin(), pgjit::setup::Flavor::Postgres, "postgres", HOLDING, &databases).await.unwrap();
-    let failed: Vec<_> = findings.iter().filter(|f| !f.ok).collect();
+    let integration = |kind: &str, extra: serde_json::Value| {
+        let mut doc = serde_json::json!({"name": "doctored", "kind": kind, "host": "localhost", "admin": {"auth": "password", "secret_id": "unused"},
+            "max_duration_seconds": 60, "grantable_roles": ["reporting"]});
+        for (k, v) in extra.as_object().unwrap() {
+            doc[k] = v.clone();
+        }
+        pgjit::integration::Integration::from_json(&doc.to_string()).unwrap()
+    };
+    let findings = pgjit::setup::doctor(&e.admin(), &integration("postgres", serde_json::json!({})), &databases).await.unwrap();
+    // 13 and 14 give PUBLIC CREATE on schema public: the doctor warns in each database (and only then).
+    let version: i32 = e.superuser("postgres").await.query_one("SELECT current_setting('server_version_num')::int", &[]).await.unwrap().get(0);
+    let public_warnings = findings.iter().filter(|f| f.warning && f.capability.starts_with("no CREATE for PUBLIC")).count();
+    assert_eq!(public_warnings, if version < 150000 { 3 } else { 0 }, "{findings:?}");
+    let failed: Vec<_> = findings.iter().filter(|f| !f.ok && !f.capability.starts_with("no CREATE for PUBLIC")).collect();
     assert!(failed.is_empty(), "the prepared admin passes, without warnings: {failed:?}");
     assert!(findings.iter().any(|f| f.capability == format!("holding role {HOLDING:?}") && f.ok), "{findings:?}");
     assert!(findings.iter().any(|f| f.capability == "CREATEROLE"));
+    assert!(findings.iter().any(|f| f.capability == "grant role \"reporting\"" && f.ok), "{findings:?}");
     assert!(findings.iter().any(|f| f.capability == "grant option on database \"app\""));
     assert!(findings.iter().any(|f| f.capability == "grant option on schema \"app\".\"sales\""));
 
@@ -665,9 +678,9 @@ async fn doctor_names_what_the_admin_can_and_cannot_do() {
     su.batch_execute("SET log_statement = 'none'").await.unwrap();
     su.batch_execute(&format!("ALTER ROLE weak_admin PASSWORD {}", pgjit::postgres::literal(password.expose()))).await.unwrap();
     let weak = Connector::new(e.endpoint(), Credentials::Password(pgjit::postgres::Login { user: "weak_admin".into(), password }));
-    let findings = pgjit::setup::doctor(&weak, pgjit::setup::Flavor::Rds, "postgres", HOLDING, &["app".into()]).await.unwrap();
+    let findings = pgjit::setup::doctor(&weak, &integration("rds", serde_json::json!({"grantable_roles": ["reporting", "no_such_role"]})), &["app".into()]).await.unwrap();
     let failed: BTreeSet<&str> = findings.iter().filter(|f| !f.ok).map(|f| f.capability.as_str()).collect();
-    for expected in ["CREATEROLE", "end sessions", "grant rds_iam", "grant option on database \"app\"", "grant option on schema \"app\".\"sales\""] {
+    for expected in ["CREATEROLE", "end sessions", "grant rds_iam", "grant option on database \"app\"", "grant option on schema \"app\".\"sales\"", "grant role \"reporting\"", "grant role \"no_such_role\""] {
         assert!(failed.contains(expected), "{expected} missing from {failed:?}");
     }
 }

@@ -321,7 +321,7 @@ async fn discovery_scaling() {
         wide.batch_execute(&sql).await.unwrap();
     }
     // The admin's set-up, as in every database pgjit manages (safe to repeat).
-    let setup = pgjit::setup::setup_sql(pgjit::setup::Flavor::Postgres, &e.admin_user, pgjit::integration::DEFAULT_HOLDING_ROLE).unwrap();
+    let setup = pgjit::setup::setup_sql(pgjit::setup::Flavor::Postgres, &e.admin_user, pgjit::integration::DEFAULT_HOLDING_ROLE, &Default::default()).unwrap();
     e.superuser("bench_wide").await.batch_execute(&setup).await.unwrap();
     let admin = e.admin();
     let client = admin.connect("bench_wide").await.unwrap();
