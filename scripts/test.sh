@@ -13,13 +13,13 @@ count() { awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^pass
                END { printf "%d passed, %d failed", p, f }' "$@"; }
 
 status=0
-scripts/localenv.sh run cargo test --workspace --locked "$@" 2>&1 | tee "$log.15"
+scripts/localenv.sh run cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log.15"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 summary="PostgreSQL 15 (every test): $(count "$log.15")"
 for major in ${PGJIT_PG_MATRIX-13 14 16 17 18}; do
     printf '\n==> PostgreSQL %s: engine, lifecycle and trust-boundary tests\n' "$major"
     PGJIT_PG_MAJOR=$major scripts/localenv.sh run \
-        cargo test --locked -p pgjit-tests --test engine --test control_plane --test trust_boundary 2>&1 | tee "$log.$major"
+        cargo test --locked --no-fail-fast -p pgjit-tests --test engine --test control_plane --test trust_boundary 2>&1 | tee "$log.$major"
     [ "${PIPESTATUS[0]}" = 0 ] || status=1
     summary="$summary"$'\n'"PostgreSQL $major: $(count "$log.$major")"
 done

@@ -110,6 +110,43 @@ fn typed<T: for<'de> Deserialize<'de>>(value: Value) -> Result<T, EventError> {
     })
 }
 
+/// The EventBridge envelope of an approval, as the grant function must receive it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub source: String,
+    pub account: String,
+    pub time: chrono::DateTime<chrono::Utc>,
+}
+
+impl Envelope {
+    /// The envelope's fields; an event without one (a bare `detail`) is refused.
+    pub fn of(event: &Value) -> Result<Envelope, EventError> {
+        if !event.is_object() {
+            return Err(bad("(event)", "must be a JSON object"));
+        }
+        if event.get("detail-type").is_none() {
+            return Err(bad("detail-type", "the grant function takes EventBridge events from the approval bus, not a bare detail"));
+        }
+        let text = |field: &str| {
+            event.get(field).and_then(Value::as_str).filter(|v| !v.is_empty()).map(str::to_owned).ok_or_else(|| bad(field, "missing from the event"))
+        };
+        let time = text("time")?;
+        let time = chrono::DateTime::parse_from_rfc3339(&time).map_err(|_| bad("time", "must be an RFC 3339 time"))?.with_timezone(&chrono::Utc);
+        Ok(Envelope { source: text("source")?, account: text("account")?, time })
+    }
+
+    /// The approval source and pgjit's own account, or a refusal that names the field.
+    pub fn check(&self, approval_source: &str, own_account: &str) -> Result<(), EventError> {
+        if self.source != approval_source {
+            return Err(bad("source", format!("{:?} is not the approval source {approval_source:?}", self.source)));
+        }
+        if self.account != own_account {
+            return Err(bad("account", format!("{} is not pgjit's account", self.account)));
+        }
+        Ok(())
+    }
+}
+
 /// An approval: the EventBridge event as the function receives it, or the bare `detail` (webhook).
 pub fn parse_approval(event: Value) -> Result<Approval, EventError> {
     let sent_at = match event.get("detail-type").and(event.get("time")) {
@@ -205,6 +242,20 @@ mod tests {
             assert!(err.field.starts_with(field), "{field}: {err}");
         }
         assert!(parse_approval(json!([1, 2])).is_err());
+    }
+
+    #[test]
+    fn the_grant_function_takes_whole_events_from_the_approval_source_and_account() {
+        let envelope = Envelope::of(&approval()).unwrap();
+        assert_eq!(envelope.check("pgjit.approvals", "123456789012"), Ok(()));
+        assert_eq!(envelope.check("pgjit.approvals", "210987654321").unwrap_err().field, "account");
+        assert_eq!(envelope.check("other.tool", "123456789012").unwrap_err().field, "source");
+        assert_eq!(Envelope::of(&approval()["detail"]).unwrap_err().field, "detail-type");
+        for field in ["time", "source", "account"] {
+            let mut event = approval();
+            event.as_object_mut().unwrap().remove(field);
+            assert_eq!(Envelope::of(&event).unwrap_err().field, field);
+        }
     }
 
     #[test]

@@ -17,8 +17,15 @@ fn failure<E: std::error::Error + 'static>(e: E) -> Error {
     error_chain(&e).into()
 }
 
-/// Approval (EventBridge `Access Request Approved`, or the bare detail) → grant.
+/// Approval (EventBridge `Access Request Approved` from the approval bus) → grant.
+///
+/// Only a whole event is taken, with its `time`, the approval `source` and pgjit's own account:
+/// whoever may invoke the function directly (rather than through the bus, whose policy names the
+/// senders) cannot skip the freshness check with a bare `detail` or an event without a time.
 pub async fn grant(svc: &Services, event: LambdaEvent<Value>) -> Result<GrantResult, Error> {
+    let envelope = crate::events::Envelope::of(&event.payload).map_err(failure)?;
+    let account = svc.account_id().await.map_err(failure)?;
+    envelope.check(&svc.config.approval_source, &account).map_err(failure)?;
     let approval = crate::events::parse_approval(event.payload).map_err(failure)?;
     let span = tracing::info_span!("grant", request_id = %approval.request_id, integration = %approval.integration);
     let _enter = span.enter();

@@ -107,9 +107,11 @@ pub fn check_policy_target(requester: &Requester, own_account: &str, protected_r
     if path.starts_with("/aws-service-role/") || name.starts_with("AWSServiceRole") {
         return Err(format!("role {name:?} is a service-linked role, whose policies AWS lets nobody change"));
     }
+    // IAM role names are unique case-insensitively: `breakglass` is `BreakGlass`.
+    let lower = name.to_ascii_lowercase();
     let protected = protected_roles.iter().any(|p| match p.strip_suffix('*') {
-        Some(prefix) => name.starts_with(prefix),
-        None => p == name,
+        Some(prefix) => lower.starts_with(&prefix.to_ascii_lowercase()),
+        None => p.eq_ignore_ascii_case(name),
     });
     if protected {
         return Err(format!("role {name:?} is protected (pgjit's own roles and PGJIT_PROTECTED_ROLES): pgjit never writes policies on it"));
@@ -254,6 +256,8 @@ mod tests {
             ("arn:aws:iam::123456789012:role/aws-service-role/rds.amazonaws.com/AWSServiceRoleForRDS", "service-linked"),
             ("arn:aws:iam::123456789012:role/pgjit-prod-GrantFunctionRole-X1", "protected"),
             ("arn:aws:sts::123456789012:assumed-role/BreakGlass/ops", "protected"),
+            ("arn:aws:iam::123456789012:role/breakglass", "protected"),
+            ("arn:aws:iam::123456789012:role/PGJIT-PROD-Other", "protected"),
         ];
         for (arn, why) in cases {
             let err = check(arn).expect_err(arn);

@@ -220,8 +220,11 @@ impl Connector {
             .password(login.password.expose())
             .application_name("pgjit")
             .connect_timeout(ep.timeouts.connect)
+            // search_path: pgjit's statements name the catalog's functions unqualified, and on the
+            // default path ("$user", public) a function a temporary user planted (public is open
+            // to every login before 15) would be chosen over pg_catalog's and run as the admin.
             .options(format!(
-                "-c statement_timeout={} -c lock_timeout={}",
+                "-c search_path=pg_catalog,pg_temp -c statement_timeout={} -c lock_timeout={}",
                 ep.timeouts.statement.as_millis(),
                 ep.timeouts.lock.as_millis()
             ));

@@ -122,12 +122,24 @@ async fn revoke_on(client: &Client, connector: &Connector, maintenance_database:
     }
     // Direct privileges (pgjit grants none, but a role may have been given some) and what it
     // owns: in every database where the catalog records an ACL entry or an owned object.
+    // The admin acts as the objects' owner through its membership: repaired first if the user
+    // (or anyone) took it away.
+    let membership = format!("GRANT {user} TO {}", ident(connector.user()));
+    retry(db, "making the admin a member", || client.batch_execute(&membership)).await?;
     let mut disarmed = Vec::new();
     for database in dependent_databases(client, db, oid, "").await? {
         let session = Session::to(client, db, connector, &database).await?;
         let c = session.client();
         revoke_direct_privileges(c, &database, username).await?;
-        disarmed.extend(disarm(c, &database, username).await?);
+        // The way in is already closed: a failure here must not keep the credentials and the IAM
+        // policy from being removed. It is logged and reported; delete disarms again and must succeed.
+        match disarm(c, &database, username).await {
+            Ok(changes) => disarmed.extend(changes),
+            Err(e) => {
+                tracing::error!(db_user = username, database = %database, error = %crate::postgres::error_chain(&e), "disarming the role's objects failed; delete will try again");
+                disarmed.push(format!("{database}: disarming failed ({e}); delete will try again"));
+            }
+        }
     }
     tracing::info!(db_user = username, sessions_ended, memberships = memberships.len(), members = members.len(), disarmed = disarmed.len(), "login role revoked");
     Ok(Revoked { existed: true, sessions_ended, memberships_removed: memberships.len(), disarmed })
@@ -154,7 +166,9 @@ async fn end_sessions(client: &Client, database: &str, oid: u32, server_version:
         )
         .await
         .map_err(RoleError::sql(database, "ending sessions"))?;
-    if server_version < 140000 {
+    // From 14 each termination waits; 13 has none, so pgjit polls. Either way a session still
+    // there afterwards is an error: revoke must not report success while the user is connected.
+    {
         for _ in 0..50 {
             let left: i64 = client
                 .query_one("SELECT count(*) FROM pg_stat_activity WHERE usesysid = $1 AND pid <> pg_backend_pid()", &[&oid])
@@ -165,6 +179,14 @@ async fn end_sessions(client: &Client, database: &str, oid: u32, server_version:
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let left: i64 = client
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE usesysid = $1 AND pid <> pg_backend_pid()", &[&oid])
+            .await
+            .map_err(RoleError::sql(database, "counting sessions left"))?
+            .get(0);
+        if left > 0 {
+            return Err(RoleError::Invalid(format!("{left} session(s) of the role did not end within 5 s")));
         }
     }
     Ok(row.get(0))
@@ -224,7 +246,8 @@ WITH o AS (SELECT oid FROM pg_roles WHERE rolname = $1) \
 SELECT kind, name, secdef, grantees, foreign_triggers FROM ( \
   SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END AS kind, c.oid::regclass::text AS name, false AS secdef, \
          ARRAY(SELECT DISTINCT CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END \
-               FROM aclexplode(c.relacl) a WHERE a.grantee <> c.relowner) AS grantees, NULL::text AS foreign_triggers \
+               FROM (SELECT c.relacl AS acl UNION ALL SELECT at.attacl FROM pg_attribute at WHERE at.attrelid = c.oid AND at.attacl IS NOT NULL) x, \
+                    aclexplode(x.acl) a WHERE a.grantee <> c.relowner) AS grantees, NULL::text AS foreign_triggers \
     FROM pg_class c, o WHERE c.relowner = o.oid AND c.relkind IN ('r','p','v','m','f','S') \
   UNION ALL \
   SELECT 'ROUTINE', p.oid::regprocedure::text, p.prosecdef, \
@@ -269,7 +292,8 @@ pub async fn disarm(client: &Client, database: &str, owner: &str) -> Result<Vec<
             changed.push(format!("{database}: SECURITY DEFINER taken from function {name}"));
         }
         if !grantees.is_empty() {
-            statements.push(format!("REVOKE ALL ON {kind} {name} FROM {}", grantees.join(", ")));
+            // CASCADE: grants others made through a grant option the user handed out go too.
+            statements.push(format!("REVOKE ALL ON {kind} {name} FROM {} CASCADE", grantees.join(", ")));
             changed.push(format!("{database}: grants on {} {name} to {} dropped", kind.to_lowercase(), grantees.join(", ")));
         }
     }
@@ -312,7 +336,7 @@ pub async fn delete(connector: &Connector, maintenance_database: &str, username:
         if !revoked.existed {
             return Ok(gone());
         }
-        let (reassigned_in, mut handed_over) = hand_over_on(&client, connector, maintenance_database, username, holding_role).await?;
+        let (reassigned_in, mut handed_over) = hand_over_on(&client, connector, maintenance_database, username, holding_role, Departure::Login).await?;
         handed_over.splice(0..0, revoked.disarmed);
         let drop = format!("DROP ROLE IF EXISTS {}", ident(username));
         retry(maintenance_database, "dropping the role", || client.batch_execute(&drop)).await?;
@@ -325,15 +349,24 @@ pub async fn delete(connector: &Connector, maintenance_database: &str, username:
     }
 }
 
-/// Hands whatever `role` owns, in every database, to the holding role (see [`disarm`]), and
-/// drops its grants and default privileges (`DROP OWNED`); the role itself stays. Cleanup uses
-/// it for profile roles, which a user could act as before PostgreSQL 16.
+/// Hands whatever a profile role owns, in every database, to the holding role (see [`disarm`]);
+/// the role and its privileges stay, for the users who hold it now (so no `DROP OWNED`), and the
+/// hand-over holds the grant lock. Cleanup uses it: a user could act as its profile role before
+/// PostgreSQL 16.
 pub async fn hand_over(connector: &Connector, maintenance_database: &str, role: &str, holding_role: &str) -> Result<Vec<String>, RoleError> {
     let client = connector.connect(maintenance_database).await?;
-    Ok(hand_over_on(&client, connector, maintenance_database, role, holding_role).await?.1)
+    Ok(hand_over_on(&client, connector, maintenance_database, role, holding_role, Departure::Profile).await?.1)
 }
 
-async fn hand_over_on(client: &Client, connector: &Connector, db: &str, role: &str, holding_role: &str) -> Result<(Vec<String>, Vec<String>), RoleError> {
+/// Whose objects are handed over: a login role that is about to be dropped (its grants and
+/// default privileges go too), or a profile role that stays.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Departure {
+    Login,
+    Profile,
+}
+
+async fn hand_over_on(client: &Client, connector: &Connector, db: &str, role: &str, holding_role: &str, departure: Departure) -> Result<(Vec<String>, Vec<String>), RoleError> {
     let Some((oid, _)) = role_oid(client, db, role).await? else {
         return Ok((Vec::new(), Vec::new()));
     };
@@ -356,7 +389,7 @@ async fn hand_over_on(client: &Client, connector: &Connector, db: &str, role: &s
             .iter()
             .map(|r| format!("{database}: {} {} handed to {holding_role}", r.get::<_, &str>(0).to_lowercase(), r.get::<_, &str>(1)))
             .collect();
-        let hand_over = hand_over_sql(c, &database, role, holding_role).await?;
+        let hand_over = hand_over_sql(c, &database, role, holding_role, departure).await?;
         let run = || async {
             let result = c.batch_execute(&hand_over).await;
             if result.is_err() {
@@ -374,7 +407,7 @@ async fn hand_over_on(client: &Client, connector: &Connector, db: &str, role: &s
 /// The hand-over transaction of one database. A new owner needs CREATE on each object's schema
 /// (and on the database, for a schema): the holding role gets exactly that for the length of the
 /// transaction and loses it before COMMIT, so it is never seen holding a privilege.
-async fn hand_over_sql(client: &Client, database: &str, role: &str, holding_role: &str) -> Result<String, RoleError> {
+async fn hand_over_sql(client: &Client, database: &str, role: &str, holding_role: &str, departure: Departure) -> Result<String, RoleError> {
     let row = client
         .query_one(
             "WITH o AS (SELECT oid FROM pg_roles WHERE rolname = $1) \
@@ -388,6 +421,7 @@ async fn hand_over_sql(client: &Client, database: &str, role: &str, holding_role
                  UNION SELECT cfgnamespace FROM pg_ts_config, o WHERE cfgowner = o.oid \
                  UNION SELECT dictnamespace FROM pg_ts_dict, o WHERE dictowner = o.oid \
                  UNION SELECT stxnamespace FROM pg_statistic_ext, o WHERE stxowner = o.oid) \
+               AND n.nspname NOT IN ('pg_toast', 'pg_catalog', 'information_schema') \
                AND n.nspname NOT LIKE 'pg\\_temp\\_%' AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%' ORDER BY 1)",
             &[&role],
         )
@@ -395,11 +429,19 @@ async fn hand_over_sql(client: &Client, database: &str, role: &str, holding_role
         .map_err(RoleError::sql(database, "listing the schemas of the objects the role owns"))?;
     let (db, schemas): (String, Vec<String>) = (row.get(0), row.get(1));
     let (user, holding) = (ident(role), ident(holding_role));
-    let mut sql = format!("BEGIN;\nGRANT CREATE ON DATABASE {db} TO {holding};\n");
+    let mut sql = String::from("BEGIN;\n");
+    if departure == Departure::Profile {
+        // Grants re-apply a profile's privileges under this lock: none runs halfway through.
+        sql.push_str(&format!("SELECT pg_advisory_xact_lock({});\n", crate::roles::GRANT_LOCK));
+    }
+    sql.push_str(&format!("GRANT CREATE ON DATABASE {db} TO {holding};\n"));
     if !schemas.is_empty() {
         sql.push_str(&format!("GRANT CREATE ON SCHEMA {} TO {holding};\n", schemas.join(", ")));
     }
-    sql.push_str(&format!("REASSIGN OWNED BY {user} TO {holding};\nDROP OWNED BY {user};\n"));
+    sql.push_str(&format!("REASSIGN OWNED BY {user} TO {holding};\n"));
+    if departure == Departure::Login {
+        sql.push_str(&format!("DROP OWNED BY {user};\n"));
+    }
     if !schemas.is_empty() {
         sql.push_str(&format!("REVOKE CREATE ON SCHEMA {} FROM {holding};\n", schemas.join(", ")));
     }

@@ -16,7 +16,7 @@ use crate::postgres::{ident, is_retryable, literal, ConnectError, Connector};
 use crate::secret::SecretString;
 
 /// Key of the advisory lock that serialises pgjit's grants within one database.
-const GRANT_LOCK: i64 = 0x7067_6a69_745f_6772; // "pgjit_gr"
+pub(crate) const GRANT_LOCK: i64 = 0x7067_6a69_745f_6772; // "pgjit_gr"
 /// Attempts of one transaction on XX000, 40001 and 40P01 before giving up.
 const ATTEMPTS: u32 = 8;
 
@@ -401,8 +401,8 @@ fn lookup_sql(names: &[&str], schemas: &[&str], roles: &[&str], functions: &[ser
                  SELECT coalesce(json_agg(json_build_object('root', up.root, 'name', r.rolname, \
                      'superuser', r.rolsuper, 'createrole', r.rolcreaterole, 'createdb', r.rolcreatedb, \
                      'replication', r.rolreplication, 'bypassrls', r.rolbypassrls, 'login', r.rolcanlogin, \
-                     'owns', EXISTS (SELECT 1 FROM pg_shdepend d WHERE d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid \
-                         AND d.deptype = 'o' AND d.dbid IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))))), '[]') \
+                     'owns', EXISTS (SELECT 1 FROM pg_shdepend d WHERE d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid AND d.deptype = 'o'), \
+                     'admin_option', EXISTS (SELECT 1 FROM pg_auth_members a WHERE a.member = r.oid AND a.admin_option))), '[]') \
                  FROM up JOIN pg_roles r ON r.oid = up.oid)",
             roles = text_array(roles)
         ));
@@ -457,7 +457,11 @@ struct RoleLink {
     replication: bool,
     bypassrls: bool,
     login: bool,
+    /// Owns objects in any database of the cluster (membership applies cluster-wide).
     owns: bool,
+    /// Holds some membership WITH ADMIN OPTION: a member could hand that role to anyone, and
+    /// such a grant outlives the revoke.
+    admin_option: bool,
 }
 
 /// A function that a function request (by its index among them) may mean.
@@ -646,6 +650,7 @@ fn plan_roles(access: &DatabaseAccess, facts: &Facts, admin: &str, spec: &GrantS
                 (link.bypassrls, "BYPASSRLS"),
                 (link.login, "can log in"),
                 (link.owns, "owns objects"),
+                (link.admin_option, "can grant roles (ADMIN OPTION)"),
             ] {
                 if held {
                     privileged.push(format!("{what}{via}"));

@@ -107,6 +107,10 @@ pub fn setup_sql(flavor: Flavor, admin_user: &str, holding_role: &str, options: 
         "-- pgjit admin set-up for {flavor}: run as the superuser / master user in every database pgjit manages.\n\
          -- Safe to run again. It sets no password: set one (ALTER ROLE … PASSWORD) or use IAM authentication.\n\
          \n\
+         -- Only the catalog's functions: a function planted in public (open to every login before 15) must\n\
+         -- never run as the master user.\n\
+         SET search_path = pg_catalog, pg_temp;\n\
+         \n\
          DO $pgjit$\nBEGIN\n  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {admin_literal}) THEN\n    CREATE ROLE {admin_ident} LOGIN CREATEROLE;\n  END IF;\nEND\n$pgjit$;\n\
          -- CREATEROLE: create, alter and drop the temporary login roles and the profile roles.\n\
          ALTER ROLE {admin_ident} LOGIN CREATEROLE;\n\
@@ -520,6 +524,7 @@ mod tests {
             assert!(sql.contains("GRANT pg_signal_backend TO \"pgjit_admin\""), "{f}");
             assert!(sql.contains("CREATE ROLE \"pgjit_holding\" NOLOGIN") && sql.contains("GRANT \"pgjit_holding\" TO \"pgjit_admin\""), "{f}");
             assert!(sql.contains("REVOKE CREATE ON SCHEMA public FROM PUBLIC"), "{f}: says how to close public on 13 and 14");
+            assert!(sql.contains("\nSET search_path = pg_catalog, pg_temp;\n"), "{f}: no planted function runs as the master user");
             // The provider's admin role is never granted: no statement grants it.
             for role in crate::roles::CLOUD_ADMIN_ROLES {
                 let granted = sql.lines().filter(|l| !l.trim_start().starts_with("--")).any(|l| l.contains(role));

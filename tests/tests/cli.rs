@@ -99,7 +99,8 @@ async fn bootstrap_then_the_lifecycle_from_the_command_line() {
     assert_eq!(listed[0]["name"], "cli-db");
     assert!(cli.ok(&["doctor", "cli-db"]).contains("[ok] CREATEROLE"));
 
-    let event = json!({"detail-type": "Access Request Approved", "source": "pgjit.approvals", "detail": {
+    let event = json!({"detail-type": "Access Request Approved", "source": "pgjit.approvals", "account": "123456789012",
+        "time": chrono::Utc::now().to_rfc3339(), "detail": {
         "request_id": "CLI-1", "integration": "cli-db", "requester": {"id": "cli.user@corp.com"}, "approver": "boss@corp.com",
         "duration_seconds": 600, "access": [{"database": "app", "schema": "sales", "table": "orders", "privileges": ["SELECT"]}]}});
     let event_file = cli.file("approval.json", &event);

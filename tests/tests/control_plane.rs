@@ -345,7 +345,14 @@ async fn policy_and_input_errors_change_nothing() {
         (approval("REQ-NOINT", "nope", "a@corp.com", orders_access()), "unknown integration"),
         (approval("REQ-BADPRIV", "orders", "a@corp.com", json!([{"database": "app", "schema": "sales", "privileges": ["SELECT"]}])), "access[0].privileges"),
         (approval("REQ-MISSING", "orders", "a@corp.com", json!([{"database": "app", "schema": "sales", "table": "nope", "privileges": ["SELECT"]}])), "does not exist"),
-        (json!({"detail-type": "Access Request Approved", "detail": {"request_id": "REQ-X"}}), "integration"),
+        (json!({"detail-type": "Access Request Approved", "source": "pgjit.approvals", "account": "123456789012", "time": Utc::now().to_rfc3339(),
+            "detail": {"request_id": "REQ-X"}}), "integration"),
+        // Invoked directly with a bare detail, or with an envelope that is not the approval bus's.
+        (approval("REQ-BARE", "orders", "a@corp.com", orders_access())["detail"].clone(), "not a bare detail"),
+        (json!({"detail-type": "Access Request Approved", "source": "pgjit.approvals", "account": "123456789012",
+            "detail": approval("REQ-NOTIME", "orders", "a@corp.com", orders_access())["detail"].clone()}), "time: missing"),
+        ({ let mut e = approval("REQ-SRC", "orders", "a@corp.com", orders_access()); e["source"] = json!("someone.else"); e }, "not the approval source"),
+        ({ let mut e = approval("REQ-ACCT", "orders", "a@corp.com", orders_access()); e["account"] = json!("210987654321"); e }, "not pgjit's account"),
     ];
     for (mut event, expected) in cases {
         if expected != "max_duration_seconds" && event["detail"].get("duration_seconds").is_some() {

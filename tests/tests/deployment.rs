@@ -137,6 +137,10 @@ fn approvals_come_only_from_the_approval_bus_of_this_account() {
     assert_eq!((statement["Effect"].as_str(), statement["Principal"].as_str(), statement["Action"].as_str()), (Some("Deny"), Some("*"), Some("events:PutEvents")));
     let exempt = text(&statement["Condition"]["ArnNotLike"]["aws:PrincipalArn"]);
     assert!(exempt.contains("WebhookFunctionRole.Arn") && exempt.contains("ApprovalSenderArns"), "{exempt}");
+    // Never a shared bus: the Deny would silence every other producer on it, pgjit's own included.
+    let rules = text(&t["Rules"]["ApprovalBusIsApart"]["Assertions"]);
+    assert!(rules.contains("!Equals ApprovalBusName | !Ref EventBusName") || rules.contains("!Ref ApprovalBusName | !Ref EventBusName"), "{rules}");
+    assert!(rules.contains("default"), "{rules}");
 }
 
 #[test]

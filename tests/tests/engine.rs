@@ -450,6 +450,9 @@ async fn what_a_temporary_user_leaves_behind_never_runs_with_anyone_elses_rights
         .batch_execute(&format!(
             "CREATE TABLE sales.scratch_{tag} (x int); INSERT INTO sales.scratch_{tag} VALUES (42);
              GRANT SELECT ON sales.scratch_{tag} TO PUBLIC;
+             GRANT SELECT ON sales.scratch_{tag} TO reporting WITH GRANT OPTION;
+             CREATE TABLE sales.columns_{tag} (x int, secret text); INSERT INTO sales.columns_{tag} VALUES (1, 'kept');
+             GRANT SELECT (x) ON sales.columns_{tag} TO PUBLIC;
              CREATE FUNCTION sales.escalate_{tag}() RETURNS text LANGUAGE plpgsql SECURITY DEFINER
                  AS $f$ BEGIN EXECUTE 'CREATE ROLE attacker_{tag} LOGIN'; RETURN current_user; END $f$;
              CREATE VIEW sales.peek_{tag} AS SELECT * FROM sales.customers;
@@ -461,6 +464,8 @@ async fn what_a_temporary_user_leaves_behind_never_runs_with_anyone_elses_rights
         ))
         .await
         .expect("what a user with CREATE on a schema and TRIGGER on a table can do");
+    // Someone the user gave a grant option to passes it on: revoking needs CASCADE.
+    su.batch_execute(&format!("SET ROLE reporting; GRANT SELECT ON sales.scratch_{tag} TO app_owner; RESET ROLE")).await.unwrap();
     // Acting as its profile role would leave objects owned by a role that outlives the user:
     // impossible from 16 (SET FALSE); before 16, cleanup hands them over (below).
     let as_profile = client.batch_execute(&format!("SET ROLE {}; CREATE TABLE sales.by_profile_{tag} (x int); RESET ROLE", pgjit::postgres::ident(&profile))).await;
@@ -494,6 +499,9 @@ async fn what_a_temporary_user_leaves_behind_never_runs_with_anyone_elses_rights
         let handed = revocation::hand_over(&admin, "postgres", &profile, HOLDING).await.expect("profile hand-over");
         assert!(handed.iter().any(|h| h.contains(&format!("sales.by_profile_{tag}"))), "{handed:?}");
     }
+    // The profile role keeps its privileges for whoever else holds it (no DROP OWNED for it).
+    let kept: bool = su.query_one("SELECT has_table_privilege($1, 'sales.orders', 'SELECT')", &[&profile]).await.unwrap().get(0);
+    assert!(kept, "the profile still grants what it granted");
 
     // Everything is kept, owned by the powerless holding role, with nothing granted on it.
     for object in [format!("sales.scratch_{tag}"), format!("sales.peek_{tag}")].iter().chain((version < 160000).then(|| format!("sales.by_profile_{tag}")).iter()) {
@@ -530,7 +538,12 @@ async fn what_a_temporary_user_leaves_behind_never_runs_with_anyone_elses_rights
         .unwrap();
     su.batch_execute("RESET log_statement").await.unwrap();
     let other = e.login_as(&bystander, &bystander_password, "app").await.unwrap();
-    for attack in [format!("SELECT sales.escalate_{tag}()"), format!("SELECT * FROM sales.peek_{tag}"), format!("SELECT * FROM sales.scratch_{tag}")] {
+    for attack in [
+        format!("SELECT sales.escalate_{tag}()"),
+        format!("SELECT * FROM sales.peek_{tag}"),
+        format!("SELECT * FROM sales.scratch_{tag}"),
+        format!("SELECT x FROM sales.columns_{tag}"),
+    ] {
         let err = other.query(&attack, &[]).await.expect_err(&attack);
         assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{attack}: {err}");
     }
@@ -540,11 +553,44 @@ async fn what_a_temporary_user_leaves_behind_never_runs_with_anyone_elses_rights
         assert!(!role_exists(&su, &planted).await, "{planted} was never created");
     }
     su.batch_execute(&format!(
-        "DROP VIEW sales.peek_{tag}; DROP TABLE sales.scratch_{tag}; DROP TABLE IF EXISTS sales.by_profile_{tag}; DROP FUNCTION sales.escalate_{tag}(); \
+        "DROP VIEW sales.peek_{tag}; DROP TABLE sales.scratch_{tag}; DROP TABLE sales.columns_{tag}; DROP TABLE IF EXISTS sales.by_profile_{tag}; DROP FUNCTION sales.escalate_{tag}(); \
          REVOKE USAGE ON SCHEMA sales FROM {bystander}; DROP ROLE {bystander}"
     ))
     .await
     .unwrap();
+}
+
+/// The attack: functions planted in `public` (open to every login before 15; here granted) that
+/// shadow the catalog functions pgjit's own statements call (`starts_with`, `quote_ident`), so
+/// pgjit's admin would run them when it next reconciles, revokes or drops.
+#[tokio::test]
+async fn functions_planted_on_the_search_path_never_run_as_the_admin() {
+    let e = env();
+    let admin = e.admin();
+    let su = e.superuser("postgres").await;
+    let set = access(r#"[{"database":"postgres","schema":"public","privileges":["USAGE","CREATE"]}]"#);
+    let user = login_role_name(PREFIX, "shadow@corp.com");
+    let tag = &user[user.len() - 8..];
+    let password = SecretString::random_password();
+    roles::grant(&admin, &spec(&user, &set, &password)).await.expect("grant");
+    let client = e.login_as(&user, &password, "postgres").await.unwrap();
+    for (function, result) in [("starts_with(name, text)", "boolean"), ("quote_ident(name)", "text"), ("pg_get_userbyid(oid)", "name")] {
+        let name = function.split('(').next().unwrap();
+        client
+            .batch_execute(&format!(
+                "CREATE FUNCTION public.{function} RETURNS {result} LANGUAGE plpgsql AS $f$ BEGIN                      EXECUTE 'CREATE ROLE shadowed_{tag}_{name}'; RETURN NULL; END $f$"
+            ))
+            .await
+            .expect("planting in public");
+    }
+    drop(client);
+    let listing = admin.connect("postgres").await.unwrap();
+    revocation::managed_roles(&listing, PREFIX).await.expect("reconciliation's listing");
+    revocation::revoke(&admin, "postgres", &user, PREFIX).await.expect("revoke");
+    revocation::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.expect("delete");
+    let planted: i64 = su.query_one("SELECT count(*) FROM pg_roles WHERE rolname LIKE $1", &[&format!("shadowed_{tag}_%")]).await.unwrap().get(0);
+    assert_eq!(planted, 0, "none of the planted functions ran as the admin");
+    su.batch_execute("DROP FUNCTION public.starts_with(name, text); DROP FUNCTION public.quote_ident(name); DROP FUNCTION public.pg_get_userbyid(oid)").await.unwrap();
 }
 
 #[tokio::test]
