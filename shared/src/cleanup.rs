@@ -35,12 +35,37 @@ pub struct CleanupReport {
     pub items_read: usize,
 }
 
-/// Runs the sweep as of `now` (injectable so tests need not wait days).
+/// How much a run does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything (the daily run).
+    Full,
+    /// Only grants past expiry that are still active and records abandoned half-way: the hourly
+    /// backstop for revokes whose invocation failed for good.
+    Overdue,
+}
+
+impl Scope {
+    /// The scope a scheduled event asks for: `{"sweep":"overdue"}`, or everything.
+    pub fn of(event: &serde_json::Value) -> Scope {
+        match event.get("sweep").and_then(serde_json::Value::as_str) {
+            Some("overdue") => Scope::Overdue,
+            _ => Scope::Full,
+        }
+    }
+}
+
+/// Runs the whole sweep as of `now` (injectable so tests need not wait days).
 pub async fn run(svc: &Services, now: DateTime<Utc>) -> Result<CleanupReport, StoreError> {
+    run_scope(svc, now, Scope::Full).await
+}
+
+/// Runs the sweep, or only its overdue part, as of `now`.
+pub async fn run_scope(svc: &Services, now: DateTime<Utc>, scope: Scope) -> Result<CleanupReport, StoreError> {
     let mut report = CleanupReport::default();
     let integrations: BTreeMap<String, Integration> = svc.store.list_integrations().await?.into_iter().map(|i| (i.name.clone(), i)).collect();
 
-    let (due, read) = svc.store.due_grants(GrantStatus::Revoked, now).await?;
+    let (due, read) = if scope == Scope::Full { svc.store.due_grants(GrantStatus::Revoked, now).await? } else { (Vec::new(), 0) };
     report.items_read += read;
     for mut record in due {
         let Some(integration) = integrations.get(&record.integration) else {
@@ -61,7 +86,7 @@ pub async fn run(svc: &Services, now: DateTime<Utc>) -> Result<CleanupReport, St
                 Ok(_) => report.revoked_overdue.push(record.request_id.clone()),
                 Err(e) => report.errors.push(format!("{}: revoke: {}", record.request_id, error_chain(&e))),
             }
-        } else if let Some(integration) = integrations.get(&record.integration) {
+        } else if let (Scope::Full, Some(integration)) = (scope, integrations.get(&record.integration)) {
             match grants::rotate(svc, &mut record, integration, now).await {
                 Ok(()) => report.rotated.push(record.request_id.clone()),
                 Err(e) => report.errors.push(format!("{}: rotate: {}", record.request_id, error_chain(&e))),
@@ -81,7 +106,7 @@ pub async fn run(svc: &Services, now: DateTime<Utc>) -> Result<CleanupReport, St
         }
     }
 
-    for integration in integrations.values() {
+    for integration in integrations.values().filter(|_| scope == Scope::Full) {
         if let Err(e) = reconcile(svc, integration, now, &mut report).await {
             report.errors.push(format!("integration {}: reconcile: {}", integration.name, error_chain(&*e)));
         }
@@ -94,6 +119,7 @@ pub async fn run(svc: &Services, now: DateTime<Utc>) -> Result<CleanupReport, St
         orphans = report.orphans.len(),
         errors = report.errors.len(),
         items_read = report.items_read,
+        scope = ?scope,
         "cleanup done"
     );
     Ok(report)

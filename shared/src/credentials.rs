@@ -89,13 +89,37 @@ pub async fn store(svc: &Services, name: &str, value: &CredentialsValue<'_>, req
     if let Some(key) = &svc.config.credentials_kms_key_id {
         create = create.kms_key_id(key);
     }
-    let arn = match create.send().await {
-        Ok(out) => out.arn.ok_or_else(|| AwsError::msg("secretsmanager:CreateSecret", "no ARN in the answer"))?,
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_exists_exception()) => {
-            owner_of(svc, name, request_id).await?.require(name)?;
-            replace(svc, name, &secret).await?
+    let mut attempt = 0;
+    let arn = loop {
+        attempt += 1;
+        match create.clone().send().await {
+            Ok(out) => break out.arn.ok_or_else(|| AwsError::msg("secretsmanager:CreateSecret", "no ARN in the answer"))?,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_exists_exception()) => {
+                owner_of(svc, name, request_id).await?.require(name)?;
+                break replace(svc, name, &secret).await?;
+            }
+            // Secrets Manager deletes asynchronously: an earlier attempt's undo deleted this name
+            // and AWS refuses to create it again while that runs (moto never does). A secret of
+            // this request that is scheduled for deletion is restored and reused; one being
+            // force-deleted is waited for.
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_invalid_request_exception() && scheduled_for_deletion(s)) => {
+                match owner_of(svc, name, request_id).await? {
+                    Owner::This => match svc.secrets.restore_secret().secret_id(name).send().await {
+                        Ok(_) => break replace(svc, name, &secret).await?,
+                        Err(r) if attempt < DELETION_WAITS && r.as_service_error().is_some_and(|s| s.is_resource_not_found_exception() || s.is_invalid_request_exception()) => {}
+                        Err(r) => return Err(AwsError::new("secretsmanager:RestoreSecret", r)),
+                    },
+                    Owner::Absent if attempt < DELETION_WAITS => {}
+                    other => {
+                        other.require(name)?;
+                        return Err(AwsError::new("secretsmanager:CreateSecret", e));
+                    }
+                }
+                tracing::info!(secret = name, attempt, "the secret's name is still being deleted; waiting");
+                tokio::time::sleep(std::time::Duration::from_millis(500 * u64::from(attempt))).await;
+            }
+            Err(e) => return Err(AwsError::new("secretsmanager:CreateSecret", e)),
         }
-        Err(e) => return Err(AwsError::new("secretsmanager:CreateSecret", e)),
     };
     if let Some(policy) = resource_policy(readers) {
         svc.secrets
@@ -108,6 +132,14 @@ pub async fn store(svc: &Services, name: &str, value: &CredentialsValue<'_>, req
             .map_err(|e| AwsError::new("secretsmanager:PutResourcePolicy", e))?;
     }
     Ok(arn)
+}
+
+/// How many times a create waits for an earlier deletion of the same name (about 7 s in all).
+const DELETION_WAITS: u32 = 5;
+
+/// AWS's refusal to create a secret whose name is still being deleted.
+fn scheduled_for_deletion(e: &aws_sdk_secretsmanager::operation::create_secret::CreateSecretError) -> bool {
+    aws_sdk_secretsmanager::error::ProvideErrorMetadata::message(e).is_some_and(|m| m.contains("scheduled for deletion"))
 }
 
 /// Whose a secret is, by its request tag.

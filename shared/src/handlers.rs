@@ -29,24 +29,53 @@ pub async fn grant(svc: &Services, event: LambdaEvent<Value>) -> Result<GrantRes
     let approval = crate::events::parse_approval(event.payload).map_err(failure)?;
     let span = tracing::info_span!("grant", request_id = %approval.request_id, integration = %approval.integration);
     let _enter = span.enter();
-    crate::grants::grant(svc, &approval, Utc::now()).await.map_err(failure)
+    let started = std::time::Instant::now();
+    let result = crate::grants::grant(svc, &approval, Utc::now()).await;
+    summary("grant", started, &result, |r| serde_json::json!({"request_id": r.request_id, "status": r.status, "db_user": r.db_user, "repeated": r.repeated}));
+    result.map_err(failure)
 }
 
 /// The scheduler's `{"request_id":…}` or an `Access Revoke Requested` event → revoke. A failure
 /// is returned as the function's error, so the scheduler retries and then dead-letters it.
 pub async fn revoke(svc: &Services, event: LambdaEvent<Value>) -> Result<RevokeResult, Error> {
     let request = crate::events::parse_revoke(event.payload).map_err(failure)?;
-    crate::grants::revoke(svc, &request.request_id, request.trigger, Utc::now()).await.map_err(failure)
+    let started = std::time::Instant::now();
+    let result = crate::grants::revoke(svc, &request.request_id, request.trigger, Utc::now()).await;
+    summary("revoke", started, &result, |r| {
+        serde_json::json!({"request_id": r.request_id, "status": r.status, "db_user": r.db_user, "repeated": r.repeated, "sessions_ended": r.sessions_ended})
+    });
+    result.map_err(failure)
 }
 
-/// The daily sweep. The event's content is not read: the time is always the real one.
-pub async fn cleanup(svc: &Services, _event: LambdaEvent<Value>) -> Result<CleanupReport, Error> {
-    crate::cleanup::run(svc, Utc::now()).await.map_err(failure)
+/// The daily sweep, or the hourly overdue one (`{"sweep":"overdue"}`). The time is always the
+/// real one, whatever the event says.
+pub async fn cleanup(svc: &Services, event: LambdaEvent<Value>) -> Result<CleanupReport, Error> {
+    let started = std::time::Instant::now();
+    let scope = crate::cleanup::Scope::of(&event.payload);
+    let result = crate::cleanup::run_scope(svc, Utc::now(), scope).await;
+    summary("cleanup", started, &result, |r| {
+        serde_json::json!({"scope": format!("{scope:?}").to_lowercase(), "deleted": r.deleted.len(), "revoked_overdue": r.revoked_overdue.len(),
+            "finished": r.finished.len(), "rotated": r.rotated.len(), "orphans": r.orphans.len(), "errors": r.errors.len(), "items_read": r.items_read})
+    });
+    result.map_err(failure)
 }
 
 /// The periodic discovery.
 pub async fn discovery(svc: &Services, _event: LambdaEvent<Value>) -> Result<DiscoveryReport, Error> {
-    crate::discovery::run(svc, Utc::now(), |_| {}).await.map_err(failure)
+    let started = std::time::Instant::now();
+    let result = crate::discovery::run(svc, Utc::now(), |_| {}).await;
+    summary("discovery", started, &result, |r| serde_json::to_value(r).unwrap_or_default());
+    result.map_err(failure)
+}
+
+/// One JSON line per invocation with its outcome: what an operator reads first in CloudWatch,
+/// and what metric filters count. `details` says what was done (never a secret).
+fn summary<T, E: std::error::Error + 'static>(function: &str, started: std::time::Instant, result: &Result<T, E>, details: impl FnOnce(&T) -> Value) {
+    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match result {
+        Ok(value) => tracing::info!(summary = true, function, outcome = "ok", duration_ms, details = %details(value), "invocation summary"),
+        Err(e) => tracing::error!(summary = true, function, outcome = "error", duration_ms, error = %error_chain(e), "invocation summary"),
+    }
 }
 
 /// A signed webhook request to the Function URL → grant (401 for any signature fault).

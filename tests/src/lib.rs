@@ -345,3 +345,63 @@ pub async fn secret_names(svc: &pgjit::aws::Services) -> Vec<String> {
     }
     names
 }
+
+/// Answers the first `times` calls of one AWS operation (`X-Amz-Target`, e.g.
+/// `secretsmanager.CreateSecret`) with an error of AWS's own, as AWS sends it, where moto is
+/// more lenient than AWS. Install it with [`with_aws_fault`].
+#[derive(Debug)]
+pub struct AwsFault {
+    pub target: &'static str,
+    pub times: std::sync::atomic::AtomicUsize,
+    pub status: u16,
+    /// The error's JSON body: `{"__type": "…Exception", "Message": "…"}`.
+    pub body: String,
+}
+
+/// The operation a request is for, seen before it is sent (the request is gone by the time its
+/// response is read); one client's calls run one after another in these tests.
+static LAST_TARGET: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for AwsFault {
+    fn name(&self) -> &'static str {
+        "AwsFault"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+        _components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let target = context.request().headers().get("x-amz-target").unwrap_or_default().to_owned();
+        *LAST_TARGET.lock().unwrap_or_else(|e| e.into_inner()) = target;
+        Ok(())
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextMut<'_>,
+        _components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        use std::sync::atomic::Ordering;
+        let target = LAST_TARGET.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if target != self.target || self.times.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err() {
+            return Ok(());
+        }
+        let response = context.response_mut();
+        *response.status_mut() = aws_smithy_runtime_api::http::StatusCode::try_from(self.status)?;
+        *response.body_mut() = aws_smithy_types::body::SdkBody::from(self.body.clone());
+        // The SDK reads the error's type from this header first, as AWS sends it.
+        let kind: serde_json::Value = serde_json::from_str(&self.body)?;
+        response.headers_mut().insert("x-amzn-errortype", kind["__type"].as_str().unwrap_or_default().to_owned());
+        Ok(())
+    }
+}
+
+/// The services with their Secrets Manager client answering as `fault` says.
+pub fn with_aws_fault(mut svc: pgjit::aws::Services, fault: AwsFault) -> pgjit::aws::Services {
+    let config = aws_sdk_secretsmanager::config::Builder::from(&svc.sdk_config).interceptor(fault).build();
+    svc.secrets = aws_sdk_secretsmanager::Client::from_conf(config);
+    svc
+}

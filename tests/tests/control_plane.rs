@@ -304,9 +304,14 @@ async fn cleanup_revokes_overdue_grants_and_removes_orphans() {
     assert!(!role_exists(&su, &orphan).await);
     assert!(role_exists(&su, &result.db_user).await, "a granted role is not an orphan");
 
-    // The schedule never fired: cleanup past expiry revokes it.
-    let report = pgjit::cleanup::run(&svc, result.expires_at + Duration::minutes(1)).await.unwrap();
+    // The schedule never fired (or its revoke failed for good): the hourly overdue sweep revokes
+    // it, and does nothing else (a second orphan waits for the daily run).
+    let second = pgjit_tests::orphan_role(&prefix).await;
+    let report = pgjit::cleanup::run_scope(&svc, result.expires_at + Duration::minutes(1), pgjit::cleanup::Scope::Overdue).await.unwrap();
     assert_eq!(report.revoked_overdue, ["REQ-OVERDUE"], "{report:?}");
+    assert!(report.orphans.is_empty() && report.deleted.is_empty(), "{report:?}");
+    assert!(role_exists(&su, &second).await);
+    pgjit::revocation::delete(&e.admin(), "postgres", &second, &prefix, &i.holding_role).await.unwrap();
     assert!(report.items_read <= 2, "read only the due work: {report:?}");
     let record = svc.store.get_grant("REQ-OVERDUE").await.unwrap().unwrap();
     assert_eq!(record.status, GrantStatus::Revoked);
@@ -455,4 +460,47 @@ async fn an_access_granted_event_tells_the_requester_without_the_password() {
     let (_, password, _) = credentials(&svc, result.secret_arn.as_deref().unwrap()).await;
     assert!(!event.to_string().contains(password.expose()), "no password in the event");
     revoke_with(&svc, json!({"request_id": "REQ-ANNOUNCE"})).await.unwrap();
+}
+
+/// Secrets Manager deletes asynchronously, and AWS refuses to create a name whose deletion is
+/// still running. A retried grant after an undo finds its own secret scheduled for deletion: it is
+/// restored and reused; another request's is never touched.
+#[tokio::test]
+async fn a_secret_name_still_being_deleted_is_restored_for_its_own_request_only() {
+    let svc = isolated_services().await;
+    let i = integration(&svc, "deleting", json!({})).await;
+    let name = pgjit::credentials::secret_name(&svc, &i.name, "REQ-DELETING");
+    let password = SecretString::random_password();
+    let value = pgjit::credentials::CredentialsValue {
+        engine: "postgres", host: "db", port: 5432, dbname: "app", username: "u", password: &password, expires_at: Utc::now(),
+    };
+    let nobody = pgjit::credentials::Readers { requester: None, others: &[] };
+    pgjit::credentials::store(&svc, &name, &value, "a@corp.com", "REQ-DELETING", &nobody).await.unwrap();
+    svc.secrets.delete_secret().secret_id(&name).recovery_window_in_days(7).send().await.unwrap();
+    // moto lets the name be created again; AWS refuses while the deletion runs, with this error.
+    let scheduled = || pgjit_tests::AwsFault {
+        target: "secretsmanager.CreateSecret",
+        times: 1.into(),
+        status: 400,
+        body: json!({"__type": "InvalidRequestException",
+            "Message": "You can't create this secret because a secret with this name is already scheduled for deletion."}).to_string(),
+    };
+    let svc = pgjit_tests::with_aws_fault(svc, scheduled());
+    let again = SecretString::random_password();
+    let value = pgjit::credentials::CredentialsValue { password: &again, ..value };
+    pgjit::credentials::store(&svc, &name, &value, "a@corp.com", "REQ-DELETING", &nobody).await.expect("restored and reused");
+    let stored: Value = serde_json::from_str(pgjit::credentials::read(&svc, &name).await.unwrap().expose()).unwrap();
+    assert_eq!(stored["password"], again.expose(), "the new value");
+    let described = svc.secrets.describe_secret().secret_id(&name).send().await.unwrap();
+    assert!(described.deleted_date().is_none(), "no longer scheduled for deletion");
+
+    // Someone else's name being deleted is not ours to restore.
+    let other = pgjit::credentials::secret_name(&svc, &i.name, "REQ-OTHERS");
+    let tag = aws_sdk_secretsmanager::types::Tag::builder().key("pgjit:request_id").value("REQ-SOMEONE").build();
+    svc.secrets.create_secret().name(&other).secret_string("theirs").tags(tag).send().await.unwrap();
+    svc.secrets.delete_secret().secret_id(&other).recovery_window_in_days(7).send().await.unwrap();
+    let svc = pgjit_tests::with_aws_fault(svc, scheduled());
+    let err = pgjit::credentials::store(&svc, &other, &value, "a@corp.com", "REQ-OTHERS", &nobody).await.expect_err("not ours");
+    assert!(pgjit::postgres::error_chain(&err).contains("does not belong"), "{}", pgjit::postgres::error_chain(&err));
+    assert!(svc.secrets.describe_secret().secret_id(&other).send().await.unwrap().deleted_date().is_some(), "left as it was");
 }

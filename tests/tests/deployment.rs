@@ -220,3 +220,32 @@ fn credentials_are_apart_from_pgjits_own_secrets() {
         }
     }
 }
+
+#[test]
+fn failed_asynchronous_invocations_are_kept_alarmed_and_swept() {
+    let t = template();
+    for function in ["GrantFunction", "RevokeFunction"] {
+        let config = &t["Resources"][function]["Properties"]["EventInvokeConfig"];
+        assert_eq!(text(&config["DestinationConfig"]["OnFailure"]["Destination"]), "!GetAtt FailedInvocationsQueue.Arn", "{function}: on-failure destination");
+        let alarmed = t["Resources"].as_mapping().unwrap().values().any(|r| {
+            r["Type"].as_str() == Some("AWS::CloudWatch::Alarm")
+                && r["Properties"]["MetricName"].as_str() == Some("AsyncEventsDropped")
+                && text(&r["Properties"]["Dimensions"]).contains(&format!("!Ref {function}"))
+        });
+        assert!(alarmed, "{function}: an alarm on AsyncEventsDropped");
+    }
+    let queue_alarm = t["Resources"].as_mapping().unwrap().values().any(|r| text(&r["Properties"]["Dimensions"]).contains("FailedInvocationsQueue.QueueName"));
+    assert!(queue_alarm, "an alarm on the failed-invocations queue");
+    // The rules' dead-letter queue lets EventBridge in; the hourly sweep is the backstop.
+    let policy = text(&t["Resources"]["RevokeDeadLetterQueuePolicy"]["Properties"]["PolicyDocument"]);
+    assert!(policy.contains("events.amazonaws.com") && policy.contains("sqs:SendMessage"), "{policy}");
+    let hourly = &t["Resources"]["CleanupFunction"]["Properties"]["Events"]["HourlyOverdue"]["Properties"];
+    assert_eq!(hourly["ScheduleExpression"].as_str(), Some("rate(1 hour)"));
+    let input: serde_json::Value = serde_json::from_str(hourly["Input"].as_str().unwrap()).unwrap();
+    assert_eq!(pgjit::cleanup::Scope::of(&input), pgjit::cleanup::Scope::Overdue);
+    // The LogLevel parameter reaches the functions.
+    assert_eq!(text(&t["Globals"]["Function"]["LoggingConfig"]["ApplicationLogLevel"]), "!FindInMap LogLevels | !Ref LogLevel | Lambda");
+    for level in t["Parameters"]["LogLevel"]["AllowedValues"].as_sequence().unwrap() {
+        assert!(t["Mappings"]["LogLevels"].get(level.as_str().unwrap()).is_some(), "{level:?} is mapped");
+    }
+}

@@ -112,6 +112,12 @@ async fn no_secret_reaches_a_log_line_an_error_or_a_record() {
     assert!(logs.lines().count() > 100, "the capture saw the run at trace level ({} lines)", logs.lines().count());
     assert!(logs.contains("LOG-1") && logs.contains(&record.db_user), "step lines name the request and the user");
     assert!(logs.contains("aws_smithy") && logs.contains("tokio_postgres"), "the SDK's and the driver's own trace lines were captured");
+    // One summary line per invocation, saying what it did.
+    for function in ["grant", "revoke"] {
+        let line = logs.lines().find(|l| l.contains("invocation summary") && l.contains(&format!("function={function}")) || l.contains("invocation summary") && l.contains(&format!("\"function\":\"{function}\"")));
+        let line = line.unwrap_or_else(|| panic!("no summary line for {function}"));
+        assert!(line.contains("LOG-1") && line.contains("outcome"), "{line}");
+    }
     let everything = format!("{logs}\n{}", outputs.join("\n"));
     for (what, secret) in [
         ("the requester's password", first_password.as_str()),
