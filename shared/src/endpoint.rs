@@ -48,7 +48,33 @@ pub async fn resolve(svc: &Services, integration: &Integration) -> Result<Resolv
         .ok_or_else(|| EndpointError::NoHost(integration.name.clone()))?;
     let port = integration.port.or_else(|| rds.as_ref().and_then(|r| r.port)).unwrap_or(5432);
     let mut endpoint = Endpoint::new(host, port, integration.ssl_mode);
-    endpoint.ca_bundle = integration.ca_bundle.clone();
+    endpoint.ca_bundle = integration.ca_bundle.clone().or_else(|| default_ca_bundle(integration.kind).map(str::to_owned));
     endpoint.timeouts = svc.config.db_timeouts;
     Ok(Resolved { connector: Connector::new(endpoint, credentials), rds })
+}
+
+/// Amazon's RDS and Aurora certificate authorities, every region and partition and RDS Proxy
+/// (`scripts/refresh-rds-ca.sh` refreshes them): RDS server certificates chain to these, not to
+/// a public root, so `verify-full` against a discovered instance needs them.
+pub const RDS_CA_BUNDLE: &str = include_str!("../certs/rds-ca-bundle.pem");
+
+/// The CAs trusted for a flavor when the integration names no `ca_bundle` of its own.
+pub fn default_ca_bundle(kind: crate::setup::Flavor) -> Option<&'static str> {
+    matches!(kind, crate::setup::Flavor::Rds | crate::setup::Flavor::Aurora).then_some(RDS_CA_BUNDLE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rds_bundle_is_trusted_for_rds_and_aurora_only() {
+        let certs = RDS_CA_BUNDLE.matches("-----BEGIN CERTIFICATE-----").count();
+        assert!(certs >= 100, "{certs} certificates");
+        crate::postgres::tls::TlsConfigs::new(Some(RDS_CA_BUNDLE)).expect("every certificate parses");
+        for kind in crate::setup::Flavor::ALL {
+            let expected = matches!(kind, crate::setup::Flavor::Rds | crate::setup::Flavor::Aurora);
+            assert_eq!(default_ca_bundle(kind).is_some(), expected, "{kind}");
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! Connections to PostgreSQL with libpq's six `sslmode`s over rustls, timeouts on every
 //! connection, quoting, and the SQLSTATEs that are worth a retry.
 
-mod tls;
+pub(crate) mod tls;
 
 use std::net::IpAddr;
 use std::str::FromStr;

@@ -240,6 +240,13 @@ impl Finding {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DoctorError {
+    #[error("the server's TLS certificate is not signed by {expected}: {fix}")]
+    Certificate {
+        expected: String,
+        fix: String,
+        #[source]
+        source: ConnectError,
+    },
     #[error(transparent)]
     Connect(#[from] ConnectError),
     #[error("reading the catalog of database {database:?} failed")]
@@ -258,7 +265,7 @@ pub async fn doctor(connector: &Connector, integration: &crate::integration::Int
         let database = database.to_owned();
         move |source| DoctorError::Query { database, source }
     };
-    let client = connector.connect(maintenance_database).await?;
+    let client = connector.connect(maintenance_database).await.map_err(|e| certificate_error(e, integration))?;
     let mut findings = Vec::new();
     let row = client
         .query_one(
@@ -418,6 +425,24 @@ async fn check_database(client: &Client, database: &str) -> Result<Vec<Finding>,
         ));
     }
     Ok(findings)
+}
+
+/// A connection refused over an unknown certificate authority, said with the CA pgjit expected
+/// and how to fix it; any other failure as it is.
+fn certificate_error(e: ConnectError, integration: &crate::integration::Integration) -> DoctorError {
+    let chain = crate::postgres::error_chain(&e);
+    if !(chain.contains("UnknownIssuer") || chain.contains("unknown issuer")) {
+        return DoctorError::Connect(e);
+    }
+    let (expected, fix) = match (&integration.ca_bundle, crate::endpoint::default_ca_bundle(integration.kind)) {
+        (Some(_), _) => ("the integration's ca_bundle (or a public root)".to_owned(), "give the CA that signed the server's certificate as ca_bundle".to_owned()),
+        (None, Some(_)) => (
+            "Amazon's RDS certificate authorities (the bundle built into pgjit)".to_owned(),
+            "if the instance uses a newer or a private CA, give its PEM as ca_bundle, or refresh the bundle with scripts/refresh-rds-ca.sh".to_owned(),
+        ),
+        (None, None) => ("a public root (Mozilla's list)".to_owned(), "give the server's CA as ca_bundle (PEM text or a file path)".to_owned()),
+    };
+    DoctorError::Certificate { expected, fix, source: e }
 }
 
 /// Whether the admin can hand out each grantable role on this server's version (from 16 that

@@ -714,6 +714,16 @@ async fn doctor_names_what_the_admin_can_and_cannot_do() {
     assert!(findings.iter().any(|f| f.capability == "grant option on database \"app\""));
     assert!(findings.iter().any(|f| f.capability == "grant option on schema \"app\".\"sales\""));
 
+    // An rds integration trusts Amazon's RDS CAs by default: a server whose certificate chains
+    // elsewhere (here, the local CA) is named as such, with the fix.
+    let mut rds_endpoint = e.endpoint();
+    rds_endpoint.ca_bundle = pgjit::endpoint::default_ca_bundle(pgjit::setup::Flavor::Rds).map(str::to_owned);
+    let err = pgjit::setup::doctor(&Connector::new(rds_endpoint, Credentials::Password(e.admin_login())), &integration("rds", serde_json::json!({})), &databases)
+        .await
+        .expect_err("not an RDS certificate");
+    assert!(matches!(err, pgjit::setup::DoctorError::Certificate { .. }), "{err}");
+    assert!(err.to_string().contains("Amazon's RDS certificate authorities") && err.to_string().contains("ca_bundle"), "{err}");
+
     // A role that was never prepared: each missing capability is named.
     let su = e.superuser("postgres").await;
     let password = SecretString::random_password();

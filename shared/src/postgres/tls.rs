@@ -24,7 +24,7 @@ pub enum CaBundleError {
 /// The configurations one endpoint needs, built once: unverified for allow/prefer/require,
 /// chain-only for verify-ca, and full for verify-full.
 #[derive(Debug)]
-pub(super) struct TlsConfigs {
+pub(crate) struct TlsConfigs {
     pub unverified: Arc<ClientConfig>,
     verified: Result<(Arc<ClientConfig>, Arc<ClientConfig>), CaBundleError>,
 }
