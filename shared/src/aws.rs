@@ -12,8 +12,17 @@ use crate::store::Store;
 
 /// Loads the AWS configuration from the environment (region, credentials, `AWS_ENDPOINT_URL`)
 /// with pgjit's own HTTPS client: rustls with ring, no OpenSSL, no aws-lc.
+///
+/// Every operation has timeouts (the SDK sets none by default): an AWS endpoint that stops
+/// answering (a VPC without the endpoint or NAT it needs) fails the step in seconds, within the
+/// invocation's budget, instead of holding the function until Lambda kills it.
 pub async fn load_sdk_config() -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest()).http_client(https_client()).load().await
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .operation_attempt_timeout(std::time::Duration::from_secs(5))
+        .operation_timeout(std::time::Duration::from_secs(12))
+        .build();
+    aws_config::defaults(BehaviorVersion::latest()).http_client(https_client()).timeout_config(timeouts).load().await
 }
 
 /// The one HTTPS client of every SDK client.

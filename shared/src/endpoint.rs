@@ -49,7 +49,8 @@ pub async fn resolve(svc: &Services, integration: &Integration) -> Result<Resolv
     let port = integration.port.or_else(|| rds.as_ref().and_then(|r| r.port)).unwrap_or(5432);
     let mut endpoint = Endpoint::new(host, port, integration.ssl_mode);
     endpoint.ca_bundle = integration.ca_bundle.clone().or_else(|| default_ca_bundle(integration.kind).map(str::to_owned));
-    endpoint.timeouts = svc.config.db_timeouts;
+    // Within what is left of the invocation, if a handler set a budget.
+    endpoint.timeouts = crate::budget::cap(svc.config.db_timeouts);
     Ok(Resolved { connector: Connector::new(endpoint, credentials), rds })
 }
 

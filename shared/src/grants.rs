@@ -289,7 +289,8 @@ pub async fn grant(svc: &Services, approval: &Approval, now: DateTime<Utc>) -> R
     let (steps, target) = match resolved {
         Ok(target) => {
             step_done(&record, "grant", "endpoint", started);
-            (grant_steps(svc, &integration, &target, &access, &mut record, now).await, Some(target))
+            let steps = crate::budget::bounded(grant_steps(svc, &integration, &target, &access, &mut record, now)).await;
+            (steps.unwrap_or(Err(("deadline", StepError::Other("the invocation's time ran out before the grant finished".into())))), Some(target))
         }
         Err(e) => (Err(("connect", StepError::Endpoint(e))), None),
     };
@@ -304,7 +305,8 @@ pub async fn grant(svc: &Services, approval: &Approval, now: DateTime<Utc>) -> R
         Err((step, source)) => {
             tracing::error!(request_id = %record.request_id, integration = %record.integration, db_user = %record.db_user, step, error = %error_chain(&source), "grant failed; undoing");
             crate::metrics::count("GrantsFailed", 1, &record.integration);
-            let undone = match undo_grant(svc, &integration, &record, target.as_ref()).await {
+            // The undo gets the time kept in reserve for it.
+            let undone = match crate::budget::with_reserve(undo_grant(svc, &integration, &record, target.as_ref())).await {
                 Ok(()) => true,
                 Err(undo) => {
                     tracing::error!(request_id = %record.request_id, db_user = %record.db_user, error = %error_chain(&undo), "undo failed; cleanup will finish it");
@@ -598,7 +600,10 @@ pub async fn revoke(svc: &Services, request_id: &str, trigger: RevokeTrigger, no
             GrantStatus::Revoking => {}
         }
         let integration = load_integration(svc, &record.integration).await?;
-        return match revoke_steps(svc, &integration, &mut record, trigger, now).await {
+        // Out of time: the record stays `revoking`, and the retry (or the hourly sweep) finishes it.
+        let steps = crate::budget::bounded(revoke_steps(svc, &integration, &mut record, trigger, now)).await;
+        let steps = steps.unwrap_or(Err(("deadline", StepError::Other("the invocation's time ran out before the revoke finished".into()))));
+        return match steps {
             Ok(sessions_ended) => {
                 tracing::info!(request_id = %record.request_id, integration = %record.integration, db_user = %record.db_user, status = %record.status, sessions_ended, "revoked");
                 crate::metrics::count("GrantsRevoked", 1, &record.integration);

@@ -30,7 +30,8 @@ pub async fn grant(svc: &Services, event: LambdaEvent<Value>) -> Result<GrantRes
     let span = tracing::info_span!("grant", request_id = %approval.request_id, integration = %approval.integration);
     let _enter = span.enter();
     let started = std::time::Instant::now();
-    let result = crate::grants::grant(svc, &approval, Utc::now()).await;
+    let deadline = crate::budget::deadline_of(event.context.deadline);
+    let result = crate::budget::within(deadline, crate::grants::grant(svc, &approval, Utc::now())).await;
     summary("grant", started, &result, |r| serde_json::json!({"request_id": r.request_id, "status": r.status, "db_user": r.db_user, "repeated": r.repeated}));
     result.map_err(failure)
 }
@@ -40,7 +41,8 @@ pub async fn grant(svc: &Services, event: LambdaEvent<Value>) -> Result<GrantRes
 pub async fn revoke(svc: &Services, event: LambdaEvent<Value>) -> Result<RevokeResult, Error> {
     let request = crate::events::parse_revoke(event.payload).map_err(failure)?;
     let started = std::time::Instant::now();
-    let result = crate::grants::revoke(svc, &request.request_id, request.trigger, Utc::now()).await;
+    let deadline = crate::budget::deadline_of(event.context.deadline);
+    let result = crate::budget::within(deadline, crate::grants::revoke(svc, &request.request_id, request.trigger, Utc::now())).await;
     summary("revoke", started, &result, |r| {
         serde_json::json!({"request_id": r.request_id, "status": r.status, "db_user": r.db_user, "repeated": r.repeated, "sessions_ended": r.sessions_ended})
     });
@@ -52,7 +54,8 @@ pub async fn revoke(svc: &Services, event: LambdaEvent<Value>) -> Result<RevokeR
 pub async fn cleanup(svc: &Services, event: LambdaEvent<Value>) -> Result<CleanupReport, Error> {
     let started = std::time::Instant::now();
     let scope = crate::cleanup::Scope::of(&event.payload);
-    let result = crate::cleanup::run_scope(svc, Utc::now(), scope).await;
+    let deadline = crate::budget::deadline_of(event.context.deadline);
+    let result = crate::budget::within(deadline, crate::cleanup::run_scope(svc, Utc::now(), scope)).await;
     summary("cleanup", started, &result, |r| {
         serde_json::json!({"scope": format!("{scope:?}").to_lowercase(), "deleted": r.deleted.len(), "revoked_overdue": r.revoked_overdue.len(),
             "finished": r.finished.len(), "rotated": r.rotated.len(), "orphans": r.orphans.len(), "errors": r.errors.len(), "items_read": r.items_read})

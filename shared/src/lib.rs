@@ -20,6 +20,7 @@
 pub mod access;
 pub mod admin;
 pub mod aws;
+pub mod budget;
 pub mod catalog;
 pub mod cleanup;
 pub mod config;

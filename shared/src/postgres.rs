@@ -70,7 +70,7 @@ impl FromStr for SslMode {
 
 /// Connect, statement and lock timeouts, applied to every connection pgjit opens, so a database
 /// that accepts TCP and never answers cannot hold a function past its own timeout.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     /// The whole connection set-up: TCP, TLS and authentication.
     pub connect: Duration,

@@ -319,3 +319,39 @@ async fn revoke_racing_its_grant_and_two_revokes_racing_leave_nothing() {
         nothing_left(&svc, "racy", &request_id, &result.db_user).await;
     }
 }
+
+/// Lambda kills a function at its deadline, undo or not. A grant that runs out of its time (here
+/// a database that hangs after the role is made) stops before the deadline with time kept back
+/// for the undo, undoes, and says why; a revoke that runs out stays `revoking` for the retry.
+#[tokio::test]
+async fn a_grant_stops_and_undoes_before_the_invocations_deadline() {
+    let svc = isolated_services().await;
+    register_integration(&svc, "timed", json!({})).await;
+    let with_deadline = |event: Value, seconds: u64| {
+        let mut context = Context::default();
+        context.deadline = u64::try_from(Utc::now().timestamp_millis()).unwrap() + seconds * 1000;
+        LambdaEvent::new(event, context)
+    };
+    let _held = svc.failpoints.halt("grant:after_role");
+    let started = Instant::now();
+    let err = pgjit::handlers::grant(&svc, with_deadline(approval("TIMED-1", "timed", "slow@corp.com", orders_access()), 9)).await.unwrap_err().to_string();
+    let took = started.elapsed();
+    assert!(err.contains("time ran out") && err.contains("undone"), "{err}");
+    assert!(took < StdDuration::from_secs(8), "stopped before the deadline: {took:?}");
+    assert!(took >= StdDuration::from_secs(2), "used its work time: {took:?}");
+    svc.failpoints.clear();
+    let record = svc.store.get_grant("TIMED-1").await.unwrap().unwrap();
+    assert_eq!(record.status, GrantStatus::Failed);
+    nothing_left(&svc, "timed", "TIMED-1", &record.db_user).await;
+
+    // A revoke out of time is left for its retry, which finishes it.
+    let granted = grant(&svc, approval("TIMED-2", "timed", "slow@corp.com", orders_access())).await.unwrap();
+    let _held = svc.failpoints.halt("revoke:after_role");
+    let err = pgjit::handlers::revoke(&svc, with_deadline(json!({"detail-type": "Access Revoke Requested", "detail": {"request_id": "TIMED-2"}}), 8)).await.unwrap_err().to_string();
+    assert!(err.contains("time ran out"), "{err}");
+    svc.failpoints.clear();
+    assert_eq!(svc.store.get_grant("TIMED-2").await.unwrap().unwrap().status, GrantStatus::Revoking);
+    let done = pgjit::handlers::revoke(&svc, with_deadline(json!({"detail-type": "Access Revoke Requested", "detail": {"request_id": "TIMED-2"}}), 60)).await.unwrap();
+    assert_eq!(done.status, GrantStatus::Deleted);
+    nothing_left(&svc, "timed", "TIMED-2", &granted.db_user).await;
+}
