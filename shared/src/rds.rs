@@ -47,15 +47,25 @@ fn from_cluster(c: &aws_sdk_rds::types::DbCluster) -> RdsTarget {
     }
 }
 
-/// Looks up the integration's instance or cluster; `None` for integrations without one.
+/// The integration's own region for its RDS calls, when it names one (pgjit's otherwise).
+fn in_region(integration: &Integration) -> aws_sdk_rds::config::Builder {
+    let mut config = aws_sdk_rds::config::Builder::default();
+    if let Some(region) = &integration.region {
+        config = config.region(aws_sdk_rds::config::Region::new(region.clone()));
+    }
+    config
+}
+
+/// Looks up the integration's instance or cluster, in the integration's region; `None` for
+/// integrations without one.
 pub async fn describe(svc: &Services, integration: &Integration) -> Result<Option<RdsTarget>, AwsError> {
     if let Some(id) = &integration.instance_id {
-        let out = svc.rds.describe_db_instances().db_instance_identifier(id).send().await.map_err(|e| AwsError::new("rds:DescribeDBInstances", e))?;
+        let out = svc.rds.describe_db_instances().db_instance_identifier(id).customize().config_override(in_region(integration)).send().await.map_err(|e| AwsError::new("rds:DescribeDBInstances", e))?;
         let instance = out.db_instances().first().ok_or_else(|| AwsError::msg("rds:DescribeDBInstances", format!("instance {id:?} not found")))?;
         return Ok(Some(from_instance(instance)));
     }
     if let Some(id) = &integration.cluster_id {
-        let out = svc.rds.describe_db_clusters().db_cluster_identifier(id).send().await.map_err(|e| AwsError::new("rds:DescribeDBClusters", e))?;
+        let out = svc.rds.describe_db_clusters().db_cluster_identifier(id).customize().config_override(in_region(integration)).send().await.map_err(|e| AwsError::new("rds:DescribeDBClusters", e))?;
         let cluster = out.db_clusters().first().ok_or_else(|| AwsError::msg("rds:DescribeDBClusters", format!("cluster {id:?} not found")))?;
         return Ok(Some(from_cluster(cluster)));
     }

@@ -296,8 +296,12 @@ pub async fn orphan_role(prefix: &str) -> String {
 /// A PostgreSQL instance in moto's RDS (for IAM mode: RDS supplies the resource id; the
 /// database itself is the local one). Returns its DbiResourceId.
 pub async fn moto_rds_instance(svc: &pgjit::aws::Services, instance: &str) -> String {
-    let created = svc
-        .rds
+    moto_rds_instance_with(&svc.rds, instance).await
+}
+
+/// [`moto_rds_instance`] through a client of one's own (another region).
+pub async fn moto_rds_instance_with(rds: &aws_sdk_rds::Client, instance: &str) -> String {
+    let created = rds
         .create_db_instance()
         .db_instance_identifier(instance)
         .engine("postgres")

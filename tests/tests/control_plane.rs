@@ -504,3 +504,18 @@ async fn a_secret_name_still_being_deleted_is_restored_for_its_own_request_only(
     assert!(pgjit::postgres::error_chain(&err).contains("does not belong"), "{}", pgjit::postgres::error_chain(&err));
     assert!(svc.secrets.describe_secret().secret_id(&other).send().await.unwrap().deleted_date().is_some(), "left as it was");
 }
+
+/// An integration in another region than pgjit's: its RDS calls go to its own region.
+#[tokio::test]
+async fn an_integrations_rds_calls_go_to_its_own_region() {
+    let svc = isolated_services().await;
+    let id: u32 = rand::random();
+    let instance = format!("far-db-{id}");
+    let far = aws_sdk_rds::Client::from_conf(aws_sdk_rds::config::Builder::from(&svc.sdk_config).region(aws_sdk_rds::config::Region::new("eu-west-1")).build());
+    let resource_id = pgjit_tests::moto_rds_instance_with(&far, &instance).await;
+    let far_away = integration(&svc, "far", json!({"kind": "rds", "instance_id": instance, "region": "eu-west-1"})).await;
+    let found = pgjit::rds::describe(&svc, &far_away).await.expect("found in eu-west-1").expect("an instance");
+    assert_eq!(found.resource_id.as_deref(), Some(resource_id.as_str()));
+    let here = integration(&svc, "here", json!({"kind": "rds", "instance_id": instance, "region": "us-east-1"})).await;
+    assert!(pgjit::rds::describe(&svc, &here).await.is_err(), "not in us-east-1");
+}
