@@ -779,3 +779,38 @@ async fn a_grant_that_does_not_take_effect_is_refused_and_rolled_back() {
     drop(su);
     e.superuser("postgres").await.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).await.unwrap();
 }
+
+/// A role pgjit created on 15 and still alive after an upgrade to 16: the admin holds no ADMIN
+/// OPTION on it, so revoke could not alter it. The doctor names it; setup-sql repairs it.
+#[tokio::test]
+async fn roles_stranded_by_an_upgrade_to_16_are_found_and_repaired() {
+    let e = env();
+    let su = e.superuser("postgres").await;
+    let version: i32 = su.query_one("SELECT current_setting('server_version_num')::int", &[]).await.unwrap().get(0);
+    let prefix = format!("up{}_", rand::random::<u32>());
+    // Made by the superuser, as pg_upgrade carries a 15 role over: no grant to the admin at all.
+    let stranded = login_role_name(&prefix, "upgraded@corp.com");
+    su.batch_execute(&format!("CREATE ROLE {stranded} NOLOGIN")).await.unwrap();
+    let integration = pgjit::integration::Integration::from_json(
+        &serde_json::json!({"name": "upgraded", "kind": "postgres", "host": "localhost", "admin": {"auth": "password", "secret_id": "unused"},
+            "max_duration_seconds": 60, "user_prefix": prefix}).to_string(),
+    )
+    .unwrap();
+    let finding = |findings: &[pgjit::setup::Finding]| findings.iter().find(|f| f.capability == "manage pgjit's roles").cloned();
+    let findings = pgjit::setup::doctor(&e.admin(), &integration, &["postgres".into()]).await.unwrap();
+    if version < 160000 {
+        assert!(finding(&findings).is_none(), "before 16 CREATEROLE is enough: {findings:?}");
+    } else {
+        let f = finding(&findings).expect("checked from 16");
+        assert!(!f.ok && f.detail.contains(&stranded) && f.detail.contains("--user-prefix"), "{f:?}");
+        let options = pgjit::setup::SetupOptions { grantable_roles: vec!["reporting".into()], user_prefix: prefix.clone() };
+        let sql = pgjit::setup::setup_sql(pgjit::setup::Flavor::Postgres, &e.admin_user, HOLDING, &options).unwrap();
+        su.batch_execute(&sql).await.expect("setup-sql runs as the superuser");
+        let findings = pgjit::setup::doctor(&e.admin(), &integration, &["postgres".into()]).await.unwrap();
+        assert!(finding(&findings).is_some_and(|f| f.ok), "{findings:?}");
+        // And the admin can now manage it: revoke and delete work.
+        let admin = e.admin();
+        revocation::delete(&admin, "postgres", &stranded, &prefix, HOLDING).await.expect("managed again");
+    }
+    su.batch_execute(&format!("DROP ROLE IF EXISTS {stranded}")).await.unwrap();
+}
