@@ -25,5 +25,32 @@ for dir in .aws-sam/build/*Function; do
         *) printf '%s: not an aarch64 ELF: %s\n' "$dir/bootstrap" "$info" >&2; status=1 ;;
     esac
 done
+# Each arm64 binary runs (under qemu-user) against a local Runtime API: the grant function is
+# given a bare detail, which it must refuse with the reason, reported through the API.
+if [ "$status" = 0 ]; then
+    command -v qemu-aarch64 >/dev/null && [ -d /usr/aarch64-linux-gnu ] || {
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user libc6-arm64-cross >/dev/null
+    }
+    work=$(mktemp -d)
+    echo '{"request_id":"SMOKE-1"}' > "$work/event.json"
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    python3 scripts/fake-runtime-api.py "$port" "$work/event.json" "$work/out.json" & api=$!
+    sleep 1
+    # What Lambda sets (a region and credentials too, so nothing probes the metadata service).
+    AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=smoke AWS_SECRET_ACCESS_KEY=smoke AWS_LAMBDA_LOG_FORMAT=JSON \
+    AWS_LAMBDA_RUNTIME_API=127.0.0.1:$port AWS_LAMBDA_FUNCTION_NAME=grant AWS_LAMBDA_FUNCTION_MEMORY_SIZE=256 \
+        AWS_LAMBDA_FUNCTION_VERSION=1 AWS_LAMBDA_LOG_STREAM_NAME=smoke AWS_LAMBDA_LOG_GROUP_NAME=smoke \
+        timeout 60 qemu-aarch64 -L /usr/aarch64-linux-gnu .aws-sam/build/GrantFunction/bootstrap > "$work/log" 2>&1 & fn=$!
+    for _ in $(seq 1 100); do [ -s "$work/out.json" ] && break; sleep 0.5; done
+    kill "$fn" "$api" 2>/dev/null || true
+    if grep -q '"kind": "error"' "$work/out.json" 2>/dev/null && grep -q 'not a bare detail' "$work/out.json" && ! grep -qi 'imds' "$work/log"; then
+        echo "GrantFunction/bootstrap (aarch64, under qemu): refused the bare detail through the Runtime API"
+    else
+        echo "GrantFunction/bootstrap did not answer the Runtime API as expected:" >&2
+        cat "$work/out.json" "$work/log" >&2 2>/dev/null || true
+        status=1
+    fi
+    rm -rf "$work"
+fi
 echo "sam build: $(( $(date +%s) - started )) s"
 exit "$status"
