@@ -10,7 +10,10 @@ cd "$(dirname "$0")/.."
 runs=${1:-30}
 grant_runs=${2:-200}
 # pgjit's code is measured as it ships: release profile.
-cargo build -q --release -p grant -p revoke -p cleanup -p discovery -p webhook -p pgjit-bench --bin hello-lambda --bin bench-db
+# Two builds: `--bin` limits a build to the binaries it names, so naming the bench binaries next
+# to the function packages would leave the function binaries (what cold start measures) unbuilt.
+cargo build -q --release -p grant -p revoke -p cleanup -p discovery -p webhook
+cargo build -q --release -p pgjit-bench --bin hello-lambda --bin bench-db
 target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 # The cold-start driver itself need not be optimised: it only waits on sockets.
 cargo build -q -p pgjit-bench --bin cold-start
