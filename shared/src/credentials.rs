@@ -144,7 +144,7 @@ fn scheduled_for_deletion(e: &aws_sdk_secretsmanager::operation::create_secret::
 
 /// Whose a secret is, by its request tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Owner {
+enum Owner {
     /// It carries this request's tag.
     This,
     /// It does not exist.
@@ -161,14 +161,14 @@ impl Owner {
             Owner::Absent => Err(AwsError::msg("secretsmanager:DescribeSecret", format!("secret {name:?} does not exist"))),
             Owner::Other(tag) => Err(AwsError::msg(
                 "secretsmanager:DescribeSecret",
-                format!("secret {name:?} does not belong to request (its {REQUEST_TAG} tag is {tag:?}); pgjit leaves it alone"),
+                format!("secret {name:?} does not belong to this request (its {REQUEST_TAG} tag is {tag:?}); pgjit leaves it alone"),
             )),
         }
     }
 }
 
 /// Reads the secret's request tag.
-pub async fn owner_of(svc: &Services, name_or_arn: &str, request_id: &str) -> Result<Owner, AwsError> {
+async fn owner_of(svc: &Services, name_or_arn: &str, request_id: &str) -> Result<Owner, AwsError> {
     let described = match svc.secrets.describe_secret().secret_id(name_or_arn).send().await {
         Ok(out) => out,
         Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => return Ok(Owner::Absent),
@@ -196,11 +196,23 @@ pub async fn rotate(svc: &Services, name: &str, value: &CredentialsValue<'_>, re
     replace(svc, name, &text(value)?).await
 }
 
+/// What to do with a secret of that name that carries another request's tag (or none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Foreign {
+    /// An error: revoke deletes the secret its own record names, so another owner is a fault.
+    Refuse,
+    /// Leave it: an undo deletes by the derived name, and a secret it did not make is not its.
+    Skip,
+}
+
 /// Deletes the request's secret at once (no recovery window: the credentials must stop existing
-/// now); a secret that is gone already is success, one of another request is refused.
-pub async fn delete(svc: &Services, name_or_arn: &str, request_id: &str) -> Result<(), AwsError> {
+/// now); a secret that is gone already is success, one of another request is left alone and,
+/// with [`Foreign::Refuse`], reported.
+pub async fn delete(svc: &Services, name_or_arn: &str, request_id: &str, foreign: Foreign) -> Result<(), AwsError> {
     match owner_of(svc, name_or_arn, request_id).await? {
+        Owner::This => {}
         Owner::Absent => return Ok(()),
+        Owner::Other(_) if foreign == Foreign::Skip => return Ok(()),
         other => other.require(name_or_arn)?,
     }
     match svc.secrets.delete_secret().secret_id(name_or_arn).force_delete_without_recovery(true).send().await {

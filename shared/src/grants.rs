@@ -544,13 +544,7 @@ async fn undo_grant(svc: &Services, integration: &Integration, record: &GrantRec
     }
     // A secret of that name that is not this request's was never made by it: nothing to undo.
     let name = credentials::secret_name(svc, &integration.name, &record.request_id);
-    let secret = async {
-        match credentials::owner_of(svc, &name, &record.request_id).await? {
-            credentials::Owner::This => credentials::delete(svc, &name, &record.request_id).await,
-            _ => Ok(()),
-        }
-    };
-    keep(secret.await.map_err(StepError::from));
+    keep(credentials::delete(svc, &name, &record.request_id, credentials::Foreign::Skip).await.map_err(StepError::from));
     first_error.map_or(Ok(()), Err)
 }
 
@@ -633,7 +627,7 @@ async fn revoke_steps(svc: &Services, integration: &Integration, record: &mut Gr
     }
     if record.access_mode == AccessMode::Password {
         let name = record.secret_arn.clone().unwrap_or_else(|| credentials::secret_name(svc, &integration.name, &record.request_id));
-        credentials::delete(svc, &name, &record.request_id).await.map_err(at::<(), _>("credentials secret"))?;
+        credentials::delete(svc, &name, &record.request_id, credentials::Foreign::Refuse).await.map_err(at::<(), _>("credentials secret"))?;
     }
     fp.check("revoke:after_secret").await.map_err(at::<(), _>("credentials secret"))?;
     step_done(record, "revoke", "credentials", started);

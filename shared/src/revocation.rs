@@ -39,7 +39,7 @@ pub async fn revoke(connector: &Connector, maintenance_database: &str, username:
     check_login_name(username, prefix, connector.user())?;
     let revoked = async {
         let client = connector.connect(maintenance_database).await?;
-        revoke_on(&client, connector, maintenance_database, username).await
+        revoke_on(&client, connector, maintenance_database, username, AtRevoke::Disarm).await
     };
     match revoked.await {
         // Dropped by a concurrent delete half-way through: gone is what revoke wants.
@@ -82,7 +82,15 @@ pub(crate) async fn role_oid(client: &Client, database: &str, username: &str) ->
 }
 
 /// Revoke on an open connection to the maintenance database (delete reuses its connection).
-async fn revoke_on(client: &Client, connector: &Connector, maintenance_database: &str, username: &str) -> Result<Revoked, RoleError> {
+/// Whether a revoke disarms the role's objects itself, or leaves that to the delete that follows
+/// it on the same connection (which must disarm anyway, and fails if it cannot).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AtRevoke {
+    Disarm,
+    LeaveToDelete,
+}
+
+async fn revoke_on(client: &Client, connector: &Connector, maintenance_database: &str, username: &str, at_revoke: AtRevoke) -> Result<Revoked, RoleError> {
     let db = maintenance_database;
     let Some((oid, version)) = role_oid(client, db, username).await? else {
         return Ok(Revoked::gone());
@@ -131,10 +139,13 @@ async fn revoke_on(client: &Client, connector: &Connector, maintenance_database:
         let session = Session::to(client, db, connector, &database).await?;
         let c = session.client();
         revoke_direct_privileges(c, &database, username).await?;
+        if at_revoke == AtRevoke::LeaveToDelete {
+            continue;
+        }
         // The way in is already closed: a failure here must not keep the credentials and the IAM
         // policy from being removed. It is logged and reported; delete disarms again and must succeed.
         match disarm(c, &database, username).await {
-            Ok(changes) => disarmed.extend(changes),
+            Ok((changes, _)) => disarmed.extend(changes),
             Err(e) => {
                 tracing::error!(db_user = username, database = %database, error = %crate::postgres::error_chain(&e), "disarming the role's objects failed; delete will try again");
                 disarmed.push(format!("{database}: disarming failed ({e}); delete will try again"));
@@ -167,29 +178,22 @@ async fn end_sessions(client: &Client, database: &str, oid: u32, server_version:
         .await
         .map_err(RoleError::sql(database, "ending sessions"))?;
     // From 14 each termination waits; 13 has none, so pgjit polls. Either way a session still
-    // there afterwards is an error: revoke must not report success while the user is connected.
-    {
-        for _ in 0..50 {
-            let left: i64 = client
-                .query_one("SELECT count(*) FROM pg_stat_activity WHERE usesysid = $1 AND pid <> pg_backend_pid()", &[&oid])
-                .await
-                .map_err(RoleError::sql(database, "waiting for sessions to end"))?
-                .get(0);
-            if left == 0 {
-                break;
-            }
+    // there after 5 s is an error: revoke must not report success while the user is connected.
+    let mut left: i64 = 0;
+    for attempt in 0..50 {
+        if attempt > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        let left: i64 = client
+        left = client
             .query_one("SELECT count(*) FROM pg_stat_activity WHERE usesysid = $1 AND pid <> pg_backend_pid()", &[&oid])
             .await
-            .map_err(RoleError::sql(database, "counting sessions left"))?
+            .map_err(RoleError::sql(database, "waiting for sessions to end"))?
             .get(0);
-        if left > 0 {
-            return Err(RoleError::Invalid(format!("{left} session(s) of the role did not end within 5 s")));
+        if left == 0 {
+            return Ok(row.get(0));
         }
     }
-    Ok(row.get(0))
+    Err(RoleError::Invalid(format!("{left} session(s) of the role did not end within 5 s")))
 }
 
 /// Databases in which `pg_shdepend` records a dependency of kind `deptype` on the role
@@ -273,11 +277,13 @@ SELECT kind, name, secdef, grantees, foreign_triggers FROM ( \
 /// transaction: functions that fire as triggers on other owners' tables are dropped with those
 /// triggers (they would run the departed user's code as whoever writes to the table),
 /// `SECURITY DEFINER` is taken away, and every grant on the objects is revoked, so nobody but
-/// their owner can use them. Returns what it changed, for the audit trail. Safe to repeat.
-pub async fn disarm(client: &Client, database: &str, owner: &str) -> Result<Vec<String>, RoleError> {
+/// their owner can use them. Returns what it changed, for the audit trail, and the objects the
+/// owner still has (`kind name`). Safe to repeat.
+pub async fn disarm(client: &Client, database: &str, owner: &str) -> Result<(Vec<String>, Vec<String>), RoleError> {
     let rows = client.query(OWNED_OBJECTS, &[&owner]).await.map_err(RoleError::sql(database, "listing the objects the role owns"))?;
     let mut statements = Vec::new();
     let mut changed = Vec::new();
+    let mut kept = Vec::new();
     for row in &rows {
         let (kind, name, secdef): (&str, &str, bool) = (row.get(0), row.get(1), row.get(2));
         let grantees: Vec<String> = row.get(3);
@@ -287,6 +293,7 @@ pub async fn disarm(client: &Client, database: &str, owner: &str) -> Result<Vec<
             changed.push(format!("{database}: dropped function {name} and its triggers {triggers}"));
             continue;
         }
+        kept.push(format!("{} {name}", kind.to_lowercase()));
         if secdef {
             statements.push(format!("ALTER ROUTINE {name} SECURITY INVOKER"));
             changed.push(format!("{database}: SECURITY DEFINER taken from function {name}"));
@@ -299,19 +306,24 @@ pub async fn disarm(client: &Client, database: &str, owner: &str) -> Result<Vec<
     }
     if !statements.is_empty() {
         let batch = format!("BEGIN;\n{};\nCOMMIT", statements.join(";\n"));
-        let run = || async {
-            let result = client.batch_execute(&batch).await;
-            if result.is_err() {
-                let _ = client.batch_execute("ROLLBACK").await;
-            }
-            result
-        };
-        retry(database, "disarming the objects the role owns", run).await?;
+        transaction(client, database, "disarming the objects the role owns", &batch).await?;
         for c in &changed {
             tracing::warn!(database, role = owner, change = %c, "disarmed an object a temporary role owned");
         }
     }
-    Ok(changed)
+    Ok((changed, kept))
+}
+
+/// Runs `batch` (`BEGIN; …; COMMIT`) with retries on contention, rolling back whatever failed.
+async fn transaction(client: &Client, database: &str, action: &'static str, batch: &str) -> Result<(), RoleError> {
+    let run = || async {
+        let result = client.batch_execute(batch).await;
+        if result.is_err() {
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
+        result
+    };
+    retry(database, action, run).await
 }
 
 /// What a delete found and did.
@@ -332,12 +344,11 @@ pub async fn delete(connector: &Connector, maintenance_database: &str, username:
     let deleted = async {
         // One connection for the revoke, the hand-over and the drop.
         let client = connector.connect(maintenance_database).await?;
-        let revoked = revoke_on(&client, connector, maintenance_database, username).await?;
+        let revoked = revoke_on(&client, connector, maintenance_database, username, AtRevoke::LeaveToDelete).await?;
         if !revoked.existed {
             return Ok(gone());
         }
-        let (reassigned_in, mut handed_over) = hand_over_on(&client, connector, maintenance_database, username, holding_role, Departure::Login).await?;
-        handed_over.splice(0..0, revoked.disarmed);
+        let (reassigned_in, handed_over) = hand_over_on(&client, connector, maintenance_database, username, holding_role, Departure::Login).await?;
         let drop = format!("DROP ROLE IF EXISTS {}", ident(username));
         retry(maintenance_database, "dropping the role", || client.batch_execute(&drop)).await?;
         tracing::info!(db_user = username, databases = reassigned_in.len(), handed_over = handed_over.len(), "login role dropped");
@@ -371,34 +382,21 @@ async fn hand_over_on(client: &Client, connector: &Connector, db: &str, role: &s
         return Ok((Vec::new(), Vec::new()));
     };
     ensure_holding_role(client, db, holding_role).await?;
-    let admin = ident(connector.user());
-    let user = ident(role);
-    // The admin must be a member to reassign and drop what the role owns; ROLE <admin> at
-    // creation made it one, and this repairs it if someone removed that.
-    let membership = format!("GRANT {user} TO {admin}");
-    retry(db, "making the admin a member", || client.batch_execute(&membership)).await?;
+    if departure == Departure::Profile {
+        // The admin must be a member to reassign what the role owns (a login role's revoke,
+        // just before on this connection, repaired that already).
+        let membership = format!("GRANT {} TO {}", ident(role), ident(connector.user()));
+        retry(db, "making the admin a member", || client.batch_execute(&membership)).await?;
+    }
     let (mut reassigned_in, mut handed_over) = (Vec::new(), Vec::new());
     for database in dependent_databases(client, db, oid, "").await? {
         let session = Session::to(client, db, connector, &database).await?;
         let c = session.client();
-        handed_over.extend(disarm(c, &database, role).await?);
-        let owned: Vec<String> = c
-            .query(OWNED_OBJECTS, &[&role])
-            .await
-            .map_err(RoleError::sql(&database, "listing the objects the role owns"))?
-            .iter()
-            .map(|r| format!("{database}: {} {} handed to {holding_role}", r.get::<_, &str>(0).to_lowercase(), r.get::<_, &str>(1)))
-            .collect();
+        let (changes, kept) = disarm(c, &database, role).await?;
+        handed_over.extend(changes);
         let hand_over = hand_over_sql(c, &database, role, holding_role, departure).await?;
-        let run = || async {
-            let result = c.batch_execute(&hand_over).await;
-            if result.is_err() {
-                let _ = c.batch_execute("ROLLBACK").await;
-            }
-            result
-        };
-        retry(&database, "handing owned objects to the holding role", run).await?;
-        handed_over.extend(owned);
+        transaction(c, &database, "handing owned objects to the holding role", &hand_over).await?;
+        handed_over.extend(kept.into_iter().map(|object| format!("{database}: {object} handed to {holding_role}")));
         reassigned_in.push(database);
     }
     Ok((reassigned_in, handed_over))

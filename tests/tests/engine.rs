@@ -585,12 +585,16 @@ async fn functions_planted_on_the_search_path_never_run_as_the_admin() {
     }
     drop(client);
     let listing = admin.connect("postgres").await.unwrap();
-    revocation::managed_roles(&listing, PREFIX).await.expect("reconciliation's listing");
-    revocation::revoke(&admin, "postgres", &user, PREFIX).await.expect("revoke");
-    revocation::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.expect("delete");
+    let listed = revocation::managed_roles(&listing, PREFIX).await;
+    let revoked = revocation::revoke(&admin, "postgres", &user, PREFIX).await;
+    let deleted = revocation::delete(&admin, "postgres", &user, PREFIX, HOLDING).await;
+    // Gone before anything is asserted: the other tests share this server and its public schema.
+    su.batch_execute("DROP FUNCTION public.starts_with(name, text); DROP FUNCTION public.quote_ident(name); DROP FUNCTION public.pg_get_userbyid(oid)").await.unwrap();
+    listed.expect("reconciliation's listing");
+    revoked.expect("revoke");
+    deleted.expect("delete");
     let planted: i64 = su.query_one("SELECT count(*) FROM pg_roles WHERE rolname LIKE $1", &[&format!("shadowed_{tag}_%")]).await.unwrap().get(0);
     assert_eq!(planted, 0, "none of the planted functions ran as the admin");
-    su.batch_execute("DROP FUNCTION public.starts_with(name, text); DROP FUNCTION public.quote_ident(name); DROP FUNCTION public.pg_get_userbyid(oid)").await.unwrap();
 }
 
 #[tokio::test]

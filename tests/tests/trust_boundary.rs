@@ -139,13 +139,13 @@ async fn a_secret_of_another_request_is_never_overwritten_or_deleted() {
     let tag = aws_sdk_secretsmanager::types::Tag::builder().key("pgjit:request_id").value("REQ-OTHER").build();
     svc.secrets.create_secret().name(&name).secret_string("someone else's").tags(tag).send().await.unwrap();
     let err = grant(&svc, approval("REQ-TAKEN", "owned", "x@corp.com", orders_access())).await.expect_err("not ours");
-    assert!(err.contains("does not belong to request"), "{err}");
+    assert!(err.contains("does not belong to this request"), "{err}");
     let kept = pgjit::credentials::read(&svc, &name).await.expect("still there");
     assert_eq!(kept.expose(), "someone else's", "not overwritten");
     let record = svc.store.get_grant("REQ-TAKEN").await.unwrap().unwrap();
     assert_eq!(record.status, pgjit::store::GrantStatus::Failed);
     assert!(!role_exists(&env().superuser("postgres").await, &record.db_user).await, "the grant was undone");
-    let err = pgjit::credentials::delete(&svc, &name, "REQ-TAKEN").await.expect_err("not ours to delete");
+    let err = pgjit::credentials::delete(&svc, &name, "REQ-TAKEN", pgjit::credentials::Foreign::Refuse).await.expect_err("not ours to delete");
     assert!(pgjit::postgres::error_chain(&err).contains("does not belong"), "{err}");
     assert!(pgjit::credentials::read(&svc, &name).await.is_ok(), "not deleted");
 }
