@@ -198,6 +198,40 @@ fn iam_writes_never_reach_the_stacks_own_or_aws_protected_roles() {
     assert!(protected.contains("${AWS::StackName}-*"), "pgjit refuses them itself too: {protected}");
 }
 
+/// Every Secrets Manager call pgjit's code makes on a requester's credentials is allowed to the
+/// function that makes it (moto enforces no IAM: a missing action shows only on AWS).
+#[test]
+fn the_functions_may_make_every_secrets_call_their_code_makes() {
+    let t = template();
+    let credentials = "${CredentialsPrefix}";
+    let needed = [
+        ("GrantFunction", &["CreateSecret", "PutSecretValue", "DeleteSecret", "DescribeSecret", "TagResource", "PutResourcePolicy", "RestoreSecret"][..]),
+        ("RevokeFunction", &["DescribeSecret", "DeleteSecret"][..]),
+        ("CleanupFunction", &["DescribeSecret", "PutSecretValue", "DeleteSecret"][..]),
+    ];
+    for (function, actions) in needed {
+        let allowed: Vec<String> = statements(&t, function)
+            .iter()
+            .filter(|s| s["Effect"].as_str() == Some("Allow") && text(&s["Resource"]).contains(credentials))
+            .flat_map(|s| strings(&s["Action"]))
+            .collect();
+        for action in actions {
+            assert!(allowed.contains(&format!("secretsmanager:{action}")), "{function} may not {action}: {allowed:?}");
+        }
+    }
+    // And the calls the code makes are exactly these (a new one must be added here and above).
+    let mut calls = std::collections::BTreeSet::new();
+    for file in ["credentials.rs", "grants.rs", "webhook.rs", "admin.rs"] {
+        let code = std::fs::read_to_string(format!("{ROOT}/shared/src/{file}")).unwrap();
+        for call in ["create_secret", "put_secret_value", "delete_secret", "describe_secret", "put_resource_policy", "restore_secret", "get_secret_value", "tag_resource"] {
+            if code.contains(&format!(".{call}()")) {
+                calls.insert(call);
+            }
+        }
+    }
+    assert_eq!(calls.into_iter().collect::<Vec<_>>(), ["create_secret", "delete_secret", "describe_secret", "get_secret_value", "put_resource_policy", "put_secret_value", "restore_secret"]);
+}
+
 #[test]
 fn credentials_are_apart_from_pgjits_own_secrets() {
     let t = template();
