@@ -15,6 +15,8 @@
 //! - [`store`]: DynamoDB records with conditional state changes; [`grants`]: grant and revoke
 //!   across PostgreSQL, Secrets Manager ([`credentials`]), IAM ([`iam`]) and the scheduler
 //!   ([`schedule`]); [`cleanup`] and [`discovery`]: the periodic sweeps.
+//! - [`sessions`]: session audit, from the server log ([`server_log`], [`pgaudit`]) to the
+//!   sessions table, with secrets taken out first ([`redaction`]).
 //! - [`handlers`]: the Lambda handlers, plain async functions over [`aws::Services`].
 
 pub mod access;
@@ -35,13 +37,17 @@ pub mod iam;
 pub mod integration;
 pub mod metrics;
 pub mod names;
+pub mod pgaudit;
 pub mod postgres;
 pub mod rds;
+pub mod redaction;
 pub mod revocation;
 pub mod roles;
 pub mod schedule;
 pub mod scram;
 pub mod secret;
+pub mod server_log;
+pub mod sessions;
 pub mod setup;
 pub mod store;
 pub mod webhook;

@@ -1,0 +1,251 @@
+//! Taking secrets out of SQL text before pgjit stores or logs it.
+//!
+//! A statement keeps its shape, and each secret becomes `'[redacted]'`:
+//! - a string literal that follows a word naming a secret (`PASSWORD`, `ENCRYPTED PASSWORD`,
+//!   `sslpassword`, `secret`, `token`, …), with an optional `=` or `TO` between: role
+//!   passwords, user mappings and server options (`OPTIONS (ADD password '…')`), `SET x.password`;
+//! - inside any literal, libpq connection strings' `password=…` (quoted or not) and the password
+//!   of a URI (`postgresql://user:…@host`): `dblink`, `dblink_connect`, `postgres_fdw`, …
+//!
+//! Literals are read as PostgreSQL reads them: `'…'` with `''`, `E'…'` with backslash escapes,
+//! and dollar quotes; comments are skipped. Redaction errs towards hiding.
+
+const REDACTED: &str = "[redacted]";
+
+/// Words after which a literal is a secret.
+fn names_a_secret(word: &str) -> bool {
+    let word = word.to_ascii_lowercase();
+    word.contains("password") || word.contains("passwd") || word.contains("secret") || word.contains("token") || word == "passphrase" || word == "pwd"
+}
+
+/// `statement` with every secret replaced; unchanged (and not copied) when it holds none.
+pub fn redact(statement: &str) -> std::borrow::Cow<'_, str> {
+    let bytes = statement.as_bytes();
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut at = 0;
+    // The last word seen, and whether only `=`/`TO`/space/comments came after it.
+    let mut secret_word_pending = false;
+    while at < bytes.len() {
+        let c = bytes[at];
+        if c == b'-' && bytes.get(at + 1) == Some(&b'-') {
+            at += statement[at..].find('\n').unwrap_or(statement.len() - at);
+            continue;
+        }
+        if c == b'/' && bytes.get(at + 1) == Some(&b'*') {
+            at += 2 + statement[at + 2..].find("*/").map(|i| i + 2).unwrap_or(statement.len() - at - 2);
+            continue;
+        }
+        if let Some(literal) = literal_at(statement, at) {
+            let secret = secret_word_pending;
+            let replacement = if secret { Some(format!("'{REDACTED}'")) } else { redact_inside(&literal.value).map(|v| quote(&v)) };
+            if let Some(replacement) = replacement {
+                out.push_str(&statement[copied..literal.start]);
+                out.push_str(&replacement);
+                copied = literal.end;
+            }
+            at = literal.end;
+            secret_word_pending = false;
+            continue;
+        }
+        if c == b'"' {
+            // A quoted identifier: `"password"` names a secret as much as the bare word.
+            let end = statement[at + 1..].find('"').map(|i| at + 2 + i).unwrap_or(statement.len());
+            secret_word_pending = names_a_secret(&statement[at + 1..end.saturating_sub(1).max(at + 1)]);
+            at = end;
+            continue;
+        }
+        if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+            let len = statement[at..].find(|ch: char| !(ch.is_alphanumeric() || ch == '_' || ch == '$')).unwrap_or(statement.len() - at);
+            let word = &statement[at..at + len];
+            if word.eq_ignore_ascii_case("to") && secret_word_pending {
+                // `SET x.password TO '…'`
+            } else {
+                secret_word_pending = names_a_secret(word);
+            }
+            at += len;
+            continue;
+        }
+        if !(c.is_ascii_whitespace() || (c == b'=' && secret_word_pending)) {
+            secret_word_pending = false;
+        }
+        at += 1;
+    }
+    if copied == 0 {
+        return std::borrow::Cow::Borrowed(statement);
+    }
+    out.push_str(&statement[copied..]);
+    std::borrow::Cow::Owned(out)
+}
+
+struct Literal {
+    start: usize,
+    end: usize,
+    value: String,
+}
+
+/// The string literal starting at `at`, if one does: `'…'`, `E'…'`, `U&'…'`, `$tag$…$tag$`.
+fn literal_at(s: &str, at: usize) -> Option<Literal> {
+    let bytes = s.as_bytes();
+    let c = bytes[at];
+    // A letter that prefixes a literal must not end a longer word (`the'` is not `E'`).
+    let after_word = at > 0 && (bytes[at - 1].is_ascii_alphanumeric() || bytes[at - 1] == b'_');
+    let (quote_at, backslashes) = match c {
+        b'\'' => (at, false),
+        b'E' | b'e' if !after_word && bytes.get(at + 1) == Some(&b'\'') => (at + 1, true),
+        b'U' | b'u' if !after_word && bytes.get(at + 1) == Some(&b'&') && bytes.get(at + 2) == Some(&b'\'') => (at + 2, false),
+        b'$' => {
+            let tag_len = s[at + 1..].find(|ch: char| !(ch.is_alphanumeric() || ch == '_'))?;
+            if bytes.get(at + 1 + tag_len) != Some(&b'$') || s[at + 1..].starts_with(|ch: char| ch.is_ascii_digit()) {
+                return None;
+            }
+            let tag = &s[at..at + tag_len + 2];
+            let body = at + tag.len();
+            let close = s[body..].find(tag).map(|i| body + i);
+            let end = close.map(|i| i + tag.len()).unwrap_or(s.len());
+            return Some(Literal { start: at, end, value: s[body..close.unwrap_or(s.len())].to_owned() });
+        }
+        _ => return None,
+    };
+    let mut value = String::new();
+    let mut i = quote_at + 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\'' if bytes.get(i + 1) == Some(&b'\'') => {
+                value.push('\'');
+                i += 2;
+            }
+            b'\'' => return Some(Literal { start: at, end: i + 1, value }),
+            b'\\' if backslashes && i + 1 < bytes.len() => {
+                let next = s[i + 1..].chars().next().unwrap_or('\\');
+                value.push(next);
+                i += 1 + next.len_utf8();
+            }
+            _ => {
+                let ch = s[i..].chars().next().unwrap_or(' ');
+                value.push(ch);
+                i += ch.len_utf8();
+            }
+        }
+    }
+    // An unterminated literal runs to the end (the server would have refused it; hide it all).
+    Some(Literal { start: at, end: s.len(), value })
+}
+
+fn quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// A literal's text with connection-string and URI passwords replaced, if it held any.
+fn redact_inside(value: &str) -> Option<String> {
+    let lower = value.to_ascii_lowercase();
+    let mut out = String::new();
+    let mut copied = 0;
+    // `password=…`, `sslpassword = '…'` in a libpq connection string.
+    let mut from = 0;
+    while let Some(found) = lower[from..].find("password") {
+        let key_end = from + found + "password".len();
+        let mut at = key_end;
+        let b = value.as_bytes();
+        while b.get(at).is_some_and(u8::is_ascii_whitespace) {
+            at += 1;
+        }
+        if b.get(at) == Some(&b'=') {
+            at += 1;
+            while b.get(at).is_some_and(u8::is_ascii_whitespace) {
+                at += 1;
+            }
+            let end = if b.get(at) == Some(&b'\'') {
+                let mut i = at + 1;
+                while i < b.len() && b[i] != b'\'' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                (i + 1).min(b.len())
+            } else {
+                at + value[at..].find(char::is_whitespace).unwrap_or(value.len() - at)
+            };
+            if at >= copied {
+                out.push_str(&value[copied..at]);
+                out.push_str(REDACTED);
+                copied = end;
+            }
+            from = end.max(key_end);
+        } else {
+            from = key_end;
+        }
+    }
+    // `scheme://user:password@host`
+    let mut from = 0;
+    while let Some(found) = value[from..].find("://") {
+        let authority_start = from + found + 3;
+        let authority_end = authority_start + value[authority_start..].find(|c: char| c == '/' || c == '?' || c.is_whitespace()).unwrap_or(value.len() - authority_start);
+        let authority = &value[authority_start..authority_end];
+        if let Some(at_sign) = authority.rfind('@') {
+            if let Some(colon) = authority[..at_sign].find(':') {
+                let secret_start = authority_start + colon + 1;
+                if secret_start >= copied {
+                    out.push_str(&value[copied..secret_start]);
+                    out.push_str(REDACTED);
+                    copied = authority_start + at_sign;
+                }
+            }
+        }
+        from = authority_end.max(authority_start);
+    }
+    if copied == 0 {
+        return None;
+    }
+    out.push_str(&value[copied..]);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn secrets_in_statements_are_redacted() {
+        let cases = [
+            ("ALTER ROLE me PASSWORD 'hunter2'", "ALTER ROLE me PASSWORD '[redacted]'"),
+            ("alter user me with encrypted password 'SCRAM-SHA-256$4096:abc'", "alter user me with encrypted password '[redacted]'"),
+            ("CREATE ROLE x LOGIN PASSWORD E'hun\\'ter2' VALID UNTIL 'infinity'", "CREATE ROLE x LOGIN PASSWORD '[redacted]' VALID UNTIL 'infinity'"),
+            ("CREATE ROLE x PASSWORD $pw$hunter2$pw$", "CREATE ROLE x PASSWORD '[redacted]'"),
+            ("CREATE USER MAPPING FOR me SERVER s OPTIONS (user 'bob', password 'hunter2')", "CREATE USER MAPPING FOR me SERVER s OPTIONS (user 'bob', password '[redacted]')"),
+            ("ALTER USER MAPPING FOR me SERVER s OPTIONS (SET \"password\" 'hunter2')", "ALTER USER MAPPING FOR me SERVER s OPTIONS (SET \"password\" '[redacted]')"),
+            ("SELECT dblink_connect('c', 'host=db1 user=bob password=hunter2 dbname=x')", "SELECT dblink_connect('c', 'host=db1 user=bob password=[redacted] dbname=x')"),
+            ("SELECT * FROM dblink('host=db1 password = ''hun ter2'' dbname=x', 'SELECT 1') AS t(a int)", "SELECT * FROM dblink('host=db1 password = [redacted] dbname=x', 'SELECT 1') AS t(a int)"),
+            ("SELECT dblink_connect('postgresql://bob:hunter2@db1:5432/x')", "SELECT dblink_connect('postgresql://bob:[redacted]@db1:5432/x')"),
+            ("SET myapp.api_token TO 'hunter2'", "SET myapp.api_token TO '[redacted]'"),
+            ("SET myapp.secret = 'hunter2'", "SET myapp.secret = '[redacted]'"),
+            ("CREATE SERVER s FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host 'db', sslpassword 'hunter2')", "CREATE SERVER s FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host 'db', sslpassword '[redacted]')"),
+        ];
+        for (statement, expected) in cases {
+            let redacted = redact(statement);
+            assert_eq!(redacted, expected, "{statement}");
+            assert!(!redacted.contains("hunter2") && !redacted.contains("hun"), "{redacted}");
+        }
+    }
+
+    #[test]
+    fn statements_without_secrets_are_untouched() {
+        for statement in [
+            "SELECT customer, total FROM sales.orders WHERE customer = 'acme'",
+            "SELECT 'password' AS word -- a comment with password 'x' is not a literal\n",
+            "UPDATE users SET password_changed_at = now() WHERE id = 1",
+            "SELECT $1, 'it''s', E'a\\nb' /* password */",
+        ] {
+            assert!(matches!(redact(statement), std::borrow::Cow::Borrowed(_)), "{statement}");
+        }
+        // A literal that merely names the column is a value, not the secret being set:
+        // redaction errs towards hiding, so a value compared with a password column goes too.
+        assert_eq!(redact("SELECT 1 FROM u WHERE password = 'x'"), "SELECT 1 FROM u WHERE password = '[redacted]'");
+    }
+
+    #[test]
+    fn unterminated_and_odd_input_never_panics_or_leaks() {
+        assert_eq!(redact("ALTER ROLE me PASSWORD 'hunter2"), "ALTER ROLE me PASSWORD '[redacted]'");
+        for s in ["'", "$", "$a", "E'", "U&'", "\"", "/*", "--", "password", "password =", "é'password=x"] {
+            let _ = redact(s);
+        }
+    }
+}
