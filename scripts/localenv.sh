@@ -26,6 +26,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 ensure_packages() {
     local missing=()
     [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15 postgresql-client-15)
+    [ -f /usr/lib/postgresql/15/lib/pgaudit.so ] || missing+=(postgresql-15-pgaudit)
     command -v npm >/dev/null || [ "$pg_major" = 15 ] || missing+=(npm)
     command -v psql >/dev/null || missing+=(postgresql-client-15)
     command -v openssl >/dev/null || missing+=(openssl)
@@ -91,11 +92,18 @@ ssl_cert_file = 'server.crt'
 ssl_key_file = 'server.key'
 log_statement = 'all'
 log_line_prefix = '%m [%p] %u@%d '
+log_connections = on
+log_disconnections = on
 max_connections = 300
 fsync = off
 synchronous_commit = off
 full_page_writes = off
 EOF
+    if [ "$tls" = on ] && [ -f "$pg_bin/../lib/pgaudit.so" ]; then
+        # Session audit as RDS runs it: pgaudit loaded, RDS's log_line_prefix (the plain server
+        # stays without pgaudit, for the tests of a server that cannot audit).
+        printf "shared_preload_libraries = 'pgaudit'\nlog_line_prefix = '%%t:%%r:%%u@%%d:[%%p]:'\n" >> "$dir/data/postgresql.conf"
+    fi
     as_pg "$pg_bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null \
         || { cat "$dir/server.log" >&2; die "PostgreSQL $name did not start"; }
     chmod 644 "$dir/server.log" 2>/dev/null || true
@@ -171,8 +179,8 @@ start_moto() {
 }
 
 build_cli() {
-    log 'building the pgjit CLI'
-    (cd "$repo" && cargo build -q -p pgjit-cli) || die 'cargo build -p pgjit-cli failed'
+    log 'building the pgjit CLI and the audit function'
+    (cd "$repo" && cargo build -q -p pgjit-cli -p audit) || die 'cargo build -p pgjit-cli -p audit failed'
     PGJIT_BIN="$(cd "$repo" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/pgjit"
 }
 
@@ -212,6 +220,7 @@ up() {
     cat > "$state_link/env" <<EOF
 PGJIT_TEST_STATE=$STATE
 PGJIT_TEST_PG_MAJOR=$pg_major
+PGJIT_TEST_PG_AUDIT=$(grep -q "^shared_preload_libraries = 'pgaudit'" "$STATE/tls/data/postgresql.conf" && echo on || echo off)
 PGJIT_TEST_PG_HOST=127.0.0.1
 PGJIT_TEST_PG_PORT=$tls_port
 PGJIT_TEST_PG_PLAIN_PORT=$plain_port
@@ -224,6 +233,7 @@ PGJIT_TEST_ADMIN_USER=$admin_user
 PGJIT_TEST_ADMIN_PASSWORD=$ADMIN_PASSWORD
 PGJIT_TEST_MOTO_URL=http://127.0.0.1:$moto_port
 PGJIT_TEST_CLI=$PGJIT_BIN
+PGJIT_TEST_AUDIT_BIN=$(dirname "$PGJIT_BIN")/audit
 EOF
     trap - EXIT
     log "up; environment in $state_link/env"

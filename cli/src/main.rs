@@ -88,6 +88,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What a grant's temporary user did: its sessions and every audited statement
+    /// (`sessions ingest` reads a self-hosted server's log file into the sessions table).
+    #[command(args_conflicts_with_subcommands = true)]
+    Sessions {
+        #[command(subcommand)]
+        command: Option<SessionsCommand>,
+        request_id: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the admin role of an integration and name what it is missing.
     Doctor {
         integration: String,
@@ -112,6 +122,19 @@ enum Command {
         /// The integration's user_prefix, to repair roles created before an upgrade to 16.
         #[arg(long, default_value = "pgjit_")]
         user_prefix: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    /// Read a server log file (stderr format, the integration's log_line_prefix) into the
+    /// sessions table, as the audit function does with CloudWatch Logs.
+    Ingest {
+        #[arg(long)]
+        integration: String,
+        file: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -144,6 +167,48 @@ type Outcome = Result<(), String>;
 
 fn chain<E: std::error::Error + 'static>(e: E) -> String {
     error_chain(&e)
+}
+
+/// A grant and what its user did, for a person to read.
+fn print_sessions(g: &pgjit::store::GrantRecord, sessions: &[pgjit::sessions::Session]) {
+    let time = |t: &DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
+    println!("{} {} {} as {} on {}", g.request_id, g.status.as_str(), g.requester.id, g.db_user, g.integration);
+    println!("  approved by {}: {}", g.approver, g.reason.as_deref().unwrap_or("no reason given"));
+    let access: Vec<String> = g.access.iter().map(|a| serde_json::to_string(a).unwrap_or_default()).collect();
+    println!("  access: {}", access.join(" "));
+    let ended = g.revoked_at.map(|t| format!("revoked {}", time(&t))).unwrap_or_else(|| format!("expires {}", time(&g.expires_at)));
+    println!("  granted {}, {}", time(&g.created_at), ended);
+    match &g.session_audit {
+        Some(pgjit::store::SessionAudit::On { classes }) => println!("  session audit: {classes}"),
+        Some(pgjit::store::SessionAudit::Off { reason }) => println!("  session audit: off ({reason})"),
+        None => println!("  session audit: not enabled for {}", g.integration),
+    }
+    if sessions.is_empty() {
+        println!("\nno sessions recorded");
+    }
+    for s in sessions {
+        let from = s.client.as_deref().unwrap_or("?");
+        let start = s.connected_at.as_ref().map(time).unwrap_or_else(|| "(connection not in the log)".into());
+        let end = s.disconnected_at.as_ref().map(time).unwrap_or_else(|| "(still open, or not in the log)".into());
+        println!("\nsession {} from {} to {}: {} to {}", s.session.as_deref().unwrap_or("?"), from, s.database.as_deref().unwrap_or("?"), start, end);
+        for d in &s.details {
+            println!("  {d}");
+        }
+        for e in &s.statements {
+            let object = e.object.as_deref().map(|o| format!(" {o}")).unwrap_or_default();
+            let cut = if e.statement_truncated { format!(" [cut from {} bytes]", e.statement_bytes.unwrap_or_default()) } else { String::new() };
+            let statement = e.statement.as_deref().unwrap_or("").replace('\n', "\n      ");
+            println!(
+                "  {} {} {}{}{}\n      {}",
+                e.at.format("%H:%M:%S"),
+                e.class.as_deref().unwrap_or(""),
+                e.command.as_deref().unwrap_or(""),
+                object,
+                cut,
+                statement
+            );
+        }
+    }
 }
 
 fn print_json(value: &impl serde::Serialize) -> Outcome {
@@ -270,14 +335,35 @@ async fn run(command: Command) -> Outcome {
                 .filter(|g| database.as_ref().is_none_or(|d| g.access.iter().any(|a| &a.database == d)))
                 .collect();
             list.sort_by(|a, b| b.created_at.cmp(&a.created_at));
-            if json {
-                return print_json(&list);
-            }
+            let mut audited = Vec::with_capacity(list.len());
             for g in &list {
+                audited.push(match &g.session_audit {
+                    Some(pgjit::store::SessionAudit::On { .. }) => Some(svc.store.audited_statement_count(&g.request_id).await.map_err(chain)?),
+                    _ => None,
+                });
+            }
+            if json {
+                let rows: Vec<Value> = list
+                    .iter()
+                    .zip(&audited)
+                    .map(|(g, n)| {
+                        let mut row = serde_json::to_value(g).unwrap_or_default();
+                        row["audited_statements"] = json!(n);
+                        row
+                    })
+                    .collect();
+                return print_json(&rows);
+            }
+            for (g, audited) in list.iter().zip(&audited) {
                 let until = g.revoked_at.map(|t| format!("revoked {}", t.format("%Y-%m-%d %H:%M"))).unwrap_or_else(|| format!("until {}", g.expires_at.format("%Y-%m-%d %H:%M")));
                 let access: Vec<String> = g.access.iter().map(|a| serde_json::to_string(a).unwrap_or_default()).collect();
+                let session_audit = match (&g.session_audit, audited) {
+                    (Some(pgjit::store::SessionAudit::On { .. }), Some(n)) => format!(", {n} audited statements"),
+                    (Some(pgjit::store::SessionAudit::Off { reason }), _) => format!(", session audit off: {reason}"),
+                    _ => String::new(),
+                };
                 println!(
-                    "{} {} {} as {} on {}, approved by {}, granted {} {} [{}]{}\n    {}",
+                    "{} {} {} as {} on {}, approved by {}, granted {} {} [{}]{}{}\n    {}",
                     g.request_id,
                     g.status.as_str(),
                     g.requester.id,
@@ -288,6 +374,7 @@ async fn run(command: Command) -> Outcome {
                     until,
                     g.reason.as_deref().unwrap_or("no reason given"),
                     g.failure.as_deref().map(|f| format!(" failed: {f}")).unwrap_or_default(),
+                    session_audit,
                     access.join(" ")
                 );
             }
@@ -422,11 +509,41 @@ async fn run(command: Command) -> Outcome {
             }
             Ok(())
         }
+        Command::Sessions { command: Some(SessionsCommand::Ingest { integration, file, json }), .. } => {
+            let svc = services().await?;
+            let i = svc.store.get_integration(&integration).await.map_err(chain)?.ok_or_else(|| format!("unknown integration {integration:?}"))?;
+            let bytes = std::fs::read(&file).map_err(|e| format!("{file}: {e}"))?;
+            let text = String::from_utf8_lossy(&bytes);
+            let ingested = pgjit::sessions::ingest_file(&svc.store, &i, &text, svc.config.session_retention_days, Utc::now()).await.map_err(chain)?;
+            if json {
+                return print_json(&ingested);
+            }
+            println!(
+                "{} records read, {} entries written ({} statements), {} lines of managed users without a grant, {} lines unparsed",
+                ingested.records, ingested.written, ingested.statements, ingested.unattributed, ingested.unparsed
+            );
+            Ok(())
+        }
+        Command::Sessions { command: None, request_id: Some(request_id), json } => {
+            let svc = services().await?;
+            let grant = svc.store.get_grant(&request_id).await.map_err(chain)?.ok_or_else(|| format!("unknown request {request_id:?}"))?;
+            let entries = svc.store.session_entries(&request_id).await.map_err(chain)?;
+            let sessions = pgjit::sessions::sessions_of(&entries);
+            if json {
+                return print_json(&json!({"grant": grant, "sessions": sessions}));
+            }
+            print_sessions(&grant, &sessions);
+            Ok(())
+        }
+        Command::Sessions { command: None, request_id: None, .. } => Err("sessions: give a REQUEST_ID (or `sessions ingest --integration I FILE`)".into()),
         Command::Doctor { integration, json } => {
             let svc = services().await?;
             let i = svc.store.get_integration(&integration).await.map_err(chain)?.ok_or_else(|| format!("unknown integration {integration:?}"))?;
             let target = pgjit::endpoint::resolve(&svc, &i).await.map_err(chain)?;
-            let findings = pgjit::setup::doctor(&target.connector, &i, &[]).await.map_err(chain)?;
+            let mut findings = pgjit::setup::doctor(&target.connector, &i, &[]).await.map_err(chain)?;
+            if i.enable_audit {
+                findings.extend(pgjit::sessions::log_export_finding(&svc, &i).await);
+            }
             if json {
                 return print_json(&findings);
             }

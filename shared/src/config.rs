@@ -13,6 +13,11 @@ pub struct Config {
     pub inventory_table: String,
     /// `PGJIT_AUDIT_TABLE`: append-only trail, keyed by request id and time.
     pub audit_table: String,
+    /// `PGJIT_SESSIONS_TABLE`: session audit entries, keyed by request id and log position.
+    pub sessions_table: String,
+    /// `PGJIT_SESSION_RETENTION_DAYS` (365): how long session audit entries are kept (the
+    /// table's time to live deletes them after).
+    pub session_retention_days: u32,
     /// `PGJIT_SCHEDULE_GROUP`: the EventBridge Scheduler group of the revoke schedules.
     pub schedule_group: String,
     /// `PGJIT_REVOKE_FUNCTION_ARN`: what the one-shot schedules invoke.
@@ -130,6 +135,8 @@ impl Config {
             integrations_table: text("PGJIT_INTEGRATIONS_TABLE", "pgjit-integrations")?,
             inventory_table: text("PGJIT_INVENTORY_TABLE", "pgjit-inventory")?,
             audit_table: text("PGJIT_AUDIT_TABLE", "pgjit-audit")?,
+            sessions_table: text("PGJIT_SESSIONS_TABLE", "pgjit-sessions")?,
+            session_retention_days: number("PGJIT_SESSION_RETENTION_DAYS", 365, 1, 3650)? as u32,
             schedule_group: text("PGJIT_SCHEDULE_GROUP", "pgjit")?,
             revoke_function_arn: text("PGJIT_REVOKE_FUNCTION_ARN", "arn:aws:lambda:us-east-1:123456789012:function:pgjit-revoke")?,
             scheduler_role_arn: text("PGJIT_SCHEDULER_ROLE_ARN", "arn:aws:iam::123456789012:role/pgjit-scheduler")?,

@@ -411,6 +411,7 @@ async fn grant_steps(
         AccessMode::Password => LoginMethod::Password(&password),
         AccessMode::Iam => LoginMethod::Iam,
     };
+    let audit_classes = integration.audit_setting();
     let spec = GrantSpec {
         username: &record.db_user,
         access,
@@ -419,8 +420,14 @@ async fn grant_steps(
         prefix: &integration.user_prefix,
         grantable_roles: &integration.grantable_roles,
         privileged_roles: &integration.privileged_grantable_roles,
+        audit: audit_classes.as_deref().map(|classes| roles::AuditRequest {
+            classes,
+            required: integration.audit_required,
+            cloud: matches!(integration.kind, crate::setup::Flavor::Rds | crate::setup::Flavor::Aurora),
+        }),
     };
-    roles::grant(&target.connector, &spec).await.map_err(at::<(), _>("database role"))?;
+    let granted = roles::grant(&target.connector, &spec).await.map_err(at::<(), _>("database role"))?;
+    record.session_audit = granted.audit;
     fp.check("grant:after_role").await.map_err(at::<(), _>("database role"))?;
     step_done(record, "grant", "database_role", started);
     record.host = Some(target.connector.endpoint().host.clone());

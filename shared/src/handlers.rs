@@ -71,6 +71,17 @@ pub async fn discovery(svc: &Services, _event: LambdaEvent<Value>) -> Result<Dis
     result.map_err(failure)
 }
 
+/// A CloudWatch Logs subscription delivery of an RDS or Aurora `postgresql` log group →
+/// session audit entries. A malformed delivery fails (and writes nothing); a log group of no
+/// integration, or a control message, succeeds with nothing written.
+pub async fn audit(svc: &Services, event: LambdaEvent<Value>) -> Result<crate::sessions::Ingested, Error> {
+    let started = std::time::Instant::now();
+    let deadline = crate::budget::deadline_of(event.context.deadline);
+    let result = crate::budget::within(deadline, crate::sessions::ingest_subscription(&svc.store, svc.config.session_retention_days, &event.payload, Utc::now())).await;
+    summary("audit", started, &result, |r| serde_json::to_value(r).unwrap_or_default());
+    result.map_err(failure)
+}
+
 /// One JSON line per invocation with its outcome: what an operator reads first in CloudWatch,
 /// and what metric filters count. `details` says what was done (never a secret).
 fn summary<T, E: std::error::Error + 'static>(function: &str, started: std::time::Instant, result: &Result<T, E>, details: impl FnOnce(&T) -> Value) {

@@ -56,8 +56,20 @@ pub struct Integration {
     pub integration_owners: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_owner_tag: Option<String>,
+    /// Session audit: each login role gets `pgaudit.log` set to `audit_classes`, and the
+    /// server's log is read back into the sessions table.
     #[serde(default)]
     pub enable_audit: bool,
+    /// The pgaudit classes logged (default: read, write, ddl, role, function, misc).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audit_classes: Vec<String>,
+    /// Whether a grant the server cannot audit is refused (default) or granted with audit off,
+    /// which its record then says.
+    #[serde(default = "default_true", skip_serializing_if = "Clone::clone")]
+    pub audit_required: bool,
+    /// The server's `log_line_prefix` (default RDS's, which RDS and Aurora do not let you change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_line_prefix: Option<String>,
     #[serde(default = "default_prefix")]
     pub user_prefix: String,
     /// Existing roles a request may ask membership of; none unless listed (deny by default).
@@ -88,6 +100,10 @@ pub struct DiscoveryStatus {
     pub error: Option<String>,
     #[serde(default)]
     pub objects: usize,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_prefix() -> String {
@@ -239,7 +255,27 @@ impl Integration {
                 return Err(bad("holding_role", "must not be the admin"));
             }
         }
+        if !self.audit_classes.is_empty() {
+            crate::pgaudit::log_setting(&self.audit_classes).map_err(|m| bad("audit_classes", m))?;
+        }
+        self.line_prefix().map_err(|e| bad("log_line_prefix", e.message))?;
         Ok(())
+    }
+
+    /// The `pgaudit.log` value for this integration's login roles, when it audits sessions.
+    pub fn audit_setting(&self) -> Option<String> {
+        if !self.enable_audit {
+            return None;
+        }
+        if self.audit_classes.is_empty() {
+            return Some(crate::pgaudit::DEFAULT_CLASSES.join(", "));
+        }
+        crate::pgaudit::log_setting(&self.audit_classes).ok()
+    }
+
+    /// How this integration's server log lines start.
+    pub fn line_prefix(&self) -> Result<crate::server_log::LinePrefix, crate::server_log::PrefixError> {
+        crate::server_log::LinePrefix::parse(self.log_line_prefix.as_deref().unwrap_or(crate::server_log::RDS_LOG_LINE_PREFIX))
     }
 
     pub fn port(&self) -> u16 {

@@ -75,7 +75,7 @@ pub async fn readiness(client: &Client, cloud: bool) -> Result<Readiness, tokio_
     let can_set = superuser || rds_superuser || (version >= 150000 && settable(client).await?);
     if !can_set {
         ready.blockers.push(if version >= 150000 {
-            "the admin may not set pgaudit.log on roles: run `GRANT SET ON PARAMETER pgaudit.log TO <admin>` (pgjit setup-sql prints it)".into()
+            "the admin may not set pgaudit.log and pgaudit.log_relation on roles: run `GRANT SET ON PARAMETER pgaudit.log, pgaudit.log_relation TO <admin>` (pgjit setup-sql prints it)".into()
         } else if cloud {
             format!("on PostgreSQL {} only a superuser or a member of rds_superuser may set pgaudit.log on roles; the admin is neither", version / 10000)
         } else {
@@ -95,9 +95,10 @@ pub async fn readiness(client: &Client, cloud: bool) -> Result<Readiness, tokio_
     Ok(ready)
 }
 
-/// Whether the current user holds SET on `pgaudit.log` (15+; the function does not exist before).
+/// Whether the current user holds SET on `pgaudit.log` and `pgaudit.log_relation` (15+; the
+/// function does not exist before).
 async fn settable(client: &Client) -> Result<bool, tokio_postgres::Error> {
-    Ok(client.query_one("SELECT has_parameter_privilege('pgaudit.log', 'SET')", &[]).await?.get(0))
+    Ok(client.query_one("SELECT has_parameter_privilege('pgaudit.log', 'SET') AND has_parameter_privilege('pgaudit.log_relation', 'SET')", &[]).await?.get(0))
 }
 
 /// One `AUDIT:` line: `AUDIT: SESSION,<statement id>,<substatement id>,<class>,<command>,

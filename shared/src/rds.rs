@@ -15,6 +15,8 @@ pub struct RdsTarget {
     /// `DbiResourceId` of an instance, `DbClusterResourceId` of a cluster.
     pub resource_id: Option<String>,
     pub tags: Vec<(String, String)>,
+    /// The logs it exports to CloudWatch Logs (`postgresql` is what session audit reads).
+    pub log_exports: Vec<String>,
 }
 
 fn tags(list: &[aws_sdk_rds::types::Tag]) -> Vec<(String, String)> {
@@ -33,6 +35,7 @@ fn from_instance(i: &aws_sdk_rds::types::DbInstance) -> RdsTarget {
         port: port(i.endpoint().and_then(|e| e.port())),
         resource_id: i.dbi_resource_id().map(str::to_owned),
         tags: tags(i.tag_list()),
+        log_exports: i.enabled_cloudwatch_logs_exports().to_vec(),
     }
 }
 
@@ -44,6 +47,7 @@ fn from_cluster(c: &aws_sdk_rds::types::DbCluster) -> RdsTarget {
         port: port(c.port()),
         resource_id: c.db_cluster_resource_id().map(str::to_owned),
         tags: tags(c.tag_list()),
+        log_exports: c.enabled_cloudwatch_logs_exports().to_vec(),
     }
 }
 

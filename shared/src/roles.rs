@@ -41,6 +41,9 @@ pub enum RoleError {
         #[source]
         source: serde_json::Error,
     },
+    /// The integration audits sessions, requires it, and this server cannot.
+    #[error("session audit is required and the server cannot audit: {}", .0.join("; "))]
+    AuditUnavailable(Vec<String>),
     #[error("computing the password verifier failed")]
     Verifier(#[source] tokio::task::JoinError),
     #[error("database {database:?}: {action} failed")]
@@ -83,11 +86,26 @@ pub struct GrantSpec<'a> {
     /// Roles of `grantable_roles` handed out although they can log in, own objects, carry powers
     /// or lead to predefined or cloud admin roles (an explicit opt-in).
     pub privileged_roles: &'a [String],
+    /// Session audit for the login role, when the integration asks for it.
+    pub audit: Option<AuditRequest<'a>>,
+}
+
+/// The pgaudit classes a login role's sessions log, and what to do when the server cannot.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditRequest<'a> {
+    /// The `pgaudit.log` value.
+    pub classes: &'a str,
+    /// Refuse the grant when the server cannot audit (otherwise grant, with audit off).
+    pub required: bool,
+    /// RDS or Aurora: `rds_superuser` may set pgaudit.log, and fixes name the parameter group.
+    pub cloud: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Granted {
     pub username: String,
+    /// Whether the login role's sessions are audited (none: not asked for).
+    pub audit: Option<crate::store::SessionAudit>,
     /// The profile role used in each database.
     pub profiles: BTreeMap<String, String>,
     /// Whether the login role already existed (a repeated grant converged it instead).
@@ -185,6 +203,14 @@ async fn grant_with(clients: &[Client], admin: &str, spec: &GrantSpec<'_>, passw
         return Err(RoleError::Invalid(format!("{} sessions given for {} databases", clients.len(), spec.access.databases.len())));
     }
     let mut password = Password { pending: password, clause: None };
+    let audit = match spec.audit {
+        None => None,
+        Some(request) => Some(audit_state(&clients[clients.len() - 1], request).await?),
+    };
+    let audit_classes = match &audit {
+        Some(crate::store::SessionAudit::On { classes }) => Some(classes.as_str()),
+        _ => None,
+    };
     let (mut plans, mut looked_up) = match unchecked_plans(spec) {
         Some(plans) => (plans, false),
         None => (plan_all(clients, admin, spec).await?, true),
@@ -192,8 +218,9 @@ async fn grant_with(clients: &[Client], admin: &str, spec: &GrantSpec<'_>, passw
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match apply_all(clients, &plans, admin, spec, &mut password, looked_up).await {
-            Ok(granted) => {
+        match apply_all(clients, &plans, admin, spec, &mut password, looked_up, audit_classes).await {
+            Ok(mut granted) => {
+                granted.audit = audit;
                 tracing::info!(db_user = spec.username, databases = granted.profiles.len(), already_existed = granted.already_existed, "login role ready");
                 return Ok(granted);
             }
@@ -211,6 +238,21 @@ async fn grant_with(clients: &[Client], admin: &str, spec: &GrantSpec<'_>, passw
             Err(AttemptError::Failed(e)) => return Err(e),
         }
     }
+}
+
+/// Whether the login role's sessions will be audited: asks the server (one statement) whether
+/// pgaudit is loaded and the admin may set `pgaudit.log` on roles. A server that cannot refuses
+/// the grant when audit is required, and otherwise makes a grant whose record says audit is off.
+async fn audit_state(client: &Client, request: AuditRequest<'_>) -> Result<crate::store::SessionAudit, RoleError> {
+    let readiness = crate::pgaudit::readiness(client, request.cloud).await.map_err(RoleError::sql("(maintenance)", "checking session audit"))?;
+    if readiness.can_audit() {
+        return Ok(crate::store::SessionAudit::On { classes: request.classes.to_owned() });
+    }
+    if request.required {
+        return Err(RoleError::AuditUnavailable(readiness.blockers));
+    }
+    tracing::warn!(reasons = %readiness.blockers.join("; "), "session audit unavailable; granting without it (audit_required is false)");
+    Ok(crate::store::SessionAudit::Off { reason: readiness.blockers.join("; ") })
 }
 
 /// Plans made from the request alone, when it asks for nothing that needs a lookup first: one
@@ -273,7 +315,7 @@ impl Password {
 }
 
 /// Runs each database's transaction in turn, the login role with the last one.
-async fn apply_all(clients: &[Client], plans: &[Plan], admin: &str, spec: &GrantSpec<'_>, password: &mut Password, looked_up: bool) -> Result<Granted, AttemptError> {
+async fn apply_all(clients: &[Client], plans: &[Plan], admin: &str, spec: &GrantSpec<'_>, password: &mut Password, looked_up: bool, audit_classes: Option<&str>) -> Result<Granted, AttemptError> {
     let mut memberships: Vec<&str> = plans.iter().map(|p| p.profile.as_str()).collect();
     if matches!(spec.login, LoginMethod::Iam) {
         memberships.insert(0, "rds_iam");
@@ -286,7 +328,7 @@ async fn apply_all(clients: &[Client], plans: &[Plan], admin: &str, spec: &Grant
             if i < last {
                 return Ok("COMMIT".to_owned());
             }
-            Ok(format!("{};\nCOMMIT", login_statements(spec, admin, password.clause().await?, memberships, plan.login_exists, version)))
+            Ok(format!("{};\nCOMMIT", login_statements(spec, admin, password.clause().await?, memberships, plan.login_exists, version, audit_classes)))
         };
         match run_transaction(client, plan, end).await {
             Ok(None) => {}
@@ -304,6 +346,7 @@ async fn apply_all(clients: &[Client], plans: &[Plan], admin: &str, spec: &Grant
         username: spec.username.to_owned(),
         profiles: plans.iter().map(|p| (p.database.clone(), p.profile.clone())).collect(),
         already_existed: plans[last].login_exists,
+        audit: None,
     })
 }
 
@@ -717,7 +760,11 @@ fn grants_part(plan: &Plan) -> String {
 /// From PostgreSQL 16 the memberships are granted `WITH INHERIT TRUE, SET FALSE`: the user gets
 /// the profile's privileges but cannot `SET ROLE` to it, so nothing it creates can be owned by a
 /// profile role that outlives it (on 15 and older, cleanup hands such objects over instead).
-fn login_statements(spec: &GrantSpec<'_>, admin: &str, password: &str, memberships: &[&str], exists: bool, server_version: u32) -> String {
+///
+/// With session audit, the role's `pgaudit.log` (and `pgaudit.log_relation`) is set too: every
+/// session it opens logs those classes, and the user cannot turn that off (both need a SET
+/// privilege it lacks).
+fn login_statements(spec: &GrantSpec<'_>, admin: &str, password: &str, memberships: &[&str], exists: bool, server_version: u32, audit_classes: Option<&str>) -> String {
     let user = ident(spec.username);
     let valid_until = literal(&spec.valid_until.format("%Y-%m-%d %H:%M:%S+00").to_string());
     let in_roles = memberships.iter().map(|r| ident(r)).collect::<Vec<_>>().join(", ");
@@ -730,7 +777,9 @@ fn login_statements(spec: &GrantSpec<'_>, admin: &str, password: &str, membershi
         format!("CREATE ROLE {user} LOGIN INHERIT {password} VALID UNTIL {valid_until} ROLE {} IN ROLE {in_roles}", ident(admin))
     };
     let grant = if exists || server_version >= 160000 { format!(";\nGRANT {in_roles} TO {user}{membership_options}") } else { String::new() };
-    format!("{role}{grant};\nCOMMENT ON ROLE {user} IS {}", literal(&marker(Utc::now())))
+    // log_relation: a line per table a statement touches, so each entry names its objects.
+    let audit = audit_classes.map(|classes| format!(";\nALTER ROLE {user} SET pgaudit.log TO {};\nALTER ROLE {user} SET pgaudit.log_relation TO on", literal(classes))).unwrap_or_default();
+    format!("{role}{grant}{audit};\nCOMMENT ON ROLE {user} IS {}", literal(&marker(Utc::now())))
 }
 
 /// The comment pgjit puts on every role it creates, with the time: cleanup reconciles only

@@ -1,1 +1,441 @@
-//! placeholder
+//! Session audit: what a temporary user did, from the server's own log, tied to its grant.
+//!
+//! The `audit` function receives CloudWatch Logs subscription batches of an RDS or Aurora
+//! `postgresql` log group (`pgjit sessions ingest` reads a self-hosted server's log file the
+//! same way). Lines are joined into records by the integration's `log_line_prefix`
+//! ([`crate::server_log`]); the records of users pgjit manages (connections, pgaudit's `AUDIT:`
+//! lines, disconnections) are matched to their grant through the store's `db-user` index, their
+//! statements redacted ([`crate::redaction`]) and cut at 4 KiB, and written to the sessions table
+//! with a time to live. Keys come from where each record was in the log, so a batch delivered
+//! twice is written once.
+
+use std::collections::HashMap;
+
+use aws_lambda_events::event::cloudwatch_logs::LogData;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::integration::Integration;
+use crate::pgaudit::AuditLine;
+use crate::server_log::{Record, Records};
+use crate::store::{due_key, GrantRecord, Store, StoreError};
+
+/// The longest statement kept, in bytes; longer ones are cut and say so.
+pub const MAX_STATEMENT_BYTES: usize = 4096;
+
+/// The largest decompressed subscription batch accepted (CloudWatch Logs sends at most about
+/// 1 MB; anything far larger is not a subscription batch).
+const MAX_BATCH_BYTES: u64 = 16 << 20;
+
+/// One line of a request's session audit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionEntry {
+    pub request_id: String,
+    /// Sort key: `<time>#<where in the log>`: time order, and the same record always gets the
+    /// same key.
+    pub at_origin: String,
+    pub at: DateTime<Utc>,
+    /// `connected`, `statement` or `disconnected`.
+    pub kind: String,
+    pub integration: String,
+    pub db_user: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// The client's address as the server logged it (`host(port)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// The server process of the session (its pid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    /// The statement, secrets redacted, at most [`MAX_STATEMENT_BYTES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub statement_truncated: bool,
+    /// The redacted statement's full length, when it was cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement_bytes: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub substatement_id: Option<u64>,
+    /// Connections: the rest of the server's line (application name, TLS); disconnections: the
+    /// session's length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// When DynamoDB deletes the entry (epoch seconds; the table's time to live).
+    pub expires_at: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionsError {
+    #[error("not a CloudWatch Logs subscription batch: {0}")]
+    Malformed(String),
+    #[error("integration {integration:?} has a log_line_prefix pgjit cannot read")]
+    Prefix {
+        integration: String,
+        #[source]
+        source: crate::server_log::PrefixError,
+    },
+    #[error("session audit store")]
+    Store(#[from] StoreError),
+}
+
+/// What one batch (or file) gave.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Ingested {
+    /// The integration whose log it was (none: a log group of no integration, ignored).
+    pub integration: Option<String>,
+    pub records: usize,
+    /// Entries written: statements, connections and disconnections of managed users.
+    pub written: usize,
+    pub statements: usize,
+    /// Records of a managed user (the integration's prefix) with no grant of this integration.
+    pub unattributed: usize,
+    /// Lines that were neither a record nor the continuation of one.
+    pub unparsed: usize,
+}
+
+/// Decodes a subscription delivery: `{"awslogs":{"data":"<base64 of gzip of LogData JSON>"}}`.
+pub fn decode_subscription(payload: &serde_json::Value) -> Result<LogData, SessionsError> {
+    use base64::Engine;
+    use std::io::Read;
+    let malformed = |m: String| SessionsError::Malformed(m);
+    let data = payload
+        .get("awslogs")
+        .and_then(|a| a.get("data"))
+        .and_then(|d| d.as_str())
+        .ok_or_else(|| malformed("no awslogs.data string".into()))?;
+    let compressed = base64::engine::general_purpose::STANDARD.decode(data).map_err(|e| malformed(format!("awslogs.data is not base64: {e}")))?;
+    let mut json = Vec::new();
+    flate2::read::GzDecoder::new(&compressed[..])
+        .take(MAX_BATCH_BYTES + 1)
+        .read_to_end(&mut json)
+        .map_err(|e| malformed(format!("awslogs.data is not gzip: {e}")))?;
+    if json.len() as u64 > MAX_BATCH_BYTES {
+        return Err(malformed(format!("awslogs.data decompresses to more than {MAX_BATCH_BYTES} bytes")));
+    }
+    serde_json::from_slice(&json).map_err(|e| malformed(format!("awslogs.data is not a log batch: {e}")))
+}
+
+/// The integration whose RDS or Aurora log group this is: `/aws/rds/instance/<id>/postgresql`
+/// for an `rds` integration's instance, `/aws/rds/cluster/<id>/postgresql` for an `aurora`
+/// integration's cluster.
+pub fn integration_of_log_group<'i>(integrations: &'i [Integration], log_group: &str) -> Option<&'i Integration> {
+    let rest = log_group.strip_prefix("/aws/rds/")?.strip_suffix("/postgresql")?;
+    let (level, id) = rest.split_once('/')?;
+    integrations.iter().find(|i| match (level, i.kind) {
+        ("instance", crate::setup::Flavor::Rds) => i.instance_id.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(id)),
+        ("cluster", crate::setup::Flavor::Aurora) => i.cluster_id.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(id)),
+        _ => false,
+    })
+}
+
+/// For `doctor`: whether an RDS or Aurora integration's instance (or cluster) exports its
+/// `postgresql` log to CloudWatch Logs, where the audit function's subscription reads it.
+/// `None` for other kinds (self-hosted logs are read with `pgjit sessions ingest`).
+pub async fn log_export_finding(svc: &crate::aws::Services, integration: &Integration) -> Option<crate::setup::Finding> {
+    use crate::setup::Finding;
+    if !matches!(integration.kind, crate::setup::Flavor::Rds | crate::setup::Flavor::Aurora) {
+        return None;
+    }
+    let (level, id) = match (&integration.instance_id, &integration.cluster_id) {
+        (Some(id), _) => ("instance", id),
+        (None, Some(id)) => ("cluster", id),
+        (None, None) => return None,
+    };
+    Some(match crate::rds::describe(svc, integration).await {
+        Ok(Some(target)) if target.log_exports.iter().any(|l| l == "postgresql") => {
+            Finding::check("session audit log export", true, format!("the postgresql log goes to /aws/rds/{level}/{id}/postgresql; subscribe the audit function to it"))
+        }
+        Ok(Some(_)) => Finding::check(
+            "session audit log export",
+            false,
+            format!("the {level} does not export its postgresql log to CloudWatch Logs: enable the export (CloudwatchLogsExportConfiguration EnableLogTypes postgresql), then subscribe the audit function to /aws/rds/{level}/{id}/postgresql"),
+        ),
+        Ok(None) => return None,
+        Err(e) => Finding::check("session audit log export", false, format!("could not read the {level}: {}", crate::postgres::error_chain(&e))),
+    })
+}
+
+/// Ingests one subscription delivery. A control message (CloudWatch checking the destination)
+/// or a log group of no integration writes nothing; a malformed delivery is an error and
+/// writes nothing.
+pub async fn ingest_subscription(store: &Store, retention_days: u32, payload: &serde_json::Value, now: DateTime<Utc>) -> Result<Ingested, SessionsError> {
+    let batch = decode_subscription(payload)?;
+    if batch.message_type == "CONTROL_MESSAGE" {
+        return Ok(Ingested::default());
+    }
+    if batch.message_type != "DATA_MESSAGE" {
+        return Err(SessionsError::Malformed(format!("messageType {:?}", batch.message_type)));
+    }
+    let integrations = store.list_integrations().await?;
+    let Some(integration) = integration_of_log_group(&integrations, &batch.log_group) else {
+        tracing::warn!(log_group = %batch.log_group, "log group of no rds or aurora integration; ignored");
+        return Ok(Ingested { records: batch.log_events.len(), ..Ingested::default() });
+    };
+    let prefix = integration.line_prefix().map_err(|source| SessionsError::Prefix { integration: integration.name.clone(), source })?;
+    let mut records = Records::new(&prefix);
+    for event in &batch.log_events {
+        records.push_event(&event.id, DateTime::from_timestamp_millis(event.timestamp), &event.message);
+    }
+    ingest_records(store, integration, records.records, records.unparsed, retention_days, now).await
+}
+
+/// Ingests a server log file of `integration` (`pgjit sessions ingest`). A record's key comes
+/// from its own text, so the same file (or a longer copy of it) is written once.
+pub async fn ingest_file(store: &Store, integration: &Integration, text: &str, retention_days: u32, now: DateTime<Utc>) -> Result<Ingested, SessionsError> {
+    let prefix = integration.line_prefix().map_err(|source| SessionsError::Prefix { integration: integration.name.clone(), source })?;
+    let mut records = Records::new(&prefix);
+    records.push_event("file", None, text);
+    let mut list = records.records;
+    for record in &mut list {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(format!("{:?}|{}|{}", record.fields, record.severity, record.message));
+        record.origin = format!("f{}", hex::encode(&digest[..10]));
+    }
+    ingest_records(store, integration, list, records.unparsed, retention_days, now).await
+}
+
+/// Matches records to grants and writes their entries.
+async fn ingest_records(store: &Store, integration: &Integration, records: Vec<Record>, unparsed: usize, retention_days: u32, now: DateTime<Utc>) -> Result<Ingested, SessionsError> {
+    let mut ingested = Ingested { integration: Some(integration.name.clone()), records: records.len(), unparsed, ..Ingested::default() };
+    let expires_at = (now + chrono::Duration::days(i64::from(retention_days))).timestamp();
+    let mut grants: HashMap<String, Option<GrantRecord>> = HashMap::new();
+    let mut entries = Vec::new();
+    for record in &records {
+        let Some(user) = record.fields.user.as_deref() else { continue };
+        if !user.starts_with(&integration.user_prefix) {
+            continue;
+        }
+        let Some(entry) = entry_of(record, user, integration, expires_at) else { continue };
+        if !grants.contains_key(user) {
+            let grant = store.grants_of_user(user).await?.into_iter().filter(|g| g.integration == integration.name).max_by_key(|g| g.created_at);
+            grants.insert(user.to_owned(), grant);
+        }
+        match grants.get(user).and_then(Option::as_ref) {
+            Some(grant) => {
+                let entry = SessionEntry { request_id: grant.request_id.clone(), ..entry };
+                // pgaudit.log_relation writes a line per table of one statement: one entry.
+                if let Some(previous) = entries.last_mut().filter(|p: &&mut SessionEntry| same_statement(p, &entry)) {
+                    merge_object(previous, &entry);
+                    continue;
+                }
+                if entry.kind == "statement" {
+                    ingested.statements += 1;
+                }
+                entries.push(entry);
+            }
+            None => ingested.unattributed += 1,
+        }
+    }
+    store.put_session_entries(&entries).await?;
+    ingested.written = entries.len();
+    crate::metrics::count("AuditedStatements", ingested.statements as u64, &integration.name);
+    crate::metrics::count("UnattributedAuditLines", ingested.unattributed as u64, &integration.name);
+    if ingested.unattributed > 0 {
+        tracing::warn!(integration = %integration.name, unattributed = ingested.unattributed, "log lines of managed users with no grant of this integration");
+    }
+    Ok(ingested)
+}
+
+/// Whether two entries are lines of one statement (its relations, under `log_relation`).
+fn same_statement(a: &SessionEntry, b: &SessionEntry) -> bool {
+    a.kind == "statement"
+        && b.kind == "statement"
+        && a.request_id == b.request_id
+        && a.session == b.session
+        && a.statement_id == b.statement_id
+        && a.substatement_id == b.substatement_id
+        && a.statement == b.statement
+}
+
+fn merge_object(into: &mut SessionEntry, other: &SessionEntry) {
+    if let Some(object) = &other.object {
+        match &mut into.object {
+            Some(existing) if !existing.split(", ").any(|o| o == object) => {
+                existing.push_str(", ");
+                existing.push_str(object);
+            }
+            Some(_) => {}
+            None => into.object = Some(object.clone()),
+        }
+    }
+    if into.object_type.is_none() {
+        into.object_type = other.object_type.clone();
+    }
+}
+
+/// The entry a managed user's record makes (without its request id), if it is one pgjit keeps:
+/// a connection, a pgaudit line, a disconnection.
+fn entry_of(record: &Record, user: &str, integration: &Integration, expires_at: i64) -> Option<SessionEntry> {
+    let at = record.time()?;
+    let mut entry = SessionEntry {
+        request_id: String::new(),
+        at_origin: format!("{}#{}", due_key(at), record.origin),
+        at,
+        kind: String::new(),
+        integration: integration.name.clone(),
+        db_user: user.to_owned(),
+        database: record.fields.database.clone(),
+        client: record.fields.client.clone(),
+        session: record.fields.pid.map(|p| p.to_string()),
+        class: None,
+        command: None,
+        object_type: None,
+        object: None,
+        statement: None,
+        statement_truncated: false,
+        statement_bytes: None,
+        statement_id: None,
+        substatement_id: None,
+        detail: None,
+        expires_at,
+    };
+    if record.severity != "LOG" {
+        return None;
+    }
+    if let Some(rest) = record.message.strip_prefix("connection authorized: ") {
+        entry.kind = "connected".into();
+        entry.detail = Some(cut(&crate::redaction::redact(rest), 512).0);
+    } else if let Some(rest) = record.message.strip_prefix("disconnection: ") {
+        entry.kind = "disconnected".into();
+        entry.detail = rest.split(" user=").next().map(|s| s.to_owned());
+    } else if let Some(line) = AuditLine::parse(&record.message) {
+        let redacted = crate::redaction::redact(&line.statement);
+        let (statement, truncated) = cut(&redacted, MAX_STATEMENT_BYTES);
+        entry.kind = "statement".into();
+        entry.statement_bytes = truncated.then_some(redacted.len());
+        entry.statement = Some(statement);
+        entry.statement_truncated = truncated;
+        entry.class = Some(line.class);
+        entry.command = Some(line.command);
+        entry.object_type = Some(line.object_type).filter(|s| !s.is_empty());
+        entry.object = Some(line.object_name).filter(|s| !s.is_empty());
+        entry.statement_id = Some(line.statement_id);
+        entry.substatement_id = Some(line.substatement_id);
+    } else {
+        return None;
+    }
+    Some(entry)
+}
+
+/// One session of a temporary user, as `pgjit sessions` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Session {
+    pub session: Option<String>,
+    pub database: Option<String>,
+    pub client: Option<String>,
+    pub connected_at: Option<DateTime<Utc>>,
+    pub disconnected_at: Option<DateTime<Utc>>,
+    /// The server's account of the connection (application name, TLS) and of its length.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
+    pub statements: Vec<SessionEntry>,
+}
+
+/// A request's entries (in time order) as sessions: a connection opens one, the statements of
+/// its server process follow, its disconnection closes it. Entries whose connection is not
+/// recorded (the log began later) open a session of their own.
+pub fn sessions_of(entries: &[SessionEntry]) -> Vec<Session> {
+    let mut sessions: Vec<Session> = Vec::new();
+    // The open session of each server process, by index.
+    let mut open: HashMap<Option<String>, usize> = HashMap::new();
+    for entry in entries {
+        let key = entry.session.clone();
+        let index = match (entry.kind.as_str(), open.get(&key)) {
+            ("connected", _) | (_, None) => {
+                sessions.push(Session {
+                    session: entry.session.clone(),
+                    database: entry.database.clone(),
+                    client: entry.client.clone(),
+                    connected_at: None,
+                    disconnected_at: None,
+                    details: Vec::new(),
+                    statements: Vec::new(),
+                });
+                open.insert(key.clone(), sessions.len() - 1);
+                sessions.len() - 1
+            }
+            (_, Some(i)) => *i,
+        };
+        let session = &mut sessions[index];
+        match entry.kind.as_str() {
+            "connected" => session.connected_at = Some(entry.at),
+            "disconnected" => {
+                session.disconnected_at = Some(entry.at);
+                open.remove(&key);
+            }
+            _ => session.statements.push(entry.clone()),
+        }
+        session.details.extend(entry.detail.clone());
+    }
+    sessions
+}
+
+/// `text` cut to at most `max` bytes on a character boundary, and whether it was cut.
+fn cut(text: &str, max: usize) -> (String, bool) {
+    if text.len() <= max {
+        return (text.to_owned(), false);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    (text[..end].to_owned(), true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_groups_map_to_their_integration_only() {
+        let rds = Integration::from_json(r#"{"name":"a","kind":"rds","region":"us-east-1","instance_id":"orders-db","admin":{"auth":"password","secret_id":"pgjit/a"},"max_duration_seconds":3600}"#).unwrap();
+        let aurora = Integration::from_json(r#"{"name":"b","kind":"aurora","region":"us-east-1","cluster_id":"crm","admin":{"auth":"password","secret_id":"pgjit/b"},"max_duration_seconds":3600}"#).unwrap();
+        let all = [rds, aurora];
+        assert_eq!(integration_of_log_group(&all, "/aws/rds/instance/orders-db/postgresql").map(|i| i.name.as_str()), Some("a"));
+        assert_eq!(integration_of_log_group(&all, "/aws/rds/cluster/crm/postgresql").map(|i| i.name.as_str()), Some("b"));
+        for other in ["/aws/rds/cluster/orders-db/postgresql", "/aws/rds/instance/crm/postgresql", "/aws/rds/instance/orders-db/upgrade", "/aws/lambda/x", ""] {
+            assert!(integration_of_log_group(&all, other).is_none(), "{other}");
+        }
+    }
+
+    #[test]
+    fn malformed_deliveries_are_named() {
+        use base64::Engine;
+        use std::io::Write;
+        let gz = |bytes: &[u8]| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(bytes).unwrap();
+            base64::engine::general_purpose::STANDARD.encode(e.finish().unwrap())
+        };
+        for (payload, says) in [
+            (serde_json::json!({}), "no awslogs.data"),
+            (serde_json::json!({"awslogs": {"data": "%%%"}}), "not base64"),
+            (serde_json::json!({"awslogs": {"data": "aGVsbG8="}}), "not gzip"),
+            (serde_json::json!({"awslogs": {"data": gz(b"[1,2]")}}), "not a log batch"),
+        ] {
+            let e = decode_subscription(&payload).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        }
+        // A bomb: far more than a batch once decompressed.
+        let e = decode_subscription(&serde_json::json!({"awslogs": {"data": gz(&vec![b' '; (MAX_BATCH_BYTES + 10) as usize])}})).unwrap_err();
+        assert!(e.to_string().contains("more than"), "{e}");
+    }
+
+    #[test]
+    fn statements_are_cut_on_a_character_boundary() {
+        let (text, cut_) = cut(&"é".repeat(3000), MAX_STATEMENT_BYTES);
+        assert!(cut_ && text.len() <= MAX_STATEMENT_BYTES && text.len() >= MAX_STATEMENT_BYTES - 1);
+        assert_eq!(cut("short", 10), ("short".to_owned(), false));
+    }
+}

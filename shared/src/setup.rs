@@ -115,7 +115,14 @@ pub fn setup_sql(flavor: Flavor, admin_user: &str, holding_role: &str, options: 
          -- CREATEROLE: create, alter and drop the temporary login roles and the profile roles.\n\
          ALTER ROLE {admin_ident} LOGIN CREATEROLE;\n\
          -- pg_signal_backend: end the temporary users' sessions at revoke.\n\
-         GRANT pg_signal_backend TO {admin_ident};\n"
+         GRANT pg_signal_backend TO {admin_ident};\n\
+         -- Session audit (enable_audit): from PostgreSQL 15 the admin may be allowed to set pgaudit.log (the classes)\n\
+         -- and pgaudit.log_relation (each table named) on the temporary users (before 15 only a superuser, or on\n\
+         -- RDS rds_superuser, can). Skipped with a NOTICE where the one running this may not grant them.\n\
+         DO $pgjit$\nBEGIN\n  IF current_setting('server_version_num')::int >= 150000 THEN\n\
+         \x20   EXECUTE format('GRANT SET ON PARAMETER pgaudit.log, pgaudit.log_relation TO %I', {admin_literal});\n  END IF;\n\
+         EXCEPTION WHEN insufficient_privilege THEN\n\
+         \x20 RAISE NOTICE 'pgjit: not granted SET ON PARAMETER pgaudit.log, pgaudit.log_relation (%); session audit needs them', SQLERRM;\nEND\n$pgjit$;\n"
     ));
     if let Some(role) = flavor.cloud_admin_role() {
         sql.push_str(&format!(
@@ -229,11 +236,11 @@ pub struct Finding {
 }
 
 impl Finding {
-    fn check(capability: impl Into<String>, ok: bool, detail: impl Into<String>) -> Finding {
+    pub(crate) fn check(capability: impl Into<String>, ok: bool, detail: impl Into<String>) -> Finding {
         Finding { capability: capability.into(), ok, detail: detail.into(), warning: false }
     }
 
-    fn warn(capability: impl Into<String>, detail: impl Into<String>) -> Finding {
+    pub(crate) fn warn(capability: impl Into<String>, detail: impl Into<String>) -> Finding {
         Finding { capability: capability.into(), ok: false, detail: detail.into(), warning: true }
     }
 }
@@ -255,6 +262,22 @@ pub enum DoctorError {
         #[source]
         source: tokio_postgres::Error,
     },
+}
+
+/// Session audit: whether pgaudit is loaded and the admin may set `pgaudit.log` on roles
+/// (missing when audit is required, a warning otherwise), and what makes it less complete.
+async fn audit_findings(client: &Client, integration: &crate::integration::Integration) -> Result<Vec<Finding>, tokio_postgres::Error> {
+    let cloud = matches!(integration.kind, Flavor::Rds | Flavor::Aurora);
+    let readiness = crate::pgaudit::readiness(client, cloud).await?;
+    let mut findings = Vec::new();
+    if readiness.can_audit() {
+        findings.push(Finding::check("session audit", true, "pgaudit is loaded and the admin can set pgaudit.log on the temporary users"));
+    }
+    for blocker in readiness.blockers {
+        findings.push(if integration.audit_required { Finding::check("session audit", false, blocker) } else { Finding::warn("session audit", format!("{blocker} (grants are made without audit: audit_required is false)")) });
+    }
+    findings.extend(readiness.gaps.into_iter().map(|gap| Finding::warn("session audit", gap)));
+    Ok(findings)
 }
 
 /// Connects as the admin and reports each capability pgjit needs, by name. `databases`: the
@@ -324,6 +347,9 @@ pub async fn doctor(connector: &Connector, integration: &crate::integration::Int
                 (true, true) => "can make temporary users members of rds_iam",
             },
         ));
+    }
+    if integration.enable_audit {
+        findings.extend(audit_findings(&client, integration).await.map_err(query_err(maintenance_database))?);
     }
     let databases = if databases.is_empty() {
         crate::catalog::databases(&client).await.map_err(query_err(maintenance_database))?

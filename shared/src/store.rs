@@ -114,6 +114,20 @@ pub struct GrantRecord {
     pub deleted_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// Session audit for this grant: the `pgaudit.log` classes its login role logs, or why it
+    /// logs nothing (absent when the integration does not audit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_audit: Option<SessionAudit>,
+}
+
+/// Whether a grant's sessions are audited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum SessionAudit {
+    /// The login role logs these pgaudit classes.
+    On { classes: String },
+    /// Granted without audit (the integration said `audit_required: false`), and why.
+    Off { reason: String },
 }
 
 impl GrantRecord {
@@ -153,6 +167,7 @@ impl GrantRecord {
             delete_after: None,
             deleted_at: None,
             failure: None,
+            session_audit: None,
         }
     }
 }
@@ -225,6 +240,7 @@ pub struct Store {
     integrations: String,
     inventory: String,
     audit: String,
+    sessions: String,
 }
 
 fn dynamo<E: std::error::Error + Send + Sync + 'static>(operation: &'static str, table: &str) -> impl FnOnce(E) -> StoreError {
@@ -247,6 +263,7 @@ impl Store {
             integrations: config.integrations_table.clone(),
             inventory: config.inventory_table.clone(),
             audit: config.audit_table.clone(),
+            sessions: config.sessions_table.clone(),
         }
     }
 
@@ -278,12 +295,13 @@ impl Store {
         Ok(out)
     }
 
-    /// Creates the four tables with their indexes; tables that exist are left as they are.
+    /// Creates the five tables with their indexes (and the sessions table's time to live);
+    /// tables that exist are left as they are.
     pub async fn create_tables(&self) -> Result<Vec<String>, StoreError> {
         let s = |name: &str| AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build();
         let key = |name: &str, t: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(t).build();
         let mut created = Vec::new();
-        let specs: [(&str, Vec<(&str, KeyType)>, Vec<&str>, Vec<(&str, Vec<(&str, KeyType)>)>); 4] = [
+        let specs: [(&str, Vec<(&str, KeyType)>, Vec<&str>, Vec<(&str, Vec<(&str, KeyType)>)>); 5] = [
             (
                 &self.grants,
                 vec![("request_id", KeyType::Hash)],
@@ -296,6 +314,7 @@ impl Store {
             (&self.integrations, vec![("name", KeyType::Hash)], vec!["name"], vec![]),
             (&self.inventory, vec![("integration", KeyType::Hash), ("object", KeyType::Range)], vec!["integration", "object"], vec![]),
             (&self.audit, vec![("request_id", KeyType::Hash), ("at_event", KeyType::Range)], vec!["request_id", "at_event"], vec![]),
+            (&self.sessions, vec![("request_id", KeyType::Hash), ("at_origin", KeyType::Range)], vec!["request_id", "at_origin"], vec![]),
         ];
         for (table, keys, attributes, indexes) in specs {
             let mut req = self.client.create_table().table_name(table).billing_mode(BillingMode::PayPerRequest);
@@ -319,6 +338,20 @@ impl Store {
                 Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => {}
                 Err(e) => return Err(dynamo("CreateTable", table)(e)),
             }
+        }
+        if created.contains(&self.sessions) {
+            let ttl = aws_sdk_dynamodb::types::TimeToLiveSpecification::builder()
+                .attribute_name("expires_at")
+                .enabled(true)
+                .build()
+                .map_err(dynamo("UpdateTimeToLive", &self.sessions))?;
+            self.client
+                .update_time_to_live()
+                .table_name(&self.sessions)
+                .time_to_live_specification(ttl)
+                .send()
+                .await
+                .map_err(dynamo("UpdateTimeToLive", &self.sessions))?;
         }
         Ok(created)
     }
@@ -552,31 +585,82 @@ impl Store {
                 deleted += 1;
             }
         }
+        self.write_batches(&self.inventory, requests).await?;
+        Ok((written, deleted))
+    }
+
+    /// Writes `requests` to `table` in BatchWriteItem calls of 25, sending what DynamoDB left
+    /// unprocessed (throttling) again with backoff.
+    async fn write_batches(&self, table: &str, requests: Vec<WriteRequest>) -> Result<(), StoreError> {
         for chunk in requests.chunks(25) {
             let mut pending: Vec<WriteRequest> = chunk.to_vec();
             for attempt in 0..8u32 {
-                let out = self
-                    .client
-                    .batch_write_item()
-                    .request_items(&self.inventory, pending.clone())
-                    .send()
-                    .await
-                    .map_err(dynamo("BatchWriteItem", &self.inventory))?;
-                pending = out.unprocessed_items.and_then(|mut u| u.remove(&self.inventory)).unwrap_or_default();
+                let out = self.client.batch_write_item().request_items(table, pending.clone()).send().await.map_err(dynamo("BatchWriteItem", table))?;
+                pending = out.unprocessed_items.and_then(|mut u| u.remove(table)).unwrap_or_default();
                 if pending.is_empty() {
                     break;
                 }
-                // Throttled: back off and send what was left.
                 tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
             }
             if !pending.is_empty() {
                 return Err(StoreError::Dynamo {
                     operation: "BatchWriteItem",
-                    table: self.inventory.clone(),
+                    table: table.to_owned(),
                     source: format!("{} items still unprocessed after retries", pending.len()).into(),
                 });
             }
         }
-        Ok((written, deleted))
+        Ok(())
+    }
+
+    // ---- sessions ----
+
+    /// Writes session audit entries. Their keys come from where each record was in the log
+    /// (the log event's id), so writing the same batch again overwrites each item with itself.
+    pub async fn put_session_entries(&self, entries: &[crate::sessions::SessionEntry]) -> Result<(), StoreError> {
+        // One batch may not name the same key twice.
+        let mut seen = std::collections::BTreeSet::new();
+        let mut requests = Vec::with_capacity(entries.len());
+        for entry in entries {
+            if !seen.insert((&entry.request_id, &entry.at_origin)) {
+                continue;
+            }
+            let put = PutRequest::builder().set_item(Some(self.to_item(&self.sessions, entry)?)).build().map_err(dynamo("BatchWriteItem", &self.sessions))?;
+            requests.push(WriteRequest::builder().put_request(put).build());
+        }
+        self.write_batches(&self.sessions, requests).await
+    }
+
+    /// A request's session audit entries, in time order.
+    pub async fn session_entries(&self, request_id: &str) -> Result<Vec<crate::sessions::SessionEntry>, StoreError> {
+        let query = self.client.query().key_condition_expression("request_id = :r").expression_attribute_values(":r", AttributeValue::S(request_id.to_owned()));
+        self.query_all(&self.sessions, query).await
+    }
+
+    /// How many statements were audited for a request.
+    pub async fn audited_statement_count(&self, request_id: &str) -> Result<usize, StoreError> {
+        let mut count = 0;
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.sessions)
+                .key_condition_expression("request_id = :r")
+                .filter_expression("#kind = :k")
+                .expression_attribute_names("#kind", "kind")
+                .expression_attribute_values(":r", AttributeValue::S(request_id.to_owned()))
+                .expression_attribute_values(":k", AttributeValue::S("statement".into()))
+                .select(aws_sdk_dynamodb::types::Select::Count)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(dynamo("Query", &self.sessions))?;
+            count += out.count as usize;
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(count),
+            }
+        }
     }
 }

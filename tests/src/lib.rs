@@ -22,6 +22,10 @@ pub struct LocalEnv {
     pub moto_url: String,
     /// The `pgjit` binary the environment was prepared with.
     pub cli: String,
+    /// The `audit` function's binary (built with the CLI), to run under a Runtime API.
+    pub audit_bin: String,
+    /// Whether the TLS server loads pgaudit (Debian's, for 15), with RDS's log_line_prefix.
+    pub pgaudit: bool,
 }
 
 /// A variable of the environment: from the process, or else from `.localenv/env`, which
@@ -52,6 +56,8 @@ pub fn env() -> &'static LocalEnv {
         admin_password: SecretString::new(var("PGJIT_TEST_ADMIN_PASSWORD")),
         moto_url: var("PGJIT_TEST_MOTO_URL"),
         cli: var("PGJIT_TEST_CLI"),
+        audit_bin: var("PGJIT_TEST_AUDIT_BIN"),
+        pgaudit: var("PGJIT_TEST_PG_AUDIT") == "on",
     })
 }
 
@@ -101,6 +107,20 @@ impl LocalEnv {
         client
     }
 
+    /// The superuser over the plain server's unix socket.
+    pub async fn superuser_plain(&self, database: &str) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::Config::new()
+            .host_path(&self.plain_socket_dir)
+            .port(self.plain_port)
+            .user("postgres")
+            .dbname(database)
+            .connect(tokio_postgres::NoTls)
+            .await
+            .expect("superuser connection over the plain server's unix socket");
+        tokio::spawn(connection);
+        client
+    }
+
     /// Everything the TLS server has logged (log_statement=all).
     pub fn server_log(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.log_file).expect("server log")).into_owned()
@@ -144,6 +164,7 @@ pub async fn isolated_services_with(extra: impl Fn(&str) -> Option<String>) -> p
         "PGJIT_INTEGRATIONS_TABLE" => Some(format!("integrations-{id}")),
         "PGJIT_INVENTORY_TABLE" => Some(format!("inventory-{id}")),
         "PGJIT_AUDIT_TABLE" => Some(format!("audit-{id}")),
+        "PGJIT_SESSIONS_TABLE" => Some(format!("sessions-{id}")),
         "PGJIT_SCHEDULE_GROUP" => Some(format!("pgjit-{id}")),
         "PGJIT_SECRET_PREFIX" => Some(format!("pgjit-{id}/")),
         "PGJIT_CREDENTIALS_PREFIX" => Some(format!("pgjit-credentials-{id}/")),
@@ -288,6 +309,7 @@ pub async fn orphan_role(prefix: &str) -> String {
         prefix,
         grantable_roles: &[],
         privileged_roles: &[],
+        audit: None,
     };
     pgjit::roles::grant(&env().admin(), &spec).await.expect("orphan role");
     orphan

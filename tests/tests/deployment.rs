@@ -46,7 +46,7 @@ fn workspace_binaries() -> Vec<String> {
 fn every_template_function_names_a_workspace_binary() {
     let functions = template_functions();
     let binaries = workspace_binaries();
-    assert_eq!(binaries, ["cleanup", "discovery", "grant", "revoke", "webhook"]);
+    assert_eq!(binaries, ["audit", "cleanup", "discovery", "grant", "revoke", "webhook"]);
     assert_eq!(functions.len(), binaries.len(), "one function per binary: {functions:?}");
     for (name, binary, cargo_lambda) in &functions {
         assert!(cargo_lambda, "{name}: BuildMethod rust-cargolambda");
@@ -282,4 +282,43 @@ fn failed_asynchronous_invocations_are_kept_alarmed_and_swept() {
     for level in t["Parameters"]["LogLevel"]["AllowedValues"].as_sequence().unwrap() {
         assert!(t["Mappings"]["LogLevels"].get(level.as_str().unwrap()).is_some(), "{level:?} is mapped");
     }
+}
+
+#[test]
+fn session_audit_reads_each_listed_log_group_and_can_only_write_sessions() {
+    let t = template();
+    // One subscription filter per log group of the AuditLogGroups parameter, to the audit
+    // function, which CloudWatch Logs may invoke for log groups of this account only.
+    let each = &t["Resources"]["Fn::ForEach::AuditSubscriptions"];
+    assert_eq!(text(&each[1]), "!Ref AuditLogGroups");
+    let filter = each[2].as_mapping().unwrap().values().next().unwrap();
+    assert_eq!(filter["Type"].as_str(), Some("AWS::Logs::SubscriptionFilter"));
+    assert_eq!(text(&filter["Properties"]["LogGroupName"]), "!Ref LogGroup");
+    assert_eq!(text(&filter["Properties"]["DestinationArn"]), "!GetAtt AuditFunction.Arn");
+    assert_eq!(filter["Condition"].as_str(), Some("HasAuditLogGroups"), "no filter for an empty list");
+    let permission = &t["Resources"]["AuditFunctionLogsPermission"]["Properties"];
+    assert_eq!(permission["Principal"].as_str(), Some("logs.amazonaws.com"));
+    assert_eq!(text(&permission["SourceAccount"]), "!Ref AWS::AccountId");
+    assert!(text(&permission["SourceArn"]).contains("log-group:/aws/rds/"), "only RDS log groups");
+    // It reads which integration and grant a line belongs to, and writes the sessions table: no
+    // secrets, no database, no IAM, no other table written.
+    let statements = statements(&t, "AuditFunction");
+    let mut actions: Vec<String> = statements.iter().flat_map(|s| strings(&s["Action"])).collect();
+    actions.sort();
+    assert_eq!(actions, ["dynamodb:BatchWriteItem", "dynamodb:Query", "dynamodb:Scan"]);
+    for s in &statements {
+        let resource = text(&s["Resource"]);
+        if allows(s, "dynamodb:BatchWriteItem") {
+            assert_eq!(resource, "!GetAtt SessionsTable.Arn");
+        }
+        if allows(s, "dynamodb:Query") {
+            assert!(resource.contains("GrantsTable.Arn}/index/db-user"), "{resource}");
+        }
+    }
+    // Entries expire after the retention; failed deliveries are kept and alarmed.
+    let table = &t["Resources"]["SessionsTable"]["Properties"];
+    assert_eq!(text(&table["TimeToLiveSpecification"]["AttributeName"]), "expires_at");
+    assert_eq!(text(&t["Globals"]["Function"]["Environment"]["Variables"]["PGJIT_SESSION_RETENTION_DAYS"]), "!Ref SessionRetentionDays");
+    let invoke = &t["Resources"]["AuditFunctionEventInvokeConfig"]["Properties"];
+    assert_eq!(text(&invoke["DestinationConfig"]["OnFailure"]["Destination"]), "!GetAtt FailedInvocationsQueue.Arn");
 }

@@ -27,6 +27,7 @@ fn spec<'a>(username: &'a str, access: &'a AccessSet, password: &'a SecretString
         prefix: PREFIX,
         grantable_roles: &[],
         privileged_roles: &[],
+        audit: None,
     }
 }
 

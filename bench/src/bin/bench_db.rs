@@ -84,7 +84,7 @@ async fn grant_vs_floor(runs: usize) {
     let prefix = PREFIX;
     let password = SecretString::random_password();
     fn grant_spec<'a>(user: &'a str, access: &'a AccessSet, password: &'a SecretString) -> GrantSpec<'a> {
-        GrantSpec { username: user, access, login: LoginMethod::Password(password), valid_until: Utc::now() + chrono::Duration::hours(1), prefix: PREFIX, grantable_roles: &[], privileged_roles: &[] }
+        GrantSpec { username: user, access, login: LoginMethod::Password(password), valid_until: Utc::now() + chrono::Duration::hours(1), prefix: PREFIX, grantable_roles: &[], privileged_roles: &[], audit: None }
     }
     // The floor: the same final SQL effect, one transaction, one round trip.
     let floor_sql = |user: &str| {
