@@ -26,13 +26,13 @@ json.dump({"name": "orders-prod", "kind": "postgres", "host": "localhost", "port
            "admin": {"auth": "password", "secret_id": "pgjit/admin/orders-prod"},
            "ssl_mode": "verify-full", "ca_bundle": os.environ["PGJIT_TEST_PG_CA"],
            "max_duration_seconds": 14400, "user_cleanup_after_days": 1,
-           "grantable_roles": ["reporting"],
+           "grantable_roles": ["reporting"], "enable_audit": True,
            "custom_access_details": "psql with sslmode=verify-full"}, open(sys.argv[1], "w"), indent=2)
 PY
 pgjit integration put "$work/integration.json"
 pgjit integration list
 
-step "doctor: can the (non-superuser) admin do its job?"
+step "doctor: can the (non-superuser) admin do its job, session audit (pgaudit) included?"
 pgjit doctor orders-prod
 
 step "discovery: the inventory of the server"
@@ -79,6 +79,10 @@ if as_requester "$user" "$password" 'SELECT 1' 2>"$work/refused"; then
 fi
 echo "login refused: $(head -1 "$work/refused")"
 
+step "session audit: the server's log (pgaudit, RDS's log_line_prefix) read into the sessions table"
+pgjit sessions ingest --integration orders-prod "$PGJIT_TEST_PG_LOG"
+pgjit audit --integration orders-prod | head -1
+
 step "cleanup, two days later: the retention (1 day) is over, the role is dropped"
 pgjit cleanup --now "$(date -u -d '+2 days' +%Y-%m-%dT%H:%M:%SZ)"
 pgjit grants --all
@@ -90,4 +94,6 @@ sessions=$(psql -X -q -A -t -h "$PGJIT_TEST_PG_SOCKET" -p "$PGJIT_TEST_PG_PORT" 
     -c "SELECT count(*) FROM pg_stat_activity WHERE usename = '$user'")
 echo "roles named $user: $left, sessions: $sessions"
 [ "$left" = 0 ] && [ "$sessions" = 0 ]
+step "what $user did, tied to its approval (kept after the role is gone)"
+pgjit sessions REQ-1001
 echo "demo complete"

@@ -190,7 +190,7 @@ fn print_sessions(g: &pgjit::store::GrantRecord, sessions: &[pgjit::sessions::Se
         let from = s.client.as_deref().unwrap_or("?");
         let start = s.connected_at.as_ref().map(time).unwrap_or_else(|| "(connection not in the log)".into());
         let end = s.disconnected_at.as_ref().map(time).unwrap_or_else(|| "(still open, or not in the log)".into());
-        println!("\nsession {} from {} to {}: {} to {}", s.session.as_deref().unwrap_or("?"), from, s.database.as_deref().unwrap_or("?"), start, end);
+        println!("\nsession {} from {} to {}: {} to {}", s.session.map(|p| p.to_string()).unwrap_or_else(|| "?".into()), from, s.database.as_deref().unwrap_or("?"), start, end);
         for d in &s.details {
             println!("  {d}");
         }

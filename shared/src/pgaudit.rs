@@ -1,6 +1,8 @@
 //! pgaudit: which statement classes a temporary user's sessions log, whether a server can log
 //! them, and reading the `AUDIT:` lines it writes.
 
+use std::borrow::Cow;
+
 use tokio_postgres::Client;
 
 /// The classes logged when an integration does not name its own: everything a person at a
@@ -9,6 +11,19 @@ pub const DEFAULT_CLASSES: &[&str] = &["read", "write", "ddl", "role", "function
 
 /// pgaudit's classes (`pgaudit.log`), each of which may also be excluded with a leading `-`.
 const CLASSES: &[&str] = &["read", "write", "function", "role", "ddl", "misc", "misc_set", "all", "none"];
+
+/// The class names pgaudit writes in its lines.
+pub const CLASS_NAMES: &[&str] = &["READ", "WRITE", "FUNCTION", "ROLE", "DDL", "MISC", "MISC_SET"];
+
+/// The commands most lines carry.
+pub const COMMON_COMMANDS: &[&str] = &[
+    "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "TRUNCATE TABLE", "COPY", "CREATE TABLE", "CREATE TABLE AS", "CREATE INDEX", "CREATE VIEW", "CREATE FUNCTION",
+    "ALTER TABLE", "DROP TABLE", "ALTER ROLE", "GRANT", "REVOKE", "DO", "EXECUTE", "PREPARE", "BEGIN", "COMMIT", "ROLLBACK", "SET", "SHOW", "EXPLAIN", "VACUUM",
+    "ANALYZE", "CALL",
+];
+
+/// The object types of relation lines.
+pub const OBJECT_TYPES: &[&str] = &["TABLE", "VIEW", "MATERIALIZED VIEW", "SEQUENCE", "INDEX", "FOREIGN TABLE", "COMPOSITE TYPE", "TOAST TABLE", "FUNCTION", ""];
 
 /// Checks `audit_classes` and returns the `pgaudit.log` value they make.
 pub fn log_setting(classes: &[String]) -> Result<String, String> {
@@ -103,86 +118,108 @@ async fn settable(client: &Client) -> Result<bool, tokio_postgres::Error> {
 
 /// One `AUDIT:` line: `AUDIT: SESSION,<statement id>,<substatement id>,<class>,<command>,
 /// <object type>,<object name>,<statement>,<parameter>[,<rows>]`, fields CSV-quoted when they
-/// hold a comma, a quote or a newline.
+/// hold a comma, a quote or a newline. Fields borrow from the line unless unquoting changed them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditLine {
-    pub kind: String,
+pub struct AuditLine<'a> {
+    pub kind: Cow<'a, str>,
     pub statement_id: u64,
     pub substatement_id: u64,
-    pub class: String,
-    pub command: String,
-    pub object_type: String,
-    pub object_name: String,
-    pub statement: String,
+    pub class: Cow<'a, str>,
+    pub command: Cow<'a, str>,
+    pub object_type: Cow<'a, str>,
+    pub object_name: Cow<'a, str>,
+    pub statement: Cow<'a, str>,
 }
 
-impl AuditLine {
+impl<'a> AuditLine<'a> {
     /// Parses the message of a log record; `None` when it is not an `AUDIT:` line or its CSV is
     /// not pgaudit's shape.
-    pub fn parse(message: &str) -> Option<AuditLine> {
+    pub fn parse(message: &'a str) -> Option<AuditLine<'a>> {
         let csv = message.strip_prefix("AUDIT: ")?;
-        let fields = csv_fields(csv)?;
-        if fields.len() < 9 {
-            return None;
-        }
-        let mut fields = fields.into_iter();
-        let mut next = || fields.next().unwrap_or_default();
-        let kind = next();
+        let mut fields = CsvFields { text: csv, at: 0, done: false };
+        let kind = fields.next()??;
         if kind != "SESSION" && kind != "OBJECT" {
             return None;
         }
-        Some(AuditLine {
+        let line = AuditLine {
             kind,
-            statement_id: next().parse().ok()?,
-            substatement_id: next().parse().ok()?,
-            class: next(),
-            command: next(),
-            object_type: next(),
-            object_name: next(),
-            statement: next(),
-        })
+            statement_id: fields.next()??.parse().ok()?,
+            substatement_id: fields.next()??.parse().ok()?,
+            class: fields.next()??,
+            command: fields.next()??,
+            object_type: fields.next()??,
+            object_name: fields.next()??,
+            statement: fields.next()??,
+        };
+        // The parameter field (and the rows one, with log_rows) must be there and well formed.
+        fields.next()??;
+        for rest in fields {
+            rest?;
+        }
+        Some(line)
     }
 }
 
-/// Splits one CSV record (RFC 4180 quoting: `"…"` with `""` for a quote). `None` when a quote
-/// is left open or text follows a closing quote.
-fn csv_fields(text: &str) -> Option<Vec<String>> {
-    let mut fields = Vec::with_capacity(10);
-    let bytes = text.as_bytes();
-    let mut at = 0;
-    loop {
-        if bytes.get(at) == Some(&b'"') {
-            let mut value = String::new();
-            let mut from = at + 1;
-            loop {
-                let close = from + text[from..].find('"')?;
-                value.push_str(&text[from..close]);
-                if bytes.get(close + 1) == Some(&b'"') {
-                    value.push('"');
-                    from = close + 2;
-                } else {
-                    at = close + 1;
-                    break;
-                }
-            }
-            fields.push(value);
-            match bytes.get(at) {
-                None => return Some(fields),
-                Some(b',') => at += 1,
-                Some(_) => return None,
-            }
-        } else {
-            match text[at..].find(',') {
+/// The fields of one CSV record (RFC 4180 quoting: `"…"` with `""` for a quote), each `None`
+/// when a quote is left open or text follows a closing quote.
+struct CsvFields<'a> {
+    text: &'a str,
+    at: usize,
+    done: bool,
+}
+
+impl<'a> Iterator for CsvFields<'a> {
+    type Item = Option<Cow<'a, str>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let (text, bytes) = (self.text, self.text.as_bytes());
+        if bytes.get(self.at) != Some(&b'"') {
+            return Some(Some(match text[self.at..].find(',') {
                 Some(comma) => {
-                    fields.push(text[at..at + comma].to_owned());
-                    at += comma + 1;
+                    let field = &text[self.at..self.at + comma];
+                    self.at += comma + 1;
+                    Cow::Borrowed(field)
                 }
                 None => {
-                    fields.push(text[at..].to_owned());
-                    return Some(fields);
+                    self.done = true;
+                    Cow::Borrowed(&text[self.at..])
                 }
+            }));
+        }
+        let start = self.at + 1;
+        let mut value: Option<String> = None;
+        let mut from = start;
+        let field = loop {
+            let Some(close) = text[from..].find('"').map(|i| from + i) else {
+                self.done = true;
+                return Some(None);
+            };
+            if bytes.get(close + 1) == Some(&b'"') {
+                value.get_or_insert_with(String::new).push_str(&text[from..=close]);
+                from = close + 2;
+                continue;
+            }
+            self.at = close + 1;
+            break match value {
+                Some(mut v) => {
+                    v.push_str(&text[from..close]);
+                    Cow::Owned(v)
+                }
+                None => Cow::Borrowed(&text[start..close]),
+            };
+        };
+        match bytes.get(self.at) {
+            None => self.done = true,
+            Some(b',') => self.at += 1,
+            Some(_) => {
+                self.done = true;
+                return Some(None);
             }
         }
+        Some(Some(field))
     }
 }
 
@@ -204,11 +241,11 @@ mod tests {
     #[test]
     fn audit_lines_with_quotes_commas_and_newlines() {
         let line = AuditLine::parse("AUDIT: SESSION,3,1,READ,SELECT,TABLE,sales.orders,\"SELECT a, \"\"b\"\"\nFROM sales.orders\",<not logged>").unwrap();
-        assert_eq!((line.statement_id, line.substatement_id, line.class.as_str(), line.command.as_str()), (3, 1, "READ", "SELECT"));
-        assert_eq!((line.object_type.as_str(), line.object_name.as_str()), ("TABLE", "sales.orders"));
+        assert_eq!((line.statement_id, line.substatement_id, &*line.class, &*line.command), (3, 1, "READ", "SELECT"));
+        assert_eq!((&*line.object_type, &*line.object_name), ("TABLE", "sales.orders"));
         assert_eq!(line.statement, "SELECT a, \"b\"\nFROM sales.orders");
         let plain = AuditLine::parse("AUDIT: SESSION,2,1,ROLE,ALTER ROLE,,,ALTER ROLE u PASSWORD <REDACTED>,<not logged>").unwrap();
-        assert_eq!((plain.object_name.as_str(), plain.statement.as_str()), ("", "ALTER ROLE u PASSWORD <REDACTED>"));
+        assert_eq!((&*plain.object_name, &*plain.statement), ("", "ALTER ROLE u PASSWORD <REDACTED>"));
         // pgaudit.log_rows adds a field
         assert!(AuditLine::parse("AUDIT: SESSION,1,1,READ,SELECT,,,SELECT 1,<not logged>,1").is_some());
         for bad in ["AUDIT: SESSION,1,1,READ", "AUDIT: SESSION,x,1,READ,SELECT,,,s,p", "AUDIT: SESSION,1,1,READ,SELECT,,,\"open,p", "statement: SELECT 1", "AUDIT: OTHER,1,1,a,b,c,d,e,f"] {

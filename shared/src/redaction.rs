@@ -14,12 +14,23 @@ const REDACTED: &str = "[redacted]";
 
 /// Words after which a literal is a secret.
 fn names_a_secret(word: &str) -> bool {
-    let word = word.to_ascii_lowercase();
-    word.contains("password") || word.contains("passwd") || word.contains("secret") || word.contains("token") || word == "passphrase" || word == "pwd"
+    let b = word.as_bytes();
+    let at = |i: usize, needle: &[u8]| b.get(i..i + needle.len()).is_some_and(|w| w.eq_ignore_ascii_case(needle));
+    word.eq_ignore_ascii_case("passphrase")
+        || word.eq_ignore_ascii_case("pwd")
+        || (0..b.len()).any(|i| match b[i] | 0x20 {
+            b'p' => at(i, b"password") || at(i, b"passwd"),
+            b's' => at(i, b"secret"),
+            b't' => at(i, b"token"),
+            _ => false,
+        })
 }
 
 /// `statement` with every secret replaced; unchanged (and not copied) when it holds none.
 pub fn redact(statement: &str) -> std::borrow::Cow<'_, str> {
+    if !may_hold_secret(statement) {
+        return std::borrow::Cow::Borrowed(statement);
+    }
     let bytes = statement.as_bytes();
     let mut out = String::new();
     let mut copied = 0;
@@ -56,7 +67,9 @@ pub fn redact(statement: &str) -> std::borrow::Cow<'_, str> {
             continue;
         }
         if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
-            let len = statement[at..].find(|ch: char| !(ch.is_alphanumeric() || ch == '_' || ch == '$')).unwrap_or(statement.len() - at);
+            // Identifier bytes: ASCII letters, digits, '_', '$', and any byte of a multi-byte
+            // character (so a word never ends inside one).
+            let len = bytes[at..].iter().position(|b| !(b.is_ascii_alphanumeric() || *b == b'_' || *b == b'$' || *b >= 0x80)).unwrap_or(bytes.len() - at);
             let word = &statement[at..at + len];
             if word.eq_ignore_ascii_case("to") && secret_word_pending {
                 // `SET x.password TO '…'`
@@ -78,14 +91,29 @@ pub fn redact(statement: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
-struct Literal {
+/// Whether `text` has anything redaction looks for (a word with `pass`, `pwd`, `secret` or
+/// `token` in it, or a URI): one pass over the bytes, so most statements cost nothing more.
+fn may_hold_secret(text: &str) -> bool {
+    let b = text.as_bytes();
+    let at = |i: usize, needle: &[u8]| b.get(i..i + needle.len()).is_some_and(|w| w.eq_ignore_ascii_case(needle));
+    (0..b.len()).any(|i| match b[i] | 0x20 {
+        b'p' => at(i, b"pass") || at(i, b"pwd"),
+        b's' => at(i, b"secret"),
+        b't' => at(i, b"token"),
+        b':' => at(i, b"://"),
+        _ => false,
+    })
+}
+
+struct Literal<'a> {
     start: usize,
     end: usize,
-    value: String,
+    /// The literal's text, borrowed unless escapes had to be undone.
+    value: std::borrow::Cow<'a, str>,
 }
 
 /// The string literal starting at `at`, if one does: `'…'`, `E'…'`, `U&'…'`, `$tag$…$tag$`.
-fn literal_at(s: &str, at: usize) -> Option<Literal> {
+fn literal_at(s: &str, at: usize) -> Option<Literal<'_>> {
     let bytes = s.as_bytes();
     let c = bytes[at];
     // A letter that prefixes a literal must not end a longer word (`the'` is not `E'`).
@@ -103,33 +131,41 @@ fn literal_at(s: &str, at: usize) -> Option<Literal> {
             let body = at + tag.len();
             let close = s[body..].find(tag).map(|i| body + i);
             let end = close.map(|i| i + tag.len()).unwrap_or(s.len());
-            return Some(Literal { start: at, end, value: s[body..close.unwrap_or(s.len())].to_owned() });
+            return Some(Literal { start: at, end, value: std::borrow::Cow::Borrowed(&s[body..close.unwrap_or(s.len())]) });
         }
         _ => return None,
     };
-    let mut value = String::new();
-    let mut i = quote_at + 1;
+    let body = quote_at + 1;
+    // Fast path: up to the first quote (or backslash, in E'' strings) the text is the value.
+    let special = |b: &u8| *b == b'\'' || (backslashes && *b == b'\\');
+    let first = bytes[body..].iter().position(special).map(|i| body + i);
+    if let Some(close) = first.filter(|&i| bytes[i] == b'\'' && bytes.get(i + 1) != Some(&b'\'')) {
+        return Some(Literal { start: at, end: close + 1, value: std::borrow::Cow::Borrowed(&s[body..close]) });
+    }
+    let mut value = String::from(&s[body..first.unwrap_or(s.len())]);
+    let mut i = first.unwrap_or(s.len());
     while i < bytes.len() {
         match bytes[i] {
             b'\'' if bytes.get(i + 1) == Some(&b'\'') => {
                 value.push('\'');
                 i += 2;
             }
-            b'\'' => return Some(Literal { start: at, end: i + 1, value }),
+            b'\'' => return Some(Literal { start: at, end: i + 1, value: std::borrow::Cow::Owned(value) }),
             b'\\' if backslashes && i + 1 < bytes.len() => {
                 let next = s[i + 1..].chars().next().unwrap_or('\\');
                 value.push(next);
                 i += 1 + next.len_utf8();
             }
             _ => {
-                let ch = s[i..].chars().next().unwrap_or(' ');
-                value.push(ch);
-                i += ch.len_utf8();
+                let run = bytes[i..].iter().position(special).unwrap_or(bytes.len() - i).max(1);
+                let run_end = (i + run..=bytes.len()).find(|e| s.is_char_boundary(*e)).unwrap_or(bytes.len());
+                value.push_str(&s[i..run_end]);
+                i = run_end;
             }
         }
     }
     // An unterminated literal runs to the end (the server would have refused it; hide it all).
-    Some(Literal { start: at, end: s.len(), value })
+    Some(Literal { start: at, end: s.len(), value: std::borrow::Cow::Owned(value) })
 }
 
 fn quote(value: &str) -> String {
@@ -138,6 +174,9 @@ fn quote(value: &str) -> String {
 
 /// A literal's text with connection-string and URI passwords replaced, if it held any.
 fn redact_inside(value: &str) -> Option<String> {
+    if !may_hold_secret(value) {
+        return None;
+    }
     let lower = value.to_ascii_lowercase();
     let mut out = String::new();
     let mut copied = 0;

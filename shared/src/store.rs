@@ -174,7 +174,39 @@ impl GrantRecord {
 
 /// The index key for a moment: fixed width, so text order is time order.
 pub fn due_key(at: DateTime<Utc>) -> String {
-    at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+    let mut key = String::with_capacity(24);
+    push_time_key(&mut key, at);
+    key
+}
+
+/// Appends [`due_key`]'s text for `at` to `out`, digit by digit: chrono's format strings cost a
+/// microsecond, and session audit makes a key per log line.
+pub fn push_time_key(out: &mut String, at: DateTime<Utc>) {
+    use chrono::{Datelike, Timelike};
+    fn digits(out: &mut String, n: u32, width: u32) {
+        for place in (0..width).rev() {
+            out.push(char::from(b'0' + ((n / 10u32.pow(place)) % 10) as u8));
+        }
+    }
+    digits(out, at.year().clamp(0, 9999) as u32, 4);
+    for (separator, n, width) in [('-', at.month(), 2), ('-', at.day(), 2), ('T', at.hour(), 2), (':', at.minute(), 2), (':', at.second(), 2), ('.', at.timestamp_subsec_millis().min(999), 3)] {
+        out.push(separator);
+        digits(out, n, width);
+    }
+    out.push('Z');
+}
+
+#[cfg(test)]
+mod key_tests {
+    #[test]
+    fn time_keys_read_as_chronos_format_and_sort_as_time() {
+        use chrono::TimeZone;
+        let times = [chrono::Utc.timestamp_millis_opt(1_764_057_244_987).unwrap(), chrono::Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap(), chrono::Utc.with_ymd_and_hms(2026, 12, 31, 23, 59, 59).unwrap()];
+        for t in times {
+            assert_eq!(super::due_key(t), t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string());
+        }
+        assert!(super::due_key(times[0]) < super::due_key(times[1]) && super::due_key(times[1]) < super::due_key(times[2]));
+    }
 }
 
 /// One line of the audit trail: who asked, who approved, what, where and when.

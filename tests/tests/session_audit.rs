@@ -183,27 +183,27 @@ async fn every_statement_of_a_temporary_user_is_kept_once_attributed_and_redacte
     let integration = register_integration(&svc, &format!("audited-{id}"), json!({"kind": "rds", "instance_id": instance, "region": "us-east-1", "enable_audit": true})).await;
     let request_id = format!("REQ-AUDIT-{id}");
     let access = json!([
-        {"database": "app", "schema": "sales", "table": "orders", "privileges": ["SELECT", "INSERT"]},
-        {"database": "app", "schema": "sales", "sequence": "orders_id_seq", "privileges": ["USAGE"]},
+        {"database": "app", "schema": "sales", "table": "orders", "privileges": ["SELECT"]},
         {"database": "app", "schema": "sales", "table": "customers", "privileges": ["SELECT"]},
-        {"database": "app", "schema": "sales", "privileges": ["USAGE", "CREATE"]}
+        {"database": "app", "privileges": ["TEMPORARY"]}
     ]);
     let granted = grant(&svc, approval(&request_id, &integration.name, "john@corp.com", access)).await.expect("granted");
     let record = svc.store.get_grant(&request_id).await.unwrap().unwrap();
     assert_eq!(record.session_audit, Some(SessionAudit::On { classes: "read, write, ddl, role, function, misc".into() }));
     let password = password_of(&svc, granted.secret_arn.as_deref().unwrap()).await;
 
-    // What the requester does: reads, a statement over several lines, a write with quotes and
-    // commas, DDL, and a new password of its own; and an attempt to switch its audit off.
+    // What the requester does: reads, a statement over several lines, DDL, a write with quotes
+    // and commas (to a table of its own: the shared tables stay as the other tests expect), a
+    // new password of its own; and an attempt to switch its audit off.
     let from = log_len();
     let new_password = format!("new-Secret-{id}");
     let conninfo_secret = format!("hunter-{id}");
     let user = env().login_as(&granted.db_user, &password, "app").await.expect("the temporary user logs in");
     user.batch_execute("SELECT customer, total FROM sales.orders WHERE total > 0").await.unwrap();
     user.batch_execute("SELECT customer,\n       total\n  FROM sales.orders\n WHERE customer = 'acme'").await.unwrap();
-    user.batch_execute("INSERT INTO sales.orders (customer, total) VALUES ('audit, \"quoted\" co', 1)").await.unwrap();
+    user.batch_execute(&format!("CREATE TEMP TABLE scratch_{id} (id int, note text)")).await.unwrap();
+    user.batch_execute(&format!("INSERT INTO scratch_{id} (id, note) VALUES (1, 'audit, \"quoted\" co')")).await.unwrap();
     user.batch_execute("SELECT o.total, c.name FROM sales.orders o JOIN sales.customers c ON c.name = o.customer").await.unwrap();
-    user.batch_execute(&format!("CREATE TABLE sales.scratch_{id} (id int)")).await.unwrap();
     user.batch_execute(&format!("SELECT 'host=db1 user=bob password={conninfo_secret}' AS conninfo")).await.unwrap();
     user.batch_execute(&format!("ALTER ROLE {} PASSWORD '{new_password}'", granted.db_user)).await.unwrap();
     for off in ["SET pgaudit.log = 'none'", &format!("ALTER ROLE {} SET pgaudit.log = 'none'", granted.db_user)] {
@@ -225,7 +225,7 @@ async fn every_statement_of_a_temporary_user_is_kept_once_attributed_and_redacte
     assert_eq!(first.integration.as_deref(), Some(integration.name.as_str()));
     assert_eq!(first.unattributed, 1, "the prefixed user without a grant: {first:?}");
     let entries = svc.store.session_entries(&request_id).await.unwrap();
-    let statements: Vec<&SessionEntry> = entries.iter().filter(|e| e.kind == "statement").collect();
+    let statements: Vec<&SessionEntry> = entries.iter().filter(|e| e.kind == pgjit::sessions::EntryKind::Statement).collect();
     assert_eq!(first.statements, statements.len());
     let shown = |e: &SessionEntry| format!("{} {} {}", e.class.as_deref().unwrap_or(""), e.command.as_deref().unwrap_or(""), e.statement.as_deref().unwrap_or(""));
     let texts: Vec<String> = statements.iter().map(|e| shown(e)).collect();
@@ -234,20 +234,21 @@ async fn every_statement_of_a_temporary_user_is_kept_once_attributed_and_redacte
     let order = [
         position("READ SELECT SELECT customer, total FROM sales.orders WHERE total > 0"),
         position("READ SELECT SELECT customer,\n       total\n  FROM sales.orders\n WHERE customer = 'acme'"),
-        position("WRITE INSERT INSERT INTO sales.orders (customer, total) VALUES ('audit, \"quoted\" co', 1)"),
+        position(&format!("DDL CREATE TABLE CREATE TEMP TABLE scratch_{id}")),
+        position(&format!("WRITE INSERT INSERT INTO scratch_{id} (id, note) VALUES (1, 'audit, \"quoted\" co')")),
         position("READ SELECT SELECT o.total, c.name FROM sales.orders o JOIN sales.customers c"),
-        position(&format!("DDL CREATE TABLE CREATE TABLE sales.scratch_{id}")),
         position("READ SELECT SELECT 'host=db1 user=bob password=[redacted]' AS conninfo"),
         position("ROLE ALTER ROLE"),
         position("SELECT 'still audited'"),
     ];
     assert!(order.windows(2).all(|w| w[0] < w[1]), "in order: {order:?} in {texts:#?}");
     assert!(entries.windows(2).all(|w| w[0].at <= w[1].at), "time order");
-    let insert = statements[order[2]];
-    assert_eq!((insert.database.as_deref(), insert.db_user.as_str(), insert.integration.as_str()), (Some("app"), granted.db_user.as_str(), integration.name.as_str()));
-    assert_eq!((insert.object_type.as_deref(), insert.object.as_deref()), (Some("TABLE"), Some("sales.orders")));
+    let insert = statements[order[3]];
+    assert_eq!((insert.request_id.as_str(), insert.database.as_deref(), insert.db_user.as_str()), (request_id.as_str(), Some("app"), granted.db_user.as_str()));
+    assert_eq!(insert.object_type.as_deref(), Some("TABLE"));
+    assert!(insert.object.as_deref().is_some_and(|o| o.ends_with(&format!(".scratch_{id}"))), "{:?}", insert.object);
     // A statement over two tables is one entry naming both (pgaudit writes a line for each).
-    let join = statements[order[3]];
+    let join = statements[order[4]];
     let mut objects: Vec<&str> = join.object.as_deref().unwrap_or("").split(", ").collect();
     objects.sort();
     assert_eq!(objects, ["sales.customers", "sales.orders"]);
@@ -317,7 +318,7 @@ async fn every_statement_of_a_temporary_user_is_kept_once_attributed_and_redacte
     let out = cli(&svc, &["sessions", "ingest", "--integration", &integration.name, file.to_str().unwrap(), "--json"]);
     assert!(out.status.success());
     let after = svc.store.session_entries(&request_id).await.unwrap();
-    assert_eq!(after.iter().filter(|e| e.kind == "statement").count(), 2 * statements.len(), "the file's entries once, beside the subscription's");
+    assert_eq!(after.iter().filter(|e| e.kind == pgjit::sessions::EntryKind::Statement).count(), 2 * statements.len(), "the file's entries once, beside the subscription's");
     let _ = std::fs::remove_file(&file);
     let _ = pgjit::grants::revoke(&svc, &request_id, pgjit::events::RevokeTrigger::Early, chrono::Utc::now()).await;
 }
