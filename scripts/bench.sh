@@ -12,7 +12,7 @@ grant_runs=${2:-200}
 # pgjit's code is measured as it ships: release profile.
 # Two builds: `--bin` limits a build to the binaries it names, so naming the bench binaries next
 # to the function packages would leave the function binaries (what cold start measures) unbuilt.
-cargo build -q --release -p grant -p revoke -p cleanup -p discovery -p webhook
+cargo build -q --release -p grant -p revoke -p cleanup -p discovery -p webhook -p audit
 cargo build -q --release -p pgjit-bench --bin hello-lambda --bin bench-db --bin bench-audit
 target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 # The cold-start driver itself need not be optimised: it only waits on sockets.

@@ -66,8 +66,9 @@ fn subscription(log_group: &str, log: &str) -> Value {
 }
 
 /// Runs a function binary under a minimal Lambda Runtime API that serves `events` in turn;
-/// returns what it posted for each (`response` or `error`, and the body).
-async fn run_under_runtime_api(binary: &str, envs: &[(String, String)], events: Vec<Value>) -> Vec<(String, Value)> {
+/// returns what it posted for each (`response` or `error`, and the body), and everything it
+/// wrote (its CloudWatch log).
+async fn run_under_runtime_api(binary: &str, envs: &[(String, String)], events: Vec<Value>) -> (Vec<(String, Value)>, String) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -81,8 +82,8 @@ async fn run_under_runtime_api(binary: &str, envs: &[(String, String)], events: 
         .env("AWS_LAMBDA_LOG_STREAM_NAME", "test")
         .env("AWS_LAMBDA_LOG_GROUP_NAME", "test")
         .env("AWS_LAMBDA_LOG_FORMAT", "JSON")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("start the audit binary");
@@ -142,8 +143,10 @@ async fn run_under_runtime_api(binary: &str, envs: &[(String, String)], events: 
         }
     };
     tokio::time::timeout(std::time::Duration::from_secs(60), work).await.expect("the audit binary answered every event");
-    let _ = child.kill().await;
-    results
+    let _ = child.start_kill();
+    let output = child.wait_with_output().await.expect("the audit binary's output");
+    let log = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (results, log)
 }
 
 /// The variables that point a process at moto and at this test's tables.
@@ -271,13 +274,17 @@ async fn every_statement_of_a_temporary_user_is_kept_once_attributed_and_redacte
     assert_eq!(svc.store.session_entries(&request_id).await.unwrap(), entries, "the same entries, once");
 
     // The `audit` binary, as Lambda runs it: the same batch twice, and a malformed one.
-    let answers = run_under_runtime_api(&env().audit_bin, &moto_vars(&svc), vec![batch.clone(), batch.clone(), json!({"awslogs": {"data": "not base64!"}})]).await;
+    let (answers, function_log) = run_under_runtime_api(&env().audit_bin, &moto_vars(&svc), vec![batch.clone(), batch.clone(), json!({"awslogs": {"data": "not base64!"}})]).await;
     assert_eq!(answers[0].0, "response", "{answers:?}");
     assert_eq!(answers[0].1["statements"], json!(first.statements));
     assert_eq!(answers[1].1["written"], json!(first.written));
     assert_eq!(answers[2].0, "error");
     assert!(answers[2].1["errorMessage"].as_str().unwrap_or("").contains("not base64"), "{:?}", answers[2].1);
     assert_eq!(svc.store.session_entries(&request_id).await.unwrap(), entries, "still the same entries, once");
+    assert!(function_log.contains("invocation summary"), "the function logged: {function_log}");
+    for secret in [password.expose(), new_password.as_str(), conninfo_secret.as_str()] {
+        assert!(!function_log.contains(secret), "a secret in the function's log");
+    }
 
     // A malformed batch through the handler: a clear error, nothing written.
     let e = audit(&svc, json!({"awslogs": {"data": base64::engine::general_purpose::STANDARD.encode(b"not gzip")}})).await.unwrap_err();
