@@ -202,12 +202,14 @@ pub async fn ingest_subscription(store: &Store, retention_days: u32, payload: &s
 /// from its own text, so the same file (or a longer copy of it) is written once.
 pub async fn ingest_file(store: &Store, integration: &Integration, text: &str, retention_days: u32, now: DateTime<Utc>) -> Result<Ingested, SessionsError> {
     let prefix = integration.line_prefix().map_err(|source| SessionsError::Prefix { integration: integration.name.clone(), source })?;
-    // Each line is an event of its own, named by a digest of its text.
+    // Each line is an event of its own, named by its line number (so records of one second
+    // keep the file's order) and a digest of its text (so another file's line is another key).
     let names: Vec<String> = text
         .split('\n')
-        .map(|line| {
+        .enumerate()
+        .map(|(number, line)| {
             use sha2::Digest;
-            format!("f{}", hex::encode(&sha2::Sha256::digest(line.as_bytes())[..10]))
+            format!("f{number:010}-{}", hex::encode(&sha2::Sha256::digest(line.as_bytes())[..8]))
         })
         .collect();
     let mut records = Records::of_users_with_prefix(&prefix, &integration.user_prefix);
@@ -222,7 +224,7 @@ async fn ingest_records(store: &Store, integration: &Integration, records: Vec<R
     let expires_at = (now + chrono::Duration::days(i64::from(retention_days))).timestamp();
     // Each managed user's grant, looked up once per batch (all at once).
     let users: std::collections::BTreeSet<&str> =
-        records.iter().filter_map(|r| r.fields.user).filter(|u| u.starts_with(&integration.user_prefix)).collect();
+        records.iter().filter_map(|r| r.fields.user).filter(|u| crate::access::is_login_role_name(u, &integration.user_prefix)).collect();
     let lookups = futures_util::future::try_join_all(users.iter().map(|user| async move {
         let grant = store.grants_of_user(user).await?.into_iter().filter(|g| g.integration == integration.name).max_by_key(|g| g.created_at);
         Ok::<_, StoreError>((user.to_string(), grant.map(|g| g.request_id)))
@@ -248,10 +250,10 @@ pub fn attribute(records: Vec<Record<'_>>, integration: &Integration, requests: 
     let mut entries: Vec<SessionEntry> = Vec::with_capacity(records.len());
     for record in records {
         let Some(user) = record.fields.user else { continue };
-        if !user.starts_with(&integration.user_prefix) || record.severity != "LOG" {
+        if !crate::access::is_login_role_name(user, &integration.user_prefix) {
             continue;
         }
-        let Some(what) = Kept::of(&record.message) else { continue };
+        let Some(what) = Kept::of(record.severity, &record.message) else { continue };
         let (Some(request_id), Some(at)) = (requests.get(user), record.fields.time.or(record.event_time)) else {
             ingested.unattributed += 1;
             continue;
@@ -270,15 +272,23 @@ pub fn attribute(records: Vec<Record<'_>>, integration: &Integration, requests: 
     (entries, ingested)
 }
 
-/// The records session audit keeps: connections, pgaudit lines, disconnections.
+/// The records session audit keeps: connections, pgaudit lines, disconnections, and the errors
+/// that end a session (a login refused after revoke, a session ended by it).
 enum Kept<'a> {
     Connected(&'a str),
     Disconnected(&'a str),
+    Ended(&'a str),
     Statement(AuditLine<'a>),
 }
 
 impl<'a> Kept<'a> {
-    fn of(message: &'a str) -> Option<Kept<'a>> {
+    fn of(severity: &str, message: &'a str) -> Option<Kept<'a>> {
+        if severity == "FATAL" {
+            return Some(Kept::Ended(message));
+        }
+        if severity != "LOG" {
+            return None;
+        }
         if let Some(rest) = message.strip_prefix("connection authorized: ") {
             return Some(Kept::Connected(rest));
         }
@@ -354,6 +364,10 @@ fn entry_of(fields: &crate::server_log::PrefixFields<'_>, (event, index): (&str,
         Kept::Disconnected(rest) => {
             entry.kind = EntryKind::Disconnected;
             entry.detail = rest.split(" user=").next().map(|s| s.to_owned());
+        }
+        Kept::Ended(message) => {
+            entry.kind = EntryKind::Disconnected;
+            entry.detail = Some(cut(&crate::redaction::redact(message), 512).0);
         }
         Kept::Statement(line) => {
             let redacted = crate::redaction::redact(&line.statement);

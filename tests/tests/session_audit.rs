@@ -183,7 +183,8 @@ async fn every_statement_of_a_temporary_user_is_kept_once_attributed_and_redacte
     let id: u32 = rand::random();
     let instance = format!("audited-{id}");
     pgjit_tests::moto_rds_instance(&svc, &instance).await;
-    let integration = register_integration(&svc, &format!("audited-{id}"), json!({"kind": "rds", "instance_id": instance, "region": "us-east-1", "enable_audit": true})).await;
+    // Kept a day after revoke (NOLOGIN), so a later login attempt is refused as such.
+    let integration = register_integration(&svc, &format!("audited-{id}"), json!({"kind": "rds", "instance_id": instance, "region": "us-east-1", "enable_audit": true, "user_cleanup_after_days": 1})).await;
     let request_id = format!("REQ-AUDIT-{id}");
     let access = json!([
         {"database": "app", "schema": "sales", "table": "orders", "privileges": ["SELECT"]},
@@ -218,7 +219,7 @@ async fn every_statement_of_a_temporary_user_is_kept_once_attributed_and_redacte
     let log = log_since(from, &format!("user={} database=app host=", granted.db_user)).await;
     // A line of a user with the integration's prefix but no grant, and one of another user.
     let stray = format!(
-        "2026-11-25 08:00:00 UTC:10.0.0.9(5555):{}nobody@app:[1]:LOG:  AUDIT: SESSION,1,1,READ,SELECT,,,SELECT 1,<not logged>\n\
+        "2026-11-25 08:00:00 UTC:10.0.0.9(5555):{}nobody_abcd1234@app:[1]:LOG:  AUDIT: SESSION,1,1,READ,SELECT,,,SELECT 1,<not logged>\n\
          2026-11-25 08:00:00 UTC:10.0.0.9(5556):app_owner@app:[2]:LOG:  AUDIT: SESSION,1,1,READ,SELECT,,,SELECT 2,<not logged>\n",
         integration.user_prefix
     );
@@ -327,7 +328,18 @@ async fn every_statement_of_a_temporary_user_is_kept_once_attributed_and_redacte
     let after = svc.store.session_entries(&request_id).await.unwrap();
     assert_eq!(after.iter().filter(|e| e.kind == pgjit::sessions::EntryKind::Statement).count(), 2 * statements.len(), "the file's entries once, beside the subscription's");
     let _ = std::fs::remove_file(&file);
-    let _ = pgjit::grants::revoke(&svc, &request_id, pgjit::events::RevokeTrigger::Early, chrono::Utc::now()).await;
+
+    // After revoke, a login attempt shows in its session as refused.
+    pgjit::grants::revoke(&svc, &request_id, pgjit::events::RevokeTrigger::Early, chrono::Utc::now()).await.expect("revoked");
+    let from = log_len();
+    // (with the password the user gave itself during the grant)
+    assert!(env().login_as(&granted.db_user, &SecretString::new(new_password.clone()), "app").await.is_err(), "no login after revoke");
+    let log = log_since(from, "is not permitted to log in").await;
+    audit(&svc, subscription(&format!("/aws/rds/instance/{instance}/postgresql"), &log)).await.unwrap();
+    let after = svc.store.session_entries(&request_id).await.unwrap();
+    let sessions = pgjit::sessions::sessions_of(&after);
+    let refused = sessions.iter().find(|s| s.details.iter().any(|d| d.contains("is not permitted to log in"))).expect("the refused login is recorded");
+    assert!(refused.disconnected_at.is_some() && refused.statements.is_empty(), "{refused:?}");
 }
 
 #[tokio::test]
