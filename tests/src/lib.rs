@@ -28,6 +28,19 @@ pub struct LocalEnv {
     pub pgaudit: bool,
 }
 
+async fn superuser_over(socket_dir: &str, port: u16, database: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::Config::new()
+        .host_path(socket_dir)
+        .port(port)
+        .user("postgres")
+        .dbname(database)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("superuser connection over the unix socket");
+    tokio::spawn(connection);
+    client
+}
+
 /// A variable of the environment: from the process, or else from `.localenv/env`, which
 /// `scripts/localenv.sh up` writes, so `cargo test` works while an environment is up.
 fn var(name: &str) -> String {
@@ -95,30 +108,12 @@ impl LocalEnv {
 
     /// The superuser over the TLS server's unix socket: only for looking at what pgjit did.
     pub async fn superuser(&self, database: &str) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::Config::new()
-            .host_path(&self.socket_dir)
-            .port(self.port)
-            .user("postgres")
-            .dbname(database)
-            .connect(tokio_postgres::NoTls)
-            .await
-            .expect("superuser connection over the unix socket");
-        tokio::spawn(connection);
-        client
+        superuser_over(&self.socket_dir, self.port, database).await
     }
 
     /// The superuser over the plain server's unix socket.
     pub async fn superuser_plain(&self, database: &str) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::Config::new()
-            .host_path(&self.plain_socket_dir)
-            .port(self.plain_port)
-            .user("postgres")
-            .dbname(database)
-            .connect(tokio_postgres::NoTls)
-            .await
-            .expect("superuser connection over the plain server's unix socket");
-        tokio::spawn(connection);
-        client
+        superuser_over(&self.plain_socket_dir, self.plain_port, database).await
     }
 
     /// Everything the TLS server has logged (log_statement=all).
