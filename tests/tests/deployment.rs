@@ -287,15 +287,19 @@ fn failed_asynchronous_invocations_are_kept_alarmed_and_swept() {
 #[test]
 fn session_audit_reads_each_listed_log_group_and_can_only_write_sessions() {
     let t = template();
-    // One subscription filter per log group of the AuditLogGroups parameter, to the audit
-    // function, which CloudWatch Logs may invoke for log groups of this account only.
-    let each = &t["Resources"]["Fn::ForEach::AuditSubscriptions"];
-    assert_eq!(text(&each[1]), "!Ref AuditLogGroups");
-    let filter = each[2].as_mapping().unwrap().values().next().unwrap();
-    assert_eq!(filter["Type"].as_str(), Some("AWS::Logs::SubscriptionFilter"));
-    assert_eq!(text(&filter["Properties"]["LogGroupName"]), "!Ref LogGroup");
-    assert_eq!(text(&filter["Properties"]["DestinationArn"]), "!GetAtt AuditFunction.Arn");
-    assert_eq!(filter["Condition"].as_str(), Some("HasAuditLogGroups"), "no filter for an empty list");
+    // One subscription filter per log group of the AuditLogGroups parameter (five slots), to
+    // the audit function, each only when its slot is filled; CloudWatch Logs may invoke the
+    // function for log groups of this account only.
+    for i in 1..=5 {
+        let filter = &t["Resources"][format!("AuditSubscription{i}").as_str()];
+        assert_eq!(filter["Type"].as_str(), Some("AWS::Logs::SubscriptionFilter"));
+        let group = text(&filter["Properties"]["LogGroupName"]);
+        assert!(group.contains(&format!("!Select {} |", i - 1)) && group.contains("AuditLogGroups"), "{group}");
+        assert_eq!(text(&filter["Properties"]["DestinationArn"]), "!GetAtt AuditFunction.Arn");
+        assert_eq!(filter["Condition"].as_str(), Some(format!("HasAuditLogGroup{i}").as_str()), "no filter for an empty slot");
+        let condition = text(&t["Conditions"][format!("HasAuditLogGroup{i}").as_str()]);
+        assert!(condition.contains(&format!("!Select {} |", i - 1)), "{condition}");
+    }
     let permission = &t["Resources"]["AuditFunctionLogsPermission"]["Properties"];
     assert_eq!(permission["Principal"].as_str(), Some("logs.amazonaws.com"));
     assert_eq!(text(&permission["SourceAccount"]), "!Ref AWS::AccountId");
