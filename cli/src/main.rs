@@ -41,6 +41,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Extend an active grant (as an `Access Extension Approved` event would): the same user,
+    /// password and privileges, a later expiry.
+    Extend {
+        request_id: String,
+        /// How long from now: 7200, 90m, 2h, 1d, 1h30m.
+        #[arg(long)]
+        duration: String,
+        /// Who approved the extension (not the requester).
+        #[arg(long)]
+        approver: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Break glass: revoke every active grant of an integration now.
     RevokeAll {
         integration: String,
@@ -291,6 +306,26 @@ async fn run(command: Command) -> Outcome {
             }
             let note = if result.repeated { " (nothing left to do)".to_owned() } else { format!(", {} session(s) ended", result.sessions_ended) };
             println!("{}: {} ({}){note}", result.request_id, result.status, result.db_user);
+            Ok(())
+        }
+        Command::Extend { request_id, duration, approver, reason, json } => {
+            let duration_seconds = pgjit::events::parse_duration(&duration)?;
+            let svc = services().await?;
+            let now = Utc::now();
+            let extension = pgjit::events::Extension {
+                request_id,
+                approver,
+                duration_seconds,
+                reason,
+                sent_at: Some(now),
+                // Each run of the command is an extension of its own.
+                event_id: Some(format!("cli-{}", now.timestamp_nanos_opt().unwrap_or_default())),
+            };
+            let result = pgjit::extension::extend(&svc, &extension, now).await.map_err(chain)?;
+            if json {
+                return print_json(&result);
+            }
+            println!("{}: {} ({}) until {}", result.request_id, result.status, result.db_user, result.expires_at.format("%Y-%m-%d %H:%M:%S UTC"));
             Ok(())
         }
         Command::RevokeAll { integration, yes, json } => {

@@ -196,6 +196,17 @@ pub async fn rotate(svc: &Services, name: &str, value: &CredentialsValue<'_>, re
     replace(svc, name, &text(value)?).await
 }
 
+/// Moves the `expires_at` the requester reads in its credentials secret (an extension, or its
+/// undo); the rest of the value is kept as it is. Only the request's own secret is changed.
+pub async fn set_expiry(svc: &Services, name_or_arn: &str, request_id: &str, expires_at: chrono::DateTime<chrono::Utc>) -> Result<String, AwsError> {
+    owner_of(svc, name_or_arn, request_id).await?.require(name_or_arn)?;
+    let current = read(svc, name_or_arn).await?;
+    let mut value: serde_json::Value =
+        serde_json::from_str(current.expose()).map_err(|_| AwsError::msg("secretsmanager:GetSecretValue", "the credentials secret is not JSON"))?;
+    value["expires_at"] = serde_json::json!(expires_at);
+    replace(svc, name_or_arn, &SecretString::new(value.to_string())).await
+}
+
 /// What to do with a secret of that name that carries another request's tag (or none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Foreign {

@@ -48,6 +48,7 @@ pub async fn run(svc: &Services, now: DateTime<Utc>, mut progress: impl FnMut(&s
                         ca_bundle: None,
                         access_mode: AccessMode::Password,
                         max_duration_seconds: DEFAULT_MAX_DURATION,
+                        max_total_duration_seconds: None,
                         user_cleanup_after_days: 0,
                         credential_rotation_days: None,
                         custom_access_details: None,

@@ -10,6 +10,117 @@ use crate::store::Requester;
 pub const APPROVED: &str = "Access Request Approved";
 pub const GRANTED: &str = "Access Granted";
 pub const REVOKE_REQUESTED: &str = "Access Revoke Requested";
+pub const EXTENSION_APPROVED: &str = "Access Extension Approved";
+pub const EXTENDED: &str = "Access Extended";
+
+/// The `detail` of an extension: more time for an active grant, same user, same privileges.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Extension {
+    pub request_id: String,
+    pub approver: String,
+    pub duration_seconds: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The event's `time` (None for a bare `detail`): a stale extension is refused like a stale
+    /// approval.
+    #[serde(skip)]
+    pub sent_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The EventBridge event's `id`, the same on every redelivery (None for a bare `detail`).
+    #[serde(skip)]
+    pub event_id: Option<String>,
+}
+
+impl Extension {
+    /// What tells a redelivery of this extension from another one: the event's id, or for a
+    /// bare detail its content and time.
+    pub fn key(&self) -> String {
+        use sha2::Digest;
+        match &self.event_id {
+            Some(id) => format!("event:{id}"),
+            None => {
+                let text = format!("{}|{}|{}|{:?}|{:?}", self.request_id, self.approver, self.duration_seconds, self.reason, self.sent_at);
+                format!("detail:{}", hex::encode(&sha2::Sha256::digest(text.as_bytes())[..12]))
+            }
+        }
+    }
+}
+
+/// Whether an event (or a bare detail, as the webhook receives it) is an extension rather than
+/// an approval: its `detail-type` says so, or a bare detail has an extension's fields and none
+/// of an approval's own (integration, requester, access).
+pub fn is_extension(event: &Value) -> bool {
+    match event.get("detail-type") {
+        Some(kind) => kind.as_str() == Some(EXTENSION_APPROVED),
+        None => {
+            let has = |field: &str| event.get(field).is_some();
+            has("request_id") && has("approver") && has("duration_seconds") && !has("integration") && !has("access") && !has("requester")
+        }
+    }
+}
+
+/// An extension: the EventBridge event as the function receives it, or the bare `detail`.
+pub fn parse_extension(event: Value) -> Result<Extension, EventError> {
+    let sent_at = event_time(&event)?;
+    let event_id = event.get("detail-type").and(event.get("id")).and_then(Value::as_str).map(str::to_owned);
+    let mut extension: Extension = typed(detail_of(event, EXTENSION_APPROVED)?)?;
+    extension.sent_at = sent_at;
+    extension.event_id = event_id;
+    check_request_id(&extension.request_id)?;
+    if extension.approver.trim().is_empty() || extension.approver.len() > 256 {
+        return Err(bad("approver", "must be 1-256 characters"));
+    }
+    if extension.reason.as_ref().is_some_and(|r| r.len() > 2048) {
+        return Err(bad("reason", "at most 2048 characters"));
+    }
+    if extension.duration_seconds == 0 {
+        return Err(bad("duration_seconds", "must be positive"));
+    }
+    Ok(extension)
+}
+
+/// A duration as an operator writes it: `7200`, `90s`, `45m`, `2h`, `1d`, `1h30m`.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?} is not a duration (say 3600, 90m, 2h, 1d or 1h30m)");
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return (seconds > 0).then_some(seconds).ok_or_else(bad);
+    }
+    let (mut total, mut number) = (0u64, String::new());
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(bad()),
+        };
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
+        number.clear();
+    }
+    if !number.is_empty() || total == 0 {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+/// The `time` of an EventBridge event (None for a bare detail).
+fn event_time(event: &Value) -> Result<Option<chrono::DateTime<chrono::Utc>>, EventError> {
+    match event.get("detail-type").and(event.get("time")) {
+        None => Ok(None),
+        Some(time) => Ok(Some(
+            time.as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .ok_or_else(|| bad("time", "must be an RFC 3339 time"))?,
+        )),
+    }
+}
 
 /// The `detail` of an approval.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,15 +260,7 @@ impl Envelope {
 
 /// An approval: the EventBridge event as the function receives it, or the bare `detail` (webhook).
 pub fn parse_approval(event: Value) -> Result<Approval, EventError> {
-    let sent_at = match event.get("detail-type").and(event.get("time")) {
-        None => None,
-        Some(time) => Some(
-            time.as_str()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.with_timezone(&chrono::Utc))
-                .ok_or_else(|| bad("time", "must be an RFC 3339 time"))?,
-        ),
-    };
+    let sent_at = event_time(&event)?;
     let mut approval: Approval = typed(detail_of(event, APPROVED)?)?;
     approval.sent_at = sent_at;
     check_request_id(&approval.request_id)?;
@@ -198,6 +301,37 @@ pub fn parse_revoke(event: Value) -> Result<RevokeRequest, EventError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn durations_as_operators_write_them() {
+        for (text, seconds) in [("7200", 7200), ("90s", 90), ("45m", 2700), ("2h", 7200), ("1d", 86_400), ("1h30m", 5400)] {
+            assert_eq!(parse_duration(text), Ok(seconds), "{text}");
+        }
+        for bad in ["", "0", "2x", "h", "1h30", "-5m", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn extensions_are_told_from_approvals_and_keyed_by_their_event() {
+        let event = json!({"version": "0", "id": "ev-1", "detail-type": EXTENSION_APPROVED, "source": "pgjit.approvals", "account": "123456789012",
+            "time": "2026-11-24T10:45:00Z", "detail": {"request_id": "REQ-1", "approver": "jane", "duration_seconds": 60}});
+        assert!(is_extension(&event));
+        let extension = parse_extension(event.clone()).unwrap();
+        assert_eq!((extension.key(), extension.sent_at.map(|t| t.to_rfc3339())), ("event:ev-1".to_owned(), Some("2026-11-24T10:45:00+00:00".to_owned())));
+        // The webhook's bare detail: no integration, no access.
+        assert!(is_extension(&json!({"request_id": "REQ-1", "approver": "jane", "duration_seconds": 60})));
+        assert!(!is_extension(&json!({"request_id": "REQ-1", "integration": "x", "access": []})));
+        for (detail, field) in [
+            (json!({"request_id": "REQ-1", "approver": "", "duration_seconds": 60}), "approver"),
+            (json!({"request_id": "REQ-1", "approver": "jane", "duration_seconds": 0}), "duration_seconds"),
+            (json!({"request_id": "REQ 1", "approver": "jane", "duration_seconds": 60}), "request_id"),
+            (json!({"request_id": "REQ-1", "approver": "jane", "duration_seconds": 60, "access": []}), "access"),
+        ] {
+            let e = parse_extension(detail).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+    }
 
     fn approval() -> Value {
         json!({"version":"0","id":"e1","detail-type":"Access Request Approved","source":"pgjit.approvals",

@@ -106,7 +106,7 @@ pub enum StepError {
     Other(String),
 }
 
-fn audit(record: &GrantRecord, event: &str, at: DateTime<Utc>, detail: Option<String>) -> AuditEntry {
+pub(crate) fn audit(record: &GrantRecord, event: &str, at: DateTime<Utc>, detail: Option<String>) -> AuditEntry {
     AuditEntry {
         request_id: record.request_id.clone(),
         // Within one millisecond, the lifecycle's order decides.
@@ -130,11 +130,12 @@ fn lifecycle_rank(event: &str) -> u8 {
         "rotated" => 3,
         "revoked" => 4,
         "deleted" => 5,
+        "extended" => 3,
         _ => 9,
     }
 }
 
-fn result_of(record: &GrantRecord, integration: &Integration, repeated: bool) -> GrantResult {
+pub(crate) fn result_of(record: &GrantRecord, integration: &Integration, repeated: bool) -> GrantResult {
     GrantResult {
         request_id: record.request_id.clone(),
         status: record.status,
@@ -158,21 +159,28 @@ pub fn active_due(record: &GrantRecord, integration: &Integration) -> DateTime<U
     due
 }
 
-async fn load_integration(svc: &Services, name: &str) -> Result<Integration, GrantError> {
+pub(crate) async fn load_integration(svc: &Services, name: &str) -> Result<Integration, GrantError> {
     svc.store.get_integration(name).await?.ok_or_else(|| GrantError::UnknownIntegration(name.to_owned()))
 }
 
 /// Who approved, and when: an approval must come from someone other than the requester (unless
 /// the integration allows it) and be fresh (a stale or replayed event grants nothing).
 fn check_trust(svc: &Services, integration: &Integration, approval: &Approval, now: DateTime<Utc>) -> Result<(), GrantError> {
+    check_approver(svc, integration, &approval.approver, &approval.requester.id, approval.sent_at, now)
+}
+
+/// The checks an approval and an extension share: the approver is not the requester (unless
+/// the integration allows it), and the event is fresh (not older than the configured age, not
+/// from the future).
+pub(crate) fn check_approver(svc: &Services, integration: &Integration, approver: &str, requester: &str, sent_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Result<(), GrantError> {
     let same = |a: &str, b: &str| a.trim().eq_ignore_ascii_case(b.trim());
-    if same(&approval.approver, &approval.requester.id) && !integration.allow_self_approval {
+    if same(approver, requester) && !integration.allow_self_approval {
         return Err(GrantError::Policy(format!(
-            "approver {:?} is the requester: an approval must come from someone else (integration {:?} does not set allow_self_approval)",
-            approval.approver, integration.name
+            "approver {approver:?} is the requester: an approval must come from someone else (integration {:?} does not set allow_self_approval)",
+            integration.name
         )));
     }
-    if let Some(sent) = approval.sent_at {
+    if let Some(sent) = sent_at {
         let max_age = Duration::from_std(svc.config.approval_max_age).unwrap_or(Duration::hours(1));
         if now - sent > max_age {
             return Err(GrantError::Policy(format!(
@@ -337,7 +345,6 @@ pub async fn grant(svc: &Services, approval: &Approval, now: DateTime<Utc>) -> R
 /// integration's access details) so approval tools can tell the requester. The grant stands
 /// whether or not the event goes out; a failure is logged and counted.
 async fn announce(svc: &Services, record: &GrantRecord, result: &GrantResult) {
-    let Some(bus) = &svc.config.event_bus else { return };
     let detail = serde_json::json!({
         "request_id": result.request_id,
         "integration": record.integration,
@@ -352,10 +359,17 @@ async fn announce(svc: &Services, record: &GrantRecord, result: &GrantResult) {
         "secret_arn": result.secret_arn,
         "custom_access_details": result.custom_access_details,
     });
+    announce_event(svc, record, crate::events::GRANTED, detail).await;
+}
+
+/// Puts one of pgjit's own events (never a secret in it) on `PGJIT_EVENT_BUS`. What it reports
+/// stands whether or not the event goes out; a failure is logged and counted.
+pub(crate) async fn announce_event(svc: &Services, record: &GrantRecord, detail_type: &str, detail: serde_json::Value) {
+    let Some(bus) = &svc.config.event_bus else { return };
     let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
         .event_bus_name(bus)
         .source(&svc.config.event_source)
-        .detail_type(crate::events::GRANTED)
+        .detail_type(detail_type)
         .detail(detail.to_string())
         .build();
     let failed = match svc.events.put_events().entries(entry).send().await {
@@ -363,8 +377,8 @@ async fn announce(svc: &Services, record: &GrantRecord, result: &GrantResult) {
         Err(e) => Some(error_chain(&AwsError::new("events:PutEvents", e))),
     };
     if let Some(why) = failed {
-        tracing::warn!(request_id = %record.request_id, integration = %record.integration, db_user = %record.db_user, error = %why, "Access Granted event not sent");
-        crate::metrics::count("GrantedEventsFailed", 1, &record.integration);
+        tracing::warn!(request_id = %record.request_id, integration = %record.integration, db_user = %record.db_user, error = %why, detail_type, "event not sent");
+        crate::metrics::count("EventsFailed", 1, &record.integration);
     }
 }
 
@@ -479,29 +493,31 @@ async fn open_way_in(svc: &Services, integration: &Integration, target: &endpoin
             Ok(WayIn::Secret(arn))
         }
         AccessMode::Iam => {
-            let arn = record.requester.iam_arn.clone().unwrap_or_default();
-            let requester = iam::requester_of(&arn).map_err(|m| ("iam policy", StepError::Other(m)))?;
-            let resource_id = target
-                .rds
-                .as_ref()
-                .and_then(|r| r.resource_id.clone())
-                .ok_or(("iam policy", StepError::Other("RDS reported no resource id for the instance or cluster".into())))?;
-            let region = integration.region.clone().or_else(|| svc.region()).ok_or(("iam policy", StepError::Other("no region".into())))?;
-            let account = svc.account_id().await.map_err(at::<(), _>("iam policy"))?;
-            // Checked before anything was made; checked again where the policy is written.
-            iam::check_policy_target(&requester, &account, &svc.config.protected_roles).map_err(|m| ("iam policy", StepError::Other(m)))?;
-            let session = match (&requester.principal, &requester.session) {
-                (iam::Principal::Role(role), Some(session)) => Some(format!("{}:{session}", iam::role_id(svc, role).await.map_err(at::<(), _>("iam policy"))?)),
-                _ => None,
-            };
-            let resource = iam::dbuser_arn(&requester.partition, &region, &account, &resource_id, &record.db_user);
-            let document = iam::policy_document(&resource, record.expires_at, session.as_deref());
-            let policy = iam::put_policy(svc, &requester.principal, &iam::policy_name(&record.request_id), &document).await.map_err(at::<(), _>("iam policy"))?;
+            let policy = put_connect_policy(svc, integration, target, record).await.map_err(|e| ("iam policy", e))?;
             fp.check("grant:after_policy").await.map_err(at::<(), _>("iam policy"))?;
             step_done(record, "grant", "iam_policy", started);
             Ok(WayIn::Policy(policy))
         }
     }
+}
+
+/// Puts the requester's `rds-db:connect` policy for the record's user, expiring at the record's
+/// `expires_at` (a grant, or an extension moving that expiry).
+pub(crate) async fn put_connect_policy(svc: &Services, integration: &Integration, target: &endpoint::Resolved, record: &GrantRecord) -> Result<crate::store::IamPolicyRef, StepError> {
+    let arn = record.requester.iam_arn.clone().unwrap_or_default();
+    let requester = iam::requester_of(&arn).map_err(StepError::Other)?;
+    let resource_id = target.rds.as_ref().and_then(|r| r.resource_id.clone()).ok_or(StepError::Other("RDS reported no resource id for the instance or cluster".into()))?;
+    let region = integration.region.clone().or_else(|| svc.region()).ok_or(StepError::Other("no region".into()))?;
+    let account = svc.account_id().await?;
+    // Checked before anything was made; checked again where the policy is written.
+    iam::check_policy_target(&requester, &account, &svc.config.protected_roles).map_err(StepError::Other)?;
+    let session = match (&requester.principal, &requester.session) {
+        (iam::Principal::Role(role), Some(session)) => Some(format!("{}:{session}", iam::role_id(svc, role).await?)),
+        _ => None,
+    };
+    let resource = iam::dbuser_arn(&requester.partition, &region, &account, &resource_id, &record.db_user);
+    let document = iam::policy_document(&resource, record.expires_at, session.as_deref());
+    Ok(iam::put_policy(svc, &requester.principal, &iam::policy_name(&record.request_id), &document).await?)
 }
 
 /// The one-shot schedule that revokes the grant at expiry.

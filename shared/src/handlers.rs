@@ -17,7 +17,8 @@ fn failure<E: std::error::Error + 'static>(e: E) -> Error {
     error_chain(&e).into()
 }
 
-/// Approval (EventBridge `Access Request Approved` from the approval bus) → grant.
+/// Approval (EventBridge `Access Request Approved` from the approval bus) → grant; extension
+/// (`Access Extension Approved`) → the grant's expiry moved.
 ///
 /// Only a whole event is taken, with its `time`, the approval `source` and pgjit's own account:
 /// whoever may invoke the function directly (rather than through the bus, whose policy names the
@@ -26,6 +27,16 @@ pub async fn grant(svc: &Services, event: LambdaEvent<Value>) -> Result<GrantRes
     let envelope = crate::events::Envelope::of(&event.payload).map_err(failure)?;
     let account = svc.account_id().await.map_err(failure)?;
     envelope.check(&svc.config.approval_source, &account).map_err(failure)?;
+    if crate::events::is_extension(&event.payload) {
+        let extension = crate::events::parse_extension(event.payload).map_err(failure)?;
+        let span = tracing::info_span!("extend", request_id = %extension.request_id);
+        let _enter = span.enter();
+        let started = std::time::Instant::now();
+        let deadline = crate::budget::deadline_of(event.context.deadline);
+        let result = crate::budget::within(deadline, crate::extension::extend(svc, &extension, Utc::now())).await;
+        summary("extend", started, &result, |r| serde_json::json!({"request_id": r.request_id, "status": r.status, "expires_at": r.expires_at, "repeated": r.repeated}));
+        return result.map_err(failure);
+    }
     let approval = crate::events::parse_approval(event.payload).map_err(failure)?;
     let span = tracing::info_span!("grant", request_id = %approval.request_id, integration = %approval.integration);
     let _enter = span.enter();

@@ -46,6 +46,10 @@ pub struct Integration {
     #[serde(default)]
     pub access_mode: AccessMode,
     pub max_duration_seconds: u64,
+    /// The latest a grant may last from its first grant, extensions included (none: no limit
+    /// beyond `max_duration_seconds` per approval or extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_total_duration_seconds: Option<u64>,
     #[serde(default)]
     pub user_cleanup_after_days: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -209,6 +213,11 @@ impl Integration {
         if self.max_duration_seconds == 0 || self.max_duration_seconds > MAX_DURATION_SECONDS {
             return Err(bad("max_duration_seconds", format!("must be 1-{MAX_DURATION_SECONDS} (31 days)")));
         }
+        if let Some(total) = self.max_total_duration_seconds {
+            if total < self.max_duration_seconds || total > 4 * MAX_DURATION_SECONDS {
+                return Err(bad("max_total_duration_seconds", format!("must be at least max_duration_seconds ({}) and at most {}", self.max_duration_seconds, 4 * MAX_DURATION_SECONDS)));
+            }
+        }
         if self.user_cleanup_after_days > 3650 {
             return Err(bad("user_cleanup_after_days", "must be 0-3650"));
         }
@@ -333,6 +342,7 @@ mod tests {
             (r#"{"max_duration_seconds":0}"#, "max_duration_seconds"),
             (r#"{"max_duration_seconds":-5}"#, "max_duration_seconds"),
             (r#"{"max_duration_seconds":null}"#, "max_duration_seconds"),
+            (r#"{"max_total_duration_seconds":60}"#, "max_total_duration_seconds"),
             (r#"{"resource_owner_tag":"team"}"#, "resource_owner_tag"),
             (r#"{"access_mode":"iam"}"#, "access_mode"),
             (r#"{"admin":{"auth":"iam","username":"x"}}"#, "admin"),

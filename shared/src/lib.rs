@@ -30,6 +30,7 @@ pub mod credentials;
 pub mod discovery;
 pub mod endpoint;
 pub mod events;
+pub mod extension;
 pub mod failpoint;
 pub mod grants;
 pub mod handlers;

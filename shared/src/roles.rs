@@ -834,6 +834,19 @@ async fn backoff(database: &str, action: &str, attempt: u32, error: &tokio_postg
 
 /// Gives a login role a new password (rotation), again as a verifier computed here. Returns
 /// false when the role is gone.
+/// Moves a login role's `VALID UNTIL` (an extension, or its undo). Returns false when the role
+/// does not exist.
+pub async fn set_valid_until(connector: &Connector, maintenance_database: &str, username: &str, prefix: &str, until: DateTime<Utc>) -> Result<bool, RoleError> {
+    check_login_name(username, prefix, connector.user())?;
+    let client = connector.connect(maintenance_database).await?;
+    if crate::revocation::role_oid(&client, maintenance_database, username).await?.is_none() {
+        return Ok(false);
+    }
+    let alter = format!("ALTER ROLE {} VALID UNTIL {}", ident(username), literal(&until.format("%Y-%m-%d %H:%M:%S+00").to_string()));
+    retry(maintenance_database, "moving the expiry", || client.batch_execute(&alter)).await?;
+    Ok(true)
+}
+
 pub async fn set_password(connector: &Connector, maintenance_database: &str, username: &str, prefix: &str, password: &SecretString) -> Result<bool, RoleError> {
     check_login_name(username, prefix, connector.user())?;
     let client = connector.connect(maintenance_database).await?;

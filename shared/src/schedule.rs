@@ -28,9 +28,9 @@ pub fn revoke_input(request_id: &str) -> String {
     serde_json::json!({ "request_id": request_id }).to_string()
 }
 
-/// Creates the revoke schedule; an existing one of the same name (a repeated run) is kept.
-pub async fn create(svc: &Services, request_id: &str, at: DateTime<Utc>) -> Result<String, AwsError> {
-    let name = schedule_name(request_id);
+/// The schedule's target and window: the revoke function with the request's input, retried for
+/// a day, then the dead-letter queue.
+fn revoke_target(svc: &Services, request_id: &str, operation: &'static str) -> Result<(Target, FlexibleTimeWindow), AwsError> {
     let config = &svc.config;
     let mut target = Target::builder()
         .arn(&config.revoke_function_arn)
@@ -41,16 +41,20 @@ pub async fn create(svc: &Services, request_id: &str, at: DateTime<Utc>) -> Resu
     if let Some(dlq) = &config.revoke_dlq_arn {
         target = target.dead_letter_config(DeadLetterConfig::builder().arn(dlq).build());
     }
-    let target = target.build().map_err(|e| AwsError::msg("scheduler:CreateSchedule", e.to_string()))?;
-    let window = FlexibleTimeWindow::builder()
-        .mode(FlexibleTimeWindowMode::Off)
-        .build()
-        .map_err(|e| AwsError::msg("scheduler:CreateSchedule", e.to_string()))?;
+    let target = target.build().map_err(|e| AwsError::msg(operation, e.to_string()))?;
+    let window = FlexibleTimeWindow::builder().mode(FlexibleTimeWindowMode::Off).build().map_err(|e| AwsError::msg(operation, e.to_string()))?;
+    Ok((target, window))
+}
+
+/// Creates the revoke schedule; an existing one of the same name (a repeated run) is kept.
+pub async fn create(svc: &Services, request_id: &str, at: DateTime<Utc>) -> Result<String, AwsError> {
+    let name = schedule_name(request_id);
+    let (target, window) = revoke_target(svc, request_id, "scheduler:CreateSchedule")?;
     let result = svc
         .scheduler
         .create_schedule()
         .name(&name)
-        .group_name(&config.schedule_group)
+        .group_name(&svc.config.schedule_group)
         .schedule_expression(at_expression(at))
         .schedule_expression_timezone("UTC")
         .flexible_time_window(window)
@@ -64,6 +68,27 @@ pub async fn create(svc: &Services, request_id: &str, at: DateTime<Utc>) -> Resu
         Err(e) if e.as_service_error().is_some_and(|s| s.is_conflict_exception()) => Ok(name),
         Err(e) => Err(AwsError::new("scheduler:CreateSchedule", e)),
     }
+}
+
+/// Moves the request's one revoke schedule to `at`, in place (UpdateSchedule replaces the whole
+/// definition, so it is sent whole): exactly one schedule remains.
+pub async fn reschedule(svc: &Services, request_id: &str, at: DateTime<Utc>) -> Result<String, AwsError> {
+    let name = schedule_name(request_id);
+    let (target, window) = revoke_target(svc, request_id, "scheduler:UpdateSchedule")?;
+    svc.scheduler
+        .update_schedule()
+        .name(&name)
+        .group_name(&svc.config.schedule_group)
+        .schedule_expression(at_expression(at))
+        .schedule_expression_timezone("UTC")
+        .flexible_time_window(window)
+        .target(target)
+        .action_after_completion(ActionAfterCompletion::Delete)
+        .description(format!("pgjit: revoke {request_id} at expiry"))
+        .send()
+        .await
+        .map_err(|e| AwsError::new("scheduler:UpdateSchedule", e))?;
+    Ok(name)
 }
 
 /// Deletes the schedule; one that is gone already (fired, or deleted before) is success.

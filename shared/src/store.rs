@@ -118,6 +118,22 @@ pub struct GrantRecord {
     /// logs nothing (absent when the integration does not audit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_audit: Option<SessionAudit>,
+    /// The extensions applied, oldest first: a redelivered one is recognised by its key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extensions: Vec<ExtensionEntry>,
+}
+
+/// One extension of a grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtensionEntry {
+    /// The event's id (or a digest of a bare detail): the same extension delivered again.
+    pub key: String,
+    pub approver: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub at: DateTime<Utc>,
+    pub from: DateTime<Utc>,
+    pub until: DateTime<Utc>,
 }
 
 /// Whether a grant's sessions are audited.
@@ -168,6 +184,7 @@ impl GrantRecord {
             deleted_at: None,
             failure: None,
             session_audit: None,
+            extensions: Vec::new(),
         }
     }
 }

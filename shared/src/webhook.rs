@@ -141,29 +141,39 @@ pub async fn handle(svc: &Services, secrets: &SecretCache, request: LambdaFuncti
     if value.get("detail-type").is_some() {
         return respond(400, json!({"error": "send the approval's detail, not an EventBridge event"}));
     }
-    let approval = match crate::events::parse_approval(value.clone()) {
-        Ok(a) => a,
-        Err(e) => return respond(400, json!({"error": e.to_string()})),
+    // An approval, or an extension of an active grant: checked here, and again by the grant
+    // function that receives it from the bus.
+    let (request_id, detail_type) = if crate::events::is_extension(&value) {
+        match crate::events::parse_extension(value.clone()) {
+            Ok(e) => (e.request_id, crate::events::EXTENSION_APPROVED),
+            Err(e) => return respond(400, json!({"error": e.to_string()})),
+        }
+    } else {
+        match crate::events::parse_approval(value.clone()) {
+            Ok(a) => (a.request_id, crate::events::APPROVED),
+            Err(e) => return respond(400, json!({"error": e.to_string()})),
+        }
     };
-    match forward(svc, &value).await {
+    match forward(svc, &value, detail_type).await {
         Ok(event_id) => {
-            tracing::info!(request_id = %approval.request_id, integration = %approval.integration, event_id = %event_id, "approval forwarded to the approval bus");
-            respond(202, json!({"request_id": approval.request_id, "forwarded": true, "event_id": event_id}))
+            tracing::info!(request_id = %request_id, detail_type, event_id = %event_id, "forwarded to the approval bus");
+            respond(202, json!({"request_id": request_id, "forwarded": true, "event_id": event_id}))
         }
         Err(e) => {
             // The cause goes to the log only: the caller learns that it failed, not how.
-            tracing::error!(request_id = %approval.request_id, error = %e, "forwarding the approval failed");
+            tracing::error!(request_id = %request_id, error = %e, "forwarding to the approval bus failed");
             respond(502, json!({"error": "the approval could not be forwarded; send it again"}))
         }
     }
 }
 
-/// Puts the approval on the approval bus as an `Access Request Approved` event; returns its id.
-async fn forward(svc: &Services, detail: &Value) -> Result<String, String> {
+/// Puts the approval (or extension) on the approval bus as an event of `detail_type`; returns
+/// its id.
+async fn forward(svc: &Services, detail: &Value, detail_type: &str) -> Result<String, String> {
     let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
         .event_bus_name(&svc.config.approval_bus)
         .source(&svc.config.approval_source)
-        .detail_type(crate::events::APPROVED)
+        .detail_type(detail_type)
         .detail(detail.to_string())
         .build();
     let out = svc.events.put_events().entries(entry).send().await.map_err(|e| error_chain(&crate::aws::AwsError::new("events:PutEvents", e)))?;

@@ -289,6 +289,13 @@ pub fn approval(request_id: &str, integration: &str, requester: &str, access: se
             "approver": "jane@corp.com", "duration_seconds": 3600, "reason": "INC-42 stuck orders", "access": access}})
 }
 
+/// An `Access Extension Approved` event as the approval bus delivers it, sent just now.
+pub fn extension(id: &str, request_id: &str, approver: &str, duration_seconds: u64) -> serde_json::Value {
+    serde_json::json!({"version": "0", "id": id, "detail-type": "Access Extension Approved", "source": "pgjit.approvals", "account": "123456789012",
+        "time": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(), "region": "us-east-1", "resources": [],
+        "detail": {"request_id": request_id, "approver": approver, "duration_seconds": duration_seconds, "reason": "INC-42 still open"}})
+}
+
 /// An orphan: a role pgjit made (marked, with the prefix) with no record, as a crash between
 /// creating the role and writing the record would leave. Returns its name.
 pub async fn orphan_role(prefix: &str) -> String {

@@ -206,6 +206,16 @@ async fn iam_mode_puts_and_removes_the_connect_policy() {
         } else {
             assert!(condition.get("StringEquals").is_none(), "{condition}");
         }
+        // An extension moves the policy's expiry condition with the rest.
+        let extended = grant(&svc, pgjit_tests::extension(&format!("ext-{request_id}"), &request_id, "jane@corp.com", 5000)).await.expect("extended");
+        assert!(extended.expires_at > result.expires_at);
+        let document = if kind == "user" {
+            svc.iam.get_user_policy().user_name(&principal).policy_name(&policy_name).send().await.unwrap().policy_document
+        } else {
+            svc.iam.get_role_policy().role_name(&principal).policy_name(&policy_name).send().await.unwrap().policy_document
+        };
+        let document: Value = serde_json::from_str(&urlencoding_decode(&document)).unwrap();
+        assert_eq!(document["Statement"][0]["Condition"]["DateLessThan"]["aws:CurrentTime"], extended.expires_at.format("%Y-%m-%dT%H:%M:%SZ").to_string());
 
         revoke_with(&svc, json!({"request_id": request_id})).await.unwrap();
         let gone = if kind == "user" {

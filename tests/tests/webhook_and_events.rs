@@ -26,6 +26,11 @@ fn every_sample_event_parses_with_the_project_types() {
                 let a = pgjit::events::parse_approval(value).unwrap();
                 pgjit::access::AccessSet::from_entries(&a.access).unwrap();
             }
+            "extension.json" => {
+                assert!(pgjit::events::is_extension(&value));
+                let e = pgjit::events::parse_extension(value).unwrap();
+                assert_eq!((e.request_id.as_str(), e.duration_seconds), ("REQ-1001", 7200));
+            }
             "revoke-early.json" => assert_eq!(pgjit::events::parse_revoke(value).unwrap().trigger, pgjit::events::RevokeTrigger::Early),
             "revoke-scheduled.json" => {
                 let r = pgjit::events::parse_revoke(value.clone()).unwrap();
@@ -50,7 +55,7 @@ fn every_sample_event_parses_with_the_project_types() {
         }
         seen.push(name);
     }
-    assert_eq!(seen.len(), 6, "{seen:?}");
+    assert_eq!(seen.len(), 7, "{seen:?}");
 }
 
 fn request(body: &str, timestamp: Option<String>, signature: Option<String>) -> LambdaFunctionUrlRequest {
@@ -80,7 +85,7 @@ async fn the_webhook_forwards_only_well_signed_approvals_to_the_approval_bus() {
     })
     .await;
     svc.events.create_event_bus().name(&bus).send().await.unwrap();
-    let (sqs, queue) = pgjit_tests::queue_for(&svc, &bus, json!({"source": ["pgjit.approvals"], "detail-type": ["Access Request Approved"]})).await;
+    let (sqs, queue) = pgjit_tests::queue_for(&svc, &bus, json!({"source": ["pgjit.approvals"], "detail-type": ["Access Request Approved", "Access Extension Approved"]})).await;
     svc.secrets.create_secret().name(&secret_id).secret_string("hook-key-123").send().await.unwrap();
     pgjit_tests::register_integration(&svc, "hooked", json!({"max_duration_seconds": 3600})).await;
     let cache = SecretCache::default();
@@ -145,6 +150,17 @@ async fn the_webhook_forwards_only_well_signed_approvals_to_the_approval_bus() {
     again[0]["account"] = json!(again[0]["account"].as_str().filter(|a| !a.is_empty()).unwrap_or("123456789012"));
     let repeated = pgjit::handlers::grant(&svc, LambdaEvent::new(again[0].clone(), Context::default())).await.unwrap();
     assert_eq!((repeated.repeated, &repeated.db_user), (true, &granted.db_user));
+    // An extension's detail, signed the same way: forwarded as `Access Extension Approved`, and
+    // the grant function moves the expiry.
+    let extension = json!({"request_id": "HOOK-1", "approver": "jane@corp.com", "duration_seconds": 1800, "reason": "more time"}).to_string();
+    let response = call(request(&extension, Some(now.clone()), Some(sign(b"hook-key-123", &now, extension.as_bytes())))).await;
+    assert_eq!(response.status_code, 202, "{:?}", response.body);
+    let mut forwarded = pgjit_tests::received(&sqs, &queue).await;
+    assert_eq!(forwarded.len(), 1, "{forwarded:?}");
+    assert_eq!(forwarded[0]["detail-type"], "Access Extension Approved");
+    forwarded[0]["account"] = json!(forwarded[0]["account"].as_str().filter(|a| !a.is_empty()).unwrap_or("123456789012"));
+    let extended = pgjit::handlers::grant(&svc, LambdaEvent::new(forwarded[0].clone(), Context::default())).await.unwrap();
+    assert!(extended.expires_at > granted.expires_at, "{} > {}", extended.expires_at, granted.expires_at);
     pgjit::grants::revoke(&svc, "HOOK-1", pgjit::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
 }
 
