@@ -122,6 +122,14 @@ async fn bootstrap_then_the_lifecycle_from_the_command_line() {
     assert_eq!(audit[0]["approver"], "boss@corp.com");
     assert_eq!(cli.ok(&["audit", "--database", "crm", "--json"]).trim(), "[]");
 
+    // More time, same user and password: `pgjit extend`.
+    let extended: Value = serde_json::from_str(&cli.ok(&["extend", "CLI-1", "--duration", "30m", "--approver", "boss@corp.com", "--reason", "not done", "--json"])).unwrap();
+    assert!(extended["expires_at"].as_str().unwrap() > granted["expires_at"].as_str().unwrap(), "{extended}");
+    assert_eq!(extended["db_user"], json!(user));
+    assert!(cli.fails(&["extend", "CLI-1", "--duration", "soon", "--approver", "boss@corp.com"]).contains("not a duration"));
+    assert!(cli.fails(&["extend", "CLI-1", "--duration", "1h", "--approver", "cli.user@corp.com"]).contains("is the requester"));
+    e.login_as(&user, &password, "app").await.expect("the same password after the extension");
+
     assert!(cli.ok(&["revoke", "CLI-1"]).contains("CLI-1: deleted"), "retention 0: dropped at revoke");
 
     // Break glass: every active grant of the integration, at once.
