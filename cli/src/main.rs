@@ -497,6 +497,10 @@ async fn run(command: Command) -> Outcome {
             for o in &report.orphans {
                 println!("  orphan removed: {o}");
             }
+            println!("  profile roles: {} ({} unused past their retention, dropped)", report.profile_roles, report.profiles_dropped.len());
+            for (table, entries) in &report.largest_acls {
+                println!("  largest ACL: {table}, {entries} entries");
+            }
             for e in &report.errors {
                 println!("  error: {e}");
             }

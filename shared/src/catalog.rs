@@ -66,6 +66,21 @@ pub async fn databases(client: &Client) -> Result<Vec<String>, tokio_postgres::E
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// The table of this database with the most ACL entries among those a role named
+/// `<role_prefix>…` holds a privilege on, and its count: how much pgjit's profile roles add to
+/// the ACLs every permission check reads.
+pub async fn largest_acl(client: &Client, role_prefix: &str) -> Result<Option<(String, i32)>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT c.oid::regclass::text, cardinality(c.relacl) FROM pg_class c \
+             WHERE c.relacl IS NOT NULL AND EXISTS (SELECT 1 FROM aclexplode(c.relacl) a JOIN pg_roles r ON r.oid = a.grantee WHERE starts_with(r.rolname, $1)) \
+             ORDER BY 2 DESC, 1 LIMIT 1",
+            &[&role_prefix],
+        )
+        .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
 /// The objects of the database `client` is connected to: four queries, pipelined.
 pub async fn read_database(client: &Client) -> Result<DatabaseCatalog, tokio_postgres::Error> {
     let schemas_sql = format!(

@@ -29,6 +29,15 @@ pub struct CleanupReport {
     pub orphans: Vec<String>,
     /// Objects of orphans and profile roles handed to the holding role or made harmless.
     pub handed_over: Vec<String>,
+    /// Profile roles pgjit manages (one per distinct privilege set and database), over every
+    /// integration, before this run dropped any.
+    pub profile_roles: usize,
+    /// Profile roles without members for `profile_retention_days`, dropped, as
+    /// `integration/role`.
+    pub profiles_dropped: Vec<String>,
+    /// The largest ACL among the tables pgjit's profile roles hold privileges on, per
+    /// integration: `integration/database: table` and its entries.
+    pub largest_acls: Vec<(String, i32)>,
     /// What could not be done this time, to be tried again at the next run.
     pub errors: Vec<String>,
     /// Grant items read from the store to find the due work.
@@ -117,6 +126,8 @@ pub async fn run_scope(svc: &Services, now: DateTime<Utc>, scope: Scope) -> Resu
         finished = report.finished.len(),
         rotated = report.rotated.len(),
         orphans = report.orphans.len(),
+        profile_roles = report.profile_roles,
+        profiles_dropped = report.profiles_dropped.len(),
         errors = report.errors.len(),
         items_read = report.items_read,
         scope = ?scope,
@@ -135,16 +146,12 @@ async fn reconcile(svc: &Services, integration: &Integration, now: DateTime<Utc>
     let db = integration.maintenance_database();
     let client = target.connector.connect(db).await?;
     let managed = revocation::managed_roles(&client, &integration.user_prefix).await?;
-    drop(client);
     let grace = chrono::Duration::from_std(svc.config.reconcile_grace).unwrap_or(chrono::Duration::hours(1));
+    let retention = chrono::Duration::days(i64::from(integration.profile_retention_days));
     for role in managed {
         if role.profile {
-            if role.owns_objects {
-                match revocation::hand_over(&target.connector, db, &role.name, &integration.holding_role).await {
-                    Ok(changes) => report.handed_over.extend(changes.into_iter().map(|c| format!("{}/{}: {c}", integration.name, role.name))),
-                    Err(e) => report.errors.push(format!("integration {}: profile {}: {}", integration.name, role.name, error_chain(&e))),
-                }
-            }
+            report.profile_roles += 1;
+            profile(integration, &target, &client, &role, now, retention, report).await;
             continue;
         }
         if role.created + grace > now {
@@ -165,5 +172,50 @@ async fn reconcile(svc: &Services, integration: &Integration, now: DateTime<Utc>
             Err(e) => report.errors.push(format!("integration {}: orphan {}: {}", integration.name, role.name, error_chain(&e))),
         }
     }
+    // How large pgjit's profile roles make the ACLs, database by database.
+    let profile_prefix = format!("{}p_", integration.user_prefix);
+    for database in crate::catalog::databases(&client).await? {
+        let c = if database == db { None } else { Some(target.connector.connect(&database).await?) };
+        if let Some((table, entries)) = crate::catalog::largest_acl(c.as_ref().unwrap_or(&client), &profile_prefix).await? {
+            report.largest_acls.push((format!("{}/{database}: {table}", integration.name), entries));
+        }
+    }
     Ok(())
+}
+
+/// A profile role: what it owns while in use goes to the holding role (a user could act as it
+/// before PostgreSQL 16); without members it is marked with the time, and dropped once that
+/// lasts `profile_retention_days`; with members again, the mark goes.
+async fn profile(
+    integration: &Integration,
+    target: &crate::endpoint::Resolved,
+    client: &tokio_postgres::Client,
+    role: &revocation::ManagedRole,
+    now: DateTime<Utc>,
+    retention: chrono::Duration,
+    report: &mut CleanupReport,
+) {
+    let db = integration.maintenance_database();
+    let name = format!("{}/{}", integration.name, role.name);
+    let result = match (role.members, role.unused_since) {
+        (0, Some(since)) if since + retention <= now => match revocation::drop_profile(&target.connector, db, &role.name, &integration.holding_role).await {
+            Ok(Some(handed_over)) => {
+                report.handed_over.extend(handed_over.into_iter().map(|c| format!("{name}: {c}")));
+                report.profiles_dropped.push(name.clone());
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        },
+        (0, Some(_)) => Ok(()),
+        (0, None) => revocation::mark_unused(client, db, role, Some(now)).await,
+        (_, Some(_)) => revocation::mark_unused(client, db, role, None).await,
+        (_, None) if role.owns_objects => revocation::hand_over(&target.connector, db, &role.name, &integration.holding_role)
+            .await
+            .map(|changes| report.handed_over.extend(changes.into_iter().map(|c| format!("{name}: {c}")))),
+        (_, None) => Ok(()),
+    };
+    if let Err(e) = result {
+        report.errors.push(format!("integration {}: profile {}: {}", integration.name, role.name, error_chain(&e)));
+    }
 }

@@ -58,6 +58,7 @@ pub async fn run(svc: &Services, now: DateTime<Utc>, mut progress: impl FnMut(&s
                         audit_classes: Vec::new(),
                         audit_required: true,
                         log_line_prefix: None,
+                        profile_retention_days: 30,
                         user_prefix: "pgjit_".into(),
                         grantable_roles: Vec::new(),
                         privileged_grantable_roles: Vec::new(),

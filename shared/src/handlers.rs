@@ -69,7 +69,8 @@ pub async fn cleanup(svc: &Services, event: LambdaEvent<Value>) -> Result<Cleanu
     let result = crate::budget::within(deadline, crate::cleanup::run_scope(svc, Utc::now(), scope)).await;
     summary("cleanup", started, &result, |r| {
         serde_json::json!({"scope": format!("{scope:?}").to_lowercase(), "deleted": r.deleted.len(), "revoked_overdue": r.revoked_overdue.len(),
-            "finished": r.finished.len(), "rotated": r.rotated.len(), "orphans": r.orphans.len(), "errors": r.errors.len(), "items_read": r.items_read})
+            "finished": r.finished.len(), "rotated": r.rotated.len(), "orphans": r.orphans.len(), "profile_roles": r.profile_roles, "profiles_dropped": r.profiles_dropped.len(),
+            "largest_acl": r.largest_acls.iter().map(|(_, n)| *n).max(), "errors": r.errors.len(), "items_read": r.items_read})
     });
     result.map_err(failure)
 }

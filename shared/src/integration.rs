@@ -76,6 +76,10 @@ pub struct Integration {
     pub log_line_prefix: Option<String>,
     #[serde(default = "default_prefix")]
     pub user_prefix: String,
+    /// Days a profile role with no members is kept before cleanup drops it (default 30): each
+    /// distinct privilege set has one, with ACL entries on what it covers.
+    #[serde(default = "default_profile_retention_days")]
+    pub profile_retention_days: u32,
     /// Existing roles a request may ask membership of; none unless listed (deny by default).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grantable_roles: Vec<String>,
@@ -104,6 +108,10 @@ pub struct DiscoveryStatus {
     pub error: Option<String>,
     #[serde(default)]
     pub objects: usize,
+}
+
+fn default_profile_retention_days() -> u32 {
+    30
 }
 
 fn default_true() -> bool {
@@ -263,6 +271,9 @@ impl Integration {
             if *username == self.holding_role {
                 return Err(bad("holding_role", "must not be the admin"));
             }
+        }
+        if self.profile_retention_days > 3650 {
+            return Err(bad("profile_retention_days", "at most 3650"));
         }
         if !self.audit_classes.is_empty() {
             crate::pgaudit::log_setting(&self.audit_classes).map_err(|m| bad("audit_classes", m))?;

@@ -369,6 +369,64 @@ pub async fn hand_over(connector: &Connector, maintenance_database: &str, role: 
     Ok(hand_over_on(&client, connector, maintenance_database, role, holding_role, Departure::Profile).await?.1)
 }
 
+/// Marks a profile role as seen without members at `since` (or, with `None`, in use again):
+/// its comment carries the time, so the retention counts across cleanup runs.
+pub async fn mark_unused(client: &Client, database: &str, role: &ManagedRole, since: Option<DateTime<Utc>>) -> Result<(), RoleError> {
+    let comment = match since {
+        Some(since) => crate::roles::marker_unused(role.created, since),
+        None => crate::roles::marker(role.created),
+    };
+    let sql = format!("COMMENT ON ROLE {} IS {}", ident(&role.name), literal(&comment));
+    retry(database, "marking a profile role", || client.batch_execute(&sql)).await
+}
+
+/// Drops a profile role that no one holds any more: what it owns goes to the holding role, its
+/// privileges are revoked (`DROP OWNED`), then `DROP ROLE`, in the database it grants in, under
+/// that database's grant lock and only if it still has no members (a grant that reuses it at the
+/// same moment either comes first, and the role stays, or after, and makes it anew). Returns
+/// what was handed over, or None when the role was in use again or gone.
+pub async fn drop_profile(connector: &Connector, maintenance_database: &str, role: &str, holding_role: &str) -> Result<Option<Vec<String>>, RoleError> {
+    let client = connector.connect(maintenance_database).await?;
+    let Some((oid, _)) = role_oid(&client, maintenance_database, role).await? else { return Ok(None) };
+    let (_, handed_over) = hand_over_on(&client, connector, maintenance_database, role, holding_role, Departure::Profile).await?;
+    // Where it holds privileges (shared objects, such as CONNECT on a database, count under the
+    // maintenance database, whose DROP OWNED covers them too).
+    let mut databases = dependent_databases(&client, maintenance_database, oid, "").await?;
+    // The role is dropped with the last database's transaction: the one it grants in.
+    if let Some(own) = databases.iter().position(|d| d != maintenance_database) {
+        let own = databases.remove(own);
+        databases.push(own);
+    }
+    let last = databases.len().saturating_sub(1);
+    let in_use = format!(
+        "DO $pgjit$ BEGIN IF EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member WHERE m.roleid = {oid} AND u.rolname <> current_user) \
+         THEN RAISE EXCEPTION 'pgjit: profile role in use again' USING ERRCODE = 'P0001'; END IF; END $pgjit$;"
+    );
+    let role_ident = ident(role);
+    let mut dropped = databases.is_empty();
+    for (i, database) in databases.iter().enumerate() {
+        let session = Session::to(&client, maintenance_database, connector, database).await?;
+        let drop_role = if i == last { format!("DROP ROLE {role_ident};\n") } else { String::new() };
+        let sql = format!("BEGIN;\nSELECT pg_advisory_xact_lock({});\n{in_use}\nDROP OWNED BY {role_ident};\n{drop_role}COMMIT;", crate::roles::GRANT_LOCK);
+        match transaction(session.client(), database, "dropping a profile role", &sql).await {
+            Ok(()) => dropped |= i == last,
+            Err(RoleError::Sql { source, .. }) if source.code() == Some(&tokio_postgres::error::SqlState::RAISE_EXCEPTION) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    if databases.is_empty() {
+        // No privileges anywhere: only the role itself.
+        let sql = format!("BEGIN;\nSELECT pg_advisory_xact_lock({});\n{in_use}\nDROP ROLE {role_ident};\nCOMMIT;", crate::roles::GRANT_LOCK);
+        match transaction(&client, maintenance_database, "dropping a profile role", &sql).await {
+            Ok(()) => {}
+            Err(RoleError::Sql { source, .. }) if source.code() == Some(&tokio_postgres::error::SqlState::RAISE_EXCEPTION) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    tracing::info!(role, handed_over = handed_over.len(), "unused profile role dropped");
+    Ok(dropped.then_some(handed_over))
+}
+
 /// Whose objects are handed over: a login role that is about to be dropped (its grants and
 /// default privileges go too), or a profile role that stays.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -516,6 +574,10 @@ pub struct ManagedRole {
     pub created: DateTime<Utc>,
     /// Whether it owns anything in any database.
     pub owns_objects: bool,
+    /// How many roles are members of it (the admin aside).
+    pub members: i64,
+    /// For a profile role: since when cleanup has seen it without members (its marker).
+    pub unused_since: Option<DateTime<Utc>>,
 }
 
 /// Every role pgjit created with this prefix, for reconciliation against the store: only roles
@@ -526,7 +588,8 @@ pub async fn managed_roles(client: &Client, prefix: &str) -> Result<Vec<ManagedR
     let rows = client
         .query(
             "SELECT r.rolname::text, r.rolcanlogin, r.rolvaliduntil, shobj_description(r.oid, 'pg_authid'), \
-                    EXISTS (SELECT 1 FROM pg_shdepend d WHERE d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid AND d.deptype = 'o') \
+                    EXISTS (SELECT 1 FROM pg_shdepend d WHERE d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid AND d.deptype = 'o'), \
+                    (SELECT count(*) FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member WHERE m.roleid = r.oid AND u.rolname <> current_user) \
              FROM pg_roles r \
              WHERE starts_with(r.rolname, $1) AND r.rolname <> current_user AND NOT r.rolsuper AND NOT r.rolcreaterole ORDER BY 1",
             &[&prefix],
@@ -545,6 +608,8 @@ pub async fn managed_roles(client: &Client, prefix: &str) -> Result<Vec<ManagedR
                 valid_until: r.get(2),
                 created,
                 owns_objects: r.get(4),
+                members: r.get(5),
+                unused_since: r.get::<_, Option<&str>>(3).and_then(crate::roles::marker_unused_since),
             })
         })
         .collect())

@@ -723,8 +723,11 @@ fn plan_roles(access: &DatabaseAccess, facts: &Facts, admin: &str, spec: &GrantS
 fn grants_part(plan: &Plan) -> String {
     let mut sql = format!("BEGIN;\nSELECT pg_advisory_xact_lock({GRANT_LOCK});\nSELECT current_setting('server_version_num') AS {VERSION_COLUMN};\n");
     if !plan.profile_exists {
-        sql.push_str(&format!("CREATE ROLE {0} NOLOGIN;\nCOMMENT ON ROLE {0} IS {1};\n", ident(&plan.profile), literal(&marker(Utc::now()))));
+        sql.push_str(&format!("CREATE ROLE {} NOLOGIN;\n", ident(&plan.profile)));
     }
+    // Every grant renews the profile role's marker: cleanup drops a profile role only once it
+    // has gone `profile_retention_days` without members, and a grant clears its "unused" mark.
+    sql.push_str(&format!("COMMENT ON ROLE {} IS {};\n", ident(&plan.profile), literal(&marker(Utc::now()))));
     for statement in &plan.statements {
         sql.push_str(statement);
         sql.push_str(";\n");
@@ -794,7 +797,24 @@ const MARKER_PREFIX: &str = "pgjit-managed; created ";
 /// When a role carrying pgjit's marker was created; None for a comment pgjit did not write.
 pub fn marker_created(comment: &str) -> Option<DateTime<Utc>> {
     let at = comment.strip_prefix(MARKER_PREFIX)?;
+    let at = at.split_once(UNUSED_SINCE).map_or(at, |(created, _)| created);
     DateTime::parse_from_rfc3339(at).ok().map(|t| t.with_timezone(&Utc))
+}
+
+const UNUSED_SINCE: &str = "; unused since ";
+
+/// pgjit's marker for a profile role that cleanup found without members at `since`: it is
+/// dropped once that lasts the integration's `profile_retention_days`.
+pub fn marker_unused(created: DateTime<Utc>, since: DateTime<Utc>) -> String {
+    format!("{}{UNUSED_SINCE}{}", marker(created), since.format("%Y-%m-%dT%H:%M:%SZ"))
+}
+
+/// Since when a profile role has had no members, as its marker says (None: in use, or never
+/// seen empty).
+pub fn marker_unused_since(comment: &str) -> Option<DateTime<Utc>> {
+    marker_created(comment)?;
+    let (_, since) = comment.split_once(UNUSED_SINCE)?;
+    DateTime::parse_from_rfc3339(since).ok().map(|t| t.with_timezone(&Utc))
 }
 
 pub(crate) fn check_login_name(username: &str, prefix: &str, admin: &str) -> Result<(), RoleError> {
@@ -857,4 +877,23 @@ pub async fn set_password(connector: &Connector, maintenance_database: &str, use
     let alter = format!("ALTER ROLE {} PASSWORD {}", ident(username), literal(&verifier));
     retry(maintenance_database, "setting a new password", || client.batch_execute(&alter)).await?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod marker_tests {
+    use chrono::TimeZone;
+
+    #[test]
+    fn markers_carry_the_creation_and_the_unused_time() {
+        let created = chrono::Utc.with_ymd_and_hms(2026, 11, 1, 8, 0, 0).unwrap();
+        let since = chrono::Utc.with_ymd_and_hms(2026, 11, 20, 3, 0, 0).unwrap();
+        let plain = super::marker(created);
+        assert_eq!((super::marker_created(&plain), super::marker_unused_since(&plain)), (Some(created), None));
+        let unused = super::marker_unused(created, since);
+        assert_eq!((super::marker_created(&unused), super::marker_unused_since(&unused)), (Some(created), Some(since)));
+        // A comment pgjit did not write is neither.
+        for other in ["", "reporting role", "; unused since 2026-11-20T03:00:00Z"] {
+            assert_eq!((super::marker_created(other), super::marker_unused_since(other)), (None, None), "{other}");
+        }
+    }
 }

@@ -529,3 +529,71 @@ async fn an_integrations_rds_calls_go_to_its_own_region() {
     let here = integration(&svc, "here", json!({"kind": "rds", "instance_id": instance, "region": "us-east-1"})).await;
     assert!(pgjit::rds::describe(&svc, &here).await.is_err(), "not in us-east-1");
 }
+
+/// Each distinct privilege set leaves a profile role with ACL entries on what it covers: one
+/// without members is marked, and dropped once that lasts `profile_retention_days`; one in use
+/// again keeps going; a role pgjit did not create is never touched.
+#[tokio::test]
+async fn unused_profile_roles_are_dropped_after_their_retention() {
+    let svc = isolated_services().await;
+    let e = env();
+    let su = e.superuser("app").await;
+    let id: u32 = rand::random();
+    let name = format!("profiles-{id}");
+    let i = integration(&svc, &name, json!({"user_cleanup_after_days": 0, "profile_retention_days": 2})).await;
+    // A DBA's role that looks like a profile role, without pgjit's marker.
+    let lookalike = format!("{}p_0123456789abcdef", i.user_prefix);
+    su.batch_execute(&format!("CREATE ROLE \"{lookalike}\" NOLOGIN; GRANT SELECT ON sales.orders TO \"{lookalike}\"")).await.unwrap();
+    let acl_of_orders = || async {
+        let su = env().superuser("app").await;
+        let row = su.query_one("SELECT relacl::text[] FROM pg_class WHERE oid = 'sales.orders'::regclass", &[]).await.unwrap();
+        row.get::<_, Vec<String>>(0)
+    };
+    let comment_of = |role: String| async move {
+        let su = env().superuser("postgres").await;
+        su.query_opt("SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1", &[&role]).await.unwrap().map(|r| r.get::<_, Option<String>>(0).unwrap_or_default())
+    };
+
+    grant(&svc, approval(&format!("REQ-PA-{id}"), &name, "a@corp.com", orders_access())).await.unwrap();
+    let profile = {
+        let client = e.admin().connect("postgres").await.unwrap();
+        let managed = pgjit::revocation::managed_roles(&client, &i.user_prefix).await.unwrap();
+        managed.into_iter().find(|r| r.profile).expect("a profile role").name
+    };
+    assert!(acl_of_orders().await.iter().any(|a| a.starts_with(&format!("{profile}="))));
+    revoke_with(&svc, json!({"request_id": format!("REQ-PA-{id}")})).await.unwrap();
+
+    // No members: marked, kept.
+    let now = Utc::now();
+    let report = pgjit::cleanup::run(&svc, now).await.unwrap();
+    assert_eq!((report.profile_roles, report.profiles_dropped.len()), (1, 0), "{report:?}");
+    assert!(report.largest_acls.iter().any(|(table, n)| table.contains("sales.orders") && *n >= 2), "{:?}", report.largest_acls);
+    assert!(comment_of(profile.clone()).await.unwrap().contains("unused since"), "marked");
+
+    // In use again within the retention: the grant renews the marker, and the role stays.
+    grant(&svc, approval(&format!("REQ-PB-{id}"), &name, "b@corp.com", orders_access())).await.unwrap();
+    assert!(!comment_of(profile.clone()).await.unwrap().contains("unused since"), "a grant clears the mark");
+    let report = pgjit::cleanup::run(&svc, now + Duration::minutes(30)).await.unwrap();
+    assert!(report.profiles_dropped.is_empty(), "{report:?}");
+    assert!(!comment_of(profile.clone()).await.unwrap().contains("unused since"), "in use: not marked");
+    revoke_with(&svc, json!({"request_id": format!("REQ-PB-{id}")})).await.unwrap();
+
+    // Empty again: marked then, dropped only once the retention has passed since.
+    let report = pgjit::cleanup::run(&svc, now + Duration::days(1)).await.unwrap();
+    assert!(report.profiles_dropped.is_empty());
+    let report = pgjit::cleanup::run(&svc, now + Duration::days(2)).await.unwrap();
+    assert!(report.profiles_dropped.is_empty(), "one day is within the two-day retention");
+    let report = pgjit::cleanup::run(&svc, now + Duration::days(3) + Duration::minutes(1)).await.unwrap();
+    assert_eq!(report.profiles_dropped, vec![format!("{name}/{profile}")], "{report:?}");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(comment_of(profile.clone()).await.is_none(), "the profile role is gone");
+    let acl = acl_of_orders().await;
+    assert!(!acl.iter().any(|a| a.starts_with(&format!("{profile}="))), "its ACL entry went with it: {acl:?}");
+    // The lookalike is the DBA's: untouched.
+    assert!(acl.iter().any(|a| a.starts_with(&format!("{lookalike}="))));
+    assert!(role_exists(&su, &lookalike).await);
+    // A later grant of the same privileges makes the profile role anew.
+    grant(&svc, approval(&format!("REQ-PC-{id}"), &name, "c@corp.com", orders_access())).await.expect("granted with a new profile role");
+    revoke_with(&svc, json!({"request_id": format!("REQ-PC-{id}")})).await.unwrap();
+    su.batch_execute(&format!("REVOKE ALL ON sales.orders FROM \"{lookalike}\"; DROP ROLE \"{lookalike}\"")).await.unwrap();
+}
