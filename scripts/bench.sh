@@ -21,4 +21,4 @@ cargo build -q -p pgjit-bench --bin cold-start
 # Session audit: CPU only (no database, no AWS).
 "$target/release/bench-audit" "$runs"
 db="$target/release/bench-db"
-scripts/localenv.sh run sh -c "'$db' grant $grant_runs && '$db' e2e $runs && '$db' burst && '$db' cleanup && '$db' discovery"
+scripts/localenv.sh run sh -c "'$db' grant $grant_runs && '$db' e2e $runs && '$db' burst && '$db' cleanup && '$db' discovery && '$db' acl"

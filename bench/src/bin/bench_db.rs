@@ -1,7 +1,7 @@
 //! Database and control-plane benchmarks on the local environment, each against its floor in
 //! the same run. Run through `scripts/bench.sh` (which starts the environment).
 //!
-//! Usage: bench-db [grant|burst|cleanup|discovery|all] [RUNS]
+//! Usage: bench-db [grant|e2e|burst|cleanup|discovery|acl|all] [RUNS]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,6 +71,75 @@ async fn main() {
     if matches!(what, "discovery" | "all") {
         discovery_scaling().await;
     }
+    if matches!(what, "acl" | "all") {
+        acl_growth().await;
+    }
+}
+
+/// 2,000 grants drawn from 40 distinct privilege sets on one table, each revoked and dropped
+/// after use: the table's ACL holds one entry per privilege set (not per grant), and once the
+/// profile roles are unused past their retention cleanup's drop takes it back to where it was.
+async fn acl_growth() {
+    const GRANTS: usize = 2000;
+    const SETS: usize = 40;
+    let e = env();
+    let admin = e.admin();
+    let su = e.superuser("app").await;
+    let prefix = format!("acl{}_", rand::random::<u16>());
+    // Created by its owner, so the owner's default privileges give the admin its grant option.
+    su.batch_execute("SET ROLE app_owner; CREATE TABLE IF NOT EXISTS sales.acl_bench (id int); RESET ROLE").await.unwrap();
+    let acl = || async {
+        let su = env().superuser("app").await;
+        let row = su.query_one("SELECT coalesce(cardinality(relacl), 0) FROM pg_class WHERE oid = 'sales.acl_bench'::regclass", &[]).await.unwrap();
+        row.get::<_, i32>(0)
+    };
+    let before = acl().await;
+    // 40 distinct non-empty subsets of the table privileges.
+    let privileges = ["SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER"];
+    let sets: Vec<AccessSet> = (1..=SETS)
+        .map(|mask| {
+            let chosen: Vec<&str> = privileges.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, p)| *p).collect();
+            let entries: Vec<AccessEntry> =
+                serde_json::from_value(json!([{"database": "app", "schema": "sales", "table": "acl_bench", "privileges": chosen}])).unwrap();
+            AccessSet::from_entries(&entries).unwrap()
+        })
+        .collect();
+    let password = SecretString::random_password();
+    let started = Instant::now();
+    let mut largest = before;
+    for n in 0..GRANTS {
+        let user = login_role_name(&prefix, &format!("user{n}@corp.com"));
+        let spec = GrantSpec {
+            username: &user,
+            access: &sets[n % SETS],
+            login: LoginMethod::Password(&password),
+            valid_until: Utc::now() + chrono::Duration::hours(1),
+            prefix: &prefix,
+            grantable_roles: &[],
+            privileged_roles: &[],
+            audit: None,
+        };
+        roles::grant(&admin, &spec).await.unwrap();
+        pgjit::revocation::delete(&admin, "postgres", &user, &prefix, pgjit::integration::DEFAULT_HOLDING_ROLE).await.unwrap();
+        if n % 200 == 199 {
+            largest = largest.max(acl().await);
+        }
+    }
+    let elapsed = started.elapsed();
+    let after_grants = acl().await;
+    // Unused past the retention: what cleanup does to each profile role.
+    let client = admin.connect("postgres").await.unwrap();
+    let profiles: Vec<_> = pgjit::revocation::managed_roles(&client, &prefix).await.unwrap().into_iter().filter(|r| r.profile && r.members == 0).collect();
+    for profile in &profiles {
+        pgjit::revocation::drop_profile(&admin, "postgres", &profile.name, pgjit::integration::DEFAULT_HOLDING_ROLE).await.unwrap();
+    }
+    let after_retention = acl().await;
+    println!("ACL growth: {GRANTS} grants from {SETS} privilege sets on one table, each revoked and dropped ({:.1} s)", elapsed.as_secs_f64());
+    println!("  ACL entries before: {before}; largest during the grants: {largest}; after: {after_grants} (at most {before} + {SETS} expected): {}",
+        if after_grants <= before + SETS as i32 && largest <= before + SETS as i32 { "met" } else { "NOT met" });
+    println!("  profile roles: {}; after their retention cleanup drops them: ACL {after_retention} entries ({})", profiles.len(),
+        if after_retention == before { "back to where it was" } else { "NOT back" });
+    su.batch_execute("DROP TABLE sales.acl_bench").await.unwrap();
 }
 
 /// pgjit's grant (database part) against one pipelined transaction of the same final effect,
