@@ -283,6 +283,8 @@ async fn every_statement_of_a_temporary_user_is_kept_once_attributed_and_redacte
     assert!(answers[2].1["errorMessage"].as_str().unwrap_or("").contains("not base64"), "{:?}", answers[2].1);
     assert_eq!(svc.store.session_entries(&request_id).await.unwrap(), entries, "still the same entries, once");
     assert!(function_log.contains("invocation summary"), "the function logged: {function_log}");
+    // Its metrics, as CloudWatch's embedded metric format.
+    assert!(function_log.contains("\"AuditedStatements\"") && function_log.contains("\"UnattributedAuditLines\""), "EMF metrics: {function_log}");
     for secret in [password.expose(), new_password.as_str(), conninfo_secret.as_str()] {
         assert!(!function_log.contains(secret), "a secret in the function's log");
     }
