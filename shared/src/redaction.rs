@@ -22,6 +22,8 @@ fn names_a_secret(word: &str) -> bool {
             b'p' => at(i, b"password") || at(i, b"passwd"),
             b's' => at(i, b"secret"),
             b't' => at(i, b"token"),
+            b'c' => at(i, b"credential"),
+            b'a' => at(i, b"apikey") || at(i, b"api_key") || at(i, b"access_key"),
             _ => false,
         })
 }
@@ -44,7 +46,7 @@ pub fn redact(statement: &str) -> std::borrow::Cow<'_, str> {
             continue;
         }
         if c == b'/' && bytes.get(at + 1) == Some(&b'*') {
-            at += 2 + statement[at + 2..].find("*/").map(|i| i + 2).unwrap_or(statement.len() - at - 2);
+            at = comment_end(bytes, at);
             continue;
         }
         if let Some(literal) = literal_at(statement, at) {
@@ -61,8 +63,12 @@ pub fn redact(statement: &str) -> std::borrow::Cow<'_, str> {
         }
         if c == b'"' {
             // A quoted identifier: `"password"` names a secret as much as the bare word.
-            let end = statement[at + 1..].find('"').map(|i| at + 2 + i).unwrap_or(statement.len());
-            secret_word_pending = names_a_secret(&statement[at + 1..end.saturating_sub(1).max(at + 1)]);
+            // (`""` inside is a quote; an unclosed one runs to the end.)
+            let (name, end) = match statement[at + 1..].find('"') {
+                Some(i) => (&statement[at + 1..at + 1 + i], at + 2 + i),
+                None => (&statement[at + 1..], statement.len()),
+            };
+            secret_word_pending = names_a_secret(name);
             at = end;
             continue;
         }
@@ -91,6 +97,29 @@ pub fn redact(statement: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// Where the block comment starting at `at` ends: PostgreSQL's comments nest, so
+/// `/* /* */ ' */` is one comment, and a literal inside it is not one.
+fn comment_end(bytes: &[u8], at: usize) -> usize {
+    let (mut depth, mut i) = (0usize, at);
+    while i + 1 < bytes.len() {
+        match (bytes[i], bytes[i + 1]) {
+            (b'/', b'*') => {
+                depth += 1;
+                i += 2;
+            }
+            (b'*', b'/') => {
+                depth -= 1;
+                i += 2;
+                if depth == 0 {
+                    return i;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    bytes.len()
+}
+
 /// Whether `text` has anything redaction looks for (a word with `pass`, `pwd`, `secret` or
 /// `token` in it, or a URI): one pass over the bytes, so most statements cost nothing more.
 fn may_hold_secret(text: &str) -> bool {
@@ -100,6 +129,8 @@ fn may_hold_secret(text: &str) -> bool {
         b'p' => at(i, b"pass") || at(i, b"pwd"),
         b's' => at(i, b"secret"),
         b't' => at(i, b"token"),
+        b'c' => at(i, b"credential"),
+        b'a' => at(i, b"apikey") || at(i, b"api_key") || at(i, b"access_key"),
         b':' => at(i, b"://"),
         _ => false,
     })
@@ -281,7 +312,31 @@ mod tests {
     }
 
     #[test]
+    fn nested_comments_hide_no_literal() {
+        // `/* /* */ ' */` is one comment: the quote inside it starts no literal.
+        let statement = "SELECT 'x' /* /* */ ' */ ALTER ROLE me PASSWORD 'hunter2' --'";
+        assert!(!redact(statement).contains("hunter2"), "{}", redact(statement));
+        assert_eq!(redact("SELECT 1 /* password 'a' */ , 2"), "SELECT 1 /* password 'a' */ , 2");
+    }
+
+    #[test]
+    fn more_words_name_secrets() {
+        assert_eq!(redact("UPDATE t SET api_key = 'hunter2'"), "UPDATE t SET api_key = '[redacted]'");
+        assert_eq!(redact("ALTER SERVER s OPTIONS (SET credentials 'hunter2')"), "ALTER SERVER s OPTIONS (SET credentials '[redacted]')");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_redacted_without_panicking(text in "\\PC*", glue in proptest::sample::select(vec!["'", "\"", "/*", "*/", "--", "$$", "$a$", "E'", "\\", "password ", "é", "\n"])) {
+            let _ = redact(&text);
+            let _ = redact(&format!("{glue}{text}{glue}"));
+            let _ = redact(&format!("password {glue} {text}"));
+        }
+    }
+
+    #[test]
     fn unterminated_and_odd_input_never_panics_or_leaks() {
+        let _ = redact("SELECT 'pass' /* /* */ \" */ --é");
         assert_eq!(redact("ALTER ROLE me PASSWORD 'hunter2"), "ALTER ROLE me PASSWORD '[redacted]'");
         for s in ["'", "$", "$a", "E'", "U&'", "\"", "/*", "--", "password", "password =", "é'password=x"] {
             let _ = redact(s);
