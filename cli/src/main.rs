@@ -184,6 +184,12 @@ fn chain<E: std::error::Error + 'static>(e: E) -> String {
     error_chain(&e)
 }
 
+/// Text a database user wrote, safe for a terminal: control characters (carriage returns,
+/// escape sequences) are shown escaped, so nothing can redraw or hide what is printed.
+fn printable(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() && c != '\n' { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
 /// A grant and what its user did, for a person to read.
 fn print_sessions(g: &pgjit::store::GrantRecord, sessions: &[pgjit::sessions::Session]) {
     let time = |t: &DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
@@ -207,19 +213,21 @@ fn print_sessions(g: &pgjit::store::GrantRecord, sessions: &[pgjit::sessions::Se
         let end = s.disconnected_at.as_ref().map(time).unwrap_or_else(|| "(still open, or not in the log)".into());
         println!("\nsession {} from {} to {}: {} to {}", s.session.map(|p| p.to_string()).unwrap_or_else(|| "?".into()), from, s.database.as_deref().unwrap_or("?"), start, end);
         for d in &s.details {
-            println!("  {d}");
+            println!("  {}", printable(d));
         }
         for e in &s.statements {
             let object = e.object.as_deref().map(|o| format!(" {o}")).unwrap_or_default();
             let cut = if e.statement_truncated { format!(" [cut from {} bytes]", e.statement_bytes.unwrap_or_default()) } else { String::new() };
-            let statement = e.statement.as_deref().unwrap_or("").replace('\n', "\n      ");
+            let statement = printable(e.statement.as_deref().unwrap_or("")).replace('\n', "\n      ");
+            let suspect = e.suspect.as_deref().map(|why| format!(" [SUSPECT: {why}]")).unwrap_or_default();
             println!(
-                "  {} {} {}{}{}\n      {}",
+                "  {} {} {}{}{}{}\n      {}",
                 e.at.format("%H:%M:%S"),
-                e.class.as_deref().unwrap_or(""),
-                e.command.as_deref().unwrap_or(""),
-                object,
+                printable(e.class.as_deref().unwrap_or("")),
+                printable(e.command.as_deref().unwrap_or("")),
+                printable(&object),
                 cut,
+                suspect,
                 statement
             );
         }
@@ -558,8 +566,8 @@ async fn run(command: Command) -> Outcome {
                 return print_json(&ingested);
             }
             println!(
-                "{} records read, {} entries written ({} statements), {} lines of managed users without a grant, {} lines unparsed",
-                ingested.records, ingested.written, ingested.statements, ingested.unattributed, ingested.unparsed
+                "{} records read, {} entries written ({} statements), {} lines of managed users without a grant, {} lines unparsed, {} AUDIT lines not in pgaudit's shape",
+                ingested.records, ingested.written, ingested.statements, ingested.unattributed, ingested.unparsed, ingested.malformed
             );
             Ok(())
         }

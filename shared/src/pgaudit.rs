@@ -151,10 +151,16 @@ impl<'a> AuditLine<'a> {
             object_name: fields.next()??,
             statement: fields.next()??,
         };
-        // The parameter field (and the rows one, with log_rows) must be there and well formed.
+        // The parameter field, then, with log_rows, a row count: nothing else.
         fields.next()??;
-        for rest in fields {
-            rest?;
+        match fields.next() {
+            None => {}
+            Some(rows) => {
+                rows?.parse::<u64>().ok()?;
+                if fields.next().is_some() {
+                    return None;
+                }
+            }
         }
         Some(line)
     }
@@ -177,6 +183,13 @@ impl<'a> Iterator for CsvFields<'a> {
         }
         let (text, bytes) = (self.text, self.text.as_bytes());
         if bytes.get(self.at) != Some(&b'"') {
+            // pgaudit quotes every field holding a quote, so an unquoted field never has one: a
+            // line that does is not pgaudit's (the tail of another message, say).
+            let end = text[self.at..].find(',').map_or(text.len(), |i| self.at + i);
+            if text[self.at..end].contains('"') {
+                self.done = true;
+                return Some(None);
+            }
             return Some(Some(match text[self.at..].find(',') {
                 Some(comma) => {
                     let field = &text[self.at..self.at + comma];
@@ -248,7 +261,17 @@ mod tests {
         assert_eq!((&*plain.object_name, &*plain.statement), ("", "ALTER ROLE u PASSWORD <REDACTED>"));
         // pgaudit.log_rows adds a field
         assert!(AuditLine::parse("AUDIT: SESSION,1,1,READ,SELECT,,,SELECT 1,<not logged>,1").is_some());
-        for bad in ["AUDIT: SESSION,1,1,READ", "AUDIT: SESSION,x,1,READ,SELECT,,,s,p", "AUDIT: SESSION,1,1,READ,SELECT,,,\"open,p", "statement: SELECT 1", "AUDIT: OTHER,1,1,a,b,c,d,e,f"] {
+        for bad in [
+            "AUDIT: SESSION,1,1,READ",
+            "AUDIT: SESSION,x,1,READ,SELECT,,,s,p",
+            "AUDIT: SESSION,1,1,READ,SELECT,,,\"open,p",
+            "statement: SELECT 1",
+            "AUDIT: OTHER,1,1,a,b,c,d,e,f",
+            // The tail of a FATAL line whose database name carried a forged record.
+            "AUDIT: SESSION,7,1,DDL,DROP TABLE,,,DROP TABLE t,:[999]:FATAL:  password authentication failed for user \"pgjit_a_b1c2d3e4\"",
+            "AUDIT: SESSION,1,1,READ,SELECT,,,SELECT 1,<not logged>,x",
+            "AUDIT: SESSION,1,1,READ,SELECT,,,SELECT 1,<not logged>,1,2",
+        ] {
             assert_eq!(AuditLine::parse(bad), None, "{bad}");
         }
     }

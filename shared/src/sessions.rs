@@ -66,6 +66,10 @@ pub struct SessionEntry {
     pub statement_id: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub substatement_id: Option<u64>,
+    /// Why this entry may not be what pgaudit wrote (a line the session raised itself, or two
+    /// lines claiming one statement): shown with it, never dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspect: Option<String>,
     /// Connections: the rest of the server's line (application name, TLS); disconnections: the
     /// session's length.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -110,6 +114,8 @@ pub struct Ingested {
     pub unattributed: usize,
     /// Lines that were neither a record nor the continuation of one.
     pub unparsed: usize,
+    /// Managed users' `AUDIT:` lines that are not pgaudit's shape (cut short, or not pgaudit's).
+    pub malformed: usize,
 }
 
 /// Decodes a subscription delivery: `{"awslogs":{"data":"<base64 of gzip of LogData JSON>"}}`.
@@ -253,7 +259,23 @@ pub fn attribute(records: Vec<Record<'_>>, integration: &Integration, requests: 
         if !crate::access::is_login_role_name(user, &integration.user_prefix) {
             continue;
         }
-        let Some(what) = Kept::of(record.severity, &record.message) else { continue };
+        if record.severity == "CONTEXT" {
+            // A session can write `LOG:  AUDIT: …` itself with RAISE LOG; the server then adds
+            // the context "… at RAISE", which pgaudit's own lines never have.
+            if record.message.contains(" at RAISE") {
+                if let Some(last) = entries.last_mut().filter(|e| e.kind == EntryKind::Statement && e.session == record.fields.pid) {
+                    last.suspect = Some("raised by the session itself (RAISE), not written by pgaudit".into());
+                }
+            }
+            continue;
+        }
+        let Some(what) = Kept::of(record.severity, &record.message) else {
+            if record.severity == "LOG" && record.message.starts_with("AUDIT: ") {
+                // pgaudit's prefix with a body that is not its shape (cut, or not pgaudit's).
+                ingested.malformed += 1;
+            }
+            continue;
+        };
         let (Some(request_id), Some(at)) = (requests.get(user), record.fields.time.or(record.event_time)) else {
             ingested.unattributed += 1;
             continue;
@@ -261,12 +283,25 @@ pub fn attribute(records: Vec<Record<'_>>, integration: &Integration, requests: 
         if let Kept::Statement(line) = &what {
             // pgaudit.log_relation writes a line per table of one statement: one entry.
             if let Some(previous) = entries.last_mut().filter(|p| p.is_statement(request_id, record.fields.pid, line)) {
-                merge_object(previous, &line.object_type, &line.object_name);
-                continue;
+                if previous.class.as_deref() == Some(&*line.class) && previous.command.as_deref() == Some(&*line.command) && previous.statement_bytes.is_none()
+                    && previous.statement.as_deref() == Some(&*crate::redaction::redact(&line.statement))
+                {
+                    merge_object(previous, &line.object_type, &line.object_name);
+                    continue;
+                }
+                // Two lines claim one statement of this session with different contents: keep
+                // both, and say so (one of them was not written by pgaudit).
+                previous.suspect.get_or_insert_with(|| "another line claims the same statement id with other contents".into());
             }
             ingested.statements += 1;
         }
-        entries.push(entry_of(&record.fields, record.origin, at, request_id, what, expires_at));
+        let mut entry = entry_of(&record.fields, record.origin, at, request_id, what, expires_at);
+        if let Some(previous) = entries.iter().rev().find(|p| p.kind == EntryKind::Statement && p.session == entry.session && p.request_id == entry.request_id) {
+            if entry.kind == EntryKind::Statement && previous.statement_id == entry.statement_id && previous.substatement_id == entry.substatement_id {
+                entry.suspect = Some("another line claims the same statement id with other contents".into());
+            }
+        }
+        entries.push(entry);
     }
     ingested.written = entries.len();
     (entries, ingested)
@@ -353,6 +388,7 @@ fn entry_of(fields: &crate::server_log::PrefixFields<'_>, (event, index): (&str,
         statement_bytes: None,
         statement_id: None,
         substatement_id: None,
+        suspect: None,
         detail: None,
         expires_at,
     };
@@ -496,6 +532,35 @@ mod tests {
         // A bomb: far more than a batch once decompressed.
         let e = decode_subscription(&serde_json::json!({"awslogs": {"data": gz(&vec![b' '; (MAX_BATCH_BYTES + 10) as usize])}})).unwrap_err();
         assert!(e.to_string().contains("more than"), "{e}");
+    }
+
+    #[test]
+    fn lines_a_session_forges_are_flagged_and_hide_nothing() {
+        let integration = Integration::from_json(r#"{"name":"a","kind":"rds","region":"us-east-1","instance_id":"db","admin":{"auth":"password","secret_id":"pgjit/a"},"max_duration_seconds":3600}"#).unwrap();
+        let user = "pgjit_mallory_b1c2d3e4";
+        let p = |pid: u32, rest: &str| format!("2026-11-25 08:00:00 UTC:10.0.0.1(5000):{user}@app:[{pid}]:{rest}\n");
+        let log = [
+            p(5, "LOG:  AUDIT: SESSION,1,1,FUNCTION,DO,,,\"DO $$BEGIN RAISE LOG 'AUDIT: SESSION,2,1,READ,SELECT,,,SELECT 1,<not logged>'; END$$\",<not logged>"),
+            p(5, "LOG:  AUDIT: SESSION,2,1,READ,SELECT,,,SELECT 1,<not logged>"),
+            p(5, "CONTEXT:  PL/pgSQL function inline_code_block line 1 at RAISE"),
+            p(5, "LOG:  AUDIT: SESSION,2,1,DDL,DROP TABLE,,,DROP TABLE payroll,<not logged>"),
+            // Another connection's failed login whose database name carries a whole record.
+            format!("2026-11-25 08:00:01 UTC:10.0.0.2(5001):{user}@app:[5]:LOG:  AUDIT: SESSION,9,1,DDL,DROP TABLE,,,DROP TABLE t,:[77]:FATAL:  password authentication failed for user \"{user}\"\n"),
+        ]
+        .concat();
+        let prefix = integration.line_prefix().unwrap();
+        let mut records = Records::of_users_with_prefix(&prefix, &integration.user_prefix);
+        records.push_event("e", None, &log);
+        let requests: HashMap<String, String> = [(user.to_owned(), "REQ-1".to_owned())].into();
+        let (entries, ingested) = attribute(records.records, &integration, &requests, 0);
+        let shown: Vec<(Option<&str>, Option<&str>)> = entries.iter().map(|e| (e.statement.as_deref(), e.suspect.as_deref())).collect();
+        assert_eq!(entries.len(), 3, "{shown:#?}");
+        assert!(entries[1].suspect.as_deref().is_some_and(|s| s.contains("RAISE")), "{shown:#?}");
+        assert_eq!(entries[2].statement.as_deref(), Some("DROP TABLE payroll"), "the real statement is kept: {shown:#?}");
+        assert!(entries[2].suspect.is_some());
+        // The forged FATAL line is no statement (its tail is not pgaudit's shape): counted.
+        assert!(entries.iter().all(|e| e.statement.as_deref() != Some("DROP TABLE t")));
+        assert_eq!(ingested.malformed, 1);
     }
 
     #[test]
