@@ -328,6 +328,7 @@ async fn run(command: Command) -> Outcome {
                 sent_at: Some(now),
                 // Each run of the command is an extension of its own.
                 event_id: Some(format!("cli-{}", now.timestamp_nanos_opt().unwrap_or_default())),
+                signed_at: None,
             };
             let result = pgjit::extension::extend(&svc, &extension, now).await.map_err(chain)?;
             if json {

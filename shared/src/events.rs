@@ -29,6 +29,10 @@ pub struct Extension {
     /// The EventBridge event's `id`, the same on every redelivery (None for a bare `detail`).
     #[serde(skip)]
     pub event_id: Option<String>,
+    /// Set by the webhook: the signed request's timestamp. The same signed request sent again
+    /// is the same extension, whatever event carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_at: Option<i64>,
 }
 
 impl Extension {
@@ -36,6 +40,10 @@ impl Extension {
     /// bare detail its content and time.
     pub fn key(&self) -> String {
         use sha2::Digest;
+        if let Some(signed_at) = self.signed_at {
+            let text = format!("{}|{}|{}|{:?}|{signed_at}", self.request_id, self.approver, self.duration_seconds, self.reason);
+            return format!("signed:{}", hex::encode(&sha2::Sha256::digest(text.as_bytes())[..12]));
+        }
         match &self.event_id {
             Some(id) => format!("event:{id}"),
             None => {

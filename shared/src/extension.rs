@@ -15,6 +15,10 @@ use crate::integration::{AccessMode, Integration};
 use crate::store::{due_key, ExtensionEntry, GrantRecord, GrantStatus, StoreError};
 use crate::{credentials, endpoint, roles, schedule};
 
+/// The most extensions one grant takes (each is kept in its record, which DynamoDB caps at
+/// 400 KB).
+pub const MAX_EXTENSIONS: usize = 50;
+
 /// The places an extension moves, in the order it moves them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Place {
@@ -49,6 +53,9 @@ pub async fn extend(svc: &Services, extension: &Extension, now: DateTime<Utc>) -
         return Ok(crate::grants::result_of(&record, &integration, true));
     }
     crate::grants::check_approver(svc, &integration, &extension.approver, &record.requester.id, extension.sent_at, now)?;
+    if record.extensions.len() >= MAX_EXTENSIONS {
+        return Err(GrantError::Policy(format!("request {:?} has been extended {MAX_EXTENSIONS} times: ask for a new grant", record.request_id)));
+    }
     if record.status != GrantStatus::Active {
         return Err(GrantError::Policy(format!("request {:?} is {}: only an active grant can be extended", record.request_id, record.status)));
     }
@@ -64,6 +71,17 @@ pub async fn extend(svc: &Services, extension: &Extension, now: DateTime<Utc>) -
         None => Err(("deadline", StepError::Other("the invocation's time ran out before the extension finished".into()))),
     };
     if let Err((step, source)) = outcome {
+        // A revoke that came in meanwhile removed the policy and the secret: what the
+        // extension wrote after it must not bring them back.
+        let now_status = svc.store.get_grant(&record.request_id).await.ok().flatten().map(|r| r.status);
+        if now_status.is_some_and(|s| s != GrantStatus::Active) {
+            moved.retain(|p| matches!(p, Place::Role | Place::Schedule));
+            if let Some(policy) = &record.iam_policy {
+                if let Err(e) = crate::iam::delete_policy(svc, policy).await {
+                    tracing::error!(request_id = %record.request_id, error = %crate::postgres::error_chain(&e), "removing the policy re-made by an extension that lost to a revoke failed");
+                }
+            }
+        }
         // Back to the old expiry wherever it was moved; the record was not changed.
         let undone = move_back(svc, &integration, &target, &record, from, &moved).await;
         tracing::error!(request_id = %record.request_id, db_user = %record.db_user, step, undone, error = %crate::postgres::error_chain(&source), "extension failed");

@@ -89,7 +89,7 @@ pub async fn discovery(svc: &Services, _event: LambdaEvent<Value>) -> Result<Dis
 pub async fn audit(svc: &Services, event: LambdaEvent<Value>) -> Result<crate::sessions::Ingested, Error> {
     let started = std::time::Instant::now();
     let deadline = crate::budget::deadline_of(event.context.deadline);
-    let result = crate::budget::within(deadline, crate::sessions::ingest_subscription(&svc.store, svc.config.session_retention_days, &event.payload, Utc::now())).await;
+    let result = crate::budget::within(deadline, crate::sessions::ingest_subscription(&svc.store, svc.region().as_deref(), svc.config.session_retention_days, &event.payload, Utc::now())).await;
     summary("audit", started, &result, |r| serde_json::to_value(r).unwrap_or_default());
     result.map_err(failure)
 }

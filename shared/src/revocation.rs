@@ -389,42 +389,42 @@ pub async fn drop_profile(connector: &Connector, maintenance_database: &str, rol
     let client = connector.connect(maintenance_database).await?;
     let Some((oid, _)) = role_oid(&client, maintenance_database, role).await? else { return Ok(None) };
     let (_, handed_over) = hand_over_on(&client, connector, maintenance_database, role, holding_role, Departure::Profile).await?;
-    // Where it holds privileges (shared objects, such as CONNECT on a database, count under the
-    // maintenance database, whose DROP OWNED covers them too).
-    let mut databases = dependent_databases(&client, maintenance_database, oid, "").await?;
-    // The role is dropped with the last database's transaction: the one it grants in.
-    if let Some(own) = databases.iter().position(|d| d != maintenance_database) {
-        let own = databases.remove(own);
-        databases.push(own);
+    // The databases it holds privileges in (pg_shdepend rows of dbid 0, such as CONNECT on a
+    // database, are shared objects: any database's DROP OWNED revokes those too).
+    let rows = client
+        .query(
+            "SELECT DISTINCT d.datname::text FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid \
+             WHERE s.refclassid = 'pg_authid'::regclass AND s.refobjid = $1 ORDER BY 1",
+            &[&oid],
+        )
+        .await
+        .map_err(RoleError::sql(maintenance_database, "listing the databases a profile role grants in"))?;
+    let mut databases: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    if databases.is_empty() {
+        databases.push(maintenance_database.to_owned());
     }
-    let last = databases.len().saturating_sub(1);
+    // Each database's transaction first checks, by name and under that database's grant lock,
+    // that no one became a member meanwhile; the role is dropped with the last one.
     let in_use = format!(
-        "DO $pgjit$ BEGIN IF EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member WHERE m.roleid = {oid} AND u.rolname <> current_user) \
-         THEN RAISE EXCEPTION 'pgjit: profile role in use again' USING ERRCODE = 'P0001'; END IF; END $pgjit$;"
+        "DO $pgjit$ BEGIN IF EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member \
+         WHERE m.roleid = (SELECT oid FROM pg_roles WHERE rolname = {}) AND u.rolname <> current_user) \
+         THEN RAISE EXCEPTION 'pgjit: profile role in use again' USING ERRCODE = 'P0001'; END IF; END $pgjit$;",
+        literal(role)
     );
     let role_ident = ident(role);
-    let mut dropped = databases.is_empty();
+    let last = databases.len() - 1;
     for (i, database) in databases.iter().enumerate() {
         let session = Session::to(&client, maintenance_database, connector, database).await?;
         let drop_role = if i == last { format!("DROP ROLE {role_ident};\n") } else { String::new() };
         let sql = format!("BEGIN;\nSELECT pg_advisory_xact_lock({});\n{in_use}\nDROP OWNED BY {role_ident};\n{drop_role}COMMIT;", crate::roles::GRANT_LOCK);
         match transaction(session.client(), database, "dropping a profile role", &sql).await {
-            Ok(()) => dropped |= i == last,
-            Err(RoleError::Sql { source, .. }) if source.code() == Some(&tokio_postgres::error::SqlState::RAISE_EXCEPTION) => return Ok(None),
-            Err(e) => return Err(e),
-        }
-    }
-    if databases.is_empty() {
-        // No privileges anywhere: only the role itself.
-        let sql = format!("BEGIN;\nSELECT pg_advisory_xact_lock({});\n{in_use}\nDROP ROLE {role_ident};\nCOMMIT;", crate::roles::GRANT_LOCK);
-        match transaction(&client, maintenance_database, "dropping a profile role", &sql).await {
             Ok(()) => {}
             Err(RoleError::Sql { source, .. }) if source.code() == Some(&tokio_postgres::error::SqlState::RAISE_EXCEPTION) => return Ok(None),
             Err(e) => return Err(e),
         }
     }
     tracing::info!(role, handed_over = handed_over.len(), "unused profile role dropped");
-    Ok(dropped.then_some(handed_over))
+    Ok(Some(handed_over))
 }
 
 /// Whose objects are handed over: a login role that is about to be dropped (its grants and

@@ -143,10 +143,16 @@ pub fn decode_subscription(payload: &serde_json::Value) -> Result<LogData, Sessi
 /// The integration whose RDS or Aurora log group this is: `/aws/rds/instance/<id>/postgresql`
 /// for an `rds` integration's instance, `/aws/rds/cluster/<id>/postgresql` for an `aurora`
 /// integration's cluster.
-pub fn integration_of_log_group<'i>(integrations: &'i [Integration], log_group: &str) -> Option<&'i Integration> {
+/// A subscription delivers the log groups of the function's own region: an integration in
+/// another region (the same instance id can exist in two) is not the one.
+pub fn integration_of_log_group<'i>(integrations: &'i [Integration], log_group: &str, region: Option<&str>) -> Option<&'i Integration> {
     let rest = log_group.strip_prefix("/aws/rds/")?.strip_suffix("/postgresql")?;
     let (level, id) = rest.split_once('/')?;
-    integrations.iter().find(|i| match (level, i.kind) {
+    let in_region = |i: &&Integration| match (i.region.as_deref(), region) {
+        (Some(theirs), Some(ours)) => theirs == ours,
+        _ => true,
+    };
+    integrations.iter().filter(in_region).find(|i| match (level, i.kind) {
         ("instance", crate::setup::Flavor::Rds) => i.instance_id.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(id)),
         ("cluster", crate::setup::Flavor::Aurora) => i.cluster_id.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(id)),
         _ => false,
@@ -183,7 +189,7 @@ pub async fn log_export_finding(svc: &crate::aws::Services, integration: &Integr
 /// Ingests one subscription delivery. A control message (CloudWatch checking the destination)
 /// or a log group of no integration writes nothing; a malformed delivery is an error and
 /// writes nothing.
-pub async fn ingest_subscription(store: &Store, retention_days: u32, payload: &serde_json::Value, now: DateTime<Utc>) -> Result<Ingested, SessionsError> {
+pub async fn ingest_subscription(store: &Store, region: Option<&str>, retention_days: u32, payload: &serde_json::Value, now: DateTime<Utc>) -> Result<Ingested, SessionsError> {
     let batch = decode_subscription(payload)?;
     if batch.message_type == "CONTROL_MESSAGE" {
         return Ok(Ingested::default());
@@ -192,7 +198,7 @@ pub async fn ingest_subscription(store: &Store, retention_days: u32, payload: &s
         return Err(SessionsError::Malformed(format!("messageType {:?}", batch.message_type)));
     }
     let integrations = store.list_integrations().await?;
-    let Some(integration) = integration_of_log_group(&integrations, &batch.log_group) else {
+    let Some(integration) = integration_of_log_group(&integrations, &batch.log_group, region) else {
         tracing::warn!(log_group = %batch.log_group, "log group of no rds or aurora integration; ignored");
         return Ok(Ingested { records: batch.log_events.len(), ..Ingested::default() });
     };
@@ -231,10 +237,14 @@ async fn ingest_records(store: &Store, integration: &Integration, records: Vec<R
     // Each managed user's grant, looked up once per batch (all at once).
     let users: std::collections::BTreeSet<&str> =
         records.iter().filter_map(|r| r.fields.user).filter(|u| crate::access::is_login_role_name(u, &integration.user_prefix)).collect();
-    let lookups = futures_util::future::try_join_all(users.iter().map(|user| async move {
+    // A few lookups at a time: a batch full of made-up names must not throttle the table.
+    use futures_util::stream::{StreamExt, TryStreamExt};
+    let lookups: Vec<(String, Option<String>)> = futures_util::stream::iter(users.iter().map(|user| async move {
         let grant = store.grants_of_user(user).await?.into_iter().filter(|g| g.integration == integration.name).max_by_key(|g| g.created_at);
         Ok::<_, StoreError>((user.to_string(), grant.map(|g| g.request_id)))
     }))
+    .buffer_unordered(8)
+    .try_collect()
     .await?;
     let requests: HashMap<String, String> = lookups.into_iter().filter_map(|(user, request)| Some((user, request?))).collect();
     let (entries, mut ingested) = attribute(records, integration, &requests, expires_at);
@@ -504,11 +514,14 @@ mod tests {
         let rds = Integration::from_json(r#"{"name":"a","kind":"rds","region":"us-east-1","instance_id":"orders-db","admin":{"auth":"password","secret_id":"pgjit/a"},"max_duration_seconds":3600}"#).unwrap();
         let aurora = Integration::from_json(r#"{"name":"b","kind":"aurora","region":"us-east-1","cluster_id":"crm","admin":{"auth":"password","secret_id":"pgjit/b"},"max_duration_seconds":3600}"#).unwrap();
         let all = [rds, aurora];
-        assert_eq!(integration_of_log_group(&all, "/aws/rds/instance/orders-db/postgresql").map(|i| i.name.as_str()), Some("a"));
-        assert_eq!(integration_of_log_group(&all, "/aws/rds/cluster/crm/postgresql").map(|i| i.name.as_str()), Some("b"));
+        let here = Some("us-east-1");
+        assert_eq!(integration_of_log_group(&all, "/aws/rds/instance/orders-db/postgresql", here).map(|i| i.name.as_str()), Some("a"));
+        assert_eq!(integration_of_log_group(&all, "/aws/rds/cluster/crm/postgresql", here).map(|i| i.name.as_str()), Some("b"));
         for other in ["/aws/rds/cluster/orders-db/postgresql", "/aws/rds/instance/crm/postgresql", "/aws/rds/instance/orders-db/upgrade", "/aws/lambda/x", ""] {
-            assert!(integration_of_log_group(&all, other).is_none(), "{other}");
+            assert!(integration_of_log_group(&all, other, here).is_none(), "{other}");
         }
+        // The same instance id in another region is another instance.
+        assert!(integration_of_log_group(&all, "/aws/rds/instance/orders-db/postgresql", Some("eu-west-1")).is_none());
     }
 
     #[test]

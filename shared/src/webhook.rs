@@ -143,7 +143,14 @@ pub async fn handle(svc: &Services, secrets: &SecretCache, request: LambdaFuncti
     }
     // An approval, or an extension of an active grant: checked here, and again by the grant
     // function that receives it from the bus.
+    let mut value = value;
     let (request_id, detail_type) = if crate::events::is_extension(&value) {
+        if value.get("signed_at").is_some() {
+            return respond(400, json!({"error": "signed_at is set by the webhook, not the sender"}));
+        }
+        // The signed request's timestamp goes with it: the same request replayed within the
+        // signature's window is the same extension, applied once.
+        value["signed_at"] = json!(header(TIMESTAMP_HEADER).and_then(|t| t.parse::<i64>().ok()));
         match crate::events::parse_extension(value.clone()) {
             Ok(e) => (e.request_id, crate::events::EXTENSION_APPROVED),
             Err(e) => return respond(400, json!({"error": e.to_string()})),

@@ -161,6 +161,18 @@ async fn the_webhook_forwards_only_well_signed_approvals_to_the_approval_bus() {
     forwarded[0]["account"] = json!(forwarded[0]["account"].as_str().filter(|a| !a.is_empty()).unwrap_or("123456789012"));
     let extended = pgjit::handlers::grant(&svc, LambdaEvent::new(forwarded[0].clone(), Context::default())).await.unwrap();
     assert!(extended.expires_at > granted.expires_at, "{} > {}", extended.expires_at, granted.expires_at);
+    // The same signed request replayed within its window: a new event, the same extension.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let response = call(request(&extension, Some(now.clone()), Some(sign(b"hook-key-123", &now, extension.as_bytes())))).await;
+    assert_eq!(response.status_code, 202);
+    let mut replayed = pgjit_tests::received(&sqs, &queue).await;
+    replayed[0]["account"] = json!(replayed[0]["account"].as_str().filter(|a| !a.is_empty()).unwrap_or("123456789012"));
+    let again = pgjit::handlers::grant(&svc, LambdaEvent::new(replayed[0].clone(), Context::default())).await.unwrap();
+    assert!(again.repeated && again.expires_at == extended.expires_at, "a replay extends nothing: {again:?}");
+    // A sender may not pick the key itself.
+    let keyed = json!({"request_id": "HOOK-1", "approver": "jane@corp.com", "duration_seconds": 1800, "signed_at": 1}).to_string();
+    let response = call(request(&keyed, Some(now.clone()), Some(sign(b"hook-key-123", &now, keyed.as_bytes())))).await;
+    assert_eq!(response.status_code, 400, "{:?}", response.body);
     pgjit::grants::revoke(&svc, "HOOK-1", pgjit::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
 }
 
