@@ -264,7 +264,9 @@ async fn ingest_records(store: &Store, integration: &Integration, records: Vec<R
 pub fn attribute(records: Vec<Record<'_>>, integration: &Integration, requests: &HashMap<String, String>, expires_at: i64) -> (Vec<SessionEntry>, Ingested) {
     let mut ingested = Ingested { integration: Some(integration.name.clone()), records: records.len(), ..Ingested::default() };
     let mut entries: Vec<SessionEntry> = Vec::with_capacity(records.len());
-    for record in records {
+    // The ids of each session's last statement line.
+    let mut last_ids: HashMap<(&str, Option<u32>), (Option<u64>, Option<u64>)> = HashMap::new();
+    for record in &records {
         let Some(user) = record.fields.user else { continue };
         if !crate::access::is_login_role_name(user, &integration.user_prefix) {
             continue;
@@ -306,8 +308,9 @@ pub fn attribute(records: Vec<Record<'_>>, integration: &Integration, requests: 
             ingested.statements += 1;
         }
         let mut entry = entry_of(&record.fields, record.origin, at, request_id, what, expires_at);
-        if let Some(previous) = entries.iter().rev().find(|p| p.kind == EntryKind::Statement && p.session == entry.session && p.request_id == entry.request_id) {
-            if entry.kind == EntryKind::Statement && previous.statement_id == entry.statement_id && previous.substatement_id == entry.substatement_id {
+        if entry.kind == EntryKind::Statement {
+            let ids = (entry.statement_id, entry.substatement_id);
+            if last_ids.insert((request_id.as_str(), entry.session), ids) == Some(ids) {
                 entry.suspect = Some("another line claims the same statement id with other contents".into());
             }
         }
