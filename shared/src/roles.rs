@@ -723,11 +723,8 @@ fn plan_roles(access: &DatabaseAccess, facts: &Facts, admin: &str, spec: &GrantS
 fn grants_part(plan: &Plan) -> String {
     let mut sql = format!("BEGIN;\nSELECT pg_advisory_xact_lock({GRANT_LOCK});\nSELECT current_setting('server_version_num') AS {VERSION_COLUMN};\n");
     if !plan.profile_exists {
-        sql.push_str(&format!("CREATE ROLE {} NOLOGIN;\n", ident(&plan.profile)));
+        sql.push_str(&format!("CREATE ROLE {0} NOLOGIN;\nCOMMENT ON ROLE {0} IS {1};\n", ident(&plan.profile), literal(&marker(Utc::now()))));
     }
-    // Every grant renews the profile role's marker: cleanup drops a profile role only once it
-    // has gone `profile_retention_days` without members, and a grant clears its "unused" mark.
-    sql.push_str(&format!("COMMENT ON ROLE {} IS {};\n", ident(&plan.profile), literal(&marker(Utc::now()))));
     for statement in &plan.statements {
         sql.push_str(statement);
         sql.push_str(";\n");
