@@ -217,7 +217,7 @@ fn print_sessions(g: &pgjit::store::GrantRecord, sessions: &[pgjit::sessions::Se
         }
         for e in &s.statements {
             let object = e.object.as_deref().map(|o| format!(" {o}")).unwrap_or_default();
-            let cut = if e.statement_truncated { format!(" [cut from {} bytes]", e.statement_bytes.unwrap_or_default()) } else { String::new() };
+            let cut = e.statement_bytes.map(|n| format!(" [cut from {n} bytes]")).unwrap_or_default();
             let statement = printable(e.statement.as_deref().unwrap_or("")).replace('\n', "\n      ");
             let suspect = e.suspect.as_deref().map(|why| format!(" [SUSPECT: {why}]")).unwrap_or_default();
             println!(

@@ -28,6 +28,22 @@ pub fn revoke_input(request_id: &str) -> String {
     serde_json::json!({ "request_id": request_id }).to_string()
 }
 
+/// The whole definition of a request's revoke schedule, on a CreateSchedule or UpdateSchedule
+/// request (two SDK builder types with the same setters and no trait in common).
+macro_rules! revoke_schedule {
+    ($request:expr, $svc:expr, $name:expr, $request_id:expr, $at:expr, $target:expr, $window:expr) => {
+        $request
+            .name($name)
+            .group_name(&$svc.config.schedule_group)
+            .schedule_expression(at_expression($at))
+            .schedule_expression_timezone("UTC")
+            .flexible_time_window($window)
+            .target($target)
+            .action_after_completion(ActionAfterCompletion::Delete)
+            .description(format!("pgjit: revoke {} at expiry", $request_id))
+    };
+}
+
 /// The schedule's target and window: the revoke function with the request's input, retried for
 /// a day, then the dead-letter queue.
 fn revoke_target(svc: &Services, request_id: &str, operation: &'static str) -> Result<(Target, FlexibleTimeWindow), AwsError> {
@@ -50,19 +66,7 @@ fn revoke_target(svc: &Services, request_id: &str, operation: &'static str) -> R
 pub async fn create(svc: &Services, request_id: &str, at: DateTime<Utc>) -> Result<String, AwsError> {
     let name = schedule_name(request_id);
     let (target, window) = revoke_target(svc, request_id, "scheduler:CreateSchedule")?;
-    let result = svc
-        .scheduler
-        .create_schedule()
-        .name(&name)
-        .group_name(&svc.config.schedule_group)
-        .schedule_expression(at_expression(at))
-        .schedule_expression_timezone("UTC")
-        .flexible_time_window(window)
-        .target(target)
-        .action_after_completion(ActionAfterCompletion::Delete)
-        .description(format!("pgjit: revoke {request_id} at expiry"))
-        .send()
-        .await;
+    let result = revoke_schedule!(svc.scheduler.create_schedule(), svc, &name, request_id, at, target, window).send().await;
     match result {
         Ok(_) => Ok(name),
         Err(e) if e.as_service_error().is_some_and(|s| s.is_conflict_exception()) => Ok(name),
@@ -75,16 +79,7 @@ pub async fn create(svc: &Services, request_id: &str, at: DateTime<Utc>) -> Resu
 pub async fn reschedule(svc: &Services, request_id: &str, at: DateTime<Utc>) -> Result<String, AwsError> {
     let name = schedule_name(request_id);
     let (target, window) = revoke_target(svc, request_id, "scheduler:UpdateSchedule")?;
-    svc.scheduler
-        .update_schedule()
-        .name(&name)
-        .group_name(&svc.config.schedule_group)
-        .schedule_expression(at_expression(at))
-        .schedule_expression_timezone("UTC")
-        .flexible_time_window(window)
-        .target(target)
-        .action_after_completion(ActionAfterCompletion::Delete)
-        .description(format!("pgjit: revoke {request_id} at expiry"))
+    revoke_schedule!(svc.scheduler.update_schedule(), svc, &name, request_id, at, target, window)
         .send()
         .await
         .map_err(|e| AwsError::new("scheduler:UpdateSchedule", e))?;

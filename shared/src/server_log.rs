@@ -58,7 +58,6 @@ enum Token {
 /// A parsed `log_line_prefix`, ready to split lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinePrefix {
-    text: String,
     tokens: Vec<Token>,
 }
 
@@ -142,11 +141,7 @@ impl LinePrefix {
         if !tokens.iter().any(|t| matches!(t, Token::Field(Field::User))) {
             return Err(bad("has no %u: log lines could not be tied to a user".into()));
         }
-        Ok(LinePrefix { text: prefix.to_owned(), tokens })
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.text
+        Ok(LinePrefix { tokens })
     }
 
     /// Splits a line into what its prefix said, its severity and the message, or `None` when

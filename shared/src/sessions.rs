@@ -57,9 +57,7 @@ pub struct SessionEntry {
     /// The statement, secrets redacted, at most [`MAX_STATEMENT_BYTES`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statement: Option<String>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub statement_truncated: bool,
-    /// The redacted statement's full length, when it was cut.
+    /// The redacted statement's full length, only when it was cut.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statement_bytes: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -202,7 +200,7 @@ pub async fn ingest_subscription(store: &Store, region: Option<&str>, retention_
         tracing::warn!(log_group = %batch.log_group, "log group of no rds or aurora integration; ignored");
         return Ok(Ingested { records: batch.log_events.len(), ..Ingested::default() });
     };
-    let prefix = integration.line_prefix().map_err(|source| SessionsError::Prefix { integration: integration.name.clone(), source })?;
+    let prefix = line_prefix(integration)?;
     let mut records = Records::of_users_with_prefix(&prefix, &integration.user_prefix);
     for event in &batch.log_events {
         records.push_event(&event.id, DateTime::from_timestamp_millis(event.timestamp), &event.message);
@@ -210,10 +208,14 @@ pub async fn ingest_subscription(store: &Store, region: Option<&str>, retention_
     ingest_records(store, integration, records.records, records.unparsed, retention_days, now).await
 }
 
+fn line_prefix(integration: &Integration) -> Result<crate::server_log::LinePrefix, SessionsError> {
+    integration.line_prefix().map_err(|source| SessionsError::Prefix { integration: integration.name.clone(), source })
+}
+
 /// Ingests a server log file of `integration` (`pgjit sessions ingest`). A record's key comes
 /// from its own text, so the same file (or a longer copy of it) is written once.
 pub async fn ingest_file(store: &Store, integration: &Integration, text: &str, retention_days: u32, now: DateTime<Utc>) -> Result<Ingested, SessionsError> {
-    let prefix = integration.line_prefix().map_err(|source| SessionsError::Prefix { integration: integration.name.clone(), source })?;
+    let prefix = line_prefix(integration)?;
     // Each line is an event of its own, named by its line number (so records of one second
     // keep the file's order) and a digest of its text (so another file's line is another key).
     let names: Vec<String> = text
@@ -397,7 +399,6 @@ fn entry_of(fields: &crate::server_log::PrefixFields<'_>, (event, index): (&str,
         object_type: None,
         object: None,
         statement: None,
-        statement_truncated: false,
         statement_bytes: None,
         statement_id: None,
         substatement_id: None,
@@ -423,7 +424,6 @@ fn entry_of(fields: &crate::server_log::PrefixFields<'_>, (event, index): (&str,
             let (statement, truncated) = cut(&redacted, MAX_STATEMENT_BYTES);
             entry.statement_bytes = truncated.then_some(redacted.len());
             entry.statement = Some(statement);
-            entry.statement_truncated = truncated;
             entry.class = Some(known(line.class, crate::pgaudit::CLASS_NAMES));
             entry.command = Some(known(line.command, crate::pgaudit::COMMON_COMMANDS));
             entry.object_type = Some(known(line.object_type, crate::pgaudit::OBJECT_TYPES)).filter(|s| !s.is_empty());
