@@ -57,6 +57,11 @@ pub struct Config {
     pub auto_register: bool,
     /// `PGJIT_DISCOVERY_CONCURRENCY`: integrations inventoried at once.
     pub discovery_concurrency: usize,
+    /// `PGJIT_CLEANUP_CONCURRENCY` (16): cleanup items in flight at once, over every integration.
+    pub cleanup_concurrency: usize,
+    /// `PGJIT_CLEANUP_CONNECTIONS` (2): connections cleanup keeps open to each integration's
+    /// server, reused item after item; the most the server sees from one sweep.
+    pub cleanup_connections: usize,
     /// `PGJIT_STUCK_AFTER_SECONDS`: a record left in `granting` or `revoking` this long was
     /// abandoned by a crashed run, and cleanup (or a repeated event) finishes it.
     pub stuck_after: Duration,
@@ -153,6 +158,8 @@ impl Config {
             discovery_tag_key: text("PGJIT_DISCOVERY_TAG_KEY", "pgjit:secret")?,
             auto_register,
             discovery_concurrency: number("PGJIT_DISCOVERY_CONCURRENCY", 4, 1, 64)? as usize,
+            cleanup_concurrency: number("PGJIT_CLEANUP_CONCURRENCY", 16, 1, 256)? as usize,
+            cleanup_connections: number("PGJIT_CLEANUP_CONNECTIONS", 2, 1, 32)? as usize,
             stuck_after: Duration::from_secs(number("PGJIT_STUCK_AFTER_SECONDS", 900, 1, 86_400)?),
             reconcile_grace: Duration::from_secs(number("PGJIT_RECONCILE_GRACE_SECONDS", 3600, 0, 7 * 86_400)?),
             db_timeouts: crate::postgres::Timeouts {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::admin::{read_secret, AdminAuth, AdminError, RdsIamTokens};
 use crate::aws::{AwsError, Services};
 use crate::integration::Integration;
+use crate::pool::Pool;
 use crate::postgres::{Connector, Credentials, Endpoint};
 use crate::rds::RdsTarget;
 
@@ -52,6 +53,24 @@ pub async fn resolve(svc: &Services, integration: &Integration) -> Result<Resolv
     // Within what is left of the invocation, if a handler set a budget.
     endpoint.timeouts = crate::budget::cap(svc.config.db_timeouts);
     Ok(Resolved { connector: Connector::new(endpoint, credentials), rds })
+}
+
+/// An integration's server, resolved once (one read of the admin secret), with a few
+/// connections to its maintenance database that the operations of one run share.
+pub struct Server {
+    pub integration: Integration,
+    pub rds: Option<RdsTarget>,
+    pub pool: Pool,
+}
+
+impl Server {
+    /// Resolves the integration's server; connections open when first needed, at most
+    /// `connections` at once.
+    pub async fn open(svc: &Services, integration: Integration, connections: usize) -> Result<Server, EndpointError> {
+        let Resolved { connector, rds } = resolve(svc, &integration).await?;
+        let pool = Pool::new(connector, integration.maintenance_database(), connections);
+        Ok(Server { integration, rds, pool })
+    }
 }
 
 /// Amazon's RDS and Aurora certificate authorities, every region and partition and RDS Proxy

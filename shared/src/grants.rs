@@ -575,9 +575,27 @@ async fn undo_grant(svc: &Services, integration: &Integration, record: &GrantRec
 /// when cleanup finds it overdue. Safe to repeat; a failure leaves the record `revoking` so the
 /// scheduler's retry, the next event or cleanup finishes it.
 pub async fn revoke(svc: &Services, request_id: &str, trigger: RevokeTrigger, now: DateTime<Utc>) -> Result<RevokeResult, GrantError> {
+    revoke_with(svc, request_id, None, None, trigger, now).await
+}
+
+/// [`revoke`], for cleanup: `known` is the record as its due query read it (used as it is when
+/// active: the state change to `revoking` is conditional on its version, so a stale copy only
+/// costs a read), and `server` the integration's server with connections shared across items.
+pub async fn revoke_with(
+    svc: &Services,
+    request_id: &str,
+    known: Option<GrantRecord>,
+    server: Option<&endpoint::Server>,
+    trigger: RevokeTrigger,
+    now: DateTime<Utc>,
+) -> Result<RevokeResult, GrantError> {
     crate::events::check_request_id(request_id)?;
+    let mut known = known.filter(|r| r.status == GrantStatus::Active && r.request_id == request_id);
     for _ in 0..5 {
-        let mut record = svc.store.get_grant(request_id).await?.ok_or_else(|| GrantError::UnknownRequest(request_id.to_owned()))?;
+        let mut record = match known.take() {
+            Some(record) => record,
+            None => svc.store.get_grant(request_id).await?.ok_or_else(|| GrantError::UnknownRequest(request_id.to_owned()))?,
+        };
         let done = |r: &GrantRecord| RevokeResult { request_id: r.request_id.clone(), status: r.status, db_user: r.db_user.clone(), repeated: true, sessions_ended: 0 };
         match record.status {
             GrantStatus::Revoked | GrantStatus::Deleted | GrantStatus::Failed => return Ok(done(&record)),
@@ -609,16 +627,29 @@ pub async fn revoke(svc: &Services, request_id: &str, trigger: RevokeTrigger, no
                 record.due_at = Some(due_key(now + stuck_after(svc)));
                 match svc.store.update_grant(&mut record).await {
                     Ok(()) => {}
-                    // Someone else moved it first (another revoke): look again.
+                    // Someone else moved it first (another revoke), or the copy was stale: look again.
                     Err(StoreError::Conflict { .. }) => continue,
                     Err(e) => return Err(e.into()),
                 }
             }
             GrantStatus::Revoking => {}
         }
-        let integration = load_integration(svc, &record.integration).await?;
         // Out of time: the record stays `revoking`, and the retry (or the hourly sweep) finishes it.
-        let steps = crate::budget::bounded(revoke_steps(svc, &integration, &mut record, trigger, now)).await;
+        let shared = server.filter(|s| s.integration.name == record.integration);
+        let integration = if shared.is_none() { Some(load_integration(svc, &record.integration).await?) } else { None };
+        let steps = crate::budget::bounded(async {
+            let opened;
+            let server = match (shared, integration) {
+                (Some(server), _) => server,
+                (None, integration) => {
+                    let integration = integration.ok_or(("connect", StepError::Other("no integration".into())))?;
+                    opened = endpoint::Server::open(svc, integration, 1).await.map_err(at::<(), _>("connect"))?;
+                    &opened
+                }
+            };
+            revoke_steps(svc, server, &mut record, trigger, now).await
+        })
+        .await;
         let steps = steps.unwrap_or(Err(("deadline", StepError::Other("the invocation's time ran out before the revoke finished".into()))));
         return match steps {
             Ok(sessions_ended) => {
@@ -636,12 +667,15 @@ pub async fn revoke(svc: &Services, request_id: &str, trigger: RevokeTrigger, no
     Err(GrantError::InProgress(request_id.to_owned()))
 }
 
-async fn revoke_steps(svc: &Services, integration: &Integration, record: &mut GrantRecord, trigger: RevokeTrigger, now: DateTime<Utc>) -> Result<i64, (&'static str, StepError)> {
+async fn revoke_steps(svc: &Services, server: &endpoint::Server, record: &mut GrantRecord, trigger: RevokeTrigger, now: DateTime<Utc>) -> Result<i64, (&'static str, StepError)> {
     let fp = &svc.failpoints;
+    let integration = &server.integration;
     let started = std::time::Instant::now();
-    let target = endpoint::resolve(svc, integration).await.map_err(at::<(), _>("connect"))?;
     let db = integration.maintenance_database();
-    let revoked = revocation::revoke(&target.connector, db, &record.db_user, &integration.user_prefix).await.map_err(at::<(), _>("database role"))?;
+    let client = server.pool.get().await.map_err(|e| ("connect", StepError::Role(e.into())))?;
+    let revoked =
+        revocation::revoke_over(&client, server.pool.connector(), db, &record.db_user, &integration.user_prefix).await.map_err(at::<(), _>("database role"))?;
+    client.release();
     fp.check("revoke:after_role").await.map_err(at::<(), _>("database role"))?;
     step_done(record, "revoke", "database_role", started);
     let started = std::time::Instant::now();
@@ -668,9 +702,7 @@ async fn revoke_steps(svc: &Services, integration: &Integration, record: &mut Gr
     svc.store.append_audit(&audit(record, "revoked", now, detail)).await.map_err(at::<(), _>("audit"))?;
     if integration.user_cleanup_after_days == 0 {
         let started = std::time::Instant::now();
-        let deleted = revocation::delete(&target.connector, db, &record.db_user, &integration.user_prefix, &integration.holding_role)
-            .await
-            .map_err(at::<(), _>("delete role"))?;
+        let deleted = drop_user(server, &record.db_user).await.map_err(at::<(), _>("delete role"))?;
         step_done(record, "revoke", "delete_role", started);
         record.status = GrantStatus::Deleted;
         record.deleted_at = Some(now);
@@ -689,15 +721,24 @@ async fn revoke_steps(svc: &Services, integration: &Integration, record: &mut Gr
     }
 }
 
+/// Drops a login role for good over one of the server's pooled connections.
+async fn drop_user(server: &endpoint::Server, db_user: &str) -> Result<revocation::Deleted, RoleError> {
+    let integration = &server.integration;
+    let client = server.pool.get().await?;
+    let deleted =
+        revocation::delete_over(&client, server.pool.connector(), integration.maintenance_database(), db_user, &integration.user_prefix, &integration.holding_role).await?;
+    client.release();
+    Ok(deleted)
+}
+
 /// The audit trail's account of what a departed user left behind: names, never contents.
 fn handed_over_detail(changes: &[String]) -> Option<String> {
     (!changes.is_empty()).then(|| format!("objects the user owned: {}", changes.join("; ")))
 }
 
 /// Drops a revoked user whose retention is over.
-pub async fn delete_user(svc: &Services, record: &mut GrantRecord, integration: &Integration, now: DateTime<Utc>) -> Result<(), StepError> {
-    let target = endpoint::resolve(svc, integration).await?;
-    let deleted = revocation::delete(&target.connector, integration.maintenance_database(), &record.db_user, &integration.user_prefix, &integration.holding_role).await?;
+pub async fn delete_user(svc: &Services, record: &mut GrantRecord, server: &endpoint::Server, now: DateTime<Utc>) -> Result<(), StepError> {
+    let deleted = drop_user(server, &record.db_user).await?;
     record.status = GrantStatus::Deleted;
     record.deleted_at = Some(now);
     record.due_at = None;
@@ -709,19 +750,23 @@ pub async fn delete_user(svc: &Services, record: &mut GrantRecord, integration: 
 }
 
 /// Gives an active password grant a new password, in the database and in its secret.
-pub async fn rotate(svc: &Services, record: &mut GrantRecord, integration: &Integration, now: DateTime<Utc>) -> Result<(), StepError> {
-    let target = endpoint::resolve(svc, integration).await?;
+pub async fn rotate(svc: &Services, record: &mut GrantRecord, server: &endpoint::Server, now: DateTime<Utc>) -> Result<(), StepError> {
+    let integration = &server.integration;
+    let connector = server.pool.connector();
     let password = SecretString::random_password();
     let db = integration.maintenance_database();
-    if !roles::set_password(&target.connector, db, &record.db_user, &integration.user_prefix, &password).await? {
+    let client = server.pool.get().await.map_err(RoleError::from)?;
+    let changed = roles::set_password(&client, connector.user(), db, &record.db_user, &integration.user_prefix, &password).await?;
+    client.release();
+    if !changed {
         return Err(StepError::Other(format!("role {:?} is gone", record.db_user)));
     }
     let name = record.secret_arn.clone().unwrap_or_else(|| credentials::secret_name(svc, &integration.name, &record.request_id));
-    let host = record.host.clone().unwrap_or_else(|| target.connector.endpoint().host.clone());
+    let host = record.host.clone().unwrap_or_else(|| connector.endpoint().host.clone());
     let value = CredentialsValue {
         engine: "postgres",
         host: &host,
-        port: record.port.unwrap_or(target.connector.endpoint().port),
+        port: record.port.unwrap_or(connector.endpoint().port),
         dbname: record.access.first().map(|a| a.database.as_str()).unwrap_or(db),
         username: &record.db_user,
         password: &password,

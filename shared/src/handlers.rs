@@ -60,17 +60,26 @@ pub async fn revoke(svc: &Services, event: LambdaEvent<Value>) -> Result<RevokeR
     result.map_err(failure)
 }
 
-/// The daily sweep, or the hourly overdue one (`{"sweep":"overdue"}`). The time is always the
-/// real one, whatever the event says.
+/// The daily sweep, or the hourly overdue one (`{"sweep":"overdue"}`), or the continuation of
+/// one cut short (`"continuation": n`). The time is always the real one, whatever the event says.
 pub async fn cleanup(svc: &Services, event: LambdaEvent<Value>) -> Result<CleanupReport, Error> {
     let started = std::time::Instant::now();
     let scope = crate::cleanup::Scope::of(&event.payload);
+    let continuation = crate::cleanup::continuation_of(&event.payload).map_err(Error::from)?;
     let deadline = crate::budget::deadline_of(event.context.deadline);
-    let result = crate::budget::within(deadline, crate::cleanup::run_scope(svc, Utc::now(), scope)).await;
+    let mut result = crate::budget::within(deadline, crate::cleanup::run_scope(svc, Utc::now(), scope)).await;
+    if let Ok(report) = &mut result {
+        // In the time kept back at the end: one Scheduler call.
+        match crate::cleanup::continue_later(svc, &event.context.invoked_function_arn, scope, continuation, report, Utc::now()).await {
+            Ok(scheduled) => report.continuation = scheduled,
+            Err(e) => report.errors.push(format!("continuation: {}", crate::postgres::error_chain(&e))),
+        }
+    }
     summary("cleanup", started, &result, |r| {
-        serde_json::json!({"scope": format!("{scope:?}").to_lowercase(), "deleted": r.deleted.len(), "revoked_overdue": r.revoked_overdue.len(),
+        serde_json::json!({"scope": format!("{scope:?}").to_lowercase(), "continuation": continuation, "deleted": r.deleted.len(), "revoked_overdue": r.revoked_overdue.len(),
             "finished": r.finished.len(), "rotated": r.rotated.len(), "orphans": r.orphans.len(), "profile_roles": r.profile_roles, "profiles_dropped": r.profiles_dropped.len(),
-            "largest_acl": r.largest_acls.iter().map(|(_, n)| *n).max(), "errors": r.errors.len(), "items_read": r.items_read})
+            "largest_acl": r.largest_acls.iter().map(|(_, n)| *n).max(), "errors": r.errors.len(), "items_read": r.items_read,
+            "left": r.left, "reconcile_left": r.reconcile_left.len(), "connections": r.connections, "continues": r.continuation})
     });
     result.map_err(failure)
 }

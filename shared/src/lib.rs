@@ -4,7 +4,8 @@
 //! This crate holds all of pgjit's logic; the Lambda binaries in `functions/` and the `pgjit`
 //! CLI only wire it up.
 //!
-//! - [`postgres`]: connections (libpq's ssl modes over rustls, timeouts), quoting, retries.
+//! - [`postgres`]: connections (libpq's ssl modes over rustls, timeouts), quoting, retries;
+//!   [`pool`]: a few of them reused, operation after operation.
 //! - [`access`]: the access a request asks for, checked and normalised.
 //! - [`roles`]: the login and profile roles and their grant; [`revocation`]: revoke, delete, and
 //!   the holding role for what departed users owned; [`scram`]: password verifiers.
@@ -39,6 +40,7 @@ pub mod integration;
 pub mod metrics;
 pub mod names;
 pub mod pgaudit;
+pub mod pool;
 pub mod postgres;
 pub mod rds;
 pub mod redaction;

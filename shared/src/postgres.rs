@@ -165,6 +165,8 @@ pub enum ConnectError {
         #[source]
         source: tokio_postgres::Error,
     },
+    #[error("the connection pool was closed")]
+    PoolClosed,
 }
 
 impl ConnectError {

@@ -37,11 +37,15 @@ impl Revoked {
 /// [`disarm`]). Safe to repeat.
 pub async fn revoke(connector: &Connector, maintenance_database: &str, username: &str, prefix: &str) -> Result<Revoked, RoleError> {
     check_login_name(username, prefix, connector.user())?;
-    let revoked = async {
-        let client = connector.connect(maintenance_database).await?;
-        revoke_on(&client, connector, maintenance_database, username, AtRevoke::Disarm).await
-    };
-    match revoked.await {
+    let client = connector.connect(maintenance_database).await?;
+    revoke_over(&client, connector, maintenance_database, username, prefix).await
+}
+
+/// [`revoke`] on an open connection to the maintenance database (cleanup reuses one for many
+/// roles); `connector` opens those to other databases the role has privileges in.
+pub async fn revoke_over(client: &Client, connector: &Connector, maintenance_database: &str, username: &str, prefix: &str) -> Result<Revoked, RoleError> {
+    check_login_name(username, prefix, connector.user())?;
+    match revoke_on(client, connector, maintenance_database, username, AtRevoke::Disarm).await {
         // Dropped by a concurrent delete half-way through: gone is what revoke wants.
         Err(e) if dropped_meanwhile(&e) => Ok(Revoked::gone()),
         other => other,
@@ -340,15 +344,21 @@ pub struct Deleted {
 /// holding role ([`hand_over`]), then `DROP ROLE`. Safe to repeat.
 pub async fn delete(connector: &Connector, maintenance_database: &str, username: &str, prefix: &str, holding_role: &str) -> Result<Deleted, RoleError> {
     check_login_name(username, prefix, connector.user())?;
+    let client = connector.connect(maintenance_database).await?;
+    delete_over(&client, connector, maintenance_database, username, prefix, holding_role).await
+}
+
+/// [`delete`] on an open connection to the maintenance database: one connection for the
+/// revoke, the hand-over and the drop.
+pub async fn delete_over(client: &Client, connector: &Connector, maintenance_database: &str, username: &str, prefix: &str, holding_role: &str) -> Result<Deleted, RoleError> {
+    check_login_name(username, prefix, connector.user())?;
     let gone = || Deleted { existed: false, reassigned_in: Vec::new(), handed_over: Vec::new() };
     let deleted = async {
-        // One connection for the revoke, the hand-over and the drop.
-        let client = connector.connect(maintenance_database).await?;
-        let revoked = revoke_on(&client, connector, maintenance_database, username, AtRevoke::LeaveToDelete).await?;
+        let revoked = revoke_on(client, connector, maintenance_database, username, AtRevoke::LeaveToDelete).await?;
         if !revoked.existed {
             return Ok(gone());
         }
-        let (reassigned_in, handed_over) = hand_over_on(&client, connector, maintenance_database, username, holding_role, Departure::Login).await?;
+        let (reassigned_in, handed_over) = hand_over_on(client, connector, maintenance_database, username, holding_role, Departure::Login).await?;
         let drop = format!("DROP ROLE IF EXISTS {}", ident(username));
         retry(maintenance_database, "dropping the role", || client.batch_execute(&drop)).await?;
         tracing::info!(db_user = username, databases = reassigned_in.len(), handed_over = handed_over.len(), "login role dropped");

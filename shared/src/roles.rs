@@ -864,10 +864,11 @@ pub async fn set_valid_until(connector: &Connector, maintenance_database: &str, 
     Ok(true)
 }
 
-pub async fn set_password(connector: &Connector, maintenance_database: &str, username: &str, prefix: &str, password: &SecretString) -> Result<bool, RoleError> {
-    check_login_name(username, prefix, connector.user())?;
-    let client = connector.connect(maintenance_database).await?;
-    if crate::revocation::role_oid(&client, maintenance_database, username).await?.is_none() {
+/// Gives a login role a new password (its SCRAM verifier, computed here, so the password never
+/// reaches the server); false when the role does not exist.
+pub async fn set_password(client: &Client, admin: &str, maintenance_database: &str, username: &str, prefix: &str, password: &SecretString) -> Result<bool, RoleError> {
+    check_login_name(username, prefix, admin)?;
+    if crate::revocation::role_oid(client, maintenance_database, username).await?.is_none() {
         return Ok(false);
     }
     let verifier = crate::scram::verifier(password);

@@ -1,6 +1,6 @@
 //! The one-shot EventBridge Scheduler schedule that revokes a grant at its expiry.
 
-use aws_sdk_scheduler::types::{ActionAfterCompletion, DeadLetterConfig, FlexibleTimeWindow, FlexibleTimeWindowMode, RetryPolicy, Target};
+use aws_sdk_scheduler::types::{DeadLetterConfig, FlexibleTimeWindow, FlexibleTimeWindowMode, RetryPolicy, Target};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
@@ -28,20 +28,33 @@ pub fn revoke_input(request_id: &str) -> String {
     serde_json::json!({ "request_id": request_id }).to_string()
 }
 
-/// The whole definition of a request's revoke schedule, on a CreateSchedule or UpdateSchedule
-/// request (two SDK builder types with the same setters and no trait in common).
-macro_rules! revoke_schedule {
-    ($request:expr, $svc:expr, $name:expr, $request_id:expr, $at:expr, $target:expr, $window:expr) => {
+/// The whole definition of a one-shot schedule in pgjit's group, on a CreateSchedule or
+/// UpdateSchedule request (two SDK builder types with the same setters and no trait in common).
+macro_rules! one_shot {
+    ($request:expr, $svc:expr, $name:expr, $at:expr, $target:expr, $window:expr, $description:expr) => {
         $request
             .name($name)
             .group_name(&$svc.config.schedule_group)
-            .schedule_expression(at_expression($at))
+            .schedule_expression($crate::schedule::at_expression($at))
             .schedule_expression_timezone("UTC")
             .flexible_time_window($window)
             .target($target)
-            .action_after_completion(ActionAfterCompletion::Delete)
-            .description(format!("pgjit: revoke {} at expiry", $request_id))
+            .action_after_completion(aws_sdk_scheduler::types::ActionAfterCompletion::Delete)
+            .description($description)
     };
+}
+pub(crate) use one_shot;
+
+/// A request's revoke schedule.
+macro_rules! revoke_schedule {
+    ($request:expr, $svc:expr, $name:expr, $request_id:expr, $at:expr, $target:expr, $window:expr) => {
+        one_shot!($request, $svc, $name, $at, $target, $window, format!("pgjit: revoke {} at expiry", $request_id))
+    };
+}
+
+/// A schedule that fires when it is due, not within a window.
+pub(crate) fn exact(operation: &'static str) -> Result<FlexibleTimeWindow, AwsError> {
+    FlexibleTimeWindow::builder().mode(FlexibleTimeWindowMode::Off).build().map_err(|e| AwsError::msg(operation, e.to_string()))
 }
 
 /// The schedule's target and window: the revoke function with the request's input, retried for
@@ -58,8 +71,7 @@ fn revoke_target(svc: &Services, request_id: &str, operation: &'static str) -> R
         target = target.dead_letter_config(DeadLetterConfig::builder().arn(dlq).build());
     }
     let target = target.build().map_err(|e| AwsError::msg(operation, e.to_string()))?;
-    let window = FlexibleTimeWindow::builder().mode(FlexibleTimeWindowMode::Off).build().map_err(|e| AwsError::msg(operation, e.to_string()))?;
-    Ok((target, window))
+    Ok((target, exact(operation)?))
 }
 
 /// Creates the revoke schedule; an existing one of the same name (a repeated run) is kept.
