@@ -1,5 +1,5 @@
-//! Named points in the grant and revoke flows where a test makes the run fail, or stops it dead
-//! (as a killed process would stop), to prove that what was done before is undone or finished
+//! Named points in the grant, revoke and cleanup flows where a test makes the run fail, slows it,
+//! or stops it dead (as a killed process would stop), to prove that what was done before is undone or finished
 //! later. Production never sets any: an unset point costs one uncontended lock.
 
 use std::collections::HashMap;
@@ -13,6 +13,8 @@ enum Action {
     Fail,
     /// Runs the hook (e.g. stops a server), then goes on.
     Hook(Arc<dyn Fn() + Send + Sync>),
+    /// Waits, then goes on: a slow step.
+    Delay(std::time::Duration),
     /// Signals the waiter, then never returns: the run is stuck until its task is dropped.
     Halt(Arc<Notify>),
 }
@@ -48,6 +50,11 @@ impl Failpoints {
         self.put(name, Action::Hook(Arc::new(hook)));
     }
 
+    /// Makes each pass through `name` take `delay` longer.
+    pub fn delay(&self, name: &str, delay: std::time::Duration) {
+        self.put(name, Action::Delay(delay));
+    }
+
     /// Stops the run at `name` for good; the returned notify fires when it got there.
     pub fn halt(&self, name: &str) -> Arc<Notify> {
         let notify = Arc::new(Notify::new());
@@ -69,6 +76,10 @@ impl Failpoints {
             Some(Action::Fail) => Err(Triggered(name.to_owned())),
             Some(Action::Hook(hook)) => {
                 hook();
+                Ok(())
+            }
+            Some(Action::Delay(delay)) => {
+                tokio::time::sleep(delay).await;
                 Ok(())
             }
             Some(Action::Halt(notify)) => {

@@ -289,6 +289,22 @@ pub fn approval(request_id: &str, integration: &str, requester: &str, access: se
             "approver": "jane@corp.com", "duration_seconds": 3600, "reason": "INC-42 stuck orders", "access": access}})
 }
 
+/// Grants `n` requests as if approved two hours ago for one hour: overdue now, their revoke never
+/// ran (cleanup's backstop case). Returns the request ids and database users.
+pub async fn overdue_grants(svc: &pgjit::aws::Services, integration: &str, prefix: &str, n: usize) -> Vec<(String, String)> {
+    let then = chrono::Utc::now() - chrono::Duration::hours(2);
+    let mut granted = Vec::new();
+    for i in 0..n {
+        let request_id = format!("{prefix}-{i}");
+        let mut event = approval(&request_id, integration, &format!("late{i}@corp.com"), orders_access());
+        event["time"] = serde_json::json!(then.format("%Y-%m-%dT%H:%M:%SZ").to_string());
+        let approved = pgjit::events::parse_approval(event).unwrap();
+        let result = pgjit::grants::grant(svc, &approved, then).await.unwrap();
+        granted.push((request_id, result.db_user));
+    }
+    granted
+}
+
 /// An `Access Extension Approved` event as the approval bus delivers it, sent just now.
 pub fn extension(id: &str, request_id: &str, approver: &str, duration_seconds: u64) -> serde_json::Value {
     serde_json::json!({"version": "0", "id": id, "detail-type": "Access Extension Approved", "source": "pgjit.approvals", "account": "123456789012",

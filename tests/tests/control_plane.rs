@@ -296,6 +296,38 @@ async fn a_failure_at_each_step_of_grant_leaves_nothing_behind() {
     assert!(!secret_exists(&svc, "orders", "REQ-FAIL-REVOKE").await);
 }
 
+/// Cleanup's items share a few connections per integration, whatever their number: the server
+/// never sees more than `cleanup_connections` (2) from one sweep per integration, and every item
+/// of every integration is done, overdue revokes first and drops after the retention.
+#[tokio::test]
+async fn cleanup_works_through_many_items_over_a_few_reused_connections() {
+    let svc = isolated_services().await;
+    let su = env().superuser("postgres").await;
+    let mut granted = Vec::new();
+    for name in ["east", "west"] {
+        integration(&svc, name, json!({"user_cleanup_after_days": 1})).await;
+        granted.extend(pgjit_tests::overdue_grants(&svc, name, &format!("MANY-{name}"), 6).await);
+    }
+    let report = pgjit::cleanup::run_scope(&svc, Utc::now(), pgjit::cleanup::Scope::Overdue).await.unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.revoked_overdue.len(), granted.len(), "{report:?}");
+    assert!((2..=4).contains(&report.connections), "two integrations, at most two connections each: {}", report.connections);
+    for (request_id, db_user) in &granted {
+        assert_eq!(svc.store.get_grant(request_id).await.unwrap().unwrap().status, GrantStatus::Revoked, "{request_id}");
+        let login: bool = su.query_one("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1", &[db_user]).await.unwrap().get(0);
+        assert!(!login, "{request_id}: revoked");
+    }
+    let report = pgjit::cleanup::run(&svc, Utc::now() + Duration::days(2)).await.unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.deleted.len(), granted.len(), "{report:?}");
+    assert!(report.connections <= 4, "{}", report.connections);
+    assert_eq!((report.left, report.reconcile_left.len(), report.reconciled), (0, 0, 2), "{report:?}");
+    for (request_id, db_user) in &granted {
+        assert_eq!(svc.store.get_grant(request_id).await.unwrap().unwrap().status, GrantStatus::Deleted, "{request_id}");
+        assert!(!role_exists(&su, db_user).await, "{request_id}: dropped");
+    }
+}
+
 #[tokio::test]
 async fn cleanup_revokes_overdue_grants_and_removes_orphans() {
     let e = env();

@@ -11,7 +11,7 @@ use pgjit::aws::Services;
 use pgjit::events::RevokeTrigger;
 use pgjit::grants::{GrantError, GrantResult};
 use pgjit::store::GrantStatus;
-use pgjit_tests::{approval, env, isolated_services, isolated_services_with, orders_access, register_integration, role_exists, Proxy};
+use pgjit_tests::{approval, env, isolated_services, isolated_services_with, orders_access, overdue_grants, register_integration, role_exists, Proxy};
 use serde_json::{json, Value};
 
 async fn grant(svc: &Services, event: Value) -> Result<GrantResult, String> {
@@ -354,4 +354,78 @@ async fn a_grant_stops_and_undoes_before_the_invocations_deadline() {
     let done = pgjit::handlers::revoke(&svc, with_deadline(json!({"detail-type": "Access Revoke Requested", "detail": {"request_id": "TIMED-2"}}), 60)).await.unwrap();
     assert_eq!(done.status, GrantStatus::Deleted);
     nothing_left(&svc, "timed", "TIMED-2", &granted.db_user).await;
+}
+
+/// A sweep with more due work than its invocation has time for stops starting items before the
+/// deadline: each item is done or untouched (none left `revoking`), what is left is counted and a
+/// continuation is scheduled with the same scope and the next count, which finishes the work.
+#[tokio::test]
+async fn a_sweep_cut_short_by_its_deadline_leaves_each_item_done_or_untouched_and_continues() {
+    let svc = isolated_services_with(|name| (name == "PGJIT_CLEANUP_CONCURRENCY").then(|| "2".into())).await;
+    register_integration(&svc, "swept", json!({})).await;
+    let granted = overdue_grants(&svc, "swept", "SWEPT", 20).await;
+    // Each item takes a second: two at a time, about six start in the three seconds before the
+    // time left falls under the item allowance (10 s) of a 19-second invocation (6 s kept back).
+    svc.failpoints.delay("cleanup:item", StdDuration::from_secs(1));
+    let function_arn = "arn:aws:lambda:us-east-1:123456789012:function:pgjit-cleanup";
+    let invocation = |payload: Value, seconds: u64| {
+        let mut context = Context::default();
+        context.deadline = u64::try_from(Utc::now().timestamp_millis()).unwrap() + seconds * 1000;
+        context.invoked_function_arn = function_arn.into();
+        LambdaEvent::new(payload, context)
+    };
+    let started = Instant::now();
+    let report = pgjit::handlers::cleanup(&svc, invocation(json!({"sweep": "overdue"}), 19)).await.unwrap();
+    let took = started.elapsed();
+    assert!(took < StdDuration::from_secs(13), "stopped well before the deadline: {took:?}");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let done = report.revoked_overdue.len();
+    assert!(done >= 2 && report.left >= 6, "some done, some left: {done} done, {} left", report.left);
+    assert_eq!(done + report.left, granted.len(), "every item done or counted as left");
+    // Done means revoked everywhere; untouched means still active, with its role able to log in.
+    let su = env().superuser("postgres").await;
+    let mut untouched = 0;
+    for (request_id, db_user) in &granted {
+        let record = svc.store.get_grant(request_id).await.unwrap().unwrap();
+        match record.status {
+            GrantStatus::Deleted => assert!(!role_exists(&su, db_user).await, "{request_id}: role left"),
+            GrantStatus::Active => {
+                untouched += 1;
+                let login: bool = su.query_one("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1", &[db_user]).await.unwrap().get(0);
+                assert!(login, "{request_id}: untouched, so its role is as granted");
+            }
+            other => panic!("{request_id}: {other} is neither done nor untouched"),
+        }
+    }
+    assert_eq!(untouched, report.left);
+    // The continuation: one schedule, a minute later, invoking this function with the same scope.
+    let name = pgjit::cleanup::continuation_schedule_name(pgjit::cleanup::Scope::Overdue);
+    assert!(report.continuation.as_deref().is_some_and(|c| c.starts_with(&name)), "{:?}", report.continuation);
+    let schedule = svc.scheduler.get_schedule().name(&name).group_name(&svc.config.schedule_group).send().await.expect("continuation schedule");
+    let target = schedule.target().expect("target");
+    assert_eq!(target.arn(), function_arn);
+    assert_eq!(target.role_arn(), svc.config.scheduler_role_arn);
+    let input: Value = serde_json::from_str(target.input().unwrap_or_default()).unwrap();
+    assert_eq!(input, json!({"sweep": "overdue", "continuation": 1}));
+    let at = schedule.schedule_expression().unwrap_or_default().to_owned();
+
+    // A second run cut short moves the one continuation (ConflictException, then an update).
+    let report = pgjit::handlers::cleanup(&svc, invocation(input.clone(), 19)).await.unwrap();
+    assert!(report.left > 0 && !report.revoked_overdue.is_empty(), "{report:?}");
+    let schedule = svc.scheduler.get_schedule().name(&name).group_name(&svc.config.schedule_group).send().await.expect("continuation schedule");
+    let input: Value = serde_json::from_str(schedule.target().and_then(|t| t.input()).unwrap_or_default()).unwrap();
+    assert_eq!(input, json!({"sweep": "overdue", "continuation": 2}));
+    assert!(schedule.schedule_expression().unwrap_or_default() >= at.as_str());
+
+    // A count out of range is refused and changes nothing.
+    let err = pgjit::handlers::cleanup(&svc, invocation(json!({"continuation": "many"}), 60)).await.unwrap_err().to_string();
+    assert!(err.contains("continuation: expected a whole number"), "{err}");
+
+    // The continuation, with time enough, finishes the work and schedules nothing more.
+    svc.failpoints.clear();
+    let report = pgjit::handlers::cleanup(&svc, invocation(input, 120)).await.unwrap();
+    assert_eq!((report.left, report.continuation.as_deref()), (0, None), "{report:?}");
+    for (request_id, db_user) in &granted {
+        nothing_left(&svc, "swept", request_id, db_user).await;
+    }
 }

@@ -57,6 +57,12 @@ impl Task {
     /// Does the work and writes the outcome into the report.
     async fn run(self, svc: &Services, server: &Server, now: DateTime<Utc>, report: &Mutex<CleanupReport>) {
         let id = self.record().request_id.clone();
+        if let Err(e) = svc.failpoints.check("cleanup:item").await {
+            if let Ok(mut report) = report.lock() {
+                report.errors.push(format!("{id}: {e}"));
+            }
+            return;
+        }
         let (list, failure): (ReportList, Option<String>) = match self {
             Task::Finish(r) => {
                 let status = r.status;
