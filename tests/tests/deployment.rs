@@ -329,3 +329,27 @@ fn session_audit_reads_each_listed_log_group_and_can_only_write_sessions() {
     let invoke = &t["Resources"]["AuditFunctionEventInvokeConfig"]["Properties"];
     assert_eq!(text(&invoke["DestinationConfig"]["OnFailure"]["Destination"]), "!GetAtt FailedInvocationsQueue.Arn");
 }
+
+/// Cleanup's continuation is a schedule it makes itself: the function may create and update
+/// only the continuation's names (never a revoke schedule), pass only the scheduler role, and
+/// that role may invoke cleanup (moto enforces no IAM: a missing right shows only on AWS).
+#[test]
+fn cleanup_may_schedule_its_own_continuation_and_nothing_else() {
+    let t = template();
+    let statements = statements(&t, "CleanupFunction");
+    let writes: Vec<&Value> = statements.iter().filter(|s| allows(s, "scheduler:CreateSchedule") || allows(s, "scheduler:UpdateSchedule")).collect();
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    let resource = text(&writes[0]["Resource"]);
+    for scope in [pgjit::cleanup::Scope::Full, pgjit::cleanup::Scope::Overdue] {
+        let name = pgjit::cleanup::continuation_schedule_name(scope);
+        assert!(name.starts_with("cleanup-continuation-") && resource.ends_with("schedule/${RevokeScheduleGroup}/cleanup-continuation-*"), "{name} / {resource}");
+    }
+    let pass: Vec<String> = statements.iter().filter(|s| allows(s, "iam:PassRole")).map(|s| text(&s["Resource"])).collect();
+    assert_eq!(pass, ["!GetAtt SchedulerRole.Arn"]);
+    let env = &t["Resources"]["CleanupFunction"]["Properties"]["Environment"]["Variables"];
+    assert_eq!(text(&env["PGJIT_SCHEDULER_ROLE_ARN"]), "!GetAtt SchedulerRole.Arn");
+    let policy = &t["Resources"]["SchedulerInvokesCleanup"]["Properties"];
+    assert_eq!(text(&policy["Roles"]), "!Ref SchedulerRole");
+    let invoke = &policy["PolicyDocument"]["Statement"][0];
+    assert!(allows(invoke, "lambda:InvokeFunction") && text(&invoke["Resource"]).contains("!GetAtt CleanupFunction.Arn"), "{invoke:?}");
+}
