@@ -226,7 +226,14 @@ pub async fn delete(svc: &Services, name_or_arn: &str, request_id: &str, foreign
         Owner::Other(_) if foreign == Foreign::Skip => return Ok(()),
         other => other.require(name_or_arn)?,
     }
-    match svc.secrets.delete_secret().secret_id(name_or_arn).force_delete_without_recovery(true).send().await {
+    delete_recorded(svc, name_or_arn).await
+}
+
+/// Deletes, at once, the secret a grant made, by the full ARN the grant recorded: a secret's ARN
+/// ends in six random characters, so it names that secret and no later one of the same name,
+/// and no tag need be read first. One that is gone already is success.
+pub async fn delete_recorded(svc: &Services, arn: &str) -> Result<(), AwsError> {
+    match svc.secrets.delete_secret().secret_id(arn).force_delete_without_recovery(true).send().await {
         Ok(_) => Ok(()),
         Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => Ok(()),
         Err(e) => Err(AwsError::new("secretsmanager:DeleteSecret", e)),

@@ -683,8 +683,11 @@ async fn revoke_steps(svc: &Services, server: &endpoint::Server, record: &mut Gr
         iam::delete_policy(svc, policy).await.map_err(at::<(), _>("iam policy"))?;
     }
     if record.access_mode == AccessMode::Password {
-        let name = record.secret_arn.clone().unwrap_or_else(|| credentials::secret_name(svc, &integration.name, &record.request_id));
-        credentials::delete(svc, &name, &record.request_id, credentials::Foreign::Refuse).await.map_err(at::<(), _>("credentials secret"))?;
+        let deleted = match &record.secret_arn {
+            Some(arn) if arn.starts_with("arn:") => credentials::delete_recorded(svc, arn).await,
+            _ => credentials::delete(svc, &credentials::secret_name(svc, &integration.name, &record.request_id), &record.request_id, credentials::Foreign::Refuse).await,
+        };
+        deleted.map_err(at::<(), _>("credentials secret"))?;
     }
     fp.check("revoke:after_secret").await.map_err(at::<(), _>("credentials secret"))?;
     step_done(record, "revoke", "credentials", started);
@@ -699,7 +702,7 @@ async fn revoke_steps(svc: &Services, server: &endpoint::Server, record: &mut Gr
         (Some(reason), Some(disarmed)) => Some(format!("{reason}; {disarmed}")),
         (reason, disarmed) => reason.clone().or(disarmed),
     };
-    svc.store.append_audit(&audit(record, "revoked", now, detail)).await.map_err(at::<(), _>("audit"))?;
+    let mut entries = vec![audit(record, "revoked", now, detail)];
     if integration.user_cleanup_after_days == 0 {
         let started = std::time::Instant::now();
         let deleted = drop_user(server, &record.db_user).await.map_err(at::<(), _>("delete role"))?;
@@ -707,13 +710,14 @@ async fn revoke_steps(svc: &Services, server: &endpoint::Server, record: &mut Gr
         record.status = GrantStatus::Deleted;
         record.deleted_at = Some(now);
         record.due_at = None;
-        svc.store.append_audit(&audit(record, "deleted", now, handed_over_detail(&deleted.handed_over))).await.map_err(at::<(), _>("audit"))?;
+        entries.push(audit(record, "deleted", now, handed_over_detail(&deleted.handed_over)));
     } else {
         record.status = GrantStatus::Revoked;
         record.due_at = Some(due_key(delete_after));
     }
     record.updated_at = Utc::now();
-    match svc.store.update_grant(record).await {
+    // The record and its audit entries together: one request, and never one without the other.
+    match svc.store.update_grant_with_audit(record, &entries).await {
         Ok(()) => Ok(revoked.sessions_ended),
         // A concurrent revoke finished first: the work is done either way.
         Err(StoreError::Conflict { .. }) => Ok(revoked.sessions_ended),
@@ -743,8 +747,8 @@ pub async fn delete_user(svc: &Services, record: &mut GrantRecord, server: &endp
     record.deleted_at = Some(now);
     record.due_at = None;
     record.updated_at = now;
-    svc.store.update_grant(record).await?;
-    svc.store.append_audit(&audit(record, "deleted", now, handed_over_detail(&deleted.handed_over))).await?;
+    let entry = audit(record, "deleted", now, handed_over_detail(&deleted.handed_over));
+    svc.store.update_grant_with_audit(record, &[entry]).await?;
     crate::metrics::count("UsersDeleted", 1, &record.integration);
     Ok(())
 }
@@ -776,8 +780,8 @@ pub async fn rotate(svc: &Services, record: &mut GrantRecord, server: &endpoint:
     record.rotated_at = Some(now);
     record.updated_at = now;
     record.due_at = Some(due_key(active_due(record, integration)));
-    svc.store.update_grant(record).await?;
-    svc.store.append_audit(&audit(record, "rotated", now, None)).await?;
+    let entry = audit(record, "rotated", now, None);
+    svc.store.update_grant_with_audit(record, &[entry]).await?;
     Ok(())
 }
 

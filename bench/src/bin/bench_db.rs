@@ -332,42 +332,143 @@ async fn burst() {
     }
 }
 
-/// Cleanup reads the due work only: 100 due records among 1,000 and among 10,000.
+/// Cleanup at scale. Each store holds `total` grant records, `due` of them due: half active
+/// grants past expiry whose revoke never ran (with their credentials secret), half revoked users
+/// past retention, each with a real login role made by pgjit's grant, spread over `integrations`
+/// integrations on the local server. Today's sweep (the one before concurrency: each item one
+/// after the other, resolving the admin secret and connecting for itself) and pgjit's sweep run
+/// on stores seeded alike, in one run.
 async fn cleanup_scaling() {
-    println!("cleanup: 100 due grants among N records (items read from DynamoDB, time):");
-    for total in [1_000usize, 10_000] {
-        let svc = isolated_services().await;
-        let integration = register_integration(&svc, "sweep", json!({})).await;
-        let now = Utc::now();
-        let approved = pgjit::events::parse_approval(approval("SWEEP", "sweep", "sweep@corp.com", orders_access())).unwrap();
-        let mut template = pgjit::store::GrantRecord::granting(&approved, &integration, String::new(), now, now, now);
-        template.status = pgjit::store::GrantStatus::Active;
-        let svc_ref = &svc;
-        stream::iter(0..total)
-            .map(|i| {
-                let mut r = template.clone();
-                r.request_id = format!("SWEEP-{i}");
-                r.db_user = format!("{}sweep_{i:08}", integration.user_prefix);
-                // 100 are past expiry; the rest expire in a day.
-                let expiry = if i < 100 { now - chrono::Duration::minutes(1) } else { now + chrono::Duration::days(1) };
-                r.expires_at = expiry;
-                r.due_at = Some(pgjit::store::due_key(expiry));
-                async move { svc_ref.store.insert_grant(&r).await.unwrap() }
-            })
-            .buffer_unordered(32)
-            .collect::<Vec<_>>()
-            .await;
+    const INTEGRATIONS: usize = 4;
+    println!("cleanup: due items among N records over {INTEGRATIONS} integrations (real roles; moto and PostgreSQL on this machine):");
+    let sequential = if std::env::var("ONLY_NEW").is_ok() { Duration::from_secs(1) } else {
+        let (svc, now) = seed_sweep(10_000, 1_000, INTEGRATIONS).await;
+        let started = Instant::now();
+        let done = sequential_sweep(&svc, now).await;
+        let elapsed = started.elapsed();
+        println!("  today's sequential sweep: 10000 records, 1000 due: {done} done in {:>8.1} ms = {:.1} ms an item", ms(elapsed), ms(elapsed) / 1000.0);
+        elapsed
+    };
+    let mut per_item = Duration::ZERO;
+    for (total, due) in if std::env::var("ONLY_NEW").is_ok() { vec![(10_000usize, 1_000usize)] } else { vec![(1_000usize, 100usize), (10_000, 100), (10_000, 1_000)] } {
+        let (svc, now) = seed_sweep(total, due, INTEGRATIONS).await;
         let started = Instant::now();
         let report = pgjit::cleanup::run(&svc, now).await.unwrap();
         let elapsed = started.elapsed();
+        let done = report.done();
+        assert_eq!((done, report.left, report.errors.len()), (due, 0, 0), "{:?}", report.errors);
         println!(
-            "  {total:>6} records, 100 due: {} revoked, {} items read ({:.2} x due), {:>8.1} ms",
-            report.revoked_overdue.len(),
+            "  pgjit's sweep: {total:>6} records, {due:>5} due: {done} done, {} items read ({:.2} x due), {} connections, {:>8.1} ms = {:.1} ms an item",
             report.items_read,
-            report.items_read as f64 / 100.0,
-            ms(elapsed)
+            report.items_read as f64 / due as f64,
+            report.connections,
+            ms(elapsed),
+            ms(elapsed) / due as f64
         );
+        if due == 1_000 {
+            per_item = elapsed / 1_000;
+            println!("  1000 due: today's sweep / pgjit's = {:.2} x (target: at least 4 x)", sequential.as_secs_f64() / elapsed.as_secs_f64());
+        }
     }
+    println!(
+        "  10000 due items, extrapolated: {:.0} s at {:.1} ms an item (one invocation: 900 s, items start until 16 s before)",
+        (per_item * 10_000).as_secs_f64(),
+        ms(per_item)
+    );
+}
+
+/// A store as [`cleanup_scaling`] describes, and the time the sweep runs as of.
+async fn seed_sweep(total: usize, due: usize, integrations: usize) -> (pgjit::aws::Services, chrono::DateTime<Utc>) {
+    let svc = isolated_services().await;
+    let now = Utc::now();
+    let mut registered = Vec::new();
+    for n in 0..integrations {
+        registered.push(register_integration(&svc, &format!("sweep{n}"), json!({"user_cleanup_after_days": 0})).await);
+    }
+    let access: Vec<AccessEntry> = serde_json::from_value(orders_access()).unwrap();
+    let access = AccessSet::from_entries(&access).unwrap();
+    let admin = env().admin();
+    let password = SecretString::random_password();
+    let approved = pgjit::events::parse_approval(approval("SWEEP", "sweep0", "sweep@corp.com", orders_access())).unwrap();
+    let template = pgjit::store::GrantRecord::granting(&approved, &registered[0], String::new(), now, now, now);
+    let svc_ref = &svc;
+    let (registered, access, admin, password, template) = (&registered, &access, &admin, &password, &template);
+    stream::iter(0..total)
+        .map(|i| async move {
+            let integration = &registered[i % registered.len()];
+            let mut r = template.clone();
+            r.request_id = format!("SWEEP-{i}");
+            r.integration = integration.name.clone();
+            r.status = pgjit::store::GrantStatus::Active;
+            if i < due {
+                let user = login_role_name(&integration.user_prefix, &format!("sweep{i}@corp.com"));
+                let spec = GrantSpec {
+                    username: &user,
+                    access,
+                    login: LoginMethod::Password(password),
+                    valid_until: now + chrono::Duration::hours(1),
+                    prefix: &integration.user_prefix,
+                    grantable_roles: &[],
+                    privileged_roles: &[],
+                    audit: None,
+                };
+                roles::grant(admin, &spec).await.unwrap();
+                r.db_user = user;
+                if i % 2 == 0 {
+                    // Active past expiry, its revoke never ran: the secret is still there.
+                    r.expires_at = now - chrono::Duration::minutes(1);
+                    r.due_at = Some(pgjit::store::due_key(r.expires_at));
+                    let name = pgjit::credentials::secret_name(svc_ref, &integration.name, &r.request_id);
+                    let value = pgjit::credentials::CredentialsValue {
+                        engine: "postgres",
+                        host: "localhost",
+                        port: 5432,
+                        dbname: "app",
+                        username: &r.db_user,
+                        password,
+                        expires_at: r.expires_at,
+                    };
+                    let readers = pgjit::credentials::Readers { requester: None, others: &[] };
+                    r.secret_arn = Some(pgjit::credentials::store(svc_ref, &name, &value, "sweep@corp.com", &r.request_id, &readers).await.unwrap());
+                } else {
+                    // Revoked, retention over.
+                    r.status = pgjit::store::GrantStatus::Revoked;
+                    r.revoked_at = Some(now - chrono::Duration::days(2));
+                    r.delete_after = Some(now - chrono::Duration::minutes(1));
+                    r.due_at = r.delete_after.map(pgjit::store::due_key);
+                }
+            } else {
+                r.db_user = format!("{}sweep_{i:08}", integration.user_prefix);
+                r.expires_at = now + chrono::Duration::days(1);
+                r.due_at = Some(pgjit::store::due_key(r.expires_at));
+            }
+            svc_ref.store.insert_grant(&r).await.unwrap();
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    (svc, now)
+}
+
+/// The sweep's due work as it ran before concurrency: item after item, each resolving the
+/// integration's server (a read of the admin secret) and opening its own connection. Returns
+/// how many items it did.
+async fn sequential_sweep(svc: &pgjit::aws::Services, now: chrono::DateTime<Utc>) -> usize {
+    let integrations: std::collections::HashMap<String, pgjit::integration::Integration> =
+        svc.store.list_integrations().await.unwrap().into_iter().map(|i| (i.name.clone(), i)).collect();
+    let mut done = 0;
+    let (due, _) = svc.store.due_grants(pgjit::store::GrantStatus::Revoked, now).await.unwrap();
+    for mut record in due {
+        let server = pgjit::endpoint::Server::open(svc, integrations[&record.integration].clone(), 1).await.unwrap();
+        pgjit::grants::delete_user(svc, &mut record, &server, now).await.unwrap();
+        done += 1;
+    }
+    let (due, _) = svc.store.due_grants(pgjit::store::GrantStatus::Active, now).await.unwrap();
+    for record in due.into_iter().filter(|r| r.expires_at <= now) {
+        pgjit::grants::revoke(svc, &record.request_id, pgjit::events::RevokeTrigger::Cleanup, now).await.unwrap();
+        done += 1;
+    }
+    done
 }
 
 /// Discovery of a database with 10,000 tables in 100 schemas: the catalog read against one
