@@ -507,6 +507,7 @@ async fn run(command: Command) -> Outcome {
                 println!("  orphan removed: {o}");
             }
             println!("  profile roles: {} ({} unused past their retention, dropped)", report.profile_roles, report.profiles_dropped.len());
+            println!("  {} connection(s) to the servers, {} due item(s) read", report.connections, report.items_read);
             for (table, entries) in &report.largest_acls {
                 println!("  largest ACL: {table}, {entries} entries");
             }

@@ -702,7 +702,7 @@ async fn revoke_steps(svc: &Services, server: &endpoint::Server, record: &mut Gr
         (Some(reason), Some(disarmed)) => Some(format!("{reason}; {disarmed}")),
         (reason, disarmed) => reason.clone().or(disarmed),
     };
-    let mut entries = vec![audit(record, "revoked", now, detail)];
+    svc.store.append_audit(&audit(record, "revoked", now, detail)).await.map_err(at::<(), _>("audit"))?;
     if integration.user_cleanup_after_days == 0 {
         let started = std::time::Instant::now();
         let deleted = drop_user(server, &record.db_user).await.map_err(at::<(), _>("delete role"))?;
@@ -710,14 +710,13 @@ async fn revoke_steps(svc: &Services, server: &endpoint::Server, record: &mut Gr
         record.status = GrantStatus::Deleted;
         record.deleted_at = Some(now);
         record.due_at = None;
-        entries.push(audit(record, "deleted", now, handed_over_detail(&deleted.handed_over)));
+        svc.store.append_audit(&audit(record, "deleted", now, handed_over_detail(&deleted.handed_over))).await.map_err(at::<(), _>("audit"))?;
     } else {
         record.status = GrantStatus::Revoked;
         record.due_at = Some(due_key(delete_after));
     }
     record.updated_at = Utc::now();
-    // The record and its audit entries together: one request, and never one without the other.
-    match svc.store.update_grant_with_audit(record, &entries).await {
+    match svc.store.update_grant(record).await {
         Ok(()) => Ok(revoked.sessions_ended),
         // A concurrent revoke finished first: the work is done either way.
         Err(StoreError::Conflict { .. }) => Ok(revoked.sessions_ended),
@@ -747,8 +746,8 @@ pub async fn delete_user(svc: &Services, record: &mut GrantRecord, server: &endp
     record.deleted_at = Some(now);
     record.due_at = None;
     record.updated_at = now;
-    let entry = audit(record, "deleted", now, handed_over_detail(&deleted.handed_over));
-    svc.store.update_grant_with_audit(record, &[entry]).await?;
+    svc.store.update_grant(record).await?;
+    svc.store.append_audit(&audit(record, "deleted", now, handed_over_detail(&deleted.handed_over))).await?;
     crate::metrics::count("UsersDeleted", 1, &record.integration);
     Ok(())
 }
@@ -780,8 +779,8 @@ pub async fn rotate(svc: &Services, record: &mut GrantRecord, server: &endpoint:
     record.rotated_at = Some(now);
     record.updated_at = now;
     record.due_at = Some(due_key(active_due(record, integration)));
-    let entry = audit(record, "rotated", now, None);
-    svc.store.update_grant_with_audit(record, &[entry]).await?;
+    svc.store.update_grant(record).await?;
+    svc.store.append_audit(&audit(record, "rotated", now, None)).await?;
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, DeleteRequest, GlobalSecondaryIndex, KeySchemaElement, KeyType,
-    Projection, ProjectionType, Put, PutRequest, ScalarAttributeType, TransactWriteItem, WriteRequest,
+    Projection, ProjectionType, PutRequest, ScalarAttributeType, WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
@@ -534,57 +534,6 @@ impl Store {
                 }
             }
         }
-    }
-
-    /// [`Store::update_grant`] and the audit entries of that change in one transaction: the trail
-    /// never shows a change the record does not, nor the reverse, and it is one request instead
-    /// of several. An entry already written (a repeated run) leaves the record's change alone.
-    pub async fn update_grant_with_audit(&self, record: &mut GrantRecord, entries: &[AuditEntry]) -> Result<(), StoreError> {
-        let expected = record.version;
-        record.version += 1;
-        let items = self.grant_and_audit_items(record, expected, entries);
-        let sent = match items {
-            Ok(items) => self.client.transact_write_items().set_transact_items(Some(items)).send().await,
-            Err(e) => {
-                record.version = expected;
-                return Err(e);
-            }
-        };
-        let Err(e) = sent else { return Ok(()) };
-        record.version = expected;
-        use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-        let reasons: Option<Vec<Option<String>>> = match e.as_service_error() {
-            Some(TransactWriteItemsError::TransactionCanceledException(c)) => Some(c.cancellation_reasons().iter().map(|r| r.code().map(str::to_owned)).collect()),
-            _ => None,
-        };
-        let failed = |code: &Option<String>| code.as_deref() == Some("ConditionalCheckFailed");
-        match reasons {
-            Some(reasons) if reasons.first().is_some_and(failed) => Err(StoreError::Conflict { what: format!("grant {:?}", record.request_id), expected }),
-            Some(reasons) if reasons.iter().skip(1).any(failed) && reasons.iter().all(|c| failed(c) || matches!(c.as_deref(), None | Some("None"))) => {
-                self.update_grant(record).await
-            }
-            _ => Err(dynamo("TransactWriteItems", &self.grants)(e)),
-        }
-    }
-
-    /// The transaction's writes: the record if its version is still `expected`, and each entry
-    /// if it is not there yet.
-    fn grant_and_audit_items(&self, record: &GrantRecord, expected: u64, entries: &[AuditEntry]) -> Result<Vec<TransactWriteItem>, StoreError> {
-        let put = |table: &str, item, condition: &str, version: Option<u64>| {
-            Put::builder()
-                .table_name(table)
-                .set_item(Some(item))
-                .condition_expression(condition)
-                .set_expression_attribute_values(version.map(|v| HashMap::from([(":v".to_owned(), AttributeValue::N(v.to_string()))])))
-                .build()
-                .map(|put| TransactWriteItem::builder().put(put).build())
-                .map_err(dynamo("TransactWriteItems", table))
-        };
-        let mut items = vec![put(&self.grants, self.to_item(&self.grants, record)?, "version = :v", Some(expected))?];
-        for entry in entries {
-            items.push(put(&self.audit, self.to_item(&self.audit, entry)?, "attribute_not_exists(at_event)", None)?);
-        }
-        Ok(items)
     }
 
     /// Records in `status` whose `due_at` has come, oldest first, and how many items were read.

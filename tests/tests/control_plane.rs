@@ -328,47 +328,6 @@ async fn cleanup_works_through_many_items_over_a_few_reused_connections() {
     }
 }
 
-/// A state change and its audit entries are written together or not at all: a stale record
-/// writes neither (the other writer's change stands), and an entry already there (a repeated
-/// run) does not stop the record's change or appear twice.
-#[tokio::test]
-async fn a_state_change_and_its_audit_entry_are_written_together() {
-    let svc = isolated_services().await;
-    integration(&svc, "paired", json!({})).await;
-    grant(&svc, approval("REQ-PAIRED", "paired", "pair@corp.com", orders_access())).await.unwrap();
-    let mut stale = svc.store.get_grant("REQ-PAIRED").await.unwrap().unwrap();
-    let mut other = stale.clone();
-    other.updated_at = Utc::now();
-    svc.store.update_grant(&mut other).await.unwrap();
-    let entry = |record: &pgjit::store::GrantRecord, event: &str| pgjit::store::AuditEntry {
-        request_id: record.request_id.clone(),
-        at_event: format!("2026-12-02T00:00:00.000Z#9#{event}"),
-        at: Utc::now(),
-        event: event.into(),
-        integration: record.integration.clone(),
-        requester: record.requester.id.clone(),
-        approver: record.approver.clone(),
-        db_user: record.db_user.clone(),
-        access: record.access.clone(),
-        detail: None,
-    };
-    let rotated = entry(&stale, "rotated");
-    let err = svc.store.update_grant_with_audit(&mut stale, std::slice::from_ref(&rotated)).await.unwrap_err();
-    assert!(matches!(err, pgjit::store::StoreError::Conflict { .. }), "{err}");
-    let events = |entries: Vec<pgjit::store::AuditEntry>| entries.into_iter().map(|e| e.event).collect::<Vec<_>>();
-    assert!(!events(svc.store.audit_of("REQ-PAIRED").await.unwrap()).contains(&"rotated".to_owned()), "no entry without the change");
-    assert_eq!(stale.version, other.version - 1, "the stale copy keeps its version");
-
-    let mut fresh = svc.store.get_grant("REQ-PAIRED").await.unwrap().unwrap();
-    svc.store.update_grant_with_audit(&mut fresh, std::slice::from_ref(&rotated)).await.unwrap();
-    // The same entry again, with a further change of the record: the change is written, once.
-    fresh.updated_at = Utc::now();
-    svc.store.update_grant_with_audit(&mut fresh, &[rotated]).await.unwrap();
-    assert_eq!(svc.store.get_grant("REQ-PAIRED").await.unwrap().unwrap().version, other.version + 2);
-    let rotated = events(svc.store.audit_of("REQ-PAIRED").await.unwrap()).into_iter().filter(|e| e == "rotated").count();
-    assert_eq!(rotated, 1);
-}
-
 #[tokio::test]
 async fn cleanup_revokes_overdue_grants_and_removes_orphans() {
     let e = env();
