@@ -702,7 +702,7 @@ async fn revoke_steps(svc: &Services, server: &endpoint::Server, record: &mut Gr
         (Some(reason), Some(disarmed)) => Some(format!("{reason}; {disarmed}")),
         (reason, disarmed) => reason.clone().or(disarmed),
     };
-    svc.store.append_audit(&audit(record, "revoked", now, detail)).await.map_err(at::<(), _>("audit"))?;
+    let mut entries = vec![audit(record, "revoked", now, detail)];
     if integration.user_cleanup_after_days == 0 {
         let started = std::time::Instant::now();
         let deleted = drop_user(server, &record.db_user).await.map_err(at::<(), _>("delete role"))?;
@@ -710,11 +710,14 @@ async fn revoke_steps(svc: &Services, server: &endpoint::Server, record: &mut Gr
         record.status = GrantStatus::Deleted;
         record.deleted_at = Some(now);
         record.due_at = None;
-        svc.store.append_audit(&audit(record, "deleted", now, handed_over_detail(&deleted.handed_over))).await.map_err(at::<(), _>("audit"))?;
+        entries.push(audit(record, "deleted", now, handed_over_detail(&deleted.handed_over)));
     } else {
         record.status = GrantStatus::Revoked;
         record.due_at = Some(due_key(delete_after));
     }
+    // Written before the record: a run that dies in between leaves the record `revoking`, and
+    // the retry writes the same entries again (their keys carry this revoke's time).
+    svc.store.append_audit_entries(&entries).await.map_err(at::<(), _>("audit"))?;
     record.updated_at = Utc::now();
     match svc.store.update_grant(record).await {
         Ok(()) => Ok(revoked.sessions_ended),

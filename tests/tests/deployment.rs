@@ -353,3 +353,14 @@ fn cleanup_may_schedule_its_own_continuation_and_nothing_else() {
     let invoke = &policy["PolicyDocument"]["Statement"][0];
     assert!(allows(invoke, "lambda:InvokeFunction") && text(&invoke["Resource"]).contains("!GetAtt CleanupFunction.Arn"), "{invoke:?}");
 }
+
+/// A revoke that drops the user at once writes its two audit entries in one BatchWriteItem:
+/// every function that revokes may (moto enforces no IAM).
+#[test]
+fn functions_that_revoke_may_batch_their_audit_entries() {
+    let t = template();
+    for function in ["RevokeFunction", "CleanupFunction"] {
+        let batch = statements(&t, function).into_iter().any(|s| allows(&s, "dynamodb:BatchWriteItem") && text(&s["Resource"]) == "!GetAtt AuditTable.Arn");
+        assert!(batch, "{function} may BatchWriteItem on the audit table");
+    }
+}

@@ -343,27 +343,35 @@ async fn cleanup_scaling() {
     println!("cleanup: due items among N records over {INTEGRATIONS} integrations (real roles; moto and PostgreSQL on this machine):");
     let sequential = {
         let (svc, now) = seed_sweep(10_000, 1_000, INTEGRATIONS).await;
-        let started = Instant::now();
+        let (requests, started) = (moto_requests(), Instant::now());
         let done = sequential_sweep(&svc, now).await;
         let elapsed = started.elapsed();
-        println!("  today's sequential sweep: 10000 records, 1000 due: {done} done in {:>8.1} ms = {:.1} ms an item", ms(elapsed), ms(elapsed) / 1000.0);
+        let requests = moto_requests() - requests;
+        println!(
+            "  today's sequential sweep: 10000 records, 1000 due: {done} done in {:>8.1} ms = {:.1} ms an item, {:.1} AWS requests an item",
+            ms(elapsed),
+            ms(elapsed) / 1000.0,
+            requests as f64 / 1000.0
+        );
         elapsed
     };
     let mut per_item = Duration::ZERO;
     for (total, due) in [(1_000usize, 100usize), (10_000, 100), (10_000, 1_000)] {
         let (svc, now) = seed_sweep(total, due, INTEGRATIONS).await;
-        let started = Instant::now();
+        let (requests, started) = (moto_requests(), Instant::now());
         let report = pgjit::cleanup::run(&svc, now).await.unwrap();
         let elapsed = started.elapsed();
+        let requests = moto_requests() - requests;
         let done = report.done();
         assert_eq!((done, report.left, report.errors.len()), (due, 0, 0), "{:?}", report.errors);
         println!(
-            "  pgjit's sweep: {total:>6} records, {due:>5} due: {done} done, {} items read ({:.2} x due), {} connections, {:>8.1} ms = {:.1} ms an item",
+            "  pgjit's sweep: {total:>6} records, {due:>5} due: {done} done, {} items read ({:.2} x due), {} connections, {:>8.1} ms = {:.1} ms an item, {:.1} AWS requests an item",
             report.items_read,
             report.items_read as f64 / due as f64,
             report.connections,
             ms(elapsed),
-            ms(elapsed) / due as f64
+            ms(elapsed) / due as f64,
+            requests as f64 / due as f64
         );
         if due == 1_000 {
             per_item = elapsed / 1_000;
