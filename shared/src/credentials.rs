@@ -229,6 +229,15 @@ pub async fn delete(svc: &Services, name_or_arn: &str, request_id: &str, foreign
     delete_recorded(svc, name_or_arn).await
 }
 
+/// Whether `arn` is a full Secrets Manager ARN of a secret called `name` (its name, a hyphen
+/// and the six random characters AWS adds).
+pub fn is_arn_of(arn: &str, name: &str) -> bool {
+    arn.starts_with("arn:")
+        && arn.rsplit_once(":secret:").and_then(|(_, rest)| rest.strip_prefix(name)).and_then(|rest| rest.strip_prefix('-')).is_some_and(|suffix| {
+            suffix.len() == 6 && suffix.bytes().all(|b| b.is_ascii_alphanumeric())
+        })
+}
+
 /// Deletes, at once, the secret a grant made, by the full ARN the grant recorded: a secret's ARN
 /// ends in six random characters, so it names that secret and no later one of the same name,
 /// and no tag need be read first. One that is gone already is success.
@@ -244,4 +253,22 @@ pub async fn delete_recorded(svc: &Services, arn: &str) -> Result<(), AwsError> 
 pub async fn read(svc: &Services, name_or_arn: &str) -> Result<SecretString, AwsError> {
     let out = svc.secrets.get_secret_value().secret_id(name_or_arn).send().await.map_err(|e| AwsError::new("secretsmanager:GetSecretValue", e))?;
     out.secret_string.map(SecretString::new).ok_or_else(|| AwsError::msg("secretsmanager:GetSecretValue", "no SecretString"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_recorded_arn_is_taken_only_for_the_requests_own_name() {
+        let name = "pgjit-credentials/orders/REQ-1";
+        let arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:pgjit-credentials/orders/REQ-1-a1B2c3";
+        assert!(super::is_arn_of(arn, name));
+        for other in [
+            "arn:aws:secretsmanager:us-east-1:123456789012:secret:pgjit-credentials/orders/REQ-12-a1B2c3",
+            "arn:aws:secretsmanager:us-east-1:123456789012:secret:pgjit-credentials/orders/REQ-1",
+            "arn:aws:secretsmanager:us-east-1:123456789012:secret:pgjit-credentials/orders/REQ-1-a1B2c3d",
+            "pgjit-credentials/orders/REQ-1-a1B2c3",
+        ] {
+            assert!(!super::is_arn_of(other, name), "{other}");
+        }
+    }
 }

@@ -658,6 +658,11 @@ pub async fn revoke_with(
                 Ok(RevokeResult { request_id: record.request_id.clone(), status: record.status, db_user: record.db_user.clone(), repeated: false, sessions_ended })
             }
             Err((step, source)) => {
+                if step == "deadline" {
+                    // Cut short: due again now, so the next sweep (a cleanup's continuation, a
+                    // minute later) finishes it rather than the one after the stuck window.
+                    crate::budget::with_reserve(due_again(svc, &record.request_id, now)).await;
+                }
                 tracing::error!(request_id = %record.request_id, integration = %record.integration, db_user = %record.db_user, step, error = %error_chain(&source), "revoke failed; it will be retried");
                 crate::metrics::count("RevokesFailed", 1, &record.integration);
                 Err(GrantError::Step { operation: "revoke", request_id: record.request_id.clone(), step, undone: false, source })
@@ -665,6 +670,18 @@ pub async fn revoke_with(
         };
     }
     Err(GrantError::InProgress(request_id.to_owned()))
+}
+
+/// Makes a revoke that was cut short due at once (best effort: the hourly sweep is the backstop).
+async fn due_again(svc: &Services, request_id: &str, now: DateTime<Utc>) {
+    if let Ok(Some(mut record)) = svc.store.get_grant(request_id).await {
+        if record.status == GrantStatus::Revoking {
+            record.due_at = Some(due_key(now));
+            if let Err(e) = svc.store.update_grant(&mut record).await {
+                tracing::warn!(request_id, error = %error_chain(&e), "could not make the cut-short revoke due again; the hourly sweep will");
+            }
+        }
+    }
 }
 
 async fn revoke_steps(svc: &Services, server: &endpoint::Server, record: &mut GrantRecord, trigger: RevokeTrigger, now: DateTime<Utc>) -> Result<i64, (&'static str, StepError)> {
@@ -683,9 +700,11 @@ async fn revoke_steps(svc: &Services, server: &endpoint::Server, record: &mut Gr
         iam::delete_policy(svc, policy).await.map_err(at::<(), _>("iam policy"))?;
     }
     if record.access_mode == AccessMode::Password {
+        let name = credentials::secret_name(svc, &integration.name, &record.request_id);
         let deleted = match &record.secret_arn {
-            Some(arn) if arn.starts_with("arn:") => credentials::delete_recorded(svc, arn).await,
-            _ => credentials::delete(svc, &credentials::secret_name(svc, &integration.name, &record.request_id), &record.request_id, credentials::Foreign::Refuse).await,
+            // The ARN its grant recorded, of the request's own name: deleted without a read.
+            Some(arn) if credentials::is_arn_of(arn, &name) => credentials::delete_recorded(svc, arn).await,
+            recorded => credentials::delete(svc, recorded.as_deref().unwrap_or(&name), &record.request_id, credentials::Foreign::Refuse).await,
         };
         deleted.map_err(at::<(), _>("credentials secret"))?;
     }
@@ -702,7 +721,8 @@ async fn revoke_steps(svc: &Services, server: &endpoint::Server, record: &mut Gr
         (Some(reason), Some(disarmed)) => Some(format!("{reason}; {disarmed}")),
         (reason, disarmed) => reason.clone().or(disarmed),
     };
-    let mut entries = vec![audit(record, "revoked", now, detail)];
+    // The access is gone: the trail says so now, whatever becomes of the drop that may follow.
+    svc.store.append_audit(&audit(record, "revoked", now, detail)).await.map_err(at::<(), _>("audit"))?;
     if integration.user_cleanup_after_days == 0 {
         let started = std::time::Instant::now();
         let deleted = drop_user(server, &record.db_user).await.map_err(at::<(), _>("delete role"))?;
@@ -710,14 +730,11 @@ async fn revoke_steps(svc: &Services, server: &endpoint::Server, record: &mut Gr
         record.status = GrantStatus::Deleted;
         record.deleted_at = Some(now);
         record.due_at = None;
-        entries.push(audit(record, "deleted", now, handed_over_detail(&deleted.handed_over)));
+        svc.store.append_audit(&audit(record, "deleted", now, handed_over_detail(&deleted.handed_over))).await.map_err(at::<(), _>("audit"))?;
     } else {
         record.status = GrantStatus::Revoked;
         record.due_at = Some(due_key(delete_after));
     }
-    // Written before the record: a run that dies in between leaves the record `revoking`, and
-    // the retry writes the same entries again (their keys carry this revoke's time).
-    svc.store.append_audit_entries(&entries).await.map_err(at::<(), _>("audit"))?;
     record.updated_at = Utc::now();
     match svc.store.update_grant(record).await {
         Ok(()) => Ok(revoked.sessions_ended),

@@ -594,25 +594,6 @@ impl Store {
         }
     }
 
-    /// Appends the entries of one change (a revoke that also drops the user writes two): one
-    /// entry conditionally, as [`Store::append_audit`]; several in one BatchWriteItem, which takes
-    /// no condition, so an entry written already by the same run (same request, time and event)
-    /// is written again with the same contents.
-    pub async fn append_audit_entries(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
-        match entries {
-            [] => Ok(()),
-            [entry] => self.append_audit(entry).await,
-            entries => {
-                let mut requests = Vec::with_capacity(entries.len());
-                for entry in entries {
-                    let put = PutRequest::builder().set_item(Some(self.to_item(&self.audit, entry)?)).build().map_err(dynamo("BatchWriteItem", &self.audit))?;
-                    requests.push(WriteRequest::builder().put_request(put).build());
-                }
-                self.write_batches(&self.audit, requests).await
-            }
-        }
-    }
-
     pub async fn audit_of(&self, request_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
         let query = self.client.query().key_condition_expression("request_id = :r").expression_attribute_values(":r", AttributeValue::S(request_id.to_owned()));
         self.query_all(&self.audit, query).await

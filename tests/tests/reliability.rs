@@ -350,7 +350,11 @@ async fn a_grant_stops_and_undoes_before_the_invocations_deadline() {
     let err = pgjit::handlers::revoke(&svc, with_deadline(json!({"detail-type": "Access Revoke Requested", "detail": {"request_id": "TIMED-2"}}), 8)).await.unwrap_err().to_string();
     assert!(err.contains("time ran out"), "{err}");
     svc.failpoints.clear();
-    assert_eq!(svc.store.get_grant("TIMED-2").await.unwrap().unwrap().status, GrantStatus::Revoking);
+    let record = svc.store.get_grant("TIMED-2").await.unwrap().unwrap();
+    assert_eq!(record.status, GrantStatus::Revoking);
+    // Due again at once: the next sweep (a cleanup's continuation) takes it, not only the one
+    // after the stuck window.
+    assert!(record.due_at.as_deref() <= Some(pgjit::store::due_key(Utc::now()).as_str()), "{:?}", record.due_at);
     let done = pgjit::handlers::revoke(&svc, with_deadline(json!({"detail-type": "Access Revoke Requested", "detail": {"request_id": "TIMED-2"}}), 60)).await.unwrap();
     assert_eq!(done.status, GrantStatus::Deleted);
     nothing_left(&svc, "timed", "TIMED-2", &granted.db_user).await;
@@ -358,12 +362,13 @@ async fn a_grant_stops_and_undoes_before_the_invocations_deadline() {
 
 /// A sweep with more due work than its invocation has time for stops starting items before the
 /// deadline: each item is done or untouched (none left `revoking`), what is left is counted and a
-/// continuation is scheduled with the same scope and the next count, which finishes the work.
+/// continuation is scheduled with the same scope and the next count (never a smaller one), which
+/// finishes the work.
 #[tokio::test]
 async fn a_sweep_cut_short_by_its_deadline_leaves_each_item_done_or_untouched_and_continues() {
     let svc = isolated_services_with(|name| (name == "PGJIT_CLEANUP_CONCURRENCY").then(|| "2".into())).await;
     register_integration(&svc, "swept", json!({})).await;
-    let granted = overdue_grants(&svc, "swept", "SWEPT", 20).await;
+    let granted = overdue_grants(&svc, "swept", "SWEPT", 26).await;
     // Each item takes a second: two at a time, about six start in the three seconds before the
     // time left falls under the item allowance (10 s) of a 19-second invocation (6 s kept back).
     svc.failpoints.delay("cleanup:item", StdDuration::from_secs(1));
@@ -380,7 +385,7 @@ async fn a_sweep_cut_short_by_its_deadline_leaves_each_item_done_or_untouched_an
     assert!(took < StdDuration::from_secs(13), "stopped well before the deadline: {took:?}");
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     let done = report.revoked_overdue.len();
-    assert!(done >= 2 && report.left >= 6, "some done, some left: {done} done, {} left", report.left);
+    assert!(done >= 2 && report.left >= 12, "some done, some left: {done} done, {} left", report.left);
     assert_eq!(done + report.left, granted.len(), "every item done or counted as left");
     // Done means revoked everywhere; untouched means still active, with its role able to log in.
     let su = env().superuser("postgres").await;
@@ -416,6 +421,12 @@ async fn a_sweep_cut_short_by_its_deadline_leaves_each_item_done_or_untouched_an
     let input: Value = serde_json::from_str(schedule.target().and_then(|t| t.input()).unwrap_or_default()).unwrap();
     assert_eq!(input, json!({"sweep": "overdue", "continuation": 2}));
     assert!(schedule.schedule_expression().unwrap_or_default() >= at.as_str());
+    // A run that starts a chain anew (the hourly one, count 0) moves it but keeps the count.
+    let report = pgjit::handlers::cleanup(&svc, invocation(json!({"sweep": "overdue"}), 19)).await.unwrap();
+    assert!(report.left > 0 && report.continuation.is_some(), "{report:?}");
+    let schedule = svc.scheduler.get_schedule().name(&name).group_name(&svc.config.schedule_group).send().await.expect("continuation schedule");
+    let kept: Value = serde_json::from_str(schedule.target().and_then(|t| t.input()).unwrap_or_default()).unwrap();
+    assert_eq!(kept, input, "the larger count stays");
 
     // A count out of range is refused and changes nothing.
     let err = pgjit::handlers::cleanup(&svc, invocation(json!({"continuation": "many"}), 60)).await.unwrap_err().to_string();

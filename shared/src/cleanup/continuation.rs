@@ -64,12 +64,12 @@ pub async fn continue_later(
     }
     let name = schedule_name(scope);
     let at = now + chrono::Duration::seconds(DELAY_SECONDS);
-    let input = serde_json::json!({ "sweep": scope.as_str(), "continuation": continuation + 1 }).to_string();
-    let target = |operation| {
+    let input = |count: u32| serde_json::json!({ "sweep": scope.as_str(), "continuation": count }).to_string();
+    let target = |operation, input: String| {
         Target::builder()
             .arn(function_arn)
             .role_arn(&svc.config.scheduler_role_arn)
-            .input(&input)
+            .input(input)
             // A continuation that cannot be delivered within the hour is left to the next run.
             .retry_policy(RetryPolicy::builder().maximum_event_age_in_seconds(3600).maximum_retry_attempts(2).build())
             .build()
@@ -81,7 +81,7 @@ pub async fn continue_later(
         svc,
         &name,
         at,
-        target("scheduler:CreateSchedule")?,
+        target("scheduler:CreateSchedule", input(continuation + 1))?,
         exact("scheduler:CreateSchedule")?,
         &description
     )
@@ -89,14 +89,28 @@ pub async fn continue_later(
     .await;
     match created {
         Ok(_) => {}
-        // One is waiting already (another run's): it is moved to this run's time and count.
+        // One is waiting already (another run's): it is moved to this run's time, and keeps the
+        // larger count, so a run that starts a chain anew (the hourly one) never resets it.
         Err(e) if e.as_service_error().is_some_and(|s| s.is_conflict_exception()) => {
+            let waiting = svc
+                .scheduler
+                .get_schedule()
+                .name(&name)
+                .group_name(&svc.config.schedule_group)
+                .send()
+                .await
+                .map_err(|e| AwsError::new("scheduler:GetSchedule", e))?;
+            let counted = waiting.target().and_then(|t| t.input()).and_then(|i| serde_json::from_str::<Value>(i).ok()).and_then(|v| continuation_of(&v).ok());
+            let count = counted.unwrap_or(0).max(continuation + 1);
+            if count > MAX_CONTINUATIONS {
+                return Ok(None);
+            }
             one_shot!(
                 svc.scheduler.update_schedule(),
                 svc,
                 &name,
                 at,
-                target("scheduler:UpdateSchedule")?,
+                target("scheduler:UpdateSchedule", input(count))?,
                 exact("scheduler:UpdateSchedule")?,
                 &description
             )

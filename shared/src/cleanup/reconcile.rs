@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures_util::future::join_all;
+use futures_util::StreamExt;
 use tokio::sync::OnceCell;
 
 use super::sweep::{Lane, Lanes};
@@ -24,8 +24,9 @@ const RECONCILE_ALLOWANCE: Duration = Duration::from_secs(30);
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
-/// Reconciles every integration, all at once (each on its own server's connections); one
-/// integration's failure is reported and does not stop the others.
+/// Reconciles every integration, several at once (each on its own server's connections), each
+/// within the invocation's time; one integration's failure is reported and does not stop the
+/// others.
 pub(super) async fn all(svc: &Services, lanes: &Lanes<'_>, now: DateTime<Utc>, report: &mut CleanupReport) {
     // The database users with a live record, read once (only if some role needs it).
     let live = OnceCell::new();
@@ -37,15 +38,18 @@ pub(super) async fn all(svc: &Services, lanes: &Lanes<'_>, now: DateTime<Utc>, r
                 part.reconcile_left.push(lane.integration.name.clone());
                 return part;
             }
-            match one(svc, lane, lanes, now, live, &mut part).await {
-                Ok(()) if part.reconcile_left.is_empty() => part.reconciled = 1,
-                Ok(()) => {}
-                Err(e) => part.errors.push(format!("integration {}: reconcile: {}", lane.integration.name, error_chain(&*e))),
+            match crate::budget::bounded(one(svc, lane, lanes, now, live, &mut part)).await {
+                Some(Ok(())) if part.reconcile_left.is_empty() => part.reconciled = 1,
+                Some(Ok(())) => {}
+                Some(Err(e)) => part.errors.push(format!("integration {}: reconcile: {}", lane.integration.name, error_chain(&*e))),
+                None => part.reconcile_left.push(lane.integration.name.clone()),
             }
             part
         }
     });
-    for part in join_all(runs).await {
+    // At most as many integrations at once as cleanup has items in flight.
+    let parts: Vec<CleanupReport> = futures_util::stream::iter(runs).buffer_unordered(svc.config.cleanup_concurrency).collect().await;
+    for part in parts {
         report.orphans.extend(part.orphans);
         report.handed_over.extend(part.handed_over);
         report.profile_roles += part.profile_roles;

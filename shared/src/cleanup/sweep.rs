@@ -195,7 +195,14 @@ async fn work(svc: &Services, lane: &Lane<'_>, gate: &Semaphore, pace: &Pace, re
             }
         };
         let started = Instant::now();
-        task.run(svc, server, now, report).await;
+        let id = task.record().request_id.clone();
+        // Started with time to spare; should it overrun anyway, the sweep still ends before
+        // Lambda's deadline, with its report and its continuation.
+        if crate::budget::bounded(task.run(svc, server, now, report)).await.is_none() {
+            if let Ok(mut report) = report.lock() {
+                report.errors.push(format!("{id}: the invocation's time ran out; left for the next run"));
+            }
+        }
         pace.took(started.elapsed());
         if server.pool.connect_failures_in_a_row() >= CONNECT_FAILURES_IN_A_ROW {
             let left = lane.drain();
