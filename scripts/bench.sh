@@ -2,7 +2,8 @@
 # Every benchmark, each against its floor in the same run (docs/BENCHMARKS.md records one run):
 #   cold start and peak memory of each function binary (release) against a do-nothing Lambda
 #   binary, binary sizes, grant vs one pipelined transaction, connect, burst, cleanup scaling and
-#   discovery scaling on the local environment; session audit parsing against decoding.
+#   discovery scaling on the local environment (cleanup also over modeled AWS and RDS latency);
+#   session audit parsing against decoding.
 # Usage: scripts/bench.sh [RUNS] [GRANT_RUNS]   (defaults 30 and 200: grant vs floor is a ratio
 #   of two medians a few milliseconds apart on a shared machine, so it takes more runs)
 set -euo pipefail
@@ -21,4 +22,4 @@ cargo build -q -p pgjit-bench --bin cold-start
 # Session audit: CPU only (no database, no AWS).
 "$target/release/bench-audit" "$runs"
 db="$target/release/bench-db"
-scripts/localenv.sh run sh -c "'$db' grant $grant_runs && '$db' e2e $runs && '$db' burst && '$db' cleanup && '$db' discovery && '$db' acl"
+scripts/localenv.sh run sh -c "'$db' grant $grant_runs && '$db' e2e $runs && '$db' burst && '$db' cleanup && '$db' cleanup-latency && '$db' discovery && '$db' acl"

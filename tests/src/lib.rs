@@ -1,6 +1,8 @@
 //! Access to the local environment that `scripts/localenv.sh` starts (real PostgreSQL servers
 //! with TLS and scram, and moto), for the integration tests and the demo.
 
+pub mod latency;
+
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -135,9 +137,14 @@ pub async fn moto_sdk_config() -> aws_config::SdkConfig {
 
 /// The same, for moto behind another address (a [`Proxy`]).
 pub async fn moto_sdk_config_at(url: &str) -> aws_config::SdkConfig {
+    moto_sdk_config_via(url, pgjit::aws::https_client()).await
+}
+
+/// [`moto_sdk_config_at`] over an HTTP client of the caller's (one that adds latency, say).
+pub async fn moto_sdk_config_via(url: &str, http_client: aws_smithy_runtime_api::client::http::SharedHttpClient) -> aws_config::SdkConfig {
     let creds = aws_credential_types::Credentials::new("testing", "testing", None, None, "pgjit-tests");
     aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .http_client(pgjit::aws::https_client())
+        .http_client(http_client)
         .endpoint_url(url)
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(creds)

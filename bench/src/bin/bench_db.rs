@@ -2,6 +2,7 @@
 //! the same run. Run through `scripts/bench.sh` (which starts the environment).
 //!
 //! Usage: bench-db [grant|e2e|burst|cleanup|discovery|acl|all] [RUNS]
+//!        bench-db cleanup-latency [AWS_MS [PG_RTT_MS]]   (defaults 10 and 1)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use pgjit::access::{login_role_name, AccessEntry, AccessSet};
 use pgjit::postgres::{ident, literal};
 use pgjit::roles::{self, GrantSpec, LoginMethod};
 use pgjit::SecretString;
-use pgjit_tests::{approval, env, isolated_services, orders_access, register_integration};
+use pgjit_tests::{approval, env, isolated_services, isolated_services_with, orders_access, register_integration};
 use serde_json::json;
 
 /// The prefix of the grant benchmark's roles.
@@ -67,6 +68,12 @@ async fn main() {
     }
     if matches!(what, "cleanup" | "all") {
         cleanup_scaling().await;
+    }
+    if matches!(what, "cleanup-latency" | "all") {
+        // Milliseconds an AWS request and a PostgreSQL round trip: bench-db cleanup-latency [AWS [PG]].
+        let given = |n: usize, default: f64| args.get(n).filter(|_| what != "all").and_then(|v| v.parse().ok()).unwrap_or(default);
+        let (aws, pg) = (given(2, 10.0), given(3, 1.0));
+        cleanup_over_latency(Duration::from_secs_f64(aws / 1000.0), Duration::from_secs_f64(pg / 1000.0)).await;
     }
     if matches!(what, "discovery" | "all") {
         discovery_scaling().await;
@@ -248,6 +255,54 @@ fn postgres_protocol_verifier(password: &SecretString) -> String {
 }
 
 /// Lines written to the environment's moto log so far (one per AWS request).
+/// CPU seconds used so far: by the whole machine (every core), by moto's server process and by
+/// this process (pgjit). What the machine used beyond the two is PostgreSQL's, near enough.
+#[derive(Clone, Copy)]
+struct Cpu {
+    machine: f64,
+    moto: f64,
+    pgjit: f64,
+}
+
+impl Cpu {
+    fn now() -> Cpu {
+        let state = std::env::var("PGJIT_TEST_STATE").unwrap_or_default();
+        let pid = std::fs::read_to_string(format!("{state}/moto.pid")).unwrap_or_default();
+        // /proc/stat's first line: user nice system idle iowait irq softirq steal (clock ticks).
+        let machine = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|t| t.lines().next().map(|l| l.split_whitespace().skip(1).filter_map(|v| v.parse::<f64>().ok()).collect::<Vec<_>>()))
+            .map(|v| v.iter().take(8).sum::<f64>() - v.get(3).copied().unwrap_or(0.0) - v.get(4).copied().unwrap_or(0.0))
+            .unwrap_or(0.0);
+        Cpu { machine: machine / 100.0, moto: process_cpu(pid.trim()), pgjit: process_cpu("self") }
+    }
+
+    fn since(self, start: Cpu) -> Cpu {
+        Cpu { machine: self.machine - start.machine, moto: self.moto - start.moto, pgjit: self.pgjit - start.pgjit }
+    }
+
+    /// "machine 1.6 of 2 cores busy: moto 0.8, pgjit 0.2, PostgreSQL and the rest 0.6"
+    fn describe(self, elapsed: Duration) -> String {
+        let s = elapsed.as_secs_f64();
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        format!(
+            "machine {:.2} of {cores} cores busy: moto {:.2}, pgjit {:.2}, PostgreSQL and the rest {:.2}",
+            self.machine / s,
+            self.moto / s,
+            self.pgjit / s,
+            (self.machine - self.moto - self.pgjit) / s
+        )
+    }
+}
+
+/// A process's CPU seconds (user and system) from /proc/PID/stat.
+fn process_cpu(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the parenthesised command: utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    fields.get(11..13).map(|t| t.iter().filter_map(|v| v.parse::<f64>().ok()).sum::<f64>()).unwrap_or(0.0) / 100.0
+}
+
 fn moto_requests() -> usize {
     let state = std::env::var("PGJIT_TEST_STATE").unwrap_or_default();
     std::fs::read_to_string(format!("{state}/moto.log")).map(|t| t.lines().filter(|l| l.contains("\" 200 ") || l.contains("\" 4")).count()).unwrap_or(0)
@@ -339,40 +394,13 @@ async fn burst() {
 /// after the other, resolving the admin secret and connecting for itself) and pgjit's sweep run
 /// on stores seeded alike, in one run.
 async fn cleanup_scaling() {
-    const INTEGRATIONS: usize = 4;
-    println!("cleanup: due items among N records over {INTEGRATIONS} integrations (real roles; moto and PostgreSQL on this machine):");
-    let sequential = {
-        let (svc, now) = seed_sweep(10_000, 1_000, INTEGRATIONS).await;
-        let (requests, started) = (moto_requests(), Instant::now());
-        let done = sequential_sweep(&svc, now).await;
-        let elapsed = started.elapsed();
-        let requests = moto_requests() - requests;
-        println!(
-            "  today's sequential sweep: 10000 records, 1000 due: {done} done in {:>8.1} ms = {:.1} ms an item, {:.1} AWS requests an item",
-            ms(elapsed),
-            ms(elapsed) / 1000.0,
-            requests as f64 / 1000.0
-        );
-        elapsed
-    };
+    println!("cleanup: due items among N records over {SWEEP_INTEGRATIONS} integrations (real roles; moto and PostgreSQL on this machine):");
+    let (svc, now) = seed_sweep(10_000, 1_000, json!({})).await;
+    let sequential = measure_sequential_sweep(&svc, now).await;
     let mut per_item = Duration::ZERO;
     for (total, due) in [(1_000usize, 100usize), (10_000, 100), (10_000, 1_000)] {
-        let (svc, now) = seed_sweep(total, due, INTEGRATIONS).await;
-        let (requests, started) = (moto_requests(), Instant::now());
-        let report = pgjit::cleanup::run(&svc, now).await.unwrap();
-        let elapsed = started.elapsed();
-        let requests = moto_requests() - requests;
-        let done = report.done();
-        assert_eq!((done, report.left, report.errors.len()), (due, 0, 0), "{:?}", report.errors);
-        println!(
-            "  pgjit's sweep: {total:>6} records, {due:>5} due: {done} done, {} items read ({:.2} x due), {} connections, {:>8.1} ms = {:.1} ms an item, {:.1} AWS requests an item",
-            report.items_read,
-            report.items_read as f64 / due as f64,
-            report.connections,
-            ms(elapsed),
-            ms(elapsed) / due as f64,
-            requests as f64 / due as f64
-        );
+        let (svc, now) = seed_sweep(total, due, json!({})).await;
+        let elapsed = measure_pgjit_sweep(&svc, now, total, due).await;
         if due == 1_000 {
             per_item = elapsed / 1_000;
             println!("  1000 due: today's sweep / pgjit's = {:.2} x (target: at least 4 x)", sequential.as_secs_f64() / elapsed.as_secs_f64());
@@ -385,13 +413,88 @@ async fn cleanup_scaling() {
     );
 }
 
+/// [`cleanup_scaling`]'s 10,000 records with 1,000 due once more, over modeled latency: every AWS
+/// request answered `aws` later and every PostgreSQL round trip `pg_rtt` longer, as from a Lambda
+/// function to AWS's endpoints and an RDS instance in another availability zone. Waiting only:
+/// moto still does its work on this machine's CPU, one request at a time.
+async fn cleanup_over_latency(aws: Duration, pg_rtt: Duration) {
+    println!(
+        "cleanup over modeled latency ({} ms an AWS request, {} ms a PostgreSQL round trip), 10000 records, 1000 due, {SWEEP_INTEGRATIONS} integrations:",
+        ms(aws),
+        ms(pg_rtt)
+    );
+    let link = pgjit_tests::latency::SlowLink::start(env().port, pg_rtt / 2).await;
+    let http = pgjit_tests::latency::delayed_http_client(aws);
+    let far = json!({"port": link.port});
+    let slowed = |svc: pgjit::aws::Services| {
+        let http = http.clone();
+        async move { pgjit::aws::Services::new((*svc.config).clone(), pgjit_tests::moto_sdk_config_via(&env().moto_url, http).await) }
+    };
+    let (svc, now) = seed_sweep(10_000, 1_000, far.clone()).await;
+    let sequential = measure_sequential_sweep(&slowed(svc).await, now).await;
+    let (svc, now) = seed_sweep(10_000, 1_000, far).await;
+    let elapsed = measure_pgjit_sweep(&slowed(svc).await, now, 10_000, 1_000).await;
+    println!("  1000 due: today's sweep / pgjit's = {:.2} x", sequential.as_secs_f64() / elapsed.as_secs_f64());
+    println!(
+        "  10000 due items, extrapolated: today's sweep {:.0} s, pgjit's {:.0} s (one invocation: 900 s)",
+        (sequential * 10).as_secs_f64(),
+        (elapsed * 10).as_secs_f64()
+    );
+}
+
+const SWEEP_INTEGRATIONS: usize = 4;
+
+/// Today's sequential sweep over a store of 10,000 records with 1,000 due; prints and returns its time.
+async fn measure_sequential_sweep(svc: &pgjit::aws::Services, now: chrono::DateTime<Utc>) -> Duration {
+    let (requests, cpu, started) = (moto_requests(), Cpu::now(), Instant::now());
+    let done = sequential_sweep(svc, now).await;
+    let elapsed = started.elapsed();
+    let (requests, cpu) = (moto_requests() - requests, Cpu::now().since(cpu));
+    println!(
+        "  today's sequential sweep: 10000 records, 1000 due: {done} done in {:>8.1} ms = {:.1} ms an item, {:.1} AWS requests an item, {}",
+        ms(elapsed),
+        ms(elapsed) / 1000.0,
+        requests as f64 / 1000.0,
+        cpu.describe(elapsed)
+    );
+    elapsed
+}
+
+/// pgjit's sweep (`cleanup::run`) over a store of `total` records with `due` due; prints and
+/// returns its time.
+async fn measure_pgjit_sweep(svc: &pgjit::aws::Services, now: chrono::DateTime<Utc>, total: usize, due: usize) -> Duration {
+    let (requests, cpu, started) = (moto_requests(), Cpu::now(), Instant::now());
+    let report = pgjit::cleanup::run(svc, now).await.unwrap();
+    let elapsed = started.elapsed();
+    let (requests, cpu) = (moto_requests() - requests, Cpu::now().since(cpu));
+    let done = report.done();
+    assert_eq!((done, report.left, report.errors.len()), (due, 0, 0), "{:?}", report.errors);
+    println!(
+        "  pgjit's sweep: {total:>6} records, {due:>5} due: {done} done, {} items read ({:.2} x due), {} connections, {:>8.1} ms = {:.1} ms an item, {:.1} AWS requests an item, {}",
+        report.items_read,
+        report.items_read as f64 / due as f64,
+        report.connections,
+        ms(elapsed),
+        ms(elapsed) / due as f64,
+        requests as f64 / due as f64,
+        cpu.describe(elapsed)
+    );
+    elapsed
+}
+
 /// A store as [`cleanup_scaling`] describes, and the time the sweep runs as of.
-async fn seed_sweep(total: usize, due: usize, integrations: usize) -> (pgjit::aws::Services, chrono::DateTime<Utc>) {
-    let svc = isolated_services().await;
+/// `integration` holds settings of the integrations' own (another port, say).
+async fn seed_sweep(total: usize, due: usize, integration: serde_json::Value) -> (pgjit::aws::Services, chrono::DateTime<Utc>) {
+    // The sweep's settings may be tried from the environment (PGJIT_CLEANUP_CONCURRENCY, ..._CONNECTIONS).
+    let svc = isolated_services_with(|name| name.starts_with("PGJIT_CLEANUP_").then(|| std::env::var(name).ok()).flatten()).await;
     let now = Utc::now();
     let mut registered = Vec::new();
-    for n in 0..integrations {
-        registered.push(register_integration(&svc, &format!("sweep{n}"), json!({"user_cleanup_after_days": 0})).await);
+    let mut settings = json!({"user_cleanup_after_days": 0});
+    for (k, v) in integration.as_object().into_iter().flatten() {
+        settings[k] = v.clone();
+    }
+    for n in 0..SWEEP_INTEGRATIONS {
+        registered.push(register_integration(&svc, &format!("sweep{n}"), settings.clone()).await);
     }
     let access: Vec<AccessEntry> = serde_json::from_value(orders_access()).unwrap();
     let access = AccessSet::from_entries(&access).unwrap();
