@@ -33,38 +33,14 @@ impl HttpConnector for Delayed {
     }
 }
 
-/// A TCP relay to `127.0.0.1:target_port` whose every byte arrives `one_way` later in each
-/// direction (a round trip costs twice that), without slowing the bytes behind it: a link of
-/// fixed latency, not a slow one.
-pub struct SlowLink {
-    pub port: u16,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl SlowLink {
-    pub async fn start(target_port: u16, one_way: Duration) -> SlowLink {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("slow link listener");
-        let port = listener.local_addr().expect("slow link address").port();
-        let accept = tokio::spawn(async move {
-            while let Ok((inbound, _)) = listener.accept().await {
-                let _ = inbound.set_nodelay(true);
-                tokio::spawn(async move {
-                    let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await else { return };
-                    let _ = outbound.set_nodelay(true);
-                    let (in_read, in_write) = inbound.into_split();
-                    let (out_read, out_write) = outbound.into_split();
-                    tokio::join!(carry(in_read, out_write, one_way), carry(out_read, in_write, one_way));
-                });
-            }
-        });
-        SlowLink { port, accept }
-    }
-}
-
-impl Drop for SlowLink {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
+/// Relays both ways between two sockets, each byte `one_way` after it came, without slowing the
+/// bytes behind it: a link of fixed latency (a round trip costs twice that), not a slow one.
+/// [`crate::Proxy::with_latency`] puts it in front of a server.
+pub(crate) async fn carry_both_ways(inbound: tokio::net::TcpStream, outbound: tokio::net::TcpStream, one_way: Duration) {
+    let _ = (inbound.set_nodelay(true), outbound.set_nodelay(true));
+    let (in_read, in_write) = inbound.into_split();
+    let (out_read, out_write) = outbound.into_split();
+    tokio::join!(carry(in_read, out_write, one_way), carry(out_read, in_write, one_way));
 }
 
 /// Reads as bytes come and writes each chunk `one_way` after it was read.
@@ -97,7 +73,7 @@ mod tests {
     /// A round trip through the link takes twice the one-way latency, bytes intact and in order,
     /// and chunks sent back to back are not delayed one after the other.
     #[tokio::test]
-    async fn a_slow_link_delays_each_way_without_queueing_chunks() {
+    async fn a_proxy_with_latency_delays_each_way_without_queueing_chunks() {
         let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let echo_port = echo.local_addr().unwrap().port();
         tokio::spawn(async move {
@@ -110,7 +86,7 @@ mod tests {
             }
         });
         let one_way = Duration::from_millis(100);
-        let link = SlowLink::start(echo_port, one_way).await;
+        let link = crate::Proxy::with_latency(echo_port, one_way).await;
         let mut client = tokio::net::TcpStream::connect(("127.0.0.1", link.port)).await.unwrap();
         let started = std::time::Instant::now();
         let mut got = Vec::new();

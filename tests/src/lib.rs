@@ -186,6 +186,7 @@ pub async fn isolated_services_with(extra: impl Fn(&str) -> Option<String>) -> p
 
 /// A TCP relay in front of a server that a test can cut, as a server that stopped or a network
 /// that broke: `down()` refuses new connections and drops every open one; `up()` restores.
+/// [`Proxy::with_latency`] makes it a link of fixed latency too (benchmarks).
 pub struct Proxy {
     pub port: u16,
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -195,6 +196,11 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(target_port: u16) -> Proxy {
+        Proxy::with_latency(target_port, Duration::ZERO).await
+    }
+
+    /// A relay whose every byte arrives `one_way` later in each direction (see [`latency`]).
+    pub async fn with_latency(target_port: u16, one_way: Duration) -> Proxy {
         use std::sync::atomic::Ordering;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("proxy listener");
         let port = listener.local_addr().unwrap().port();
@@ -209,7 +215,11 @@ impl Proxy {
                 }
                 let task = tokio::spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        if one_way.is_zero() {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        } else {
+                            latency::carry_both_ways(inbound, outbound, one_way).await;
+                        }
                     }
                 });
                 open2.lock().unwrap().push(task.abort_handle());

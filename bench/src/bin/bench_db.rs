@@ -254,7 +254,6 @@ fn postgres_protocol_verifier(password: &SecretString) -> String {
     postgres_protocol::password::scram_sha_256(password.expose().as_bytes())
 }
 
-/// Lines written to the environment's moto log so far (one per AWS request).
 /// CPU seconds used so far: by the whole machine (every core), by moto's server process and by
 /// this process (pgjit). What the machine used beyond the two is PostgreSQL's, near enough.
 #[derive(Clone, Copy)]
@@ -266,8 +265,8 @@ struct Cpu {
 
 impl Cpu {
     fn now() -> Cpu {
-        let state = std::env::var("PGJIT_TEST_STATE").unwrap_or_default();
-        let pid = std::fs::read_to_string(format!("{state}/moto.pid")).unwrap_or_default();
+        // A floor read as zero would be a false figure: no moto process, no measurement.
+        let pid = std::fs::read_to_string(state_file("moto.pid")).expect("moto's pid in the environment's state directory");
         // /proc/stat's first line: user nice system idle iowait irq softirq steal (clock ticks).
         let machine = std::fs::read_to_string("/proc/stat")
             .ok()
@@ -297,15 +296,20 @@ impl Cpu {
 
 /// A process's CPU seconds (user and system) from /proc/PID/stat.
 fn process_cpu(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e}"));
     // The fields after the parenthesised command: utime and stime are the 12th and 13th.
     let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
     fields.get(11..13).map(|t| t.iter().filter_map(|v| v.parse::<f64>().ok()).sum::<f64>()).unwrap_or(0.0) / 100.0
 }
 
+/// A file of the local environment's state directory (moto's log and pid).
+fn state_file(name: &str) -> String {
+    format!("{}/{name}", std::env::var("PGJIT_TEST_STATE").unwrap_or_default())
+}
+
+/// Lines written to the environment's moto log so far (one per AWS request).
 fn moto_requests() -> usize {
-    let state = std::env::var("PGJIT_TEST_STATE").unwrap_or_default();
-    std::fs::read_to_string(format!("{state}/moto.log")).map(|t| t.lines().filter(|l| l.contains("\" 200 ") || l.contains("\" 4")).count()).unwrap_or(0)
+    std::fs::read_to_string(state_file("moto.log")).map(|t| t.lines().filter(|l| l.contains("\" 200 ") || l.contains("\" 4")).count()).unwrap_or(0)
 }
 
 /// Statements PostgreSQL logged so far (log_statement=all), and connections authorized.
@@ -423,7 +427,7 @@ async fn cleanup_over_latency(aws: Duration, pg_rtt: Duration) {
         ms(aws),
         ms(pg_rtt)
     );
-    let link = pgjit_tests::latency::SlowLink::start(env().port, pg_rtt / 2).await;
+    let link = pgjit_tests::Proxy::with_latency(env().port, pg_rtt / 2).await;
     let http = pgjit_tests::latency::delayed_http_client(aws);
     let far = json!({"port": link.port});
     let slowed = |svc: pgjit::aws::Services| {
