@@ -38,6 +38,10 @@ pub struct Config {
     /// `PGJIT_CREDENTIAL_READERS` (comma-separated principal ARNs, `*` allowed): who besides the
     /// requester may read a credential secret (the approval tool that hands it on, operators).
     pub credential_readers: Vec<String>,
+    /// `PGJIT_FUNCTION_ROLE_ARNS` (comma-separated role ARNs; the template sets the grant
+    /// function's): pgjit's own roles that read a credentials secret (an extension rewrites its
+    /// `expires_at`), named in every secret's resource policy so the Deny spares them.
+    pub function_role_arns: Vec<String>,
     /// `PGJIT_APPROVAL_MAX_AGE_SECONDS` (3600): an approval event older than this is refused, so
     /// a replay cannot grant again. The template sets the approval rule's retry window to it.
     pub approval_max_age: Duration,
@@ -150,6 +154,7 @@ impl Config {
             credentials_prefix,
             credentials_kms_key_id: lookup("PGJIT_CREDENTIALS_KMS_KEY_ID").filter(|v| !v.trim().is_empty()),
             credential_readers: list("PGJIT_CREDENTIAL_READERS"),
+            function_role_arns: list("PGJIT_FUNCTION_ROLE_ARNS"),
             approval_max_age: Duration::from_secs(number("PGJIT_APPROVAL_MAX_AGE_SECONDS", 3600, 60, 86_400)?),
             approval_bus: text("PGJIT_APPROVAL_BUS", "default")?,
             approval_source: text("PGJIT_APPROVAL_SOURCE", "pgjit.approvals")?,

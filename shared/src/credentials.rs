@@ -42,31 +42,57 @@ fn text(value: &CredentialsValue<'_>) -> Result<SecretString, AwsError> {
     serde_json::to_string(value).map(SecretString::new).map_err(|e| AwsError::msg("secretsmanager:CreateSecret", e.to_string()))
 }
 
-/// Who may read a credentials secret: the requester's principal (when the approval names one)
-/// and the configured readers; everyone else is denied, whatever their identity policies say.
+/// Who may read a credentials secret: the requester (when the approval names it), pgjit's own
+/// roles that must (the grant function moves `expires_at` on an extension) and the configured
+/// readers; everyone else is denied, whatever their identity policies say.
 pub struct Readers<'a> {
     pub requester: Option<&'a crate::iam::Requester>,
+    /// pgjit's function roles that read the secret (`PGJIT_FUNCTION_ROLE_ARNS`).
+    pub functions: &'a [String],
     pub others: &'a [String],
 }
 
 /// The secret's resource policy, or None when it names nobody (then the account's IAM decides).
+///
+/// An assumed-role requester is pinned to its own session: `aws:PrincipalArn` of a session is
+/// its role, shared by every session of the role (every user of one Identity Center permission
+/// set), so a second Deny refuses the role's sessions whose `aws:userid` (`<role id>:<session
+/// name>`) is not the requester's session name. Session names hold no `*` or `?`, so the pattern
+/// matches that name only.
 pub fn resource_policy(readers: &Readers<'_>) -> Option<String> {
-    let mut allowed: Vec<String> = readers.requester.map(|r| r.principal_arn_patterns()).unwrap_or_default();
+    let requester_arns: Vec<String> = readers.requester.map(|r| r.principal_arn_patterns()).unwrap_or_default();
+    let mut allowed = requester_arns.clone();
+    allowed.extend(readers.functions.iter().cloned());
     allowed.extend(readers.others.iter().cloned());
     if allowed.is_empty() {
         return None;
     }
+    let session = readers.requester.and_then(|r| r.session.as_deref()).map(|s| format!("*:{s}"));
     let mut statements = vec![serde_json::json!({
         "Sid": "OnlyTheRequesterAndReaders", "Effect": "Deny", "Principal": "*",
         "Action": "secretsmanager:GetSecretValue", "Resource": "*",
         "Condition": {"ArnNotLike": {"aws:PrincipalArn": allowed}}
     })];
+    if let Some(session) = &session {
+        // The requester's role is among the allowed ARNs only for the requester's own session;
+        // pgjit's roles and the readers are named apart, so they are never caught here.
+        let own: Vec<&String> = readers.functions.iter().chain(readers.others).collect();
+        statements.push(serde_json::json!({
+            "Sid": "OnlyTheRequestersSession", "Effect": "Deny", "Principal": "*",
+            "Action": "secretsmanager:GetSecretValue", "Resource": "*",
+            "Condition": {"ArnLike": {"aws:PrincipalArn": requester_arns}, "ArnNotLike": {"aws:PrincipalArn": own}, "StringNotLike": {"aws:userid": session}}
+        }));
+    }
     if let Some(r) = readers.requester {
+        let mut condition = serde_json::json!({"ArnLike": {"aws:PrincipalArn": r.principal_arn_patterns()}});
+        if let Some(session) = &session {
+            condition["StringLike"] = serde_json::json!({"aws:userid": session});
+        }
         statements.push(serde_json::json!({
             "Sid": "TheRequesterReads", "Effect": "Allow",
             "Principal": {"AWS": format!("arn:{}:iam::{}:root", r.partition, r.account)},
             "Action": ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"], "Resource": "*",
-            "Condition": {"ArnLike": {"aws:PrincipalArn": r.principal_arn_patterns()}}
+            "Condition": condition
         }));
     }
     Some(serde_json::json!({"Version": "2012-10-17", "Statement": statements}).to_string())

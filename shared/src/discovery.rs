@@ -21,6 +21,36 @@ pub struct DiscoveryReport {
     pub inventoried: Vec<(String, usize)>,
     /// Integrations that could not be read, with why (also recorded on the integration).
     pub failed: Vec<(String, String)>,
+    /// Tagged instances and clusters not registered, with why (already covered by an
+    /// integration, or a tag naming a secret that is not a usable admin secret).
+    pub skipped: Vec<(String, String)>,
+}
+
+/// The integration, other than `own` (the one discovery registered for it before), that already
+/// covers the instance or cluster: one registered twin would be a second, weaker way to the same
+/// database (discovery's defaults: no audit, 8 h, no total cap) and would split its audit.
+fn covering<'i>(integrations: &'i [Integration], target: &crate::rds::RdsTarget, own: &str) -> Option<&'i Integration> {
+    let same = |a: Option<&str>, b: &str| a.is_some_and(|a| a.eq_ignore_ascii_case(b));
+    integrations.iter().filter(|i| i.name != own).find(|i| {
+        let by_id = if target.kind == "aurora" { same(i.cluster_id.as_deref(), &target.id) } else { same(i.instance_id.as_deref(), &target.id) };
+        let by_host = target.host.as_deref().is_some_and(|host| same(i.host.as_deref(), host));
+        by_id || by_host
+    })
+}
+
+/// Checks the secret a discovery tag names before anything is registered with it: it exists,
+/// is one of pgjit's admin secrets (under `PGJIT_SECRET_PREFIX`, where operators keep them and
+/// the functions may read) and holds the RDS format. The value is parsed and dropped.
+async fn check_tagged_secret(svc: &Services, secret_id: &str) -> Result<(), String> {
+    let out = svc.secrets.get_secret_value().secret_id(secret_id).send().await.map_err(|e| {
+        format!("its secret {secret_id:?} cannot be read: {}", error_chain(&crate::aws::AwsError::new("secretsmanager:GetSecretValue", e)))
+    })?;
+    let name = out.name().unwrap_or(secret_id);
+    if !name.starts_with(&svc.config.secret_prefix) {
+        return Err(format!("its secret {name:?} is not under pgjit's admin secret prefix {:?}", svc.config.secret_prefix));
+    }
+    let text = out.secret_string().ok_or_else(|| format!("its secret {name:?} has no SecretString"))?;
+    crate::admin::RdsSecret::parse(name, text).map(drop).map_err(|e| e.to_string())
 }
 
 /// Longest grant of an auto-registered integration (an operator can change it after).
@@ -31,8 +61,21 @@ pub async fn run(svc: &Services, now: DateTime<Utc>, mut progress: impl FnMut(&s
     if svc.config.auto_register {
         match crate::rds::postgres_targets(svc).await {
             Ok(targets) => {
+                let known = svc.store.list_integrations().await?;
                 for target in targets {
                     let Some((_, secret)) = target.tags.iter().find(|(k, _)| *k == svc.config.discovery_tag_key) else { continue };
+                    if let Some(other) = covering(&known, &target, &target.id) {
+                        report.skipped.push((target.id.clone(), format!("already covered by integration {:?}", other.name)));
+                        continue;
+                    }
+                    if known.iter().any(|i| i.name == target.id) {
+                        continue;
+                    }
+                    if let Err(why) = check_tagged_secret(svc, secret).await {
+                        tracing::warn!(target = %target.id, reason = %why, "tagged instance not registered");
+                        report.skipped.push((target.id.clone(), why));
+                        continue;
+                    }
                     let aurora = target.kind == "aurora";
                     let integration = Integration {
                         name: target.id.clone(),

@@ -80,7 +80,7 @@ pub const RDS_CA_BUNDLE: &str = include_str!("../certs/rds-ca-bundle.pem");
 
 /// The CAs trusted for a flavor when the integration names no `ca_bundle` of its own.
 pub fn default_ca_bundle(kind: crate::setup::Flavor) -> Option<&'static str> {
-    matches!(kind, crate::setup::Flavor::Rds | crate::setup::Flavor::Aurora).then_some(RDS_CA_BUNDLE)
+    kind.has_rds_certificates().then_some(RDS_CA_BUNDLE)
 }
 
 #[cfg(test)]

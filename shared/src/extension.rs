@@ -180,7 +180,7 @@ async fn move_to(svc: &Services, integration: &Integration, target: &endpoint::R
             }
         }
         Place::Schedule => {
-            schedule::reschedule(svc, &record.request_id, until).await?;
+            schedule::reschedule(svc, &schedule::name_of(record.schedule_name.as_deref(), &record.request_id), &record.request_id, until).await?;
         }
         Place::Policy => {
             let moved = GrantRecord { expires_at: until, ..record.clone() };

@@ -486,7 +486,7 @@ async fn open_way_in(svc: &Services, integration: &Integration, target: &endpoin
                 expires_at: record.expires_at,
             };
             let requester = record.requester.iam_arn.as_deref().and_then(|arn| iam::requester_of(arn).ok());
-            let readers = credentials::Readers { requester: requester.as_ref(), others: &svc.config.credential_readers };
+            let readers = credentials::Readers { requester: requester.as_ref(), functions: &svc.config.function_role_arns, others: &svc.config.credential_readers };
             let arn = credentials::store(svc, &name, &value, &record.requester.id, &record.request_id, &readers).await.map_err(at::<(), _>("credentials secret"))?;
             fp.check("grant:after_secret").await.map_err(at::<(), _>("credentials secret"))?;
             step_done(record, "grant", "credentials_secret", started);
@@ -554,7 +554,8 @@ async fn undo_grant(svc: &Services, integration: &Integration, record: &GrantRec
         Ok::<(), StepError>(())
     };
     keep(role.await);
-    keep(schedule::delete(svc, &schedule::schedule_name(&record.request_id)).await.map_err(StepError::from));
+    // The name is derived, not necessarily made by this request: only its own schedule goes.
+    keep(schedule::delete_own(svc, &schedule::name_of(record.schedule_name.as_deref(), &record.request_id), &record.request_id).await.map_err(StepError::from));
     if record.access_mode == AccessMode::Iam {
         if let Some(Ok(principal)) = record.requester.iam_arn.as_deref().map(iam::principal_of) {
             let (kind, name) = match principal {
@@ -619,6 +620,13 @@ pub async fn revoke_with(
                     Err(StoreError::Conflict { .. }) => continue,
                     Err(e) => return Err(e.into()),
                 }
+            }
+            // Only an early revoke takes an unexpired grant away. The schedule's input (which
+            // whoever may invoke the function can send) and cleanup's due copy stand for "it has
+            // expired": read again after an extension, they are not due any more.
+            GrantStatus::Active if trigger != RevokeTrigger::Early && record.expires_at > now => {
+                tracing::info!(request_id = %record.request_id, db_user = %record.db_user, expires_at = %record.expires_at, trigger = ?trigger, "not expired: nothing to revoke yet");
+                return Ok(RevokeResult { request_id: record.request_id.clone(), status: record.status, db_user: record.db_user.clone(), repeated: true, sessions_ended: 0 });
             }
             GrantStatus::Active => {
                 record.status = GrantStatus::Revoking;
@@ -712,7 +720,7 @@ async fn revoke_steps(svc: &Services, server: &endpoint::Server, record: &mut Gr
     step_done(record, "revoke", "credentials", started);
     // A fired schedule deletes itself; an early revoke removes the one still waiting.
     if trigger != RevokeTrigger::Scheduled {
-        schedule::delete(svc, &schedule::schedule_name(&record.request_id)).await.map_err(at::<(), _>("revoke schedule"))?;
+        schedule::delete(svc, &schedule::name_of(record.schedule_name.as_deref(), &record.request_id)).await.map_err(at::<(), _>("revoke schedule"))?;
     }
     record.revoked_at = Some(now);
     let delete_after = now + Duration::days(i64::from(integration.user_cleanup_after_days));

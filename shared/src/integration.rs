@@ -210,6 +210,19 @@ impl Integration {
                 return Err(bad("ca_bundle", "must not be empty (leave it out instead)"));
             }
         }
+        let verifying = matches!(self.ssl_mode, SslMode::VerifyCa | SslMode::VerifyFull);
+        if verifying && self.ca_bundle.is_none() && !self.kind.has_rds_certificates() {
+            return Err(bad(
+                "ca_bundle",
+                format!(
+                    "{} trusts only the roots it is given: name the CA that signed the server's certificate (PEM text or a file path), or \"system\" for the public web roots",
+                    self.ssl_mode.as_str()
+                ),
+            ));
+        }
+        if matches!(self.admin, AdminAuth::Iam { .. }) && self.ssl_mode != SslMode::VerifyFull {
+            return Err(bad("ssl_mode", "an RDS IAM auth token is sent as a password in clear to the server: admin.auth iam needs verify-full"));
+        }
         if self.access_mode == AccessMode::Iam {
             if !cloud {
                 return Err(bad("access_mode", format!("iam works on rds and aurora only, not {}", self.kind)));

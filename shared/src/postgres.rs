@@ -1,6 +1,7 @@
 //! Connections to PostgreSQL with libpq's six `sslmode`s over rustls, timeouts on every
 //! connection, quoting, and the SQLSTATEs that are worth a retry.
 
+pub mod password_guard;
 pub(crate) mod tls;
 
 use std::net::IpAddr;
@@ -14,7 +15,7 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::secret::SecretString;
 
-pub use tls::CaBundleError;
+pub use tls::{CaBundleError, SYSTEM_ROOTS};
 
 /// How a connection uses TLS, with libpq's meanings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -167,6 +168,15 @@ pub enum ConnectError {
     },
     #[error("the connection pool was closed")]
     PoolClosed,
+    #[error("an RDS IAM auth token goes to the server as a clear-text password: it is sent only under ssl_mode verify-full, not {ssl_mode} (host {host})")]
+    IamTokenNeedsVerifyFull { host: String, ssl_mode: &'static str },
+    #[error("connecting to {host}:{port} failed")]
+    Socket {
+        host: String,
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl ConnectError {
@@ -211,8 +221,11 @@ impl Connector {
 
     /// Opens a connection to `database`; its I/O runs on a spawned task that ends with the client.
     pub async fn connect(&self, database: &str) -> Result<Client, ConnectError> {
-        let login = self.credentials.login(&self.endpoint).await?;
         let ep = &self.endpoint;
+        if matches!(self.credentials, Credentials::RdsIam(_)) && ep.ssl_mode != SslMode::VerifyFull {
+            return Err(ConnectError::IamTokenNeedsVerifyFull { host: ep.host.clone(), ssl_mode: ep.ssl_mode.as_str() });
+        }
+        let login = self.credentials.login(&self.endpoint).await?;
         let mut config = tokio_postgres::Config::new();
         config
             .host(&ep.host)
@@ -294,21 +307,45 @@ impl Connector {
             ssl_mode: ep.ssl_mode.as_str(),
             seconds: timeout.as_secs(),
         };
-        match tls {
-            None => {
-                let (client, connection) =
-                    tokio::time::timeout(timeout, config.connect(NoTls)).await.map_err(|_| timed_out())?.map_err(fail)?;
-                tokio::spawn(drive(connection));
-                Ok(client)
+        let answers = match self.credentials {
+            Credentials::Password(_) => password_guard::Answers::ScramOnly,
+            Credentials::RdsIam(_) => password_guard::Answers::CleartextToken,
+        };
+        let connecting = async {
+            let socket = self.socket().await?;
+            let socket = password_guard::Guarded::socket(socket, answers);
+            match tls {
+                None => {
+                    let (client, connection) = config.connect_raw(socket, NoTls).await.map_err(fail)?;
+                    tokio::spawn(drive(connection));
+                    Ok(client)
+                }
+                Some(tls) => {
+                    let mut make = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
+                    let connect = tokio_postgres::tls::MakeTlsConnect::<password_guard::Guarded<tokio::net::TcpStream>>::make_tls_connect(&mut make, &ep.host)
+                        .map_err(|e| ConnectError::Socket { host: ep.host.clone(), port: ep.port, source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e) })?;
+                    let (client, connection) = config.connect_raw(socket, password_guard::GuardedTls::new(connect, answers)).await.map_err(fail)?;
+                    tokio::spawn(drive(connection));
+                    Ok(client)
+                }
             }
-            Some(tls) => {
-                let make = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
-                let (client, connection) =
-                    tokio::time::timeout(timeout, config.connect(make)).await.map_err(|_| timed_out())?.map_err(fail)?;
-                tokio::spawn(drive(connection));
-                Ok(client)
-            }
+        };
+        tokio::time::timeout(timeout, connecting).await.map_err(|_| timed_out())?
+    }
+
+    /// The TCP connection to the server (`hostaddr`, else every address `host` resolves to, in
+    /// turn), opened here rather than by tokio-postgres so that what the server asks for can be
+    /// watched ([`password_guard`]).
+    async fn socket(&self) -> Result<tokio::net::TcpStream, ConnectError> {
+        let ep = &self.endpoint;
+        let fail = |source| ConnectError::Socket { host: ep.host.clone(), port: ep.port, source };
+        let stream = match ep.hostaddr {
+            Some(addr) => tokio::net::TcpStream::connect((addr, ep.port)).await,
+            None => tokio::net::TcpStream::connect((ep.host.as_str(), ep.port)).await,
         }
+        .map_err(fail)?;
+        stream.set_nodelay(true).map_err(fail)?;
+        Ok(stream)
     }
 }
 

@@ -45,7 +45,7 @@ pub async fn revoke(connector: &Connector, maintenance_database: &str, username:
 /// roles); `connector` opens those to other databases the role has privileges in.
 pub async fn revoke_over(client: &Client, connector: &Connector, maintenance_database: &str, username: &str, prefix: &str) -> Result<Revoked, RoleError> {
     check_login_name(username, prefix, connector.user())?;
-    match revoke_on(client, connector, maintenance_database, username, AtRevoke::Disarm).await {
+    match revoke_on(client, connector, maintenance_database, username, prefix, AtRevoke::Disarm).await {
         // Dropped by a concurrent delete half-way through: gone is what revoke wants.
         Err(e) if dropped_meanwhile(&e) => Ok(Revoked::gone()),
         other => other,
@@ -94,7 +94,7 @@ enum AtRevoke {
     LeaveToDelete,
 }
 
-async fn revoke_on(client: &Client, connector: &Connector, maintenance_database: &str, username: &str, at_revoke: AtRevoke) -> Result<Revoked, RoleError> {
+async fn revoke_on(client: &Client, connector: &Connector, maintenance_database: &str, username: &str, prefix: &str, at_revoke: AtRevoke) -> Result<Revoked, RoleError> {
     let db = maintenance_database;
     let Some((oid, version)) = role_oid(client, db, username).await? else {
         return Ok(Revoked::gone());
@@ -104,6 +104,7 @@ async fn revoke_on(client: &Client, connector: &Connector, maintenance_database:
     retry(db, "setting NOLOGIN", || client.batch_execute(&nologin)).await?;
     let sessions_ended = end_sessions(client, db, oid, version).await?;
     let memberships = memberships_of(client, db, oid).await?;
+    let memberships_removed = memberships.len();
     if !memberships.is_empty() {
         let list = memberships.iter().map(|m| ident(m)).collect::<Vec<_>>().join(", ");
         let revoke = format!("REVOKE {list} FROM {user}");
@@ -156,8 +157,41 @@ async fn revoke_on(client: &Client, connector: &Connector, maintenance_database:
             }
         }
     }
-    tracing::info!(db_user = username, sessions_ended, memberships = memberships.len(), members = members.len(), disarmed = disarmed.len(), "login role revoked");
-    Ok(Revoked { existed: true, sessions_ended, memberships_removed: memberships.len(), disarmed })
+    // Before 16 the user could act as its profile roles (SET ROLE): what it made that way is
+    // owned by a role that outlives it and that other grants share, so it is disarmed now, not
+    // when cleanup next hands it over.
+    let profiles: Vec<String> = memberships.into_iter().filter(|m| m.starts_with(prefix)).collect();
+    match disarm_profiles(client, connector, db, &profiles).await {
+        Ok(changes) => disarmed.extend(changes),
+        Err(e) => {
+            tracing::error!(db_user = username, error = %crate::postgres::error_chain(&e), "disarming what its profile roles own failed; cleanup hands it over");
+            disarmed.push(format!("disarming what its profile roles own failed ({e}); cleanup hands it over"));
+        }
+    }
+    tracing::info!(db_user = username, sessions_ended, profiles = profiles.len(), members = members.len(), disarmed = disarmed.len(), "login role revoked");
+    Ok(Revoked { existed: true, sessions_ended, memberships_removed, disarmed })
+}
+
+/// Disarms (see [`disarm`]) whatever the given profile roles own, in every database where they
+/// own something. The roles stay, with their privileges, for the other grants that share them.
+async fn disarm_profiles(client: &Client, connector: &Connector, db: &str, profiles: &[String]) -> Result<Vec<String>, RoleError> {
+    let mut changed = Vec::new();
+    for profile in profiles {
+        let Some((oid, _)) = role_oid(client, db, profile).await? else { continue };
+        let databases = dependent_databases(client, db, oid, "o").await?;
+        if databases.is_empty() {
+            continue;
+        }
+        // Only a member may alter what the role owns.
+        let membership = format!("GRANT {} TO {}", ident(profile), ident(connector.user()));
+        retry(db, "making the admin a member", || client.batch_execute(&membership)).await?;
+        for database in databases {
+            let session = Session::to(client, db, connector, &database).await?;
+            let (changes, _) = disarm(session.client(), &database, profile).await?;
+            changed.extend(changes.into_iter().map(|c| format!("{c} (owned by profile role {profile})")));
+        }
+    }
+    Ok(changed)
 }
 
 async fn memberships_of(client: &Client, database: &str, oid: u32) -> Result<Vec<String>, RoleError> {
@@ -354,7 +388,7 @@ pub async fn delete_over(client: &Client, connector: &Connector, maintenance_dat
     check_login_name(username, prefix, connector.user())?;
     let gone = || Deleted { existed: false, reassigned_in: Vec::new(), handed_over: Vec::new() };
     let deleted = async {
-        let revoked = revoke_on(client, connector, maintenance_database, username, AtRevoke::LeaveToDelete).await?;
+        let revoked = revoke_on(client, connector, maintenance_database, username, prefix, AtRevoke::LeaveToDelete).await?;
         if !revoked.existed {
             return Ok(gone());
         }

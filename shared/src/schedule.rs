@@ -6,16 +6,26 @@ use sha2::{Digest, Sha256};
 
 use crate::aws::{AwsError, Services};
 
-/// The schedule's name: readable from the request id, unique through a hash of it, within the
-/// 64 characters `[0-9A-Za-z_.-]` Scheduler allows.
+/// The schedule's name: readable from the request id, unique through 128 bits of its SHA-256
+/// (48 bits let two request ids share a schedule: a colliding pair takes seconds to find), within
+/// the 64 characters `[0-9A-Za-z_.-]` Scheduler allows.
 pub fn schedule_name(request_id: &str) -> String {
     let readable: String = request_id
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
-        .take(40)
+        .take(READABLE_CHARS)
         .collect();
-    let hash = hex::encode(&Sha256::digest(request_id.as_bytes())[..6]);
+    let hash = hex::encode(&Sha256::digest(request_id.as_bytes())[..16]);
     format!("pgjit-{readable}-{hash}")
+}
+
+/// 64 less `pgjit-`, the hyphen and 32 hex digits.
+const READABLE_CHARS: usize = 64 - 6 - 1 - 32;
+
+/// The name of a grant's revoke schedule: the one its record holds (grants made before the name
+/// grew to 128 bits keep theirs), else the one derived from its request id.
+pub fn name_of(recorded: Option<&str>, request_id: &str) -> String {
+    recorded.map_or_else(|| schedule_name(request_id), str::to_owned)
 }
 
 /// `at(yyyy-mm-ddThh:mm:ss)`, read in UTC.
@@ -74,22 +84,48 @@ fn revoke_target(svc: &Services, request_id: &str, operation: &'static str) -> R
     Ok((target, exact(operation)?))
 }
 
-/// Creates the revoke schedule; an existing one of the same name (a repeated run) is kept.
+/// Creates the revoke schedule. An existing one of the same name is kept only when it revokes
+/// this very request (a repeated run); one that revokes another request is never taken as ours,
+/// since an early revoke of this request would then delete the other grant's only revoke.
 pub async fn create(svc: &Services, request_id: &str, at: DateTime<Utc>) -> Result<String, AwsError> {
     let name = schedule_name(request_id);
     let (target, window) = revoke_target(svc, request_id, "scheduler:CreateSchedule")?;
     let result = revoke_schedule!(svc.scheduler.create_schedule(), svc, &name, request_id, at, target, window).send().await;
     match result {
         Ok(_) => Ok(name),
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_conflict_exception()) => Ok(name),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_conflict_exception()) => {
+            let existing = svc
+                .scheduler
+                .get_schedule()
+                .name(&name)
+                .group_name(&svc.config.schedule_group)
+                .send()
+                .await
+                .map_err(|e| AwsError::new("scheduler:GetSchedule", e))?;
+            let input = existing.target().and_then(|t| t.input());
+            if input.is_some_and(|i| revokes(i, request_id)) {
+                Ok(name)
+            } else {
+                Err(AwsError::msg(
+                    "scheduler:CreateSchedule",
+                    format!("schedule {name:?} exists and does not revoke request {request_id:?}; pgjit leaves it alone and makes no grant that shares it"),
+                ))
+            }
+        }
         Err(e) => Err(AwsError::new("scheduler:CreateSchedule", e)),
     }
 }
 
-/// Moves the request's one revoke schedule to `at`, in place (UpdateSchedule replaces the whole
-/// definition, so it is sent whole): exactly one schedule remains.
-pub async fn reschedule(svc: &Services, request_id: &str, at: DateTime<Utc>) -> Result<String, AwsError> {
-    let name = schedule_name(request_id);
+/// Whether a schedule's input revokes `request_id` (compared as JSON, not as text).
+fn revokes(input: &str, request_id: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(input).is_ok_and(|v| v == serde_json::json!({ "request_id": request_id }))
+}
+
+/// Moves the request's one revoke schedule (`name`, see [`name_of`]) to `at`, in place
+/// (UpdateSchedule replaces the whole definition, so it is sent whole): exactly one schedule
+/// remains.
+pub async fn reschedule(svc: &Services, name: &str, request_id: &str, at: DateTime<Utc>) -> Result<String, AwsError> {
+    let name = name.to_owned();
     let (target, window) = revoke_target(svc, request_id, "scheduler:UpdateSchedule")?;
     revoke_schedule!(svc.scheduler.update_schedule(), svc, &name, request_id, at, target, window)
         .send()
@@ -104,6 +140,17 @@ pub async fn delete(svc: &Services, name: &str) -> Result<(), AwsError> {
         Ok(_) => Ok(()),
         Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => Ok(()),
         Err(e) => Err(AwsError::new("scheduler:DeleteSchedule", e)),
+    }
+}
+
+/// Deletes the schedule of that name only if it revokes `request_id`: an undo derives the name
+/// without having made the schedule, and one that revokes another request is not its to delete.
+pub async fn delete_own(svc: &Services, name: &str, request_id: &str) -> Result<(), AwsError> {
+    match svc.scheduler.get_schedule().name(name).group_name(&svc.config.schedule_group).send().await {
+        Ok(existing) if existing.target().and_then(|t| t.input()).is_some_and(|i| revokes(i, request_id)) => delete(svc, name).await,
+        Ok(_) => Ok(()),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => Ok(()),
+        Err(e) => Err(AwsError::new("scheduler:GetSchedule", e)),
     }
 }
 
@@ -123,7 +170,11 @@ mod tests {
     #[test]
     fn names_and_expressions() {
         let n = schedule_name("REQ-1001");
-        assert!(n.starts_with("pgjit-REQ-1001-"), "{n}");
+        assert!(n.starts_with("pgjit-REQ-1001-") && n.len() == 6 + 8 + 1 + 32, "{n}");
+        assert_eq!(name_of(Some("pgjit-old-a1b2c3d4e5f6"), "REQ-1001"), "pgjit-old-a1b2c3d4e5f6");
+        assert_eq!(name_of(None, "REQ-1001"), n);
+        assert!(revokes(r#"{ "request_id" : "REQ-1001" }"#, "REQ-1001"));
+        assert!(!revokes(r#"{"request_id":"REQ-1002"}"#, "REQ-1001") && !revokes("not json", "REQ-1001"));
         assert_ne!(n, schedule_name("REQ 1001"));
         let long = schedule_name(&"x/".repeat(200));
         assert!(long.len() <= 64 && long.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)), "{long}");

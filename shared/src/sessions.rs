@@ -97,6 +97,8 @@ pub enum SessionsError {
     },
     #[error("session audit store")]
     Store(#[from] StoreError),
+    #[error("log group {log_group} belongs to more than one integration ({}); nothing was written: remove all but one", integrations.join(", "))]
+    AmbiguousLogGroup { log_group: String, integrations: Vec<String> },
 }
 
 /// What one batch (or file) gave.
@@ -143,18 +145,30 @@ pub fn decode_subscription(payload: &serde_json::Value) -> Result<LogData, Sessi
 /// integration's cluster.
 /// A subscription delivers the log groups of the function's own region: an integration in
 /// another region (the same instance id can exist in two) is not the one.
-pub fn integration_of_log_group<'i>(integrations: &'i [Integration], log_group: &str, region: Option<&str>) -> Option<&'i Integration> {
-    let rest = log_group.strip_prefix("/aws/rds/")?.strip_suffix("/postgresql")?;
-    let (level, id) = rest.split_once('/')?;
+pub fn integration_of_log_group<'i>(integrations: &'i [Integration], log_group: &str, region: Option<&str>) -> Result<Option<&'i Integration>, SessionsError> {
+    let Some((level, id)) = log_group.strip_prefix("/aws/rds/").and_then(|r| r.strip_suffix("/postgresql")).and_then(|r| r.split_once('/')) else {
+        return Ok(None);
+    };
     let in_region = |i: &&Integration| match (i.region.as_deref(), region) {
         (Some(theirs), Some(ours)) => theirs == ours,
         _ => true,
     };
-    integrations.iter().filter(in_region).find(|i| match (level, i.kind) {
-        ("instance", crate::setup::Flavor::Rds) => i.instance_id.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(id)),
-        ("cluster", crate::setup::Flavor::Aurora) => i.cluster_id.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(id)),
-        _ => false,
-    })
+    let matching: Vec<&Integration> = integrations
+        .iter()
+        .filter(in_region)
+        .filter(|i| match (level, i.kind) {
+            ("instance", crate::setup::Flavor::Rds) => i.instance_id.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(id)),
+            ("cluster", crate::setup::Flavor::Aurora) => i.cluster_id.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(id)),
+            _ => false,
+        })
+        .collect();
+    match matching[..] {
+        [] => Ok(None),
+        [one] => Ok(Some(one)),
+        // Whichever sorted first would take every line, with its own prefix and audit settings:
+        // a weaker twin could make the real integration's audited lines unattributed.
+        _ => Err(SessionsError::AmbiguousLogGroup { log_group: log_group.to_owned(), integrations: matching.iter().map(|i| i.name.clone()).collect() }),
+    }
 }
 
 /// For `doctor`: whether an RDS or Aurora integration's instance (or cluster) exports its
@@ -196,7 +210,12 @@ pub async fn ingest_subscription(store: &Store, region: Option<&str>, retention_
         return Err(SessionsError::Malformed(format!("messageType {:?}", batch.message_type)));
     }
     let integrations = store.list_integrations().await?;
-    let Some(integration) = integration_of_log_group(&integrations, &batch.log_group, region) else {
+    let found = integration_of_log_group(&integrations, &batch.log_group, region).inspect_err(|e| {
+        if let SessionsError::AmbiguousLogGroup { integrations, .. } = e {
+            integrations.iter().for_each(|name| crate::metrics::count("AuditLogGroupAmbiguous", 1, name));
+        }
+    })?;
+    let Some(integration) = found else {
         tracing::warn!(log_group = %batch.log_group, "log group of no rds or aurora integration; ignored");
         return Ok(Ingested { records: batch.log_events.len(), ..Ingested::default() });
     };
@@ -518,13 +537,20 @@ mod tests {
         let aurora = Integration::from_json(r#"{"name":"b","kind":"aurora","region":"us-east-1","cluster_id":"crm","admin":{"auth":"password","secret_id":"pgjit/b"},"max_duration_seconds":3600}"#).unwrap();
         let all = [rds, aurora];
         let here = Some("us-east-1");
-        assert_eq!(integration_of_log_group(&all, "/aws/rds/instance/orders-db/postgresql", here).map(|i| i.name.as_str()), Some("a"));
-        assert_eq!(integration_of_log_group(&all, "/aws/rds/cluster/crm/postgresql", here).map(|i| i.name.as_str()), Some("b"));
+        let of = |all: &[Integration], group: &str, region: Option<&str>| integration_of_log_group(all, group, region).unwrap().map(|i| i.name.clone());
+        assert_eq!(of(&all, "/aws/rds/instance/orders-db/postgresql", here).as_deref(), Some("a"));
+        assert_eq!(of(&all, "/aws/rds/cluster/crm/postgresql", here).as_deref(), Some("b"));
         for other in ["/aws/rds/cluster/orders-db/postgresql", "/aws/rds/instance/crm/postgresql", "/aws/rds/instance/orders-db/upgrade", "/aws/lambda/x", ""] {
-            assert!(integration_of_log_group(&all, other, here).is_none(), "{other}");
+            assert!(of(&all, other, here).is_none(), "{other}");
         }
         // The same instance id in another region is another instance.
-        assert!(integration_of_log_group(&all, "/aws/rds/instance/orders-db/postgresql", Some("eu-west-1")).is_none());
+        assert!(of(&all, "/aws/rds/instance/orders-db/postgresql", Some("eu-west-1")).is_none());
+        // A twin of the same instance: refused, naming both, whichever sorts first.
+        let twin = Integration::from_json(r#"{"name":"0-twin","kind":"rds","region":"us-east-1","instance_id":"Orders-DB","admin":{"auth":"password","secret_id":"pgjit/t"},"max_duration_seconds":3600}"#).unwrap();
+        let with_twin = [twin, all[0].clone(), all[1].clone()];
+        let err = integration_of_log_group(&with_twin, "/aws/rds/instance/orders-db/postgresql", here).unwrap_err().to_string();
+        assert!(err.contains("0-twin, a") && err.contains("nothing was written"), "{err}");
+        assert_eq!(of(&with_twin, "/aws/rds/cluster/crm/postgresql", here).as_deref(), Some("b"));
     }
 
     #[test]

@@ -27,6 +27,12 @@ pub enum Flavor {
 impl Flavor {
     pub const ALL: [Flavor; 6] = [Flavor::Postgres, Flavor::Rds, Flavor::Aurora, Flavor::Azure, Flavor::Cloudsql, Flavor::Alloydb];
 
+    /// Whether its servers' certificates chain to Amazon's RDS CAs, which pgjit carries and
+    /// trusts by default for it (every other flavor names its roots in `ca_bundle`).
+    pub fn has_rds_certificates(self) -> bool {
+        matches!(self, Flavor::Rds | Flavor::Aurora)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Flavor::Postgres => "postgres",
@@ -461,12 +467,15 @@ fn certificate_error(e: ConnectError, integration: &crate::integration::Integrat
         return DoctorError::Connect(e);
     }
     let (expected, fix) = match (&integration.ca_bundle, crate::endpoint::default_ca_bundle(integration.kind)) {
-        (Some(_), _) => ("the integration's ca_bundle (or a public root)".to_owned(), "give the CA that signed the server's certificate as ca_bundle".to_owned()),
+        (Some(ca), _) if ca.trim() == crate::postgres::SYSTEM_ROOTS => {
+            ("a public root (Mozilla's list, ca_bundle \"system\")".to_owned(), "give the CA that signed the server's certificate as ca_bundle".to_owned())
+        }
+        (Some(_), _) => ("the integration's ca_bundle (and nothing else)".to_owned(), "give the CA that signed the server's certificate as ca_bundle".to_owned()),
         (None, Some(_)) => (
             "Amazon's RDS certificate authorities (the bundle built into pgjit)".to_owned(),
             "if the instance uses a newer or a private CA, give its PEM as ca_bundle, or refresh the bundle with scripts/refresh-rds-ca.sh".to_owned(),
         ),
-        (None, None) => ("a public root (Mozilla's list)".to_owned(), "give the server's CA as ca_bundle (PEM text or a file path)".to_owned()),
+        (None, None) => ("no root at all".to_owned(), "give the server's CA as ca_bundle (PEM text or a file path), or \"system\" for the public web roots".to_owned()),
     };
     DoctorError::Certificate { expected, fix, source: e }
 }

@@ -2,6 +2,7 @@
 //! with TLS and scram, and moto), for the integration tests and the demo.
 
 pub mod latency;
+pub mod policy;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -320,6 +321,12 @@ pub async fn overdue_grants(svc: &pgjit::aws::Services, integration: &str, prefi
         granted.push((request_id, result.db_user));
     }
     granted
+}
+
+/// An `Access Revoke Requested` event: an early revoke (the scheduler's bare input revokes only
+/// an expired grant).
+pub fn early_revoke(request_id: &str) -> serde_json::Value {
+    serde_json::json!({"version": "0", "detail-type": "Access Revoke Requested", "source": "pgjit.approvals", "detail": {"request_id": request_id}})
 }
 
 /// An `Access Extension Approved` event as the approval bus delivers it, sent just now.

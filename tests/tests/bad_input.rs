@@ -140,7 +140,8 @@ async fn malformed_approvals_are_refused_and_change_nothing() {
 
 #[test]
 fn malformed_integrations_are_refused_with_the_field_named() {
-    let good = json!({"name": "x", "kind": "postgres", "host": "db", "admin": {"auth": "password", "secret_id": "pgjit/a"}, "max_duration_seconds": 60});
+    let good = json!({"name": "x", "kind": "postgres", "host": "db", "admin": {"auth": "password", "secret_id": "pgjit/a"}, "max_duration_seconds": 60, "ca_bundle": "system"});
+    pgjit::integration::Integration::from_json(&good.to_string()).expect("the good one is good");
     let cases: Vec<(&str, Value, &str)> = vec![
         ("name", json!(""), "name"),
         ("name", json!("a".repeat(65)), "name"),
@@ -155,6 +156,8 @@ fn malformed_integrations_are_refused_with_the_field_named() {
         ("admin", json!("secret"), "admin"),
         ("ssl_mode", json!("strict"), "ssl_mode"),
         ("ca_bundle", json!(""), "ca_bundle"),
+        // verify-full (the default) with no roots named: never the public roots by default.
+        ("ca_bundle", json!(null), "ca_bundle"),
         ("access_mode", json!("iam"), "access_mode"),
         ("access_mode", json!("token"), "access_mode"),
         ("max_duration_seconds", json!(0), "max_duration_seconds"),

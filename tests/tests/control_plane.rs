@@ -83,8 +83,11 @@ async fn full_lifecycle_through_the_handlers() {
     let input = schedule_input(&svc, "REQ-1001").await.unwrap();
     assert_eq!(input, json!({"request_id": "REQ-1001"}));
 
-    // The schedule fires: revoke with its stored input.
-    let revoked = revoke_with(&svc, input.clone()).await.expect("revoke");
+    // The schedule fires at expiry: revoke with its stored input (before expiry the same input
+    // changes nothing: trust_boundary's a_scheduled_or_cleanup_revoke_before_expiry_changes_nothing).
+    let fired = pgjit::events::parse_revoke(input.clone()).unwrap();
+    assert_eq!(fired.trigger, pgjit::events::RevokeTrigger::Scheduled);
+    let revoked = pgjit::grants::revoke(&svc, &fired.request_id, fired.trigger, result.expires_at).await.expect("revoke");
     assert_eq!(revoked.status, GrantStatus::Revoked);
     assert_eq!(revoked.sessions_ended, 1);
     assert!(client.query_one("SELECT 1", &[]).await.is_err(), "session ended");
@@ -157,9 +160,9 @@ async fn early_revoke_deletes_the_schedule_and_retention_zero_drops_the_user() {
     assert!(schedule_input(&svc, "REQ-EARLY").await.is_none(), "schedule deleted");
     assert!(!role_exists(&su, &result.db_user).await);
     assert!(!secret_exists(&svc, "orders", "REQ-EARLY").await);
-    let again = revoke_with(&svc, json!({"request_id": "REQ-EARLY"})).await.unwrap();
+    let again = revoke_with(&svc, pgjit_tests::early_revoke("REQ-EARLY")).await.unwrap();
     assert!(again.repeated);
-    let err = revoke_with(&svc, json!({"request_id": "REQ-NEVER"})).await.unwrap_err();
+    let err = revoke_with(&svc, pgjit_tests::early_revoke("REQ-NEVER")).await.unwrap_err();
     assert!(err.contains("unknown request"), "{err}");
 }
 
@@ -217,7 +220,7 @@ async fn iam_mode_puts_and_removes_the_connect_policy() {
         let document: Value = serde_json::from_str(&urlencoding_decode(&document)).unwrap();
         assert_eq!(document["Statement"][0]["Condition"]["DateLessThan"]["aws:CurrentTime"], extended.expires_at.format("%Y-%m-%dT%H:%M:%SZ").to_string());
 
-        revoke_with(&svc, json!({"request_id": request_id})).await.unwrap();
+        revoke_with(&svc, pgjit_tests::early_revoke(&request_id)).await.unwrap();
         let gone = if kind == "user" {
             svc.iam.get_user_policy().user_name(&principal).policy_name(&policy_name).send().await.is_err()
         } else {
@@ -281,16 +284,16 @@ async fn a_failure_at_each_step_of_grant_leaves_nothing_behind() {
         assert_eq!(result.status, GrantStatus::Active, "{step}");
         let (user, password, _) = credentials(&svc, result.secret_arn.as_deref().unwrap()).await;
         e.login_as(&user, &password, "app").await.expect("works after retry");
-        revoke_with(&svc, json!({"request_id": request_id})).await.unwrap();
+        revoke_with(&svc, pgjit_tests::early_revoke(&request_id)).await.unwrap();
     }
     // A failure while revoking leaves the record for the retry, which finishes it.
     let result = grant(&svc, approval("REQ-FAIL-REVOKE", "orders", "fail@corp.com", orders_access())).await.unwrap();
     svc.failpoints.set("revoke:after_role");
-    let err = revoke_with(&svc, json!({"request_id": "REQ-FAIL-REVOKE"})).await.unwrap_err();
+    let err = revoke_with(&svc, pgjit_tests::early_revoke("REQ-FAIL-REVOKE")).await.unwrap_err();
     assert!(err.contains("revoke:after_role"), "{err}");
     assert_eq!(svc.store.get_grant("REQ-FAIL-REVOKE").await.unwrap().unwrap().status, GrantStatus::Revoking);
     svc.failpoints.clear();
-    let done = revoke_with(&svc, json!({"request_id": "REQ-FAIL-REVOKE"})).await.unwrap();
+    let done = revoke_with(&svc, pgjit_tests::early_revoke("REQ-FAIL-REVOKE")).await.unwrap();
     assert_eq!(done.status, GrantStatus::Deleted);
     assert!(!role_exists(&su, &result.db_user).await);
     assert!(!secret_exists(&svc, "orders", "REQ-FAIL-REVOKE").await);
@@ -378,7 +381,7 @@ async fn rotation_gives_a_new_password_to_old_grants() {
     assert_ne!(old.expose(), new.expose());
     assert!(e.login_as(&user, &old, "app").await.is_err(), "the old password is dead");
     e.login_as(&user, &new, "app").await.expect("the new password works");
-    revoke_with(&svc, json!({"request_id": "REQ-ROTATE"})).await.unwrap();
+    revoke_with(&svc, pgjit_tests::early_revoke("REQ-ROTATE")).await.unwrap();
 }
 
 #[tokio::test]
@@ -437,13 +440,38 @@ async fn discovery_registers_tagged_instances_and_inventories_databases() {
     let table = format!("discovered_{id}");
     su.batch_execute(&format!("CREATE TABLE public.{table} (x int)")).await.unwrap();
 
+    // Tagged instances whose tag names no usable admin secret, and one an operator's integration
+    // already covers: none is registered, each is reported with why.
+    let tag = |value: String| aws_sdk_rds::types::Tag::builder().key(&svc.config.discovery_tag_key).value(value).build();
+    let outside = format!("elsewhere/admin-{id}");
+    svc.secrets.create_secret().name(&outside).secret_string(json!({"username": "u", "password": "p"}).to_string()).send().await.unwrap();
+    let not_rds = format!("{}not-rds-{id}", svc.config.secret_prefix);
+    svc.secrets.create_secret().name(&not_rds).secret_string("just a password").send().await.unwrap();
+    let good = format!("{}good-{id}", svc.config.secret_prefix);
+    svc.secrets.create_secret().name(&good).secret_string(json!({"username": "u", "password": "p"}).to_string()).send().await.unwrap();
+    let (covered, outside_db, not_rds_db, fine) = (format!("covered-{id}"), format!("outside-{id}"), format!("notrds-{id}"), format!("fine-{id}"));
+    for (instance, secret) in [(&covered, &good), (&outside_db, &outside), (&not_rds_db, &not_rds), (&fine, &good)] {
+        pgjit_tests::moto_rds_instance(&svc, instance).await;
+        let arn = format!("arn:aws:rds:us-east-1:123456789012:db:{instance}");
+        svc.rds.add_tags_to_resource().resource_name(arn).tags(tag(secret.clone())).send().await.unwrap();
+    }
+    integration(&svc, "operators-own", json!({"kind": "rds", "instance_id": covered, "region": "us-east-1", "enable_audit": true, "audit_required": false})).await;
+
     let report = pgjit::discovery::run(&svc, Utc::now(), |_| {}).await.unwrap();
-    assert!(report.registered.contains(&tagged), "{report:?}");
-    let registered = svc.store.get_integration(&tagged).await.unwrap().expect("registered");
-    assert_eq!(registered.instance_id.as_deref(), Some(tagged.as_str()));
-    // The registered instance cannot be read (its admin secret is missing): recorded on it,
-    // and the other integration is inventoried all the same.
-    assert!(registered.discovery.unwrap().error.unwrap().contains("missing-admin"));
+    let skipped = |instance: &str| report.skipped.iter().find(|(n, _)| n == instance).map(|(_, why)| why.clone()).unwrap_or_default();
+    assert!(skipped(&tagged).contains("missing-admin"), "{report:?}");
+    assert!(skipped(&covered).contains("already covered by integration \"operators-own\""), "{report:?}");
+    assert!(skipped(&outside_db).contains("not under pgjit's admin secret prefix"), "{report:?}");
+    assert!(skipped(&not_rds_db).contains("not in the RDS JSON format"), "{report:?}");
+    for instance in [&tagged, &covered, &outside_db, &not_rds_db] {
+        assert!(svc.store.get_integration(instance).await.unwrap().is_none(), "{instance} not registered");
+    }
+    assert_eq!(report.registered, [fine.clone()], "{report:?}");
+    let registered = svc.store.get_integration(&fine).await.unwrap().expect("registered");
+    assert_eq!(registered.instance_id.as_deref(), Some(fine.as_str()));
+    // The registered instance cannot be read (moto's instance has no server behind it):
+    // recorded on it, and the other integration is inventoried all the same.
+    assert!(registered.discovery.unwrap().error.is_some());
     let local = report.inventoried.iter().find(|(n, _)| n == "local").expect("local inventoried");
     assert!(local.1 > 10);
     let items = svc.store.inventory("local").await.unwrap();
@@ -459,9 +487,10 @@ async fn discovery_registers_tagged_instances_and_inventories_databases() {
     pgjit::discovery::run(&svc, Utc::now(), |_| {}).await.unwrap();
     let items = svc.store.inventory("local").await.unwrap();
     assert!(!items.iter().any(|i| i.name == table));
-    // Discovery never overwrites an integration an operator changed.
+    // Discovery never overwrites an integration an operator changed, nor reports it as skipped.
     let again = pgjit::discovery::run(&svc, Utc::now(), |_| {}).await.unwrap();
     assert!(again.registered.is_empty());
+    assert!(!again.skipped.iter().any(|(n, _)| *n == fine), "{again:?}");
 }
 
 #[tokio::test]
@@ -501,7 +530,7 @@ async fn an_access_granted_event_tells_the_requester_without_the_password() {
     assert!(detail["custom_access_details"].as_str().unwrap().contains("psql"));
     let (_, password, _) = credentials(&svc, result.secret_arn.as_deref().unwrap()).await;
     assert!(!event.to_string().contains(password.expose()), "no password in the event");
-    revoke_with(&svc, json!({"request_id": "REQ-ANNOUNCE"})).await.unwrap();
+    revoke_with(&svc, pgjit_tests::early_revoke("REQ-ANNOUNCE")).await.unwrap();
 }
 
 /// Secrets Manager deletes asynchronously, and AWS refuses to create a name whose deletion is
@@ -516,7 +545,7 @@ async fn a_secret_name_still_being_deleted_is_restored_for_its_own_request_only(
     let value = pgjit::credentials::CredentialsValue {
         engine: "postgres", host: "db", port: 5432, dbname: "app", username: "u", password: &password, expires_at: Utc::now(),
     };
-    let nobody = pgjit::credentials::Readers { requester: None, others: &[] };
+    let nobody = pgjit::credentials::Readers { requester: None, functions: &[], others: &[] };
     pgjit::credentials::store(&svc, &name, &value, "a@corp.com", "REQ-DELETING", &nobody).await.unwrap();
     svc.secrets.delete_secret().secret_id(&name).recovery_window_in_days(7).send().await.unwrap();
     // moto lets the name be created again; AWS refuses while the deletion runs, with this error.
@@ -593,7 +622,7 @@ async fn unused_profile_roles_are_dropped_after_their_retention() {
         managed.into_iter().find(|r| r.profile).expect("a profile role").name
     };
     assert!(acl_of_orders().await.iter().any(|a| a.starts_with(&format!("{profile}="))));
-    revoke_with(&svc, json!({"request_id": format!("REQ-PA-{id}")})).await.unwrap();
+    revoke_with(&svc, pgjit_tests::early_revoke(&format!("REQ-PA-{id}"))).await.unwrap();
 
     // No members: marked, kept.
     let now = Utc::now();
@@ -608,7 +637,7 @@ async fn unused_profile_roles_are_dropped_after_their_retention() {
     let report = pgjit::cleanup::run(&svc, now + Duration::minutes(30)).await.unwrap();
     assert!(report.profiles_dropped.is_empty(), "{report:?}");
     assert!(!comment_of(profile.clone()).await.unwrap().contains("unused since"), "in use: the mark is gone");
-    revoke_with(&svc, json!({"request_id": format!("REQ-PB-{id}")})).await.unwrap();
+    revoke_with(&svc, pgjit_tests::early_revoke(&format!("REQ-PB-{id}"))).await.unwrap();
 
     // Empty again: marked then, dropped only once the retention has passed since.
     let report = pgjit::cleanup::run(&svc, now + Duration::days(1)).await.unwrap();
@@ -626,6 +655,6 @@ async fn unused_profile_roles_are_dropped_after_their_retention() {
     assert!(role_exists(&su, &lookalike).await);
     // A later grant of the same privileges makes the profile role anew.
     grant(&svc, approval(&format!("REQ-PC-{id}"), &name, "c@corp.com", orders_access())).await.expect("granted with a new profile role");
-    revoke_with(&svc, json!({"request_id": format!("REQ-PC-{id}")})).await.unwrap();
+    revoke_with(&svc, pgjit_tests::early_revoke(&format!("REQ-PC-{id}"))).await.unwrap();
     su.batch_execute(&format!("REVOKE ALL ON sales.orders FROM \"{lookalike}\"; DROP ROLE \"{lookalike}\"")).await.unwrap();
 }

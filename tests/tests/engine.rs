@@ -91,11 +91,15 @@ async fn verify_full_checks_the_host_name_and_the_ca() {
     let mut by_name = e.endpoint();
     by_name.host = "localhost".into();
     connector(by_name).connect("postgres").await.expect("localhost is in the certificate");
-    // Unknown CA: both verifying modes fail.
+    // No roots given: the verifying modes trust nothing (never the public roots by default);
+    // the public roots, named, do not know the local CA.
     for mode in [SslMode::VerifyFull, SslMode::VerifyCa] {
         let mut unknown = e.endpoint();
         unknown.ca_bundle = None;
         unknown.ssl_mode = mode;
+        let err = connector(unknown.clone()).connect("postgres").await.expect_err("no roots");
+        assert!(matches!(err, pgjit::postgres::ConnectError::CaBundle(pgjit::postgres::CaBundleError::NoRoots)), "{mode:?}: {err}");
+        unknown.ca_bundle = Some(pgjit::postgres::SYSTEM_ROOTS.into());
         let err = connector(unknown).connect("postgres").await.expect_err("unknown CA");
         let chain = pgjit::postgres::error_chain(&err);
         assert!(chain.contains("UnknownIssuer") || chain.contains("unknown issuer"), "{mode:?}: {chain}");
@@ -700,7 +704,7 @@ async fn doctor_names_what_the_admin_can_and_cannot_do() {
     let databases = ["postgres", "app", "crm"].map(String::from);
     let integration = |kind: &str, extra: serde_json::Value| {
         let mut doc = serde_json::json!({"name": "doctored", "kind": kind, "host": "localhost", "admin": {"auth": "password", "secret_id": "unused"},
-            "max_duration_seconds": 60, "grantable_roles": ["reporting"]});
+            "max_duration_seconds": 60, "grantable_roles": ["reporting"], "ca_bundle": "system"});
         for (k, v) in extra.as_object().unwrap() {
             doc[k] = v.clone();
         }
@@ -723,7 +727,7 @@ async fn doctor_names_what_the_admin_can_and_cannot_do() {
     // elsewhere (here, the local CA) is named as such, with the fix.
     let mut rds_endpoint = e.endpoint();
     rds_endpoint.ca_bundle = pgjit::endpoint::default_ca_bundle(pgjit::setup::Flavor::Rds).map(str::to_owned);
-    let err = pgjit::setup::doctor(&Connector::new(rds_endpoint, Credentials::Password(e.admin_login())), &integration("rds", serde_json::json!({})), &databases)
+    let err = pgjit::setup::doctor(&Connector::new(rds_endpoint, Credentials::Password(e.admin_login())), &integration("rds", serde_json::json!({"ca_bundle": null})), &databases)
         .await
         .expect_err("not an RDS certificate");
     assert!(matches!(err, pgjit::setup::DoctorError::Certificate { .. }), "{err}");
@@ -798,7 +802,7 @@ async fn roles_stranded_by_an_upgrade_to_16_are_found_and_repaired() {
     su.batch_execute(&format!("CREATE ROLE {stranded} NOLOGIN")).await.unwrap();
     let integration = pgjit::integration::Integration::from_json(
         &serde_json::json!({"name": "upgraded", "kind": "postgres", "host": "localhost", "admin": {"auth": "password", "secret_id": "unused"},
-            "max_duration_seconds": 60, "user_prefix": prefix}).to_string(),
+            "max_duration_seconds": 60, "user_prefix": prefix, "ca_bundle": "system"}).to_string(),
     )
     .unwrap();
     let finding = |findings: &[pgjit::setup::Finding]| findings.iter().find(|f| f.capability == "manage pgjit's roles").cloned();

@@ -92,7 +92,7 @@ async fn no_secret_reaches_a_log_line_an_error_or_a_record() {
     let rotated = pgjit::credentials::read(&svc, record.secret_arn.as_deref().unwrap()).await.unwrap();
     let rotated: Value = serde_json::from_str(rotated.expose()).unwrap();
     let rotated_password = rotated["password"].as_str().unwrap().to_owned();
-    let revoked = pgjit::handlers::revoke(&svc, LambdaEvent::new(json!({"request_id": "LOG-1"}), Context::default())).await.unwrap();
+    let revoked = pgjit::handlers::revoke(&svc, LambdaEvent::new(pgjit_tests::early_revoke("LOG-1"), Context::default())).await.unwrap();
     outputs.push(serde_json::to_string(&revoked).unwrap());
     outputs.push(serde_json::to_string(&pgjit::cleanup::run(&svc, Utc::now() + Duration::days(3)).await.unwrap()).unwrap());
     // An error path with the admin's secret in play: a grant whose integration's admin secret is bad.

@@ -73,7 +73,7 @@ async fn postgres_stopped_when_the_revoke_fires() {
     let result = grant(&svc, approval("PGREV-1", "flaky", "pg.rev@corp.com", orders_access())).await.unwrap();
     proxy.down();
     // The revoke reports failure, so the scheduler retries it and the dead-letter queue catches it.
-    let err = pgjit::handlers::revoke(&svc, LambdaEvent::new(json!({"request_id": "PGREV-1"}), Context::default())).await.unwrap_err();
+    let err = pgjit::handlers::revoke(&svc, LambdaEvent::new(pgjit_tests::early_revoke("PGREV-1"), Context::default())).await.unwrap_err();
     assert!(err.to_string().contains("revoke of request"), "{err}");
     assert_eq!(svc.store.get_grant("PGREV-1").await.unwrap().unwrap().status, GrantStatus::Revoking);
     // The next cleanup, with the server back, completes it.
@@ -184,6 +184,7 @@ async fn a_run_killed_between_steps_is_finished_by_the_next() {
 async fn a_database_that_never_answers_does_not_hang() {
     let (port, _server) = pgjit_tests::silent_server().await;
     let mut endpoint = pgjit::postgres::Endpoint::new("localhost", port, pgjit::postgres::SslMode::VerifyFull);
+    endpoint.ca_bundle = Some(env().ca_file.clone());
     endpoint.timeouts.connect = StdDuration::from_secs(1);
     let connector = pgjit::postgres::Connector::new(endpoint, pgjit::postgres::Credentials::Password(env().admin_login()));
     let started = Instant::now();
@@ -438,5 +439,59 @@ async fn a_sweep_cut_short_by_its_deadline_leaves_each_item_done_or_untouched_an
     assert_eq!((report.left, report.continuation.as_deref()), (0, None), "{report:?}");
     for (request_id, db_user) in &granted {
         nothing_left(&svc, "swept", request_id, db_user).await;
+    }
+}
+
+/// One server that accepts connections and never answers must not hold the sweep's slots:
+/// the other integration's overdue items are revoked while the hung one's first connection is
+/// still waiting for its time-out.
+#[tokio::test]
+async fn one_hung_integration_does_not_delay_another_integrations_items() {
+    let (port, _server) = pgjit_tests::silent_server().await;
+    let svc = isolated_services_with(|n| match n {
+        "PGJIT_CONNECT_TIMEOUT_SECONDS" => Some("5".into()),
+        "PGJIT_CLEANUP_CONCURRENCY" => Some("4".into()),
+        "PGJIT_CLEANUP_CONNECTIONS" => Some("1".into()),
+        _ => None,
+    })
+    .await;
+    // "a-hung" sorts first, so its lane's workers start first.
+    let hung = register_integration(&svc, "a-hung", json!({})).await;
+    register_integration(&svc, "b-healthy", json!({"user_prefix": hung.user_prefix})).await;
+    let stuck = overdue_grants(&svc, "a-hung", "HUNG", 6).await;
+    let healthy = overdue_grants(&svc, "b-healthy", "HEALTHY", 3).await;
+    let mut unreachable = hung.clone();
+    unreachable.port = Some(port);
+    svc.store.put_integration(&unreachable).await.unwrap();
+
+    let started = Instant::now();
+    // The sweep and a watch over the healthy records, side by side in this task.
+    let sweep = pgjit::cleanup::run_scope(&svc, Utc::now(), pgjit::cleanup::Scope::Overdue);
+    let watch = async {
+        loop {
+            let mut revoked = 0;
+            for (id, _) in &healthy {
+                if svc.store.get_grant(id).await.unwrap().is_some_and(|r| r.status != GrantStatus::Active && r.status != GrantStatus::Revoking) {
+                    revoked += 1;
+                }
+            }
+            if revoked == healthy.len() || started.elapsed() > StdDuration::from_secs(60) {
+                return (revoked, started.elapsed());
+            }
+            tokio::time::sleep(StdDuration::from_millis(100)).await;
+        }
+    };
+    let (report, (revoked, healthy_done)) = tokio::join!(sweep, watch);
+    assert_eq!(revoked, healthy.len(), "the healthy integration's items were revoked");
+    assert!(healthy_done < StdDuration::from_secs(4), "the healthy items waited for the hung server: {healthy_done:?}");
+    let report = report.unwrap();
+    assert_eq!(report.revoked_overdue.len(), healthy.len(), "{report:?}");
+    assert!(report.errors.iter().any(|e| e.contains("HUNG") || e.contains("a-hung")), "the hung integration's failure is reported: {:?}", report.errors);
+
+    // Back in reach, its items are revoked.
+    svc.store.put_integration(&hung).await.unwrap();
+    for (id, db_user) in &stuck {
+        pgjit::grants::revoke(&svc, id, RevokeTrigger::Early, Utc::now()).await.unwrap();
+        nothing_left(&svc, "a-hung", id, db_user).await;
     }
 }

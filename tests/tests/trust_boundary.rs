@@ -203,3 +203,167 @@ async fn cleanup_never_drops_a_role_pgjit_did_not_create() {
     }
     su.batch_execute(&format!("DROP ROLE {readonly}; DROP ROLE {lookalike}")).await.unwrap();
 }
+
+/// The policy a secret gets, evaluated as IAM would for each caller that matters: the
+/// requester's own session reads; another session of the same role (another user of one
+/// Identity Center permission set) does not; pgjit's grant function (an extension rewrites
+/// `expires_at`) and the configured reader do; a bystander does not.
+#[tokio::test]
+async fn a_credentials_secret_is_read_by_the_requesters_session_and_pgjits_own_role_only() {
+    use pgjit_tests::policy::{evaluate, Caller, Decision};
+    let grant_role = "arn:aws:iam::123456789012:role/pgjit-GrantFunctionRole-ABC";
+    let reader = "arn:aws:iam::123456789012:role/approval-tool";
+    let svc = isolated_services_with(move |n| match n {
+        "PGJIT_FUNCTION_ROLE_ARNS" => Some(grant_role.into()),
+        "PGJIT_CREDENTIAL_READERS" => Some(reader.into()),
+        _ => None,
+    })
+    .await;
+    register_integration(&svc, "sessions", json!({})).await;
+    let sso = "AWSReservedSSO_Dev_0123456789abcdef";
+    let mut event = approval("REQ-SESSION", "sessions", "jroe@corp.com", orders_access());
+    event["detail"]["requester"]["iam_arn"] = json!(format!("arn:aws:sts::123456789012:assumed-role/{sso}/jane@corp.com"));
+    let granted = grant(&svc, event).await.unwrap();
+    let arn = granted.secret_arn.clone().unwrap();
+    let policy = svc.secrets.get_resource_policy().secret_id(&arn).send().await.unwrap().resource_policy.expect("a resource policy");
+    let sso_path = format!("aws-reserved/sso.amazonaws.com/eu-west-1/{sso}");
+    let read = "secretsmanager:GetSecretValue";
+    let cases = [
+        (Caller::session("123456789012", &sso_path, "AROASSODEV", "jane@corp.com"), Decision::Allowed, "the requester's session"),
+        (Caller::session("123456789012", &sso_path, "AROASSODEV", "mallory@corp.com"), Decision::Denied, "another session of the requester's role"),
+        (Caller::session("123456789012", &sso_path, "AROASSODEV", "jane@corp.com.evil"), Decision::Denied, "a session name that starts like the requester's"),
+        (Caller::session("123456789012", "pgjit-GrantFunctionRole-ABC", "AROAGRANT", "pgjit-grant"), Decision::Allowed, "the grant function (extension)"),
+        (Caller::session("123456789012", "approval-tool", "AROATOOL", "x"), Decision::Allowed, "the configured reader"),
+        (Caller::session("123456789012", "pgjit-RevokeFunctionRole-XYZ", "AROAREV", "pgjit-revoke"), Decision::Denied, "a pgjit role that never reads it"),
+        (Caller::user("123456789012", "mallory", "AIDAMALLORY"), Decision::Denied, "a bystander"),
+    ];
+    for (caller, expected, who) in &cases {
+        assert_eq!(evaluate(&policy, caller, read), *expected, "{who}: {policy}");
+    }
+    // The extension that reads the secret with the grant function's role goes through.
+    let extended = pgjit::handlers::grant(&svc, LambdaEvent::new(pgjit_tests::extension("EXT-SESSION", "REQ-SESSION", "lead@corp.com", 7000), Context::default())).await;
+    assert!(extended.is_ok(), "{extended:?}");
+    pgjit::grants::revoke(&svc, "REQ-SESSION", pgjit::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+}
+
+/// What two request ids whose schedule names collide would do: request B's name already holds
+/// a schedule that revokes request A. B's grant must not take it as its own (an early revoke of
+/// B would delete A's only revoke), and its undo must not delete it either.
+#[tokio::test]
+async fn a_schedule_that_revokes_another_request_is_never_taken_or_deleted() {
+    let svc = isolated_services().await;
+    let integration = register_integration(&svc, "sharing", json!({})).await;
+    let name = pgjit::schedule::schedule_name("SHARE-B");
+    assert_eq!(name.len() - name.rfind('-').unwrap() - 1, 32, "128 bits of the request id's hash: {name}");
+    let at = Utc::now() + Duration::hours(1);
+    let target = aws_sdk_scheduler::types::Target::builder()
+        .arn(&svc.config.revoke_function_arn)
+        .role_arn(&svc.config.scheduler_role_arn)
+        .input(pgjit::schedule::revoke_input("SHARE-A"))
+        .build()
+        .unwrap();
+    svc.scheduler
+        .create_schedule()
+        .name(&name)
+        .group_name(&svc.config.schedule_group)
+        .schedule_expression(pgjit::schedule::at_expression(at))
+        .flexible_time_window(aws_sdk_scheduler::types::FlexibleTimeWindow::builder().mode(aws_sdk_scheduler::types::FlexibleTimeWindowMode::Off).build().unwrap())
+        .target(target)
+        .send()
+        .await
+        .unwrap();
+    let before = footprint(&svc, &integration.user_prefix).await;
+    let err = grant(&svc, approval("SHARE-B", "sharing", "bob@corp.com", orders_access())).await.expect_err("a shared schedule");
+    assert!(err.contains("does not revoke request \"SHARE-B\""), "{err}");
+    let (_, secrets, schedules) = footprint(&svc, &integration.user_prefix).await;
+    assert_eq!((secrets, schedules), (before.1, before.2), "no secret left, and A's schedule kept");
+    let record = svc.store.get_grant("SHARE-B").await.unwrap().unwrap();
+    assert!(!role_exists(&env().superuser("postgres").await, &record.db_user).await, "no login role left");
+    let kept = svc.scheduler.get_schedule().name(&name).group_name(&svc.config.schedule_group).send().await.expect("A's schedule is still there");
+    assert_eq!(kept.target().and_then(|t| t.input()), Some(pgjit::schedule::revoke_input("SHARE-A").as_str()));
+    assert_eq!(svc.store.get_grant("SHARE-B").await.unwrap().unwrap().status, pgjit::store::GrantStatus::Failed);
+}
+
+/// The scheduler's `{"request_id"}` input can be sent by whoever may invoke the revoke function,
+/// and cleanup may hold a copy read before an extension: neither takes an unexpired grant away.
+#[tokio::test]
+async fn a_scheduled_or_cleanup_revoke_before_expiry_changes_nothing() {
+    let svc = isolated_services().await;
+    register_integration(&svc, "early-bird", json!({})).await;
+    let granted = grant(&svc, approval("NOT-YET-1", "early-bird", "john@corp.com", orders_access())).await.unwrap();
+    // A forged scheduler input, straight to the function.
+    let result = pgjit::handlers::revoke(&svc, LambdaEvent::new(json!({"request_id": "NOT-YET-1"}), Context::default())).await.unwrap();
+    assert_eq!((result.status, result.repeated), (pgjit::store::GrantStatus::Active, true));
+    // Cleanup read the record when it was due; then an extension moved it (and its version).
+    let mut stale = svc.store.get_grant("NOT-YET-1").await.unwrap().unwrap();
+    stale.expires_at = Utc::now() - Duration::minutes(1);
+    let extension = pgjit_tests::extension("EXT-NOT-YET", "NOT-YET-1", "lead@corp.com", 7000);
+    pgjit::handlers::grant(&svc, LambdaEvent::new(extension, Context::default())).await.expect("extended");
+    let result = pgjit::grants::revoke_with(&svc, "NOT-YET-1", Some(stale), None, pgjit::events::RevokeTrigger::Cleanup, Utc::now()).await.unwrap();
+    assert_eq!(result.status, pgjit::store::GrantStatus::Active);
+    let record = svc.store.get_grant("NOT-YET-1").await.unwrap().unwrap();
+    assert_eq!(record.status, pgjit::store::GrantStatus::Active, "still active");
+    let value = pgjit::credentials::read(&svc, granted.secret_arn.as_deref().unwrap()).await.expect("the secret is still there");
+    let value: Value = serde_json::from_str(value.expose()).unwrap();
+    env().login_as(&granted.db_user, &pgjit::SecretString::new(value["password"].as_str().unwrap()), "app").await.expect("the login still works");
+    // At its expiry the same input revokes.
+    let result = pgjit::grants::revoke(&svc, "NOT-YET-1", pgjit::events::RevokeTrigger::Scheduled, record.expires_at).await.unwrap();
+    assert!(!result.repeated && result.status != pgjit::store::GrantStatus::Active, "{result:?}");
+}
+
+/// Before PostgreSQL 16 a temporary user can act as its profile role: a SECURITY DEFINER
+/// function made that way is owned by a role that outlives the user. After revoke and cleanup,
+/// a bystander must not read the table through it (from 16, SET ROLE to the profile is refused).
+#[tokio::test]
+async fn a_function_made_as_the_profile_role_does_not_outlive_the_grant() {
+    let svc = isolated_services().await;
+    register_integration(&svc, "profiled", json!({})).await;
+    let access = json!([
+        {"database": "app", "schema": "sales", "privileges": ["USAGE", "CREATE"]},
+        {"database": "app", "schema": "sales", "table": "orders", "privileges": ["SELECT"]}
+    ]);
+    let granted = grant(&svc, approval("PROFILE-OWN-1", "profiled", "maker@corp.com", access)).await.unwrap();
+    let su = env().superuser("app").await;
+    let version: i32 = su.query_one("SELECT current_setting('server_version_num')::int", &[]).await.unwrap().get(0);
+    let profile: String = su
+        .query_one("SELECT r.rolname::text FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid WHERE m.member = $1::text::regrole", &[&granted.db_user])
+        .await
+        .unwrap()
+        .get(0);
+    let value = pgjit::credentials::read(&svc, granted.secret_arn.as_deref().unwrap()).await.unwrap();
+    let value: Value = serde_json::from_str(value.expose()).unwrap();
+    let user = env().login_as(&granted.db_user, &pgjit::SecretString::new(value["password"].as_str().unwrap()), "app").await.unwrap();
+    let tag = &granted.db_user[granted.db_user.len() - 8..];
+    let planted = user
+        .batch_execute(&format!(
+            "SET ROLE {}; CREATE FUNCTION sales.count_{tag}() RETURNS bigint LANGUAGE sql SECURITY DEFINER AS 'SELECT count(*) FROM sales.orders'; \
+             GRANT EXECUTE ON FUNCTION sales.count_{tag}() TO PUBLIC; RESET ROLE",
+            pgjit::postgres::ident(&profile)
+        ))
+        .await;
+    drop(user);
+    if version >= 160000 {
+        assert!(planted.is_err(), "from 16 the user cannot act as its profile role");
+        pgjit::grants::revoke(&svc, "PROFILE-OWN-1", pgjit::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+        return;
+    }
+    planted.expect("before 16 the user can act as its profile role");
+    let revoked = pgjit::grants::revoke(&svc, "PROFILE-OWN-1", pgjit::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+    assert_eq!(revoked.status, pgjit::store::GrantStatus::Deleted);
+    pgjit::cleanup::run(&svc, Utc::now() + Duration::days(1)).await.unwrap();
+
+    let bystander = format!("bystander_{tag}");
+    let password = pgjit::SecretString::random_password();
+    su.batch_execute("SET log_statement = 'none'").await.unwrap();
+    su.batch_execute(&format!("CREATE ROLE {bystander} LOGIN PASSWORD {}; GRANT USAGE ON SCHEMA sales TO {bystander}", pgjit::postgres::literal(password.expose())))
+        .await
+        .unwrap();
+    su.batch_execute("RESET log_statement").await.unwrap();
+    let other = env().login_as(&bystander, &password, "app").await.unwrap();
+    let err = other.query(&format!("SELECT sales.count_{tag}()"), &[]).await.expect_err("the bystander reads nothing through it");
+    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{err}");
+    let row = su.query_one(&format!("SELECT prosecdef, pg_get_userbyid(proowner)::text FROM pg_proc WHERE oid = 'sales.count_{tag}()'::regprocedure"), &[]).await.unwrap();
+    assert!(!row.get::<_, bool>(0), "no longer SECURITY DEFINER");
+    assert_ne!(row.get::<_, String>(1), profile, "no longer the shared profile role's");
+    su.batch_execute(&format!("DROP FUNCTION sales.count_{tag}(); REVOKE USAGE ON SCHEMA sales FROM {bystander}; DROP ROLE {bystander}")).await.unwrap();
+}

@@ -330,13 +330,14 @@ async fn end_to_end(runs: usize) {
         let event = pgjit::events::parse_approval(approval(&format!("E2E-{i}"), "e2e", "e2e@corp.com", orders_access())).unwrap();
         let (aws0, (pg0, _)) = (moto_requests(), postgres_log_counts());
         let started = Instant::now();
-        pgjit::grants::grant(&svc, &event, Utc::now()).await.unwrap();
+        let granted = pgjit::grants::grant(&svc, &event, Utc::now()).await.unwrap();
         grant_times.push(started.elapsed());
         tokio::time::sleep(Duration::from_millis(50)).await; // let the logs reach their files
         aws.push(moto_requests() - aws0);
         statements.push(postgres_log_counts().0 - pg0);
         let started = Instant::now();
-        pgjit::grants::revoke(&svc, &format!("E2E-{i}"), pgjit::events::RevokeTrigger::Scheduled, Utc::now()).await.unwrap();
+        // As the schedule fires it: at the expiry (before it, a scheduled revoke changes nothing).
+        pgjit::grants::revoke(&svc, &format!("E2E-{i}"), pgjit::events::RevokeTrigger::Scheduled, granted.expires_at).await.unwrap();
         revoke_times.push(started.elapsed());
     }
     aws.sort();

@@ -152,8 +152,8 @@ async fn live_users(svc: &Services) -> Result<(HashSet<String>, usize), StoreErr
     Ok((users, read))
 }
 
-/// A profile role: what it owns while in use goes to the holding role (a user could act as it
-/// before PostgreSQL 16); without members it is marked with the time, and dropped once that
+/// A profile role: what it owns goes to the holding role (a user could act as it before
+/// PostgreSQL 16); without members it is marked with the time, and dropped once that
 /// lasts `profile_retention_days`; with members again, the mark goes.
 async fn profile(server: &Server, role: &revocation::ManagedRole, now: DateTime<Utc>, retention: chrono::Duration, report: &mut CleanupReport) {
     let integration = &server.integration;
@@ -165,8 +165,17 @@ async fn profile(server: &Server, role: &revocation::ManagedRole, now: DateTime<
         client.release();
         Ok::<(), RoleError>(())
     };
+    let dropping = role.members == 0 && role.unused_since.is_some_and(|since| since + retention <= now);
+    // What it owns goes now, whether or not anyone holds it (the drop hands it over itself):
+    // kept by an unused profile, it would stay armed until the profile is dropped.
+    if role.owns_objects && !dropping {
+        match revocation::hand_over(connector, db, &role.name, &integration.holding_role).await {
+            Ok(changes) => report.handed_over.extend(changes.into_iter().map(|c| format!("{name}: {c}"))),
+            Err(e) => report.errors.push(format!("integration {}: profile {}: {}", integration.name, role.name, error_chain(&e))),
+        }
+    }
     let result = match (role.members, role.unused_since) {
-        (0, Some(since)) if since + retention <= now => match revocation::drop_profile(connector, db, &role.name, &integration.holding_role).await {
+        (0, Some(_)) if dropping => match revocation::drop_profile(connector, db, &role.name, &integration.holding_role).await {
             Ok(Some(handed_over)) => {
                 report.handed_over.extend(handed_over.into_iter().map(|c| format!("{name}: {c}")));
                 report.profiles_dropped.push(name.clone());
@@ -178,9 +187,6 @@ async fn profile(server: &Server, role: &revocation::ManagedRole, now: DateTime<
         (0, Some(_)) => Ok(()),
         (0, None) => mark(Some(now)).await,
         (_, Some(_)) => mark(None).await,
-        (_, None) if role.owns_objects => revocation::hand_over(connector, db, &role.name, &integration.holding_role)
-            .await
-            .map(|changes| report.handed_over.extend(changes.into_iter().map(|c| format!("{name}: {c}")))),
         (_, None) => Ok(()),
     };
     if let Err(e) = result {

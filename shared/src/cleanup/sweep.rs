@@ -2,7 +2,8 @@
 //! once and a few connections reused for its items ([`Config::cleanup_connections`]), every
 //! lane at once, and at most [`Config::cleanup_concurrency`] items in flight over all of them.
 //! An item starts only while the invocation has time for it ([`Pace`]), so a sweep cut short
-//! leaves each item done or untouched.
+//! leaves each item done or untouched. A lane has at most its share of the slots, so one server
+//! that never answers holds that share while its connections time out, not the whole sweep.
 //!
 //! [`Config::cleanup_connections`]: crate::config::Config
 //! [`Config::cleanup_concurrency`]: crate::config::Config
@@ -160,9 +161,14 @@ impl<'a> Lanes<'a> {
         let gate = Semaphore::new(concurrency);
         let pace = &self.pace;
         let shared = Mutex::new(std::mem::take(report));
+        // A lane gets at most its share of the slots (never fewer than its connections): its
+        // workers wait for its own server, so a server that hangs holds that share and no more,
+        // and the other lanes' items go on.
+        let busy = self.lanes.iter().filter(|lane| lane.len() > 0).count().max(1);
+        let share = (concurrency / busy).max(svc.config.cleanup_connections).min(concurrency);
         let workers = self.lanes.iter().flat_map(|lane| {
             let (gate, shared) = (&gate, &shared);
-            (0..concurrency.min(lane.len())).map(move |_| work(svc, lane, gate, pace, shared, now))
+            (0..share.min(lane.len())).map(move |_| work(svc, lane, gate, pace, shared, now))
         });
         join_all(workers).await;
         *report = shared.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());

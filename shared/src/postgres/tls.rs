@@ -15,6 +15,8 @@ pub enum CaBundleError {
     Read { path: String, reason: String },
     #[error("ca_bundle: no PEM certificate found (give PEM text or the path of a PEM file)")]
     Empty,
+    #[error("verify-ca and verify-full trust only the roots they are given: set ca_bundle to the CA that signed the server's certificate (PEM text or a file path), or to \"system\" to trust the public web roots (libpq's sslrootcert=system)")]
+    NoRoots,
     #[error("ca_bundle: certificate {index} is not valid: {reason}")]
     Invalid { index: usize, reason: String },
     #[error("TLS set-up failed: {0}")]
@@ -64,10 +66,20 @@ fn config(provider: &Arc<CryptoProvider>, verifier: Arc<dyn ServerCertVerifier>)
     Ok(Arc::new(config))
 }
 
-/// Mozilla's roots plus the certificates of `ca_bundle` (PEM text, or a path to a PEM file).
+/// The `ca_bundle` that stands for the public web roots (Mozilla's list), as libpq's
+/// `sslrootcert=system` does for the system's: trusted only when named.
+pub const SYSTEM_ROOTS: &str = "system";
+
+/// The roots a verifying mode trusts: exactly the certificates of `ca_bundle` (PEM text, or a
+/// path to a PEM file), or the public web roots when it is [`SYSTEM_ROOTS`]; none otherwise.
+/// Adding the public roots to a private bundle would let any publicly trusted certificate pass
+/// `verify-ca`, and any public CA vouch for the server's name under `verify-full`.
 fn roots(ca_bundle: Option<&str>) -> Result<RootCertStore, CaBundleError> {
-    let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-    let Some(bundle) = ca_bundle else { return Ok(roots) };
+    let bundle = ca_bundle.ok_or(CaBundleError::NoRoots)?;
+    if bundle.trim() == SYSTEM_ROOTS {
+        return Ok(RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() });
+    }
+    let mut roots = RootCertStore::empty();
     let pem: Vec<u8> = if bundle.trim_start().starts_with("-----BEGIN") {
         bundle.as_bytes().to_vec()
     } else {
@@ -183,6 +195,10 @@ mod tests {
         assert!(roots(Some("-----BEGIN CERTIFICATE-----\nnot closed")).is_err());
         let garbage = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         assert!(matches!(roots(Some(garbage)), Err(CaBundleError::Invalid { index: 0, .. })));
-        assert!(roots(None).unwrap().len() > 100);
+        assert!(matches!(roots(None), Err(CaBundleError::NoRoots)), "no bundle, no roots");
+        assert!(roots(Some("system")).unwrap().len() > 100, "the public roots only when named");
+        let rds = roots(Some(crate::endpoint::RDS_CA_BUNDLE)).unwrap();
+        let in_bundle = crate::endpoint::RDS_CA_BUNDLE.matches("-----BEGIN CERTIFICATE-----").count();
+        assert_eq!(rds.len(), in_bundle, "a bundle is trusted alone, without the public roots");
     }
 }
