@@ -21,19 +21,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create the DynamoDB tables and the schedule group (for a local emulator; SAM does it in AWS).
+    /// Create the DynamoDB tables, the schedule group and the approvals key (for a local emulator;
+    /// SAM does it in AWS).
     Bootstrap,
     /// Register or list integrations.
     Integration {
         #[command(subcommand)]
         command: IntegrationCommand,
     },
-    /// Run the grant handler on an approval event (the EventBridge event as the function receives it).
+    /// Run the grant handler on an approval event (the EventBridge event as the function receives
+    /// it); one without `detail.mac` gets the approvals key's MAC first (you are its sender).
     Grant {
         #[arg(long, value_name = "FILE")]
         event: String,
         #[arg(long)]
         json: bool,
+    },
+    /// Print an approval, extension or early revoke event with the approvals key's MAC added
+    /// (`detail.mac`): what an approval tool sends (README: "Approvals pgjit can verify").
+    SignApproval {
+        #[arg(value_name = "FILE")]
+        file: String,
     },
     /// Revoke a grant now (as an `Access Revoke Requested` event would).
     Revoke {
@@ -261,6 +269,8 @@ async fn run(command: Command) -> Outcome {
             let group = pgjit::schedule::ensure_group(&svc).await.map_err(chain)?;
             println!("tables created: {}", if created.is_empty() { "none (all exist)".to_owned() } else { created.join(", ") });
             println!("schedule group {:?}: {}", svc.config.schedule_group, if group { "created" } else { "exists" });
+            let key = pgjit::approval_mac::ensure_key(&svc).await.map_err(chain)?;
+            println!("approvals key {:?}: {}", svc.config.approvals_key_id, if key { "created" } else { "exists" });
             Ok(())
         }
         Command::Integration { command: IntegrationCommand::Put { file } } => {
@@ -287,9 +297,18 @@ async fn run(command: Command) -> Outcome {
             }
             Ok(())
         }
-        Command::Grant { event, json } => {
-            let payload = read_json(&event)?;
+        Command::SignApproval { file } => {
+            let mut event = read_json(&file)?;
             let svc = services().await?;
+            pgjit::approval_mac::sign(&svc, &mut event).await.map_err(chain)?;
+            print_json(&event)
+        }
+        Command::Grant { event, json } => {
+            let mut payload = read_json(&event)?;
+            let svc = services().await?;
+            if payload.get("detail").is_some_and(|d| d.get(pgjit::approval_mac::MAC_FIELD).is_none()) {
+                pgjit::approval_mac::sign(&svc, &mut payload).await.map_err(chain)?;
+            }
             let result = pgjit::handlers::grant(&svc, LambdaEvent::new(payload, Context::default())).await.map_err(|e| e.to_string())?;
             if json {
                 return print_json(&json!({
@@ -307,7 +326,9 @@ async fn run(command: Command) -> Outcome {
         }
         Command::Revoke { request_id, json } => {
             let svc = services().await?;
-            let event = json!({"detail-type": pgjit::events::REVOKE_REQUESTED, "source": "pgjit.cli", "detail": {"request_id": request_id}});
+            let time = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+            let mut event = json!({"detail-type": pgjit::events::REVOKE_REQUESTED, "source": "pgjit.cli", "time": time, "detail": {"request_id": request_id}});
+            pgjit::approval_mac::sign(&svc, &mut event).await.map_err(chain)?;
             let result = pgjit::handlers::revoke(&svc, LambdaEvent::new(event, Context::default())).await.map_err(|e| e.to_string())?;
             if json {
                 return print_json(&result);

@@ -43,6 +43,8 @@ pub struct Services {
     pub sts: aws_sdk_sts::Client,
     pub rds: aws_sdk_rds::Client,
     pub events: aws_sdk_eventbridge::Client,
+    /// The approvals key's MACs ([`crate::approval_mac`]).
+    pub kms: aws_sdk_kms::Client,
     /// Steps where tests make a run fail on purpose; empty in production.
     pub failpoints: Failpoints,
     account: Arc<OnceCell<String>>,
@@ -59,6 +61,7 @@ impl Services {
             sts: aws_sdk_sts::Client::new(&sdk_config),
             rds: aws_sdk_rds::Client::new(&sdk_config),
             events: aws_sdk_eventbridge::Client::new(&sdk_config),
+            kms: aws_sdk_kms::Client::new(&sdk_config),
             config: Arc::new(config),
             sdk_config,
             failpoints: Failpoints::default(),

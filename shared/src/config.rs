@@ -47,6 +47,9 @@ pub struct Config {
     pub approval_max_age: Duration,
     /// `PGJIT_APPROVAL_BUS` (`default`): the bus approvals arrive on; the webhook forwards there.
     pub approval_bus: String,
+    /// `PGJIT_APPROVALS_KEY_ID` (`alias/pgjit-approvals`): the KMS HMAC key whose MAC makes an
+    /// approval, extension or early revoke valid ([`crate::approval_mac`]).
+    pub approvals_key_id: String,
     /// `PGJIT_APPROVAL_SOURCE` (`pgjit.approvals`): the `source` of approval events.
     pub approval_source: String,
     /// `PGJIT_TRUSTED_ACCOUNTS` (comma-separated; pgjit's own account always counts): accounts whose
@@ -158,6 +161,7 @@ impl Config {
             approval_max_age: Duration::from_secs(number("PGJIT_APPROVAL_MAX_AGE_SECONDS", 3600, 60, 86_400)?),
             approval_bus: text("PGJIT_APPROVAL_BUS", "default")?,
             approval_source: text("PGJIT_APPROVAL_SOURCE", "pgjit.approvals")?,
+            approvals_key_id: text("PGJIT_APPROVALS_KEY_ID", crate::approval_mac::DEFAULT_KEY)?,
             trusted_accounts,
             protected_roles: list("PGJIT_PROTECTED_ROLES"),
             discovery_tag_key: text("PGJIT_DISCOVERY_TAG_KEY", "pgjit:secret")?,

@@ -20,13 +20,16 @@ fn failure<E: std::error::Error + 'static>(e: E) -> Error {
 /// Approval (EventBridge `Access Request Approved` from the approval bus) → grant; extension
 /// (`Access Extension Approved`) → the grant's expiry moved.
 ///
-/// Only a whole event is taken, with its `time`, the approval `source` and pgjit's own account:
-/// whoever may invoke the function directly (rather than through the bus, whose policy names the
-/// senders) cannot skip the freshness check with a bare `detail` or an event without a time.
+/// Only a whole event is taken, with its `time`, the approval `source` and pgjit's own account,
+/// and only with the MAC of the approvals key ([`crate::approval_mac`]): whoever may invoke the
+/// function directly (rather than through the bus, whose policy names the senders) writes the
+/// envelope too, but cannot make the MAC.
 pub async fn grant(svc: &Services, event: LambdaEvent<Value>) -> Result<GrantResult, Error> {
     let envelope = crate::events::Envelope::of(&event.payload).map_err(failure)?;
     let account = svc.account_id().await.map_err(failure)?;
     envelope.check(&svc.config.approval_source, &account).map_err(failure)?;
+    let mut event = event;
+    event.payload = crate::approval_mac::verify(svc, event.payload).await.map_err(failure)?;
     if crate::events::is_extension(&event.payload) {
         let extension = crate::events::parse_extension(event.payload).map_err(failure)?;
         let span = tracing::info_span!("extend", request_id = %extension.request_id);
@@ -49,8 +52,12 @@ pub async fn grant(svc: &Services, event: LambdaEvent<Value>) -> Result<GrantRes
 
 /// The scheduler's `{"request_id":…}` or an `Access Revoke Requested` event → revoke. A failure
 /// is returned as the function's error, so the scheduler retries and then dead-letters it.
+///
+/// An early revoke counts only with the approvals key's MAC; the scheduler's bare input carries
+/// none (whoever may invoke the function could send it), so it takes away only an expired grant.
 pub async fn revoke(svc: &Services, event: LambdaEvent<Value>) -> Result<RevokeResult, Error> {
-    let request = crate::events::parse_revoke(event.payload).map_err(failure)?;
+    let payload = if event.payload.get("detail-type").is_some() { crate::approval_mac::verify(svc, event.payload).await.map_err(failure)? } else { event.payload };
+    let request = crate::events::parse_revoke(payload).map_err(failure)?;
     let started = std::time::Instant::now();
     let deadline = crate::budget::deadline_of(event.context.deadline);
     let result = crate::budget::within(deadline, crate::grants::revoke(svc, &request.request_id, request.trigger, Utc::now())).await;

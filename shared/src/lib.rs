@@ -12,7 +12,8 @@
 //! - [`catalog`]: reading databases, schemas, tables, sequences, functions and roles.
 //! - [`setup`]: the admin's set-up SQL per flavor, and the doctor that checks it.
 //! - [`admin`]: how pgjit logs in: a Secrets Manager secret or an RDS IAM token.
-//! - [`integration`], [`events`]: the operator's and the approval tools' contracts.
+//! - [`integration`], [`events`]: the operator's and the approval tools' contracts;
+//!   [`approval_mac`]: the approvals key's MAC that makes an approval valid.
 //! - [`store`]: DynamoDB records with conditional state changes; [`grants`]: grant and revoke
 //!   across PostgreSQL, Secrets Manager ([`credentials`]), IAM ([`iam`]) and the scheduler
 //!   ([`schedule`]); [`cleanup`] and [`discovery`]: the periodic sweeps.
@@ -22,6 +23,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod approval_mac;
 pub mod aws;
 pub mod budget;
 pub mod catalog;

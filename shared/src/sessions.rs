@@ -254,7 +254,7 @@ pub async fn ingest_file(store: &Store, integration: &Integration, text: &str, r
 
 /// Matches records to grants and writes their entries.
 async fn ingest_records(store: &Store, integration: &Integration, records: Vec<Record<'_>>, unparsed: usize, retention_days: u32, now: DateTime<Utc>) -> Result<Ingested, SessionsError> {
-    let expires_at = (now + chrono::Duration::days(i64::from(retention_days))).timestamp();
+    let retention = Retention { now, keep: chrono::Duration::days(i64::from(retention_days)) };
     // Each managed user's grant, looked up once per batch (all at once).
     let users: std::collections::BTreeSet<&str> =
         records.iter().filter_map(|r| r.fields.user).filter(|u| crate::access::is_login_role_name(u, &integration.user_prefix)).collect();
@@ -268,7 +268,7 @@ async fn ingest_records(store: &Store, integration: &Integration, records: Vec<R
     .try_collect()
     .await?;
     let requests: HashMap<String, String> = lookups.into_iter().filter_map(|(user, request)| Some((user, request?))).collect();
-    let (entries, mut ingested) = attribute(records, integration, &requests, expires_at);
+    let (entries, mut ingested) = attribute(records, integration, &requests, retention);
     ingested.unparsed = unparsed;
     store.put_session_entries(&entries).await?;
     crate::metrics::count("AuditedStatements", ingested.statements as u64, &integration.name);
@@ -279,10 +279,24 @@ async fn ingest_records(store: &Store, integration: &Integration, records: Vec<R
     Ok(ingested)
 }
 
+/// How long entries are kept: `keep` from the time of their record (never later than `now`),
+/// so the same record delivered again gets the same expiry, and so the same entry.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub now: DateTime<Utc>,
+    pub keep: chrono::Duration,
+}
+
+impl Retention {
+    fn expires_at(&self, at: DateTime<Utc>) -> i64 {
+        (at.min(self.now) + self.keep).timestamp()
+    }
+}
+
 /// The session entries of `records`: those of users with the integration's prefix, each tied
 /// to its request (`requests`: db user → request id); a managed user's record without a request
 /// is counted as unattributed. No I/O: the benchmark measures this with the parsing.
-pub fn attribute(records: Vec<Record<'_>>, integration: &Integration, requests: &HashMap<String, String>, expires_at: i64) -> (Vec<SessionEntry>, Ingested) {
+pub fn attribute(records: Vec<Record<'_>>, integration: &Integration, requests: &HashMap<String, String>, retention: Retention) -> (Vec<SessionEntry>, Ingested) {
     let mut ingested = Ingested { integration: Some(integration.name.clone()), records: records.len(), ..Ingested::default() };
     let mut entries: Vec<SessionEntry> = Vec::with_capacity(records.len());
     // The ids of each session's last statement line.
@@ -328,7 +342,7 @@ pub fn attribute(records: Vec<Record<'_>>, integration: &Integration, requests: 
             }
             ingested.statements += 1;
         }
-        let mut entry = entry_of(&record.fields, record.origin, at, request_id, what, expires_at);
+        let mut entry = entry_of(&record.fields, record.origin, at, request_id, what, retention.expires_at(at));
         if entry.kind == EntryKind::Statement {
             let ids = (entry.statement_id, entry.substatement_id);
             if last_ids.insert((request_id.as_str(), entry.session), ids) == Some(ids) {
@@ -594,7 +608,7 @@ mod tests {
         let mut records = Records::of_users_with_prefix(&prefix, &integration.user_prefix);
         records.push_event("e", None, &log);
         let requests: HashMap<String, String> = [(user.to_owned(), "REQ-1".to_owned())].into();
-        let (entries, ingested) = attribute(records.records, &integration, &requests, 0);
+        let (entries, ingested) = attribute(records.records, &integration, &requests, Retention { now: Utc::now(), keep: chrono::Duration::zero() });
         let shown: Vec<(Option<&str>, Option<&str>)> = entries.iter().map(|e| (e.statement.as_deref(), e.suspect.as_deref())).collect();
         assert_eq!(entries.len(), 3, "{shown:#?}");
         assert!(entries[1].suspect.as_deref().is_some_and(|s| s.contains("RAISE")), "{shown:#?}");

@@ -664,17 +664,22 @@ impl Store {
 
     // ---- sessions ----
 
-    /// Writes session audit entries. Their keys come from where each record was in the log
-    /// (the log event's id), so writing the same batch again overwrites each item with itself.
+    /// Writes session audit entries. Each key is where the record was in the log (the log
+    /// event's id) and a digest of what the entry says: writing the same batch again overwrites
+    /// each item with itself, and a delivery that claims the same place with other content (a
+    /// direct invocation of the audit function) adds an entry beside it, never replacing the
+    /// one written (BatchWriteItem takes no condition).
     pub async fn put_session_entries(&self, entries: &[crate::sessions::SessionEntry]) -> Result<(), StoreError> {
         // One batch may not name the same key twice.
         let mut seen = std::collections::BTreeSet::new();
         let mut requests = Vec::with_capacity(entries.len());
         for entry in entries {
-            if !seen.insert((&entry.request_id, &entry.at_origin)) {
+            let mut sealed = entry.clone();
+            sealed.at_origin = format!("{}#{}", entry.at_origin, content_digest(entry));
+            if !seen.insert((sealed.request_id.clone(), sealed.at_origin.clone())) {
                 continue;
             }
-            let put = PutRequest::builder().set_item(Some(self.to_item(&self.sessions, entry)?)).build().map_err(dynamo("BatchWriteItem", &self.sessions))?;
+            let put = PutRequest::builder().set_item(Some(self.to_item(&self.sessions, &sealed)?)).build().map_err(dynamo("BatchWriteItem", &self.sessions))?;
             requests.push(WriteRequest::builder().put_request(put).build());
         }
         self.write_batches(&self.sessions, requests).await
@@ -712,4 +717,13 @@ impl Store {
             }
         }
     }
+}
+
+/// 128 bits of SHA-256 over what a session entry says, less its key and its time to live (a
+/// redelivery computes another `expires_at`): the same content, the same digest.
+fn content_digest(entry: &crate::sessions::SessionEntry) -> String {
+    use sha2::Digest;
+    let content = crate::sessions::SessionEntry { at_origin: String::new(), expires_at: 0, ..entry.clone() };
+    let text = serde_json::to_string(&content).unwrap_or_default();
+    hex::encode(&sha2::Sha256::digest(text.as_bytes())[..16])
 }

@@ -161,7 +161,7 @@ pub async fn handle(svc: &Services, secrets: &SecretCache, request: LambdaFuncti
             Err(e) => return respond(400, json!({"error": e.to_string()})),
         }
     };
-    match forward(svc, &value, detail_type).await {
+    match forward(svc, value, detail_type, now).await {
         Ok(event_id) => {
             tracing::info!(request_id = %request_id, detail_type, event_id = %event_id, "forwarded to the approval bus");
             respond(202, json!({"request_id": request_id, "forwarded": true, "event_id": event_id}))
@@ -174,14 +174,20 @@ pub async fn handle(svc: &Services, secrets: &SecretCache, request: LambdaFuncti
     }
 }
 
-/// Puts the approval (or extension) on the approval bus as an event of `detail_type`; returns
-/// its id.
-async fn forward(svc: &Services, detail: &Value, detail_type: &str) -> Result<String, String> {
+/// Puts the approval (or extension) on the approval bus as an event of `detail_type`, with the
+/// approvals key's MAC over it and the time it carries (the webhook is an approval sender: the
+/// signature it verified is the approval tool's proof); returns the event's id.
+async fn forward(svc: &Services, detail: Value, detail_type: &str, now: DateTime<Utc>) -> Result<String, String> {
+    let sent = now.timestamp();
+    let time = DateTime::from_timestamp(sent, 0).unwrap_or(now).format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let mut event = json!({"detail-type": detail_type, "time": time, "detail": detail});
+    crate::approval_mac::sign(svc, &mut event).await.map_err(|e| error_chain(&e))?;
     let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
         .event_bus_name(&svc.config.approval_bus)
         .source(&svc.config.approval_source)
         .detail_type(detail_type)
-        .detail(detail.to_string())
+        .time(aws_smithy_types::DateTime::from_secs(sent))
+        .detail(event["detail"].to_string())
         .build();
     let out = svc.events.put_events().entries(entry).send().await.map_err(|e| error_chain(&crate::aws::AwsError::new("events:PutEvents", e)))?;
     let first = out.entries().first();

@@ -174,6 +174,7 @@ pub async fn isolated_services_with(extra: impl Fn(&str) -> Option<String>) -> p
         // Cleanup's reconciliation sees every role of the shared server with a test's prefix.
         "PGJIT_RECONCILE_GRACE_SECONDS" => Some("0".into()),
         "PGJIT_DISCOVERY_TAG_KEY" => Some(format!("pgjit:secret:{id}")),
+        "PGJIT_APPROVALS_KEY_ID" => Some(format!("alias/pgjit-approvals-{id}")),
         _ => None,
     }))
     .expect("test configuration");
@@ -182,7 +183,19 @@ pub async fn isolated_services_with(extra: impl Fn(&str) -> Option<String>) -> p
     let svc = pgjit::aws::Services::new(config, moto_sdk_config_at(&url).await);
     svc.store.create_tables().await.expect("create tables in moto");
     pgjit::schedule::ensure_group(&svc).await.expect("schedule group in moto");
+    pgjit::approval_mac::ensure_key(&svc).await.expect("approvals key in moto");
     svc
+}
+
+/// The event with the approvals key's MAC, as an approval sender sends it: the tests call the
+/// handlers as the bus delivers a sender's events. An event that cannot be signed (no envelope,
+/// no detail: the bad-input tests) is returned as it is, for the handler to refuse.
+pub async fn signed(svc: &pgjit::aws::Services, mut event: serde_json::Value) -> serde_json::Value {
+    let unsigned = event.get("detail").is_some_and(|d| d.get(pgjit::approval_mac::MAC_FIELD).is_none());
+    if unsigned && pgjit::approval_mac::message(&event).is_ok() {
+        pgjit::approval_mac::sign(svc, &mut event).await.expect("GenerateMac in moto");
+    }
+    event
 }
 
 /// A TCP relay in front of a server that a test can cut, as a server that stopped or a network
@@ -326,7 +339,8 @@ pub async fn overdue_grants(svc: &pgjit::aws::Services, integration: &str, prefi
 /// An `Access Revoke Requested` event: an early revoke (the scheduler's bare input revokes only
 /// an expired grant).
 pub fn early_revoke(request_id: &str) -> serde_json::Value {
-    serde_json::json!({"version": "0", "detail-type": "Access Revoke Requested", "source": "pgjit.approvals", "detail": {"request_id": request_id}})
+    let time = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    serde_json::json!({"version": "0", "detail-type": "Access Revoke Requested", "source": "pgjit.approvals", "time": time, "detail": {"request_id": request_id}})
 }
 
 /// An `Access Extension Approved` event as the approval bus delivers it, sent just now.

@@ -124,7 +124,7 @@ async fn malformed_approvals_are_refused_and_change_nothing() {
         if event.pointer("/detail/request_id") == Some(&json!("BAD-1")) {
             event["detail"]["request_id"] = json!(format!("BAD-{i}"));
         }
-        let err = pgjit::handlers::grant(&svc, LambdaEvent::new(event, Context::default())).await.expect_err(expected).to_string();
+        let err = pgjit::handlers::grant(&svc, LambdaEvent::new(pgjit_tests::signed(&svc, event).await, Context::default())).await.expect_err(expected).to_string();
         assert!(err.contains(expected), "expected {expected:?} in: {}", &err[..err.len().min(300)]);
         tried += 1;
     }

@@ -10,11 +10,11 @@ use pgjit_tests::{approval, env, isolated_services, orders_access, register_inte
 use serde_json::{json, Value};
 
 async fn grant(svc: &Services, event: Value) -> Result<GrantResult, String> {
-    pgjit::handlers::grant(svc, LambdaEvent::new(event, Context::default())).await.map_err(|e| e.to_string())
+    pgjit::handlers::grant(svc, LambdaEvent::new(pgjit_tests::signed(svc, event).await, Context::default())).await.map_err(|e| e.to_string())
 }
 
 async fn revoke_with(svc: &Services, payload: Value) -> Result<pgjit::grants::RevokeResult, String> {
-    pgjit::handlers::revoke(svc, LambdaEvent::new(payload, Context::default())).await.map_err(|e| e.to_string())
+    pgjit::handlers::revoke(svc, LambdaEvent::new(pgjit_tests::signed(svc, payload).await, Context::default())).await.map_err(|e| e.to_string())
 }
 
 /// The input the scheduler would deliver to revoke, read back from the stored schedule.
@@ -142,7 +142,7 @@ async fn the_same_approval_five_times_grants_once() {
     let other = approval("REQ-DUP", "orders", "dup.user@corp.com", json!([{"database": "app", "schema": "hr", "table": "salaries", "privileges": ["SELECT"]}]));
     let err = grant(&svc, other).await.unwrap_err();
     assert!(err.contains("other details"), "{err}");
-    revoke_with(&svc, json!({"detail-type": "Access Revoke Requested", "detail": {"request_id": "REQ-DUP"}})).await.unwrap();
+    revoke_with(&svc, pgjit_tests::early_revoke("REQ-DUP")).await.unwrap();
 }
 
 #[tokio::test]
@@ -153,7 +153,7 @@ async fn early_revoke_deletes_the_schedule_and_retention_zero_drops_the_user() {
     integration(&svc, "orders", json!({"user_cleanup_after_days": 0})).await;
     let result = grant(&svc, approval("REQ-EARLY", "orders", "early@corp.com", orders_access())).await.unwrap();
     assert!(schedule_input(&svc, "REQ-EARLY").await.is_some());
-    let revoked = revoke_with(&svc, json!({"version": "0", "detail-type": "Access Revoke Requested", "source": "pgjit.approvals", "detail": {"request_id": "REQ-EARLY"}}))
+    let revoked = revoke_with(&svc, pgjit_tests::early_revoke("REQ-EARLY"))
         .await
         .unwrap();
     assert_eq!(revoked.status, GrantStatus::Deleted, "retention 0: dropped at revoke");

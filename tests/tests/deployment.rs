@@ -367,3 +367,44 @@ fn cleanup_may_schedule_its_own_continuation_and_nothing_else() {
     let invoke = &policy["PolicyDocument"]["Statement"][0];
     assert!(allows(invoke, "lambda:InvokeFunction") && text(&invoke["Resource"]).contains("!GetAtt CleanupFunction.Arn"), "{invoke:?}");
 }
+
+/// The approvals key's policy, read as KMS reads it for each caller that matters: a key's own
+/// policy must allow a principal (by name, or the account, which then hands the decision to IAM
+/// policies). So: the webhook and the approval senders make MACs, the grant and revoke functions
+/// only verify them, the administrators never use the key, and the account is never delegated
+/// its use (a requester's or a bystander's kms:* grants nothing).
+#[test]
+fn only_the_approval_senders_make_approval_macs() {
+    let t = template();
+    let key = &t["Resources"]["ApprovalsKey"]["Properties"];
+    assert_eq!((key["KeySpec"].as_str(), key["KeyUsage"].as_str()), (Some("HMAC_256"), Some("GENERATE_VERIFY_MAC")));
+    let statements = key["KeyPolicy"]["Statement"].as_sequence().unwrap();
+    let who = |action: &str| -> Vec<String> {
+        statements
+            .iter()
+            .filter(|s| s["Effect"].as_str() == Some("Allow") && strings(&s["Action"]).iter().any(|a| a == action || a == "kms:*" || (a.ends_with('*') && action.starts_with(a.trim_end_matches('*')))))
+            .map(|s| text(&s["Principal"]["AWS"]))
+            .collect()
+    };
+    let make = who("kms:GenerateMac");
+    assert_eq!(make.len(), 1, "{make:?}");
+    assert!(make[0].contains("!GetAtt WebhookFunctionRole.Arn") && make[0].contains("!Ref ApprovalSenderArns"), "{make:?}");
+    let verify = who("kms:VerifyMac");
+    assert_eq!(verify, ["!GetAtt GrantFunctionRole.Arn | !GetAtt RevokeFunctionRole.Arn"], "only pgjit's functions verify");
+    for (caller, sees) in [("the grant function", "GrantFunctionRole"), ("the revoke function", "RevokeFunctionRole")] {
+        assert!(!make.iter().any(|p| p.contains(sees)), "{caller} may not make a MAC");
+    }
+    // The account (every IAM principal whose policy allows kms:*) and the administrators: never
+    // a use of the key, nor a grant that would hand one out.
+    for action in ["kms:GenerateMac", "kms:VerifyMac", "kms:CreateGrant"] {
+        for principals in who(action) {
+            assert!(!principals.contains(":root") && !principals.contains("ApprovalsKeyAdministratorArns"), "{action} for {principals}");
+        }
+    }
+    let admin = statements.iter().find(|s| text(&s["Principal"]["AWS"]).contains("ApprovalsKeyAdministratorArns")).expect("an administrators' statement");
+    assert!(strings(&admin["Action"]).iter().all(|a| !a.contains('*') && a != "kms:GenerateMac" && a != "kms:VerifyMac" && a != "kms:CreateGrant"), "{:?}", strings(&admin["Action"]));
+    // Every function names the key by the alias the stack makes.
+    let alias = text(&t["Resources"]["ApprovalsKeyAlias"]["Properties"]["AliasName"]);
+    assert_eq!(text(&t["Globals"]["Function"]["Environment"]["Variables"]["PGJIT_APPROVALS_KEY_ID"]), alias);
+    assert_eq!(text(&t["Resources"]["ApprovalsKeyAlias"]["Properties"]["TargetKeyId"]), "!Ref ApprovalsKey");
+}

@@ -69,7 +69,7 @@ async fn no_secret_reaches_a_log_line_an_error_or_a_record() {
     // The approval as the bus delivers it to the grant function.
     let event = json!({"version": "0", "id": "ev-log-1", "detail-type": "Access Request Approved", "source": "pgjit.approvals", "account": "123456789012",
         "time": Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(), "region": "us-east-1", "resources": [], "detail": serde_json::from_str::<Value>(&body).unwrap()});
-    let granted = pgjit::handlers::grant(&svc, LambdaEvent::new(event, Context::default())).await.unwrap();
+    let granted = pgjit::handlers::grant(&svc, LambdaEvent::new(pgjit_tests::signed(&svc, event).await, Context::default())).await.unwrap();
     outputs.push(serde_json::to_string(&granted).unwrap());
     // A wrongly signed one, for the rejection path's logs.
     request["headers"]["x-pgjit-signature"] = json!(pgjit::webhook::sign(b"guess", &now, body.as_bytes()));
@@ -92,7 +92,7 @@ async fn no_secret_reaches_a_log_line_an_error_or_a_record() {
     let rotated = pgjit::credentials::read(&svc, record.secret_arn.as_deref().unwrap()).await.unwrap();
     let rotated: Value = serde_json::from_str(rotated.expose()).unwrap();
     let rotated_password = rotated["password"].as_str().unwrap().to_owned();
-    let revoked = pgjit::handlers::revoke(&svc, LambdaEvent::new(pgjit_tests::early_revoke("LOG-1"), Context::default())).await.unwrap();
+    let revoked = pgjit::handlers::revoke(&svc, LambdaEvent::new(pgjit_tests::signed(&svc, pgjit_tests::early_revoke("LOG-1")).await, Context::default())).await.unwrap();
     outputs.push(serde_json::to_string(&revoked).unwrap());
     outputs.push(serde_json::to_string(&pgjit::cleanup::run(&svc, Utc::now() + Duration::days(3)).await.unwrap()).unwrap());
     // An error path with the admin's secret in play: a grant whose integration's admin secret is bad.

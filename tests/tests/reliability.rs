@@ -15,7 +15,7 @@ use pgjit_tests::{approval, env, isolated_services, isolated_services_with, orde
 use serde_json::{json, Value};
 
 async fn grant(svc: &Services, event: Value) -> Result<GrantResult, String> {
-    pgjit::handlers::grant(svc, LambdaEvent::new(event, Context::default())).await.map_err(|e| e.to_string())
+    pgjit::handlers::grant(svc, LambdaEvent::new(pgjit_tests::signed(svc, event).await, Context::default())).await.map_err(|e| e.to_string())
 }
 
 /// Nothing of the request is left anywhere: no role, no secret, no schedule, not active.
@@ -73,7 +73,7 @@ async fn postgres_stopped_when_the_revoke_fires() {
     let result = grant(&svc, approval("PGREV-1", "flaky", "pg.rev@corp.com", orders_access())).await.unwrap();
     proxy.down();
     // The revoke reports failure, so the scheduler retries it and the dead-letter queue catches it.
-    let err = pgjit::handlers::revoke(&svc, LambdaEvent::new(pgjit_tests::early_revoke("PGREV-1"), Context::default())).await.unwrap_err();
+    let err = pgjit::handlers::revoke(&svc, LambdaEvent::new(pgjit_tests::signed(&svc, pgjit_tests::early_revoke("PGREV-1")).await, Context::default())).await.unwrap_err();
     assert!(err.to_string().contains("revoke of request"), "{err}");
     assert_eq!(svc.store.get_grant("PGREV-1").await.unwrap().unwrap().status, GrantStatus::Revoking);
     // The next cleanup, with the server back, completes it.
@@ -335,7 +335,7 @@ async fn a_grant_stops_and_undoes_before_the_invocations_deadline() {
     };
     let _held = svc.failpoints.halt("grant:after_role");
     let started = Instant::now();
-    let err = pgjit::handlers::grant(&svc, with_deadline(approval("TIMED-1", "timed", "slow@corp.com", orders_access()), 9)).await.unwrap_err().to_string();
+    let err = pgjit::handlers::grant(&svc, with_deadline(pgjit_tests::signed(&svc, approval("TIMED-1", "timed", "slow@corp.com", orders_access())).await, 9)).await.unwrap_err().to_string();
     let took = started.elapsed();
     assert!(err.contains("time ran out") && err.contains("undone"), "{err}");
     assert!(took < StdDuration::from_secs(8), "stopped before the deadline: {took:?}");
@@ -348,7 +348,7 @@ async fn a_grant_stops_and_undoes_before_the_invocations_deadline() {
     // A revoke out of time is left for its retry, which finishes it.
     let granted = grant(&svc, approval("TIMED-2", "timed", "slow@corp.com", orders_access())).await.unwrap();
     let _held = svc.failpoints.halt("revoke:after_role");
-    let err = pgjit::handlers::revoke(&svc, with_deadline(json!({"detail-type": "Access Revoke Requested", "detail": {"request_id": "TIMED-2"}}), 8)).await.unwrap_err().to_string();
+    let err = pgjit::handlers::revoke(&svc, with_deadline(pgjit_tests::signed(&svc, pgjit_tests::early_revoke("TIMED-2")).await, 8)).await.unwrap_err().to_string();
     assert!(err.contains("time ran out"), "{err}");
     svc.failpoints.clear();
     let record = svc.store.get_grant("TIMED-2").await.unwrap().unwrap();
@@ -356,7 +356,7 @@ async fn a_grant_stops_and_undoes_before_the_invocations_deadline() {
     // Due again at once: the next sweep (a cleanup's continuation) takes it, not only the one
     // after the stuck window.
     assert!(record.due_at.as_deref() <= Some(pgjit::store::due_key(Utc::now()).as_str()), "{:?}", record.due_at);
-    let done = pgjit::handlers::revoke(&svc, with_deadline(json!({"detail-type": "Access Revoke Requested", "detail": {"request_id": "TIMED-2"}}), 60)).await.unwrap();
+    let done = pgjit::handlers::revoke(&svc, with_deadline(pgjit_tests::signed(&svc, pgjit_tests::early_revoke("TIMED-2")).await, 60)).await.unwrap();
     assert_eq!(done.status, GrantStatus::Deleted);
     nothing_left(&svc, "timed", "TIMED-2", &granted.db_user).await;
 }

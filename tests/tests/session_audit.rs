@@ -20,7 +20,7 @@ fn require_pgaudit() {
 }
 
 async fn grant(svc: &Services, event: Value) -> Result<pgjit::grants::GrantResult, String> {
-    pgjit::handlers::grant(svc, LambdaEvent::new(event, Context::default())).await.map_err(|e| e.to_string())
+    pgjit::handlers::grant(svc, LambdaEvent::new(pgjit_tests::signed(svc, event).await, Context::default())).await.map_err(|e| e.to_string())
 }
 
 async fn audit(svc: &Services, payload: Value) -> Result<pgjit::sessions::Ingested, String> {
@@ -224,6 +224,7 @@ async fn every_statement_of_a_temporary_user_is_kept_once_attributed_and_redacte
         integration.user_prefix
     );
     let batch = subscription(&format!("/aws/rds/instance/{instance}/postgresql"), &format!("{log}{stray}"));
+    let delivered_log = log.clone();
 
     let first = audit(&svc, batch.clone()).await.expect("the batch is ingested");
     assert_eq!(first.integration.as_deref(), Some(integration.name.as_str()));
@@ -342,6 +343,20 @@ async fn every_statement_of_a_temporary_user_is_kept_once_attributed_and_redacte
     let sessions = pgjit::sessions::sessions_of(&after);
     let refused = sessions.iter().find(|s| s.details.iter().any(|d| d.contains("is not permitted to log in"))).expect("the refused login is recorded");
     assert!(refused.disconnected_at.is_some() && refused.statements.is_empty(), "{refused:?}");
+
+    // A forged delivery (whoever may invoke the audit function sends one): the same log event
+    // ids, with a statement rewritten. What was written stays as it was; a forgery can only add
+    // beside it, never replace it.
+    let before = svc.store.session_entries(&request_id).await.unwrap();
+    let forged_log = delivered_log.replace("WHERE total > 0", "WHERE total > 1000000");
+    assert_ne!(forged_log, delivered_log);
+    audit(&svc, subscription(&format!("/aws/rds/instance/{instance}/postgresql"), &forged_log)).await.expect("the forged batch");
+    let after = svc.store.session_entries(&request_id).await.unwrap();
+    for entry in &before {
+        assert!(after.contains(entry), "kept as written: {entry:?}");
+    }
+    assert!(after.iter().any(|e| e.statement.as_deref().is_some_and(|t| t.contains("WHERE total > 1000000"))), "the forgery sits beside it");
+    assert!(after.iter().any(|e| e.statement.as_deref().is_some_and(|t| t.contains("WHERE total > 0"))), "the real statement is still there");
 }
 
 #[tokio::test]

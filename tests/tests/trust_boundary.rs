@@ -11,7 +11,7 @@ use pgjit_tests::{approval, env, isolated_services, isolated_services_with, orde
 use serde_json::{json, Value};
 
 async fn grant(svc: &Services, event: Value) -> Result<GrantResult, String> {
-    pgjit::handlers::grant(svc, LambdaEvent::new(event, Context::default())).await.map_err(|e| e.to_string())
+    pgjit::handlers::grant(svc, LambdaEvent::new(pgjit_tests::signed(svc, event).await, Context::default())).await.map_err(|e| e.to_string())
 }
 
 /// What pgjit has made for an integration: its roles on the server, credential secrets and
@@ -241,7 +241,7 @@ async fn a_credentials_secret_is_read_by_the_requesters_session_and_pgjits_own_r
         assert_eq!(evaluate(&policy, caller, read), *expected, "{who}: {policy}");
     }
     // The extension that reads the secret with the grant function's role goes through.
-    let extended = pgjit::handlers::grant(&svc, LambdaEvent::new(pgjit_tests::extension("EXT-SESSION", "REQ-SESSION", "lead@corp.com", 7000), Context::default())).await;
+    let extended = pgjit::handlers::grant(&svc, LambdaEvent::new(pgjit_tests::signed(&svc, pgjit_tests::extension("EXT-SESSION", "REQ-SESSION", "lead@corp.com", 7000)).await, Context::default())).await;
     assert!(extended.is_ok(), "{extended:?}");
     pgjit::grants::revoke(&svc, "REQ-SESSION", pgjit::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
 }
@@ -298,7 +298,7 @@ async fn a_scheduled_or_cleanup_revoke_before_expiry_changes_nothing() {
     let mut stale = svc.store.get_grant("NOT-YET-1").await.unwrap().unwrap();
     stale.expires_at = Utc::now() - Duration::minutes(1);
     let extension = pgjit_tests::extension("EXT-NOT-YET", "NOT-YET-1", "lead@corp.com", 7000);
-    pgjit::handlers::grant(&svc, LambdaEvent::new(extension, Context::default())).await.expect("extended");
+    pgjit::handlers::grant(&svc, LambdaEvent::new(pgjit_tests::signed(&svc, extension).await, Context::default())).await.expect("extended");
     let result = pgjit::grants::revoke_with(&svc, "NOT-YET-1", Some(stale), None, pgjit::events::RevokeTrigger::Cleanup, Utc::now()).await.unwrap();
     assert_eq!(result.status, pgjit::store::GrantStatus::Active);
     let record = svc.store.get_grant("NOT-YET-1").await.unwrap().unwrap();
@@ -366,4 +366,62 @@ async fn a_function_made_as_the_profile_role_does_not_outlive_the_grant() {
     assert!(!row.get::<_, bool>(0), "no longer SECURITY DEFINER");
     assert_ne!(row.get::<_, String>(1), profile, "no longer the shared profile role's");
     su.batch_execute(&format!("DROP FUNCTION sales.count_{tag}(); REVOKE USAGE ON SCHEMA sales FROM {bystander}; DROP ROLE {bystander}")).await.unwrap();
+}
+
+/// Whoever may invoke the grant or revoke function directly writes the whole event, envelope
+/// included. Without the approvals key's MAC over exactly that event it grants, extends and
+/// revokes nothing: no MAC, a MAC of another approval, of another key, or not a MAC at all.
+#[tokio::test]
+async fn a_forged_approval_extension_or_early_revoke_changes_nothing() {
+    let svc = isolated_services().await;
+    let integration = register_integration(&svc, "forged", json!({})).await;
+    let direct = |event: Value| {
+        let svc = &svc;
+        async move { pgjit::handlers::grant(svc, LambdaEvent::new(event, Context::default())).await.map_err(|e| e.to_string()) }
+    };
+    let before = footprint(&svc, &integration.user_prefix).await;
+    let mut cases = vec![(approval("FORGED-1", "forged", "mallory@corp.com", orders_access()), "carries no MAC of the approvals key")];
+    // Signed for SELECT, sent asking for DELETE too.
+    let mut widened = pgjit_tests::signed(&svc, approval("FORGED-2", "forged", "mallory@corp.com", orders_access())).await;
+    widened["detail"]["access"][0]["privileges"] = json!(["SELECT", "DELETE"]);
+    cases.push((widened, "does not match it"));
+    // Signed for another request, or another requester, and replayed under this one.
+    let mut moved = pgjit_tests::signed(&svc, approval("FORGED-3", "forged", "ann@corp.com", orders_access())).await;
+    moved["detail"]["requester"]["id"] = json!("mallory@corp.com");
+    cases.push((moved, "does not match it"));
+    // Made with another HMAC key (the attacker's own, or another stack's).
+    let elsewhere = isolated_services().await;
+    cases.push((pgjit_tests::signed(&elsewhere, approval("FORGED-4", "forged", "mallory@corp.com", orders_access())).await, "does not match it"));
+    // A captured approval re-dated to look fresh.
+    let mut redated = pgjit_tests::signed(&svc, approval("FORGED-5", "forged", "mallory@corp.com", orders_access())).await;
+    redated["time"] = json!((Utc::now() + Duration::seconds(30)).format("%Y-%m-%dT%H:%M:%SZ").to_string());
+    cases.push((redated, "does not match it"));
+    let mut garbage = approval("FORGED-6", "forged", "mallory@corp.com", orders_access());
+    garbage["detail"]["mac"] = json!("bm90IGEgbWFj");
+    cases.push((garbage, "not the base64 of a 32-byte HMAC-SHA-256"));
+    for (event, why) in cases {
+        let request_id = event["detail"]["request_id"].as_str().unwrap().to_owned();
+        let err = direct(event).await.expect_err(&request_id);
+        assert!(err.contains(why) && err.contains("nothing was changed"), "{request_id}: {err}");
+        assert!(svc.store.get_grant(&request_id).await.unwrap().is_none(), "{request_id}: no record");
+        assert!(svc.store.audit_of(&request_id).await.unwrap().is_empty(), "{request_id}: no audit entry");
+    }
+    assert_eq!(footprint(&svc, &integration.user_prefix).await, before, "no role, secret or schedule");
+
+    // A real approval grants; a forged extension and a forged early revoke of it change nothing.
+    let granted = grant(&svc, approval("REAL-1", "forged", "john@corp.com", orders_access())).await.unwrap();
+    let err = direct(pgjit_tests::extension("EXT-FORGED", "REAL-1", "mallory@corp.com", 7000)).await.expect_err("forged extension");
+    assert!(err.contains("the extension carries no MAC"), "{err}");
+    let err = pgjit::handlers::revoke(&svc, LambdaEvent::new(pgjit_tests::early_revoke("REAL-1"), Context::default())).await.expect_err("forged early revoke").to_string();
+    assert!(err.contains("the early revoke carries no MAC"), "{err}");
+    // A signed early revoke of another request, pointed at this one.
+    let mut pointed = pgjit_tests::signed(&svc, pgjit_tests::early_revoke("SOME-OTHER")).await;
+    pointed["detail"]["request_id"] = json!("REAL-1");
+    let err = pgjit::handlers::revoke(&svc, LambdaEvent::new(pointed, Context::default())).await.expect_err("moved revoke").to_string();
+    assert!(err.contains("does not match it"), "{err}");
+    let record = svc.store.get_grant("REAL-1").await.unwrap().unwrap();
+    assert_eq!((record.status, record.expires_at), (pgjit::store::GrantStatus::Active, granted.expires_at), "untouched");
+    // The MAC-carrying early revoke does revoke.
+    let revoked = pgjit::handlers::revoke(&svc, LambdaEvent::new(pgjit_tests::signed(&svc, pgjit_tests::early_revoke("REAL-1")).await, Context::default())).await.unwrap();
+    assert_ne!(revoked.status, pgjit::store::GrantStatus::Active);
 }

@@ -114,7 +114,7 @@ fn measure(runs: usize, secret_every: u32) -> f64 {
             records.push_event(&event.id, None, &event.message);
         }
         let unparsed = records.unparsed;
-        let (entries, ingested) = pgjit::sessions::attribute(records.records, &integration, &requests, 0);
+        let (entries, ingested) = pgjit::sessions::attribute(records.records, &integration, &requests, pgjit::sessions::Retention { now: chrono::Utc::now(), keep: chrono::Duration::zero() });
         full.push(t.elapsed().as_secs_f64());
         checks = (entries.len(), ingested.statements);
         assert_eq!(unparsed, 0);

@@ -544,7 +544,7 @@ async fn seed_sweep(total: usize, due: usize, integration: serde_json::Value) ->
                         password,
                         expires_at: r.expires_at,
                     };
-                    let readers = pgjit::credentials::Readers { requester: None, others: &[] };
+                    let readers = pgjit::credentials::Readers { requester: None, functions: &[], others: &[] };
                     r.secret_arn = Some(pgjit::credentials::store(svc_ref, &name, &value, "sweep@corp.com", &r.request_id, &readers).await.unwrap());
                 } else {
                     // Revoked, retention over.
