@@ -25,6 +25,21 @@ pub fn emf_line(name: &str, value: f64, unit: &str, integration: &str, timestamp
     .to_string()
 }
 
+/// [`count`], and the same value without the integration, for an alarm over every integration.
+pub fn count_with_total(name: &str, value: u64, integration: &str) {
+    if in_lambda() {
+        let line = serde_json::json!({
+            "_aws": {
+                "Timestamp": chrono::Utc::now().timestamp_millis(),
+                "CloudWatchMetrics": [{"Namespace": "pgjit", "Dimensions": [["Integration"], []], "Metrics": [{"Name": name, "Unit": "Count"}]}]
+            },
+            "Integration": integration,
+            name: value as f64
+        });
+        println!("{line}");
+    }
+}
+
 /// How long one step of a grant or revoke took, in milliseconds, per step name.
 pub fn step_duration(step: &str, milliseconds: f64) {
     if in_lambda() {

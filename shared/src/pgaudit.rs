@@ -164,6 +164,30 @@ impl<'a> AuditLine<'a> {
         }
         Some(line)
     }
+
+    /// A line whose record ends inside its statement's quotes: the rest of the record (more
+    /// lines of the statement, the parameter field) was not in this text, as when a long
+    /// statement is split across two log deliveries. Its first fields are pgaudit's shape and
+    /// its statement is what there is of it. `None` for anything else, as [`AuditLine::parse`].
+    pub fn parse_cut(message: &'a str) -> Option<AuditLine<'a>> {
+        let csv = message.strip_prefix("AUDIT: ")?;
+        let mut fields = CsvFields { text: csv, at: 0, done: false };
+        let kind = fields.next()??;
+        if kind != "SESSION" && kind != "OBJECT" {
+            return None;
+        }
+        let statement_id = fields.next()??.parse().ok()?;
+        let substatement_id = fields.next()??.parse().ok()?;
+        let (class, command, object_type, object_name) = (fields.next()??, fields.next()??, fields.next()??, fields.next()??);
+        // The statement: an opening quote, then text in which every quote is doubled (a lone
+        // one would have closed the field), to the end.
+        let rest = csv.get(fields.at..)?.strip_prefix('"')?;
+        if fields.done || rest.replace("\"\"", "").contains('"') {
+            return None;
+        }
+        let statement = if rest.contains("\"\"") { Cow::Owned(rest.replace("\"\"", "\"")) } else { Cow::Borrowed(rest) };
+        Some(AuditLine { kind, statement_id, substatement_id, class, command, object_type, object_name, statement })
+    }
 }
 
 /// The fields of one CSV record (RFC 4180 quoting: `"…"` with `""` for a quote), each `None`
@@ -233,6 +257,28 @@ impl<'a> Iterator for CsvFields<'a> {
             }
         }
         Some(Some(field))
+    }
+}
+
+#[cfg(test)]
+mod cut_tests {
+    use super::AuditLine;
+
+    #[test]
+    fn a_record_cut_inside_its_statement_keeps_its_first_fields() {
+        let cut = AuditLine::parse_cut("AUDIT: SESSION,3,1,WRITE,DELETE,TABLE,ops.pay,\"DELETE FROM ops.pay WHERE note = \"\"a,b\"\"\n  AND id IN (1,").unwrap();
+        assert_eq!((cut.statement_id, &*cut.class, &*cut.command, &*cut.object_name), (3, "WRITE", "DELETE", "ops.pay"));
+        assert_eq!(cut.statement, "DELETE FROM ops.pay WHERE note = \"a,b\"\n  AND id IN (1,");
+        assert!(AuditLine::parse("AUDIT: SESSION,3,1,WRITE,DELETE,TABLE,ops.pay,\"DELETE FROM").is_none(), "not a whole line");
+        for not_cut in [
+            "AUDIT: SESSION,3,1,WRITE,DELETE,TABLE,ops.pay,\"DELETE\",<not logged>",
+            "AUDIT: SESSION,3,1,WRITE,DELETE,TABLE,ops.pay,\"DELETE\" x",
+            "AUDIT: SESSION,3,1,WR\"ITE,DELETE,TABLE,ops.pay,\"DELETE",
+            "AUDIT: SESSION,x,1,WRITE,DELETE,TABLE,ops.pay,\"DELETE",
+            "AUDIT: SESSION,3,1,WRITE,DELETE,TABLE,ops.pay,DELETE",
+        ] {
+            assert!(AuditLine::parse_cut(not_cut).is_none(), "{not_cut}");
+        }
     }
 }
 

@@ -114,9 +114,27 @@ pub struct Ingested {
     pub unattributed: usize,
     /// Lines that were neither a record nor the continuation of one.
     pub unparsed: usize,
-    /// Managed users' `AUDIT:` lines that are not pgaudit's shape (cut short, or not pgaudit's).
+    /// Managed users' `AUDIT:` lines that are not pgaudit's shape (not pgaudit's).
     pub malformed: usize,
+    /// Managed users' statements whose record was cut (its rest in another delivery): kept, as
+    /// far as they go, flagged [`CUT`].
+    pub cut: usize,
 }
+
+/// Why a statement entry is flagged: its record went on beyond its delivery.
+pub const CUT: &str = "cut: the record goes on beyond this log delivery (a statement longer than a delivery, or split at its edge); its first part is kept";
+
+/// Why a statement entry is flagged: nothing shows its session was this user's. A line can be
+/// forged into a stderr log by anyone who reaches the port (a startup packet whose user or
+/// database name holds a newline and a whole record); a real statement follows its session's
+/// `connection authorized` line, in its delivery or one before.
+pub const NO_CONNECTION: &str = "no \"connection authorized\" line of this user for this server process: possibly forged into the log";
+
+/// Why an entry is flagged: its user or database name holds control characters.
+const CONTROL_CHARACTERS: &str = "a user or database name with control characters";
+
+/// The longest merged `object` list kept, in bytes: one entry stays far below DynamoDB's 400 KB.
+const MAX_OBJECT_LIST_BYTES: usize = 16 * 1024;
 
 /// Decodes a subscription delivery: `{"awslogs":{"data":"<base64 of gzip of LogData JSON>"}}`.
 pub fn decode_subscription(payload: &serde_json::Value) -> Result<LogData, SessionsError> {
@@ -268,15 +286,44 @@ async fn ingest_records(store: &Store, integration: &Integration, records: Vec<R
     .try_collect()
     .await?;
     let requests: HashMap<String, String> = lookups.into_iter().filter_map(|(user, request)| Some((user, request?))).collect();
-    let (entries, mut ingested) = attribute(records, integration, &requests, retention);
+    let (mut entries, mut ingested) = attribute(records, integration, &requests, retention);
     ingested.unparsed = unparsed;
+    connected_before(store, &mut entries).await?;
     store.put_session_entries(&entries).await?;
     crate::metrics::count("AuditedStatements", ingested.statements as u64, &integration.name);
     crate::metrics::count("UnattributedAuditLines", ingested.unattributed as u64, &integration.name);
+    // Lines session audit could not read in full: each one may hide a statement. Alarmed.
+    crate::metrics::count_with_total("AuditLinesNotRead", (ingested.malformed + ingested.cut + ingested.unparsed) as u64, &integration.name);
+    if ingested.malformed + ingested.cut + ingested.unparsed > 0 {
+        tracing::warn!(integration = %integration.name, malformed = ingested.malformed, cut = ingested.cut, unparsed = ingested.unparsed, "log lines session audit could not read in full");
+    }
     if ingested.unattributed > 0 {
         tracing::warn!(integration = %integration.name, unattributed = ingested.unattributed, "log lines of managed users with no grant of this integration");
     }
     Ok(ingested)
+}
+
+/// Clears [`NO_CONNECTION`] from statements whose session's connection an earlier delivery
+/// held (a `connected` entry of the same request and server process is stored): one read per
+/// request with such statements.
+async fn connected_before(store: &Store, entries: &mut [SessionEntry]) -> Result<(), StoreError> {
+    let unproven: std::collections::BTreeSet<String> =
+        entries.iter().filter(|e| e.suspect.as_deref() == Some(NO_CONNECTION)).map(|e| e.request_id.clone()).collect();
+    for request_id in unproven {
+        let sessions: std::collections::HashSet<(String, Option<u32>)> = store
+            .session_entries(&request_id)
+            .await?
+            .into_iter()
+            .filter(|e| e.kind == EntryKind::Connected && e.suspect.is_none())
+            .map(|e| (e.db_user, e.session))
+            .collect();
+        for entry in entries.iter_mut().filter(|e| e.request_id == request_id && e.suspect.as_deref() == Some(NO_CONNECTION)) {
+            if sessions.contains(&(entry.db_user.clone(), entry.session)) {
+                entry.suspect = None;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// How long entries are kept: `keep` from the time of their record (never later than `now`),
@@ -301,6 +348,8 @@ pub fn attribute(records: Vec<Record<'_>>, integration: &Integration, requests: 
     let mut entries: Vec<SessionEntry> = Vec::with_capacity(records.len());
     // The ids of each session's last statement line.
     let mut last_ids: HashMap<(&str, Option<u32>), (Option<u64>, Option<u64>)> = HashMap::new();
+    // The sessions whose `connection authorized` line this delivery holds: (user, pid).
+    let mut connected: std::collections::HashSet<(&str, Option<u32>)> = std::collections::HashSet::new();
     for record in &records {
         let Some(user) = record.fields.user else { continue };
         if !crate::access::is_login_role_name(user, &integration.user_prefix) {
@@ -327,6 +376,14 @@ pub fn attribute(records: Vec<Record<'_>>, integration: &Integration, requests: 
             ingested.unattributed += 1;
             continue;
         };
+        if matches!(what, Kept::Connected(_)) {
+            connected.insert((user, record.fields.pid));
+        }
+        let cut = matches!(what, Kept::Cut(_));
+        if cut {
+            ingested.cut += 1;
+            ingested.statements += 1;
+        }
         if let Kept::Statement(line) = &what {
             // pgaudit.log_relation writes a line per table of one statement: one entry.
             if let Some(previous) = entries.last_mut().filter(|p| p.is_statement(request_id, record.fields.pid, line)) {
@@ -348,6 +405,16 @@ pub fn attribute(records: Vec<Record<'_>>, integration: &Integration, requests: 
             if last_ids.insert((request_id.as_str(), entry.session), ids) == Some(ids) {
                 entry.suspect = Some("another line claims the same statement id with other contents".into());
             }
+            if cut {
+                entry.suspect.get_or_insert_with(|| CUT.into());
+            }
+            if !connected.contains(&(user, record.fields.pid)) {
+                // Cleared by the caller when an earlier delivery held the connection.
+                entry.suspect.get_or_insert_with(|| NO_CONNECTION.into());
+            }
+        }
+        if [Some(user), record.fields.database].into_iter().flatten().any(|name| name.chars().any(char::is_control)) {
+            entry.suspect.get_or_insert_with(|| CONTROL_CHARACTERS.into());
         }
         entries.push(entry);
     }
@@ -362,6 +429,8 @@ enum Kept<'a> {
     Disconnected(&'a str),
     Ended(&'a str),
     Statement(AuditLine<'a>),
+    /// A statement whose record ends inside its text ([`AuditLine::parse_cut`]).
+    Cut(AuditLine<'a>),
 }
 
 impl<'a> Kept<'a> {
@@ -378,7 +447,7 @@ impl<'a> Kept<'a> {
         if let Some(rest) = message.strip_prefix("disconnection: ") {
             return Some(Kept::Disconnected(rest));
         }
-        AuditLine::parse(message).map(Kept::Statement)
+        AuditLine::parse(message).map(Kept::Statement).or_else(|| AuditLine::parse_cut(message).map(Kept::Cut))
     }
 }
 
@@ -398,6 +467,13 @@ fn merge_object(into: &mut SessionEntry, object_type: &str, object: &str) {
         return;
     }
     match &mut into.object {
+        // A statement over very many relations: the list stops, and says so, before the entry
+        // would outgrow DynamoDB's item size.
+        Some(existing) if existing.len() + object.len() + 2 > MAX_OBJECT_LIST_BYTES => {
+            if !existing.ends_with(", …") {
+                existing.push_str(", …");
+            }
+        }
         Some(existing) if !existing.split(", ").any(|o| o == object) => {
             existing.push_str(", ");
             existing.push_str(object);
@@ -452,7 +528,7 @@ fn entry_of(fields: &crate::server_log::PrefixFields<'_>, (event, index): (&str,
             entry.kind = EntryKind::Disconnected;
             entry.detail = Some(cut(&crate::redaction::redact(message), 512).0);
         }
-        Kept::Statement(line) => {
+        Kept::Statement(line) | Kept::Cut(line) => {
             let redacted = crate::redaction::redact(&line.statement);
             let (statement, truncated) = cut(&redacted, MAX_STATEMENT_BYTES);
             entry.statement_bytes = truncated.then_some(redacted.len());
@@ -617,6 +693,25 @@ mod tests {
         // The forged FATAL line is no statement (its tail is not pgaudit's shape): counted.
         assert!(entries.iter().all(|e| e.statement.as_deref() != Some("DROP TABLE t")));
         assert_eq!(ingested.malformed, 1);
+    }
+
+    #[test]
+    fn a_statement_over_very_many_relations_stays_within_an_item() {
+        let integration = Integration::from_json(r#"{"name":"a","kind":"rds","region":"us-east-1","instance_id":"db","admin":{"auth":"password","secret_id":"pgjit/a"},"max_duration_seconds":3600}"#).unwrap();
+        let user = "pgjit_wide_b1c2d3e4";
+        let mut log = format!("2026-11-25 08:00:00 UTC:10.0.0.1(5000):{user}@app:[5]:LOG:  connection authorized: user={user} database=app\n");
+        for i in 0..5000 {
+            log.push_str(&format!("2026-11-25 08:00:00 UTC:10.0.0.1(5000):{user}@app:[5]:LOG:  AUDIT: SESSION,1,1,READ,SELECT,TABLE,public.a_rather_long_table_name_{i:05},SELECT * FROM v,<not logged>\n"));
+        }
+        let prefix = integration.line_prefix().unwrap();
+        let mut records = Records::of_users_with_prefix(&prefix, &integration.user_prefix);
+        records.push_event("e", None, &log);
+        let requests: HashMap<String, String> = [(user.to_owned(), "REQ-1".to_owned())].into();
+        let (entries, _) = attribute(records.records, &integration, &requests, Retention { now: Utc::now(), keep: chrono::Duration::zero() });
+        let statement = entries.iter().find(|e| e.kind == EntryKind::Statement).unwrap();
+        let objects = statement.object.as_deref().unwrap();
+        assert!(objects.len() <= MAX_OBJECT_LIST_BYTES + 8 && objects.ends_with(", …"), "{}", objects.len());
+        assert!(serde_json::to_string(statement).unwrap().len() < 64 * 1024, "far below DynamoDB's 400 KB");
     }
 
     #[test]

@@ -408,3 +408,14 @@ fn only_the_approval_senders_make_approval_macs() {
     assert_eq!(text(&t["Globals"]["Function"]["Environment"]["Variables"]["PGJIT_APPROVALS_KEY_ID"]), alias);
     assert_eq!(text(&t["Resources"]["ApprovalsKeyAlias"]["Properties"]["TargetKeyId"]), "!Ref ApprovalsKey");
 }
+
+/// Lines session audit cannot read in full may hide a statement: the metric the audit function
+/// writes over every integration is alarmed.
+#[test]
+fn audit_lines_not_read_are_alarmed() {
+    let t = template();
+    let alarm = &t["Resources"]["AuditLinesNotReadAlarm"]["Properties"];
+    assert_eq!((alarm["Namespace"].as_str(), alarm["MetricName"].as_str()), (Some("pgjit"), Some("AuditLinesNotRead")));
+    assert!(alarm.get("Dimensions").is_none(), "the total over every integration");
+    assert_eq!((text(&alarm["Threshold"]), alarm["ComparisonOperator"].as_str()), ("0".to_owned(), Some("GreaterThanThreshold")));
+}

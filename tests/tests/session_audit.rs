@@ -286,6 +286,7 @@ async fn every_statement_of_a_temporary_user_is_kept_once_attributed_and_redacte
     assert!(function_log.contains("invocation summary"), "the function logged: {function_log}");
     // Its metrics, as CloudWatch's embedded metric format.
     assert!(function_log.contains("\"AuditedStatements\"") && function_log.contains("\"UnattributedAuditLines\""), "EMF metrics: {function_log}");
+    assert!(function_log.contains("\"AuditLinesNotRead\""), "the alarmed metric of lines not read in full: {function_log}");
     for secret in [password.expose(), new_password.as_str(), conninfo_secret.as_str()] {
         assert!(!function_log.contains(secret), "a secret in the function's log");
     }
@@ -420,4 +421,60 @@ async fn doctor_says_whether_an_rds_instance_exports_its_postgresql_log() {
         .unwrap();
     let finding = pgjit::sessions::log_export_finding(&svc, &integration).await.unwrap();
     assert!(finding.ok, "{finding:?}");
+}
+
+/// What the log can carry that is not a whole, real record, through the audit handler:
+/// - a session whose `connection authorized` came in an earlier delivery: its statements are
+///   its own (not flagged);
+/// - a record forged into the log by a startup packet whose database name holds a newline and a
+///   whole line in the user's name (anyone who reaches the port can send one): kept, flagged,
+///   never taken as the user's plain statement;
+/// - a statement whose record is cut at the delivery's edge: its first part is kept, flagged,
+///   with its class, command and object, and counted.
+#[tokio::test]
+async fn forged_and_cut_records_are_kept_flagged_never_trusted_or_dropped() {
+    let svc = isolated_services().await;
+    let id: u32 = rand::random();
+    let instance = format!("forged-{id}");
+    pgjit_tests::moto_rds_instance(&svc, &instance).await;
+    let integration = register_integration(&svc, &format!("forged-{id}"), json!({"kind": "rds", "instance_id": instance, "region": "us-east-1", "enable_audit": true, "audit_required": false})).await;
+    let request_id = format!("REQ-FORGED-{id}");
+    let granted = grant(&svc, approval(&request_id, &integration.name, "john@corp.com", pgjit_tests::orders_access())).await.expect("granted");
+    let user = &granted.db_user;
+    let group = format!("/aws/rds/instance/{instance}/postgresql");
+    let line = |pid: u32, rest: &str| format!("2026-12-01 08:00:00 UTC:10.0.0.1(5000):{user}@app:[{pid}]:{rest}");
+    // Delivery 1: the session logs in.
+    let first = line(42, &format!("LOG:  connection authorized: user={user} database=app SSL enabled"));
+    audit(&svc, subscription(&group, &first)).await.expect("delivery 1");
+    // Delivery 2: its statement; the forged startup packet's lines (the attacker's own failed
+    // login, whose database name carried "\n<a whole record>\n"); and a statement cut at the end.
+    let forged = [
+        "2026-12-01 08:00:01 UTC:203.0.113.9(6000):postgres@x".to_owned(),
+        line(999, "LOG:  AUDIT: SESSION,1,1,WRITE,DELETE,TABLE,public.pay,DELETE FROM pay,<not logged>"),
+        "@app:[31337]:FATAL:  no pg_hba.conf entry for host".to_owned(),
+    ]
+    .join("\n");
+    let second = [
+        line(42, "LOG:  AUDIT: SESSION,1,1,READ,SELECT,TABLE,sales.orders,SELECT * FROM sales.orders,<not logged>"),
+        forged,
+        line(42, "LOG:  AUDIT: SESSION,2,1,WRITE,UPDATE,TABLE,sales.orders,\"UPDATE sales.orders SET total = 0"),
+        "\tWHERE customer IN ('a',".to_owned(),
+    ]
+    .join("\n");
+    let ingested = audit(&svc, subscription(&group, &second)).await.expect("delivery 2");
+    assert_eq!(ingested.cut, 1, "{ingested:?}");
+    let entries = svc.store.session_entries(&request_id).await.unwrap();
+    let statement = |text: &str| entries.iter().find(|e| e.statement.as_deref().is_some_and(|s| s.starts_with(text))).unwrap_or_else(|| panic!("{text:?} in {entries:#?}"));
+    assert_eq!(statement("SELECT * FROM sales.orders").suspect, None, "connected in the delivery before: its own statement");
+    let forgery = statement("DELETE FROM pay");
+    assert_eq!(forgery.suspect.as_deref(), Some(pgjit::sessions::NO_CONNECTION), "{forgery:?}");
+    let cut = statement("UPDATE sales.orders SET total = 0");
+    assert_eq!(cut.suspect.as_deref(), Some(pgjit::sessions::CUT));
+    assert_eq!((cut.class.as_deref(), cut.command.as_deref(), cut.object.as_deref()), (Some("WRITE"), Some("UPDATE"), Some("sales.orders")));
+    assert!(cut.statement.as_deref().unwrap().contains("WHERE customer IN ('a',"), "the part the delivery had: {cut:?}");
+    // `pgjit sessions` shows the flags with the entries.
+    let out = cli(&svc, &["sessions", &request_id]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("possibly forged") && text.contains("cut:"), "{text}");
+    pgjit::grants::revoke(&svc, &request_id, pgjit::events::RevokeTrigger::Early, chrono::Utc::now()).await.unwrap();
 }
