@@ -43,7 +43,8 @@ enum Command {
         #[arg(value_name = "FILE")]
         file: String,
     },
-    /// Revoke a grant now (as an `Access Revoke Requested` event would).
+    /// Revoke a grant now (what an `Access Revoke Requested` event does), with your own AWS and
+    /// database rights.
     Revoke {
         request_id: String,
         #[arg(long)]
@@ -326,10 +327,9 @@ async fn run(command: Command) -> Outcome {
         }
         Command::Revoke { request_id, json } => {
             let svc = services().await?;
-            let time = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
-            let mut event = json!({"detail-type": pgjit::events::REVOKE_REQUESTED, "source": "pgjit.cli", "time": time, "detail": {"request_id": request_id}});
-            pgjit::approval_mac::sign(&svc, &mut event).await.map_err(chain)?;
-            let result = pgjit::handlers::revoke(&svc, LambdaEvent::new(event, Context::default())).await.map_err(|e| e.to_string())?;
+            // An operator with pgjit's rights revokes directly, as revoke-all does (the MAC is
+            // for what reaches the functions; the operator needs no VerifyMac).
+            let result = pgjit::grants::revoke(&svc, &request_id, pgjit::events::RevokeTrigger::Early, Utc::now()).await.map_err(chain)?;
             if json {
                 return print_json(&result);
             }

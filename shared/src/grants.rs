@@ -623,8 +623,15 @@ pub async fn revoke_with(
             }
             // Only an early revoke takes an unexpired grant away. The schedule's input (which
             // whoever may invoke the function can send) and cleanup's due copy stand for "it has
-            // expired": read again after an extension, they are not due any more.
-            GrantStatus::Active if trigger != RevokeTrigger::Early && record.expires_at > now => {
+            // expired": read again after an extension, they are not due any more. The schedule
+            // fires at the expiry's whole second, perhaps a little before this clock says so:
+            // it is due within SCHEDULE_SLACK (after an extension the schedule was moved; the
+            // one that fires then is the new one).
+            GrantStatus::Active if trigger == RevokeTrigger::Scheduled && record.expires_at > now + SCHEDULE_SLACK => {
+                tracing::info!(request_id = %record.request_id, db_user = %record.db_user, expires_at = %record.expires_at, "a scheduled revoke before the expiry: the schedule was moved, nothing to do");
+                return Ok(RevokeResult { request_id: record.request_id.clone(), status: record.status, db_user: record.db_user.clone(), repeated: true, sessions_ended: 0 });
+            }
+            GrantStatus::Active if trigger == RevokeTrigger::Cleanup && record.expires_at > now => {
                 tracing::info!(request_id = %record.request_id, db_user = %record.db_user, expires_at = %record.expires_at, trigger = ?trigger, "not expired: nothing to revoke yet");
                 return Ok(RevokeResult { request_id: record.request_id.clone(), status: record.status, db_user: record.db_user.clone(), repeated: true, sessions_ended: 0 });
             }
@@ -679,6 +686,11 @@ pub async fn revoke_with(
     }
     Err(GrantError::InProgress(request_id.to_owned()))
 }
+
+/// How much before the recorded expiry the schedule's revoke is honoured: the schedule names the
+/// expiry's whole second, and Scheduler's and Lambda's clocks may differ a little. Whoever may
+/// invoke the revoke function can end a grant this much early, no more.
+const SCHEDULE_SLACK: Duration = Duration::seconds(60);
 
 /// Makes a revoke that was cut short due at once (best effort: the hourly sweep is the backstop).
 async fn due_again(svc: &Services, request_id: &str, now: DateTime<Utc>) {

@@ -31,6 +31,11 @@ pub async fn grant(svc: &Services, event: LambdaEvent<Value>) -> Result<GrantRes
     let mut event = event;
     event.payload = crate::approval_mac::verify(svc, event.payload).await.map_err(failure)?;
     if crate::events::is_extension(&event.payload) {
+        // An extension is known by what was signed, not by the event's id: whoever may invoke
+        // the function could resend a captured one under a new id, to extend again.
+        if let Ok(signed) = crate::approval_mac::message(&event.payload) {
+            event.payload["id"] = Value::String(signed);
+        }
         let extension = crate::events::parse_extension(event.payload).map_err(failure)?;
         let span = tracing::info_span!("extend", request_id = %extension.request_id);
         let _enter = span.enter();

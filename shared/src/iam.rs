@@ -55,8 +55,14 @@ pub fn requester_of(arn: &str) -> Result<Requester, String> {
             (Principal::Role(name), Some(path), None)
         }
         ("sts", Some(("assumed-role", rest))) => match rest.split_once('/') {
-            Some((role, session)) if !session.is_empty() && !session.contains('/') => (Principal::Role(role.to_owned()), None, Some(session.to_owned())),
-            _ => return Err(format!("{arn:?}: an assumed-role ARN ends in <role>/<session>")),
+            // A session name is 2-64 of [\w+=,.@-] (STS's rule): no `*` or `?`, which would
+            // widen the `aws:userid` pattern that pins a secret to this session.
+            Some((role, session))
+                if (2..=64).contains(&session.len()) && session.bytes().all(|b| b.is_ascii_alphanumeric() || b"_+=,.@-".contains(&b)) =>
+            {
+                (Principal::Role(role.to_owned()), None, Some(session.to_owned()))
+            }
+            _ => return Err(format!("{arn:?}: an assumed-role ARN ends in <role>/<session>, the session name 2-64 of letters, digits and _+=,.@-")),
         },
         _ => return Err(format!("{arn:?} names neither an IAM user, an IAM role nor an assumed role")),
     };

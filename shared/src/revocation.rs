@@ -160,7 +160,7 @@ async fn revoke_on(client: &Client, connector: &Connector, maintenance_database:
     // Before 16 the user could act as its profile roles (SET ROLE): what it made that way is
     // owned by a role that outlives it and that other grants share, so it is disarmed now, not
     // when cleanup next hands it over.
-    let profiles: Vec<String> = memberships.into_iter().filter(|m| m.starts_with(prefix)).collect();
+    let profiles: Vec<String> = memberships.into_iter().filter(|m| crate::access::is_profile_role(m, prefix)).collect();
     match disarm_profiles(client, connector, db, &profiles).await {
         Ok(changes) => disarmed.extend(changes),
         Err(e) => {

@@ -230,7 +230,7 @@ pub async fn ingest_subscription(store: &Store, region: Option<&str>, retention_
     let integrations = store.list_integrations().await?;
     let found = integration_of_log_group(&integrations, &batch.log_group, region).inspect_err(|e| {
         if let SessionsError::AmbiguousLogGroup { integrations, .. } = e {
-            integrations.iter().for_each(|name| crate::metrics::count("AuditLogGroupAmbiguous", 1, name));
+            integrations.iter().for_each(|name| crate::metrics::count_with_total("AuditLogGroupAmbiguous", 1, name));
         }
     })?;
     let Some(integration) = found else {
@@ -310,13 +310,7 @@ async fn connected_before(store: &Store, entries: &mut [SessionEntry]) -> Result
     let unproven: std::collections::BTreeSet<String> =
         entries.iter().filter(|e| e.suspect.as_deref() == Some(NO_CONNECTION)).map(|e| e.request_id.clone()).collect();
     for request_id in unproven {
-        let sessions: std::collections::HashSet<(String, Option<u32>)> = store
-            .session_entries(&request_id)
-            .await?
-            .into_iter()
-            .filter(|e| e.kind == EntryKind::Connected && e.suspect.is_none())
-            .map(|e| (e.db_user, e.session))
-            .collect();
+        let sessions = store.connected_sessions(&request_id).await?;
         for entry in entries.iter_mut().filter(|e| e.request_id == request_id && e.suspect.as_deref() == Some(NO_CONNECTION)) {
             if sessions.contains(&(entry.db_user.clone(), entry.session)) {
                 entry.suspect = None;

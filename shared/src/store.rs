@@ -691,6 +691,21 @@ impl Store {
         self.query_all(&self.sessions, query).await
     }
 
+    /// The sessions of a request whose connection is stored: (database user, server process).
+    /// Only `connected` entries come back (the filter runs in DynamoDB).
+    pub async fn connected_sessions(&self, request_id: &str) -> Result<std::collections::HashSet<(String, Option<u32>)>, StoreError> {
+        let query = self
+            .client
+            .query()
+            .key_condition_expression("request_id = :r")
+            .filter_expression("#kind = :k")
+            .expression_attribute_names("#kind", "kind")
+            .expression_attribute_values(":r", AttributeValue::S(request_id.to_owned()))
+            .expression_attribute_values(":k", AttributeValue::S("connected".into()));
+        let entries: Vec<crate::sessions::SessionEntry> = self.query_all(&self.sessions, query).await?;
+        Ok(entries.into_iter().filter(|e| e.suspect.is_none()).map(|e| (e.db_user, e.session)).collect())
+    }
+
     /// How many statements were audited for a request.
     pub async fn audited_statement_count(&self, request_id: &str) -> Result<usize, StoreError> {
         let mut count = 0;

@@ -306,8 +306,10 @@ async fn a_scheduled_or_cleanup_revoke_before_expiry_changes_nothing() {
     let value = pgjit::credentials::read(&svc, granted.secret_arn.as_deref().unwrap()).await.expect("the secret is still there");
     let value: Value = serde_json::from_str(value.expose()).unwrap();
     env().login_as(&granted.db_user, &pgjit::SecretString::new(value["password"].as_str().unwrap()), "app").await.expect("the login still works");
-    // At its expiry the same input revokes.
-    let result = pgjit::grants::revoke(&svc, "NOT-YET-1", pgjit::events::RevokeTrigger::Scheduled, record.expires_at).await.unwrap();
+    // The schedule fires at the expiry's whole second, here a little before this clock's
+    // expiry: the same input revokes (had it been refused, the one-shot schedule would be gone).
+    let fired_at = record.expires_at - Duration::milliseconds(999);
+    let result = pgjit::grants::revoke(&svc, "NOT-YET-1", pgjit::events::RevokeTrigger::Scheduled, fired_at).await.unwrap();
     assert!(!result.repeated && result.status != pgjit::store::GrantStatus::Active, "{result:?}");
 }
 
@@ -421,6 +423,15 @@ async fn a_forged_approval_extension_or_early_revoke_changes_nothing() {
     assert!(err.contains("does not match it"), "{err}");
     let record = svc.store.get_grant("REAL-1").await.unwrap().unwrap();
     assert_eq!((record.status, record.expires_at), (pgjit::store::GrantStatus::Active, granted.expires_at), "untouched");
+    // A real signed extension, applied; then captured and sent again under a new event id (to
+    // extend once more): the same signed content is the same extension.
+    let signed_extension = pgjit_tests::signed(&svc, pgjit_tests::extension("EXT-REAL", "REAL-1", "lead@corp.com", 7000)).await;
+    let extended = direct(signed_extension.clone()).await.expect("a signed extension");
+    let mut replayed = signed_extension;
+    replayed["id"] = json!("ev-replayed-under-a-new-id");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let again = direct(replayed).await.expect("the replay is a repeat");
+    assert_eq!(svc.store.get_grant("REAL-1").await.unwrap().unwrap().expires_at, extended.expires_at, "extended once: {again:?}");
     // The MAC-carrying early revoke does revoke.
     let revoked = pgjit::handlers::revoke(&svc, LambdaEvent::new(pgjit_tests::signed(&svc, pgjit_tests::early_revoke("REAL-1")).await, Context::default())).await.unwrap();
     assert_ne!(revoked.status, pgjit::store::GrantStatus::Active);
