@@ -94,16 +94,7 @@ pub async fn create(svc: &Services, request_id: &str, at: DateTime<Utc>) -> Resu
     match result {
         Ok(_) => Ok(name),
         Err(e) if e.as_service_error().is_some_and(|s| s.is_conflict_exception()) => {
-            let existing = svc
-                .scheduler
-                .get_schedule()
-                .name(&name)
-                .group_name(&svc.config.schedule_group)
-                .send()
-                .await
-                .map_err(|e| AwsError::new("scheduler:GetSchedule", e))?;
-            let input = existing.target().and_then(|t| t.input());
-            if input.is_some_and(|i| revokes(i, request_id)) {
+            if input_of(svc, &name).await?.is_some_and(|i| revokes(&i, request_id)) {
                 Ok(name)
             } else {
                 Err(AwsError::msg(
@@ -146,10 +137,18 @@ pub async fn delete(svc: &Services, name: &str) -> Result<(), AwsError> {
 /// Deletes the schedule of that name only if it revokes `request_id`: an undo derives the name
 /// without having made the schedule, and one that revokes another request is not its to delete.
 pub async fn delete_own(svc: &Services, name: &str, request_id: &str) -> Result<(), AwsError> {
+    match input_of(svc, name).await? {
+        Some(input) if revokes(&input, request_id) => delete(svc, name).await,
+        _ => Ok(()),
+    }
+}
+
+/// The input a schedule of pgjit's group hands its target; None when there is no such schedule
+/// (or it has no input).
+pub async fn input_of(svc: &Services, name: &str) -> Result<Option<String>, AwsError> {
     match svc.scheduler.get_schedule().name(name).group_name(&svc.config.schedule_group).send().await {
-        Ok(existing) if existing.target().and_then(|t| t.input()).is_some_and(|i| revokes(i, request_id)) => delete(svc, name).await,
-        Ok(_) => Ok(()),
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => Ok(()),
+        Ok(existing) => Ok(existing.target().and_then(|t| t.input()).map(str::to_owned)),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => Ok(None),
         Err(e) => Err(AwsError::new("scheduler:GetSchedule", e)),
     }
 }

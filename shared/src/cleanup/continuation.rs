@@ -92,15 +92,8 @@ pub async fn continue_later(
         // One is waiting already (another run's): it is moved to this run's time, and keeps the
         // larger count, so a run that starts a chain anew (the hourly one) never resets it.
         Err(e) if e.as_service_error().is_some_and(|s| s.is_conflict_exception()) => {
-            let waiting = svc
-                .scheduler
-                .get_schedule()
-                .name(&name)
-                .group_name(&svc.config.schedule_group)
-                .send()
-                .await
-                .map_err(|e| AwsError::new("scheduler:GetSchedule", e))?;
-            let counted = waiting.target().and_then(|t| t.input()).and_then(|i| serde_json::from_str::<Value>(i).ok()).and_then(|v| continuation_of(&v).ok());
+            let waiting = crate::schedule::input_of(svc, &name).await?;
+            let counted = waiting.and_then(|i| serde_json::from_str::<Value>(&i).ok()).and_then(|v| continuation_of(&v).ok());
             let count = counted.unwrap_or(0).max(continuation + 1);
             if count > MAX_CONTINUATIONS {
                 return Ok(None);
