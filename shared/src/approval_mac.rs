@@ -24,8 +24,8 @@ use sha2::{Digest, Sha256};
 
 use crate::aws::{AwsError, Services};
 
-/// The approvals key's alias, as the template and `pgjit bootstrap` create it.
-pub const DEFAULT_KEY: &str = "alias/pgjit-approvals";
+/// The approvals key's alias, as `pgjit bootstrap` creates it.
+pub const DEFAULT_KEY: &str = crate::config::DEFAULT_APPROVALS_KEY;
 
 /// Where the MAC goes in the event's `detail`.
 pub const MAC_FIELD: &str = "mac";

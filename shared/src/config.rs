@@ -3,6 +3,10 @@
 
 use std::time::Duration;
 
+/// The approvals key's alias when `PGJIT_APPROVALS_KEY_ID` is not set, as `pgjit bootstrap`
+/// creates it locally (the template names `alias/<stack>-approvals`).
+pub const DEFAULT_APPROVALS_KEY: &str = "alias/pgjit-approvals";
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `PGJIT_GRANTS_TABLE`: one item per request, keyed by `request_id`.
@@ -161,7 +165,7 @@ impl Config {
             approval_max_age: Duration::from_secs(number("PGJIT_APPROVAL_MAX_AGE_SECONDS", 3600, 60, 86_400)?),
             approval_bus: text("PGJIT_APPROVAL_BUS", "default")?,
             approval_source: text("PGJIT_APPROVAL_SOURCE", "pgjit.approvals")?,
-            approvals_key_id: text("PGJIT_APPROVALS_KEY_ID", crate::approval_mac::DEFAULT_KEY)?,
+            approvals_key_id: text("PGJIT_APPROVALS_KEY_ID", DEFAULT_APPROVALS_KEY)?,
             trusted_accounts,
             protected_roles: list("PGJIT_PROTECTED_ROLES"),
             discovery_tag_key: text("PGJIT_DISCOVERY_TAG_KEY", "pgjit:secret")?,
