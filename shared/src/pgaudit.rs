@@ -135,22 +135,8 @@ impl<'a> AuditLine<'a> {
     /// Parses the message of a log record; `None` when it is not an `AUDIT:` line or its CSV is
     /// not pgaudit's shape.
     pub fn parse(message: &'a str) -> Option<AuditLine<'a>> {
-        let csv = message.strip_prefix("AUDIT: ")?;
-        let mut fields = CsvFields { text: csv, at: 0, done: false };
-        let kind = fields.next()??;
-        if kind != "SESSION" && kind != "OBJECT" {
-            return None;
-        }
-        let line = AuditLine {
-            kind,
-            statement_id: fields.next()??.parse().ok()?,
-            substatement_id: fields.next()??.parse().ok()?,
-            class: fields.next()??,
-            command: fields.next()??,
-            object_type: fields.next()??,
-            object_name: fields.next()??,
-            statement: fields.next()??,
-        };
+        let (mut line, mut fields) = Self::head(message)?;
+        line.statement = fields.next()??;
         // The parameter field, then, with log_rows, a row count: nothing else.
         fields.next()??;
         match fields.next() {
@@ -170,23 +156,36 @@ impl<'a> AuditLine<'a> {
     /// statement is split across two log deliveries. Its first fields are pgaudit's shape and
     /// its statement is what there is of it. `None` for anything else, as [`AuditLine::parse`].
     pub fn parse_cut(message: &'a str) -> Option<AuditLine<'a>> {
+        let (mut line, fields) = Self::head(message)?;
+        // The statement: an opening quote, then text in which every quote is doubled (a lone
+        // one would have closed the field), to the end.
+        let rest = fields.text.get(fields.at..)?.strip_prefix('"')?;
+        if fields.done || rest.replace("\"\"", "").contains('"') {
+            return None;
+        }
+        line.statement = if rest.contains("\"\"") { Cow::Owned(rest.replace("\"\"", "\"")) } else { Cow::Borrowed(rest) };
+        Some(line)
+    }
+
+    /// The fields before the statement (its own left empty), and the reader standing at it.
+    fn head(message: &'a str) -> Option<(AuditLine<'a>, CsvFields<'a>)> {
         let csv = message.strip_prefix("AUDIT: ")?;
         let mut fields = CsvFields { text: csv, at: 0, done: false };
         let kind = fields.next()??;
         if kind != "SESSION" && kind != "OBJECT" {
             return None;
         }
-        let statement_id = fields.next()??.parse().ok()?;
-        let substatement_id = fields.next()??.parse().ok()?;
-        let (class, command, object_type, object_name) = (fields.next()??, fields.next()??, fields.next()??, fields.next()??);
-        // The statement: an opening quote, then text in which every quote is doubled (a lone
-        // one would have closed the field), to the end.
-        let rest = csv.get(fields.at..)?.strip_prefix('"')?;
-        if fields.done || rest.replace("\"\"", "").contains('"') {
-            return None;
-        }
-        let statement = if rest.contains("\"\"") { Cow::Owned(rest.replace("\"\"", "\"")) } else { Cow::Borrowed(rest) };
-        Some(AuditLine { kind, statement_id, substatement_id, class, command, object_type, object_name, statement })
+        let line = AuditLine {
+            kind,
+            statement_id: fields.next()??.parse().ok()?,
+            substatement_id: fields.next()??.parse().ok()?,
+            class: fields.next()??,
+            command: fields.next()??,
+            object_type: fields.next()??,
+            object_name: fields.next()??,
+            statement: Cow::Borrowed(""),
+        };
+        Some((line, fields))
     }
 }
 

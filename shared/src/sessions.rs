@@ -130,9 +130,6 @@ pub const CUT: &str = "cut: the record goes on beyond this log delivery (a state
 /// `connection authorized` line, in its delivery or one before.
 pub const NO_CONNECTION: &str = "no \"connection authorized\" line of this user for this server process: possibly forged into the log";
 
-/// Why an entry is flagged: its user or database name holds control characters.
-const CONTROL_CHARACTERS: &str = "a user or database name with control characters";
-
 /// The longest merged `object` list kept, in bytes: one entry stays far below DynamoDB's 400 KB.
 const MAX_OBJECT_LIST_BYTES: usize = 16 * 1024;
 
@@ -406,9 +403,6 @@ pub fn attribute(records: Vec<Record<'_>>, integration: &Integration, requests: 
                 // Cleared by the caller when an earlier delivery held the connection.
                 entry.suspect.get_or_insert_with(|| NO_CONNECTION.into());
             }
-        }
-        if [Some(user), record.fields.database].into_iter().flatten().any(|name| name.chars().any(char::is_control)) {
-            entry.suspect.get_or_insert_with(|| CONTROL_CHARACTERS.into());
         }
         entries.push(entry);
     }
