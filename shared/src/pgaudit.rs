@@ -208,22 +208,21 @@ impl<'a> Iterator for CsvFields<'a> {
         if bytes.get(self.at) != Some(&b'"') {
             // pgaudit quotes every field holding a quote, so an unquoted field never has one: a
             // line that does is not pgaudit's (the tail of another message, say).
-            let end = text[self.at..].find(',').map_or(text.len(), |i| self.at + i);
-            if text[self.at..end].contains('"') {
-                self.done = true;
-                return Some(None);
-            }
-            return Some(Some(match text[self.at..].find(',') {
+            let field_start = self.at;
+            return Some(match bytes[field_start..].iter().position(|b| *b == b',' || *b == b'"') {
+                Some(i) if bytes[field_start + i] == b'"' => {
+                    self.done = true;
+                    None
+                }
                 Some(comma) => {
-                    let field = &text[self.at..self.at + comma];
                     self.at += comma + 1;
-                    Cow::Borrowed(field)
+                    Some(Cow::Borrowed(&text[field_start..field_start + comma]))
                 }
                 None => {
                     self.done = true;
-                    Cow::Borrowed(&text[self.at..])
+                    Some(Cow::Borrowed(&text[field_start..]))
                 }
-            }));
+            });
         }
         let start = self.at + 1;
         let mut value: Option<String> = None;

@@ -337,10 +337,12 @@ impl Retention {
 pub fn attribute(records: Vec<Record<'_>>, integration: &Integration, requests: &HashMap<String, String>, retention: Retention) -> (Vec<SessionEntry>, Ingested) {
     let mut ingested = Ingested { integration: Some(integration.name.clone()), records: records.len(), ..Ingested::default() };
     let mut entries: Vec<SessionEntry> = Vec::with_capacity(records.len());
-    // The ids of each session's last statement line.
-    let mut last_ids: HashMap<(&str, Option<u32>), (Option<u64>, Option<u64>)> = HashMap::new();
-    // The sessions whose `connection authorized` line this delivery holds: (user, pid).
-    let mut connected: std::collections::HashSet<(&str, Option<u32>)> = std::collections::HashSet::new();
+    // What this delivery showed of each session, by (user, pid).
+    let mut sessions: HashMap<(&str, Option<u32>), SessionSeen> = HashMap::new();
+    // The request of the last record's user, and the last record time's key: a session's
+    // records come in runs, and many in one millisecond, so most lookups end here.
+    let mut last_user: Option<(&str, Option<&String>)> = None;
+    let mut time_key = TimeKey::default();
     for record in &records {
         let Some(user) = record.fields.user else { continue };
         if !crate::access::is_login_role_name(user, &integration.user_prefix) {
@@ -356,19 +358,28 @@ pub fn attribute(records: Vec<Record<'_>>, integration: &Integration, requests: 
             }
             continue;
         }
-        let Some(what) = Kept::of(record.severity, &record.message) else {
+        let Some(mut what) = Kept::of(record.severity, &record.message) else {
             if record.severity == "LOG" && record.message.starts_with("AUDIT: ") {
                 // pgaudit's prefix with a body that is not its shape (cut, or not pgaudit's).
                 ingested.malformed += 1;
             }
             continue;
         };
-        let (Some(request_id), Some(at)) = (requests.get(user), record.fields.time.or(record.event_time)) else {
+        let request_id = match last_user {
+            Some((last, request_id)) if last == user => request_id,
+            _ => last_user.insert((user, requests.get(user))).1,
+        };
+        let (Some(request_id), Some(at)) = (request_id, record.fields.time.or(record.event_time)) else {
             ingested.unattributed += 1;
             continue;
         };
+        let seen = sessions.entry((user, record.fields.pid)).or_default();
         if matches!(what, Kept::Connected(_)) {
-            connected.insert((user, record.fields.pid));
+            seen.connected = true;
+        }
+        if let Kept::Statement(line) | Kept::Cut(line) = &mut what {
+            // Once per line: the statement is compared and stored redacted.
+            line.statement = crate::redaction::redact_cow(std::mem::take(&mut line.statement));
         }
         let cut = matches!(what, Kept::Cut(_));
         if cut {
@@ -379,7 +390,7 @@ pub fn attribute(records: Vec<Record<'_>>, integration: &Integration, requests: 
             // pgaudit.log_relation writes a line per table of one statement: one entry.
             if let Some(previous) = entries.last_mut().filter(|p| p.is_statement(request_id, record.fields.pid, line)) {
                 if previous.class.as_deref() == Some(&*line.class) && previous.command.as_deref() == Some(&*line.command) && previous.statement_bytes.is_none()
-                    && previous.statement.as_deref() == Some(&*crate::redaction::redact(&line.statement))
+                    && previous.statement.as_deref() == Some(&*line.statement)
                 {
                     merge_object(previous, &line.object_type, &line.object_name);
                     continue;
@@ -390,16 +401,16 @@ pub fn attribute(records: Vec<Record<'_>>, integration: &Integration, requests: 
             }
             ingested.statements += 1;
         }
-        let mut entry = entry_of(&record.fields, record.origin, at, request_id, what, retention.expires_at(at));
+        let mut entry = entry_of(&record.fields, record.origin, time_key.of(at), request_id, what, retention.expires_at(at));
         if entry.kind == EntryKind::Statement {
             let ids = (entry.statement_id, entry.substatement_id);
-            if last_ids.insert((request_id.as_str(), entry.session), ids) == Some(ids) {
+            if seen.last_ids.replace(ids) == Some(ids) {
                 entry.suspect = Some("another line claims the same statement id with other contents".into());
             }
             if cut {
                 entry.suspect.get_or_insert_with(|| CUT.into());
             }
-            if !connected.contains(&(user, record.fields.pid)) {
+            if !seen.connected {
                 // Cleared by the caller when an earlier delivery held the connection.
                 entry.suspect.get_or_insert_with(|| NO_CONNECTION.into());
             }
@@ -408,6 +419,33 @@ pub fn attribute(records: Vec<Record<'_>>, integration: &Integration, requests: 
     }
     ingested.written = entries.len();
     (entries, ingested)
+}
+
+/// What one delivery showed of a session.
+#[derive(Default)]
+struct SessionSeen {
+    /// Whether its `connection authorized` line was in it.
+    connected: bool,
+    /// The ids of its last statement line.
+    last_ids: Option<(Option<u64>, Option<u64>)>,
+}
+
+/// A record time and its key ([`crate::store::push_time_key`]), kept while records share it.
+#[derive(Default)]
+struct TimeKey {
+    at: Option<DateTime<Utc>>,
+    key: String,
+}
+
+impl TimeKey {
+    fn of(&mut self, at: DateTime<Utc>) -> (DateTime<Utc>, &str) {
+        if self.at != Some(at) {
+            self.key.clear();
+            crate::store::push_time_key(&mut self.key, at);
+            self.at = Some(at);
+        }
+        (at, &self.key)
+    }
 }
 
 /// The records session audit keeps: connections, pgaudit lines, disconnections, and the errors
@@ -474,10 +512,11 @@ fn merge_object(into: &mut SessionEntry, object_type: &str, object: &str) {
     }
 }
 
-/// The entry a managed user's kept record makes (its prefix's fields are moved into it).
-fn entry_of(fields: &crate::server_log::PrefixFields<'_>, (event, index): (&str, u32), at: DateTime<Utc>, request_id: &str, what: Kept<'_>, expires_at: i64) -> SessionEntry {
-    let mut at_origin = String::with_capacity(32 + event.len());
-    crate::store::push_time_key(&mut at_origin, at);
+/// The entry a managed user's kept record makes (its prefix's fields are moved into it; a
+/// statement comes already redacted).
+fn entry_of(fields: &crate::server_log::PrefixFields<'_>, (event, index): (&str, u32), (at, time_key): (DateTime<Utc>, &str), request_id: &str, what: Kept<'_>, expires_at: i64) -> SessionEntry {
+    let mut at_origin = String::with_capacity(time_key.len() + event.len() + 12);
+    at_origin.push_str(time_key);
     at_origin.push('#');
     at_origin.push_str(event);
     at_origin.push('#');
@@ -506,7 +545,7 @@ fn entry_of(fields: &crate::server_log::PrefixFields<'_>, (event, index): (&str,
     match what {
         Kept::Connected(rest) => {
             entry.kind = EntryKind::Connected;
-            entry.detail = Some(cut(&crate::redaction::redact(rest), 512).0);
+            entry.detail = Some(cut(crate::redaction::redact(rest), 512).0);
         }
         Kept::Disconnected(rest) => {
             entry.kind = EntryKind::Disconnected;
@@ -514,12 +553,12 @@ fn entry_of(fields: &crate::server_log::PrefixFields<'_>, (event, index): (&str,
         }
         Kept::Ended(message) => {
             entry.kind = EntryKind::Disconnected;
-            entry.detail = Some(cut(&crate::redaction::redact(message), 512).0);
+            entry.detail = Some(cut(crate::redaction::redact(message), 512).0);
         }
         Kept::Statement(line) | Kept::Cut(line) => {
-            let redacted = crate::redaction::redact(&line.statement);
-            let (statement, truncated) = cut(&redacted, MAX_STATEMENT_BYTES);
-            entry.statement_bytes = truncated.then_some(redacted.len());
+            let redacted_len = line.statement.len();
+            let (statement, truncated) = cut(line.statement, MAX_STATEMENT_BYTES);
+            entry.statement_bytes = truncated.then_some(redacted_len);
             entry.statement = Some(statement);
             entry.class = Some(known(line.class, crate::pgaudit::CLASS_NAMES));
             entry.command = Some(known(line.command, crate::pgaudit::COMMON_COMMANDS));
@@ -594,9 +633,9 @@ fn known(text: Cow<'_, str>, names: &[&'static str]) -> Cow<'static, str> {
 }
 
 /// `text` cut to at most `max` bytes on a character boundary, and whether it was cut.
-fn cut(text: &str, max: usize) -> (String, bool) {
+fn cut(text: Cow<'_, str>, max: usize) -> (String, bool) {
     if text.len() <= max {
-        return (text.to_owned(), false);
+        return (text.into_owned(), false);
     }
     let mut end = max;
     while !text.is_char_boundary(end) {
@@ -704,8 +743,8 @@ mod tests {
 
     #[test]
     fn statements_are_cut_on_a_character_boundary() {
-        let (text, cut_) = cut(&"é".repeat(3000), MAX_STATEMENT_BYTES);
+        let (text, cut_) = cut("é".repeat(3000).into(), MAX_STATEMENT_BYTES);
         assert!(cut_ && text.len() <= MAX_STATEMENT_BYTES && text.len() >= MAX_STATEMENT_BYTES - 1);
-        assert_eq!(cut("short", 10), ("short".to_owned(), false));
+        assert_eq!(cut("short".into(), 10), ("short".to_owned(), false));
     }
 }
