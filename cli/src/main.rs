@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use lambda_runtime::{Context, LambdaEvent};
 use pgjit::aws::Services;
-use pgjit::postgres::error_chain;
-use pgjit::setup::Flavor;
+use pgjit::engine::postgres::error_chain;
+use pgjit::engine::setup::Flavor;
 use serde_json::{json, Value};
 
 #[derive(Parser)]
@@ -137,7 +137,7 @@ enum Command {
         #[arg(long)]
         admin_user: String,
         /// The powerless role that receives what departed temporary users owned.
-        #[arg(long, default_value = pgjit::integration::DEFAULT_HOLDING_ROLE)]
+        #[arg(long, default_value = pgjit::contract::integration::DEFAULT_HOLDING_ROLE)]
         holding_role: String,
         /// An existing role requests may ask membership of (repeatable; the integration's
         /// grantable_roles): from PostgreSQL 16 the admin needs ADMIN OPTION on it.
@@ -200,7 +200,7 @@ fn printable(text: &str) -> String {
 }
 
 /// A grant and what its user did, for a person to read.
-fn print_sessions(g: &pgjit::store::GrantRecord, sessions: &[pgjit::sessions::Session]) {
+fn print_sessions(g: &pgjit::aws::store::GrantRecord, sessions: &[pgjit::control::sessions::Session]) {
     let time = |t: &DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
     println!("{} {} {} as {} on {}", g.request_id, g.status.as_str(), g.requester.id, g.db_user, g.integration);
     println!("  approved by {}: {}", g.approver, g.reason.as_deref().unwrap_or("no reason given"));
@@ -209,8 +209,8 @@ fn print_sessions(g: &pgjit::store::GrantRecord, sessions: &[pgjit::sessions::Se
     let ended = g.revoked_at.map(|t| format!("revoked {}", time(&t))).unwrap_or_else(|| format!("expires {}", time(&g.expires_at)));
     println!("  granted {}, {}", time(&g.created_at), ended);
     match &g.session_audit {
-        Some(pgjit::store::SessionAudit::On { classes }) => println!("  session audit: {classes}"),
-        Some(pgjit::store::SessionAudit::Off { reason }) => println!("  session audit: off ({reason})"),
+        Some(pgjit::engine::roles::grant::SessionAudit::On { classes }) => println!("  session audit: {classes}"),
+        Some(pgjit::engine::roles::grant::SessionAudit::Off { reason }) => println!("  session audit: off ({reason})"),
         None => println!("  session audit: not enabled for {}", g.integration),
     }
     if sessions.is_empty() {
@@ -260,23 +260,23 @@ fn read_json(path: &str) -> Result<Value, String> {
 async fn run(command: Command) -> Outcome {
     match command {
         Command::SetupSql { flavor, admin_user, holding_role, grantable_roles, user_prefix } => {
-            let options = pgjit::setup::SetupOptions { grantable_roles, user_prefix };
-            print!("{}", pgjit::setup::setup_sql(flavor, &admin_user, &holding_role, &options)?);
+            let options = pgjit::engine::setup::SetupOptions { grantable_roles, user_prefix };
+            print!("{}", pgjit::engine::setup::setup_sql(flavor, &admin_user, &holding_role, &options)?);
             Ok(())
         }
         Command::Bootstrap => {
             let svc = services().await?;
             let created = svc.store.create_tables().await.map_err(chain)?;
-            let group = pgjit::schedule::ensure_group(&svc).await.map_err(chain)?;
+            let group = pgjit::aws::schedule::ensure_group(&svc).await.map_err(chain)?;
             println!("tables created: {}", if created.is_empty() { "none (all exist)".to_owned() } else { created.join(", ") });
             println!("schedule group {:?}: {}", svc.config.schedule_group, if group { "created" } else { "exists" });
-            let key = pgjit::approval_mac::ensure_key(&svc).await.map_err(chain)?;
+            let key = pgjit::aws::approval_mac::ensure_key(&svc).await.map_err(chain)?;
             println!("approvals key {:?}: {}", svc.config.approvals_key_id, if key { "created" } else { "exists" });
             Ok(())
         }
         Command::Integration { command: IntegrationCommand::Put { file } } => {
             let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {file}: {e}"))?;
-            let integration = pgjit::integration::Integration::from_json(&text).map_err(chain)?;
+            let integration = pgjit::contract::integration::Integration::from_json(&text).map_err(chain)?;
             let svc = services().await?;
             svc.store.put_integration(&integration).await.map_err(chain)?;
             println!("integration {:?} stored ({} at {})", integration.name, integration.kind, integration.host.as_deref().unwrap_or("its RDS endpoint"));
@@ -301,16 +301,16 @@ async fn run(command: Command) -> Outcome {
         Command::SignApproval { file } => {
             let mut event = read_json(&file)?;
             let svc = services().await?;
-            pgjit::approval_mac::sign(&svc, &mut event).await.map_err(chain)?;
+            pgjit::aws::approval_mac::sign(&svc, &mut event).await.map_err(chain)?;
             print_json(&event)
         }
         Command::Grant { event, json } => {
             let mut payload = read_json(&event)?;
             let svc = services().await?;
-            if payload.get("detail").is_some_and(|d| d.get(pgjit::approval_mac::MAC_FIELD).is_none()) {
-                pgjit::approval_mac::sign(&svc, &mut payload).await.map_err(chain)?;
+            if payload.get("detail").is_some_and(|d| d.get(pgjit::aws::approval_mac::MAC_FIELD).is_none()) {
+                pgjit::aws::approval_mac::sign(&svc, &mut payload).await.map_err(chain)?;
             }
-            let result = pgjit::handlers::grant(&svc, LambdaEvent::new(payload, Context::default())).await.map_err(|e| e.to_string())?;
+            let result = pgjit::control::handlers::grant(&svc, LambdaEvent::new(payload, Context::default())).await.map_err(|e| e.to_string())?;
             if json {
                 return print_json(&json!({
                     "request_id": result.request_id, "status": result.status, "db_user": result.db_user,
@@ -329,7 +329,7 @@ async fn run(command: Command) -> Outcome {
             let svc = services().await?;
             // An operator with pgjit's rights revokes directly, as revoke-all does (the MAC is
             // for what reaches the functions; the operator needs no VerifyMac).
-            let result = pgjit::grants::revoke(&svc, &request_id, pgjit::events::RevokeTrigger::Early, Utc::now()).await.map_err(chain)?;
+            let result = pgjit::control::grants::revoke(&svc, &request_id, pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.map_err(chain)?;
             if json {
                 return print_json(&result);
             }
@@ -338,10 +338,10 @@ async fn run(command: Command) -> Outcome {
             Ok(())
         }
         Command::Extend { request_id, duration, approver, reason, json } => {
-            let duration_seconds = pgjit::events::parse_duration(&duration)?;
+            let duration_seconds = pgjit::contract::events::parse_duration(&duration)?;
             let svc = services().await?;
             let now = Utc::now();
-            let extension = pgjit::events::Extension {
+            let extension = pgjit::contract::events::Extension {
                 request_id,
                 approver,
                 duration_seconds,
@@ -351,7 +351,7 @@ async fn run(command: Command) -> Outcome {
                 event_id: Some(format!("cli-{}", now.timestamp_nanos_opt().unwrap_or_default())),
                 signed_at: None,
             };
-            let result = pgjit::extension::extend(&svc, &extension, now).await.map_err(chain)?;
+            let result = pgjit::control::extension::extend(&svc, &extension, now).await.map_err(chain)?;
             if json {
                 return print_json(&result);
             }
@@ -363,7 +363,7 @@ async fn run(command: Command) -> Outcome {
                 return Err(format!("revoke-all ends every temporary access to {integration:?}: run it again with --yes"));
             }
             let svc = services().await?;
-            let results = pgjit::grants::revoke_all(&svc, &integration, Utc::now()).await.map_err(chain)?;
+            let results = pgjit::control::grants::revoke_all(&svc, &integration, Utc::now()).await.map_err(chain)?;
             let failed = results.iter().filter(|(_, r)| r.is_err()).count();
             if json {
                 let rows: Vec<Value> = results
@@ -403,7 +403,7 @@ async fn run(command: Command) -> Outcome {
             let mut audited = Vec::with_capacity(list.len());
             for g in &list {
                 audited.push(match &g.session_audit {
-                    Some(pgjit::store::SessionAudit::On { .. }) => Some(svc.store.audited_statement_count(&g.request_id).await.map_err(chain)?),
+                    Some(pgjit::engine::roles::grant::SessionAudit::On { .. }) => Some(svc.store.audited_statement_count(&g.request_id).await.map_err(chain)?),
                     _ => None,
                 });
             }
@@ -423,8 +423,8 @@ async fn run(command: Command) -> Outcome {
                 let until = g.revoked_at.map(|t| format!("revoked {}", t.format("%Y-%m-%d %H:%M"))).unwrap_or_else(|| format!("until {}", g.expires_at.format("%Y-%m-%d %H:%M")));
                 let access: Vec<String> = g.access.iter().map(|a| serde_json::to_string(a).unwrap_or_default()).collect();
                 let session_audit = match (&g.session_audit, audited) {
-                    (Some(pgjit::store::SessionAudit::On { .. }), Some(n)) => format!(", {n} audited statements"),
-                    (Some(pgjit::store::SessionAudit::Off { reason }), _) => format!(", session audit off: {reason}"),
+                    (Some(pgjit::engine::roles::grant::SessionAudit::On { .. }), Some(n)) => format!(", {n} audited statements"),
+                    (Some(pgjit::engine::roles::grant::SessionAudit::Off { reason }), _) => format!(", session audit off: {reason}"),
                     _ => String::new(),
                 };
                 println!(
@@ -450,7 +450,7 @@ async fn run(command: Command) -> Outcome {
             let mut list = if all {
                 svc.store.all_grants().await.map_err(chain)?
             } else {
-                svc.store.grants_in(pgjit::store::GrantStatus::Active).await.map_err(chain)?
+                svc.store.grants_in(pgjit::aws::store::GrantStatus::Active).await.map_err(chain)?
             };
             list.sort_by(|a, b| a.expires_at.cmp(&b.expires_at));
             if json {
@@ -462,7 +462,7 @@ async fn run(command: Command) -> Outcome {
             }
             for g in &list {
                 let left = g.expires_at - now;
-                let remaining = if g.status == pgjit::store::GrantStatus::Active && left.num_seconds() > 0 {
+                let remaining = if g.status == pgjit::aws::store::GrantStatus::Active && left.num_seconds() > 0 {
                     format!("{}h{:02}m left", left.num_hours(), left.num_minutes() % 60)
                 } else {
                     String::new()
@@ -497,10 +497,10 @@ async fn run(command: Command) -> Outcome {
             let svc = services().await?;
             let record = svc.store.get_grant(&request_id).await.map_err(chain)?.ok_or_else(|| format!("unknown request {request_id:?}"))?;
             let arn = record.secret_arn.ok_or_else(|| format!("request {request_id:?} has no credentials secret (IAM mode, or not granted)"))?;
-            if record.status != pgjit::store::GrantStatus::Active {
+            if record.status != pgjit::aws::store::GrantStatus::Active {
                 return Err(format!("request {request_id:?} is {}: its credentials are gone", record.status));
             }
-            let secret = pgjit::credentials::read(&svc, &arn).await.map_err(chain)?;
+            let secret = pgjit::aws::credentials::read(&svc, &arn).await.map_err(chain)?;
             println!("{}", secret.expose());
             Ok(())
         }
@@ -510,7 +510,7 @@ async fn run(command: Command) -> Outcome {
                 None => Utc::now(),
             };
             let svc = services().await?;
-            let report = pgjit::cleanup::run(&svc, now).await.map_err(chain)?;
+            let report = pgjit::control::cleanup::run(&svc, now).await.map_err(chain)?;
             if json {
                 return print_json(&report);
             }
@@ -540,7 +540,7 @@ async fn run(command: Command) -> Outcome {
         Command::Discover { json } => {
             let svc = services().await?;
             let terminal = std::io::stderr().is_terminal() && !json;
-            let report = pgjit::discovery::run(&svc, Utc::now(), |line| {
+            let report = pgjit::control::discovery::run(&svc, Utc::now(), |line| {
                 if terminal {
                     eprintln!("{line}");
                 }
@@ -584,7 +584,7 @@ async fn run(command: Command) -> Outcome {
             let i = svc.store.get_integration(&integration).await.map_err(chain)?.ok_or_else(|| format!("unknown integration {integration:?}"))?;
             let bytes = std::fs::read(&file).map_err(|e| format!("{file}: {e}"))?;
             let text = String::from_utf8_lossy(&bytes);
-            let ingested = pgjit::sessions::ingest_file(&svc.store, &i, &text, svc.config.session_retention_days, Utc::now()).await.map_err(chain)?;
+            let ingested = pgjit::control::sessions::ingest_file(&svc.store, &i, &text, svc.config.session_retention_days, Utc::now()).await.map_err(chain)?;
             if json {
                 return print_json(&ingested);
             }
@@ -598,7 +598,7 @@ async fn run(command: Command) -> Outcome {
             let svc = services().await?;
             let grant = svc.store.get_grant(&request_id).await.map_err(chain)?.ok_or_else(|| format!("unknown request {request_id:?}"))?;
             let entries = svc.store.session_entries(&request_id).await.map_err(chain)?;
-            let sessions = pgjit::sessions::sessions_of(&entries);
+            let sessions = pgjit::control::sessions::sessions_of(&entries);
             if json {
                 return print_json(&json!({"grant": grant, "sessions": sessions}));
             }
@@ -609,10 +609,10 @@ async fn run(command: Command) -> Outcome {
         Command::Doctor { integration, json } => {
             let svc = services().await?;
             let i = svc.store.get_integration(&integration).await.map_err(chain)?.ok_or_else(|| format!("unknown integration {integration:?}"))?;
-            let target = pgjit::endpoint::resolve(&svc, &i).await.map_err(chain)?;
-            let mut findings = pgjit::setup::doctor(&target.connector, &i, &[]).await.map_err(chain)?;
+            let target = pgjit::control::endpoint::resolve(&svc, &i).await.map_err(chain)?;
+            let mut findings = pgjit::engine::setup::doctor(&target.connector, &i.doctor_scope(), &[]).await.map_err(chain)?;
             if i.enable_audit {
-                findings.extend(pgjit::sessions::log_export_finding(&svc, &i).await);
+                findings.extend(pgjit::control::sessions::log_export_finding(&svc, &i).await);
             }
             if json {
                 return print_json(&findings);

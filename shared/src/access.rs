@@ -10,7 +10,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::postgres::MAX_IDENTIFIER_BYTES;
+/// The longest name PostgreSQL keeps (NAMEDATALEN - 1 bytes); longer ones are silently truncated,
+/// which would make pgjit act on a different object than the one named.
+pub const MAX_IDENTIFIER_BYTES: usize = 63;
 
 /// One entry of an approval's `access` list, as it arrives.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -2,59 +2,34 @@
 //! on time.
 //!
 //! This crate holds all of pgjit's logic; the Lambda binaries in `functions/` and the `pgjit`
-//! CLI only wire it up.
+//! CLI only wire it up. Its rooms, each allowed to use only the rooms listed before it
+//! (`tests/architecture.rs` fails on any other import, and on any import circle):
 //!
-//! - [`postgres`]: connections (libpq's ssl modes over rustls, timeouts), quoting, retries;
-//!   [`pool`]: a few of them reused, operation after operation.
-//! - [`access`]: the access a request asks for, checked and normalised.
-//! - [`roles`]: the login and profile roles and their grant; [`revocation`]: revoke, delete, and
-//!   the holding role for what departed users owned; [`scram`]: password verifiers.
-//! - [`catalog`]: reading databases, schemas, tables, sequences, functions and roles.
-//! - [`setup`]: the admin's set-up SQL per flavor, and the doctor that checks it.
-//! - [`admin`]: how pgjit logs in: a Secrets Manager secret or an RDS IAM token.
-//! - [`integration`], [`events`]: the operator's and the approval tools' contracts;
-//!   [`approval_mac`]: the approvals key's MAC that makes an approval valid.
-//! - [`store`]: DynamoDB records with conditional state changes; [`grants`]: grant and revoke
-//!   across PostgreSQL, Secrets Manager ([`credentials`]), IAM ([`iam`]) and the scheduler
-//!   ([`schedule`]); [`cleanup`] and [`discovery`]: the periodic sweeps.
-//! - [`sessions`]: session audit, from the server log ([`server_log`], [`pgaudit`]) to the
-//!   sessions table, with secrets taken out first ([`redaction`]).
-//! - [`handlers`]: the Lambda handlers, plain async functions over [`aws::Services`].
+//! - [`secret`], [`failpoint`], [`metrics`]: basics used everywhere (a string that never
+//!   reaches a log, test fault points, metric lines). Use nothing.
+//! - [`access`]: the access a request asks for, checked and normalised, and the names of the
+//!   roles pgjit makes. Uses the basics.
+//! - [`audit`]: the server log, pgaudit's lines and redaction. Pure parsing. Uses the basics.
+//! - [`engine`]: PostgreSQL only: connections and TLS, pool, SCRAM, catalog, grant, revoke and
+//!   delete, the holding role, set-up SQL and the doctor's checks. Uses the basics and
+//!   [`access`]; nothing of AWS, of the contracts or of the store.
+//! - [`contract`]: an operator's integration, the approval events, the functions'
+//!   configuration. Uses the basics, [`access`], [`audit`] and the engine's public types.
+//! - [`aws`]: the clients and everything that calls AWS: the store and its records, the
+//!   approvals key, credentials secrets, IAM, the scheduler, RDS, the admin's login. Uses all of
+//!   the above.
+//! - [`control`]: the control plane, the only place where the engine and AWS meet: grant,
+//!   extension, revoke, cleanup, discovery, session ingestion, endpoints, the Lambda handlers.
+//!   Uses everything.
 
 pub mod access;
-pub mod admin;
-pub mod approval_mac;
+pub mod audit;
 pub mod aws;
-pub mod budget;
-pub mod catalog;
-pub mod cleanup;
-pub mod config;
-pub mod credentials;
-pub mod discovery;
-pub mod endpoint;
-pub mod events;
-pub mod extension;
+pub mod contract;
+pub mod control;
+pub mod engine;
 pub mod failpoint;
-pub mod grants;
-pub mod handlers;
-pub mod iam;
-pub mod integration;
 pub mod metrics;
-pub mod names;
-pub mod pgaudit;
-pub mod pool;
-pub mod postgres;
-pub mod rds;
-pub mod redaction;
-pub mod revocation;
-pub mod roles;
-pub mod schedule;
-pub mod scram;
 pub mod secret;
-pub mod server_log;
-pub mod sessions;
-pub mod setup;
-pub mod store;
-pub mod webhook;
 
 pub use secret::SecretString;

@@ -4,7 +4,7 @@
 //! kept in `proptest-regressions/` and replayed first on every run.
 
 use pgjit::access::{check_identifier, is_profile_role, login_role_name, AccessEntry, AccessSet, Object, Target};
-use pgjit::postgres::{ident, literal};
+use pgjit::engine::postgres::{ident, literal};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -75,22 +75,22 @@ proptest! {
     #[test]
     fn approvals_parse_or_fail_cleanly(detail in json_value(), wrap in any::<bool>()) {
         let event = if wrap { json!({"detail-type": "Access Request Approved", "detail": detail}) } else { detail };
-        if let Ok(a) = pgjit::events::parse_approval(event) {
-            prop_assert!(pgjit::events::check_request_id(&a.request_id).is_ok());
+        if let Ok(a) = pgjit::contract::events::parse_approval(event) {
+            prop_assert!(pgjit::contract::events::check_request_id(&a.request_id).is_ok());
             prop_assert!(a.duration_seconds > 0);
         }
     }
 
     #[test]
     fn revokes_parse_or_fail_cleanly(value in json_value()) {
-        if let Ok(r) = pgjit::events::parse_revoke(value) {
-            prop_assert!(pgjit::events::check_request_id(&r.request_id).is_ok());
+        if let Ok(r) = pgjit::contract::events::parse_revoke(value) {
+            prop_assert!(pgjit::contract::events::check_request_id(&r.request_id).is_ok());
         }
     }
 
     #[test]
     fn integrations_parse_or_fail_with_a_field(text in prop_oneof![any::<String>(), json_value().prop_map(|v| v.to_string())]) {
-        match pgjit::integration::Integration::from_json(&text) {
+        match pgjit::contract::integration::Integration::from_json(&text) {
             Ok(i) => prop_assert!(i.validate().is_ok()),
             Err(e) => prop_assert!(!e.field.is_empty()),
         }
@@ -119,9 +119,9 @@ proptest! {
     #[test]
     fn webhook_verification_never_panics(ts in prop::option::of(any::<String>()), sig in prop::option::of(any::<String>()), body in any::<Vec<u8>>()) {
         let now = chrono::Utc::now();
-        let _ = pgjit::webhook::verify(b"key", ts.as_deref(), sig.as_deref(), &body, now);
+        let _ = pgjit::control::webhook::verify(b"key", ts.as_deref(), sig.as_deref(), &body, now);
         let good_ts = now.timestamp().to_string();
-        let good = pgjit::webhook::sign(b"key", &good_ts, &body);
-        prop_assert!(pgjit::webhook::verify(b"key", Some(&good_ts), Some(&good), &body, now).is_ok());
+        let good = pgjit::control::webhook::sign(b"key", &good_ts, &body);
+        prop_assert!(pgjit::control::webhook::verify(b"key", Some(&good_ts), Some(&good), &body, now).is_ok());
     }
 }

@@ -7,7 +7,7 @@ pub mod policy;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use pgjit::postgres::{ConnectError, Connector, Credentials, Endpoint, Login, SslMode};
+use pgjit::engine::postgres::{ConnectError, Connector, Credentials, Endpoint, Login, SslMode};
 use pgjit::SecretString;
 
 /// The environment's addresses and the admin's credentials, from `.localenv/env`.
@@ -162,7 +162,7 @@ pub async fn isolated_services() -> pgjit::aws::Services {
 /// [`isolated_services`] with some settings of the test's own (`extra` is asked first).
 pub async fn isolated_services_with(extra: impl Fn(&str) -> Option<String>) -> pgjit::aws::Services {
     let id: u32 = rand::random();
-    let config = pgjit::config::Config::from_lookup(|name| extra(name).or_else(|| match name {
+    let config = pgjit::contract::config::Config::from_lookup(|name| extra(name).or_else(|| match name {
         "PGJIT_GRANTS_TABLE" => Some(format!("grants-{id}")),
         "PGJIT_INTEGRATIONS_TABLE" => Some(format!("integrations-{id}")),
         "PGJIT_INVENTORY_TABLE" => Some(format!("inventory-{id}")),
@@ -182,8 +182,8 @@ pub async fn isolated_services_with(extra: impl Fn(&str) -> Option<String>) -> p
     let url = extra("PGJIT_TEST_MOTO_URL").unwrap_or_else(|| env().moto_url.clone());
     let svc = pgjit::aws::Services::new(config, moto_sdk_config_at(&url).await);
     svc.store.create_tables().await.expect("create tables in moto");
-    pgjit::schedule::ensure_group(&svc).await.expect("schedule group in moto");
-    pgjit::approval_mac::ensure_key(&svc).await.expect("approvals key in moto");
+    pgjit::aws::schedule::ensure_group(&svc).await.expect("schedule group in moto");
+    pgjit::aws::approval_mac::ensure_key(&svc).await.expect("approvals key in moto");
     svc
 }
 
@@ -191,9 +191,9 @@ pub async fn isolated_services_with(extra: impl Fn(&str) -> Option<String>) -> p
 /// handlers as the bus delivers a sender's events. An event that cannot be signed (no envelope,
 /// no detail: the bad-input tests) is returned as it is, for the handler to refuse.
 pub async fn signed(svc: &pgjit::aws::Services, mut event: serde_json::Value) -> serde_json::Value {
-    let unsigned = event.get("detail").is_some_and(|d| d.get(pgjit::approval_mac::MAC_FIELD).is_none());
-    if unsigned && pgjit::approval_mac::message(&event).is_ok() {
-        pgjit::approval_mac::sign(svc, &mut event).await.expect("GenerateMac in moto");
+    let unsigned = event.get("detail").is_some_and(|d| d.get(pgjit::aws::approval_mac::MAC_FIELD).is_none());
+    if unsigned && pgjit::aws::approval_mac::message(&event).is_ok() {
+        pgjit::aws::approval_mac::sign(svc, &mut event).await.expect("GenerateMac in moto");
     }
     event
 }
@@ -288,7 +288,7 @@ pub async fn silent_server() -> (u16, tokio::task::JoinHandle<()>) {
 /// Stores the admin's credentials in moto (RDS format) and an integration of the local TLS
 /// server that uses them, with a user prefix of its own: cleanup reconciles every role with the
 /// prefix on the server, and the tests share one server. `extra` overrides any field.
-pub async fn register_integration(svc: &pgjit::aws::Services, name: &str, extra: serde_json::Value) -> pgjit::integration::Integration {
+pub async fn register_integration(svc: &pgjit::aws::Services, name: &str, extra: serde_json::Value) -> pgjit::contract::integration::Integration {
     use serde_json::json;
     let e = env();
     let secret_id = format!("{}admin/{name}", svc.config.secret_prefix);
@@ -305,7 +305,7 @@ pub async fn register_integration(svc: &pgjit::aws::Services, name: &str, extra:
     for (k, v) in extra.as_object().expect("extra fields as an object") {
         doc[k] = v.clone();
     }
-    let integration = pgjit::integration::Integration::from_json(&doc.to_string()).expect("valid integration");
+    let integration = pgjit::contract::integration::Integration::from_json(&doc.to_string()).expect("valid integration");
     svc.store.put_integration(&integration).await.expect("put integration");
     integration
 }
@@ -329,8 +329,8 @@ pub async fn overdue_grants(svc: &pgjit::aws::Services, integration: &str, prefi
         let request_id = format!("{prefix}-{i}");
         let mut event = approval(&request_id, integration, &format!("late{i}@corp.com"), orders_access());
         event["time"] = serde_json::json!(then.format("%Y-%m-%dT%H:%M:%SZ").to_string());
-        let approved = pgjit::events::parse_approval(event).unwrap();
-        let result = pgjit::grants::grant(svc, &approved, then).await.unwrap();
+        let approved = pgjit::contract::events::parse_approval(event).unwrap();
+        let result = pgjit::control::grants::grant(svc, &approved, then).await.unwrap();
         granted.push((request_id, result.db_user));
     }
     granted
@@ -357,17 +357,17 @@ pub async fn orphan_role(prefix: &str) -> String {
     let entries: Vec<pgjit::access::AccessEntry> = serde_json::from_value(orders_access()).expect("access entries");
     let access = pgjit::access::AccessSet::from_entries(&entries).expect("access");
     let password = SecretString::random_password();
-    let spec = pgjit::roles::GrantSpec {
+    let spec = pgjit::engine::roles::GrantSpec {
         username: &orphan,
         access: &access,
-        login: pgjit::roles::LoginMethod::Password(&password),
+        login: pgjit::engine::roles::LoginMethod::Password(&password),
         valid_until: chrono::Utc::now() + chrono::Duration::hours(1),
         prefix,
         grantable_roles: &[],
         privileged_roles: &[],
         audit: None,
     };
-    pgjit::roles::grant(&env().admin(), &spec).await.expect("orphan role");
+    pgjit::engine::roles::grant::grant(&env().admin(), &spec).await.expect("orphan role");
     orphan
 }
 

@@ -124,7 +124,7 @@ async fn malformed_approvals_are_refused_and_change_nothing() {
         if event.pointer("/detail/request_id") == Some(&json!("BAD-1")) {
             event["detail"]["request_id"] = json!(format!("BAD-{i}"));
         }
-        let err = pgjit::handlers::grant(&svc, LambdaEvent::new(pgjit_tests::signed(&svc, event).await, Context::default())).await.expect_err(expected).to_string();
+        let err = pgjit::control::handlers::grant(&svc, LambdaEvent::new(pgjit_tests::signed(&svc, event).await, Context::default())).await.expect_err(expected).to_string();
         assert!(err.contains(expected), "expected {expected:?} in: {}", &err[..err.len().min(300)]);
         tried += 1;
     }
@@ -134,14 +134,14 @@ async fn malformed_approvals_are_refused_and_change_nothing() {
     // request leaves no role, no secret, no schedule and no policy.
     assert_eq!((after.0, after.1, after.3, after.4, after.5), (before.0, before.1, before.3, before.4, before.5), "footprint changed");
     for g in svc.store.all_grants().await.unwrap() {
-        assert_ne!(g.status, pgjit::store::GrantStatus::Active);
+        assert_ne!(g.status, pgjit::aws::store::GrantStatus::Active);
     }
 }
 
 #[test]
 fn malformed_integrations_are_refused_with_the_field_named() {
     let good = json!({"name": "x", "kind": "postgres", "host": "db", "admin": {"auth": "password", "secret_id": "pgjit/a"}, "max_duration_seconds": 60, "ca_bundle": "system"});
-    pgjit::integration::Integration::from_json(&good.to_string()).expect("the good one is good");
+    pgjit::contract::integration::Integration::from_json(&good.to_string()).expect("the good one is good");
     let cases: Vec<(&str, Value, &str)> = vec![
         ("name", json!(""), "name"),
         ("name", json!("a".repeat(65)), "name"),
@@ -177,13 +177,13 @@ fn malformed_integrations_are_refused_with_the_field_named() {
     for (field, value, named) in cases {
         let mut doc = good.clone();
         doc[field] = value;
-        let err = pgjit::integration::Integration::from_json(&doc.to_string()).expect_err(field);
+        let err = pgjit::contract::integration::Integration::from_json(&doc.to_string()).expect_err(field);
         assert_eq!(err.field, named, "{field}: {err}");
     }
     for missing in ["name", "kind", "admin", "max_duration_seconds"] {
         let mut doc = good.clone();
         doc.as_object_mut().unwrap().remove(missing);
-        assert_eq!(pgjit::integration::Integration::from_json(&doc.to_string()).unwrap_err().field, missing);
+        assert_eq!(pgjit::contract::integration::Integration::from_json(&doc.to_string()).unwrap_err().field, missing);
     }
-    assert!(pgjit::integration::Integration::from_json("{").is_err());
+    assert!(pgjit::contract::integration::Integration::from_json("{").is_err());
 }

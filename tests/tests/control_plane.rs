@@ -3,23 +3,23 @@
 use chrono::{Duration, Utc};
 use lambda_runtime::{Context, LambdaEvent};
 use pgjit::aws::Services;
-use pgjit::grants::GrantResult;
-use pgjit::store::GrantStatus;
+use pgjit::control::grants::GrantResult;
+use pgjit::aws::store::GrantStatus;
 use pgjit::SecretString;
 use pgjit_tests::{approval, env, isolated_services, orders_access, register_integration as integration, role_exists};
 use serde_json::{json, Value};
 
 async fn grant(svc: &Services, event: Value) -> Result<GrantResult, String> {
-    pgjit::handlers::grant(svc, LambdaEvent::new(pgjit_tests::signed(svc, event).await, Context::default())).await.map_err(|e| e.to_string())
+    pgjit::control::handlers::grant(svc, LambdaEvent::new(pgjit_tests::signed(svc, event).await, Context::default())).await.map_err(|e| e.to_string())
 }
 
-async fn revoke_with(svc: &Services, payload: Value) -> Result<pgjit::grants::RevokeResult, String> {
-    pgjit::handlers::revoke(svc, LambdaEvent::new(pgjit_tests::signed(svc, payload).await, Context::default())).await.map_err(|e| e.to_string())
+async fn revoke_with(svc: &Services, payload: Value) -> Result<pgjit::control::grants::RevokeResult, String> {
+    pgjit::control::handlers::revoke(svc, LambdaEvent::new(pgjit_tests::signed(svc, payload).await, Context::default())).await.map_err(|e| e.to_string())
 }
 
 /// The input the scheduler would deliver to revoke, read back from the stored schedule.
 async fn schedule_input(svc: &Services, request_id: &str) -> Option<Value> {
-    let name = pgjit::schedule::schedule_name(request_id);
+    let name = pgjit::aws::schedule::schedule_name(request_id);
     let out = svc.scheduler.get_schedule().name(&name).group_name(&svc.config.schedule_group).send().await.ok()?;
     let target = out.target()?;
     Some(serde_json::from_str(target.input()?).unwrap())
@@ -31,12 +31,12 @@ async fn schedule_count(svc: &Services) -> usize {
 }
 
 async fn secret_exists(svc: &Services, integration: &str, request_id: &str) -> bool {
-    let name = pgjit::credentials::secret_name(svc, integration, request_id);
+    let name = pgjit::aws::credentials::secret_name(svc, integration, request_id);
     svc.secrets.describe_secret().secret_id(name).send().await.is_ok()
 }
 
 async fn credentials(svc: &Services, arn: &str) -> (String, SecretString, Value) {
-    let text = pgjit::credentials::read(svc, arn).await.expect("credentials secret");
+    let text = pgjit::aws::credentials::read(svc, arn).await.expect("credentials secret");
     let v: Value = serde_json::from_str(text.expose()).unwrap();
     let password = SecretString::new(v["password"].as_str().unwrap());
     (v["username"].as_str().unwrap().to_owned(), password, v)
@@ -71,9 +71,9 @@ async fn full_lifecycle_through_the_handlers() {
     assert!(client.query("SELECT * FROM hr.salaries", &[]).await.is_err());
 
     // The schedule: one-shot at expiry, UTC, deleted after completion, input for revoke.
-    let name = pgjit::schedule::schedule_name("REQ-1001");
+    let name = pgjit::aws::schedule::schedule_name("REQ-1001");
     let schedule = svc.scheduler.get_schedule().name(&name).group_name(&svc.config.schedule_group).send().await.unwrap();
-    assert_eq!(schedule.schedule_expression(), Some(pgjit::schedule::at_expression(result.expires_at).as_str()));
+    assert_eq!(schedule.schedule_expression(), Some(pgjit::aws::schedule::at_expression(result.expires_at).as_str()));
     assert_eq!(schedule.schedule_expression_timezone(), Some("UTC"));
     assert_eq!(schedule.action_after_completion().map(|a| a.as_str()), Some("DELETE"));
     assert_eq!(schedule.flexible_time_window().map(|w| w.mode().as_str()), Some("OFF"));
@@ -85,9 +85,9 @@ async fn full_lifecycle_through_the_handlers() {
 
     // The schedule fires at expiry: revoke with its stored input (before expiry the same input
     // changes nothing: trust_boundary's a_scheduled_or_cleanup_revoke_before_expiry_changes_nothing).
-    let fired = pgjit::events::parse_revoke(input.clone()).unwrap();
-    assert_eq!(fired.trigger, pgjit::events::RevokeTrigger::Scheduled);
-    let revoked = pgjit::grants::revoke(&svc, &fired.request_id, fired.trigger, result.expires_at).await.expect("revoke");
+    let fired = pgjit::contract::events::parse_revoke(input.clone()).unwrap();
+    assert_eq!(fired.trigger, pgjit::contract::events::RevokeTrigger::Scheduled);
+    let revoked = pgjit::control::grants::revoke(&svc, &fired.request_id, fired.trigger, result.expires_at).await.expect("revoke");
     assert_eq!(revoked.status, GrantStatus::Revoked);
     assert_eq!(revoked.sessions_ended, 1);
     assert!(client.query_one("SELECT 1", &[]).await.is_err(), "session ended");
@@ -102,9 +102,9 @@ async fn full_lifecycle_through_the_handlers() {
     assert!(revoke_with(&svc, input).await.unwrap().repeated);
 
     // Cleanup before the retention ends keeps the role; after, drops it.
-    let report = pgjit::cleanup::run(&svc, Utc::now() + Duration::days(1)).await.unwrap();
+    let report = pgjit::control::cleanup::run(&svc, Utc::now() + Duration::days(1)).await.unwrap();
     assert!(report.deleted.is_empty(), "{report:?}");
-    let report = pgjit::cleanup::run(&svc, Utc::now() + Duration::days(3)).await.unwrap();
+    let report = pgjit::control::cleanup::run(&svc, Utc::now() + Duration::days(3)).await.unwrap();
     assert_eq!(report.deleted, ["REQ-1001"], "{report:?}");
     assert!(!role_exists(&su, &username).await, "role gone after retention");
     let record = svc.store.get_grant("REQ-1001").await.unwrap().unwrap();
@@ -191,7 +191,7 @@ async fn iam_mode_puts_and_removes_the_connect_policy() {
         assert!(result.secret_arn.is_none(), "no secret in IAM mode");
         let member: bool = su.query_one("SELECT pg_has_role($1, 'rds_iam', 'MEMBER')", &[&result.db_user]).await.unwrap().get(0);
         assert!(member);
-        let policy_name = pgjit::iam::policy_name(&request_id);
+        let policy_name = pgjit::aws::iam::policy_name(&request_id);
         let document = if kind == "user" {
             svc.iam.get_user_policy().user_name(&principal).policy_name(&policy_name).send().await.unwrap().policy_document
         } else {
@@ -311,7 +311,7 @@ async fn cleanup_works_through_many_items_over_a_few_reused_connections() {
         integration(&svc, name, json!({"user_cleanup_after_days": 1})).await;
         granted.extend(pgjit_tests::overdue_grants(&svc, name, &format!("MANY-{name}"), 6).await);
     }
-    let report = pgjit::cleanup::run_scope(&svc, Utc::now(), pgjit::cleanup::Scope::Overdue).await.unwrap();
+    let report = pgjit::control::cleanup::run_scope(&svc, Utc::now(), pgjit::control::cleanup::Scope::Overdue).await.unwrap();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(report.revoked_overdue.len(), granted.len(), "{report:?}");
     assert!((2..=4).contains(&report.connections), "two integrations, at most two connections each: {}", report.connections);
@@ -320,7 +320,7 @@ async fn cleanup_works_through_many_items_over_a_few_reused_connections() {
         let login: bool = su.query_one("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1", &[db_user]).await.unwrap().get(0);
         assert!(!login, "{request_id}: revoked");
     }
-    let report = pgjit::cleanup::run(&svc, Utc::now() + Duration::days(2)).await.unwrap();
+    let report = pgjit::control::cleanup::run(&svc, Utc::now() + Duration::days(2)).await.unwrap();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(report.deleted.len(), granted.len(), "{report:?}");
     assert!(report.connections <= 4, "{}", report.connections);
@@ -343,7 +343,7 @@ async fn cleanup_revokes_overdue_grants_and_removes_orphans() {
     let orphan = pgjit_tests::orphan_role(&prefix).await;
 
     // Before expiry: nothing due, the orphan goes.
-    let report = pgjit::cleanup::run(&svc, Utc::now()).await.unwrap();
+    let report = pgjit::control::cleanup::run(&svc, Utc::now()).await.unwrap();
     assert!(report.revoked_overdue.is_empty(), "{report:?}");
     assert_eq!(report.orphans, [format!("orders/{orphan}")], "{report:?}");
     assert!(!role_exists(&su, &orphan).await);
@@ -352,11 +352,11 @@ async fn cleanup_revokes_overdue_grants_and_removes_orphans() {
     // The schedule never fired (or its revoke failed for good): the hourly overdue sweep revokes
     // it, and does nothing else (a second orphan waits for the daily run).
     let second = pgjit_tests::orphan_role(&prefix).await;
-    let report = pgjit::cleanup::run_scope(&svc, result.expires_at + Duration::minutes(1), pgjit::cleanup::Scope::Overdue).await.unwrap();
+    let report = pgjit::control::cleanup::run_scope(&svc, result.expires_at + Duration::minutes(1), pgjit::control::cleanup::Scope::Overdue).await.unwrap();
     assert_eq!(report.revoked_overdue, ["REQ-OVERDUE"], "{report:?}");
     assert!(report.orphans.is_empty() && report.deleted.is_empty(), "{report:?}");
     assert!(role_exists(&su, &second).await);
-    pgjit::revocation::delete(&e.admin(), "postgres", &second, &prefix, &i.holding_role).await.unwrap();
+    pgjit::engine::roles::departure::delete(&e.admin(), "postgres", &second, &prefix, &i.holding_role).await.unwrap();
     assert!(report.items_read <= 2, "read only the due work: {report:?}");
     let record = svc.store.get_grant("REQ-OVERDUE").await.unwrap().unwrap();
     assert_eq!(record.status, GrantStatus::Revoked);
@@ -375,7 +375,7 @@ async fn rotation_gives_a_new_password_to_old_grants() {
     event["detail"]["duration_seconds"] = json!(5 * 86400);
     let result = grant(&svc, event).await.unwrap();
     let (user, old, _) = credentials(&svc, result.secret_arn.as_deref().unwrap()).await;
-    let report = pgjit::cleanup::run(&svc, Utc::now() + Duration::days(1) + Duration::minutes(1)).await.unwrap();
+    let report = pgjit::control::cleanup::run(&svc, Utc::now() + Duration::days(1) + Duration::minutes(1)).await.unwrap();
     assert_eq!(report.rotated, ["REQ-ROTATE"], "{report:?}");
     let (_, new, _) = credentials(&svc, result.secret_arn.as_deref().unwrap()).await;
     assert_ne!(old.expose(), new.expose());
@@ -457,7 +457,7 @@ async fn discovery_registers_tagged_instances_and_inventories_databases() {
     }
     integration(&svc, "operators-own", json!({"kind": "rds", "instance_id": covered, "region": "us-east-1", "enable_audit": true, "audit_required": false})).await;
 
-    let report = pgjit::discovery::run(&svc, Utc::now(), |_| {}).await.unwrap();
+    let report = pgjit::control::discovery::run(&svc, Utc::now(), |_| {}).await.unwrap();
     let skipped = |instance: &str| report.skipped.iter().find(|(n, _)| n == instance).map(|(_, why)| why.clone()).unwrap_or_default();
     assert!(skipped(&tagged).contains("missing-admin"), "{report:?}");
     assert!(skipped(&covered).contains("already covered by integration \"operators-own\""), "{report:?}");
@@ -484,11 +484,11 @@ async fn discovery_registers_tagged_instances_and_inventories_databases() {
 
     // A dropped table disappears from the inventory at the next run.
     su.batch_execute(&format!("DROP TABLE public.{table}")).await.unwrap();
-    pgjit::discovery::run(&svc, Utc::now(), |_| {}).await.unwrap();
+    pgjit::control::discovery::run(&svc, Utc::now(), |_| {}).await.unwrap();
     let items = svc.store.inventory("local").await.unwrap();
     assert!(!items.iter().any(|i| i.name == table));
     // Discovery never overwrites an integration an operator changed, nor reports it as skipped.
-    let again = pgjit::discovery::run(&svc, Utc::now(), |_| {}).await.unwrap();
+    let again = pgjit::control::discovery::run(&svc, Utc::now(), |_| {}).await.unwrap();
     assert!(again.registered.is_empty());
     assert!(!again.skipped.iter().any(|(n, _)| *n == fine), "{again:?}");
 }
@@ -540,13 +540,13 @@ async fn an_access_granted_event_tells_the_requester_without_the_password() {
 async fn a_secret_name_still_being_deleted_is_restored_for_its_own_request_only() {
     let svc = isolated_services().await;
     let i = integration(&svc, "deleting", json!({})).await;
-    let name = pgjit::credentials::secret_name(&svc, &i.name, "REQ-DELETING");
+    let name = pgjit::aws::credentials::secret_name(&svc, &i.name, "REQ-DELETING");
     let password = SecretString::random_password();
-    let value = pgjit::credentials::CredentialsValue {
+    let value = pgjit::aws::credentials::CredentialsValue {
         engine: "postgres", host: "db", port: 5432, dbname: "app", username: "u", password: &password, expires_at: Utc::now(),
     };
-    let nobody = pgjit::credentials::Readers { requester: None, functions: &[], others: &[] };
-    pgjit::credentials::store(&svc, &name, &value, "a@corp.com", "REQ-DELETING", &nobody).await.unwrap();
+    let nobody = pgjit::aws::credentials::Readers { requester: None, functions: &[], others: &[] };
+    pgjit::aws::credentials::store(&svc, &name, &value, "a@corp.com", "REQ-DELETING", &nobody).await.unwrap();
     svc.secrets.delete_secret().secret_id(&name).recovery_window_in_days(7).send().await.unwrap();
     // moto lets the name be created again; AWS refuses while the deletion runs, with this error.
     let scheduled = || pgjit_tests::AwsFault {
@@ -558,21 +558,21 @@ async fn a_secret_name_still_being_deleted_is_restored_for_its_own_request_only(
     };
     let svc = pgjit_tests::with_aws_fault(svc, scheduled());
     let again = SecretString::random_password();
-    let value = pgjit::credentials::CredentialsValue { password: &again, ..value };
-    pgjit::credentials::store(&svc, &name, &value, "a@corp.com", "REQ-DELETING", &nobody).await.expect("restored and reused");
-    let stored: Value = serde_json::from_str(pgjit::credentials::read(&svc, &name).await.unwrap().expose()).unwrap();
+    let value = pgjit::aws::credentials::CredentialsValue { password: &again, ..value };
+    pgjit::aws::credentials::store(&svc, &name, &value, "a@corp.com", "REQ-DELETING", &nobody).await.expect("restored and reused");
+    let stored: Value = serde_json::from_str(pgjit::aws::credentials::read(&svc, &name).await.unwrap().expose()).unwrap();
     assert_eq!(stored["password"], again.expose(), "the new value");
     let described = svc.secrets.describe_secret().secret_id(&name).send().await.unwrap();
     assert!(described.deleted_date().is_none(), "no longer scheduled for deletion");
 
     // Someone else's name being deleted is not ours to restore.
-    let other = pgjit::credentials::secret_name(&svc, &i.name, "REQ-OTHERS");
+    let other = pgjit::aws::credentials::secret_name(&svc, &i.name, "REQ-OTHERS");
     let tag = aws_sdk_secretsmanager::types::Tag::builder().key("pgjit:request_id").value("REQ-SOMEONE").build();
     svc.secrets.create_secret().name(&other).secret_string("theirs").tags(tag).send().await.unwrap();
     svc.secrets.delete_secret().secret_id(&other).recovery_window_in_days(7).send().await.unwrap();
     let svc = pgjit_tests::with_aws_fault(svc, scheduled());
-    let err = pgjit::credentials::store(&svc, &other, &value, "a@corp.com", "REQ-OTHERS", &nobody).await.expect_err("not ours");
-    assert!(pgjit::postgres::error_chain(&err).contains("does not belong"), "{}", pgjit::postgres::error_chain(&err));
+    let err = pgjit::aws::credentials::store(&svc, &other, &value, "a@corp.com", "REQ-OTHERS", &nobody).await.expect_err("not ours");
+    assert!(pgjit::engine::postgres::error_chain(&err).contains("does not belong"), "{}", pgjit::engine::postgres::error_chain(&err));
     assert!(svc.secrets.describe_secret().secret_id(&other).send().await.unwrap().deleted_date().is_some(), "left as it was");
 }
 
@@ -585,10 +585,10 @@ async fn an_integrations_rds_calls_go_to_its_own_region() {
     let far = aws_sdk_rds::Client::from_conf(aws_sdk_rds::config::Builder::from(&svc.sdk_config).region(aws_sdk_rds::config::Region::new("eu-west-1")).build());
     let resource_id = pgjit_tests::moto_rds_instance_with(&far, &instance).await;
     let far_away = integration(&svc, "far", json!({"kind": "rds", "instance_id": instance, "region": "eu-west-1"})).await;
-    let found = pgjit::rds::describe(&svc, &far_away).await.expect("found in eu-west-1").expect("an instance");
+    let found = pgjit::aws::rds::describe(&svc, &far_away).await.expect("found in eu-west-1").expect("an instance");
     assert_eq!(found.resource_id.as_deref(), Some(resource_id.as_str()));
     let here = integration(&svc, "here", json!({"kind": "rds", "instance_id": instance, "region": "us-east-1"})).await;
-    assert!(pgjit::rds::describe(&svc, &here).await.is_err(), "not in us-east-1");
+    assert!(pgjit::aws::rds::describe(&svc, &here).await.is_err(), "not in us-east-1");
 }
 
 /// Each distinct privilege set leaves a profile role with ACL entries on what it covers: one
@@ -618,7 +618,7 @@ async fn unused_profile_roles_are_dropped_after_their_retention() {
     grant(&svc, approval(&format!("REQ-PA-{id}"), &name, "a@corp.com", orders_access())).await.unwrap();
     let profile = {
         let client = e.admin().connect("postgres").await.unwrap();
-        let managed = pgjit::revocation::managed_roles(&client, &i.user_prefix).await.unwrap();
+        let managed = pgjit::engine::roles::departure::managed_roles(&client, &i.user_prefix).await.unwrap();
         managed.into_iter().find(|r| r.profile).expect("a profile role").name
     };
     assert!(acl_of_orders().await.iter().any(|a| a.starts_with(&format!("{profile}="))));
@@ -626,7 +626,7 @@ async fn unused_profile_roles_are_dropped_after_their_retention() {
 
     // No members: marked, kept.
     let now = Utc::now();
-    let report = pgjit::cleanup::run(&svc, now).await.unwrap();
+    let report = pgjit::control::cleanup::run(&svc, now).await.unwrap();
     assert_eq!((report.profile_roles, report.profiles_dropped.len()), (1, 0), "{report:?}");
     assert!(report.largest_acls.iter().any(|(table, n)| table.contains("sales.orders") && *n >= 2), "{:?}", report.largest_acls);
     assert!(comment_of(profile.clone()).await.unwrap().contains("unused since"), "marked");
@@ -634,17 +634,17 @@ async fn unused_profile_roles_are_dropped_after_their_retention() {
     // In use again within the retention: cleanup finds a member, takes the mark away, and the
     // role stays.
     grant(&svc, approval(&format!("REQ-PB-{id}"), &name, "b@corp.com", orders_access())).await.unwrap();
-    let report = pgjit::cleanup::run(&svc, now + Duration::minutes(30)).await.unwrap();
+    let report = pgjit::control::cleanup::run(&svc, now + Duration::minutes(30)).await.unwrap();
     assert!(report.profiles_dropped.is_empty(), "{report:?}");
     assert!(!comment_of(profile.clone()).await.unwrap().contains("unused since"), "in use: the mark is gone");
     revoke_with(&svc, pgjit_tests::early_revoke(&format!("REQ-PB-{id}"))).await.unwrap();
 
     // Empty again: marked then, dropped only once the retention has passed since.
-    let report = pgjit::cleanup::run(&svc, now + Duration::days(1)).await.unwrap();
+    let report = pgjit::control::cleanup::run(&svc, now + Duration::days(1)).await.unwrap();
     assert!(report.profiles_dropped.is_empty());
-    let report = pgjit::cleanup::run(&svc, now + Duration::days(2)).await.unwrap();
+    let report = pgjit::control::cleanup::run(&svc, now + Duration::days(2)).await.unwrap();
     assert!(report.profiles_dropped.is_empty(), "one day is within the two-day retention");
-    let report = pgjit::cleanup::run(&svc, now + Duration::days(3) + Duration::minutes(1)).await.unwrap();
+    let report = pgjit::control::cleanup::run(&svc, now + Duration::days(3) + Duration::minutes(1)).await.unwrap();
     assert_eq!(report.profiles_dropped, vec![format!("{name}/{profile}")], "{report:?}");
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert!(comment_of(profile.clone()).await.is_none(), "the profile role is gone");

@@ -279,7 +279,7 @@ fn failed_asynchronous_invocations_are_kept_alarmed_and_swept() {
     let hourly = &t["Resources"]["CleanupFunction"]["Properties"]["Events"]["HourlyOverdue"]["Properties"];
     assert_eq!(hourly["ScheduleExpression"].as_str(), Some("rate(1 hour)"));
     let input: serde_json::Value = serde_json::from_str(hourly["Input"].as_str().unwrap()).unwrap();
-    assert_eq!(pgjit::cleanup::Scope::of(&input), pgjit::cleanup::Scope::Overdue);
+    assert_eq!(pgjit::control::cleanup::Scope::of(&input), pgjit::control::cleanup::Scope::Overdue);
     // The LogLevel parameter reaches the functions.
     assert_eq!(text(&t["Globals"]["Function"]["LoggingConfig"]["ApplicationLogLevel"]), "!FindInMap LogLevels | !Ref LogLevel | Lambda");
     for level in t["Parameters"]["LogLevel"]["AllowedValues"].as_sequence().unwrap() {
@@ -348,7 +348,7 @@ fn cleanup_may_schedule_its_own_continuation_and_nothing_else() {
     assert_eq!(writes.len(), 1, "{writes:?}");
     assert!(allows(writes[0], "scheduler:GetSchedule"), "it reads the waiting one's count");
     let resources = strings(&writes[0]["Resource"]);
-    let names: Vec<String> = [pgjit::cleanup::Scope::Full, pgjit::cleanup::Scope::Overdue].into_iter().map(pgjit::cleanup::continuation_schedule_name).collect();
+    let names: Vec<String> = [pgjit::control::cleanup::Scope::Full, pgjit::control::cleanup::Scope::Overdue].into_iter().map(pgjit::control::cleanup::continuation_schedule_name).collect();
     assert_eq!(resources.len(), names.len(), "{resources:?}");
     for (resource, name) in resources.iter().zip(&names) {
         assert!(resource.ends_with(&format!("schedule/${{RevokeScheduleGroup}}/{name}")), "{name} / {resource}");
@@ -364,7 +364,7 @@ fn cleanup_may_schedule_its_own_continuation_and_nothing_else() {
             assert!(continuation || resource.ends_with("schedule/${RevokeScheduleGroup}/pgjit-*"), "{function}: {resource}");
         }
     }
-    assert!(pgjit::schedule::schedule_name("cleanup-continuation-full").starts_with("pgjit-"), "revoke schedules are apart");
+    assert!(pgjit::aws::schedule::schedule_name("cleanup-continuation-full").starts_with("pgjit-"), "revoke schedules are apart");
     let pass: Vec<String> = cleanup.iter().filter(|s| allows(s, "iam:PassRole")).map(|s| text(&s["Resource"])).collect();
     assert_eq!(pass, ["!GetAtt SchedulerRole.Arn"]);
     let env = &t["Resources"]["CleanupFunction"]["Properties"]["Environment"]["Variables"];

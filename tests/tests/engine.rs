@@ -4,14 +4,14 @@ use std::collections::BTreeSet;
 
 use chrono::{Duration, Utc};
 use pgjit::access::{login_role_name, AccessEntry, AccessSet};
-use pgjit::postgres::{Connector, Credentials, Endpoint, SslMode};
-use pgjit::revocation;
-use pgjit::roles::{self, GrantSpec, LoginMethod, RoleError};
+use pgjit::engine::postgres::{Connector, Credentials, Endpoint, SslMode};
+use pgjit::engine::roles::revocation;
+use pgjit::engine::roles::{self, departure, GrantSpec, LoginMethod, RoleError};
 use pgjit::SecretString;
 use pgjit_tests::{env, role_exists};
 
 const PREFIX: &str = "pgjit_";
-const HOLDING: &str = pgjit::integration::DEFAULT_HOLDING_ROLE;
+const HOLDING: &str = pgjit::contract::integration::DEFAULT_HOLDING_ROLE;
 
 fn access(json: &str) -> AccessSet {
     let entries: Vec<AccessEntry> = serde_json::from_str(json).expect("access json");
@@ -53,7 +53,7 @@ async fn every_ssl_mode_against_a_tls_only_server() {
                 assert!(err.db_error().is_some(), "refused by the server: {err:?}");
             }
             _ => {
-                let client = result.unwrap_or_else(|err| panic!("{mode:?}: {}", pgjit::postgres::error_chain(&err)));
+                let client = result.unwrap_or_else(|err| panic!("{mode:?}: {}", pgjit::engine::postgres::error_chain(&err)));
                 assert!(is_tls(&client).await, "{mode:?} must end up on TLS");
             }
         }
@@ -67,7 +67,7 @@ async fn every_ssl_mode_against_a_server_without_tls() {
         let result = connector(e.plain_endpoint(mode)).connect("postgres").await;
         match mode {
             SslMode::Disable | SslMode::Allow | SslMode::Prefer => {
-                let client = result.unwrap_or_else(|err| panic!("{mode:?}: {}", pgjit::postgres::error_chain(&err)));
+                let client = result.unwrap_or_else(|err| panic!("{mode:?}: {}", pgjit::engine::postgres::error_chain(&err)));
                 assert!(!is_tls(&client).await, "{mode:?}");
             }
             _ => assert!(result.is_err(), "{mode:?} must refuse a server without TLS"),
@@ -83,7 +83,7 @@ async fn verify_full_checks_the_host_name_and_the_ca() {
     wrong_name.host = "db.wrong-name.test".into();
     wrong_name.hostaddr = Some("127.0.0.1".parse().unwrap());
     let err = connector(wrong_name.clone()).connect("postgres").await.expect_err("wrong host name");
-    let chain = pgjit::postgres::error_chain(&err);
+    let chain = pgjit::engine::postgres::error_chain(&err);
     assert!(chain.contains("NotValidForName") || chain.contains("not valid for name"), "{chain}");
     wrong_name.ssl_mode = SslMode::VerifyCa;
     connector(wrong_name).connect("postgres").await.expect("verify-ca ignores the name");
@@ -98,10 +98,10 @@ async fn verify_full_checks_the_host_name_and_the_ca() {
         unknown.ca_bundle = None;
         unknown.ssl_mode = mode;
         let err = connector(unknown.clone()).connect("postgres").await.expect_err("no roots");
-        assert!(matches!(err, pgjit::postgres::ConnectError::CaBundle(pgjit::postgres::CaBundleError::NoRoots)), "{mode:?}: {err}");
-        unknown.ca_bundle = Some(pgjit::postgres::SYSTEM_ROOTS.into());
+        assert!(matches!(err, pgjit::engine::postgres::ConnectError::CaBundle(pgjit::engine::postgres::CaBundleError::NoRoots)), "{mode:?}: {err}");
+        unknown.ca_bundle = Some(pgjit::engine::postgres::SYSTEM_ROOTS.into());
         let err = connector(unknown).connect("postgres").await.expect_err("unknown CA");
-        let chain = pgjit::postgres::error_chain(&err);
+        let chain = pgjit::engine::postgres::error_chain(&err);
         assert!(chain.contains("UnknownIssuer") || chain.contains("unknown issuer"), "{mode:?}: {chain}");
     }
     // require with a CA bundle verifies the chain, as libpq does with a root certificate file.
@@ -124,7 +124,7 @@ async fn grant_login_allowed_and_denied_then_revoke_and_delete() {
     );
     let user = login_role_name(PREFIX, "john.doe@corp.com");
     let password = SecretString::random_password();
-    let granted = roles::grant(&admin, &spec(&user, &set, &password)).await.expect("grant");
+    let granted = roles::grant::grant(&admin, &spec(&user, &set, &password)).await.expect("grant");
     assert!(!granted.already_existed);
     let profile = &granted.profiles["app"];
 
@@ -140,9 +140,9 @@ async fn grant_login_allowed_and_denied_then_revoke_and_delete() {
         assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{denied}: {err}");
     }
     // The user cannot give itself more.
-    let err = client.batch_execute(&format!("GRANT SELECT ON sales.customers TO {}", pgjit::postgres::ident(&user))).await.expect_err("no grant option");
+    let err = client.batch_execute(&format!("GRANT SELECT ON sales.customers TO {}", pgjit::engine::postgres::ident(&user))).await.expect_err("no grant option");
     assert!(err.code().is_some());
-    let err = client.batch_execute(&format!("GRANT {} TO {}", pgjit::postgres::ident(&e.admin_user), pgjit::postgres::ident(&user))).await;
+    let err = client.batch_execute(&format!("GRANT {} TO {}", pgjit::engine::postgres::ident(&e.admin_user), pgjit::engine::postgres::ident(&user))).await;
     assert!(err.is_err(), "cannot join the admin role");
 
     // pgjit is the only grantor to its profile roles, and the user holds no direct privileges.
@@ -176,7 +176,7 @@ async fn grant_login_allowed_and_denied_then_revoke_and_delete() {
     assert_eq!(revoked.sessions_ended, 1);
     assert!(client.query_one("SELECT 1", &[]).await.is_err(), "the open session was ended");
     let err = e.login_as(&user, &password, "app").await.expect_err("login after revoke");
-    assert!(pgjit::postgres::error_chain(&err).contains("not permitted to log in"), "{}", pgjit::postgres::error_chain(&err));
+    assert!(pgjit::engine::postgres::error_chain(&err).contains("not permitted to log in"), "{}", pgjit::engine::postgres::error_chain(&err));
     let memberships: i64 = su
         .query_one("SELECT count(*) FROM pg_auth_members WHERE member = (SELECT oid FROM pg_roles WHERE rolname = $1)", &[&user])
         .await
@@ -188,10 +188,10 @@ async fn grant_login_allowed_and_denied_then_revoke_and_delete() {
     assert_eq!((again.existed, again.sessions_ended, again.memberships_removed), (true, 0, 0));
     assert!(again.disarmed.is_empty(), "{:?}", again.disarmed);
 
-    let deleted = revocation::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.expect("delete");
+    let deleted = departure::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.expect("delete");
     assert!(deleted.existed);
     assert!(!role_exists(&su, &user).await);
-    let again = revocation::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.expect("second delete");
+    let again = departure::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.expect("second delete");
     assert!(!again.existed);
     let gone = revocation::revoke(&admin, "postgres", &user, PREFIX).await.expect("revoke of a dropped role");
     assert!(!gone.existed);
@@ -210,7 +210,7 @@ async fn all_tables_of_a_schema_and_several_databases() {
     );
     let user = login_role_name(PREFIX, "multi@corp.com");
     let password = SecretString::random_password();
-    let granted = roles::grant(&admin, &spec(&user, &set, &password)).await.expect("grant");
+    let granted = roles::grant::grant(&admin, &spec(&user, &set, &password)).await.expect("grant");
     assert_eq!(granted.profiles.keys().cloned().collect::<Vec<_>>(), ["app", "crm"]);
     let app = e.login_as(&user, &password, "app").await.unwrap();
     for table in ["sales.orders", "sales.customers", "sales.big_orders"] {
@@ -220,7 +220,7 @@ async fn all_tables_of_a_schema_and_several_databases() {
     let crm = e.login_as(&user, &password, "crm").await.unwrap();
     crm.execute("INSERT INTO accounts.contacts (email) VALUES ('new@example.com')", &[]).await.expect("insert with sequence usage");
     assert!(crm.execute("DELETE FROM accounts.contacts", &[]).await.is_err());
-    revocation::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.expect("delete");
+    departure::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.expect("delete");
 }
 
 #[tokio::test]
@@ -244,17 +244,17 @@ async fn role_membership_and_dangerous_roles() {
     let set = access(r#"[{"database":"app","role":"reporting"}]"#);
     let user = login_role_name(PREFIX, "member@corp.com");
     // Deny by default: no role is handed out unless the integration lists it.
-    let err = roles::grant(&admin, &spec(&user, &set, &password)).await.expect_err("reporting is not listed");
+    let err = roles::grant::grant(&admin, &spec(&user, &set, &password)).await.expect_err("reporting is not listed");
     assert!(matches!(err, RoleError::Refused(_)) && err.to_string().contains("grantable_roles"), "{err}");
     assert!(!role_exists(&su, &user).await);
     let listed: Vec<String> = ["reporting", "pg_read_all_settings", "sneaky", "app_owner", "alice_login", "postgres", "pgjit_admin"].map(String::from).to_vec();
     let mut s = spec(&user, &set, &password);
     s.grantable_roles = &listed;
-    roles::grant(&admin, &s).await.expect("membership of a plain, listed role");
+    roles::grant::grant(&admin, &s).await.expect("membership of a plain, listed role");
     let client = e.login_as(&user, &password, "app").await.unwrap();
     client.query("SELECT * FROM sales.orders", &[]).await.expect("reporting may read orders");
     assert!(client.query("SELECT * FROM sales.customers", &[]).await.is_err());
-    revocation::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.unwrap();
+    departure::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.unwrap();
 
     // Listed, but powerful: refused unless privileged_grantable_roles opts in, the reason named.
     for (role, why) in [
@@ -271,7 +271,7 @@ async fn role_membership_and_dangerous_roles() {
         let profile_before = role_exists(&su, &profile).await;
         let mut s = spec(&user, &set, &password);
         s.grantable_roles = &listed;
-        let err = roles::grant(&admin, &s).await.expect_err(role);
+        let err = roles::grant::grant(&admin, &s).await.expect_err(role);
         assert!(matches!(err, RoleError::Refused(_)), "{role}: {err}");
         assert!(err.to_string().contains(why) && err.to_string().contains("privileged_grantable_roles"), "{role}: {err}");
         assert!(!role_exists(&su, &user).await);
@@ -283,7 +283,7 @@ async fn role_membership_and_dangerous_roles() {
     let mut s = spec(&user, &set, &password);
     s.grantable_roles = &listed;
     s.privileged_roles = &listed;
-    let err = roles::grant(&admin, &s).await.expect_err("the admin");
+    let err = roles::grant::grant(&admin, &s).await.expect_err("the admin");
     assert!(err.to_string().contains("never handed out") && err.to_string().contains("pgjit's admin role"), "{err}");
     assert!(!role_exists(&su, &user).await);
     // An explicit opt-in hands out exactly what the operator chose.
@@ -293,8 +293,8 @@ async fn role_membership_and_dangerous_roles() {
     let mut s = spec(&user, &set, &password);
     s.grantable_roles = &listed;
     s.privileged_roles = &opted;
-    roles::grant(&admin, &s).await.expect("opted in");
-    revocation::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.unwrap();
+    roles::grant::grant(&admin, &s).await.expect("opted in");
+    departure::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.unwrap();
 }
 
 #[tokio::test]
@@ -310,7 +310,7 @@ async fn identifiers_that_look_like_sql_are_names() {
     let user = login_role_name(PREFIX, "o'brien \"; DROP ROLE x; --@corp.com");
     assert!(user.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{user}");
     let password = SecretString::random_password();
-    roles::grant(&admin, &spec(&user, &set, &password)).await.expect("grant on odd names");
+    roles::grant::grant(&admin, &spec(&user, &set, &password)).await.expect("grant on odd names");
     let client = e.login_as(&user, &password, "app").await.unwrap();
     client.query(r#"SELECT * FROM "we.ird ""schema""".";DROP TABLE x;--""#, &[]).await.expect("select");
     client.execute(r#"INSERT INTO "we.ird ""schema"""."Ünïcødé tàble" VALUES (1)"#, &[]).await.expect("insert");
@@ -322,11 +322,11 @@ async fn identifiers_that_look_like_sql_are_names() {
         {"database": "app", "schema": "sales", "table": "orders\"; DROP TABLE sales.orders; --", "privileges": ["SELECT"]},
     ]).to_string());
     let user2 = login_role_name(PREFIX, "injector@corp.com");
-    let err = roles::grant(&admin, &spec(&user2, &bogus, &password)).await.expect_err("no such table");
+    let err = roles::grant::grant(&admin, &spec(&user2, &bogus, &password)).await.expect_err("no such table");
     assert!(matches!(err, RoleError::NotFound(_)), "{err}");
     let orders: i64 = su.query_one("SELECT count(*) FROM sales.orders", &[]).await.unwrap().get(0);
     assert!(orders >= 2);
-    revocation::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.unwrap();
+    departure::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.unwrap();
 }
 
 #[tokio::test]
@@ -355,7 +355,7 @@ async fn missing_objects_are_rejected_with_nothing_created() {
         let listed = ["nope".to_string()];
         let mut s = spec(&user, &set, &password);
         s.grantable_roles = &listed;
-        let err = roles::grant(&admin, &s).await.expect_err(json);
+        let err = roles::grant::grant(&admin, &s).await.expect_err(json);
         assert!(matches!(err, RoleError::NotFound(_)), "{json}: {err}");
         assert!(err.to_string().contains(expected), "{json}: {err}");
         assert!(!role_exists(&su, &user).await, "{json}: no login role");
@@ -365,9 +365,9 @@ async fn missing_objects_are_rejected_with_nothing_created() {
     }
     // A username without pgjit's prefix is never touched.
     let set = access(r#"[{"database":"app","privileges":["CONNECT"]}]"#);
-    let err = roles::grant(&admin, &spec("postgres", &set, &password)).await.expect_err("foreign name");
+    let err = roles::grant::grant(&admin, &spec("postgres", &set, &password)).await.expect_err("foreign name");
     assert!(matches!(err, RoleError::Invalid(_)), "{err}");
-    let err = revocation::delete(&admin, "postgres", "postgres", PREFIX, HOLDING).await.expect_err("foreign name");
+    let err = departure::delete(&admin, "postgres", "postgres", PREFIX, HOLDING).await.expect_err("foreign name");
     assert!(matches!(err, RoleError::Invalid(_)), "{err}");
 }
 
@@ -386,12 +386,12 @@ async fn fifty_concurrent_grants_of_the_same_privileges_all_succeed() {
             let password = SecretString::random_password();
             let mut s = spec(&user, &set, &password);
             s.prefix = prefix;
-            roles::grant(&admin, &s).await.map(|g| (user, password, g))
+            roles::grant::grant(&admin, &s).await.map(|g| (user, password, g))
         }));
     }
     let mut users = Vec::new();
     for t in tasks {
-        let (user, password, granted) = t.await.unwrap().unwrap_or_else(|err| panic!("{}", pgjit::postgres::error_chain(&err)));
+        let (user, password, granted) = t.await.unwrap().unwrap_or_else(|err| panic!("{}", pgjit::engine::postgres::error_chain(&err)));
         users.push((user, password, granted));
     }
     let profiles: BTreeSet<_> = users.iter().map(|(_, _, g)| g.profiles["app"].clone()).collect();
@@ -402,7 +402,7 @@ async fn fifty_concurrent_grants_of_the_same_privileges_all_succeed() {
     let mut deletes = Vec::new();
     for (user, _, _) in users {
         let admin = admin.clone();
-        deletes.push(tokio::spawn(async move { revocation::delete(&admin, "postgres", &user, prefix, HOLDING).await }));
+        deletes.push(tokio::spawn(async move { departure::delete(&admin, "postgres", &user, prefix, HOLDING).await }));
     }
     for d in deletes {
         d.await.unwrap().expect("delete");
@@ -418,15 +418,15 @@ async fn valid_until_in_the_past_blocks_login() {
     let password = SecretString::random_password();
     let mut s = spec(&user, &set, &password);
     s.valid_until = Utc::now() - Duration::minutes(1);
-    roles::grant(&admin, &s).await.expect("grant");
+    roles::grant::grant(&admin, &s).await.expect("grant");
     let err = e.login_as(&user, &password, "app").await.expect_err("expired");
-    assert!(pgjit::postgres::error_chain(&err).contains("password authentication failed"), "{}", pgjit::postgres::error_chain(&err));
+    assert!(pgjit::engine::postgres::error_chain(&err).contains("password authentication failed"), "{}", pgjit::engine::postgres::error_chain(&err));
     // Repeating the grant with a later expiry converges the same role.
     s.valid_until = Utc::now() + Duration::minutes(5);
-    let again = roles::grant(&admin, &s).await.expect("repeat");
+    let again = roles::grant::grant(&admin, &s).await.expect("repeat");
     assert!(again.already_existed);
     e.login_as(&user, &password, "app").await.expect("valid again");
-    revocation::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.unwrap();
+    departure::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.unwrap();
 }
 
 /// The attack: a temporary user with CREATE on a schema plants a SECURITY DEFINER function that
@@ -446,7 +446,7 @@ async fn what_a_temporary_user_leaves_behind_never_runs_with_anyone_elses_rights
     let user = login_role_name(PREFIX, "planter@corp.com");
     let tag = &user[user.len() - 8..];
     let password = SecretString::random_password();
-    let granted = roles::grant(&admin, &spec(&user, &set, &password)).await.expect("grant");
+    let granted = roles::grant::grant(&admin, &spec(&user, &set, &password)).await.expect("grant");
     let profile = granted.profiles["app"].clone();
     let version: i32 = su.query_one("SELECT current_setting('server_version_num')::int", &[]).await.unwrap().get(0);
 
@@ -473,11 +473,11 @@ async fn what_a_temporary_user_leaves_behind_never_runs_with_anyone_elses_rights
     su.batch_execute(&format!("SET ROLE reporting; GRANT SELECT ON sales.scratch_{tag} TO app_owner; RESET ROLE")).await.unwrap();
     // Acting as its profile role would leave objects owned by a role that outlives the user:
     // impossible from 16 (SET FALSE); before 16, cleanup hands them over (below).
-    let as_profile = client.batch_execute(&format!("SET ROLE {}; CREATE TABLE sales.by_profile_{tag} (x int); RESET ROLE", pgjit::postgres::ident(&profile))).await;
+    let as_profile = client.batch_execute(&format!("SET ROLE {}; CREATE TABLE sales.by_profile_{tag} (x int); RESET ROLE", pgjit::engine::postgres::ident(&profile))).await;
     assert_eq!(as_profile.is_err(), version >= 160000, "SET ROLE to the profile: {as_profile:?}");
     // Older servers let a role hand membership of itself to others from its own session (current
     // minors refuse it); whichever this server does, revoke leaves no such member.
-    let _ = client.batch_execute(&format!("GRANT {} TO reporting", pgjit::postgres::ident(&user))).await;
+    let _ = client.batch_execute(&format!("GRANT {} TO reporting", pgjit::engine::postgres::ident(&user))).await;
     drop(client);
 
     // Revoke already takes the trigger away: it would run the user's code as whoever inserts.
@@ -494,14 +494,14 @@ async fn what_a_temporary_user_leaves_behind_never_runs_with_anyone_elses_rights
         .unwrap()
         .get(0);
     assert_eq!(shared_with, 0, "whoever the user let in is out again");
-    let deleted = revocation::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.expect("delete despite owned objects");
+    let deleted = departure::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.expect("delete despite owned objects");
     assert_eq!(deleted.reassigned_in, ["app"]);
     assert!(!role_exists(&su, &user).await);
     for handed in [format!("table sales.scratch_{tag} handed to {HOLDING}"), format!("routine sales.escalate_{tag}() handed to {HOLDING}")] {
         assert!(deleted.handed_over.iter().any(|h| h.contains(&handed)), "{handed} in {:?}", deleted.handed_over);
     }
     if version < 160000 {
-        let handed = revocation::hand_over(&admin, "postgres", &profile, HOLDING).await.expect("profile hand-over");
+        let handed = departure::hand_over(&admin, "postgres", &profile, HOLDING).await.expect("profile hand-over");
         assert!(handed.iter().any(|h| h.contains(&format!("sales.by_profile_{tag}"))), "{handed:?}");
     }
     // The profile role keeps its privileges for whoever else holds it (no DROP OWNED for it).
@@ -538,7 +538,7 @@ async fn what_a_temporary_user_leaves_behind_never_runs_with_anyone_elses_rights
     let bystander = format!("bystander_{tag}");
     let bystander_password = SecretString::random_password();
     su.batch_execute("SET log_statement = 'none'").await.unwrap();
-    su.batch_execute(&format!("CREATE ROLE {bystander} LOGIN PASSWORD {}; GRANT USAGE ON SCHEMA sales TO {bystander}", pgjit::postgres::literal(bystander_password.expose())))
+    su.batch_execute(&format!("CREATE ROLE {bystander} LOGIN PASSWORD {}; GRANT USAGE ON SCHEMA sales TO {bystander}", pgjit::engine::postgres::literal(bystander_password.expose())))
         .await
         .unwrap();
     su.batch_execute("RESET log_statement").await.unwrap();
@@ -577,7 +577,7 @@ async fn functions_planted_on_the_search_path_never_run_as_the_admin() {
     let user = login_role_name(PREFIX, "shadow@corp.com");
     let tag = &user[user.len() - 8..];
     let password = SecretString::random_password();
-    roles::grant(&admin, &spec(&user, &set, &password)).await.expect("grant");
+    roles::grant::grant(&admin, &spec(&user, &set, &password)).await.expect("grant");
     let client = e.login_as(&user, &password, "postgres").await.unwrap();
     for (function, result) in [("starts_with(name, text)", "boolean"), ("quote_ident(name)", "text"), ("pg_get_userbyid(oid)", "name")] {
         let name = function.split('(').next().unwrap();
@@ -590,9 +590,9 @@ async fn functions_planted_on_the_search_path_never_run_as_the_admin() {
     }
     drop(client);
     let listing = admin.connect("postgres").await.unwrap();
-    let listed = revocation::managed_roles(&listing, PREFIX).await;
+    let listed = departure::managed_roles(&listing, PREFIX).await;
     let revoked = revocation::revoke(&admin, "postgres", &user, PREFIX).await;
-    let deleted = revocation::delete(&admin, "postgres", &user, PREFIX, HOLDING).await;
+    let deleted = departure::delete(&admin, "postgres", &user, PREFIX, HOLDING).await;
     // Gone before anything is asserted: the other tests share this server and its public schema.
     su.batch_execute("DROP FUNCTION public.starts_with(name, text); DROP FUNCTION public.quote_ident(name); DROP FUNCTION public.pg_get_userbyid(oid)").await.unwrap();
     listed.expect("reconciliation's listing");
@@ -612,7 +612,7 @@ async fn iam_mode_makes_an_rds_iam_member_without_password() {
     let unused = SecretString::default();
     let mut s = spec(&user, &set, &unused);
     s.login = LoginMethod::Iam;
-    roles::grant(&admin, &s).await.expect("grant");
+    roles::grant::grant(&admin, &s).await.expect("grant");
     let row = su
         .query_one("SELECT pg_has_role($1, 'rds_iam', 'MEMBER'), rolpassword IS NULL FROM pg_authid WHERE rolname = $1", &[&user])
         .await
@@ -622,7 +622,7 @@ async fn iam_mode_makes_an_rds_iam_member_without_password() {
     revocation::revoke(&admin, "postgres", &user, PREFIX).await.unwrap();
     let member: bool = su.query_one("SELECT pg_has_role($1, 'rds_iam', 'MEMBER')", &[&user]).await.unwrap().get(0);
     assert!(!member, "rds_iam membership removed at revoke");
-    revocation::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.unwrap();
+    departure::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.unwrap();
 }
 
 #[tokio::test]
@@ -632,9 +632,9 @@ async fn the_password_never_reaches_the_server_log() {
     let set = access(r#"[{"database":"app","schema":"hr","table":"salaries","privileges":["SELECT"]}]"#);
     let user = login_role_name(PREFIX, "logcheck@corp.com");
     let password = SecretString::random_password();
-    roles::grant(&admin, &spec(&user, &set, &password)).await.expect("grant");
+    roles::grant::grant(&admin, &spec(&user, &set, &password)).await.expect("grant");
     e.login_as(&user, &password, "app").await.unwrap().query("SELECT * FROM hr.salaries", &[]).await.unwrap();
-    revocation::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.unwrap();
+    departure::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.unwrap();
     let log = e.server_log();
     assert!(log.contains(&format!("CREATE ROLE \"{user}\" LOGIN")), "the statement log is on and saw the grant");
     assert!(log.contains("SCRAM-SHA-256$4096:"), "only the verifier is sent");
@@ -647,10 +647,10 @@ async fn catalog_reads_a_database_with_a_fixed_number_of_queries() {
     let e = env();
     let admin = e.admin();
     let client = admin.connect("app").await.unwrap();
-    let dbs = pgjit::catalog::databases(&client).await.unwrap();
+    let dbs = pgjit::engine::catalog::databases(&client).await.unwrap();
     assert!(dbs.contains(&"app".to_string()) && dbs.contains(&"crm".to_string()), "{dbs:?}");
     assert!(!dbs.iter().any(|d| d.starts_with("template")), "{dbs:?}");
-    let cat = pgjit::catalog::read_database(&client).await.unwrap();
+    let cat = pgjit::engine::catalog::read_database(&client).await.unwrap();
     assert_eq!(cat.database, "app");
     let schemas: Vec<&str> = cat.schemas.iter().map(|s| s.name.as_str()).collect();
     assert!(schemas.contains(&"sales") && schemas.contains(&"hr") && schemas.contains(&r#"we.ird "schema""#), "{schemas:?}");
@@ -660,7 +660,7 @@ async fn catalog_reads_a_database_with_a_fixed_number_of_queries() {
     assert!(cat.sequences.iter().any(|s| s.name == "orders_id_seq"));
     assert!(cat.functions.iter().any(|f| f.name == "order_count" && f.arguments.is_empty()));
     assert!(!cat.relations.iter().any(|r| r.schema == "pg_catalog"));
-    let roles = pgjit::catalog::roles(&client).await.unwrap();
+    let roles = pgjit::engine::catalog::roles(&client).await.unwrap();
     assert!(roles.iter().any(|r| r.name == "reporting" && !r.can_login));
     assert!(!roles.iter().any(|r| r.name.starts_with("pg_")));
 
@@ -669,7 +669,7 @@ async fn catalog_reads_a_database_with_a_fixed_number_of_queries() {
     let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
     let marker = format!("catalog-count-{}", rand::random::<u32>());
     client.batch_execute(&format!("SELECT '{marker}'")).await.unwrap();
-    pgjit::catalog::read_database(&client).await.unwrap();
+    pgjit::engine::catalog::read_database(&client).await.unwrap();
     client.batch_execute(&format!("SELECT '{marker}-end'")).await.unwrap();
     let log = e.server_log();
     let start = log.find(&format!("SELECT '{marker}'")).unwrap();
@@ -686,15 +686,15 @@ async fn managed_roles_lists_login_and_profile_roles() {
     let set = access(r#"[{"database":"app","schema":"sales","table":"orders","privileges":["SELECT","DELETE"]}]"#);
     let user = login_role_name(PREFIX, "listed@corp.com");
     let password = SecretString::random_password();
-    let granted = roles::grant(&admin, &spec(&user, &set, &password)).await.unwrap();
+    let granted = roles::grant::grant(&admin, &spec(&user, &set, &password)).await.unwrap();
     let client = admin.connect("postgres").await.unwrap();
-    let listed = revocation::managed_roles(&client, PREFIX).await.unwrap();
+    let listed = departure::managed_roles(&client, PREFIX).await.unwrap();
     let mine = listed.iter().find(|r| r.name == user).unwrap();
     assert!(mine.can_login && !mine.profile && mine.valid_until.is_some());
     let profile = listed.iter().find(|r| r.name == granted.profiles["app"]).unwrap();
     assert!(profile.profile && !profile.can_login);
     assert!(!listed.iter().any(|r| r.name == e.admin_user));
-    revocation::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.unwrap();
+    departure::delete(&admin, "postgres", &user, PREFIX, HOLDING).await.unwrap();
 }
 
 #[tokio::test]
@@ -708,9 +708,9 @@ async fn doctor_names_what_the_admin_can_and_cannot_do() {
         for (k, v) in extra.as_object().unwrap() {
             doc[k] = v.clone();
         }
-        pgjit::integration::Integration::from_json(&doc.to_string()).unwrap()
+        pgjit::contract::integration::Integration::from_json(&doc.to_string()).unwrap()
     };
-    let findings = pgjit::setup::doctor(&e.admin(), &integration("postgres", serde_json::json!({})), &databases).await.unwrap();
+    let findings = pgjit::engine::setup::doctor(&e.admin(), &integration("postgres", serde_json::json!({})).doctor_scope(), &databases).await.unwrap();
     // 13 and 14 give PUBLIC CREATE on schema public: the doctor warns in each database (and only then).
     let version: i32 = e.superuser("postgres").await.query_one("SELECT current_setting('server_version_num')::int", &[]).await.unwrap().get(0);
     let public_warnings = findings.iter().filter(|f| f.warning && f.capability.starts_with("no CREATE for PUBLIC")).count();
@@ -726,11 +726,11 @@ async fn doctor_names_what_the_admin_can_and_cannot_do() {
     // An rds integration trusts Amazon's RDS CAs by default: a server whose certificate chains
     // elsewhere (here, the local CA) is named as such, with the fix.
     let mut rds_endpoint = e.endpoint();
-    rds_endpoint.ca_bundle = pgjit::endpoint::default_ca_bundle(pgjit::setup::Flavor::Rds).map(str::to_owned);
-    let err = pgjit::setup::doctor(&Connector::new(rds_endpoint, Credentials::Password(e.admin_login())), &integration("rds", serde_json::json!({"ca_bundle": null})), &databases)
+    rds_endpoint.ca_bundle = pgjit::engine::setup::Flavor::Rds.default_ca_bundle().map(str::to_owned);
+    let err = pgjit::engine::setup::doctor(&Connector::new(rds_endpoint, Credentials::Password(e.admin_login())), &integration("rds", serde_json::json!({"ca_bundle": null})).doctor_scope(), &databases)
         .await
         .expect_err("not an RDS certificate");
-    assert!(matches!(err, pgjit::setup::DoctorError::Certificate { .. }), "{err}");
+    assert!(matches!(err, pgjit::engine::setup::DoctorError::Certificate { .. }), "{err}");
     assert!(err.to_string().contains("Amazon's RDS certificate authorities") && err.to_string().contains("ca_bundle"), "{err}");
 
     // A role that was never prepared: each missing capability is named.
@@ -741,9 +741,9 @@ async fn doctor_names_what_the_admin_can_and_cannot_do() {
         .unwrap();
     // Kept out of the statement log, which another test searches for passwords.
     su.batch_execute("SET log_statement = 'none'").await.unwrap();
-    su.batch_execute(&format!("ALTER ROLE weak_admin PASSWORD {}", pgjit::postgres::literal(password.expose()))).await.unwrap();
-    let weak = Connector::new(e.endpoint(), Credentials::Password(pgjit::postgres::Login { user: "weak_admin".into(), password }));
-    let findings = pgjit::setup::doctor(&weak, &integration("rds", serde_json::json!({"grantable_roles": ["reporting", "no_such_role"]})), &["app".into()]).await.unwrap();
+    su.batch_execute(&format!("ALTER ROLE weak_admin PASSWORD {}", pgjit::engine::postgres::literal(password.expose()))).await.unwrap();
+    let weak = Connector::new(e.endpoint(), Credentials::Password(pgjit::engine::postgres::Login { user: "weak_admin".into(), password }));
+    let findings = pgjit::engine::setup::doctor(&weak, &integration("rds", serde_json::json!({"grantable_roles": ["reporting", "no_such_role"]})).doctor_scope(), &["app".into()]).await.unwrap();
     let failed: BTreeSet<&str> = findings.iter().filter(|f| !f.ok).map(|f| f.capability.as_str()).collect();
     for expected in ["CREATEROLE", "end sessions", "grant rds_iam", "grant option on database \"app\"", "grant option on schema \"app\".\"sales\"", "grant role \"reporting\"", "grant role \"no_such_role\""] {
         assert!(failed.contains(expected), "{expected} missing from {failed:?}");
@@ -769,7 +769,7 @@ async fn a_grant_that_does_not_take_effect_is_refused_and_rolled_back() {
          ALTER TABLE {schema}.half_given OWNER TO stranger;
          GRANT USAGE ON SCHEMA {schema} TO {a} WITH GRANT OPTION;
          GRANT SELECT ON {schema}.half_given TO {a}",
-        a = pgjit::postgres::ident(&e.admin_user)
+        a = pgjit::engine::postgres::ident(&e.admin_user)
     ))
     .await
     .unwrap();
@@ -779,7 +779,7 @@ async fn a_grant_that_does_not_take_effect_is_refused_and_rolled_back() {
         let set = access(&format!(r#"[{{"database":"{db}","schema":"{schema}","table":"{table}","privileges":["SELECT"]}}]"#));
         let user = login_role_name(PREFIX, "notgranted@corp.com");
         let password = SecretString::random_password();
-        let err = roles::grant(&admin, &spec(&user, &set, &password)).await.expect_err("the admin cannot delegate it");
+        let err = roles::grant::grant(&admin, &spec(&user, &set, &password)).await.expect_err("the admin cannot delegate it");
         assert!(matches!(err, RoleError::NotGranted { .. }), "{table}: {err}");
         assert!(err.to_string().contains(&expected), "{table}: {err}");
         assert!(!role_exists(&su, &user).await, "{table}: no login role");
@@ -800,26 +800,26 @@ async fn roles_stranded_by_an_upgrade_to_16_are_found_and_repaired() {
     // Made by the superuser, as pg_upgrade carries a 15 role over: no grant to the admin at all.
     let stranded = login_role_name(&prefix, "upgraded@corp.com");
     su.batch_execute(&format!("CREATE ROLE {stranded} NOLOGIN")).await.unwrap();
-    let integration = pgjit::integration::Integration::from_json(
+    let integration = pgjit::contract::integration::Integration::from_json(
         &serde_json::json!({"name": "upgraded", "kind": "postgres", "host": "localhost", "admin": {"auth": "password", "secret_id": "unused"},
             "max_duration_seconds": 60, "user_prefix": prefix, "ca_bundle": "system"}).to_string(),
     )
     .unwrap();
-    let finding = |findings: &[pgjit::setup::Finding]| findings.iter().find(|f| f.capability == "manage pgjit's roles").cloned();
-    let findings = pgjit::setup::doctor(&e.admin(), &integration, &["postgres".into()]).await.unwrap();
+    let finding = |findings: &[pgjit::engine::setup::Finding]| findings.iter().find(|f| f.capability == "manage pgjit's roles").cloned();
+    let findings = pgjit::engine::setup::doctor(&e.admin(), &integration.doctor_scope(), &["postgres".into()]).await.unwrap();
     if version < 160000 {
         assert!(finding(&findings).is_none(), "before 16 CREATEROLE is enough: {findings:?}");
     } else {
         let f = finding(&findings).expect("checked from 16");
         assert!(!f.ok && f.detail.contains(&stranded) && f.detail.contains("--user-prefix"), "{f:?}");
-        let options = pgjit::setup::SetupOptions { grantable_roles: vec!["reporting".into()], user_prefix: prefix.clone() };
-        let sql = pgjit::setup::setup_sql(pgjit::setup::Flavor::Postgres, &e.admin_user, HOLDING, &options).unwrap();
+        let options = pgjit::engine::setup::SetupOptions { grantable_roles: vec!["reporting".into()], user_prefix: prefix.clone() };
+        let sql = pgjit::engine::setup::setup_sql(pgjit::engine::setup::Flavor::Postgres, &e.admin_user, HOLDING, &options).unwrap();
         su.batch_execute(&sql).await.expect("setup-sql runs as the superuser");
-        let findings = pgjit::setup::doctor(&e.admin(), &integration, &["postgres".into()]).await.unwrap();
+        let findings = pgjit::engine::setup::doctor(&e.admin(), &integration.doctor_scope(), &["postgres".into()]).await.unwrap();
         assert!(finding(&findings).is_some_and(|f| f.ok), "{findings:?}");
         // And the admin can now manage it: revoke and delete work.
         let admin = e.admin();
-        revocation::delete(&admin, "postgres", &stranded, &prefix, HOLDING).await.expect("managed again");
+        departure::delete(&admin, "postgres", &stranded, &prefix, HOLDING).await.expect("managed again");
     }
     su.batch_execute(&format!("DROP ROLE IF EXISTS {stranded}")).await.unwrap();
 }

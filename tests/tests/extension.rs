@@ -4,12 +4,12 @@
 use chrono::{DateTime, Duration, Utc};
 use lambda_runtime::{Context, LambdaEvent};
 use pgjit::aws::Services;
-use pgjit::grants::GrantResult;
+use pgjit::control::grants::GrantResult;
 use pgjit_tests::{approval, env, extension, orders_access, register_integration};
 use serde_json::{json, Value};
 
 async fn grant(svc: &Services, event: Value) -> Result<GrantResult, String> {
-    pgjit::handlers::grant(svc, LambdaEvent::new(pgjit_tests::signed(svc, event).await, Context::default())).await.map_err(|e| e.to_string())
+    pgjit::control::handlers::grant(svc, LambdaEvent::new(pgjit_tests::signed(svc, event).await, Context::default())).await.map_err(|e| e.to_string())
 }
 
 /// Where a grant's expiry is held, as each place says it.
@@ -32,7 +32,7 @@ async fn expiries(svc: &Services, request_id: &str) -> Expiries {
     let schedule = svc
         .scheduler
         .get_schedule()
-        .name(pgjit::schedule::schedule_name(request_id))
+        .name(pgjit::aws::schedule::schedule_name(request_id))
         .group_name(&svc.config.schedule_group)
         .send()
         .await
@@ -40,7 +40,7 @@ async fn expiries(svc: &Services, request_id: &str) -> Expiries {
         .and_then(|s| s.schedule_expression().map(str::to_owned));
     let secret = match &record.secret_arn {
         Some(arn) => {
-            let value: Value = serde_json::from_str(pgjit::credentials::read(svc, arn).await.unwrap().expose()).unwrap();
+            let value: Value = serde_json::from_str(pgjit::aws::credentials::read(svc, arn).await.unwrap().expose()).unwrap();
             value["expires_at"].as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc).format("%Y-%m-%dT%H:%M:%S").to_string())
         }
         None => None,
@@ -92,7 +92,7 @@ async fn an_extension_moves_the_expiry_everywhere_once() {
     // The user still logs in, with the same password, after the old expiry would have passed in
     // the database (VALID UNTIL moved).
     let (_, password) = {
-        let v: Value = serde_json::from_str(pgjit::credentials::read(&svc, granted.secret_arn.as_deref().unwrap()).await.unwrap().expose()).unwrap();
+        let v: Value = serde_json::from_str(pgjit::aws::credentials::read(&svc, granted.secret_arn.as_deref().unwrap()).await.unwrap().expose()).unwrap();
         ((), pgjit::SecretString::new(v["password"].as_str().unwrap()))
     };
     env().login_as(&granted.db_user, &password, "app").await.expect("the same password still works");
@@ -110,12 +110,12 @@ async fn an_extension_moves_the_expiry_everywhere_once() {
     let latest = svc.store.get_grant(&request_id).await.unwrap().unwrap();
     // Two and a half hours later, two more hours would end past the first grant + 4 h.
     let later = Utc::now() + Duration::minutes(150);
-    let mut third = pgjit::events::parse_extension(extension(&format!("ev-ext3-{id}"), &request_id, "jane@corp.com", 7200)).unwrap();
+    let mut third = pgjit::contract::events::parse_extension(extension(&format!("ev-ext3-{id}"), &request_id, "jane@corp.com", 7200)).unwrap();
     third.sent_at = Some(later);
-    let too_far = pgjit::extension::extend(&svc, &third, later).await.unwrap_err();
+    let too_far = pgjit::control::extension::extend(&svc, &third, later).await.unwrap_err();
     assert!(too_far.to_string().contains("max_total_duration_seconds"), "{too_far}");
     assert!(all_at(&expiries(&svc, &request_id).await, latest.expires_at), "nothing moved");
-    pgjit::grants::revoke(&svc, &request_id, pgjit::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+    pgjit::control::grants::revoke(&svc, &request_id, pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
 }
 
 #[tokio::test]
@@ -143,7 +143,7 @@ async fn extensions_of_grants_not_active_or_not_trusted_change_nothing() {
         assert_eq!(expiries(&svc, &request_id).await, before, "{says}: nothing moved");
     }
     // Revoked (and, with no retention, dropped): refused with the reason.
-    pgjit::grants::revoke(&svc, &request_id, pgjit::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+    pgjit::control::grants::revoke(&svc, &request_id, pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
     let e = grant(&svc, extension(&format!("f-{id}"), &request_id, "jane@corp.com", 600)).await.unwrap_err();
     assert!(e.contains("is deleted") && e.contains("only an active grant"), "{e}");
     assert!(svc.store.audit_of(&request_id).await.unwrap().iter().all(|e| e.event != "extended"));
@@ -169,5 +169,5 @@ async fn a_failure_part_way_through_an_extension_leaves_the_old_expiry_everywher
     // The same extension, once the fault is gone, moves everything.
     let extended = grant(&svc, extension(&format!("fail-0-{id}"), &request_id, "jane@corp.com", 7000)).await.expect("extended after the fault");
     assert!(all_at(&expiries(&svc, &request_id).await, extended.expires_at));
-    pgjit::grants::revoke(&svc, &request_id, pgjit::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+    pgjit::control::grants::revoke(&svc, &request_id, pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
 }

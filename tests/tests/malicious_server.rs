@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use pgjit::postgres::{ConnectError, Connector, Credentials, Endpoint, SslMode};
+use pgjit::engine::postgres::{ConnectError, Connector, Credentials, Endpoint, SslMode};
 use pgjit_tests::env;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -110,7 +110,7 @@ async fn a_server_asking_for_a_clear_text_or_md5_password_gets_nothing() {
         let (port, server) = fake_server(request, tls.then(evil_tls)).await;
         let connector = Connector::new(endpoint(port, mode), Credentials::Password(login.clone()));
         let err = connector.connect("postgres").await.expect_err(case);
-        let chain = pgjit::postgres::error_chain(&err);
+        let chain = pgjit::engine::postgres::error_chain(&err);
         assert!(chain.contains("proves a password with SCRAM-SHA-256 only and sent nothing"), "{case}: {chain}");
         let sent = server.await.unwrap().expect("the fake server was reached");
         assert!(!sent.contains(&b'p'), "{case}: no password message: {sent:?}");
@@ -122,7 +122,7 @@ async fn a_server_asking_for_a_clear_text_or_md5_password_gets_nothing() {
 #[tokio::test]
 async fn an_rds_iam_token_goes_only_over_verify_full() {
     let sdk = pgjit_tests::moto_sdk_config().await;
-    let tokens = std::sync::Arc::new(pgjit::admin::RdsIamTokens::new("pgjit_admin", sdk));
+    let tokens = std::sync::Arc::new(pgjit::aws::admin::RdsIamTokens::new("pgjit_admin", sdk));
     for mode in [SslMode::Disable, SslMode::Allow, SslMode::Prefer, SslMode::Require, SslMode::VerifyCa] {
         let (port, server) = fake_server(CLEARTEXT, Some(evil_tls())).await;
         let connector = Connector::new(endpoint(port, mode), Credentials::RdsIam(tokens.clone()));
@@ -133,9 +133,9 @@ async fn an_rds_iam_token_goes_only_over_verify_full() {
     // Under verify-full the fake server's certificate (another name, an unknown CA) fails first.
     let (port, server) = fake_server(CLEARTEXT, Some(evil_tls())).await;
     let mut verified = endpoint(port, SslMode::VerifyFull);
-    verified.ca_bundle = Some(pgjit::postgres::SYSTEM_ROOTS.into());
+    verified.ca_bundle = Some(pgjit::engine::postgres::SYSTEM_ROOTS.into());
     let err = Connector::new(verified, Credentials::RdsIam(tokens)).connect("postgres").await.expect_err("an unknown certificate");
-    let chain = pgjit::postgres::error_chain(&err);
+    let chain = pgjit::engine::postgres::error_chain(&err);
     assert!(chain.contains("invalid peer certificate"), "{chain}");
     assert!(server.await.unwrap().is_none_or(|sent| !sent.contains(&b'p')), "no token sent");
 }

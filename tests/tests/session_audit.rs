@@ -9,8 +9,8 @@ use std::process::Command;
 use base64::Engine;
 use lambda_runtime::{Context, LambdaEvent};
 use pgjit::aws::Services;
-use pgjit::sessions::SessionEntry;
-use pgjit::store::SessionAudit;
+use pgjit::aws::store::SessionEntry;
+use pgjit::engine::roles::grant::SessionAudit;
 use pgjit::SecretString;
 use pgjit_tests::{approval, env, isolated_services, register_integration};
 use serde_json::{json, Value};
@@ -19,16 +19,16 @@ fn require_pgaudit() {
     assert!(env().pgaudit, "the local TLS server does not load pgaudit: scripts/localenv.sh installs postgresql-15-pgaudit and loads it on PostgreSQL 15");
 }
 
-async fn grant(svc: &Services, event: Value) -> Result<pgjit::grants::GrantResult, String> {
-    pgjit::handlers::grant(svc, LambdaEvent::new(pgjit_tests::signed(svc, event).await, Context::default())).await.map_err(|e| e.to_string())
+async fn grant(svc: &Services, event: Value) -> Result<pgjit::control::grants::GrantResult, String> {
+    pgjit::control::handlers::grant(svc, LambdaEvent::new(pgjit_tests::signed(svc, event).await, Context::default())).await.map_err(|e| e.to_string())
 }
 
-async fn audit(svc: &Services, payload: Value) -> Result<pgjit::sessions::Ingested, String> {
-    pgjit::handlers::audit(svc, LambdaEvent::new(payload, Context::default())).await.map_err(|e| e.to_string())
+async fn audit(svc: &Services, payload: Value) -> Result<pgjit::control::sessions::Ingested, String> {
+    pgjit::control::handlers::audit(svc, LambdaEvent::new(payload, Context::default())).await.map_err(|e| e.to_string())
 }
 
 async fn password_of(svc: &Services, arn: &str) -> SecretString {
-    let text = pgjit::credentials::read(svc, arn).await.expect("credentials secret");
+    let text = pgjit::aws::credentials::read(svc, arn).await.expect("credentials secret");
     let v: Value = serde_json::from_str(text.expose()).unwrap();
     SecretString::new(v["password"].as_str().unwrap())
 }
@@ -230,7 +230,7 @@ async fn every_statement_of_a_temporary_user_is_kept_once_attributed_and_redacte
     assert_eq!(first.integration.as_deref(), Some(integration.name.as_str()));
     assert_eq!(first.unattributed, 1, "the prefixed user without a grant: {first:?}");
     let entries = svc.store.session_entries(&request_id).await.unwrap();
-    let statements: Vec<&SessionEntry> = entries.iter().filter(|e| e.kind == pgjit::sessions::EntryKind::Statement).collect();
+    let statements: Vec<&SessionEntry> = entries.iter().filter(|e| e.kind == pgjit::aws::store::EntryKind::Statement).collect();
     assert_eq!(first.statements, statements.len());
     let shown = |e: &SessionEntry| format!("{} {} {}", e.class.as_deref().unwrap_or(""), e.command.as_deref().unwrap_or(""), e.statement.as_deref().unwrap_or(""));
     let texts: Vec<String> = statements.iter().map(|e| shown(e)).collect();
@@ -260,7 +260,7 @@ async fn every_statement_of_a_temporary_user_is_kept_once_attributed_and_redacte
     assert!(insert.client.as_deref().is_some_and(|c| c.starts_with("127.0.0.1(")), "{:?}", insert.client);
     assert!(insert.expires_at > chrono::Utc::now().timestamp() + 364 * 86_400, "kept for the retention");
     // Its session: connected, then the statements, then disconnected.
-    let sessions = pgjit::sessions::sessions_of(&entries);
+    let sessions = pgjit::control::sessions::sessions_of(&entries);
     assert_eq!(sessions.len(), 1, "{sessions:#?}");
     assert!(sessions[0].connected_at.is_some() && sessions[0].disconnected_at.is_some());
     assert_eq!(sessions[0].statements.len(), statements.len());
@@ -330,18 +330,18 @@ async fn every_statement_of_a_temporary_user_is_kept_once_attributed_and_redacte
     let out = cli(&svc, &["sessions", "ingest", "--integration", &integration.name, file.to_str().unwrap(), "--json"]);
     assert!(out.status.success());
     let after = svc.store.session_entries(&request_id).await.unwrap();
-    assert_eq!(after.iter().filter(|e| e.kind == pgjit::sessions::EntryKind::Statement).count(), 2 * statements.len(), "the file's entries once, beside the subscription's");
+    assert_eq!(after.iter().filter(|e| e.kind == pgjit::aws::store::EntryKind::Statement).count(), 2 * statements.len(), "the file's entries once, beside the subscription's");
     let _ = std::fs::remove_file(&file);
 
     // After revoke, a login attempt shows in its session as refused.
-    pgjit::grants::revoke(&svc, &request_id, pgjit::events::RevokeTrigger::Early, chrono::Utc::now()).await.expect("revoked");
+    pgjit::control::grants::revoke(&svc, &request_id, pgjit::contract::events::RevokeTrigger::Early, chrono::Utc::now()).await.expect("revoked");
     let from = log_len();
     // (with the password the user gave itself during the grant)
     assert!(env().login_as(&granted.db_user, &SecretString::new(new_password.clone()), "app").await.is_err(), "no login after revoke");
     let log = log_since(from, "is not permitted to log in").await;
     audit(&svc, subscription(&format!("/aws/rds/instance/{instance}/postgresql"), &log)).await.unwrap();
     let after = svc.store.session_entries(&request_id).await.unwrap();
-    let sessions = pgjit::sessions::sessions_of(&after);
+    let sessions = pgjit::control::sessions::sessions_of(&after);
     let refused = sessions.iter().find(|s| s.details.iter().any(|d| d.contains("is not permitted to log in"))).expect("the refused login is recorded");
     assert!(refused.disconnected_at.is_some() && refused.statements.is_empty(), "{refused:?}");
 
@@ -372,7 +372,7 @@ async fn a_server_that_cannot_audit_refuses_the_grant_unless_audit_is_optional()
     let refused = grant(&svc, approval(&request_id, &required.name, "john@corp.com", pgjit_tests::orders_access())).await.unwrap_err();
     assert!(refused.contains("session audit is required") && refused.contains("pgaudit is not loaded") && refused.contains("shared_preload_libraries"), "{refused}");
     let record = svc.store.get_grant(&request_id).await.unwrap().unwrap();
-    assert_eq!(record.status, pgjit::store::GrantStatus::Failed);
+    assert_eq!(record.status, pgjit::aws::store::GrantStatus::Failed);
     let su = e.superuser_plain("postgres").await;
     assert!(!pgjit_tests::role_exists(&su, &record.db_user).await, "nothing was created");
 
@@ -386,17 +386,17 @@ async fn a_server_that_cannot_audit_refuses_the_grant_unless_audit_is_optional()
         Some(SessionAudit::Off { reason }) => assert!(reason.contains("pgaudit is not loaded"), "{reason}"),
         other => panic!("the record says audit is off: {other:?}"),
     }
-    let _ = pgjit::grants::revoke(&svc, &request_id, pgjit::events::RevokeTrigger::Early, chrono::Utc::now()).await;
+    let _ = pgjit::control::grants::revoke(&svc, &request_id, pgjit::contract::events::RevokeTrigger::Early, chrono::Utc::now()).await;
 
     // doctor names what is missing, and what is in place on the server that audits.
-    let target = pgjit::endpoint::resolve(&svc, &required).await.unwrap();
-    let findings = pgjit::setup::doctor(&target.connector, &required, &["postgres".into()]).await.unwrap();
+    let target = pgjit::control::endpoint::resolve(&svc, &required).await.unwrap();
+    let findings = pgjit::engine::setup::doctor(&target.connector, &required.doctor_scope(), &["postgres".into()]).await.unwrap();
     let audit: Vec<_> = findings.iter().filter(|f| f.capability == "session audit").collect();
     assert!(audit.iter().any(|f| !f.ok && !f.warning && f.detail.contains("pgaudit is not loaded")), "{audit:?}");
     if e.pgaudit {
         let audited = register_integration(&svc, &format!("doctor-audit-{id}"), json!({"enable_audit": true})).await;
-        let target = pgjit::endpoint::resolve(&svc, &audited).await.unwrap();
-        let findings = pgjit::setup::doctor(&target.connector, &audited, &["postgres".into()]).await.unwrap();
+        let target = pgjit::control::endpoint::resolve(&svc, &audited).await.unwrap();
+        let findings = pgjit::engine::setup::doctor(&target.connector, &audited.doctor_scope(), &["postgres".into()]).await.unwrap();
         let audit: Vec<_> = findings.iter().filter(|f| f.capability == "session audit").collect();
         assert!(audit.iter().any(|f| f.ok), "{audit:?}");
         assert!(audit.iter().any(|f| f.warning && f.detail.contains("CREATE EXTENSION pgaudit")), "{audit:?}");
@@ -410,7 +410,7 @@ async fn doctor_says_whether_an_rds_instance_exports_its_postgresql_log() {
     let instance = format!("exports-{id}");
     pgjit_tests::moto_rds_instance(&svc, &instance).await;
     let integration = register_integration(&svc, &format!("exports-{id}"), json!({"kind": "rds", "instance_id": instance, "region": "us-east-1", "enable_audit": true})).await;
-    let finding = pgjit::sessions::log_export_finding(&svc, &integration).await.expect("a finding for rds");
+    let finding = pgjit::control::sessions::log_export_finding(&svc, &integration).await.expect("a finding for rds");
     assert!(!finding.ok && finding.detail.contains("EnableLogTypes postgresql") && finding.detail.contains(&format!("/aws/rds/instance/{instance}/postgresql")), "{finding:?}");
     svc.rds
         .modify_db_instance()
@@ -419,7 +419,7 @@ async fn doctor_says_whether_an_rds_instance_exports_its_postgresql_log() {
         .send()
         .await
         .unwrap();
-    let finding = pgjit::sessions::log_export_finding(&svc, &integration).await.unwrap();
+    let finding = pgjit::control::sessions::log_export_finding(&svc, &integration).await.unwrap();
     assert!(finding.ok, "{finding:?}");
 }
 
@@ -467,14 +467,14 @@ async fn forged_and_cut_records_are_kept_flagged_never_trusted_or_dropped() {
     let statement = |text: &str| entries.iter().find(|e| e.statement.as_deref().is_some_and(|s| s.starts_with(text))).unwrap_or_else(|| panic!("{text:?} in {entries:#?}"));
     assert_eq!(statement("SELECT * FROM sales.orders").suspect, None, "connected in the delivery before: its own statement");
     let forgery = statement("DELETE FROM pay");
-    assert_eq!(forgery.suspect.as_deref(), Some(pgjit::sessions::NO_CONNECTION), "{forgery:?}");
+    assert_eq!(forgery.suspect.as_deref(), Some(pgjit::control::sessions::NO_CONNECTION), "{forgery:?}");
     let cut = statement("UPDATE sales.orders SET total = 0");
-    assert_eq!(cut.suspect.as_deref(), Some(pgjit::sessions::CUT));
+    assert_eq!(cut.suspect.as_deref(), Some(pgjit::control::sessions::CUT));
     assert_eq!((cut.class.as_deref(), cut.command.as_deref(), cut.object.as_deref()), (Some("WRITE"), Some("UPDATE"), Some("sales.orders")));
     assert!(cut.statement.as_deref().unwrap().contains("WHERE customer IN ('a',"), "the part the delivery had: {cut:?}");
     // `pgjit sessions` shows the flags with the entries.
     let out = cli(&svc, &["sessions", &request_id]);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("possibly forged") && text.contains("cut:"), "{text}");
-    pgjit::grants::revoke(&svc, &request_id, pgjit::events::RevokeTrigger::Early, chrono::Utc::now()).await.unwrap();
+    pgjit::control::grants::revoke(&svc, &request_id, pgjit::contract::events::RevokeTrigger::Early, chrono::Utc::now()).await.unwrap();
 }

@@ -6,12 +6,12 @@
 use chrono::{Duration, Utc};
 use lambda_runtime::{Context, LambdaEvent};
 use pgjit::aws::Services;
-use pgjit::grants::GrantResult;
+use pgjit::control::grants::GrantResult;
 use pgjit_tests::{approval, env, isolated_services, isolated_services_with, orders_access, register_integration, role_exists, secret_names};
 use serde_json::{json, Value};
 
 async fn grant(svc: &Services, event: Value) -> Result<GrantResult, String> {
-    pgjit::handlers::grant(svc, LambdaEvent::new(pgjit_tests::signed(svc, event).await, Context::default())).await.map_err(|e| e.to_string())
+    pgjit::control::handlers::grant(svc, LambdaEvent::new(pgjit_tests::signed(svc, event).await, Context::default())).await.map_err(|e| e.to_string())
 }
 
 /// What pgjit has made for an integration: its roles on the server, credential secrets and
@@ -57,7 +57,7 @@ async fn self_approved_stale_and_future_approvals_grant_nothing() {
     let mut event = approval("SELF-2", "selfserve", "mallory@corp.com", orders_access());
     event["detail"]["approver"] = json!("mallory@corp.com");
     let granted = grant(&svc, event).await.expect("allowed explicitly");
-    pgjit::grants::revoke(&svc, &granted.request_id, pgjit::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+    pgjit::control::grants::revoke(&svc, &granted.request_id, pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
 }
 
 #[tokio::test]
@@ -116,18 +116,18 @@ async fn colliding_request_ids_never_share_a_secret_a_policy_or_a_schedule() {
     let (sa, sb) = (a.secret_arn.clone().unwrap(), b.secret_arn.clone().unwrap());
     assert_ne!(sa, sb);
     for id in ["CHG:2041/a", "CHG_2041_a"] {
-        let name = pgjit::credentials::secret_name(&svc, &integration.name, id);
+        let name = pgjit::aws::credentials::secret_name(&svc, &integration.name, id);
         assert!(name.len() <= 512 && name.bytes().all(|c| c.is_ascii_alphanumeric() || b"/_+=.@-".contains(&c)), "{name} is a valid AWS secret name");
     }
-    assert_ne!(pgjit::iam::policy_name("CHG:2041/a"), pgjit::iam::policy_name("CHG_2041_a"));
-    assert_ne!(pgjit::schedule::schedule_name("CHG:2041/a"), pgjit::schedule::schedule_name("CHG_2041_a"));
+    assert_ne!(pgjit::aws::iam::policy_name("CHG:2041/a"), pgjit::aws::iam::policy_name("CHG_2041_a"));
+    assert_ne!(pgjit::aws::schedule::schedule_name("CHG:2041/a"), pgjit::aws::schedule::schedule_name("CHG_2041_a"));
     // Revoking one leaves the other whole.
-    pgjit::grants::revoke(&svc, "CHG:2041/a", pgjit::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
-    let value = pgjit::credentials::read(&svc, &sb).await.expect("the other secret is still there");
+    pgjit::control::grants::revoke(&svc, "CHG:2041/a", pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+    let value = pgjit::aws::credentials::read(&svc, &sb).await.expect("the other secret is still there");
     let value: Value = serde_json::from_str(value.expose()).unwrap();
     let password = pgjit::SecretString::new(value["password"].as_str().unwrap());
     env().login_as(&b.db_user, &password, "app").await.expect("the other grant still works");
-    pgjit::grants::revoke(&svc, "CHG_2041_a", pgjit::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+    pgjit::control::grants::revoke(&svc, "CHG_2041_a", pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
 }
 
 #[tokio::test]
@@ -135,19 +135,19 @@ async fn a_secret_of_another_request_is_never_overwritten_or_deleted() {
     let svc = isolated_services().await;
     let integration = register_integration(&svc, "owned", json!({})).await;
     // A secret already at the name REQ-TAKEN would use, belonging to another request.
-    let name = pgjit::credentials::secret_name(&svc, &integration.name, "REQ-TAKEN");
+    let name = pgjit::aws::credentials::secret_name(&svc, &integration.name, "REQ-TAKEN");
     let tag = aws_sdk_secretsmanager::types::Tag::builder().key("pgjit:request_id").value("REQ-OTHER").build();
     svc.secrets.create_secret().name(&name).secret_string("someone else's").tags(tag).send().await.unwrap();
     let err = grant(&svc, approval("REQ-TAKEN", "owned", "x@corp.com", orders_access())).await.expect_err("not ours");
     assert!(err.contains("does not belong to this request"), "{err}");
-    let kept = pgjit::credentials::read(&svc, &name).await.expect("still there");
+    let kept = pgjit::aws::credentials::read(&svc, &name).await.expect("still there");
     assert_eq!(kept.expose(), "someone else's", "not overwritten");
     let record = svc.store.get_grant("REQ-TAKEN").await.unwrap().unwrap();
-    assert_eq!(record.status, pgjit::store::GrantStatus::Failed);
+    assert_eq!(record.status, pgjit::aws::store::GrantStatus::Failed);
     assert!(!role_exists(&env().superuser("postgres").await, &record.db_user).await, "the grant was undone");
-    let err = pgjit::credentials::delete(&svc, &name, "REQ-TAKEN", pgjit::credentials::Foreign::Refuse).await.expect_err("not ours to delete");
-    assert!(pgjit::postgres::error_chain(&err).contains("does not belong"), "{err}");
-    assert!(pgjit::credentials::read(&svc, &name).await.is_ok(), "not deleted");
+    let err = pgjit::aws::credentials::delete(&svc, &name, "REQ-TAKEN", pgjit::aws::credentials::Foreign::Refuse).await.expect_err("not ours to delete");
+    assert!(pgjit::engine::postgres::error_chain(&err).contains("does not belong"), "{err}");
+    assert!(pgjit::aws::credentials::read(&svc, &name).await.is_ok(), "not deleted");
 }
 
 #[tokio::test]
@@ -175,7 +175,7 @@ async fn a_credentials_secret_is_readable_by_the_requester_and_the_readers_only(
     assert_eq!(allow["Condition"]["ArnLike"]["aws:PrincipalArn"], json!(["arn:aws:iam::123456789012:user/dev/john"]));
     let described = svc.secrets.describe_secret().secret_id(&arn).send().await.unwrap();
     assert_eq!(described.kms_key_id(), Some("alias/pgjit-credentials"), "encrypted with the configured key");
-    pgjit::grants::revoke(&svc, "REQ-PRIVATE", pgjit::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+    pgjit::control::grants::revoke(&svc, "REQ-PRIVATE", pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
 }
 
 #[tokio::test]
@@ -191,11 +191,11 @@ async fn cleanup_never_drops_a_role_pgjit_did_not_create() {
     // pgjit's own orphan, made just now: within the grace period (the store's index may lag).
     let orphan = pgjit_tests::orphan_role(&prefix).await;
 
-    let report = pgjit::cleanup::run(&svc, Utc::now()).await.unwrap();
+    let report = pgjit::control::cleanup::run(&svc, Utc::now()).await.unwrap();
     assert!(report.orphans.is_empty() && report.errors.is_empty(), "{report:?}");
     assert!(role_exists(&su, &orphan).await, "too young to be an orphan");
     // Past the grace period pgjit's orphan goes; the DBA's roles stay, whatever their names.
-    let report = pgjit::cleanup::run(&svc, Utc::now() + Duration::hours(2)).await.unwrap();
+    let report = pgjit::control::cleanup::run(&svc, Utc::now() + Duration::hours(2)).await.unwrap();
     assert_eq!(report.orphans, [format!("dba-land/{orphan}")], "{report:?}");
     assert!(!role_exists(&su, &orphan).await);
     for dba in [&readonly, &lookalike] {
@@ -241,9 +241,9 @@ async fn a_credentials_secret_is_read_by_the_requesters_session_and_pgjits_own_r
         assert_eq!(evaluate(&policy, caller, read), *expected, "{who}: {policy}");
     }
     // The extension that reads the secret with the grant function's role goes through.
-    let extended = pgjit::handlers::grant(&svc, LambdaEvent::new(pgjit_tests::signed(&svc, pgjit_tests::extension("EXT-SESSION", "REQ-SESSION", "lead@corp.com", 7000)).await, Context::default())).await;
+    let extended = pgjit::control::handlers::grant(&svc, LambdaEvent::new(pgjit_tests::signed(&svc, pgjit_tests::extension("EXT-SESSION", "REQ-SESSION", "lead@corp.com", 7000)).await, Context::default())).await;
     assert!(extended.is_ok(), "{extended:?}");
-    pgjit::grants::revoke(&svc, "REQ-SESSION", pgjit::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+    pgjit::control::grants::revoke(&svc, "REQ-SESSION", pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
 }
 
 /// What two request ids whose schedule names collide would do: request B's name already holds
@@ -253,20 +253,20 @@ async fn a_credentials_secret_is_read_by_the_requesters_session_and_pgjits_own_r
 async fn a_schedule_that_revokes_another_request_is_never_taken_or_deleted() {
     let svc = isolated_services().await;
     let integration = register_integration(&svc, "sharing", json!({})).await;
-    let name = pgjit::schedule::schedule_name("SHARE-B");
+    let name = pgjit::aws::schedule::schedule_name("SHARE-B");
     assert_eq!(name.len() - name.rfind('-').unwrap() - 1, 32, "128 bits of the request id's hash: {name}");
     let at = Utc::now() + Duration::hours(1);
     let target = aws_sdk_scheduler::types::Target::builder()
         .arn(&svc.config.revoke_function_arn)
         .role_arn(&svc.config.scheduler_role_arn)
-        .input(pgjit::schedule::revoke_input("SHARE-A"))
+        .input(pgjit::aws::schedule::revoke_input("SHARE-A"))
         .build()
         .unwrap();
     svc.scheduler
         .create_schedule()
         .name(&name)
         .group_name(&svc.config.schedule_group)
-        .schedule_expression(pgjit::schedule::at_expression(at))
+        .schedule_expression(pgjit::aws::schedule::at_expression(at))
         .flexible_time_window(aws_sdk_scheduler::types::FlexibleTimeWindow::builder().mode(aws_sdk_scheduler::types::FlexibleTimeWindowMode::Off).build().unwrap())
         .target(target)
         .send()
@@ -280,8 +280,8 @@ async fn a_schedule_that_revokes_another_request_is_never_taken_or_deleted() {
     let record = svc.store.get_grant("SHARE-B").await.unwrap().unwrap();
     assert!(!role_exists(&env().superuser("postgres").await, &record.db_user).await, "no login role left");
     let kept = svc.scheduler.get_schedule().name(&name).group_name(&svc.config.schedule_group).send().await.expect("A's schedule is still there");
-    assert_eq!(kept.target().and_then(|t| t.input()), Some(pgjit::schedule::revoke_input("SHARE-A").as_str()));
-    assert_eq!(svc.store.get_grant("SHARE-B").await.unwrap().unwrap().status, pgjit::store::GrantStatus::Failed);
+    assert_eq!(kept.target().and_then(|t| t.input()), Some(pgjit::aws::schedule::revoke_input("SHARE-A").as_str()));
+    assert_eq!(svc.store.get_grant("SHARE-B").await.unwrap().unwrap().status, pgjit::aws::store::GrantStatus::Failed);
 }
 
 /// The scheduler's `{"request_id"}` input can be sent by whoever may invoke the revoke function,
@@ -292,25 +292,25 @@ async fn a_scheduled_or_cleanup_revoke_before_expiry_changes_nothing() {
     register_integration(&svc, "early-bird", json!({})).await;
     let granted = grant(&svc, approval("NOT-YET-1", "early-bird", "john@corp.com", orders_access())).await.unwrap();
     // A forged scheduler input, straight to the function.
-    let result = pgjit::handlers::revoke(&svc, LambdaEvent::new(json!({"request_id": "NOT-YET-1"}), Context::default())).await.unwrap();
-    assert_eq!((result.status, result.repeated), (pgjit::store::GrantStatus::Active, true));
+    let result = pgjit::control::handlers::revoke(&svc, LambdaEvent::new(json!({"request_id": "NOT-YET-1"}), Context::default())).await.unwrap();
+    assert_eq!((result.status, result.repeated), (pgjit::aws::store::GrantStatus::Active, true));
     // Cleanup read the record when it was due; then an extension moved it (and its version).
     let mut stale = svc.store.get_grant("NOT-YET-1").await.unwrap().unwrap();
     stale.expires_at = Utc::now() - Duration::minutes(1);
     let extension = pgjit_tests::extension("EXT-NOT-YET", "NOT-YET-1", "lead@corp.com", 7000);
-    pgjit::handlers::grant(&svc, LambdaEvent::new(pgjit_tests::signed(&svc, extension).await, Context::default())).await.expect("extended");
-    let result = pgjit::grants::revoke_with(&svc, "NOT-YET-1", Some(stale), None, pgjit::events::RevokeTrigger::Cleanup, Utc::now()).await.unwrap();
-    assert_eq!(result.status, pgjit::store::GrantStatus::Active);
+    pgjit::control::handlers::grant(&svc, LambdaEvent::new(pgjit_tests::signed(&svc, extension).await, Context::default())).await.expect("extended");
+    let result = pgjit::control::grants::revoke_with(&svc, "NOT-YET-1", Some(stale), None, pgjit::contract::events::RevokeTrigger::Cleanup, Utc::now()).await.unwrap();
+    assert_eq!(result.status, pgjit::aws::store::GrantStatus::Active);
     let record = svc.store.get_grant("NOT-YET-1").await.unwrap().unwrap();
-    assert_eq!(record.status, pgjit::store::GrantStatus::Active, "still active");
-    let value = pgjit::credentials::read(&svc, granted.secret_arn.as_deref().unwrap()).await.expect("the secret is still there");
+    assert_eq!(record.status, pgjit::aws::store::GrantStatus::Active, "still active");
+    let value = pgjit::aws::credentials::read(&svc, granted.secret_arn.as_deref().unwrap()).await.expect("the secret is still there");
     let value: Value = serde_json::from_str(value.expose()).unwrap();
     env().login_as(&granted.db_user, &pgjit::SecretString::new(value["password"].as_str().unwrap()), "app").await.expect("the login still works");
     // The schedule fires at the expiry's whole second, here a little before this clock's
     // expiry: the same input revokes (had it been refused, the one-shot schedule would be gone).
     let fired_at = record.expires_at - Duration::milliseconds(999);
-    let result = pgjit::grants::revoke(&svc, "NOT-YET-1", pgjit::events::RevokeTrigger::Scheduled, fired_at).await.unwrap();
-    assert!(!result.repeated && result.status != pgjit::store::GrantStatus::Active, "{result:?}");
+    let result = pgjit::control::grants::revoke(&svc, "NOT-YET-1", pgjit::contract::events::RevokeTrigger::Scheduled, fired_at).await.unwrap();
+    assert!(!result.repeated && result.status != pgjit::aws::store::GrantStatus::Active, "{result:?}");
 }
 
 /// Before PostgreSQL 16 a temporary user can act as its profile role: a SECURITY DEFINER
@@ -332,7 +332,7 @@ async fn a_function_made_as_the_profile_role_does_not_outlive_the_grant() {
         .await
         .unwrap()
         .get(0);
-    let value = pgjit::credentials::read(&svc, granted.secret_arn.as_deref().unwrap()).await.unwrap();
+    let value = pgjit::aws::credentials::read(&svc, granted.secret_arn.as_deref().unwrap()).await.unwrap();
     let value: Value = serde_json::from_str(value.expose()).unwrap();
     let user = env().login_as(&granted.db_user, &pgjit::SecretString::new(value["password"].as_str().unwrap()), "app").await.unwrap();
     let tag = &granted.db_user[granted.db_user.len() - 8..];
@@ -340,23 +340,23 @@ async fn a_function_made_as_the_profile_role_does_not_outlive_the_grant() {
         .batch_execute(&format!(
             "SET ROLE {}; CREATE FUNCTION sales.count_{tag}() RETURNS bigint LANGUAGE sql SECURITY DEFINER AS 'SELECT count(*) FROM sales.orders'; \
              GRANT EXECUTE ON FUNCTION sales.count_{tag}() TO PUBLIC; RESET ROLE",
-            pgjit::postgres::ident(&profile)
+            pgjit::engine::postgres::ident(&profile)
         ))
         .await;
     drop(user);
     if version >= 160000 {
         assert!(planted.is_err(), "from 16 the user cannot act as its profile role");
-        pgjit::grants::revoke(&svc, "PROFILE-OWN-1", pgjit::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+        pgjit::control::grants::revoke(&svc, "PROFILE-OWN-1", pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
         return;
     }
     planted.expect("before 16 the user can act as its profile role");
-    let revoked = pgjit::grants::revoke(&svc, "PROFILE-OWN-1", pgjit::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
-    assert_eq!(revoked.status, pgjit::store::GrantStatus::Deleted);
+    let revoked = pgjit::control::grants::revoke(&svc, "PROFILE-OWN-1", pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+    assert_eq!(revoked.status, pgjit::aws::store::GrantStatus::Deleted);
     // Cleanup hands what the profile role owns to the holding role; a hand-over that loses a
     // race with another test's on the same schema is reported and done by the next run.
     let owner_of = || async { su.query_one(&format!("SELECT pg_get_userbyid(proowner)::text FROM pg_proc WHERE oid = 'sales.count_{tag}()'::regprocedure"), &[]).await.unwrap().get::<_, String>(0) };
     for attempt in 1..=3 {
-        let report = pgjit::cleanup::run(&svc, Utc::now() + Duration::days(1)).await.unwrap();
+        let report = pgjit::control::cleanup::run(&svc, Utc::now() + Duration::days(1)).await.unwrap();
         if owner_of().await != profile {
             break;
         }
@@ -366,7 +366,7 @@ async fn a_function_made_as_the_profile_role_does_not_outlive_the_grant() {
     let bystander = format!("bystander_{tag}");
     let password = pgjit::SecretString::random_password();
     su.batch_execute("SET log_statement = 'none'").await.unwrap();
-    su.batch_execute(&format!("CREATE ROLE {bystander} LOGIN PASSWORD {}; GRANT USAGE ON SCHEMA sales TO {bystander}", pgjit::postgres::literal(password.expose())))
+    su.batch_execute(&format!("CREATE ROLE {bystander} LOGIN PASSWORD {}; GRANT USAGE ON SCHEMA sales TO {bystander}", pgjit::engine::postgres::literal(password.expose())))
         .await
         .unwrap();
     su.batch_execute("RESET log_statement").await.unwrap();
@@ -388,7 +388,7 @@ async fn a_forged_approval_extension_or_early_revoke_changes_nothing() {
     let integration = register_integration(&svc, "forged", json!({})).await;
     let direct = |event: Value| {
         let svc = &svc;
-        async move { pgjit::handlers::grant(svc, LambdaEvent::new(event, Context::default())).await.map_err(|e| e.to_string()) }
+        async move { pgjit::control::handlers::grant(svc, LambdaEvent::new(event, Context::default())).await.map_err(|e| e.to_string()) }
     };
     let before = footprint(&svc, &integration.user_prefix).await;
     let mut cases = vec![(approval("FORGED-1", "forged", "mallory@corp.com", orders_access()), "carries no MAC of the approvals key")];
@@ -423,15 +423,15 @@ async fn a_forged_approval_extension_or_early_revoke_changes_nothing() {
     let granted = grant(&svc, approval("REAL-1", "forged", "john@corp.com", orders_access())).await.unwrap();
     let err = direct(pgjit_tests::extension("EXT-FORGED", "REAL-1", "mallory@corp.com", 7000)).await.expect_err("forged extension");
     assert!(err.contains("the extension carries no MAC"), "{err}");
-    let err = pgjit::handlers::revoke(&svc, LambdaEvent::new(pgjit_tests::early_revoke("REAL-1"), Context::default())).await.expect_err("forged early revoke").to_string();
+    let err = pgjit::control::handlers::revoke(&svc, LambdaEvent::new(pgjit_tests::early_revoke("REAL-1"), Context::default())).await.expect_err("forged early revoke").to_string();
     assert!(err.contains("the early revoke carries no MAC"), "{err}");
     // A signed early revoke of another request, pointed at this one.
     let mut pointed = pgjit_tests::signed(&svc, pgjit_tests::early_revoke("SOME-OTHER")).await;
     pointed["detail"]["request_id"] = json!("REAL-1");
-    let err = pgjit::handlers::revoke(&svc, LambdaEvent::new(pointed, Context::default())).await.expect_err("moved revoke").to_string();
+    let err = pgjit::control::handlers::revoke(&svc, LambdaEvent::new(pointed, Context::default())).await.expect_err("moved revoke").to_string();
     assert!(err.contains("does not match it"), "{err}");
     let record = svc.store.get_grant("REAL-1").await.unwrap().unwrap();
-    assert_eq!((record.status, record.expires_at), (pgjit::store::GrantStatus::Active, granted.expires_at), "untouched");
+    assert_eq!((record.status, record.expires_at), (pgjit::aws::store::GrantStatus::Active, granted.expires_at), "untouched");
     // A real signed extension, applied; then captured and sent again under a new event id (to
     // extend once more): the same signed content is the same extension.
     let signed_extension = pgjit_tests::signed(&svc, pgjit_tests::extension("EXT-REAL", "REAL-1", "lead@corp.com", 7000)).await;
@@ -442,6 +442,6 @@ async fn a_forged_approval_extension_or_early_revoke_changes_nothing() {
     let again = direct(replayed).await.expect("the replay is a repeat");
     assert_eq!(svc.store.get_grant("REAL-1").await.unwrap().unwrap().expires_at, extended.expires_at, "extended once: {again:?}");
     // The MAC-carrying early revoke does revoke.
-    let revoked = pgjit::handlers::revoke(&svc, LambdaEvent::new(pgjit_tests::signed(&svc, pgjit_tests::early_revoke("REAL-1")).await, Context::default())).await.unwrap();
-    assert_ne!(revoked.status, pgjit::store::GrantStatus::Active);
+    let revoked = pgjit::control::handlers::revoke(&svc, LambdaEvent::new(pgjit_tests::signed(&svc, pgjit_tests::early_revoke("REAL-1")).await, Context::default())).await.unwrap();
+    assert_ne!(revoked.status, pgjit::aws::store::GrantStatus::Active);
 }

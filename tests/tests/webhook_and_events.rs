@@ -4,7 +4,7 @@
 use aws_lambda_events::event::lambda_function_urls::LambdaFunctionUrlRequest;
 use chrono::{DateTime, Utc};
 use lambda_runtime::{Context, LambdaEvent};
-use pgjit::webhook::{sign, SecretCache};
+use pgjit::control::webhook::{sign, SecretCache};
 use pgjit_tests::isolated_services_with;
 use serde_json::{json, Value};
 
@@ -23,19 +23,19 @@ fn every_sample_event_parses_with_the_project_types() {
         let value = sample(&name);
         match name.as_str() {
             "approval.json" => {
-                let a = pgjit::events::parse_approval(value).unwrap();
+                let a = pgjit::contract::events::parse_approval(value).unwrap();
                 pgjit::access::AccessSet::from_entries(&a.access).unwrap();
             }
             "extension.json" => {
-                assert!(pgjit::events::is_extension(&value));
-                let e = pgjit::events::parse_extension(value).unwrap();
+                assert!(pgjit::contract::events::is_extension(&value));
+                let e = pgjit::contract::events::parse_extension(value).unwrap();
                 assert_eq!((e.request_id.as_str(), e.duration_seconds), ("REQ-1001", 7200));
             }
-            "revoke-early.json" => assert_eq!(pgjit::events::parse_revoke(value).unwrap().trigger, pgjit::events::RevokeTrigger::Early),
+            "revoke-early.json" => assert_eq!(pgjit::contract::events::parse_revoke(value).unwrap().trigger, pgjit::contract::events::RevokeTrigger::Early),
             "revoke-scheduled.json" => {
-                let r = pgjit::events::parse_revoke(value.clone()).unwrap();
-                assert_eq!(r.trigger, pgjit::events::RevokeTrigger::Scheduled);
-                assert_eq!(value.to_string(), pgjit::schedule::revoke_input(&r.request_id), "exactly what the schedule sends");
+                let r = pgjit::contract::events::parse_revoke(value.clone()).unwrap();
+                assert_eq!(r.trigger, pgjit::contract::events::RevokeTrigger::Scheduled);
+                assert_eq!(value.to_string(), pgjit::aws::schedule::revoke_input(&r.request_id), "exactly what the schedule sends");
             }
             "cleanup.json" | "discovery.json" => {
                 let e: aws_lambda_events::event::eventbridge::EventBridgeEvent<Value> = serde_json::from_value(value).unwrap();
@@ -47,9 +47,9 @@ fn every_sample_event_parses_with_the_project_types() {
                 let ts: i64 = header("x-pgjit-timestamp").unwrap().parse().unwrap();
                 let body = request.body.as_deref().unwrap();
                 // Signed with the documented sample secret at its own timestamp.
-                pgjit::webhook::verify(b"sample-webhook-secret", header("x-pgjit-timestamp"), header("x-pgjit-signature"), body.as_bytes(), DateTime::from_timestamp(ts, 0).unwrap())
+                pgjit::control::webhook::verify(b"sample-webhook-secret", header("x-pgjit-timestamp"), header("x-pgjit-signature"), body.as_bytes(), DateTime::from_timestamp(ts, 0).unwrap())
                     .unwrap();
-                pgjit::events::parse_approval(serde_json::from_str(body).unwrap()).unwrap();
+                pgjit::contract::events::parse_approval(serde_json::from_str(body).unwrap()).unwrap();
             }
             other => panic!("events/{other} has no parser in this test: add one"),
         }
@@ -91,7 +91,7 @@ async fn the_webhook_forwards_only_well_signed_approvals_to_the_approval_bus() {
     let cache = SecretCache::default();
     let call = |req: LambdaFunctionUrlRequest| {
         let (svc, cache) = (&svc, &cache);
-        async move { pgjit::handlers::webhook(svc, cache, LambdaEvent::new(req, Context::default())).await.unwrap() }
+        async move { pgjit::control::handlers::webhook(svc, cache, LambdaEvent::new(req, Context::default())).await.unwrap() }
     };
     let body = json!({"request_id": "HOOK-1", "integration": "hooked", "requester": {"id": "hook.user@corp.com"}, "approver": "jane@corp.com",
         "duration_seconds": 600, "access": [{"database": "app", "schema": "sales", "table": "orders", "privileges": ["SELECT"]}]})
@@ -141,14 +141,14 @@ async fn the_webhook_forwards_only_well_signed_approvals_to_the_approval_bus() {
     // AWS's envelope carries the sender's account; moto's leaves it out.
     events[0]["account"] = json!(events[0]["account"].as_str().filter(|a| !a.is_empty()).unwrap_or("123456789012"));
     // The grant function takes it from the bus under the same checks as any approval.
-    let granted = pgjit::handlers::grant(&svc, LambdaEvent::new(events[0].clone(), Context::default())).await.unwrap();
-    assert_eq!(granted.status, pgjit::store::GrantStatus::Active);
+    let granted = pgjit::control::handlers::grant(&svc, LambdaEvent::new(events[0].clone(), Context::default())).await.unwrap();
+    assert_eq!(granted.status, pgjit::aws::store::GrantStatus::Active);
     assert!(!granted.repeated);
     // The same request again (a retrying sender): forwarded again, and the grant changes nothing.
     assert_eq!(call(request(&body, Some(now.clone()), Some(good))).await.status_code, 202);
     let mut again = pgjit_tests::received(&sqs, &queue).await;
     again[0]["account"] = json!(again[0]["account"].as_str().filter(|a| !a.is_empty()).unwrap_or("123456789012"));
-    let repeated = pgjit::handlers::grant(&svc, LambdaEvent::new(again[0].clone(), Context::default())).await.unwrap();
+    let repeated = pgjit::control::handlers::grant(&svc, LambdaEvent::new(again[0].clone(), Context::default())).await.unwrap();
     assert_eq!((repeated.repeated, &repeated.db_user), (true, &granted.db_user));
     // An extension's detail, signed the same way: forwarded as `Access Extension Approved`, and
     // the grant function moves the expiry.
@@ -159,7 +159,7 @@ async fn the_webhook_forwards_only_well_signed_approvals_to_the_approval_bus() {
     assert_eq!(forwarded.len(), 1, "{forwarded:?}");
     assert_eq!(forwarded[0]["detail-type"], "Access Extension Approved");
     forwarded[0]["account"] = json!(forwarded[0]["account"].as_str().filter(|a| !a.is_empty()).unwrap_or("123456789012"));
-    let extended = pgjit::handlers::grant(&svc, LambdaEvent::new(forwarded[0].clone(), Context::default())).await.unwrap();
+    let extended = pgjit::control::handlers::grant(&svc, LambdaEvent::new(forwarded[0].clone(), Context::default())).await.unwrap();
     assert!(extended.expires_at > granted.expires_at, "{} > {}", extended.expires_at, granted.expires_at);
     // The same signed request replayed within its window: a new event, the same extension.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
@@ -167,13 +167,13 @@ async fn the_webhook_forwards_only_well_signed_approvals_to_the_approval_bus() {
     assert_eq!(response.status_code, 202);
     let mut replayed = pgjit_tests::received(&sqs, &queue).await;
     replayed[0]["account"] = json!(replayed[0]["account"].as_str().filter(|a| !a.is_empty()).unwrap_or("123456789012"));
-    let again = pgjit::handlers::grant(&svc, LambdaEvent::new(replayed[0].clone(), Context::default())).await.unwrap();
+    let again = pgjit::control::handlers::grant(&svc, LambdaEvent::new(replayed[0].clone(), Context::default())).await.unwrap();
     assert!(again.repeated && again.expires_at == extended.expires_at, "a replay extends nothing: {again:?}");
     // A sender may not pick the key itself.
     let keyed = json!({"request_id": "HOOK-1", "approver": "jane@corp.com", "duration_seconds": 1800, "signed_at": 1}).to_string();
     let response = call(request(&keyed, Some(now.clone()), Some(sign(b"hook-key-123", &now, keyed.as_bytes())))).await;
     assert_eq!(response.status_code, 400, "{:?}", response.body);
-    pgjit::grants::revoke(&svc, "HOOK-1", pgjit::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+    pgjit::control::grants::revoke(&svc, "HOOK-1", pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
 }
 
 #[tokio::test]
@@ -194,7 +194,7 @@ async fn the_webhook_never_tells_a_caller_its_internal_errors() {
     .to_string();
     let now = Utc::now().timestamp().to_string();
     let signed = request(&body, Some(now.clone()), Some(sign(b"hook-key-456", &now, body.as_bytes())));
-    let response = pgjit::handlers::webhook(&svc, &cache, LambdaEvent::new(signed, Context::default())).await.unwrap();
+    let response = pgjit::control::handlers::webhook(&svc, &cache, LambdaEvent::new(signed, Context::default())).await.unwrap();
     assert_eq!(response.status_code, 502, "{:?}", response.body);
     let text = response.body.unwrap_or_default();
     for internal in ["PutEvents", "no-such-bus", "failed:", "service error", "127.0.0.1"] {
@@ -203,6 +203,6 @@ async fn the_webhook_never_tells_a_caller_its_internal_errors() {
     // Without its key the webhook answers 500 and says no more.
     let svc = isolated_services_with(|n| (n == "PGJIT_WEBHOOK_SECRET_ID").then(|| "missing-key".to_owned())).await;
     let signed = request(&body, Some(now.clone()), Some(sign(b"x", &now, body.as_bytes())));
-    let response = pgjit::handlers::webhook(&svc, &SecretCache::default(), LambdaEvent::new(signed, Context::default())).await.unwrap();
+    let response = pgjit::control::handlers::webhook(&svc, &SecretCache::default(), LambdaEvent::new(signed, Context::default())).await.unwrap();
     assert_eq!((response.status_code, response.body.as_deref()), (500, Some(r#"{"error":"internal error"}"#)));
 }

@@ -10,8 +10,8 @@ use std::io::Write;
 use std::time::Instant;
 
 use base64::Engine;
-use pgjit::integration::Integration;
-use pgjit::server_log::Records;
+use pgjit::contract::integration::Integration;
+use pgjit::audit::server_log::Records;
 use serde_json::json;
 
 /// About 1 MB of RDS-format log text: sessions of managed users (connections, pgaudit lines
@@ -100,7 +100,7 @@ fn measure(runs: usize, secret_every: u32) -> f64 {
     for _ in 0..runs {
         // Floor: decode the delivery and split every message into lines.
         let t = Instant::now();
-        let batch = pgjit::sessions::decode_subscription(&payload).unwrap();
+        let batch = pgjit::control::sessions::decode_subscription(&payload).unwrap();
         let split: usize = batch.log_events.iter().map(|e| e.message.split('\n').count()).sum();
         floor.push(t.elapsed().as_secs_f64());
         assert_eq!(split, lines.len());
@@ -108,13 +108,13 @@ fn measure(runs: usize, secret_every: u32) -> f64 {
         // log_line_prefix (keeping the managed users'), parse pgaudit's CSV, redact, attribute,
         // and build the entries.
         let t = Instant::now();
-        let batch = pgjit::sessions::decode_subscription(&payload).unwrap();
+        let batch = pgjit::control::sessions::decode_subscription(&payload).unwrap();
         let mut records = Records::of_users_with_prefix(&prefix, &integration.user_prefix);
         for event in &batch.log_events {
             records.push_event(&event.id, None, &event.message);
         }
         let unparsed = records.unparsed;
-        let (entries, ingested) = pgjit::sessions::attribute(records.records, &integration, &requests, pgjit::sessions::Retention { now: chrono::Utc::now(), keep: chrono::Duration::zero() });
+        let (entries, ingested) = pgjit::control::sessions::attribute(records.records, &integration, &requests, pgjit::control::sessions::Retention { now: chrono::Utc::now(), keep: chrono::Duration::zero() });
         full.push(t.elapsed().as_secs_f64());
         checks = (entries.len(), ingested.statements);
         assert_eq!(unparsed, 0);

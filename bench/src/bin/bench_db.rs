@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures_util::stream::{self, StreamExt};
 use pgjit::access::{login_role_name, AccessEntry, AccessSet};
-use pgjit::postgres::{ident, literal};
-use pgjit::roles::{self, GrantSpec, LoginMethod};
+use pgjit::engine::postgres::{ident, literal};
+use pgjit::engine::roles::{self, GrantSpec, LoginMethod};
 use pgjit::SecretString;
 use pgjit_tests::{approval, env, isolated_services, isolated_services_with, orders_access, register_integration};
 use serde_json::json;
@@ -126,8 +126,8 @@ async fn acl_growth() {
             privileged_roles: &[],
             audit: None,
         };
-        roles::grant(&admin, &spec).await.unwrap();
-        pgjit::revocation::delete(&admin, "postgres", &user, &prefix, pgjit::integration::DEFAULT_HOLDING_ROLE).await.unwrap();
+        roles::grant::grant(&admin, &spec).await.unwrap();
+        pgjit::engine::roles::departure::delete(&admin, "postgres", &user, &prefix, pgjit::contract::integration::DEFAULT_HOLDING_ROLE).await.unwrap();
         if n % 200 == 199 {
             largest = largest.max(acl().await);
         }
@@ -136,9 +136,9 @@ async fn acl_growth() {
     let after_grants = acl().await;
     // Unused past the retention: what cleanup does to each profile role.
     let client = admin.connect("postgres").await.unwrap();
-    let profiles: Vec<_> = pgjit::revocation::managed_roles(&client, &prefix).await.unwrap().into_iter().filter(|r| r.profile && r.members == 0).collect();
+    let profiles: Vec<_> = pgjit::engine::roles::departure::managed_roles(&client, &prefix).await.unwrap().into_iter().filter(|r| r.profile && r.members == 0).collect();
     for profile in &profiles {
-        pgjit::revocation::drop_profile(&admin, "postgres", &profile.name, pgjit::integration::DEFAULT_HOLDING_ROLE).await.unwrap();
+        pgjit::engine::roles::departure::drop_profile(&admin, "postgres", &profile.name, pgjit::contract::integration::DEFAULT_HOLDING_ROLE).await.unwrap();
     }
     let after_retention = acl().await;
     println!("ACL growth: {GRANTS} grants from {SETS} privilege sets on one table, each revoked and dropped ({:.1} s)", elapsed.as_secs_f64());
@@ -176,8 +176,8 @@ async fn grant_vs_floor(runs: usize) {
     };
     // Warm-up: the profile role exists from here on, as it does for every grant but the first.
     let first = login_role_name(prefix, "warmup");
-    roles::grant(&admin, &grant_spec(&first, &access, &password)).await.unwrap();
-    pgjit::revocation::delete(&admin, "postgres", &first, prefix, pgjit::integration::DEFAULT_HOLDING_ROLE).await.unwrap();
+    roles::grant::grant(&admin, &grant_spec(&first, &access, &password)).await.unwrap();
+    pgjit::engine::roles::departure::delete(&admin, "postgres", &first, prefix, pgjit::contract::integration::DEFAULT_HOLDING_ROLE).await.unwrap();
 
     let floor_client = admin.connect("app").await.unwrap();
     let pgjit_clients = vec![admin.connect("app").await.unwrap()];
@@ -193,7 +193,7 @@ async fn grant_vs_floor(runs: usize) {
 
         let user = login_role_name(prefix, &format!("pgjit{i}"));
         let started = Instant::now();
-        roles::grant_on(&pgjit_clients, &e.admin_user, &grant_spec(&user, &access, &password)).await.unwrap();
+        roles::grant::grant_on(&pgjit_clients, &e.admin_user, &grant_spec(&user, &access, &password)).await.unwrap();
         pgjit.push(started.elapsed());
         users.push(user);
 
@@ -210,19 +210,19 @@ async fn grant_vs_floor(runs: usize) {
 
         let user = login_role_name(prefix, &format!("pgjitnew{i}"));
         let started = Instant::now();
-        roles::grant(&admin, &grant_spec(&user, &access, &password)).await.unwrap();
+        roles::grant::grant(&admin, &grant_spec(&user, &access, &password)).await.unwrap();
         pgjit_new.push(started.elapsed());
         users.push(user);
     }
     for u in &users {
-        pgjit::revocation::delete(&admin, "postgres", u, prefix, pgjit::integration::DEFAULT_HOLDING_ROLE).await.unwrap();
+        pgjit::engine::roles::departure::delete(&admin, "postgres", u, prefix, pgjit::contract::integration::DEFAULT_HOLDING_ROLE).await.unwrap();
     }
     // The SCRAM verifier pgjit computes per grant (PBKDF2, 4096 rounds), which the floor skips,
     // against postgres-protocol's, which pgjit used before.
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         let started = Instant::now();
-        std::hint::black_box(pgjit::scram::verifier(&password));
+        std::hint::black_box(pgjit::engine::scram::verifier(&password));
         ours.push(started.elapsed());
         let started = Instant::now();
         std::hint::black_box(postgres_protocol_verifier(&password));
@@ -327,17 +327,17 @@ async fn end_to_end(runs: usize) {
     let mut revoke_times = Vec::new();
     let (mut aws, mut statements) = (Vec::new(), Vec::new());
     for i in 0..runs {
-        let event = pgjit::events::parse_approval(approval(&format!("E2E-{i}"), "e2e", "e2e@corp.com", orders_access())).unwrap();
+        let event = pgjit::contract::events::parse_approval(approval(&format!("E2E-{i}"), "e2e", "e2e@corp.com", orders_access())).unwrap();
         let (aws0, (pg0, _)) = (moto_requests(), postgres_log_counts());
         let started = Instant::now();
-        let granted = pgjit::grants::grant(&svc, &event, Utc::now()).await.unwrap();
+        let granted = pgjit::control::grants::grant(&svc, &event, Utc::now()).await.unwrap();
         grant_times.push(started.elapsed());
         tokio::time::sleep(Duration::from_millis(50)).await; // let the logs reach their files
         aws.push(moto_requests() - aws0);
         statements.push(postgres_log_counts().0 - pg0);
         let started = Instant::now();
         // As the schedule fires it: at the expiry (before it, a scheduled revoke changes nothing).
-        pgjit::grants::revoke(&svc, &format!("E2E-{i}"), pgjit::events::RevokeTrigger::Scheduled, granted.expires_at).await.unwrap();
+        pgjit::control::grants::revoke(&svc, &format!("E2E-{i}"), pgjit::contract::events::RevokeTrigger::Scheduled, granted.expires_at).await.unwrap();
         revoke_times.push(started.elapsed());
     }
     aws.sort();
@@ -376,7 +376,7 @@ async fn burst() {
                 let svc = svc.clone();
                 tokio::spawn(async move {
                     let event = approval(&format!("B{n}-{i}"), "burst", &format!("b{i}@corp.com"), orders_access());
-                    pgjit::grants::grant(&svc, &pgjit::events::parse_approval(event).unwrap(), Utc::now()).await
+                    pgjit::control::grants::grant(&svc, &pgjit::contract::events::parse_approval(event).unwrap(), Utc::now()).await
                 })
             })
             .collect();
@@ -388,7 +388,7 @@ async fn burst() {
         }
         let elapsed = started.elapsed();
         println!("  {n:>3} at once: {ok}/{n} succeeded in {:>8.1} ms = {:>6.1} grants/s", ms(elapsed), ok as f64 / elapsed.as_secs_f64());
-        pgjit::grants::revoke_all(&svc, "burst", Utc::now()).await.unwrap();
+        pgjit::control::grants::revoke_all(&svc, "burst", Utc::now()).await.unwrap();
     }
 }
 
@@ -469,7 +469,7 @@ async fn measure_sequential_sweep(svc: &pgjit::aws::Services, now: chrono::DateT
 /// returns its time.
 async fn measure_pgjit_sweep(svc: &pgjit::aws::Services, now: chrono::DateTime<Utc>, total: usize, due: usize) -> Duration {
     let (requests, cpu, started) = (moto_requests(), Cpu::now(), Instant::now());
-    let report = pgjit::cleanup::run(svc, now).await.unwrap();
+    let report = pgjit::control::cleanup::run(svc, now).await.unwrap();
     let elapsed = started.elapsed();
     let (requests, cpu) = (moto_requests() - requests, Cpu::now().since(cpu));
     let done = report.done();
@@ -505,8 +505,8 @@ async fn seed_sweep(total: usize, due: usize, integration: serde_json::Value) ->
     let access = AccessSet::from_entries(&access).unwrap();
     let admin = env().admin();
     let password = SecretString::random_password();
-    let approved = pgjit::events::parse_approval(approval("SWEEP", "sweep0", "sweep@corp.com", orders_access())).unwrap();
-    let template = pgjit::store::GrantRecord::granting(&approved, &registered[0], String::new(), now, now, now);
+    let approved = pgjit::contract::events::parse_approval(approval("SWEEP", "sweep0", "sweep@corp.com", orders_access())).unwrap();
+    let template = pgjit::aws::store::GrantRecord::granting(&approved, &registered[0], String::new(), now, now, now);
     let svc_ref = &svc;
     let (registered, access, admin, password, template) = (&registered, &access, &admin, &password, &template);
     stream::iter(0..total)
@@ -515,7 +515,7 @@ async fn seed_sweep(total: usize, due: usize, integration: serde_json::Value) ->
             let mut r = template.clone();
             r.request_id = format!("SWEEP-{i}");
             r.integration = integration.name.clone();
-            r.status = pgjit::store::GrantStatus::Active;
+            r.status = pgjit::aws::store::GrantStatus::Active;
             if i < due {
                 let user = login_role_name(&integration.user_prefix, &format!("sweep{i}@corp.com"));
                 let spec = GrantSpec {
@@ -528,14 +528,14 @@ async fn seed_sweep(total: usize, due: usize, integration: serde_json::Value) ->
                     privileged_roles: &[],
                     audit: None,
                 };
-                roles::grant(admin, &spec).await.unwrap();
+                roles::grant::grant(admin, &spec).await.unwrap();
                 r.db_user = user;
                 if i % 2 == 0 {
                     // Active past expiry, its revoke never ran: the secret is still there.
                     r.expires_at = now - chrono::Duration::minutes(1);
-                    r.due_at = Some(pgjit::store::due_key(r.expires_at));
-                    let name = pgjit::credentials::secret_name(svc_ref, &integration.name, &r.request_id);
-                    let value = pgjit::credentials::CredentialsValue {
+                    r.due_at = Some(pgjit::aws::store::due_key(r.expires_at));
+                    let name = pgjit::aws::credentials::secret_name(svc_ref, &integration.name, &r.request_id);
+                    let value = pgjit::aws::credentials::CredentialsValue {
                         engine: "postgres",
                         host: "localhost",
                         port: 5432,
@@ -544,19 +544,19 @@ async fn seed_sweep(total: usize, due: usize, integration: serde_json::Value) ->
                         password,
                         expires_at: r.expires_at,
                     };
-                    let readers = pgjit::credentials::Readers { requester: None, functions: &[], others: &[] };
-                    r.secret_arn = Some(pgjit::credentials::store(svc_ref, &name, &value, "sweep@corp.com", &r.request_id, &readers).await.unwrap());
+                    let readers = pgjit::aws::credentials::Readers { requester: None, functions: &[], others: &[] };
+                    r.secret_arn = Some(pgjit::aws::credentials::store(svc_ref, &name, &value, "sweep@corp.com", &r.request_id, &readers).await.unwrap());
                 } else {
                     // Revoked, retention over.
-                    r.status = pgjit::store::GrantStatus::Revoked;
+                    r.status = pgjit::aws::store::GrantStatus::Revoked;
                     r.revoked_at = Some(now - chrono::Duration::days(2));
                     r.delete_after = Some(now - chrono::Duration::minutes(1));
-                    r.due_at = r.delete_after.map(pgjit::store::due_key);
+                    r.due_at = r.delete_after.map(pgjit::aws::store::due_key);
                 }
             } else {
                 r.db_user = format!("{}sweep_{i:08}", integration.user_prefix);
                 r.expires_at = now + chrono::Duration::days(1);
-                r.due_at = Some(pgjit::store::due_key(r.expires_at));
+                r.due_at = Some(pgjit::aws::store::due_key(r.expires_at));
             }
             svc_ref.store.insert_grant(&r).await.unwrap();
         })
@@ -570,18 +570,18 @@ async fn seed_sweep(total: usize, due: usize, integration: serde_json::Value) ->
 /// integration's server (a read of the admin secret) and opening its own connection. Returns
 /// how many items it did.
 async fn sequential_sweep(svc: &pgjit::aws::Services, now: chrono::DateTime<Utc>) -> usize {
-    let integrations: std::collections::HashMap<String, pgjit::integration::Integration> =
+    let integrations: std::collections::HashMap<String, pgjit::contract::integration::Integration> =
         svc.store.list_integrations().await.unwrap().into_iter().map(|i| (i.name.clone(), i)).collect();
     let mut done = 0;
-    let (due, _) = svc.store.due_grants(pgjit::store::GrantStatus::Revoked, now).await.unwrap();
+    let (due, _) = svc.store.due_grants(pgjit::aws::store::GrantStatus::Revoked, now).await.unwrap();
     for mut record in due {
-        let server = pgjit::endpoint::Server::open(svc, integrations[&record.integration].clone(), 1).await.unwrap();
-        pgjit::grants::delete_user(svc, &mut record, &server, now).await.unwrap();
+        let server = pgjit::control::endpoint::Server::open(svc, integrations[&record.integration].clone(), 1).await.unwrap();
+        pgjit::control::grants::delete_user(svc, &mut record, &server, now).await.unwrap();
         done += 1;
     }
-    let (due, _) = svc.store.due_grants(pgjit::store::GrantStatus::Active, now).await.unwrap();
+    let (due, _) = svc.store.due_grants(pgjit::aws::store::GrantStatus::Active, now).await.unwrap();
     for record in due.into_iter().filter(|r| r.expires_at <= now) {
-        pgjit::grants::revoke(svc, &record.request_id, pgjit::events::RevokeTrigger::Cleanup, now).await.unwrap();
+        pgjit::control::grants::revoke(svc, &record.request_id, pgjit::contract::events::RevokeTrigger::Cleanup, now).await.unwrap();
         done += 1;
     }
     done
@@ -607,7 +607,7 @@ async fn discovery_scaling() {
         wide.batch_execute(&sql).await.unwrap();
     }
     // The admin's set-up, as in every database pgjit manages (safe to repeat).
-    let setup = pgjit::setup::setup_sql(pgjit::setup::Flavor::Postgres, &e.admin_user, pgjit::integration::DEFAULT_HOLDING_ROLE, &Default::default()).unwrap();
+    let setup = pgjit::engine::setup::setup_sql(pgjit::engine::setup::Flavor::Postgres, &e.admin_user, pgjit::contract::integration::DEFAULT_HOLDING_ROLE, &Default::default()).unwrap();
     e.superuser("bench_wide").await.batch_execute(&setup).await.unwrap();
     let admin = e.admin();
     let client = admin.connect("bench_wide").await.unwrap();
@@ -616,7 +616,7 @@ async fn discovery_scaling() {
     let mut objects = 0;
     for _ in 0..10 {
         let started = Instant::now();
-        let cat = pgjit::catalog::read_database(&client).await.unwrap();
+        let cat = pgjit::engine::catalog::read_database(&client).await.unwrap();
         read.push(started.elapsed());
         objects = cat.relations.len() + cat.schemas.len();
         let started = Instant::now();
