@@ -329,7 +329,7 @@ async fn run(command: Command) -> Outcome {
             let svc = services().await?;
             // An operator with pgjit's rights revokes directly, as revoke-all does (the MAC is
             // for what reaches the functions; the operator needs no VerifyMac).
-            let result = pgjit::control::grants::revoke(&svc, &request_id, pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.map_err(chain)?;
+            let result = pgjit::control::grants::revoke::revoke(&svc, &request_id, pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.map_err(chain)?;
             if json {
                 return print_json(&result);
             }
@@ -363,7 +363,7 @@ async fn run(command: Command) -> Outcome {
                 return Err(format!("revoke-all ends every temporary access to {integration:?}: run it again with --yes"));
             }
             let svc = services().await?;
-            let results = pgjit::control::grants::revoke_all(&svc, &integration, Utc::now()).await.map_err(chain)?;
+            let results = pgjit::control::grants::revoke::revoke_all(&svc, &integration, Utc::now()).await.map_err(chain)?;
             let failed = results.iter().filter(|(_, r)| r.is_err()).count();
             if json {
                 let rows: Vec<Value> = results

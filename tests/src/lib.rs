@@ -330,7 +330,7 @@ pub async fn overdue_grants(svc: &pgjit::aws::Services, integration: &str, prefi
         let mut event = approval(&request_id, integration, &format!("late{i}@corp.com"), orders_access());
         event["time"] = serde_json::json!(then.format("%Y-%m-%dT%H:%M:%SZ").to_string());
         let approved = pgjit::contract::events::parse_approval(event).unwrap();
-        let result = pgjit::control::grants::grant(svc, &approved, then).await.unwrap();
+        let result = pgjit::control::grants::grant::grant(svc, &approved, then).await.unwrap();
         granted.push((request_id, result.db_user));
     }
     granted

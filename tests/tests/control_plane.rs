@@ -87,7 +87,7 @@ async fn full_lifecycle_through_the_handlers() {
     // changes nothing: trust_boundary's a_scheduled_or_cleanup_revoke_before_expiry_changes_nothing).
     let fired = pgjit::contract::events::parse_revoke(input.clone()).unwrap();
     assert_eq!(fired.trigger, pgjit::contract::events::RevokeTrigger::Scheduled);
-    let revoked = pgjit::control::grants::revoke(&svc, &fired.request_id, fired.trigger, result.expires_at).await.expect("revoke");
+    let revoked = pgjit::control::grants::revoke::revoke(&svc, &fired.request_id, fired.trigger, result.expires_at).await.expect("revoke");
     assert_eq!(revoked.status, GrantStatus::Revoked);
     assert_eq!(revoked.sessions_ended, 1);
     assert!(client.query_one("SELECT 1", &[]).await.is_err(), "session ended");

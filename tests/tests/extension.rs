@@ -115,7 +115,7 @@ async fn an_extension_moves_the_expiry_everywhere_once() {
     let too_far = pgjit::control::extension::extend(&svc, &third, later).await.unwrap_err();
     assert!(too_far.to_string().contains("max_total_duration_seconds"), "{too_far}");
     assert!(all_at(&expiries(&svc, &request_id).await, latest.expires_at), "nothing moved");
-    pgjit::control::grants::revoke(&svc, &request_id, pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+    pgjit::control::grants::revoke::revoke(&svc, &request_id, pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
 }
 
 #[tokio::test]
@@ -143,7 +143,7 @@ async fn extensions_of_grants_not_active_or_not_trusted_change_nothing() {
         assert_eq!(expiries(&svc, &request_id).await, before, "{says}: nothing moved");
     }
     // Revoked (and, with no retention, dropped): refused with the reason.
-    pgjit::control::grants::revoke(&svc, &request_id, pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+    pgjit::control::grants::revoke::revoke(&svc, &request_id, pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
     let e = grant(&svc, extension(&format!("f-{id}"), &request_id, "jane@corp.com", 600)).await.unwrap_err();
     assert!(e.contains("is deleted") && e.contains("only an active grant"), "{e}");
     assert!(svc.store.audit_of(&request_id).await.unwrap().iter().all(|e| e.event != "extended"));
@@ -169,5 +169,5 @@ async fn a_failure_part_way_through_an_extension_leaves_the_old_expiry_everywher
     // The same extension, once the fault is gone, moves everything.
     let extended = grant(&svc, extension(&format!("fail-0-{id}"), &request_id, "jane@corp.com", 7000)).await.expect("extended after the fault");
     assert!(all_at(&expiries(&svc, &request_id).await, extended.expires_at));
-    pgjit::control::grants::revoke(&svc, &request_id, pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+    pgjit::control::grants::revoke::revoke(&svc, &request_id, pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
 }

@@ -97,7 +97,7 @@ async fn no_secret_reaches_a_log_line_an_error_or_a_record() {
     outputs.push(serde_json::to_string(&pgjit::control::cleanup::run(&svc, Utc::now() + Duration::days(3)).await.unwrap()).unwrap());
     // An error path with the admin's secret in play: a grant whose integration's admin secret is bad.
     svc.secrets.put_secret_value().secret_id(&admin_secret).secret_string(json!({"username": e.admin_user, "password": "nope-wrong"}).to_string()).send().await.unwrap();
-    let failed = pgjit::control::grants::grant(&svc, &pgjit::contract::events::parse_approval(serde_json::from_str(&body.replace("LOG-1", "LOG-2")).unwrap()).unwrap(), Utc::now()).await.unwrap_err();
+    let failed = pgjit::control::grants::grant::grant(&svc, &pgjit::contract::events::parse_approval(serde_json::from_str(&body.replace("LOG-1", "LOG-2")).unwrap()).unwrap(), Utc::now()).await.unwrap_err();
     outputs.push(pgjit::engine::postgres::error_chain(&failed));
 
     // Everything DynamoDB holds about it.

@@ -61,7 +61,7 @@ async fn postgres_stopped_before_and_during_a_grant() {
     nothing_left(&svc, "flaky", "PGDOWN-2", &record.db_user).await;
     proxy.up();
     grant(&svc, approval("PGDOWN-2", "flaky", "pg.down@corp.com", orders_access())).await.expect("succeeds once the server is back");
-    pgjit::control::grants::revoke_all(&svc, "flaky", Utc::now()).await.unwrap();
+    pgjit::control::grants::revoke::revoke_all(&svc, "flaky", Utc::now()).await.unwrap();
 }
 
 #[tokio::test]
@@ -98,7 +98,7 @@ async fn password_login_is_refused_after_expiry_even_without_a_revoke() {
     tokio::time::sleep(StdDuration::from_millis(3100)).await;
     let err = e.login_as(&result.db_user, &password, "app").await.expect_err("VALID UNTIL passed");
     assert!(pgjit::engine::postgres::error_chain(&err).contains("password authentication failed"));
-    pgjit::control::grants::revoke(&svc, "EXPIRE-1", RevokeTrigger::Early, Utc::now()).await.unwrap();
+    pgjit::control::grants::revoke::revoke(&svc, "EXPIRE-1", RevokeTrigger::Early, Utc::now()).await.unwrap();
 }
 
 #[tokio::test]
@@ -127,7 +127,7 @@ async fn aws_stopped_during_a_grant_leaves_no_access() {
     nothing_left(&svc, "cloudless", "AWSDOWN-1", &record.db_user).await;
     // And the approval, delivered again, works.
     assert_eq!(grant(&svc, approval("AWSDOWN-1", "cloudless", "aws.down@corp.com", orders_access())).await.unwrap().status, GrantStatus::Active);
-    pgjit::control::grants::revoke_all(&svc, "cloudless", Utc::now()).await.unwrap();
+    pgjit::control::grants::revoke::revoke_all(&svc, "cloudless", Utc::now()).await.unwrap();
 }
 
 #[tokio::test]
@@ -165,18 +165,18 @@ async fn a_run_killed_between_steps_is_finished_by_the_next() {
         let reached = svc.failpoints.halt(point);
         let task = {
             let svc = svc.clone();
-            tokio::spawn(async move { pgjit::control::grants::revoke(&svc, request_id, RevokeTrigger::Early, Utc::now()).await })
+            tokio::spawn(async move { pgjit::control::grants::revoke::revoke(&svc, request_id, RevokeTrigger::Early, Utc::now()).await })
         };
         tokio::time::timeout(StdDuration::from_secs(20), reached.notified()).await.unwrap_or_else(|_| panic!("{point} never reached"));
         task.abort();
         let _ = task.await;
         svc.failpoints.clear();
         assert_eq!(svc.store.get_grant(request_id).await.unwrap().unwrap().status, GrantStatus::Revoking, "{point}");
-        let done = pgjit::control::grants::revoke(&svc, request_id, RevokeTrigger::Early, Utc::now()).await.unwrap();
+        let done = pgjit::control::grants::revoke::revoke(&svc, request_id, RevokeTrigger::Early, Utc::now()).await.unwrap();
         assert_eq!(done.status, GrantStatus::Deleted, "{point}");
         nothing_left(&svc, "killed", request_id, &record.db_user).await;
     }
-    let results = pgjit::control::grants::revoke_all(&svc, "killed", Utc::now()).await.unwrap();
+    let results = pgjit::control::grants::revoke::revoke_all(&svc, "killed", Utc::now()).await.unwrap();
     assert!(results.iter().all(|(_, r)| r.is_ok()), "{results:?}");
 }
 
@@ -227,7 +227,7 @@ async fn a_hundred_concurrent_grants_all_succeed() {
     users.sort();
     users.dedup();
     assert_eq!(users.len(), 100);
-    let results = pgjit::control::grants::revoke_all(&svc, "busy", Utc::now()).await.unwrap();
+    let results = pgjit::control::grants::revoke::revoke_all(&svc, "busy", Utc::now()).await.unwrap();
     assert_eq!(results.len(), 100);
     assert!(results.iter().all(|(_, r)| r.is_ok()));
     let su = env().superuser("postgres").await;
@@ -244,7 +244,7 @@ async fn the_same_approval_ten_times_at_once_grants_once() {
     let tasks: Vec<_> = (0..10)
         .map(|_| {
             let (svc, event) = (svc.clone(), event.clone());
-            tokio::spawn(async move { pgjit::control::grants::grant(&svc, &pgjit::contract::events::parse_approval(event).unwrap(), Utc::now()).await })
+            tokio::spawn(async move { pgjit::control::grants::grant::grant(&svc, &pgjit::contract::events::parse_approval(event).unwrap(), Utc::now()).await })
         })
         .collect();
     let mut first = 0;
@@ -264,13 +264,13 @@ async fn the_same_approval_ten_times_at_once_grants_once() {
     assert_eq!(secrets.iter().filter(|n| n.starts_with(&svc.config.credentials_prefix) && n.ends_with("/SAME-1")).count(), 1, "one secret");
     let schedules = svc.scheduler.list_schedules().group_name(&svc.config.schedule_group).send().await.unwrap();
     assert_eq!(schedules.schedules().len(), 1, "one schedule");
-    pgjit::control::grants::revoke_all(&svc, "dup", Utc::now()).await.unwrap();
+    pgjit::control::grants::revoke::revoke_all(&svc, "dup", Utc::now()).await.unwrap();
 }
 
 /// Revokes until it succeeds, as the scheduler and EventBridge retry a failed invocation.
 async fn revoke_until_done(svc: &Services, request_id: &str) -> pgjit::control::grants::RevokeResult {
     for _ in 0..100 {
-        match pgjit::control::grants::revoke(svc, request_id, RevokeTrigger::Early, Utc::now()).await {
+        match pgjit::control::grants::revoke::revoke(svc, request_id, RevokeTrigger::Early, Utc::now()).await {
             Ok(r) => return r,
             Err(GrantError::InProgress(_)) | Err(GrantError::UnknownRequest(_)) => tokio::time::sleep(StdDuration::from_millis(50)).await,
             Err(e) => panic!("{e}"),
@@ -491,7 +491,7 @@ async fn one_hung_integration_does_not_delay_another_integrations_items() {
     // Back in reach, its items are revoked.
     svc.store.put_integration(&hung).await.unwrap();
     for (id, db_user) in &stuck {
-        pgjit::control::grants::revoke(&svc, id, RevokeTrigger::Early, Utc::now()).await.unwrap();
+        pgjit::control::grants::revoke::revoke(&svc, id, RevokeTrigger::Early, Utc::now()).await.unwrap();
         nothing_left(&svc, "a-hung", id, db_user).await;
     }
 }

@@ -9,7 +9,7 @@ use std::process::Command;
 use base64::Engine;
 use lambda_runtime::{Context, LambdaEvent};
 use pgjit::aws::Services;
-use pgjit::aws::store::SessionEntry;
+use pgjit::aws::store::sessions::SessionEntry;
 use pgjit::engine::roles::grant::SessionAudit;
 use pgjit::SecretString;
 use pgjit_tests::{approval, env, isolated_services, register_integration};
@@ -230,7 +230,7 @@ async fn every_statement_of_a_temporary_user_is_kept_once_attributed_and_redacte
     assert_eq!(first.integration.as_deref(), Some(integration.name.as_str()));
     assert_eq!(first.unattributed, 1, "the prefixed user without a grant: {first:?}");
     let entries = svc.store.session_entries(&request_id).await.unwrap();
-    let statements: Vec<&SessionEntry> = entries.iter().filter(|e| e.kind == pgjit::aws::store::EntryKind::Statement).collect();
+    let statements: Vec<&SessionEntry> = entries.iter().filter(|e| e.kind == pgjit::aws::store::sessions::EntryKind::Statement).collect();
     assert_eq!(first.statements, statements.len());
     let shown = |e: &SessionEntry| format!("{} {} {}", e.class.as_deref().unwrap_or(""), e.command.as_deref().unwrap_or(""), e.statement.as_deref().unwrap_or(""));
     let texts: Vec<String> = statements.iter().map(|e| shown(e)).collect();
@@ -330,11 +330,11 @@ async fn every_statement_of_a_temporary_user_is_kept_once_attributed_and_redacte
     let out = cli(&svc, &["sessions", "ingest", "--integration", &integration.name, file.to_str().unwrap(), "--json"]);
     assert!(out.status.success());
     let after = svc.store.session_entries(&request_id).await.unwrap();
-    assert_eq!(after.iter().filter(|e| e.kind == pgjit::aws::store::EntryKind::Statement).count(), 2 * statements.len(), "the file's entries once, beside the subscription's");
+    assert_eq!(after.iter().filter(|e| e.kind == pgjit::aws::store::sessions::EntryKind::Statement).count(), 2 * statements.len(), "the file's entries once, beside the subscription's");
     let _ = std::fs::remove_file(&file);
 
     // After revoke, a login attempt shows in its session as refused.
-    pgjit::control::grants::revoke(&svc, &request_id, pgjit::contract::events::RevokeTrigger::Early, chrono::Utc::now()).await.expect("revoked");
+    pgjit::control::grants::revoke::revoke(&svc, &request_id, pgjit::contract::events::RevokeTrigger::Early, chrono::Utc::now()).await.expect("revoked");
     let from = log_len();
     // (with the password the user gave itself during the grant)
     assert!(env().login_as(&granted.db_user, &SecretString::new(new_password.clone()), "app").await.is_err(), "no login after revoke");
@@ -386,7 +386,7 @@ async fn a_server_that_cannot_audit_refuses_the_grant_unless_audit_is_optional()
         Some(SessionAudit::Off { reason }) => assert!(reason.contains("pgaudit is not loaded"), "{reason}"),
         other => panic!("the record says audit is off: {other:?}"),
     }
-    let _ = pgjit::control::grants::revoke(&svc, &request_id, pgjit::contract::events::RevokeTrigger::Early, chrono::Utc::now()).await;
+    let _ = pgjit::control::grants::revoke::revoke(&svc, &request_id, pgjit::contract::events::RevokeTrigger::Early, chrono::Utc::now()).await;
 
     // doctor names what is missing, and what is in place on the server that audits.
     let target = pgjit::control::endpoint::resolve(&svc, &required).await.unwrap();
@@ -476,5 +476,5 @@ async fn forged_and_cut_records_are_kept_flagged_never_trusted_or_dropped() {
     let out = cli(&svc, &["sessions", &request_id]);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("possibly forged") && text.contains("cut:"), "{text}");
-    pgjit::control::grants::revoke(&svc, &request_id, pgjit::contract::events::RevokeTrigger::Early, chrono::Utc::now()).await.unwrap();
+    pgjit::control::grants::revoke::revoke(&svc, &request_id, pgjit::contract::events::RevokeTrigger::Early, chrono::Utc::now()).await.unwrap();
 }

@@ -57,7 +57,7 @@ async fn self_approved_stale_and_future_approvals_grant_nothing() {
     let mut event = approval("SELF-2", "selfserve", "mallory@corp.com", orders_access());
     event["detail"]["approver"] = json!("mallory@corp.com");
     let granted = grant(&svc, event).await.expect("allowed explicitly");
-    pgjit::control::grants::revoke(&svc, &granted.request_id, pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+    pgjit::control::grants::revoke::revoke(&svc, &granted.request_id, pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
 }
 
 #[tokio::test]
@@ -122,12 +122,12 @@ async fn colliding_request_ids_never_share_a_secret_a_policy_or_a_schedule() {
     assert_ne!(pgjit::aws::iam::policy_name("CHG:2041/a"), pgjit::aws::iam::policy_name("CHG_2041_a"));
     assert_ne!(pgjit::aws::schedule::schedule_name("CHG:2041/a"), pgjit::aws::schedule::schedule_name("CHG_2041_a"));
     // Revoking one leaves the other whole.
-    pgjit::control::grants::revoke(&svc, "CHG:2041/a", pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+    pgjit::control::grants::revoke::revoke(&svc, "CHG:2041/a", pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
     let value = pgjit::aws::credentials::read(&svc, &sb).await.expect("the other secret is still there");
     let value: Value = serde_json::from_str(value.expose()).unwrap();
     let password = pgjit::SecretString::new(value["password"].as_str().unwrap());
     env().login_as(&b.db_user, &password, "app").await.expect("the other grant still works");
-    pgjit::control::grants::revoke(&svc, "CHG_2041_a", pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+    pgjit::control::grants::revoke::revoke(&svc, "CHG_2041_a", pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
 }
 
 #[tokio::test]
@@ -175,7 +175,7 @@ async fn a_credentials_secret_is_readable_by_the_requester_and_the_readers_only(
     assert_eq!(allow["Condition"]["ArnLike"]["aws:PrincipalArn"], json!(["arn:aws:iam::123456789012:user/dev/john"]));
     let described = svc.secrets.describe_secret().secret_id(&arn).send().await.unwrap();
     assert_eq!(described.kms_key_id(), Some("alias/pgjit-credentials"), "encrypted with the configured key");
-    pgjit::control::grants::revoke(&svc, "REQ-PRIVATE", pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+    pgjit::control::grants::revoke::revoke(&svc, "REQ-PRIVATE", pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
 }
 
 #[tokio::test]
@@ -243,7 +243,7 @@ async fn a_credentials_secret_is_read_by_the_requesters_session_and_pgjits_own_r
     // The extension that reads the secret with the grant function's role goes through.
     let extended = pgjit::control::handlers::grant(&svc, LambdaEvent::new(pgjit_tests::signed(&svc, pgjit_tests::extension("EXT-SESSION", "REQ-SESSION", "lead@corp.com", 7000)).await, Context::default())).await;
     assert!(extended.is_ok(), "{extended:?}");
-    pgjit::control::grants::revoke(&svc, "REQ-SESSION", pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+    pgjit::control::grants::revoke::revoke(&svc, "REQ-SESSION", pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
 }
 
 /// What two request ids whose schedule names collide would do: request B's name already holds
@@ -299,7 +299,7 @@ async fn a_scheduled_or_cleanup_revoke_before_expiry_changes_nothing() {
     stale.expires_at = Utc::now() - Duration::minutes(1);
     let extension = pgjit_tests::extension("EXT-NOT-YET", "NOT-YET-1", "lead@corp.com", 7000);
     pgjit::control::handlers::grant(&svc, LambdaEvent::new(pgjit_tests::signed(&svc, extension).await, Context::default())).await.expect("extended");
-    let result = pgjit::control::grants::revoke_with(&svc, "NOT-YET-1", Some(stale), None, pgjit::contract::events::RevokeTrigger::Cleanup, Utc::now()).await.unwrap();
+    let result = pgjit::control::grants::revoke::revoke_with(&svc, "NOT-YET-1", Some(stale), None, pgjit::contract::events::RevokeTrigger::Cleanup, Utc::now()).await.unwrap();
     assert_eq!(result.status, pgjit::aws::store::GrantStatus::Active);
     let record = svc.store.get_grant("NOT-YET-1").await.unwrap().unwrap();
     assert_eq!(record.status, pgjit::aws::store::GrantStatus::Active, "still active");
@@ -309,7 +309,7 @@ async fn a_scheduled_or_cleanup_revoke_before_expiry_changes_nothing() {
     // The schedule fires at the expiry's whole second, here a little before this clock's
     // expiry: the same input revokes (had it been refused, the one-shot schedule would be gone).
     let fired_at = record.expires_at - Duration::milliseconds(999);
-    let result = pgjit::control::grants::revoke(&svc, "NOT-YET-1", pgjit::contract::events::RevokeTrigger::Scheduled, fired_at).await.unwrap();
+    let result = pgjit::control::grants::revoke::revoke(&svc, "NOT-YET-1", pgjit::contract::events::RevokeTrigger::Scheduled, fired_at).await.unwrap();
     assert!(!result.repeated && result.status != pgjit::aws::store::GrantStatus::Active, "{result:?}");
 }
 
@@ -346,11 +346,11 @@ async fn a_function_made_as_the_profile_role_does_not_outlive_the_grant() {
     drop(user);
     if version >= 160000 {
         assert!(planted.is_err(), "from 16 the user cannot act as its profile role");
-        pgjit::control::grants::revoke(&svc, "PROFILE-OWN-1", pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+        pgjit::control::grants::revoke::revoke(&svc, "PROFILE-OWN-1", pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
         return;
     }
     planted.expect("before 16 the user can act as its profile role");
-    let revoked = pgjit::control::grants::revoke(&svc, "PROFILE-OWN-1", pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+    let revoked = pgjit::control::grants::revoke::revoke(&svc, "PROFILE-OWN-1", pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
     assert_eq!(revoked.status, pgjit::aws::store::GrantStatus::Deleted);
     // Cleanup hands what the profile role owns to the holding role; a hand-over that loses a
     // race with another test's on the same schema is reported and done by the next run.

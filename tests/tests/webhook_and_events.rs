@@ -173,7 +173,7 @@ async fn the_webhook_forwards_only_well_signed_approvals_to_the_approval_bus() {
     let keyed = json!({"request_id": "HOOK-1", "approver": "jane@corp.com", "duration_seconds": 1800, "signed_at": 1}).to_string();
     let response = call(request(&keyed, Some(now.clone()), Some(sign(b"hook-key-123", &now, keyed.as_bytes())))).await;
     assert_eq!(response.status_code, 400, "{:?}", response.body);
-    pgjit::control::grants::revoke(&svc, "HOOK-1", pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+    pgjit::control::grants::revoke::revoke(&svc, "HOOK-1", pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
 }
 
 #[tokio::test]

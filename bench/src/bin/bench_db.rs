@@ -330,14 +330,14 @@ async fn end_to_end(runs: usize) {
         let event = pgjit::contract::events::parse_approval(approval(&format!("E2E-{i}"), "e2e", "e2e@corp.com", orders_access())).unwrap();
         let (aws0, (pg0, _)) = (moto_requests(), postgres_log_counts());
         let started = Instant::now();
-        let granted = pgjit::control::grants::grant(&svc, &event, Utc::now()).await.unwrap();
+        let granted = pgjit::control::grants::grant::grant(&svc, &event, Utc::now()).await.unwrap();
         grant_times.push(started.elapsed());
         tokio::time::sleep(Duration::from_millis(50)).await; // let the logs reach their files
         aws.push(moto_requests() - aws0);
         statements.push(postgres_log_counts().0 - pg0);
         let started = Instant::now();
         // As the schedule fires it: at the expiry (before it, a scheduled revoke changes nothing).
-        pgjit::control::grants::revoke(&svc, &format!("E2E-{i}"), pgjit::contract::events::RevokeTrigger::Scheduled, granted.expires_at).await.unwrap();
+        pgjit::control::grants::revoke::revoke(&svc, &format!("E2E-{i}"), pgjit::contract::events::RevokeTrigger::Scheduled, granted.expires_at).await.unwrap();
         revoke_times.push(started.elapsed());
     }
     aws.sort();
@@ -376,7 +376,7 @@ async fn burst() {
                 let svc = svc.clone();
                 tokio::spawn(async move {
                     let event = approval(&format!("B{n}-{i}"), "burst", &format!("b{i}@corp.com"), orders_access());
-                    pgjit::control::grants::grant(&svc, &pgjit::contract::events::parse_approval(event).unwrap(), Utc::now()).await
+                    pgjit::control::grants::grant::grant(&svc, &pgjit::contract::events::parse_approval(event).unwrap(), Utc::now()).await
                 })
             })
             .collect();
@@ -388,7 +388,7 @@ async fn burst() {
         }
         let elapsed = started.elapsed();
         println!("  {n:>3} at once: {ok}/{n} succeeded in {:>8.1} ms = {:>6.1} grants/s", ms(elapsed), ok as f64 / elapsed.as_secs_f64());
-        pgjit::control::grants::revoke_all(&svc, "burst", Utc::now()).await.unwrap();
+        pgjit::control::grants::revoke::revoke_all(&svc, "burst", Utc::now()).await.unwrap();
     }
 }
 
@@ -576,12 +576,12 @@ async fn sequential_sweep(svc: &pgjit::aws::Services, now: chrono::DateTime<Utc>
     let (due, _) = svc.store.due_grants(pgjit::aws::store::GrantStatus::Revoked, now).await.unwrap();
     for mut record in due {
         let server = pgjit::control::endpoint::Server::open(svc, integrations[&record.integration].clone(), 1).await.unwrap();
-        pgjit::control::grants::delete_user(svc, &mut record, &server, now).await.unwrap();
+        pgjit::control::grants::revoke::delete_user(svc, &mut record, &server, now).await.unwrap();
         done += 1;
     }
     let (due, _) = svc.store.due_grants(pgjit::aws::store::GrantStatus::Active, now).await.unwrap();
     for record in due.into_iter().filter(|r| r.expires_at <= now) {
-        pgjit::control::grants::revoke(svc, &record.request_id, pgjit::contract::events::RevokeTrigger::Cleanup, now).await.unwrap();
+        pgjit::control::grants::revoke::revoke(svc, &record.request_id, pgjit::contract::events::RevokeTrigger::Cleanup, now).await.unwrap();
         done += 1;
     }
     done

@@ -184,7 +184,7 @@ async fn move_to(svc: &Services, integration: &Integration, target: &endpoint::R
         }
         Place::Policy => {
             let moved = GrantRecord { expires_at: until, ..record.clone() };
-            crate::control::grants::put_connect_policy(svc, integration, target, &moved).await?;
+            crate::control::grants::grant::put_connect_policy(svc, integration, target, &moved).await?;
         }
         Place::Secret => {
             let arn = record.secret_arn.as_deref().unwrap_or_default();

@@ -50,7 +50,7 @@ pub async fn grant(svc: &Services, event: LambdaEvent<Value>) -> Result<GrantRes
     let _enter = span.enter();
     let started = std::time::Instant::now();
     let deadline = crate::control::budget::deadline_of(event.context.deadline);
-    let result = crate::control::budget::within(deadline, crate::control::grants::grant(svc, &approval, Utc::now())).await;
+    let result = crate::control::budget::within(deadline, crate::control::grants::grant::grant(svc, &approval, Utc::now())).await;
     summary("grant", started, &result, |r| serde_json::json!({"request_id": r.request_id, "status": r.status, "db_user": r.db_user, "repeated": r.repeated}));
     result.map_err(failure)
 }
@@ -65,7 +65,7 @@ pub async fn revoke(svc: &Services, event: LambdaEvent<Value>) -> Result<RevokeR
     let request = crate::contract::events::parse_revoke(payload).map_err(failure)?;
     let started = std::time::Instant::now();
     let deadline = crate::control::budget::deadline_of(event.context.deadline);
-    let result = crate::control::budget::within(deadline, crate::control::grants::revoke(svc, &request.request_id, request.trigger, Utc::now())).await;
+    let result = crate::control::budget::within(deadline, crate::control::grants::revoke::revoke(svc, &request.request_id, request.trigger, Utc::now())).await;
     summary("revoke", started, &result, |r| {
         serde_json::json!({"request_id": r.request_id, "status": r.status, "db_user": r.db_user, "repeated": r.repeated, "sessions_ended": r.sessions_ended})
     });

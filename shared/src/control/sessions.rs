@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::contract::integration::Integration;
 use crate::audit::pgaudit::AuditLine;
 use crate::audit::server_log::{Record, Records};
-use crate::aws::store::{EntryKind, SessionEntry, Store, StoreError};
+use crate::aws::store::sessions::{EntryKind, SessionEntry}; use crate::aws::store::{Store, StoreError};
 
 /// The longest statement kept, in bytes; longer ones are cut and say so.
 pub const MAX_STATEMENT_BYTES: usize = 4096;

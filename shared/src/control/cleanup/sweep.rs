@@ -67,19 +67,19 @@ impl Task {
         let (list, failure): (ReportList, Option<String>) = match self {
             Task::Finish(r) => {
                 let status = r.status;
-                let result = grants::revoke_with(svc, &r.request_id, None, Some(server), RevokeTrigger::Cleanup, now).await;
+                let result = grants::revoke::revoke_with(svc, &r.request_id, None, Some(server), RevokeTrigger::Cleanup, now).await;
                 (|r| &mut r.finished, result.err().map(|e| format!("{id}: finish {status}: {}", error_chain(&e))))
             }
             Task::Overdue(r) => {
-                let result = grants::revoke_with(svc, &id, Some(r), Some(server), RevokeTrigger::Cleanup, now).await;
+                let result = grants::revoke::revoke_with(svc, &id, Some(r), Some(server), RevokeTrigger::Cleanup, now).await;
                 (|r| &mut r.revoked_overdue, result.err().map(|e| format!("{id}: revoke: {}", error_chain(&e))))
             }
             Task::Rotate(mut r) => {
-                let result = grants::rotate(svc, &mut r, server, now).await;
+                let result = grants::revoke::rotate(svc, &mut r, server, now).await;
                 (|r| &mut r.rotated, result.err().map(|e| format!("{id}: rotate: {}", error_chain(&e))))
             }
             Task::Delete(mut r) => {
-                let result = grants::delete_user(svc, &mut r, server, now).await;
+                let result = grants::revoke::delete_user(svc, &mut r, server, now).await;
                 (|r| &mut r.deleted, result.err().map(|e| format!("{id}: delete: {}", error_chain(&e))))
             }
         };
