@@ -200,7 +200,7 @@ fn printable(text: &str) -> String {
 }
 
 /// A grant and what its user did, for a person to read.
-fn print_sessions(g: &pgjit::aws::store::GrantRecord, sessions: &[pgjit::control::sessions::Session]) {
+fn print_sessions(g: &pgjit::aws::store::GrantRecord, sessions: &[pgjit::control::sessions::view::Session]) {
     let time = |t: &DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
     println!("{} {} {} as {} on {}", g.request_id, g.status.as_str(), g.requester.id, g.db_user, g.integration);
     println!("  approved by {}: {}", g.approver, g.reason.as_deref().unwrap_or("no reason given"));
@@ -598,7 +598,7 @@ async fn run(command: Command) -> Outcome {
             let svc = services().await?;
             let grant = svc.store.get_grant(&request_id).await.map_err(chain)?.ok_or_else(|| format!("unknown request {request_id:?}"))?;
             let entries = svc.store.session_entries(&request_id).await.map_err(chain)?;
-            let sessions = pgjit::control::sessions::sessions_of(&entries);
+            let sessions = pgjit::control::sessions::view::sessions_of(&entries);
             if json {
                 return print_json(&json!({"grant": grant, "sessions": sessions}));
             }
@@ -610,7 +610,7 @@ async fn run(command: Command) -> Outcome {
             let svc = services().await?;
             let i = svc.store.get_integration(&integration).await.map_err(chain)?.ok_or_else(|| format!("unknown integration {integration:?}"))?;
             let target = pgjit::control::endpoint::resolve(&svc, &i).await.map_err(chain)?;
-            let mut findings = pgjit::engine::setup::doctor(&target.connector, &i.doctor_scope(), &[]).await.map_err(chain)?;
+            let mut findings = pgjit::engine::doctor::doctor(&target.connector, &i.doctor_scope(), &[]).await.map_err(chain)?;
             if i.enable_audit {
                 findings.extend(pgjit::control::sessions::log_export_finding(&svc, &i).await);
             }

@@ -710,7 +710,7 @@ async fn doctor_names_what_the_admin_can_and_cannot_do() {
         }
         pgjit::contract::integration::Integration::from_json(&doc.to_string()).unwrap()
     };
-    let findings = pgjit::engine::setup::doctor(&e.admin(), &integration("postgres", serde_json::json!({})).doctor_scope(), &databases).await.unwrap();
+    let findings = pgjit::engine::doctor::doctor(&e.admin(), &integration("postgres", serde_json::json!({})).doctor_scope(), &databases).await.unwrap();
     // 13 and 14 give PUBLIC CREATE on schema public: the doctor warns in each database (and only then).
     let version: i32 = e.superuser("postgres").await.query_one("SELECT current_setting('server_version_num')::int", &[]).await.unwrap().get(0);
     let public_warnings = findings.iter().filter(|f| f.warning && f.capability.starts_with("no CREATE for PUBLIC")).count();
@@ -727,10 +727,10 @@ async fn doctor_names_what_the_admin_can_and_cannot_do() {
     // elsewhere (here, the local CA) is named as such, with the fix.
     let mut rds_endpoint = e.endpoint();
     rds_endpoint.ca_bundle = pgjit::engine::setup::Flavor::Rds.default_ca_bundle().map(str::to_owned);
-    let err = pgjit::engine::setup::doctor(&Connector::new(rds_endpoint, Credentials::Password(e.admin_login())), &integration("rds", serde_json::json!({"ca_bundle": null})).doctor_scope(), &databases)
+    let err = pgjit::engine::doctor::doctor(&Connector::new(rds_endpoint, Credentials::Password(e.admin_login())), &integration("rds", serde_json::json!({"ca_bundle": null})).doctor_scope(), &databases)
         .await
         .expect_err("not an RDS certificate");
-    assert!(matches!(err, pgjit::engine::setup::DoctorError::Certificate { .. }), "{err}");
+    assert!(matches!(err, pgjit::engine::doctor::DoctorError::Certificate { .. }), "{err}");
     assert!(err.to_string().contains("Amazon's RDS certificate authorities") && err.to_string().contains("ca_bundle"), "{err}");
 
     // A role that was never prepared: each missing capability is named.
@@ -743,7 +743,7 @@ async fn doctor_names_what_the_admin_can_and_cannot_do() {
     su.batch_execute("SET log_statement = 'none'").await.unwrap();
     su.batch_execute(&format!("ALTER ROLE weak_admin PASSWORD {}", pgjit::engine::postgres::literal(password.expose()))).await.unwrap();
     let weak = Connector::new(e.endpoint(), Credentials::Password(pgjit::engine::postgres::Login { user: "weak_admin".into(), password }));
-    let findings = pgjit::engine::setup::doctor(&weak, &integration("rds", serde_json::json!({"grantable_roles": ["reporting", "no_such_role"]})).doctor_scope(), &["app".into()]).await.unwrap();
+    let findings = pgjit::engine::doctor::doctor(&weak, &integration("rds", serde_json::json!({"grantable_roles": ["reporting", "no_such_role"]})).doctor_scope(), &["app".into()]).await.unwrap();
     let failed: BTreeSet<&str> = findings.iter().filter(|f| !f.ok).map(|f| f.capability.as_str()).collect();
     for expected in ["CREATEROLE", "end sessions", "grant rds_iam", "grant option on database \"app\"", "grant option on schema \"app\".\"sales\"", "grant role \"reporting\"", "grant role \"no_such_role\""] {
         assert!(failed.contains(expected), "{expected} missing from {failed:?}");
@@ -805,8 +805,8 @@ async fn roles_stranded_by_an_upgrade_to_16_are_found_and_repaired() {
             "max_duration_seconds": 60, "user_prefix": prefix, "ca_bundle": "system"}).to_string(),
     )
     .unwrap();
-    let finding = |findings: &[pgjit::engine::setup::Finding]| findings.iter().find(|f| f.capability == "manage pgjit's roles").cloned();
-    let findings = pgjit::engine::setup::doctor(&e.admin(), &integration.doctor_scope(), &["postgres".into()]).await.unwrap();
+    let finding = |findings: &[pgjit::engine::doctor::Finding]| findings.iter().find(|f| f.capability == "manage pgjit's roles").cloned();
+    let findings = pgjit::engine::doctor::doctor(&e.admin(), &integration.doctor_scope(), &["postgres".into()]).await.unwrap();
     if version < 160000 {
         assert!(finding(&findings).is_none(), "before 16 CREATEROLE is enough: {findings:?}");
     } else {
@@ -815,7 +815,7 @@ async fn roles_stranded_by_an_upgrade_to_16_are_found_and_repaired() {
         let options = pgjit::engine::setup::SetupOptions { grantable_roles: vec!["reporting".into()], user_prefix: prefix.clone() };
         let sql = pgjit::engine::setup::setup_sql(pgjit::engine::setup::Flavor::Postgres, &e.admin_user, HOLDING, &options).unwrap();
         su.batch_execute(&sql).await.expect("setup-sql runs as the superuser");
-        let findings = pgjit::engine::setup::doctor(&e.admin(), &integration.doctor_scope(), &["postgres".into()]).await.unwrap();
+        let findings = pgjit::engine::doctor::doctor(&e.admin(), &integration.doctor_scope(), &["postgres".into()]).await.unwrap();
         assert!(finding(&findings).is_some_and(|f| f.ok), "{findings:?}");
         // And the admin can now manage it: revoke and delete work.
         let admin = e.admin();

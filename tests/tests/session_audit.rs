@@ -23,7 +23,7 @@ async fn grant(svc: &Services, event: Value) -> Result<pgjit::control::grants::G
     pgjit::control::handlers::grant(svc, LambdaEvent::new(pgjit_tests::signed(svc, event).await, Context::default())).await.map_err(|e| e.to_string())
 }
 
-async fn audit(svc: &Services, payload: Value) -> Result<pgjit::control::sessions::Ingested, String> {
+async fn audit(svc: &Services, payload: Value) -> Result<pgjit::control::sessions::attribution::Ingested, String> {
     pgjit::control::handlers::audit(svc, LambdaEvent::new(payload, Context::default())).await.map_err(|e| e.to_string())
 }
 
@@ -260,7 +260,7 @@ async fn every_statement_of_a_temporary_user_is_kept_once_attributed_and_redacte
     assert!(insert.client.as_deref().is_some_and(|c| c.starts_with("127.0.0.1(")), "{:?}", insert.client);
     assert!(insert.expires_at > chrono::Utc::now().timestamp() + 364 * 86_400, "kept for the retention");
     // Its session: connected, then the statements, then disconnected.
-    let sessions = pgjit::control::sessions::sessions_of(&entries);
+    let sessions = pgjit::control::sessions::view::sessions_of(&entries);
     assert_eq!(sessions.len(), 1, "{sessions:#?}");
     assert!(sessions[0].connected_at.is_some() && sessions[0].disconnected_at.is_some());
     assert_eq!(sessions[0].statements.len(), statements.len());
@@ -341,7 +341,7 @@ async fn every_statement_of_a_temporary_user_is_kept_once_attributed_and_redacte
     let log = log_since(from, "is not permitted to log in").await;
     audit(&svc, subscription(&format!("/aws/rds/instance/{instance}/postgresql"), &log)).await.unwrap();
     let after = svc.store.session_entries(&request_id).await.unwrap();
-    let sessions = pgjit::control::sessions::sessions_of(&after);
+    let sessions = pgjit::control::sessions::view::sessions_of(&after);
     let refused = sessions.iter().find(|s| s.details.iter().any(|d| d.contains("is not permitted to log in"))).expect("the refused login is recorded");
     assert!(refused.disconnected_at.is_some() && refused.statements.is_empty(), "{refused:?}");
 
@@ -390,13 +390,13 @@ async fn a_server_that_cannot_audit_refuses_the_grant_unless_audit_is_optional()
 
     // doctor names what is missing, and what is in place on the server that audits.
     let target = pgjit::control::endpoint::resolve(&svc, &required).await.unwrap();
-    let findings = pgjit::engine::setup::doctor(&target.connector, &required.doctor_scope(), &["postgres".into()]).await.unwrap();
+    let findings = pgjit::engine::doctor::doctor(&target.connector, &required.doctor_scope(), &["postgres".into()]).await.unwrap();
     let audit: Vec<_> = findings.iter().filter(|f| f.capability == "session audit").collect();
     assert!(audit.iter().any(|f| !f.ok && !f.warning && f.detail.contains("pgaudit is not loaded")), "{audit:?}");
     if e.pgaudit {
         let audited = register_integration(&svc, &format!("doctor-audit-{id}"), json!({"enable_audit": true})).await;
         let target = pgjit::control::endpoint::resolve(&svc, &audited).await.unwrap();
-        let findings = pgjit::engine::setup::doctor(&target.connector, &audited.doctor_scope(), &["postgres".into()]).await.unwrap();
+        let findings = pgjit::engine::doctor::doctor(&target.connector, &audited.doctor_scope(), &["postgres".into()]).await.unwrap();
         let audit: Vec<_> = findings.iter().filter(|f| f.capability == "session audit").collect();
         assert!(audit.iter().any(|f| f.ok), "{audit:?}");
         assert!(audit.iter().any(|f| f.warning && f.detail.contains("CREATE EXTENSION pgaudit")), "{audit:?}");
@@ -467,9 +467,9 @@ async fn forged_and_cut_records_are_kept_flagged_never_trusted_or_dropped() {
     let statement = |text: &str| entries.iter().find(|e| e.statement.as_deref().is_some_and(|s| s.starts_with(text))).unwrap_or_else(|| panic!("{text:?} in {entries:#?}"));
     assert_eq!(statement("SELECT * FROM sales.orders").suspect, None, "connected in the delivery before: its own statement");
     let forgery = statement("DELETE FROM pay");
-    assert_eq!(forgery.suspect.as_deref(), Some(pgjit::control::sessions::NO_CONNECTION), "{forgery:?}");
+    assert_eq!(forgery.suspect.as_deref(), Some(pgjit::control::sessions::attribution::NO_CONNECTION), "{forgery:?}");
     let cut = statement("UPDATE sales.orders SET total = 0");
-    assert_eq!(cut.suspect.as_deref(), Some(pgjit::control::sessions::CUT));
+    assert_eq!(cut.suspect.as_deref(), Some(pgjit::control::sessions::attribution::CUT));
     assert_eq!((cut.class.as_deref(), cut.command.as_deref(), cut.object.as_deref()), (Some("WRITE"), Some("UPDATE"), Some("sales.orders")));
     assert!(cut.statement.as_deref().unwrap().contains("WHERE customer IN ('a',"), "the part the delivery had: {cut:?}");
     // `pgjit sessions` shows the flags with the entries.

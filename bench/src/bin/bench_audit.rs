@@ -114,7 +114,7 @@ fn measure(runs: usize, secret_every: u32) -> f64 {
             records.push_event(&event.id, None, &event.message);
         }
         let unparsed = records.unparsed;
-        let (entries, ingested) = pgjit::control::sessions::attribute(records.records, &integration, &requests, pgjit::control::sessions::Retention { now: chrono::Utc::now(), keep: chrono::Duration::zero() });
+        let (entries, ingested) = pgjit::control::sessions::attribution::attribute(records.records, &integration, &requests, pgjit::control::sessions::attribution::Retention { now: chrono::Utc::now(), keep: chrono::Duration::zero() });
         full.push(t.elapsed().as_secs_f64());
         checks = (entries.len(), ingested.statements);
         assert_eq!(unparsed, 0);

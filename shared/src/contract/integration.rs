@@ -320,8 +320,8 @@ impl Integration {
     }
 
     /// What `pgjit doctor` checks this integration's server against.
-    pub fn doctor_scope(&self) -> crate::engine::setup::DoctorScope<'_> {
-        crate::engine::setup::DoctorScope {
+    pub fn doctor_scope(&self) -> crate::engine::doctor::DoctorScope<'_> {
+        crate::engine::doctor::DoctorScope {
             kind: self.kind,
             maintenance_database: self.maintenance_database(),
             holding_role: &self.holding_role,

@@ -107,7 +107,7 @@ pub async fn discovery(svc: &Services, _event: LambdaEvent<Value>) -> Result<Dis
 /// A CloudWatch Logs subscription delivery of an RDS or Aurora `postgresql` log group →
 /// session audit entries. A malformed delivery fails (and writes nothing); a log group of no
 /// integration, or a control message, succeeds with nothing written.
-pub async fn audit(svc: &Services, event: LambdaEvent<Value>) -> Result<crate::control::sessions::Ingested, Error> {
+pub async fn audit(svc: &Services, event: LambdaEvent<Value>) -> Result<crate::control::sessions::attribution::Ingested, Error> {
     let started = std::time::Instant::now();
     let deadline = crate::control::budget::deadline_of(event.context.deadline);
     let result = crate::control::budget::within(deadline, crate::control::sessions::ingest_subscription(&svc.store, svc.region().as_deref(), svc.config.session_retention_days, &event.payload, Utc::now())).await;

@@ -4,6 +4,7 @@
 //! parameters (names, an [`crate::access::AccessSet`], a login) and returns plain results.
 
 pub mod catalog;
+pub mod doctor;
 pub mod pgaudit;
 pub mod postgres;
 pub mod pool;

@@ -36,7 +36,7 @@ pub struct SessionEntry {
     pub object_type: Option<Cow<'static, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object: Option<String>,
-    /// The statement, secrets redacted, at most [`crate::control::sessions::MAX_STATEMENT_BYTES`].
+    /// The statement, secrets redacted, at most [`crate::control::sessions::attribution::MAX_STATEMENT_BYTES`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statement: Option<String>,
     /// The redacted statement's full length, only when it was cut.
