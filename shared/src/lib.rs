@@ -3,16 +3,18 @@
 //!
 //! This crate holds all of pgjit's logic; the Lambda binaries in `functions/` and the `pgjit`
 //! CLI only wire it up. Its rooms, each allowed to use only the rooms listed before it
-//! (`tests/architecture.rs` fails on any other import, and on any import circle):
+//! (`cargo test -p pgjit --test architecture` fails on any other import, and on any import
+//! circle):
 //!
 //! - [`secret`], [`failpoint`], [`metrics`]: basics used everywhere (a string that never
 //!   reaches a log, test fault points, metric lines). Use nothing.
 //! - [`access`]: the access a request asks for, checked and normalised, and the names of the
 //!   roles pgjit makes. Uses the basics.
 //! - [`audit`]: the server log, pgaudit's lines and redaction. Pure parsing. Uses the basics.
-//! - [`engine`]: PostgreSQL only: connections and TLS, pool, SCRAM, catalog, grant, revoke and
-//!   delete, the holding role, set-up SQL and the doctor's checks. Uses the basics and
-//!   [`access`]; nothing of AWS, of the contracts or of the store.
+//! - [`engine`]: PostgreSQL only: connections and TLS, pool, SCRAM, catalog, pgaudit's settings,
+//!   the roles (grant, revoke, delete, the holding role), set-up SQL and the doctor's checks.
+//!   Uses the basics and [`access`]; nothing of AWS, of the contracts or of the store: it takes
+//!   plain parameters and returns plain results.
 //! - [`contract`]: an operator's integration, the approval events, the functions'
 //!   configuration. Uses the basics, [`access`], [`audit`] and the engine's public types.
 //! - [`aws`]: the clients and everything that calls AWS: the store and its records, the

@@ -5,7 +5,7 @@
 //! `status-due` index (partition `status`, sort `due_at`), never with a Scan.
 //!
 //! Here: the records, the tables and what every operation shares. The operations are by table:
-//! [`grants`] (with the audit trail), [`integrations`] (with the inventory), [`sessions`].
+//! `grants` (with the audit trail), `integrations` (with the inventory), [`sessions`].
 
 mod grants;
 mod integrations;

@@ -6,7 +6,7 @@
 //! its items share a few connections ([`crate::engine::pool`]), several items and integrations go at
 //! once within [`Config::cleanup_concurrency`](crate::contract::config::Config), and the sweep stops
 //! starting items before the invocation's deadline, so every item is either done or untouched;
-//! what is left is reported and taken by a continuation ([`continuation`]).
+//! what is left is reported and taken by a continuation (`continuation`).
 
 mod continuation;
 mod reconcile;

@@ -3,7 +3,7 @@
 //! straight to each user fails under concurrency, "tuple concurrently updated", and at scale,
 //! "row is too big" on a table's ACL). All of it runs as a non-superuser admin.
 //!
-//! - [`grant`]: a grant, planned from the catalog ([`plan`]) and applied in one transaction per
+//! - [`grant`]: a grant, planned from the catalog (`plan`) and applied in one transaction per
 //!   database, with its proof.
 //! - [`revocation`]: taking access away, and disarming what a user's roles own.
 //! - [`departure`]: dropping a role for good, handing what it owned to the holding role, and the
