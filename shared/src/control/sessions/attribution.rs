@@ -64,7 +64,9 @@ impl Retention {
 
 /// The session entries of `records`: those of users with the integration's prefix, each tied
 /// to its request (`requests`: db user → request id); a managed user's record without a request
-/// is counted as unattributed. No I/O: the benchmark measures this with the parsing.
+/// is counted as unattributed. Each user has its own request (a grant has one db user), so a
+/// session is known by its user and server process. No I/O: the benchmark measures this with
+/// the parsing.
 pub fn attribute(records: Vec<Record<'_>>, integration: &Integration, requests: &HashMap<String, String>, retention: Retention) -> (Vec<SessionEntry>, Ingested) {
     let mut ingested = Ingested { integration: Some(integration.name.clone()), records: records.len(), ..Ingested::default() };
     let mut entries: Vec<SessionEntry> = Vec::with_capacity(records.len());

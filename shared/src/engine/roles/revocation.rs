@@ -1,11 +1,12 @@
-//! Taking access away from a login role (revoke) and dropping it for good (delete), and what
-//! happens to the objects a temporary user leaves behind.
+//! Taking access away from a login role (revoke): no login, its sessions ended, its
+//! memberships and direct privileges gone, and what its roles own disarmed ([`disarm`]).
 //!
 //! What a temporary user created must never run with more rights than the user had: a
 //! `SECURITY DEFINER` function handed to the admin would run as the admin for anyone who calls
-//! it. So its objects go to a powerless *holding role* (NOLOGIN, no privileges, no memberships),
-//! `SECURITY DEFINER` is taken away, the grants on them are dropped, and functions that fire as
-//! triggers on other owners' tables are dropped with their triggers.
+//! it. So `SECURITY DEFINER` is taken away and the grants on its objects are dropped here; when
+//! the role departs ([`super::departure`]) its objects go to a powerless *holding role* (NOLOGIN,
+//! no privileges, no memberships), and functions that fire as triggers on other owners' tables
+//! are dropped with their triggers.
 
 use tokio_postgres::Client;
 
