@@ -393,7 +393,7 @@ pub struct Records<'p, 'a> {
     last_time: Option<(String, Option<DateTime<Utc>>)>,
     /// Keep only the records of users whose name starts with this (and their continuations).
     /// (A searcher built once: every line of a delivery is searched for it.)
-    users_with_prefix: Option<(String, memchr::memmem::Finder<'static>)>,
+    users_with_prefix: Option<memchr::memmem::Finder<'static>>,
     /// Whether the record being continued was left out.
     skipping: bool,
 }
@@ -406,8 +406,7 @@ impl<'p, 'a> Records<'p, 'a> {
     /// Records of users whose name starts with `prefix` only: the others (and the lines that
     /// continue them) are read past without being kept.
     pub fn of_users_with_prefix(prefix: &'p LinePrefix, user_prefix: &str) -> Self {
-        let finder = memchr::memmem::Finder::new(user_prefix.as_bytes()).into_owned();
-        Records { users_with_prefix: Some((user_prefix.to_owned(), finder)), ..Records::new(prefix) }
+        Records { users_with_prefix: Some(memchr::memmem::Finder::new(user_prefix.as_bytes()).into_owned()), ..Records::new(prefix) }
     }
 
     /// Adds one log event's text (one or more lines) from `origin`.
@@ -432,7 +431,7 @@ impl<'p, 'a> Records<'p, 'a> {
             }
             // A line that does not even contain the users' prefix is no kept user's record: it
             // is read past without matching its prefix (and what continues it with it).
-            if let Some((_, users)) = &self.users_with_prefix {
+            if let Some(users) = &self.users_with_prefix {
                 if users.find(line.get(..512).unwrap_or(line).as_bytes()).is_none() {
                     self.skipping = true;
                     continue;
@@ -440,7 +439,7 @@ impl<'p, 'a> Records<'p, 'a> {
             }
             match self.prefix.split_spans(line) {
                 Some((spans, severity, message)) => {
-                    self.skipping = self.users_with_prefix.as_ref().is_some_and(|(p, _)| !spans.user.is_some_and(|(a, b)| line[a..b].starts_with(p.as_str())));
+                    self.skipping = self.users_with_prefix.as_ref().is_some_and(|p| !spans.user.is_some_and(|(a, b)| line[a..b].as_bytes().starts_with(p.needle())));
                     if self.skipping {
                         continue;
                     }

@@ -134,7 +134,7 @@ pub fn attribute(records: Vec<Record<'_>>, integration: &Integration, requests: 
             }
             ingested.statements += 1;
         }
-        let mut entry = entry_of(&record.fields, record.origin, time_key.of(at), request_id, what, retention.expires_at(at));
+        let mut entry = entry_of(&record.fields, record.origin, at, time_key.of(at), request_id, what, retention.expires_at(at));
         if entry.kind == EntryKind::Statement {
             let ids = (entry.statement_id, entry.substatement_id);
             if seen.last_ids.replace(ids) == Some(ids) {
@@ -171,13 +171,13 @@ struct TimeKey {
 }
 
 impl TimeKey {
-    fn of(&mut self, at: DateTime<Utc>) -> (DateTime<Utc>, &str) {
+    fn of(&mut self, at: DateTime<Utc>) -> &str {
         if self.at != Some(at) {
             self.key.clear();
             crate::aws::store::push_time_key(&mut self.key, at);
             self.at = Some(at);
         }
-        (at, &self.key)
+        &self.key
     }
 }
 
@@ -247,7 +247,7 @@ fn merge_object(into: &mut SessionEntry, object_type: &str, object: &str) {
 
 /// The entry a managed user's kept record makes (its prefix's fields are moved into it; a
 /// statement comes already redacted).
-fn entry_of(fields: &crate::audit::server_log::PrefixFields<'_>, (event, index): (&str, u32), (at, time_key): (DateTime<Utc>, &str), request_id: &str, what: Kept<'_>, expires_at: i64) -> SessionEntry {
+fn entry_of(fields: &crate::audit::server_log::PrefixFields<'_>, (event, index): (&str, u32), at: DateTime<Utc>, time_key: &str, request_id: &str, what: Kept<'_>, expires_at: i64) -> SessionEntry {
     let mut at_origin = String::with_capacity(time_key.len() + event.len() + 12);
     at_origin.push_str(time_key);
     at_origin.push('#');

@@ -39,7 +39,7 @@ pub(super) const VERSION_COLUMN: &str = "pgjit_server_version";
 /// functions named, with regprocedure's text as the server's own quoted signature. It is sent as
 /// a simple query, every value quoted by `literal`: the server logged 0.73 ms for it that way,
 /// against about 1.06 ms for parse, bind and execute with the extended protocol.
-pub(super) fn lookup_sql(names: &[&str], schemas: &[&str], roles: &[&str], functions: &[serde_json::Value]) -> String {
+fn lookup_sql(names: &[&str], schemas: &[&str], roles: &[&str], functions: &[serde_json::Value]) -> String {
     let mut parts = vec![format!("'existing_roles', (SELECT coalesce(json_agg(rolname), '[]') FROM pg_roles WHERE rolname = ANY({}))", text_array(names))];
     if !schemas.is_empty() {
         parts.push(format!(
@@ -83,7 +83,7 @@ pub(super) fn lookup_sql(names: &[&str], schemas: &[&str], roles: &[&str], funct
 }
 
 /// `ARRAY['a','b']::text[]`, every item quoted.
-pub(super) fn text_array<S: AsRef<str>>(items: &[S]) -> String {
+fn text_array<S: AsRef<str>>(items: &[S]) -> String {
     format!("ARRAY[{}]::text[]", items.iter().map(|i| literal(i.as_ref())).collect::<Vec<_>>().join(","))
 }
 
@@ -99,7 +99,7 @@ pub(super) struct Facts {
 }
 
 #[derive(serde::Deserialize)]
-pub(super) struct RelationFact {
+struct RelationFact {
     schema: String,
     name: String,
     sequence: bool,
@@ -107,7 +107,7 @@ pub(super) struct RelationFact {
 
 /// One role on the way up from a requested role (`root`), the requested role included.
 #[derive(serde::Deserialize)]
-pub(super) struct RoleLink {
+struct RoleLink {
     root: String,
     name: String,
     superuser: bool,
@@ -125,7 +125,7 @@ pub(super) struct RoleLink {
 
 /// A function that a function request (by its index among them) may mean.
 #[derive(serde::Deserialize)]
-pub(super) struct FunctionFact {
+struct FunctionFact {
     request: usize,
     signature: String,
     /// Whether its argument types are the ones asked for (always, when none were given).
@@ -261,10 +261,10 @@ pub(super) fn plan_object(plan: &mut Plan, object: &Object, set: &BTreeSet<Privi
 
 /// The relkinds `GRANT … ON ALL TABLES` covers: tables, partitioned tables, views, materialized
 /// views and foreign tables (sequences have their own).
-pub(super) const TABLE_KINDS: &str = "'r','p','v','m','f'";
+const TABLE_KINDS: &str = "'r','p','v','m','f'";
 
 /// A query yielding `(kind, oid, privilege)` for every oid `oids` yields and every privilege.
-pub(super) fn proof_rows<'a>(kind: &str, oids: &str, privileges: impl IntoIterator<Item = &'a str>) -> String {
+fn proof_rows<'a>(kind: &str, oids: &str, privileges: impl IntoIterator<Item = &'a str>) -> String {
     let privileges: Vec<&str> = privileges.into_iter().collect();
     format!("SELECT {}::text, o.oid, p.privilege FROM ({oids}) AS o(oid), unnest({}) AS p(privilege)", literal(kind), text_array(&privileges))
 }
@@ -273,7 +273,7 @@ pub(super) fn proof_rows<'a>(kind: &str, oids: &str, privileges: impl IntoIterat
 /// among them never pgjit's admin or its own roles; a role whose chain leads to a predefined or
 /// cloud admin role, to powers (SUPERUSER, CREATEROLE, …), to a role that can log in or that
 /// owns objects only when `privileged_grantable_roles` opts in to it.
-pub(super) fn plan_roles(access: &DatabaseAccess, facts: &Facts, admin: &str, spec: &GrantSpec<'_>, plan: &mut Plan, missing: &mut Vec<String>, refused: &mut Vec<String>) {
+fn plan_roles(access: &DatabaseAccess, facts: &Facts, admin: &str, spec: &GrantSpec<'_>, plan: &mut Plan, missing: &mut Vec<String>, refused: &mut Vec<String>) {
     let to = ident(&plan.profile);
     for role in &access.roles {
         if !spec.grantable_roles.contains(role) {

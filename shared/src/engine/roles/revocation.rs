@@ -165,7 +165,7 @@ pub(super) async fn revoke_on(client: &Client, connector: &Connector, maintenanc
 
 /// Disarms (see [`disarm`]) whatever the given profile roles own, in every database where they
 /// own something. The roles stay, with their privileges, for the other grants that share them.
-pub(super) async fn disarm_profiles(client: &Client, connector: &Connector, db: &str, profiles: &[String]) -> Result<Vec<String>, RoleError> {
+async fn disarm_profiles(client: &Client, connector: &Connector, db: &str, profiles: &[String]) -> Result<Vec<String>, RoleError> {
     let mut changed = Vec::new();
     for profile in profiles {
         let Some((oid, _)) = role_oid(client, db, profile).await? else { continue };
@@ -185,7 +185,7 @@ pub(super) async fn disarm_profiles(client: &Client, connector: &Connector, db: 
     Ok(changed)
 }
 
-pub(super) async fn memberships_of(client: &Client, database: &str, oid: u32) -> Result<Vec<String>, RoleError> {
+async fn memberships_of(client: &Client, database: &str, oid: u32) -> Result<Vec<String>, RoleError> {
     Ok(client
         .query("SELECT r.rolname::text FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid WHERE m.member = $1 ORDER BY 1", &[&oid])
         .await
@@ -197,7 +197,7 @@ pub(super) async fn memberships_of(client: &Client, database: &str, oid: u32) ->
 
 /// Ends every session of the role. From 14 each termination waits (up to 5 s) until the
 /// session is gone; 13 has no timeout argument, so pgjit polls for that itself.
-pub(super) async fn end_sessions(client: &Client, database: &str, oid: u32, server_version: i32) -> Result<i64, RoleError> {
+async fn end_sessions(client: &Client, database: &str, oid: u32, server_version: i32) -> Result<i64, RoleError> {
     let terminate = if server_version >= 140000 { "pg_terminate_backend(pid, 5000)" } else { "pg_terminate_backend(pid)" };
     let row = client
         .query_one(
