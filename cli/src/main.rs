@@ -29,6 +29,19 @@ enum Command {
         #[command(subcommand)]
         command: IntegrationCommand,
     },
+    /// Store, list or remove access flows: who may ask for what, for how long, and who approves.
+    Flow {
+        #[command(subcommand)]
+        command: FlowCommand,
+    },
+    /// Record that you reviewed a break-glass grant (your AWS identity is the reviewer).
+    Review {
+        request_id: String,
+        #[arg(long)]
+        note: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the grant handler on an approval event (the EventBridge event as the function receives
     /// it); one without `detail.mac` gets the approvals key's MAC first (you are its sender).
     Grant {
@@ -163,6 +176,21 @@ enum SessionsCommand {
 }
 
 #[derive(Subcommand)]
+enum FlowCommand {
+    /// Validate and store (or replace) a flow from a JSON file.
+    Put { file: String },
+    /// Every flow, or those of one integration.
+    List {
+        #[arg(long)]
+        integration: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a flow.
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
 enum IntegrationCommand {
     /// Validate and store an integration from a JSON file.
     Put { file: String },
@@ -243,6 +271,16 @@ fn print_sessions(g: &pgjit::aws::store::GrantRecord, sessions: &[pgjit::control
     }
 }
 
+/// A flow's approval rule in a few words.
+fn describe_mode(flow: &pgjit::contract::flow::Flow) -> String {
+    use pgjit::contract::flow::Mode;
+    match flow.approval.mode() {
+        Mode::Auto => "auto-approved".into(),
+        Mode::BreakGlass => "break-glass".into(),
+        Mode::Approvers => format!("{} approval(s)", flow.approval.required()),
+    }
+}
+
 fn print_json(value: &impl serde::Serialize) -> Outcome {
     println!("{}", serde_json::to_string_pretty(value).map_err(chain)?);
     Ok(())
@@ -298,6 +336,44 @@ async fn run(command: Command) -> Outcome {
             }
             Ok(())
         }
+        Command::Flow { command: FlowCommand::Put { file } } => {
+            let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {file}: {e}"))?;
+            let flow = pgjit::contract::flow::Flow::from_json(&text).map_err(chain)?;
+            let svc = services().await?;
+            svc.store.put_flow(&flow).await.map_err(chain)?;
+            println!("flow {:?} stored: {} on {}", flow.name, describe_mode(&flow), flow.integrations.join(", "));
+            Ok(())
+        }
+        Command::Flow { command: FlowCommand::List { integration, json } } => {
+            let svc = services().await?;
+            let flows = svc.store.list_flows(integration.as_deref()).await.map_err(chain)?;
+            if json {
+                return print_json(&flows);
+            }
+            for f in &flows {
+                println!("{:<24} {:<28} max {}s  on {}", f.name, describe_mode(f), f.max_duration_seconds, f.integrations.join(","));
+            }
+            Ok(())
+        }
+        Command::Flow { command: FlowCommand::Delete { name } } => {
+            let svc = services().await?;
+            if !svc.store.delete_flow(&name).await.map_err(chain)? {
+                return Err(format!("no flow {name:?}"));
+            }
+            println!("flow {name:?} removed");
+            Ok(())
+        }
+        Command::Review { request_id, note, json } => {
+            let svc = services().await?;
+            let me = svc.sts.get_caller_identity().send().await.map_err(|e| chain(pgjit::aws::AwsError::new("sts:GetCallerIdentity", e)))?;
+            let reviewer = me.arn().ok_or("sts:GetCallerIdentity named no ARN")?.to_owned();
+            let record = pgjit::control::flows::review(&svc, &request_id, &reviewer, note, Utc::now()).await.map_err(chain)?;
+            if json {
+                return print_json(&record);
+            }
+            println!("break-glass grant {request_id} reviewed by {} at {}", record.reviewed_by.as_deref().unwrap_or("?"), record.reviewed_at.map(|t| t.to_rfc3339()).unwrap_or_default());
+            Ok(())
+        }
         Command::SignApproval { file } => {
             let mut event = read_json(&file)?;
             let svc = services().await?;
@@ -344,6 +420,7 @@ async fn run(command: Command) -> Outcome {
             let extension = pgjit::contract::events::Extension {
                 request_id,
                 approver,
+                approvers: Vec::new(),
                 duration_seconds,
                 reason,
                 sent_at: Some(now),
@@ -614,6 +691,7 @@ async fn run(command: Command) -> Outcome {
             if i.enable_audit {
                 findings.extend(pgjit::control::sessions::log_export_finding(&svc, &i).await);
             }
+            findings.push(pgjit::control::flows::doctor_finding(&svc, &i).await);
             if json {
                 return print_json(&findings);
             }

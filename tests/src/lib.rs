@@ -168,6 +168,7 @@ pub async fn isolated_services_with(extra: impl Fn(&str) -> Option<String>) -> p
         "PGJIT_INVENTORY_TABLE" => Some(format!("inventory-{id}")),
         "PGJIT_AUDIT_TABLE" => Some(format!("audit-{id}")),
         "PGJIT_SESSIONS_TABLE" => Some(format!("sessions-{id}")),
+        "PGJIT_FLOWS_TABLE" => Some(format!("flows-{id}")),
         "PGJIT_SCHEDULE_GROUP" => Some(format!("pgjit-{id}")),
         "PGJIT_SECRET_PREFIX" => Some(format!("pgjit-{id}/")),
         "PGJIT_CREDENTIALS_PREFIX" => Some(format!("pgjit-credentials-{id}/")),

@@ -430,3 +430,27 @@ fn audit_lines_not_read_are_alarmed() {
     // Functions in a VPC reach KMS (the approvals key) through an endpoint like the other services.
     assert_eq!(text(&t["Resources"]["KmsEndpoint"]["Properties"]["ServiceName"]), "!Sub com.amazonaws.${AWS::Region}.kms");
 }
+
+#[test]
+fn flows_and_people_are_read_by_the_grant_function_only_and_written_by_no_function() {
+    let t = template();
+    let flows_table = |s: &Value| text(&s["Resource"]).contains("FlowsTable");
+    let people = |s: &Value| strings(&s["Action"]).iter().any(|a| a.starts_with("identitystore:"));
+    for function in functions(&t) {
+        for s in statements(&t, &function) {
+            if flows_table(&s) {
+                assert_eq!((function.as_str(), strings(&s["Action"])), ("GrantFunction", vec!["dynamodb:Scan".to_owned()]), "flows are read by the grant function only, and only read");
+            }
+            if people(&s) {
+                assert_eq!(function, "GrantFunction", "people are read by the grant function only");
+                let mut actions = strings(&s["Action"]);
+                actions.sort();
+                assert_eq!(actions, ["identitystore:DescribeGroup", "identitystore:GetUserId", "identitystore:ListGroupMembershipsForMember"], "read-only");
+            }
+        }
+    }
+    let grant = statements(&t, "GrantFunction");
+    assert!(grant.iter().any(flows_table) && grant.iter().any(people), "the grant function checks approvals against the flows and their people");
+    let alarm = &t["Resources"]["BreakGlassUsedAlarm"]["Properties"];
+    assert_eq!((alarm["MetricName"].as_str(), alarm["Namespace"].as_str()), (Some("BreakGlassUsed"), Some("pgjit")), "break-glass use is alarmed");
+}

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod approval_mac;
 pub mod credentials;
 pub mod iam;
+pub mod identity;
 pub mod names;
 pub mod rds;
 pub mod schedule;
@@ -54,6 +55,8 @@ pub struct Services {
     pub events: aws_sdk_eventbridge::Client,
     /// The approvals key's MACs ([`crate::aws::approval_mac`]).
     pub kms: aws_sdk_kms::Client,
+    /// IAM Identity Center's users and groups ([`crate::aws::identity`]).
+    pub identity_store: aws_sdk_identitystore::Client,
     /// Steps where tests make a run fail on purpose; empty in production.
     pub failpoints: Failpoints,
     account: Arc<OnceCell<String>>,
@@ -71,6 +74,7 @@ impl Services {
             rds: aws_sdk_rds::Client::new(&sdk_config),
             events: aws_sdk_eventbridge::Client::new(&sdk_config),
             kms: aws_sdk_kms::Client::new(&sdk_config),
+            identity_store: aws_sdk_identitystore::Client::new(&sdk_config),
             config: Arc::new(config),
             sdk_config,
             failpoints: Failpoints::default(),

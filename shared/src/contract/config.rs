@@ -19,6 +19,8 @@ pub struct Config {
     pub audit_table: String,
     /// `PGJIT_SESSIONS_TABLE`: session audit entries, keyed by request id and log position.
     pub sessions_table: String,
+    /// `PGJIT_FLOWS_TABLE`: the access flows.
+    pub flows_table: String,
     /// `PGJIT_SESSION_RETENTION_DAYS` (365): how long session audit entries are kept (the
     /// table's time to live deletes them after).
     pub session_retention_days: u32,
@@ -89,6 +91,9 @@ pub struct Config {
     pub event_source: String,
     /// `PGJIT_WEBHOOK_SECRET_ID`: the Secrets Manager secret holding the webhook's HMAC key.
     pub webhook_secret_id: Option<String>,
+    /// `PGJIT_IDENTITY_STORE_ID`: the IAM Identity Center identity store people's groups come
+    /// from (`d-…`); without it, flows match users and principals only.
+    pub identity_store_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +157,7 @@ impl Config {
             inventory_table: text("PGJIT_INVENTORY_TABLE", "pgjit-inventory")?,
             audit_table: text("PGJIT_AUDIT_TABLE", "pgjit-audit")?,
             sessions_table: text("PGJIT_SESSIONS_TABLE", "pgjit-sessions")?,
+            flows_table: text("PGJIT_FLOWS_TABLE", "pgjit-flows")?,
             session_retention_days: number("PGJIT_SESSION_RETENTION_DAYS", 365, 1, 3650)? as u32,
             schedule_group: text("PGJIT_SCHEDULE_GROUP", "pgjit")?,
             revoke_function_arn: text("PGJIT_REVOKE_FUNCTION_ARN", "arn:aws:lambda:us-east-1:123456789012:function:pgjit-revoke")?,
@@ -187,6 +193,13 @@ impl Config {
             },
             event_source: text("PGJIT_EVENT_SOURCE", "pgjit")?,
             webhook_secret_id: lookup("PGJIT_WEBHOOK_SECRET_ID").filter(|v| !v.trim().is_empty()),
+            identity_store_id: match lookup("PGJIT_IDENTITY_STORE_ID").filter(|v| !v.trim().is_empty()) {
+                // Identity Store ids: `d-` and 10 hexadecimal digits, or a UUID.
+                Some(id) if !(id.len() <= 36 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')) => {
+                    return Err(ConfigError { name: "PGJIT_IDENTITY_STORE_ID", message: format!("{id:?} is not an identity store id (d-1234567890)") })
+                }
+                other => other,
+            },
         })
     }
 }

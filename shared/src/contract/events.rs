@@ -11,6 +11,7 @@ pub const GRANTED: &str = "Access Granted";
 pub const REVOKE_REQUESTED: &str = "Access Revoke Requested";
 pub const EXTENSION_APPROVED: &str = "Access Extension Approved";
 pub const EXTENDED: &str = "Access Extended";
+pub const BREAK_GLASS_USED: &str = "Break Glass Used";
 
 /// The `detail` of an extension: more time for an active grant, same user, same privileges.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,6 +19,10 @@ pub const EXTENDED: &str = "Access Extended";
 pub struct Extension {
     pub request_id: String,
     pub approver: String,
+    /// Everyone who approved, where the grant's flow requires more than one approver (the
+    /// `approver` counts too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
     pub duration_seconds: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -80,6 +85,7 @@ pub fn parse_extension(event: Value) -> Result<Extension, EventError> {
     if extension.reason.as_ref().is_some_and(|r| r.len() > 2048) {
         return Err(bad("reason", "at most 2048 characters"));
     }
+    check_approvers(&extension.approvers)?;
     if extension.duration_seconds == 0 {
         return Err(bad("duration_seconds", "must be positive"));
     }
@@ -140,6 +146,15 @@ pub struct Approval {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub access: Vec<AccessEntry>,
+    /// Everyone who approved (the `approver` counts too): what a flow's `required` counts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
+    /// The access flow the request was made under, if it names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<String>,
+    /// A ticket reference, for flows with a `ticket_pattern`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
     /// The event's `time` when it came through EventBridge (None for a bare `detail`): an
     /// approval older than the configured age is refused, so a replay cannot grant again.
     #[serde(skip)]
@@ -289,7 +304,51 @@ pub fn parse_approval(event: Value) -> Result<Approval, EventError> {
     if approval.access.len() > 100 {
         return Err(bad("access", "at most 100 entries"));
     }
+    check_approvers(&approval.approvers)?;
+    if approval.flow.as_ref().is_some_and(|f| f.is_empty() || f.len() > 64) {
+        return Err(bad("flow", "must be 1-64 characters"));
+    }
+    if approval.ticket.as_ref().is_some_and(|t| t.trim().is_empty() || t.len() > 128) {
+        return Err(bad("ticket", "must be 1-128 characters"));
+    }
     Ok(approval)
+}
+
+impl Approval {
+    /// Everyone who approved: the `approver` and the `approvers`, each once.
+    pub fn all_approvers(&self) -> Vec<&str> {
+        all_approvers(&self.approver, &self.approvers)
+    }
+}
+
+impl Extension {
+    /// Everyone who approved: the `approver` and the `approvers`, each once.
+    pub fn all_approvers(&self) -> Vec<&str> {
+        all_approvers(&self.approver, &self.approvers)
+    }
+}
+
+fn all_approvers<'a>(approver: &'a str, approvers: &'a [String]) -> Vec<&'a str> {
+    let mut all = vec![approver];
+    for a in approvers {
+        if !all.contains(&a.as_str()) {
+            all.push(a);
+        }
+    }
+    all
+}
+
+/// Most approvers one event names.
+pub const MAX_APPROVERS: usize = 20;
+
+fn check_approvers(approvers: &[String]) -> Result<(), EventError> {
+    if approvers.len() > MAX_APPROVERS {
+        return Err(bad("approvers", format!("at most {MAX_APPROVERS}")));
+    }
+    match approvers.iter().position(|a| a.trim().is_empty() || a.len() > 256) {
+        Some(i) => Err(bad(&format!("approvers[{i}]"), "must be 1-256 characters")),
+        None => Ok(()),
+    }
 }
 
 /// A revoke: the scheduler's `{"request_id":…}`, or an `Access Revoke Requested` event.

@@ -53,6 +53,7 @@ pub async fn extend(svc: &Services, extension: &Extension, now: DateTime<Utc>) -
         return Ok(crate::control::grants::result_of(&record, &integration, true));
     }
     crate::control::grants::check_approver(svc, &integration, &extension.approver, &record.requester.id, extension.sent_at, now)?;
+    crate::control::flows::check_extension(svc, &integration, &record, extension, now).await?;
     if record.extensions.len() >= MAX_EXTENSIONS {
         return Err(GrantError::Policy(format!("request {:?} has been extended {MAX_EXTENSIONS} times: ask for a new grant", record.request_id)));
     }

@@ -8,6 +8,7 @@ pub mod cleanup;
 pub mod discovery;
 pub mod endpoint;
 pub mod extension;
+pub mod flows;
 pub mod grants;
 pub mod handlers;
 pub mod sessions;

@@ -5,8 +5,9 @@
 //! `status-due` index (partition `status`, sort `due_at`), never with a Scan.
 //!
 //! Here: the records, the tables and what every operation shares. The operations are by table:
-//! `grants` (with the audit trail), `integrations` (with the inventory), [`sessions`].
+//! `grants` (with the audit trail), `integrations` (with the inventory), `flows`, [`sessions`].
 
+mod flows;
 mod grants;
 mod integrations;
 pub mod sessions;
@@ -123,6 +124,19 @@ pub struct GrantRecord {
     /// The extensions applied, oldest first: a redelivered one is recognised by its key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extensions: Vec<ExtensionEntry>,
+    /// The access flow that allowed it (none where the integration has no flows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<String>,
+    /// The approvers the flow counted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
+    /// Granted through a break-glass flow: to be reviewed (`pgjit review`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reviewed_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reviewed_at: Option<DateTime<Utc>>,
 }
 
 /// One extension of a grant.
@@ -177,6 +191,11 @@ impl GrantRecord {
             failure: None,
             session_audit: None,
             extensions: Vec::new(),
+            flow: None,
+            approvers: Vec::new(),
+            break_glass: false,
+            reviewed_by: None,
+            reviewed_at: None,
         }
     }
 }
@@ -233,6 +252,9 @@ pub struct AuditEntry {
     pub access: Vec<AccessEntry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The access flow the request went through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<String>,
 }
 
 /// One discovered object of an integration.
@@ -271,6 +293,9 @@ pub enum StoreError {
     Conflict { what: String, expected: u64 },
     #[error("{0} exists already")]
     AlreadyExists(String),
+    /// An item that decodes but breaks the rules its kind keeps (edited behind pgjit's back).
+    #[error("item in {table} is not valid: {message}")]
+    Invalid { table: String, message: String },
 }
 
 /// The DynamoDB tables pgjit uses.
@@ -282,6 +307,7 @@ pub struct Store {
     inventory: String,
     audit: String,
     sessions: String,
+    flows: String,
 }
 
 fn dynamo<E: std::error::Error + Send + Sync + 'static>(operation: &'static str, table: &str) -> impl FnOnce(E) -> StoreError {
@@ -305,6 +331,7 @@ impl Store {
             inventory: config.inventory_table.clone(),
             audit: config.audit_table.clone(),
             sessions: config.sessions_table.clone(),
+            flows: config.flows_table.clone(),
         }
     }
 
@@ -336,13 +363,13 @@ impl Store {
         Ok(out)
     }
 
-    /// Creates the five tables with their indexes (and the sessions table's time to live);
+    /// Creates the six tables with their indexes (and the sessions table's time to live);
     /// tables that exist are left as they are.
     pub async fn create_tables(&self) -> Result<Vec<String>, StoreError> {
         let s = |name: &str| AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build();
         let key = |name: &str, t: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(t).build();
         let mut created = Vec::new();
-        let specs: [(&str, Vec<(&str, KeyType)>, Vec<&str>, Vec<(&str, Vec<(&str, KeyType)>)>); 5] = [
+        let specs: [(&str, Vec<(&str, KeyType)>, Vec<&str>, Vec<(&str, Vec<(&str, KeyType)>)>); 6] = [
             (
                 &self.grants,
                 vec![("request_id", KeyType::Hash)],
@@ -353,6 +380,7 @@ impl Store {
                 ],
             ),
             (&self.integrations, vec![("name", KeyType::Hash)], vec!["name"], vec![]),
+            (&self.flows, vec![("name", KeyType::Hash)], vec!["name"], vec![]),
             (&self.inventory, vec![("integration", KeyType::Hash), ("object", KeyType::Range)], vec!["integration", "object"], vec![]),
             (&self.audit, vec![("request_id", KeyType::Hash), ("at_event", KeyType::Range)], vec!["request_id", "at_event"], vec![]),
             (&self.sessions, vec![("request_id", KeyType::Hash), ("at_origin", KeyType::Range)], vec!["request_id", "at_origin"], vec![]),

@@ -46,8 +46,9 @@ pub async fn grant(svc: &Services, approval: &Approval, now: DateTime<Utc>) -> R
     } else if integration.access_mode == AccessMode::Iam {
         return Err(GrantError::Policy(format!("integration {:?} uses IAM access: requester.iam_arn is needed", integration.name)));
     }
+    let allowed = crate::control::flows::check_approval(svc, &integration, approval, now).await?;
     let duration = Duration::seconds(i64::try_from(approval.duration_seconds).unwrap_or(i64::MAX));
-    let fresh = GrantRecord::granting(
+    let mut fresh = GrantRecord::granting(
         approval,
         &integration,
         login_role_name(&integration.user_prefix, &approval.requester.id),
@@ -55,6 +56,11 @@ pub async fn grant(svc: &Services, approval: &Approval, now: DateTime<Utc>) -> R
         now + duration,
         now + stuck_after(svc),
     );
+    if let Some(allowed) = &allowed {
+        fresh.flow = Some(allowed.flow.clone());
+        fresh.approvers = allowed.approvers.clone();
+        fresh.break_glass = allowed.mode == crate::contract::flow::Mode::BreakGlass;
+    }
     // The "requested" entry of a new record is written while the endpoint is resolved.
     let (mut record, requested) = match svc.store.insert_grant(&fresh).await {
         Ok(()) => {
@@ -130,6 +136,14 @@ pub async fn grant(svc: &Services, approval: &Approval, now: DateTime<Utc>) -> R
             crate::metrics::count("GrantsCreated", 1, &record.integration);
             let result = result_of(&record, &integration, false);
             announce(svc, &record, &result).await;
+            if record.break_glass {
+                // The alarm on this metric pages whoever watches break-glass use.
+                tracing::warn!(request_id = %record.request_id, integration = %record.integration, requester = %record.requester.id, flow = ?record.flow, "break-glass access granted: to be reviewed");
+                crate::metrics::count_with_total("BreakGlassUsed", 1, &record.integration);
+                let detail = serde_json::json!({"request_id": record.request_id, "integration": record.integration, "requester": record.requester,
+                    "flow": record.flow, "reason": record.reason, "access": record.access, "expires_at": record.expires_at});
+                super::announce_event(svc, &record, crate::contract::events::BREAK_GLASS_USED, detail).await;
+            }
             Ok(result)
         }
         Err((step, source)) => {

@@ -66,6 +66,9 @@ pub enum GrantError {
     UnknownRequest(String),
     #[error("refused by the integration's policy: {0}")]
     Policy(String),
+    /// The integration has access flows and none allows this approval.
+    #[error("refused: {0}; nothing was changed")]
+    NotInFlow(crate::contract::flow::Refusal),
     #[error("request {0:?} was approved before with other details; a request id names one request")]
     Mismatch(String),
     #[error("request {0:?} is being worked on by another run; try again later")]
@@ -82,6 +85,12 @@ pub enum GrantError {
         #[source]
         source: StepError,
     },
+}
+
+impl From<crate::contract::flow::Refusal> for GrantError {
+    fn from(refusal: crate::contract::flow::Refusal) -> Self {
+        GrantError::NotInFlow(refusal)
+    }
 }
 
 impl GrantError {
@@ -121,6 +130,7 @@ pub(crate) fn audit(record: &GrantRecord, event: &str, at: DateTime<Utc>, detail
         db_user: record.db_user.clone(),
         access: record.access.clone(),
         detail,
+        flow: record.flow.clone(),
     }
 }
 

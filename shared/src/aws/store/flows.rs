@@ -1,0 +1,62 @@
+//! Access flows in the store: one item per flow, its document kept as the operator wrote it
+//! and checked again on every read, so an item edited behind pgjit's back is refused, never
+//! half-trusted.
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use serde::{Deserialize, Serialize};
+
+use super::{dynamo, Store, StoreError};
+use crate::contract::flow::Flow;
+
+#[derive(Serialize, Deserialize)]
+struct FlowItem {
+    name: String,
+    /// Also kept apart, for the scan's filter.
+    integrations: Vec<String>,
+    document: String,
+}
+
+impl Store {
+    /// Stores (or replaces) a flow.
+    pub async fn put_flow(&self, flow: &Flow) -> Result<(), StoreError> {
+        let document = serde_json::to_string(flow).map_err(|e| StoreError::Invalid { table: self.flows.clone(), message: e.to_string() })?;
+        let item = self.to_item(&self.flows, &FlowItem { name: flow.name.clone(), integrations: flow.integrations.clone(), document })?;
+        self.client.put_item().table_name(&self.flows).set_item(Some(item)).send().await.map_err(dynamo("PutItem", &self.flows))?;
+        Ok(())
+    }
+
+    /// Removes a flow; whether there was one.
+    pub async fn delete_flow(&self, name: &str) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.flows)
+            .key("name", AttributeValue::S(name.to_owned()))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(dynamo("DeleteItem", &self.flows))?;
+        Ok(out.attributes.is_some())
+    }
+
+    /// Every flow, or those of one integration, in name order. A consistent read: a flow just
+    /// narrowed or removed applies to the next approval.
+    pub async fn list_flows(&self, integration: Option<&str>) -> Result<Vec<Flow>, StoreError> {
+        let mut scan = self.client.scan().table_name(&self.flows).consistent_read(true);
+        if let Some(integration) = integration {
+            scan = scan.filter_expression("contains(integrations, :i)").expression_attribute_values(":i", AttributeValue::S(integration.to_owned()));
+        }
+        let mut pages = scan.into_paginator().items().send();
+        let mut flows = Vec::new();
+        while let Some(item) = pages.next().await {
+            let item: FlowItem = self.from_item(&self.flows, item.map_err(dynamo("Scan", &self.flows))?)?;
+            let flow = Flow::from_json(&item.document).map_err(|e| StoreError::Invalid { table: self.flows.clone(), message: format!("flow {:?}: {e}", item.name) })?;
+            if flow.name != item.name || integration.is_some_and(|i| !flow.applies_to(i)) {
+                return Err(StoreError::Invalid { table: self.flows.clone(), message: format!("flow item {:?} does not match its document", item.name) });
+            }
+            flows.push(flow);
+        }
+        flows.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(flows)
+    }
+}
