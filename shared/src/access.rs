@@ -436,7 +436,9 @@ pub fn is_login_role_name(name: &str, prefix: &str) -> bool {
 pub fn login_role_name(prefix: &str, requester: &str) -> String {
     use rand::Rng;
     const RANDOM: usize = 8;
-    let local = requester.split('@').next().unwrap_or(requester);
+    // An ARN names the person by its last part (the user, or the session of a role).
+    let named = if requester.starts_with("arn:") { requester.rsplit('/').next().unwrap_or(requester) } else { requester };
+    let local = named.split('@').next().unwrap_or(named);
     let mut slug = String::new();
     for c in local.chars() {
         let c = c.to_ascii_lowercase();

@@ -169,6 +169,7 @@ pub async fn isolated_services_with(extra: impl Fn(&str) -> Option<String>) -> p
         "PGJIT_AUDIT_TABLE" => Some(format!("audit-{id}")),
         "PGJIT_SESSIONS_TABLE" => Some(format!("sessions-{id}")),
         "PGJIT_FLOWS_TABLE" => Some(format!("flows-{id}")),
+        "PGJIT_REQUESTS_TABLE" => Some(format!("requests-{id}")),
         "PGJIT_SCHEDULE_GROUP" => Some(format!("pgjit-{id}")),
         "PGJIT_SECRET_PREFIX" => Some(format!("pgjit-{id}/")),
         "PGJIT_CREDENTIALS_PREFIX" => Some(format!("pgjit-credentials-{id}/")),
@@ -487,4 +488,87 @@ pub fn with_aws_fault(mut svc: pgjit::aws::Services, fault: AwsFault) -> pgjit::
     let config = aws_sdk_secretsmanager::config::Builder::from(&svc.sdk_config).interceptor(fault).build();
     svc.secrets = aws_sdk_secretsmanager::Client::from_conf(config);
     svc
+}
+
+/// Services with an Identity Store of their own (users in groups, as Identity Center keeps
+/// them), and pgjit's events on `bus` when given. The people: john.doe@corp.com (engineers),
+/// jane (e-mail jane.doe@corp.com) and dave@corp.com (dba), olga@corp.com (orders-team),
+/// eve@corp.com (visitors), sam@corp.com (no group). Each has an Identity Center permission-set
+/// role in moto's IAM, as their sessions need.
+pub async fn directory_services(bus: Option<String>) -> pgjit::aws::Services {
+    let store = format!("d-{:010x}", rand::random::<u32>());
+    let id = store.clone();
+    let svc = isolated_services_with(move |name| match name {
+        "PGJIT_IDENTITY_STORE_ID" => Some(id.clone()),
+        "PGJIT_EVENT_BUS" => bus.clone(),
+        _ => None,
+    })
+    .await;
+    let ids = &svc.identity_store;
+    let mut groups = std::collections::HashMap::new();
+    for group in ["engineers", "dba", "orders-team", "visitors"] {
+        let out = ids.create_group().identity_store_id(&store).display_name(group).send().await.expect("moto group");
+        groups.insert(group, out.group_id().to_owned());
+    }
+    for (user, email, member_of) in [
+        ("john.doe@corp.com", "john.doe@corp.com", &["engineers"][..]),
+        ("jane", "jane.doe@corp.com", &["dba"][..]),
+        ("dave@corp.com", "dave@corp.com", &["dba"][..]),
+        ("olga@corp.com", "olga@corp.com", &["orders-team"][..]),
+        ("eve@corp.com", "eve@corp.com", &["visitors"][..]),
+        ("sam@corp.com", "sam@corp.com", &[][..]),
+    ] {
+        let name = aws_sdk_identitystore::types::Name::builder().given_name(user).family_name("Test").build();
+        let mail = aws_sdk_identitystore::types::Email::builder().value(email).primary(true).build();
+        let out = ids.create_user().identity_store_id(&store).user_name(user).display_name(user).name(name).emails(mail).send().await.expect("moto user");
+        for group in member_of {
+            ids.create_group_membership()
+                .identity_store_id(&store)
+                .group_id(&groups[group])
+                .member_id(aws_sdk_identitystore::types::MemberId::UserId(out.user_id().to_owned()))
+                .send()
+                .await
+                .expect("moto membership");
+        }
+    }
+    for set in SSO_PERMISSION_SETS {
+        let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Federated":"arn:aws:iam::123456789012:saml-provider/AWSSSO_0123456789abcdef_DO_NOT_DELETE"},"Action":["sts:AssumeRoleWithSAML","sts:TagSession"]}]}"#;
+        let name = format!("AWSReservedSSO_{set}_0123456789abcdef");
+        // Shared by every test of the run: made once.
+        if svc.iam.get_role().role_name(&name).send().await.is_err() {
+            let _ = svc.iam.create_role().role_name(&name).path("/aws-reserved/sso.amazonaws.com/").assume_role_policy_document(trust).send().await;
+        }
+    }
+    svc
+}
+
+/// The permission sets of [`directory_services`]' people.
+pub const SSO_PERMISSION_SETS: [&str; 3] = ["Eng", "Dba", "Sec"];
+
+/// A session of an Identity Center permission set's role, as IAM names its caller.
+pub fn sso_caller(set: &str, user: &str) -> pgjit::contract::requests::Caller {
+    pgjit::contract::requests::Caller {
+        arn: format!("arn:aws:sts::123456789012:assumed-role/AWSReservedSSO_{set}_0123456789abcdef/{user}"),
+        user_id: format!("AROA{}:{user}", set.to_uppercase()),
+        account: "123456789012".into(),
+    }
+}
+
+/// Stores a flow (panics on an invalid one: the test's own mistake).
+pub async fn put_flow(svc: &pgjit::aws::Services, doc: serde_json::Value) {
+    let flow = pgjit::contract::flow::Flow::from_json(&doc.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    svc.store.put_flow(&flow).await.expect("put flow");
+}
+
+/// Takes `user` out of `group` in the services' Identity Store.
+pub async fn leave_group(svc: &pgjit::aws::Services, user: &str, group: &str) {
+    use aws_sdk_identitystore::types::{AlternateIdentifier, MemberId, UniqueAttribute};
+    let store = svc.config.identity_store_id.clone().expect("an identity store");
+    let ids = &svc.identity_store;
+    let attribute = |path: &str, value: &str| AlternateIdentifier::UniqueAttribute(UniqueAttribute::builder().attribute_path(path).attribute_value(aws_smithy_types::Document::String(value.into())).build().unwrap());
+    let user_id = ids.get_user_id().identity_store_id(&store).alternate_identifier(attribute("userName", user)).send().await.expect("user").user_id().to_owned();
+    let group_id = ids.get_group_id().identity_store_id(&store).alternate_identifier(attribute("displayName", group)).send().await.expect("group").group_id().to_owned();
+    let memberships = ids.list_group_memberships_for_member().identity_store_id(&store).member_id(MemberId::UserId(user_id)).send().await.expect("memberships");
+    let membership = memberships.group_memberships().iter().find(|m| m.group_id() == Some(group_id.as_str())).map(|m| m.membership_id().to_owned()).expect("a member of the group");
+    ids.delete_group_membership().identity_store_id(&store).membership_id(membership).send().await.expect("leave the group");
 }

@@ -46,7 +46,7 @@ fn workspace_binaries() -> Vec<String> {
 fn every_template_function_names_a_workspace_binary() {
     let functions = template_functions();
     let binaries = workspace_binaries();
-    assert_eq!(binaries, ["audit", "cleanup", "discovery", "grant", "revoke", "webhook"]);
+    assert_eq!(binaries, ["audit", "cleanup", "discovery", "grant", "requests", "revoke", "webhook"]);
     assert_eq!(functions.len(), binaries.len(), "one function per binary: {functions:?}");
     for (name, binary, cargo_lambda) in &functions {
         assert!(cargo_lambda, "{name}: BuildMethod rust-cargolambda");
@@ -361,10 +361,12 @@ fn cleanup_may_schedule_its_own_continuation_and_nothing_else() {
                 continue;
             }
             let continuation = function == "CleanupFunction" && resource.contains("/cleanup-continuation-");
-            assert!(continuation || resource.ends_with("schedule/${RevokeScheduleGroup}/pgjit-*"), "{function}: {resource}");
+            let start = function == "RequestsFunction" && resource.ends_with("schedule/${RevokeScheduleGroup}/start-*");
+            assert!(continuation || start || resource.ends_with("schedule/${RevokeScheduleGroup}/pgjit-*"), "{function}: {resource}");
         }
     }
     assert!(pgjit::aws::schedule::schedule_name("cleanup-continuation-full").starts_with("pgjit-"), "revoke schedules are apart");
+    assert!(pgjit::aws::schedule::start_schedule_name("pgjit-x").starts_with("start-"), "start schedules are apart from revokes");
     let pass: Vec<String> = cleanup.iter().filter(|s| allows(s, "iam:PassRole")).map(|s| text(&s["Resource"])).collect();
     assert_eq!(pass, ["!GetAtt SchedulerRole.Arn"]);
     let env = &t["Resources"]["CleanupFunction"]["Properties"]["Environment"]["Variables"];
@@ -395,7 +397,7 @@ fn only_the_approval_senders_make_approval_macs() {
     };
     let make = who("kms:GenerateMac");
     assert_eq!(make.len(), 1, "{make:?}");
-    assert!(make[0].contains("!GetAtt WebhookFunctionRole.Arn") && make[0].contains("!Ref ApprovalSenderArns"), "{make:?}");
+    assert!(make[0].contains("!GetAtt WebhookFunctionRole.Arn") && make[0].contains("!GetAtt RequestsFunctionRole.Arn") && make[0].contains("!Ref ApprovalSenderArns"), "{make:?}");
     let verify = who("kms:VerifyMac");
     assert_eq!(verify, ["!GetAtt GrantFunctionRole.Arn | !GetAtt RevokeFunctionRole.Arn"], "only pgjit's functions verify");
     for (caller, sees) in [("the grant function", "GrantFunctionRole"), ("the revoke function", "RevokeFunctionRole")] {
@@ -432,17 +434,18 @@ fn audit_lines_not_read_are_alarmed() {
 }
 
 #[test]
-fn flows_and_people_are_read_by_the_grant_function_only_and_written_by_no_function() {
+fn flows_and_people_are_read_by_the_deciding_functions_only_and_written_by_no_function() {
     let t = template();
     let flows_table = |s: &Value| text(&s["Resource"]).contains("FlowsTable");
     let people = |s: &Value| strings(&s["Action"]).iter().any(|a| a.starts_with("identitystore:"));
     for function in functions(&t) {
         for s in statements(&t, &function) {
+            let decides = function == "GrantFunction" || function == "RequestsFunction";
             if flows_table(&s) {
-                assert_eq!((function.as_str(), strings(&s["Action"])), ("GrantFunction", vec!["dynamodb:Scan".to_owned()]), "flows are read by the grant function only, and only read");
+                assert!(decides && strings(&s["Action"]) == ["dynamodb:Scan"], "{function}: flows are read by the grant and requests functions only, and only read");
             }
             if people(&s) {
-                assert_eq!(function, "GrantFunction", "people are read by the grant function only");
+                assert!(decides, "{function}: people are read by the grant and requests functions only");
                 let mut actions = strings(&s["Action"]);
                 actions.sort();
                 assert_eq!(actions, ["identitystore:DescribeGroup", "identitystore:GetUserId", "identitystore:ListGroupMembershipsForMember"], "read-only");
@@ -453,4 +456,42 @@ fn flows_and_people_are_read_by_the_grant_function_only_and_written_by_no_functi
     assert!(grant.iter().any(flows_table) && grant.iter().any(people), "the grant function checks approvals against the flows and their people");
     let alarm = &t["Resources"]["BreakGlassUsedAlarm"]["Properties"];
     assert_eq!((alarm["MetricName"].as_str(), alarm["Namespace"].as_str()), (Some("BreakGlassUsed"), Some("pgjit")), "break-glass use is alarmed");
+}
+
+/// The front door: who SigV4 proved calls it through its URL, the callers named by
+/// RequesterPrincipals only, the function only through the URL; it makes approval MACs and
+/// puts approvals on the approval bus (exempt from the bus's Deny), and touches no database,
+/// IAM policy or credentials.
+#[test]
+fn the_front_door_is_called_with_iam_identities_through_its_url_only() {
+    let t = template();
+    let f = &t["Resources"]["RequestsFunction"]["Properties"];
+    assert_eq!(f["FunctionUrlConfig"]["AuthType"].as_str(), Some("AWS_IAM"));
+    let url = &t["Resources"]["RequestsUrlCallers"]["Properties"];
+    assert_eq!((url["Action"].as_str(), url["FunctionUrlAuthType"].as_str()), (Some("lambda:InvokeFunctionUrl"), Some("AWS_IAM")));
+    let invoke = &t["Resources"]["RequestsUrlInvokes"]["Properties"];
+    assert_eq!((invoke["Action"].as_str(), invoke["InvokedViaFunctionUrl"].as_bool()), (Some("lambda:InvokeFunction"), Some(true)), "callers invoke it only through the URL");
+    for p in [url, invoke] {
+        let principal = text(&p["Principal"]);
+        // "*" only with the organization's condition; else the account named, or this one.
+        assert!(principal.contains("RequestersAreOrganization") && principal.contains("!Ref RequesterPrincipals") && principal.contains("!Ref AWS::AccountId"), "{principal}");
+        assert!(text(&p["PrincipalOrgID"]).starts_with("!If RequestersAreOrganization | !Ref RequesterPrincipals"), "{:?}", p["PrincipalOrgID"]);
+    }
+    let permissions: Vec<String> = t["Resources"].as_mapping().unwrap().iter().filter(|(_, r)| r["Type"].as_str() == Some("AWS::Lambda::Permission") && text(&r["Properties"]["FunctionName"]).contains("RequestsFunction")).map(|(k, _)| text(k)).collect();
+    assert_eq!(permissions, ["RequestsUrlCallers", "RequestsUrlInvokes"], "nothing else may invoke it (the scheduler's role does by its own policy)");
+    let statements = statements(&t, "RequestsFunction");
+    let actions: Vec<String> = statements.iter().flat_map(|s| strings(&s["Action"])).collect();
+    for forbidden in ["secretsmanager:", "iam:Put", "iam:Delete", "rds-db:", "kms:Decrypt", "dynamodb:DeleteItem", "dynamodb:UpdateItem"] {
+        assert!(actions.iter().all(|a| !a.starts_with(forbidden)), "the front door never does {forbidden}: {actions:?}");
+    }
+    let writes: Vec<String> = statements.iter().filter(|s| allows(s, "dynamodb:PutItem")).map(|s| text(&s["Resource"])).collect();
+    assert!(writes.iter().all(|r| (r.contains("RequestsTable") || r.contains("AuditTable")) && !r.contains("GrantsTable") && !r.contains("FlowsTable") && !r.contains("IntegrationsTable")), "{writes:?}");
+    let exempt = text(&t["Resources"]["ApprovalBusOnlySenders"]["Properties"]["Statement"]["Condition"]["ArnNotLike"]["aws:PrincipalArn"]);
+    assert!(exempt.contains("RequestsFunctionRole.Arn"), "it sends approvals: {exempt}");
+    let topic_rule = &t["Resources"]["RequestEventsToTopic"]["Properties"];
+    let kinds = strings(&topic_rule["EventPattern"]["detail-type"]);
+    for kind in ["Access Request Created", "Access Request Approved", "Access Request Denied", "Access Request Cancelled", "Access Request Expired", "Break Glass Used"] {
+        assert!(kinds.iter().any(|k| k == kind), "{kind} reaches the approvers");
+    }
+    assert!(text(&topic_rule["EventBusName"]).contains("EventBusName"), "pgjit's own bus, never the approval bus");
 }

@@ -6,62 +6,13 @@
 use lambda_runtime::{Context, LambdaEvent};
 use pgjit::aws::Services;
 use pgjit::control::grants::GrantResult;
-use pgjit_tests::{approval, extension, isolated_services_with, moto_rds_instance, orders_access, register_integration};
+use pgjit_tests::{approval, extension, moto_rds_instance, orders_access, put_flow, register_integration};
 use serde_json::{json, Value};
 
 const ACCOUNT: &str = "123456789012";
 
 async fn grant(svc: &Services, event: Value) -> Result<GrantResult, String> {
     pgjit::control::handlers::grant(svc, LambdaEvent::new(pgjit_tests::signed(svc, event).await, Context::default())).await.map_err(|e| e.to_string())
-}
-
-/// Services with an Identity Store of their own: users in groups, as Identity Center keeps them.
-async fn services_with_directory() -> Services {
-    services_with_directory_and_bus(None).await
-}
-
-async fn services_with_directory_and_bus(bus: Option<String>) -> Services {
-    let store = format!("d-{:010x}", rand::random::<u32>());
-    let id = store.clone();
-    let svc = isolated_services_with(move |name| match name {
-        "PGJIT_IDENTITY_STORE_ID" => Some(id.clone()),
-        "PGJIT_EVENT_BUS" => bus.clone(),
-        _ => None,
-    })
-    .await;
-    let ids = &svc.identity_store;
-    let mut groups = std::collections::HashMap::new();
-    for group in ["engineers", "dba", "orders-team", "visitors"] {
-        let out = ids.create_group().identity_store_id(&store).display_name(group).send().await.expect("moto group");
-        groups.insert(group, out.group_id().to_owned());
-    }
-    for (user, email, member_of) in [
-        ("john.doe@corp.com", "john.doe@corp.com", &["engineers"][..]),
-        ("jane", "jane.doe@corp.com", &["dba"][..]),
-        ("dave@corp.com", "dave@corp.com", &["dba"][..]),
-        ("olga@corp.com", "olga@corp.com", &["orders-team"][..]),
-        ("eve@corp.com", "eve@corp.com", &["visitors"][..]),
-        ("sam@corp.com", "sam@corp.com", &[][..]),
-    ] {
-        let name = aws_sdk_identitystore::types::Name::builder().given_name(user).family_name("Test").build();
-        let mail = aws_sdk_identitystore::types::Email::builder().value(email).primary(true).build();
-        let out = ids.create_user().identity_store_id(&store).user_name(user).display_name(user).name(name).emails(mail).send().await.expect("moto user");
-        for group in member_of {
-            ids.create_group_membership()
-                .identity_store_id(&store)
-                .group_id(&groups[group])
-                .member_id(aws_sdk_identitystore::types::MemberId::UserId(out.user_id().to_owned()))
-                .send()
-                .await
-                .expect("moto membership");
-        }
-    }
-    svc
-}
-
-async fn put_flow(svc: &Services, doc: Value) {
-    let flow = pgjit::contract::flow::Flow::from_json(&doc.to_string()).unwrap_or_else(|e| panic!("{e}"));
-    svc.store.put_flow(&flow).await.expect("put flow");
 }
 
 fn read_flow(integration: &str) -> Value {
@@ -90,7 +41,7 @@ async fn nothing_made(svc: &Services, request_id: &str, prefix: &str) {
 
 #[tokio::test]
 async fn approvals_no_flow_allows_are_refused_and_change_nothing() {
-    let svc = services_with_directory().await;
+    let svc = pgjit_tests::directory_services(None).await;
     let id: u32 = rand::random();
     let name = format!("flows-{id}");
     let integration = register_integration(&svc, &name, json!({})).await;
@@ -144,7 +95,7 @@ async fn approvals_no_flow_allows_are_refused_and_change_nothing() {
 
 #[tokio::test]
 async fn owners_come_from_the_instance_tag_else_the_integration_owners() {
-    let svc = services_with_directory().await;
+    let svc = pgjit_tests::directory_services(None).await;
     let id: u32 = rand::random();
     let instance = format!("owned-{id}");
     moto_rds_instance(&svc, &instance).await;
@@ -180,7 +131,7 @@ async fn owners_come_from_the_instance_tag_else_the_integration_owners() {
 async fn break_glass_is_granted_at_once_alarmed_and_reviewed_by_someone_else() {
     let id: u32 = rand::random();
     let bus = format!("events-{id}");
-    let svc = services_with_directory_and_bus(Some(bus.clone())).await;
+    let svc = pgjit_tests::directory_services(Some(bus.clone())).await;
     let name = format!("glass-{id}");
     register_integration(&svc, &name, json!({})).await;
     put_flow(&svc, json!({"name": "glass", "integrations": [name], "requesters": {"groups": ["engineers"]},
@@ -213,7 +164,7 @@ async fn break_glass_is_granted_at_once_alarmed_and_reviewed_by_someone_else() {
 
 #[tokio::test]
 async fn extensions_stay_within_the_grants_flow_and_hours_are_kept() {
-    let svc = services_with_directory().await;
+    let svc = pgjit_tests::directory_services(None).await;
     let id: u32 = rand::random();
     let name = format!("ext-{id}");
     let integration = register_integration(&svc, &name, json!({})).await;

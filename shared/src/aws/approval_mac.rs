@@ -99,6 +99,36 @@ fn write_canonical(value: &Value, out: &mut String) {
     }
 }
 
+/// An approval sender's event: `detail` as `detail_type` at `now` (to the second, as the bus
+/// keeps it), with the approvals key's MAC; the envelope a delivery adds (source, account) is
+/// not part of it.
+pub async fn signed_event(svc: &Services, detail: Value, detail_type: &str, now: DateTime<Utc>) -> Result<Value, MacError> {
+    let time = DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now).format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let mut event = serde_json::json!({"detail-type": detail_type, "time": time, "detail": detail});
+    sign(svc, &mut event).await?;
+    Ok(event)
+}
+
+/// Puts a [`signed_event`] on the approval bus, with the time its MAC covers; returns the
+/// event's id.
+pub async fn put_on_bus(svc: &Services, event: &Value) -> Result<String, AwsError> {
+    let time = event.get("time").and_then(Value::as_str).and_then(|t| DateTime::parse_from_rfc3339(t).ok()).ok_or_else(|| AwsError::msg("events:PutEvents", "the event has no time"))?;
+    let detail_type = event.get("detail-type").and_then(Value::as_str).unwrap_or_default();
+    let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+        .event_bus_name(&svc.config.approval_bus)
+        .source(&svc.config.approval_source)
+        .detail_type(detail_type)
+        .time(aws_smithy_types::DateTime::from_secs(time.timestamp()))
+        .detail(event["detail"].to_string())
+        .build();
+    let out = svc.events.put_events().entries(entry).send().await.map_err(|e| AwsError::new("events:PutEvents", e))?;
+    let first = out.entries().first();
+    match first.and_then(|e| e.event_id()) {
+        Some(id) if out.failed_entry_count() == 0 => Ok(id.to_owned()),
+        _ => Err(AwsError::msg("events:PutEvents", format!("the entry was refused: {:?}", first.and_then(|e| e.error_message())))),
+    }
+}
+
 /// Adds `detail.mac` to the event (GenerateMac with the approvals key): what an approval sender
 /// does. Replaces a MAC already there.
 pub async fn sign(svc: &Services, event: &mut Value) -> Result<(), MacError> {

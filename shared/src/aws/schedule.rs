@@ -19,6 +19,46 @@ pub fn schedule_name(request_id: &str) -> String {
     format!("pgjit-{readable}-{hash}")
 }
 
+/// The name of a front-door request's start schedule (`start-…`: apart from the revoke
+/// schedules, which only the grant and revoke functions may touch).
+pub fn start_schedule_name(request_id: &str) -> String {
+    schedule_name(request_id).replacen("pgjit-", "start-", 1)
+}
+
+/// The input a start schedule hands to the requests function.
+pub fn start_input(request_id: &str) -> String {
+    serde_json::json!({ "start": request_id }).to_string()
+}
+
+/// Creates the one-shot schedule that starts an approved request at `at` (the requests
+/// function checks it again then, and sends its approval). An existing one of the name is
+/// ours when it starts this very request.
+pub async fn create_start(svc: &Services, request_id: &str, at: DateTime<Utc>) -> Result<String, AwsError> {
+    let operation = "scheduler:CreateSchedule";
+    let name = start_schedule_name(request_id);
+    let target = Target::builder()
+        .arn(&svc.config.requests_function_arn)
+        .role_arn(&svc.config.scheduler_role_arn)
+        .input(start_input(request_id))
+        // A start that comes an hour late would grant at a time nobody asked for.
+        .retry_policy(RetryPolicy::builder().maximum_event_age_in_seconds(3600).maximum_retry_attempts(20).build())
+        .build()
+        .map_err(|e| AwsError::msg(operation, e.to_string()))?;
+    let result = one_shot!(svc.scheduler.create_schedule(), svc, &name, at, target, exact(operation)?, format!("pgjit: start {request_id}")).send().await;
+    match result {
+        Ok(_) => Ok(name),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_conflict_exception()) => {
+            let input = input_of(svc, &name).await?;
+            if input.is_some_and(|i| serde_json::from_str::<serde_json::Value>(&i).is_ok_and(|v| v == serde_json::json!({ "start": request_id }))) {
+                Ok(name)
+            } else {
+                Err(AwsError::msg(operation, format!("schedule {name:?} exists and does not start request {request_id:?}")))
+            }
+        }
+        Err(e) => Err(AwsError::new(operation, e)),
+    }
+}
+
 /// 64 less `pgjit-`, the hyphen and 32 hex digits.
 const READABLE_CHARS: usize = 64 - 6 - 1 - 32;
 

@@ -21,6 +21,13 @@ pub struct Config {
     pub sessions_table: String,
     /// `PGJIT_FLOWS_TABLE`: the access flows.
     pub flows_table: String,
+    /// `PGJIT_REQUESTS_TABLE`: requests made at the front door.
+    pub requests_table: String,
+    /// `PGJIT_REQUEST_TTL_HOURS`: how long a request waits for its approvals (24).
+    pub request_ttl: Duration,
+    /// `PGJIT_REQUESTS_FUNCTION_ARN`: the requests function, which a request's start schedule
+    /// invokes.
+    pub requests_function_arn: String,
     /// `PGJIT_SESSION_RETENTION_DAYS` (365): how long session audit entries are kept (the
     /// table's time to live deletes them after).
     pub session_retention_days: u32,
@@ -158,6 +165,9 @@ impl Config {
             audit_table: text("PGJIT_AUDIT_TABLE", "pgjit-audit")?,
             sessions_table: text("PGJIT_SESSIONS_TABLE", "pgjit-sessions")?,
             flows_table: text("PGJIT_FLOWS_TABLE", "pgjit-flows")?,
+            requests_table: text("PGJIT_REQUESTS_TABLE", "pgjit-requests")?,
+            request_ttl: Duration::from_secs(3600 * number("PGJIT_REQUEST_TTL_HOURS", 24, 1, 24 * 14)?),
+            requests_function_arn: text("PGJIT_REQUESTS_FUNCTION_ARN", "arn:aws:lambda:us-east-1:123456789012:function:pgjit-requests")?,
             session_retention_days: number("PGJIT_SESSION_RETENTION_DAYS", 365, 1, 3650)? as u32,
             schedule_group: text("PGJIT_SCHEDULE_GROUP", "pgjit")?,
             revoke_function_arn: text("PGJIT_REVOKE_FUNCTION_ARN", "arn:aws:lambda:us-east-1:123456789012:function:pgjit-revoke")?,

@@ -12,6 +12,11 @@ pub const REVOKE_REQUESTED: &str = "Access Revoke Requested";
 pub const EXTENSION_APPROVED: &str = "Access Extension Approved";
 pub const EXTENDED: &str = "Access Extended";
 pub const BREAK_GLASS_USED: &str = "Break Glass Used";
+/// The front door's events on `PGJIT_EVENT_BUS` (pgjit's own bus, never the approval bus).
+pub const REQUEST_CREATED: &str = "Access Request Created";
+pub const REQUEST_DENIED: &str = "Access Request Denied";
+pub const REQUEST_CANCELLED: &str = "Access Request Cancelled";
+pub const REQUEST_EXPIRED: &str = "Access Request Expired";
 
 /// The `detail` of an extension: more time for an active grant, same user, same privileges.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

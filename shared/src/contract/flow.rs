@@ -494,6 +494,17 @@ pub fn of_integration<'f>(flows: &'f [Flow], integration: &str) -> Vec<&'f Flow>
 /// The first flow (the named one, else in name order) that admits the request and whose
 /// approval rule the `approvers` satisfy.
 pub fn decide<'f, 'p>(flows: &[&'f Flow], request: &Request, approvers: &'p [Person], owners: &BTreeSet<String>) -> Result<Allowance<'f, 'p>, Refusal> {
+    first(flows, request, |flow| flow.admits(request).and_then(|()| flow.approved_by(request.requester, approvers, owners)))
+        .map(|(flow, approvers)| Allowance { flow, approvers })
+}
+
+/// The first flow (the named one, else in name order) under which the request may be asked,
+/// approvals aside: where a new request at the front door goes.
+pub fn admitting<'f>(flows: &[&'f Flow], request: &Request) -> Result<&'f Flow, Refusal> {
+    first(flows, request, |flow| flow.admits(request)).map(|(flow, ())| flow)
+}
+
+fn first<'f, T>(flows: &[&'f Flow], request: &Request, check: impl Fn(&'f Flow) -> Result<T, String>) -> Result<(&'f Flow, T), Refusal> {
     let refusal = |reasons| Refusal { integration: request.integration.to_owned(), reasons };
     let candidates: Vec<&Flow> = match request.flow {
         Some(name) => match flows.iter().find(|f| f.name == name) {
@@ -504,8 +515,8 @@ pub fn decide<'f, 'p>(flows: &[&'f Flow], request: &Request, approvers: &'p [Per
     };
     let mut reasons = Vec::new();
     for flow in candidates {
-        match flow.admits(request).and_then(|()| flow.approved_by(request.requester, approvers, owners)) {
-            Ok(counted) => return Ok(Allowance { flow, approvers: counted }),
+        match check(flow) {
+            Ok(found) => return Ok((flow, found)),
             Err(why) if reasons.len() < REASONS_SHOWN => reasons.push((flow.name.clone(), why)),
             Err(_) => {}
         }

@@ -7,3 +7,4 @@ pub mod events;
 pub mod flow;
 pub mod identity;
 pub mod integration;
+pub mod requests;

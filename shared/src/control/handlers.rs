@@ -134,6 +134,12 @@ pub async fn webhook(
     Ok(crate::control::webhook::handle(svc, secrets, event.payload, Utc::now()).await)
 }
 
+/// The front door (`requests`): a SigV4-signed call to its Function URL, or a start schedule's
+/// `{"start": REQUEST_ID}`.
+pub async fn requests(svc: &Services, event: LambdaEvent<Value>) -> Result<Value, Error> {
+    crate::control::requests::url::invoke(svc, event.payload, Utc::now()).await.map_err(failure)
+}
+
 /// JSON logs for CloudWatch: one line per event, level from `RUST_LOG` (default info).
 pub fn init_tracing() {
     lambda_runtime::tracing::init_default_subscriber();

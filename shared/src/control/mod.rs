@@ -11,5 +11,6 @@ pub mod extension;
 pub mod flows;
 pub mod grants;
 pub mod handlers;
+pub mod requests;
 pub mod sessions;
 pub mod webhook;

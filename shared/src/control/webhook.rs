@@ -97,7 +97,8 @@ impl SecretCache {
     }
 }
 
-fn respond(status: i64, body: Value) -> LambdaFunctionUrlResponse {
+/// A JSON response of a Function URL (the webhook's and the front door's).
+pub(crate) fn respond(status: i64, body: Value) -> LambdaFunctionUrlResponse {
     let mut headers = http::HeaderMap::new();
     headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     let mut response = LambdaFunctionUrlResponse::default();
@@ -174,27 +175,11 @@ pub async fn handle(svc: &Services, secrets: &SecretCache, request: LambdaFuncti
     }
 }
 
-/// Puts the approval (or extension) on the approval bus as an event of `detail_type`, with the
-/// approvals key's MAC over it and the time it carries (the webhook is an approval sender: the
-/// signature it verified is the approval tool's proof); returns the event's id.
+/// Puts the approval (or extension) on the approval bus (the webhook is an approval sender:
+/// the signature it verified is the approval tool's proof); returns the event's id.
 async fn forward(svc: &Services, detail: Value, detail_type: &str, now: DateTime<Utc>) -> Result<String, String> {
-    let sent = now.timestamp();
-    let time = DateTime::from_timestamp(sent, 0).unwrap_or(now).format("%Y-%m-%dT%H:%M:%SZ").to_string();
-    let mut event = json!({"detail-type": detail_type, "time": time, "detail": detail});
-    crate::aws::approval_mac::sign(svc, &mut event).await.map_err(|e| error_chain(&e))?;
-    let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
-        .event_bus_name(&svc.config.approval_bus)
-        .source(&svc.config.approval_source)
-        .detail_type(detail_type)
-        .time(aws_smithy_types::DateTime::from_secs(sent))
-        .detail(event["detail"].to_string())
-        .build();
-    let out = svc.events.put_events().entries(entry).send().await.map_err(|e| error_chain(&crate::aws::AwsError::new("events:PutEvents", e)))?;
-    let first = out.entries().first();
-    match first.and_then(|e| e.event_id()) {
-        Some(id) if out.failed_entry_count() == 0 => Ok(id.to_owned()),
-        _ => Err(format!("PutEvents refused the entry: {:?}", first.and_then(|e| e.error_message()))),
-    }
+    let event = crate::aws::approval_mac::signed_event(svc, detail, detail_type, now).await.map_err(|e| error_chain(&e))?;
+    crate::aws::approval_mac::put_on_bus(svc, &event).await.map_err(|e| error_chain(&e))
 }
 
 #[cfg(test)]

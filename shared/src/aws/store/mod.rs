@@ -10,6 +10,7 @@
 mod flows;
 mod grants;
 mod integrations;
+pub mod requests;
 pub mod sessions;
 
 use std::collections::HashMap;
@@ -308,6 +309,7 @@ pub struct Store {
     audit: String,
     sessions: String,
     flows: String,
+    requests: String,
 }
 
 fn dynamo<E: std::error::Error + Send + Sync + 'static>(operation: &'static str, table: &str) -> impl FnOnce(E) -> StoreError {
@@ -332,6 +334,7 @@ impl Store {
             audit: config.audit_table.clone(),
             sessions: config.sessions_table.clone(),
             flows: config.flows_table.clone(),
+            requests: config.requests_table.clone(),
         }
     }
 
@@ -363,13 +366,13 @@ impl Store {
         Ok(out)
     }
 
-    /// Creates the six tables with their indexes (and the sessions table's time to live);
+    /// Creates the seven tables with their indexes (and the sessions table's time to live);
     /// tables that exist are left as they are.
     pub async fn create_tables(&self) -> Result<Vec<String>, StoreError> {
         let s = |name: &str| AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build();
         let key = |name: &str, t: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(t).build();
         let mut created = Vec::new();
-        let specs: [(&str, Vec<(&str, KeyType)>, Vec<&str>, Vec<(&str, Vec<(&str, KeyType)>)>); 6] = [
+        let specs: [(&str, Vec<(&str, KeyType)>, Vec<&str>, Vec<(&str, Vec<(&str, KeyType)>)>); 7] = [
             (
                 &self.grants,
                 vec![("request_id", KeyType::Hash)],
@@ -381,6 +384,15 @@ impl Store {
             ),
             (&self.integrations, vec![("name", KeyType::Hash)], vec!["name"], vec![]),
             (&self.flows, vec![("name", KeyType::Hash)], vec!["name"], vec![]),
+            (
+                &self.requests,
+                vec![("request_id", KeyType::Hash)],
+                vec!["request_id", "status", "due_at", "requester_key", "created_at"],
+                vec![
+                    (STATUS_DUE_INDEX, vec![("status", KeyType::Hash), ("due_at", KeyType::Range)]),
+                    (requests::REQUESTER_INDEX, vec![("requester_key", KeyType::Hash), ("created_at", KeyType::Range)]),
+                ],
+            ),
             (&self.inventory, vec![("integration", KeyType::Hash), ("object", KeyType::Range)], vec!["integration", "object"], vec![]),
             (&self.audit, vec![("request_id", KeyType::Hash), ("at_event", KeyType::Range)], vec!["request_id", "at_event"], vec![]),
             (&self.sessions, vec![("request_id", KeyType::Hash), ("at_origin", KeyType::Range)], vec!["request_id", "at_origin"], vec![]),
@@ -408,19 +420,22 @@ impl Store {
                 Err(e) => return Err(dynamo("CreateTable", table)(e)),
             }
         }
-        if created.contains(&self.sessions) {
+        for (table, attribute) in [(&self.sessions, "expires_at"), (&self.requests, "ttl")] {
+            if !created.contains(table) {
+                continue;
+            }
             let ttl = aws_sdk_dynamodb::types::TimeToLiveSpecification::builder()
-                .attribute_name("expires_at")
+                .attribute_name(attribute)
                 .enabled(true)
                 .build()
-                .map_err(dynamo("UpdateTimeToLive", &self.sessions))?;
+                .map_err(dynamo("UpdateTimeToLive", table))?;
             self.client
                 .update_time_to_live()
-                .table_name(&self.sessions)
+                .table_name(table)
                 .time_to_live_specification(ttl)
                 .send()
                 .await
-                .map_err(dynamo("UpdateTimeToLive", &self.sessions))?;
+                .map_err(dynamo("UpdateTimeToLive", table))?;
         }
         Ok(created)
     }

@@ -232,6 +232,11 @@ async fn announce(svc: &Services, record: &GrantRecord, result: &GrantResult) {
 /// Puts one of pgjit's own events (never a secret in it) on `PGJIT_EVENT_BUS`. What it reports
 /// stands whether or not the event goes out; a failure is logged and counted.
 pub(crate) async fn announce_event(svc: &Services, record: &GrantRecord, detail_type: &str, detail: serde_json::Value) {
+    emit(svc, detail_type, detail, &record.request_id, &record.integration).await;
+}
+
+/// [`announce_event`] for any request, granted or not.
+pub(crate) async fn emit(svc: &Services, detail_type: &str, detail: serde_json::Value, request_id: &str, integration: &str) {
     let Some(bus) = &svc.config.event_bus else { return };
     let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
         .event_bus_name(bus)
@@ -244,8 +249,8 @@ pub(crate) async fn announce_event(svc: &Services, record: &GrantRecord, detail_
         Err(e) => Some(error_chain(&AwsError::new("events:PutEvents", e))),
     };
     if let Some(why) = failed {
-        tracing::warn!(request_id = %record.request_id, integration = %record.integration, db_user = %record.db_user, error = %why, detail_type, "event not sent");
-        crate::metrics::count("EventsFailed", 1, &record.integration);
+        tracing::warn!(request_id, integration, error = %why, detail_type, "event not sent");
+        crate::metrics::count("EventsFailed", 1, integration);
     }
 }
 

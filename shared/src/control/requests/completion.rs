@@ -1,0 +1,153 @@
+//! A complete request becomes an ordinary approval: signed with the approvals key, listing its
+//! approvers, put on the approval bus now or by a one-shot schedule at its start (checked
+//! again then). And what is not approved in time expires.
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::{json, Value};
+
+use super::RequestError;
+use crate::aws::store::requests::RequestRecord;
+use crate::aws::Services;
+use crate::contract::flow::{self, Mode};
+use crate::contract::identity::Person;
+use crate::contract::requests::RequestStatus;
+
+/// How far in the future a start must be to be scheduled rather than sent now.
+const SCHEDULE_AFTER: i64 = 60;
+
+/// Sends (or schedules) the approval of a request that has what its flow requires, and records
+/// it `approved`. Returns the approval event when it was sent now, with the envelope the
+/// approval bus gives it.
+pub async fn complete(svc: &Services, record: &mut RequestRecord, now: DateTime<Utc>) -> Result<Option<Value>, RequestError> {
+    let later = record.start_at.filter(|s| *s > now + Duration::seconds(SCHEDULE_AFTER));
+    let sent = match later {
+        Some(start) => {
+            crate::aws::schedule::create_start(svc, &record.request_id, start).await?;
+            None
+        }
+        None => {
+            let event = send(svc, record, now).await?;
+            record.sent_at = Some(now);
+            Some(event)
+        }
+    };
+    record.set_status(RequestStatus::Approved, now);
+    svc.store.update_request(record).await?;
+    let detail = json!({"request_id": record.request_id, "integration": record.integration, "flow": record.flow, "mode": record.mode,
+        "requester": record.requester, "approvers": record.approvals.iter().map(|d| d.by.as_str()).collect::<Vec<_>>(), "start_at": record.start_at});
+    crate::control::grants::emit(svc, crate::contract::events::APPROVED, detail, &record.request_id, &record.integration).await;
+    Ok(sent)
+}
+
+/// The approval a complete request stands for, as an approval sender puts it on the bus.
+fn approval_detail(record: &RequestRecord) -> Value {
+    let mut approvers = record.approvals.iter().map(|d| d.by.clone());
+    let approver = match record.mode {
+        Mode::Approvers => approvers.next().unwrap_or_default(),
+        Mode::Auto => "pgjit:auto-approved".to_owned(),
+        Mode::BreakGlass => "pgjit:break-glass".to_owned(),
+    };
+    let mut detail = json!({
+        "request_id": record.request_id,
+        "integration": record.integration,
+        "requester": record.requester,
+        "approver": approver,
+        "duration_seconds": record.duration_seconds,
+        "access": record.access,
+        "flow": record.flow,
+    });
+    let rest: Vec<String> = approvers.collect();
+    if !rest.is_empty() {
+        detail["approvers"] = json!(rest);
+    }
+    for (field, value) in [("reason", &record.reason), ("ticket", &record.ticket)] {
+        if let Some(v) = value {
+            detail[field] = json!(v);
+        }
+    }
+    detail
+}
+
+/// Signs the approval and puts it on the approval bus; returns it as the bus delivers it.
+async fn send(svc: &Services, record: &RequestRecord, now: DateTime<Utc>) -> Result<Value, RequestError> {
+    let mut event = crate::aws::approval_mac::signed_event(svc, approval_detail(record), crate::contract::events::APPROVED, now).await?;
+    let event_id = crate::aws::approval_mac::put_on_bus(svc, &event).await?;
+    tracing::info!(request_id = %record.request_id, integration = %record.integration, flow = %record.flow, event_id = %event_id, "approval sent to the approval bus");
+    let account = svc.account_id().await?;
+    for (field, value) in [("version", json!("0")), ("id", json!(event_id)), ("source", json!(svc.config.approval_source)), ("account", json!(account)), ("region", json!(svc.region())), ("resources", json!([]))] {
+        event[field] = value;
+    }
+    Ok(event)
+}
+
+/// A start schedule fired: the request is checked again (the requester still eligible, now
+/// within the flow's hours) and its approval sent; one no longer allowed expires, naming why.
+/// Returns the approval event when one was sent.
+pub async fn start(svc: &Services, request_id: &str, now: DateTime<Utc>) -> Result<Option<Value>, RequestError> {
+    crate::contract::events::check_request_id(request_id)?;
+    let mut record = svc.store.get_request(request_id).await?.ok_or_else(|| RequestError::Unknown(format!("request {request_id:?}")))?;
+    if record.status != RequestStatus::Approved || record.sent_at.is_some() {
+        tracing::info!(request_id, status = %record.status, "start: nothing to do");
+        return Ok(None);
+    }
+    if record.start_at.is_some_and(|s| s > now + Duration::seconds(SCHEDULE_AFTER)) {
+        return Err(RequestError::Conflict(format!("request {request_id} starts at {}, not now", record.start_at.map(|s| s.to_rfc3339()).unwrap_or_default())));
+    }
+    let flows = svc.store.list_flows(Some(&record.integration)).await?;
+    let mut requester = Person::named(&[record.requester.id.as_str(), record.requester.iam_arn.as_deref().unwrap_or("")]).map_err(RequestError::Forbidden)?;
+    crate::aws::identity::resolve(svc, &mut requester, &mut Default::default()).await?;
+    let request = flow::Request {
+        integration: &record.integration,
+        flow: Some(&record.flow),
+        requester: &requester,
+        access: &record.access,
+        duration_seconds: record.duration_seconds,
+        reason: record.reason.as_deref(),
+        ticket: record.ticket.as_deref(),
+        at: now,
+    };
+    if let Err(refusal) = flow::admitting(&flows.iter().collect::<Vec<_>>(), &request) {
+        expire(svc, record, now, Some(format!("no longer allowed at its start: {refusal}"))).await?;
+        return Ok(None);
+    }
+    let event = send(svc, &record, now).await?;
+    record.sent_at = Some(now);
+    record.set_status(RequestStatus::Approved, now);
+    svc.store.update_request(&mut record).await?;
+    Ok(Some(event))
+}
+
+/// Removes a cancelled request's start schedule (gone already is fine).
+pub async fn unschedule(svc: &Services, record: &RequestRecord) -> Result<(), RequestError> {
+    Ok(crate::aws::schedule::delete(svc, &crate::aws::schedule::start_schedule_name(&record.request_id)).await?)
+}
+
+/// Marks a request expired, once, with its audit entry and event (a concurrent change wins:
+/// the request is read again and returned as it is).
+pub async fn expire(svc: &Services, mut record: RequestRecord, now: DateTime<Utc>, why: Option<String>) -> Result<RequestRecord, RequestError> {
+    record.set_status(RequestStatus::Expired, now);
+    record.failure = why.clone().or_else(|| Some(format!("not approved by {}", record.expires_at.to_rfc3339())));
+    match svc.store.update_request(&mut record).await {
+        Ok(()) => {}
+        Err(crate::aws::store::StoreError::Conflict { .. }) => {
+            return svc.store.get_request(&record.request_id).await?.ok_or_else(|| RequestError::Unknown(format!("request {:?}", record.request_id)));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let system = crate::contract::requests::Caller { arn: "pgjit".into(), user_id: "pgjit".into(), account: String::new() };
+    super::audit(svc, &record, "request_expired", now, &system, record.failure.clone()).await?;
+    let detail = json!({"request_id": record.request_id, "integration": record.integration, "flow": record.flow, "requester": record.requester, "reason": record.failure});
+    crate::control::grants::emit(svc, crate::contract::events::REQUEST_EXPIRED, detail, &record.request_id, &record.integration).await;
+    Ok(record)
+}
+
+/// Expires every pending request past its time (cleanup's daily sweep; lookups expire them
+/// sooner); returns how many.
+pub async fn expire_due(svc: &Services, now: DateTime<Utc>) -> Result<usize, RequestError> {
+    let due = svc.store.requests_in(RequestStatus::Pending, Some(now)).await?;
+    let count = due.len();
+    for record in due {
+        expire(svc, record, now, None).await?;
+    }
+    Ok(count)
+}
