@@ -96,4 +96,53 @@ echo "roles named $user: $left, sessions: $sessions"
 [ "$left" = 0 ] && [ "$sessions" = 0 ]
 step "what $user did, tied to its approval (kept after the role is gone)"
 pgjit sessions REQ-1001
+
+step "the front door: pgjit decides. An access flow says who may ask for what, and who approves"
+python3 - "$work/keys" <<'PY'
+import boto3, os, sys
+iam = boto3.client("iam", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1")
+with open(sys.argv[1], "w") as out:
+    for who in ("alice", "bob"):
+        iam.create_user(UserName=who)
+        key = iam.create_access_key(UserName=who)["AccessKey"]
+        out.write(f"{who} {key['AccessKeyId']} {key['SecretAccessKey']}\n")
+PY
+as_person() { # as_person NAME pgjit ARGS...: the command with that person's own AWS credentials
+    local who=$1; shift 2
+    read -r _ key secret < <(grep "^$who " "$work/keys")
+    AWS_ACCESS_KEY_ID=$key AWS_SECRET_ACCESS_KEY=$secret "$target/debug/pgjit" "$@"
+}
+cat > "$work/flow.json" <<'JSON'
+{"name": "orders-read", "integrations": ["orders-prod"],
+ "requesters": {"principals": ["arn:aws:iam::123456789012:user/alice"]},
+ "access": [{"database": "app", "schema": "sales", "table": "*", "privileges": ["SELECT"]}],
+ "max_duration_seconds": 7200,
+ "approval": {"approvers": {"principals": ["arn:aws:iam::123456789012:user/bob"]}, "reason_required": true}}
+JSON
+pgjit flow put "$work/flow.json"
+pgjit doctor orders-prod | grep 'access flows'
+
+step "alice asks, as herself (her own AWS credentials; pgjit request signs with them)"
+as_person alice pgjit request --integration orders-prod --database app --table sales.orders --privileges SELECT --for 1h --reason "INC-42 stuck orders" --json > "$work/request.json"
+request=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["request_id"])' "$work/request.json")
+as_person alice pgjit requests
+step "alice cannot approve her own request"
+if as_person alice pgjit approve "$request"; then echo "self-approval was accepted" >&2; exit 1; fi
+
+step "bob sees it awaiting his approval, and approves: the approval goes the ordinary way, MAC and all"
+as_person bob pgjit requests --to-approve
+as_person bob pgjit approve "$request"
+pgjit credentials "$request" > "$work/front.json"
+front_user=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["username"])' "$work/front.json")
+front_password=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["password"])' "$work/front.json")
+echo "as $front_user: SELECT count(*) FROM sales.orders -> $(as_requester "$front_user" "$front_password" 'SELECT count(*) FROM sales.orders')"
+
+step "a request bob denies, and a request outside the flow (DELETE), refused at once"
+as_person alice pgjit request --integration orders-prod --database app --table sales.orders --privileges SELECT --for 30m --reason "again" --json > "$work/second.json"
+second=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["request_id"])' "$work/second.json")
+as_person bob pgjit deny "$second" --reason "use the reporting replica"
+if as_person alice pgjit request --integration orders-prod --database app --table sales.orders --privileges DELETE --for 30m --reason "cleanup"; then
+    echo "a request outside the flow was taken" >&2; exit 1
+fi
+pgjit revoke "$request"
 echo "demo complete"

@@ -12,6 +12,8 @@ use pgjit::engine::postgres::error_chain;
 use pgjit::engine::setup::Flavor;
 use serde_json::{json, Value};
 
+mod front_door;
+
 #[derive(Parser)]
 #[command(name = "pgjit", version, about = "Just-in-time PostgreSQL access: operator commands")]
 struct Cli {
@@ -28,6 +30,77 @@ enum Command {
     Integration {
         #[command(subcommand)]
         command: IntegrationCommand,
+    },
+    /// Ask for access at the front door, as yourself (your AWS identity): the integration's
+    /// access flows decide who approves.
+    Request {
+        #[arg(long)]
+        integration: String,
+        /// The flow to ask under (default: the first that allows the request).
+        #[arg(long)]
+        flow: Option<String>,
+        /// The database (default: the integration's).
+        #[arg(long)]
+        database: Option<String>,
+        /// A table as SCHEMA.TABLE (`SCHEMA.*` for every table of the schema).
+        #[arg(long)]
+        table: Option<String>,
+        /// A schema (with --privileges USAGE or CREATE).
+        #[arg(long, conflicts_with = "table")]
+        schema: Option<String>,
+        /// Membership of an existing role.
+        #[arg(long, conflicts_with_all = ["table", "schema"])]
+        role: Option<String>,
+        /// Comma-separated privileges (SELECT,INSERT,… or ALL).
+        #[arg(long, value_delimiter = ',')]
+        privileges: Vec<String>,
+        /// The access list as a JSON file instead (the approval's `access` shape).
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["table", "schema", "role"])]
+        access: Option<String>,
+        /// How long: 7200, 90m, 2h, 1d, 1h30m.
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        ticket: Option<String>,
+        /// Start later (RFC 3339, at most 7 days ahead).
+        #[arg(long, value_name = "RFC3339")]
+        start_at: Option<String>,
+        /// Makes a retry the same request (default: a new one each run).
+        #[arg(long)]
+        client_token: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a request (as yourself: one of its flow's approvers, never its requester).
+    Approve {
+        request_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deny a request, saying why.
+    Deny {
+        request_id: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel your own request.
+    Cancel {
+        request_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Your requests (default), or those awaiting your approval.
+    Requests {
+        #[arg(long, conflicts_with = "to_approve")]
+        mine: bool,
+        #[arg(long)]
+        to_approve: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Store, list or remove access flows: who may ask for what, for how long, and who approves.
     Flow {
@@ -271,6 +344,18 @@ fn print_sessions(g: &pgjit::aws::store::GrantRecord, sessions: &[pgjit::control
     }
 }
 
+/// One action at the front door, printed: the request in a line, or as JSON.
+async fn front_door_out(body: Value, json: bool) -> Outcome {
+    let svc = services().await?;
+    let requests = front_door::call(&svc, body).await?;
+    let request = requests.into_iter().next().ok_or("the front door answered with no request")?;
+    if json {
+        return print_json(&request);
+    }
+    println!("{}", front_door::line(&request));
+    Ok(())
+}
+
 /// A flow's approval rule in a few words.
 fn describe_mode(flow: &pgjit::contract::flow::Flow) -> String {
     use pgjit::contract::flow::Mode;
@@ -333,6 +418,62 @@ async fn run(command: Command) -> Outcome {
                     None => "not discovered yet".into(),
                 };
                 println!("{:<24} {:<9} {:<30} {:<9} max {}s  {}", i.name, i.kind.as_str(), i.host.as_deref().unwrap_or("-"), format!("{:?}", i.access_mode).to_lowercase(), i.max_duration_seconds, discovered);
+            }
+            Ok(())
+        }
+        Command::Request { integration, flow, database, table, schema, role, privileges, access, duration, reason, ticket, start_at, client_token, json } => {
+            let duration_seconds = pgjit::contract::events::parse_duration(&duration)?;
+            let access = match access {
+                Some(file) => read_json(&file)?,
+                None => {
+                    let mut entry = serde_json::Map::new();
+                    if let Some(db) = database {
+                        entry.insert("database".into(), json!(db));
+                    }
+                    match (table, schema, role) {
+                        (Some(t), _, _) => {
+                            let (s, t) = t.split_once('.').ok_or_else(|| format!("--table {t:?}: write SCHEMA.TABLE"))?;
+                            entry.insert("schema".into(), json!(s));
+                            entry.insert("table".into(), json!(t));
+                        }
+                        (None, Some(s), _) => {
+                            entry.insert("schema".into(), json!(s));
+                        }
+                        (None, None, Some(r)) => {
+                            entry.insert("role".into(), json!(r));
+                        }
+                        (None, None, None) => {}
+                    }
+                    if !privileges.is_empty() {
+                        entry.insert("privileges".into(), json!(privileges));
+                    }
+                    json!([entry])
+                }
+            };
+            let token = client_token.unwrap_or_else(|| format!("cli-{}", Utc::now().timestamp_nanos_opt().unwrap_or_default()));
+            let mut body = json!({"action": "create", "client_token": token, "integration": integration, "access": access, "duration_seconds": duration_seconds});
+            for (field, value) in [("flow", flow), ("reason", reason), ("ticket", ticket), ("start_at", start_at)] {
+                if let Some(v) = value {
+                    body[field] = json!(v);
+                }
+            }
+            front_door_out(body, json).await
+        }
+        Command::Approve { request_id, json } => front_door_out(json!({"action": "approve", "request_id": request_id}), json).await,
+        Command::Deny { request_id, reason, json } => front_door_out(json!({"action": "deny", "request_id": request_id, "reason": reason}), json).await,
+        Command::Cancel { request_id, json } => front_door_out(json!({"action": "cancel", "request_id": request_id}), json).await,
+        Command::Requests { mine: _, to_approve, json } => {
+            let svc = services().await?;
+            let filter = if to_approve { "to_approve" } else { "mine" };
+            let list = front_door::call(&svc, json!({"action": "list", "filter": filter})).await?;
+            if json {
+                return print_json(&list);
+            }
+            if list.is_empty() {
+                println!("no requests");
+            }
+            for r in &list {
+                println!("{}", front_door::line(r));
             }
             Ok(())
         }

@@ -26,10 +26,27 @@ impl Cli {
             ("PGJIT_INTEGRATIONS_TABLE", format!("cli-integrations-{id}")),
             ("PGJIT_INVENTORY_TABLE", format!("cli-inventory-{id}")),
             ("PGJIT_AUDIT_TABLE", format!("cli-audit-{id}")),
+            ("PGJIT_FLOWS_TABLE", format!("cli-flows-{id}")),
+            ("PGJIT_REQUESTS_TABLE", format!("cli-requests-{id}")),
             ("PGJIT_SCHEDULE_GROUP", format!("cli-{id}")),
             ("PGJIT_SECRET_PREFIX", format!("cli-{id}/")),
         ];
         Cli { vars: vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(), dir }
+    }
+
+    /// The same commands with another person's AWS credentials.
+    fn as_person(&self, key: &str, secret: &str) -> Cli {
+        let mut vars = self.vars.clone();
+        for (k, v) in vars.iter_mut() {
+            match k.as_str() {
+                "AWS_ACCESS_KEY_ID" => *v = key.to_owned(),
+                "AWS_SECRET_ACCESS_KEY" => *v = secret.to_owned(),
+                _ => {}
+            }
+        }
+        let dir = self.dir.join(key);
+        std::fs::create_dir_all(&dir).unwrap();
+        Cli { vars, dir }
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -165,4 +182,68 @@ async fn bootstrap_then_the_lifecycle_from_the_command_line() {
     cli.fails(&["inventory", "nope"]);
     let err = cli.fails(&["setup-sql", "--flavor", "postgres", "--admin-user", &"x".repeat(64)]);
     assert!(err.contains("63 bytes"), "{err}");
+}
+
+/// People at the front door with their own credentials (two IAM users of moto): one asks,
+/// the other approves, the grant is made; the requester cannot approve; a denial is final.
+#[tokio::test]
+async fn people_request_and_approve_as_themselves() {
+    let e = env();
+    let operator = Cli::new();
+    operator.ok(&["bootstrap"]);
+    let svc = pgjit_tests::isolated_services().await;
+    let id: u32 = rand::random();
+    let mut people = Vec::new();
+    for who in ["alice", "bob"] {
+        let name = format!("{who}-{id}");
+        svc.iam.create_user().user_name(&name).send().await.unwrap();
+        let key = svc.iam.create_access_key().user_name(&name).send().await.unwrap();
+        let key = key.access_key().unwrap();
+        people.push((format!("arn:aws:iam::123456789012:user/{name}"), operator.as_person(key.access_key_id(), key.secret_access_key())));
+    }
+    let [(alice_arn, alice), (bob_arn, bob)] = <[_; 2]>::try_from(people).ok().unwrap();
+    let secret_id = format!("{}front-admin-{id}", svc.config.secret_prefix);
+    svc.secrets.create_secret().name(&secret_id).secret_string(json!({"username": e.admin_user, "password": e.admin_password.expose()}).to_string()).send().await.unwrap();
+    let integration = json!({"name": "front-db", "kind": "postgres", "host": "localhost", "port": e.port, "database": "app",
+        "admin": {"auth": "password", "secret_id": secret_id}, "ca_bundle": e.ca_file, "ssl_mode": "verify-full",
+        "max_duration_seconds": 3600, "user_prefix": format!("f{id}_"), "user_cleanup_after_days": 0});
+    operator.ok(&["integration", "put", &operator.file("integration.json", &integration)]);
+    // Without a flow, nobody decides: the front door refuses, and doctor says who is trusted.
+    assert!(alice.fails(&["request", "--integration", "front-db", "--table", "sales.orders", "--privileges", "SELECT", "--for", "30m"]).contains("has no access flows"));
+    assert!(String::from_utf8_lossy(&operator.run(&["doctor", "front-db"]).stdout).contains("[WARN] access flows: none: integration \"front-db\" trusts its approval tool"));
+    let flow = json!({"name": "orders-read", "integrations": ["front-db"], "requesters": {"principals": [alice_arn]},
+        "access": [{"database": "app", "schema": "sales", "table": "*", "privileges": ["SELECT"]}], "max_duration_seconds": 3600,
+        "approval": {"approvers": {"principals": [bob_arn]}, "reason_required": true}});
+    let mut bad = flow.clone();
+    bad["approval"] = json!({"approvers": {"principals": ["bob"]}});
+    assert!(operator.fails(&["flow", "put", &operator.file("bad-flow.json", &bad)]).contains("approval.approvers.principals[0]"));
+    operator.ok(&["flow", "put", &operator.file("flow.json", &flow)]);
+    assert!(operator.ok(&["flow", "list"]).contains("orders-read"));
+
+    let asked: Value = serde_json::from_str(&alice.ok(&["request", "--integration", "front-db", "--table", "sales.orders", "--privileges", "SELECT", "--for", "30m", "--reason", "INC-42 stuck orders", "--json"])).unwrap();
+    let request_id = asked["request_id"].as_str().unwrap().to_owned();
+    assert_eq!((asked["status"].as_str(), asked["requester"].as_str()), (Some("pending"), Some(alice_arn.as_str())));
+    assert!(alice.fails(&["approve", &request_id]).contains("an approval must come from someone else"));
+    assert!(bob.fails(&["request", "--integration", "front-db", "--table", "sales.orders", "--privileges", "SELECT", "--for", "30m", "--reason", "x"]).contains("is not one of its requesters"));
+    let waiting: Value = serde_json::from_str(&bob.ok(&["requests", "--to-approve", "--json"])).unwrap();
+    assert_eq!(waiting[0]["request_id"].as_str(), Some(request_id.as_str()));
+    let granted: Value = serde_json::from_str(&bob.ok(&["approve", &request_id, "--json"])).unwrap();
+    assert_eq!(granted["status"].as_str(), Some("granted"), "{granted}");
+    let db_user = granted["grant"]["db_user"].as_str().unwrap().to_owned();
+    assert!(alice.ok(&["requests"]).contains(&format!("{request_id} granted")));
+    let creds: Value = serde_json::from_str(&operator.ok(&["credentials", &request_id])).unwrap();
+    let password = pgjit::SecretString::new(creds["password"].as_str().unwrap());
+    let client = e.login_as(&db_user, &password, "app").await.expect("the grant works");
+    client.query("SELECT count(*) FROM sales.orders", &[]).await.expect("SELECT was approved");
+
+    // Denied: final.
+    let second: Value = serde_json::from_str(&alice.ok(&["request", "--integration", "front-db", "--table", "sales.orders", "--privileges", "SELECT", "--for", "10m", "--reason", "again", "--json"])).unwrap();
+    let second_id = second["request_id"].as_str().unwrap();
+    let no_reason = bob.run(&["deny", second_id]);
+    assert!(!no_reason.status.success() && String::from_utf8_lossy(&no_reason.stderr).contains("--reason"), "a denial says why");
+    let denied: Value = serde_json::from_str(&bob.ok(&["deny", second_id, "--reason", "use the replica", "--json"])).unwrap();
+    assert_eq!(denied["status"].as_str(), Some("denied"));
+    assert!(bob.fails(&["approve", second_id]).contains("is denied"));
+    operator.ok(&["revoke", &request_id]);
+    assert!(e.login_as(&db_user, &password, "app").await.is_err(), "revoked");
 }

@@ -122,6 +122,14 @@ pub struct NewRequest {
     pub start_at: Option<DateTime<Utc>>,
 }
 
+/// The entries with `database` where they name none (an empty database: the integration's).
+pub fn with_database(entries: &[AccessEntry], database: &str) -> Vec<AccessEntry> {
+    entries
+        .iter()
+        .map(|e| if e.database.is_empty() { AccessEntry { database: database.to_owned(), ..e.clone() } } else { e.clone() })
+        .collect()
+}
+
 /// Which requests `list` returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -200,6 +208,12 @@ pub fn parse_action(body: &str, now: DateTime<Utc>) -> Result<Action, EventError
     };
     let parsed = match action.as_str() {
         "create" => {
+            // An entry without a database is in the integration's (filled in by the front door).
+            if let Some(Value::Array(entries)) = map.get_mut("access") {
+                for entry in entries.iter_mut().filter_map(Value::as_object_mut) {
+                    entry.entry("database").or_insert(Value::String(String::new()));
+                }
+            }
             let new: NewRequest = serde_path_to_error::deserialize(Value::Object(std::mem::take(map))).map_err(|e| {
                 let path = e.path().to_string();
                 let message = e.into_inner().to_string();
@@ -246,7 +260,9 @@ fn check_new(new: &NewRequest, now: DateTime<Utc>) -> Result<(), EventError> {
     if new.access.is_empty() || new.access.len() > 100 {
         return Err(bad("access", "1-100 entries"));
     }
-    crate::access::AccessSet::from_entries(&new.access).map_err(|e| bad(&format!("access[{}].{}", e.index, e.field), e.message))?;
+    // Checked as the front door will fill it in: an empty database is the integration's.
+    let filled = with_database(&new.access, "postgres");
+    crate::access::AccessSet::from_entries(&filled).map_err(|e| bad(&format!("access[{}].{}", e.index, e.field), e.message))?;
     if new.duration_seconds == 0 {
         return Err(bad("duration_seconds", "must be positive"));
     }
@@ -324,6 +340,11 @@ mod tests {
             }
             assert_eq!(parse_action(&body.to_string(), now()).unwrap_err().field, field, "{change}");
         }
+        // No database: the integration's, filled in later.
+        let mut bare = create();
+        bare["access"] = json!([{"schema": "sales", "table": "orders", "privileges": ["SELECT"]}]);
+        let Action::Create(new) = parse_action(&bare.to_string(), now()).unwrap() else { panic!("create") };
+        assert_eq!(with_database(&new.access, "app")[0].database, "app");
         let mut ahead = create();
         ahead["start_at"] = json!("2026-12-07T10:00:00Z");
         assert!(parse_action(&ahead.to_string(), now()).is_ok());

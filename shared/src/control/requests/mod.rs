@@ -169,12 +169,13 @@ async fn flows_of(svc: &Services, integration: &str) -> Result<Vec<Flow>, Reques
     Ok(svc.store.list_flows(Some(integration)).await?)
 }
 
-async fn create(svc: &Services, me: &Me<'_>, new: NewRequest, now: DateTime<Utc>) -> Result<Reply, RequestError> {
+async fn create(svc: &Services, me: &Me<'_>, mut new: NewRequest, now: DateTime<Utc>) -> Result<Reply, RequestError> {
     let request_id = request_id_for(me.caller, &new.client_token);
+    let integration = svc.store.get_integration(&new.integration).await?.ok_or_else(|| RequestError::Unknown(format!("integration {:?}", new.integration)))?;
+    new.access = crate::contract::requests::with_database(&new.access, integration.maintenance_database());
     if let Some(existing) = svc.store.get_request(&request_id).await? {
         return same_request(svc, existing, &new, now).await;
     }
-    let integration = svc.store.get_integration(&new.integration).await?.ok_or_else(|| RequestError::Unknown(format!("integration {:?}", new.integration)))?;
     let flows = flows_of(svc, &integration.name).await?;
     if flows.is_empty() {
         return Err(RequestError::Forbidden(format!(
