@@ -1,6 +1,7 @@
 //! `pgjit request | approve | deny | cancel | requests`: people at the front door, as
 //! themselves. With `PGJIT_REQUESTS_URL` the call is signed with the caller's own AWS
-//! credentials (SigV4, service `lambda`) and sent to the requests Function URL; without it
+//! credentials (SigV4, service `lambda`), carries their proof of identity (a signed STS
+//! request bound to the call, `pgjit::aws::caller_proof`) and goes to the requests Function URL; without it
 //! (the local emulator) the handler runs in-process with the identity STS names, and an
 //! approval that completes a request is granted in-process, as no rule delivers the bus's
 //! events there.
@@ -43,57 +44,44 @@ fn to_values(requests: &[pgjit::control::requests::RequestView]) -> Result<Vec<V
 
 async fn remote(svc: &Services, url: &str, body: &Value) -> Result<Vec<Value>, String> {
     use aws_credential_types::provider::ProvideCredentials;
-    let provider = svc.sdk_config.credentials_provider().ok_or("no AWS credentials: sign in (aws sso login) or set AWS_PROFILE")?;
-    let credentials = provider.provide_credentials().await.map_err(|e| format!("your AWS credentials: {}", super::chain(e)))?;
-    let region = svc.region().or_else(|| region_of(url)).ok_or("no AWS region: set AWS_REGION")?;
-    let identity: aws_smithy_runtime_api::client::identity::Identity = credentials.into();
-    let text = body.to_string();
     let uri: http::Uri = url.parse().map_err(|_| format!("PGJIT_REQUESTS_URL {url:?} is not a URL"))?;
     if uri.scheme_str() != Some("https") {
         return Err(format!("PGJIT_REQUESTS_URL {url:?} is not https: signed requests go over TLS only"));
     }
     let host = uri.host().ok_or_else(|| format!("PGJIT_REQUESTS_URL {url:?} has no host"))?.to_owned();
-    let mut request = http::Request::builder()
-        .method("POST")
-        .uri(uri)
-        .header(http::header::HOST, host)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(text.clone())
-        .map_err(super::chain)?;
-    let settings = aws_sigv4::http_request::SigningSettings::default();
+    // The front door's region: its URL says it (the proof is checked by STS there).
+    let region = region_of(url).or_else(|| svc.region()).ok_or("no AWS region: set AWS_REGION")?;
+    let action = body.to_string();
+    let proof = pgjit::aws::caller_proof::make(&svc.sdk_config, &region, &action, std::time::SystemTime::now()).await.map_err(super::chain)?;
+    let text = serde_json::json!({"body": action, "proof": proof}).to_string();
+    let provider = svc.sdk_config.credentials_provider().ok_or("no AWS credentials: sign in (aws sso login) or set AWS_PROFILE")?;
+    let credentials = provider.provide_credentials().await.map_err(|e| format!("your AWS credentials: {}", super::chain(e)))?;
+    let identity: aws_smithy_runtime_api::client::identity::Identity = credentials.into();
+    let mut headers = vec![("host".to_owned(), host), ("content-type".to_owned(), "application/json".to_owned())];
     let params: aws_sigv4::http_request::SigningParams = aws_sigv4::sign::v4::SigningParams::builder()
         .identity(&identity)
         .region(&region)
         .name("lambda")
         .time(std::time::SystemTime::now())
-        .settings(settings)
+        .settings(aws_sigv4::http_request::SigningSettings::default())
         .build()
         .map_err(super::chain)?
         .into();
-    let headers: Vec<(String, String)> = request.headers().iter().map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned())).collect();
     let signable = aws_sigv4::http_request::SignableRequest::new("POST", url, headers.iter().map(|(k, v)| (k.as_str(), v.as_str())), aws_sigv4::http_request::SignableBody::Bytes(text.as_bytes())).map_err(super::chain)?;
     let (instructions, _signature) = aws_sigv4::http_request::sign(signable, &params).map_err(super::chain)?.into_parts();
-    instructions.apply_to_request_http1x(&mut request);
-
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_native_roots(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-        .map_err(|e| format!("the system's root certificates: {e}"))?
-        .https_only()
-        .enable_http1()
-        .build();
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
-    let request = request.map(|b| http_body_util::Full::new(bytes::Bytes::from(b)));
-    let response = tokio::time::timeout(std::time::Duration::from_secs(60), client.request(request))
+    let (added, _) = instructions.into_parts();
+    for header in added {
+        headers.push((header.name().to_owned(), header.value().to_owned()));
+    }
+    let headers: Vec<(&str, String)> = headers.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let (status, bytes) = tokio::time::timeout(std::time::Duration::from_secs(60), pgjit::aws::caller_proof::post(url, &headers, text.into_bytes(), false))
         .await
-        .map_err(|_| format!("{url} did not answer within 60 s"))?
-        .map_err(|e| format!("cannot reach {url}: {}", super::chain(e)))?;
-    let status = response.status();
-    let bytes = http_body_util::BodyExt::collect(response.into_body()).await.map_err(|e| format!("reading the answer: {}", super::chain(e)))?.to_bytes();
+        .map_err(|_| format!("{url} did not answer within 60 s"))??;
     let answer: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::json!({"error": String::from_utf8_lossy(&bytes)}));
-    if !status.is_success() {
+    if !(200..300).contains(&status) {
         let why = answer.get("error").or_else(|| answer.get("Message")).and_then(Value::as_str).unwrap_or("no reason given");
-        return Err(match status.as_u16() {
-            403 if answer.get("Message").is_some() => format!("AWS refused the call ({why}): your identity may not call the front door (RequesterPrincipals)"),
+        return Err(match status {
+            403 if answer.get("Message").is_some() => format!("AWS refused the call ({why}): your identity may not call the front door (RequesterPrincipals, lambda:InvokeFunctionUrl)"),
             code => format!("{why} (HTTP {code})"),
         });
     }

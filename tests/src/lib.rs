@@ -572,3 +572,23 @@ pub async fn leave_group(svc: &pgjit::aws::Services, user: &str, group: &str) {
     let membership = memberships.group_memberships().iter().find(|m| m.group_id() == Some(group_id.as_str())).map(|m| m.membership_id().to_owned()).expect("a member of the group");
     ids.delete_group_membership().identity_store_id(&store).membership_id(membership).send().await.expect("leave the group");
 }
+
+/// An SDK configuration for moto with someone's own credentials (an IAM user's access key).
+pub async fn sdk_config_as(url: &str, key: &str, secret: &str) -> aws_config::SdkConfig {
+    let creds = aws_credential_types::Credentials::new(key, secret, None, None, "pgjit-tests-person");
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(pgjit::aws::https_client())
+        .endpoint_url(url)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(creds)
+        .load()
+        .await
+}
+
+/// An IAM user of moto with an access key: (ARN, key id, secret).
+pub async fn moto_person(svc: &pgjit::aws::Services, name: &str) -> (String, String, String) {
+    svc.iam.create_user().user_name(name).send().await.expect("moto user");
+    let key = svc.iam.create_access_key().user_name(name).send().await.expect("moto key");
+    let key = key.access_key().expect("a key");
+    (format!("arn:aws:iam::123456789012:user/{name}"), key.access_key_id().to_owned(), key.secret_access_key().to_owned())
+}

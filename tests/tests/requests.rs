@@ -211,27 +211,170 @@ async fn a_start_is_checked_again_when_it_comes() {
     assert!(svc.store.get_grant(&gone.request_id).await.unwrap().is_none());
 }
 
+fn url_event(iam: Value, body: String) -> Value {
+    json!({"version": "2.0", "routeKey": "$default", "rawPath": "/", "rawQueryString": "", "headers": {"content-type": "application/json"},
+        "requestContext": {"accountId": "123456789012", "apiId": "abc", "domainName": "abc.lambda-url.us-east-1.on.aws", "domainPrefix": "abc",
+            "http": {"method": "POST", "path": "/", "protocol": "HTTP/1.1", "sourceIp": "203.0.113.9", "userAgent": "pgjit"},
+            "requestId": "r1", "routeKey": "$default", "stage": "$default", "time": "05/Dec/2026:10:00:00 +0000", "timeEpoch": 1796464800000_i64,
+            "authorizer": iam},
+        "body": body, "isBase64Encoded": false})
+}
+
+fn iam_context(arn: &str) -> Value {
+    json!({"iam": {"accessKey": "AKIA", "accountId": "123456789012", "callerId": "AIDA", "userArn": arn, "userId": "AIDAEXAMPLE"}})
+}
+
+/// A call as the CLI makes it: the action's text and the caller's proof for exactly that text.
+async fn proved(person: &aws_config::SdkConfig, action: &Value) -> (String, pgjit::aws::caller_proof::Proof) {
+    let text = action.to_string();
+    let proof = pgjit::aws::caller_proof::make(person, "us-east-1", &text, std::time::SystemTime::now()).await.unwrap();
+    (text, proof)
+}
+
 #[tokio::test]
-async fn the_function_url_takes_the_caller_from_iam_never_from_the_body() {
-    let (svc, name) = setup(&[read_flow()]).await;
-    let url_event = |iam: Value, body: Value| -> Value {
-        json!({"version": "2.0", "routeKey": "$default", "rawPath": "/", "rawQueryString": "", "headers": {"content-type": "application/json"},
-            "requestContext": {"accountId": "123456789012", "apiId": "abc", "domainName": "abc.lambda-url.us-east-1.on.aws", "domainPrefix": "abc",
-                "http": {"method": "POST", "path": "/", "protocol": "HTTP/1.1", "sourceIp": "203.0.113.9", "userAgent": "pgjit"},
-                "requestId": "r1", "routeKey": "$default", "stage": "$default", "time": "05/Dec/2026:10:00:00 +0000", "timeEpoch": 1796464800000_i64,
-                "authorizer": iam},
-            "body": body.to_string(), "isBase64Encoded": false})
-    };
-    let jane = json!({"iam": {"accessKey": "ASIA", "accountId": "123456789012", "callerId": "AROADBA:jane",
-        "userArn": "arn:aws:sts::123456789012:assumed-role/AWSReservedSSO_Eng_0123456789abcdef/john.doe@corp.com", "userId": "AROAENG:john.doe@corp.com"}});
-    let mut body = create("u1", &name, json!({}));
-    body["requester"] = json!({"id": "jane"});
-    let out = pgjit::control::requests::url::invoke(&svc, url_event(jane, body.clone()), Utc::now()).await.unwrap();
+async fn the_function_url_takes_the_caller_from_its_proof_never_from_the_body_or_a_forged_context() {
+    let (svc, name) = setup(&[]).await;
+    let id: u32 = rand::random();
+    let (alice, key, secret) = pgjit_tests::moto_person(&svc, &format!("alice-{id}")).await;
+    let (bob, ..) = pgjit_tests::moto_person(&svc, &format!("bob-{id}")).await;
+    put_flow(&svc, json!({"name": "orders-read", "integrations": [name], "requesters": {"principals": [alice]},
+        "access": [{"database": "app", "schema": "sales", "table": "*", "privileges": ["SELECT"]}], "max_duration_seconds": 3600,
+        "approval": {"approvers": {"principals": [bob]}}})).await;
+    let as_alice = pgjit_tests::sdk_config_as(&pgjit_tests::env().moto_url, &key, &secret).await;
+    let mut action = create("u1", &name, json!({}));
+    action["requester"] = json!({"id": "bob", "iam_arn": bob});
+    let (text, proof) = proved(&as_alice, &action).await;
+    let call = json!({"body": text, "proof": proof}).to_string();
+    let out = pgjit::control::requests::url::invoke(&svc, url_event(iam_context(&alice), call.clone()), Utc::now()).await.unwrap();
     assert_eq!(out["statusCode"], json!(201), "{out}");
     let answer: Value = serde_json::from_str(out["body"].as_str().unwrap()).unwrap();
-    assert_eq!(answer["requests"][0]["requester"], json!("john.doe@corp.com"), "IAM's caller, not the body's claim");
+    assert_eq!(answer["requests"][0]["requester"], json!(alice), "the proof's caller, not the body's claim");
     assert_eq!(answer["requests"][0]["status"], json!("pending"));
-    // No IAM context (a URL not set to AWS_IAM): refused.
-    let out = pgjit::control::requests::url::invoke(&svc, url_event(json!(null), body), Utc::now()).await.unwrap();
+    // A direct invocation that writes the URL's context for bob, with alice's proof: refused.
+    let out = pgjit::control::requests::url::invoke(&svc, url_event(iam_context(&bob), call), Utc::now()).await.unwrap();
     assert_eq!(out["statusCode"], json!(403), "{out}");
+    // No proof, or no IAM context (a URL not set to AWS_IAM): refused.
+    let bare = json!({"body": action.to_string()}).to_string();
+    let out = pgjit::control::requests::url::invoke(&svc, url_event(iam_context(&bob), bare.clone()), Utc::now()).await.unwrap();
+    assert_eq!(out["statusCode"], json!(401), "{out}");
+    let out = pgjit::control::requests::url::invoke(&svc, url_event(json!(null), bare), Utc::now()).await.unwrap();
+    assert_eq!(out["statusCode"], json!(403), "{out}");
+    // A proof older than five minutes: refused.
+    let old = pgjit::aws::caller_proof::make(&as_alice, "us-east-1", &text_of(&action), std::time::SystemTime::now() - std::time::Duration::from_secs(600)).await.unwrap();
+    let out = pgjit::control::requests::url::invoke(&svc, url_event(iam_context(&alice), json!({"body": text_of(&action), "proof": old}).to_string()), Utc::now()).await.unwrap();
+    assert_eq!(out["statusCode"], json!(401), "{out}");
+}
+
+fn text_of(action: &Value) -> String {
+    action.to_string()
+}
+
+/// moto answers GetCallerIdentity for any signature; AWS checks it. A stub STS that checks
+/// SigV4 as AWS does (the caller's secret, the signed headers, the body) shows what the proof
+/// binds: a proof is refused for any other call's body, for a tampered signature, and for
+/// another key.
+#[tokio::test]
+async fn a_proof_counts_only_for_the_call_it_was_signed_for() {
+    let (arn, key, secret) = ("arn:aws:iam::123456789012:user/alice".to_owned(), "AKIAALICE".to_owned(), "alice-secret".to_owned());
+    let sts = checking_sts(key.clone(), secret.clone(), arn.clone()).await;
+    let as_alice = pgjit_tests::sdk_config_as(&sts, &key, &secret).await;
+    let verifier = pgjit_tests::sdk_config_as(&sts, "AKIAPGJIT", "pgjit-secret").await;
+    let body = json!({"action": "approve", "request_id": "REQ-1"}).to_string();
+    let proof = pgjit::aws::caller_proof::make(&as_alice, "us-east-1", &body, std::time::SystemTime::now()).await.unwrap();
+    let caller = pgjit::aws::caller_proof::verify(&verifier, "us-east-1", &proof, &body, Utc::now()).await.unwrap();
+    assert_eq!(caller.arn, arn);
+    let other = json!({"action": "approve", "request_id": "REQ-2"}).to_string();
+    assert!(matches!(pgjit::aws::caller_proof::verify(&verifier, "us-east-1", &proof, &other, Utc::now()).await, Err(pgjit::aws::caller_proof::ProofError::Refused(403))), "another body");
+    let mut tampered = proof.clone();
+    tampered.authorization = tampered.authorization.replace("Signature=", "Signature=0");
+    assert!(pgjit::aws::caller_proof::verify(&verifier, "us-east-1", &tampered, &body, Utc::now()).await.is_err(), "a tampered signature");
+    let as_mallory = pgjit_tests::sdk_config_as(&sts, &key, "not-alices-secret").await;
+    let forged = pgjit::aws::caller_proof::make(&as_mallory, "us-east-1", &body, std::time::SystemTime::now()).await.unwrap();
+    assert!(pgjit::aws::caller_proof::verify(&verifier, "us-east-1", &forged, &body, Utc::now()).await.is_err(), "alice's key id without her secret");
+}
+
+/// A one-route STS: checks the request's SigV4 signature with the one known key, as AWS does,
+/// and answers GetCallerIdentity for it; 403 otherwise. Returns its URL.
+async fn checking_sts(key: String, secret: String, arn: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let (key, secret, arn) = (key.clone(), secret.clone(), arn.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let (head, body) = loop {
+                    let n = socket.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        let length: usize = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))).unwrap_or(0);
+                        while buf.len() < end + 4 + length {
+                            let n = socket.read(&mut chunk).await.unwrap_or(0);
+                            if n == 0 {
+                                break;
+                            }
+                            buf.extend_from_slice(&chunk[..n]);
+                        }
+                        break (head, buf[end + 4..].to_vec());
+                    }
+                };
+                let headers: Vec<(String, String)> = head.lines().skip(1).filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned())).collect();
+                let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default();
+                let claimed = get("authorization");
+                let signed_names: Vec<String> = claimed.split("SignedHeaders=").nth(1).and_then(|r| r.split(',').next()).unwrap_or("").split(';').map(str::to_owned).collect();
+                let date = chrono::NaiveDateTime::parse_from_str(&get("x-amz-date"), "%Y%m%dT%H%M%SZ").map(|d| d.and_utc()).unwrap_or_default();
+                let creds = aws_credential_types::Credentials::new(&key, &secret, None, None, "stub");
+                let identity: aws_smithy_runtime_api::client::identity::Identity = creds.into();
+                let params: aws_sigv4::http_request::SigningParams = aws_sigv4::sign::v4::SigningParams::builder().identity(&identity).region("us-east-1").name("sts")
+                    .time(std::time::SystemTime::from(date)).settings(aws_sigv4::http_request::SigningSettings::default()).build().unwrap().into();
+                let to_sign: Vec<(String, String)> = headers.iter().filter(|(k, _)| signed_names.contains(k) && k != "x-amz-date").cloned().collect();
+                let uri = format!("http://{}/", get("host"));
+                let signable = aws_sigv4::http_request::SignableRequest::new("POST", &uri, to_sign.iter().map(|(k, v)| (k.as_str(), v.as_str())), aws_sigv4::http_request::SignableBody::Bytes(&body)).unwrap();
+                let (instructions, _) = aws_sigv4::http_request::sign(signable, &params).unwrap().into_parts();
+                let (added, _) = instructions.into_parts();
+                let expected = added.iter().find(|h| h.name().eq_ignore_ascii_case("authorization")).map(|h| h.value().to_owned()).unwrap_or_default();
+                let good = claimed.contains(&format!("Credential={key}/")) && expected == claimed;
+                let (status, text) = if good {
+                    ("200 OK", format!("<GetCallerIdentityResponse><GetCallerIdentityResult><Arn>{arn}</Arn><UserId>AIDAALICE</UserId><Account>123456789012</Account></GetCallerIdentityResult></GetCallerIdentityResponse>"))
+                } else {
+                    ("403 Forbidden", "<ErrorResponse><Error><Code>SignatureDoesNotMatch</Code></Error></ErrorResponse>".to_owned())
+                };
+                let response = format!("HTTP/1.1 {status}\r\ncontent-type: text/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}", text.len());
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    url
+}
+
+/// A sender that died between claiming a request's approval and PutEvents (or whose PutEvents
+/// failed) leaves it claimed: the next approval call sends it, and it is granted once; a
+/// cancellation after the claim is refused, since the approval is on its way.
+#[tokio::test]
+async fn an_approval_claimed_but_not_sent_is_sent_by_the_next_call_and_cannot_be_cancelled() {
+    let (svc, name) = setup(&[read_flow()]).await;
+    let dave = sso_caller("Dba", "dave@corp.com");
+    let made = one(&svc, &john(), create("k1", &name, json!({}))).await;
+    // As a sender that died after its claim: approved and claimed, no event id.
+    let mut record = svc.store.get_request(&made.request_id).await.unwrap().unwrap();
+    record.approvals.push(pgjit::aws::store::requests::Decision { by: "dave@corp.com".into(), arn: dave.arn.clone(), at: Utc::now(), reason: None });
+    record.sent_at = Some(Utc::now());
+    record.set_status(RequestStatus::Approved, Utc::now());
+    svc.store.update_request(&mut record).await.unwrap();
+    let (status, message) = call(&svc, &john(), act("cancel", &made.request_id)).await.unwrap_err();
+    assert!(status == 409 && message.contains("is approved"), "{status} {message}");
+    let sent = one(&svc, &sso_caller("Dba", "jane"), act("approve", &made.request_id)).await;
+    assert_eq!(sent.status, RequestStatus::Granted, "{sent:?}");
+    assert!(svc.store.get_request(&made.request_id).await.unwrap().unwrap().event_id.is_some(), "the bus's id is recorded");
+    // Sent: the next call has nothing to send.
+    let (status, _) = call(&svc, &dave, act("approve", &made.request_id)).await.unwrap_err();
+    assert_eq!(status, 409);
+    pgjit::control::grants::revoke::revoke(&svc, &made.request_id, pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
 }

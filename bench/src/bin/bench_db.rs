@@ -3,6 +3,8 @@
 //!
 //! Usage: bench-db [grant|e2e|burst|cleanup|discovery|acl|all] [RUNS]
 //!        bench-db cleanup-latency [AWS_MS [PG_RTT_MS]]   (defaults 10 and 1)
+//!        bench-db flows [RUNS]                            (1,000 flows, 50 groups, vs the grant's floor)
+//!        bench-db front-door [RUNS [AWS_MS]]              (approval to active, over modeled AWS latency)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,6 +83,152 @@ async fn main() {
     if matches!(what, "acl" | "all") {
         acl_growth().await;
     }
+    if matches!(what, "flows" | "all") {
+        flows_check(runs).await;
+    }
+    if matches!(what, "front-door" | "all") {
+        let aws: f64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10.0);
+        front_door(runs, Duration::from_secs_f64(aws / 1000.0)).await;
+    }
+}
+
+/// 1,000 flows of one integration, the one that fits last in name order; `groups` per flow.
+fn many_flows(n: usize) -> Vec<pgjit::contract::flow::Flow> {
+    (0..n)
+        .map(|i| {
+            let doc = json!({"name": format!("flow-{i:04}"), "integrations": ["orders-prod"],
+                "requesters": {"groups": [format!("team-{i}"), format!("team-{i}-oncall")], "principals": [format!("arn:aws:iam::123456789012:role/team-{i}-*")]},
+                "access": [{"database": "app", "schema": "sales", "table": "*", "privileges": ["SELECT"]},
+                           {"database": "app", "schema": format!("s{i}"), "table": "*", "privileges": ["SELECT", "INSERT"]},
+                           {"database": "app", "schema": "*", "function": "report", "privileges": ["EXECUTE"]},
+                           {"database": "app", "role": "reporting"}],
+                "max_duration_seconds": 7200,
+                "hours": {"time_zone": "Europe/Berlin", "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "from": "00:00", "to": "23:59"},
+                "approval": {"approvers": {"groups": ["dba", format!("team-{i}-leads")], "owners": true}, "required": 2, "reason_required": true, "ticket_pattern": "INC-[0-9]+"}});
+            pgjit::contract::flow::Flow::from_json(&doc.to_string()).unwrap()
+        })
+        .collect()
+}
+
+/// The decision against 1,000 flows for a requester in 50 groups (only the last flow fits: every
+/// flow is read), in process, and the flows' parsing as the store's read does it, against the
+/// grant's database floor measured in the same run.
+async fn flows_check(runs: usize) {
+    use pgjit::contract::flow::{decide, Request};
+    use pgjit::contract::identity::Person;
+    let flows = many_flows(1000);
+    let texts: Vec<String> = flows.iter().map(|f| serde_json::to_string(f).unwrap()).collect();
+    let refs: Vec<&pgjit::contract::flow::Flow> = flows.iter().collect();
+    let mut requester = Person::named(&["arn:aws:sts::123456789012:assumed-role/AWSReservedSSO_Eng_0123456789abcdef/john.doe@corp.com"]).unwrap();
+    requester.groups = (950..1000).map(|i| format!("team-{i}")).collect();
+    let mut approvers = vec![Person::named(&["jane@corp.com"]).unwrap(), Person::named(&["dave@corp.com"]).unwrap()];
+    approvers[0].groups.insert("dba".into());
+    approvers[1].groups.insert("team-999-leads".into());
+    let access: Vec<AccessEntry> = serde_json::from_value(json!([{"database": "app", "schema": "s999", "table": "orders", "privileges": ["INSERT"]}, {"database": "app", "role": "reporting"}])).unwrap();
+    let owners = std::collections::BTreeSet::new();
+    let request = Request { integration: "orders-prod", flow: None, requester: &requester, access: &access, duration_seconds: 3600, reason: Some("INC-42"), ticket: Some("INC-42"), at: Utc::now() };
+    assert_eq!(decide(&refs, &request, &approvers, &owners).unwrap().flow.name, "flow-0999", "only the last flow fits");
+
+    // The floor: the grant's database part, as `bench-db grant` measures it (one transaction).
+    let e = env();
+    let admin = e.admin();
+    let client = admin.connect("app").await.unwrap();
+    let entries: Vec<AccessEntry> = serde_json::from_value(orders_access()).unwrap();
+    let set = AccessSet::from_entries(&entries).unwrap();
+    let profile = set.databases["app"].profile_role(PREFIX, "app");
+    client.batch_execute(&format!("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {l}) THEN CREATE ROLE {p} NOLOGIN; END IF; END $$", l = literal(&profile), p = ident(&profile))).await.unwrap();
+    let password = SecretString::random_password();
+    let (mut floor, mut decision, mut parse) = (Vec::new(), Vec::new(), Vec::new());
+    let mut users = Vec::new();
+    for i in 0..runs {
+        let user = login_role_name(PREFIX, &format!("flows{i}"));
+        let sql = format!(
+            "BEGIN; SELECT pg_advisory_xact_lock(1); GRANT SELECT ON TABLE sales.orders TO {p}; GRANT USAGE ON SCHEMA sales TO {p}; \
+             GRANT CONNECT ON DATABASE app TO {p}; CREATE ROLE {u} LOGIN PASSWORD {v} VALID UNTIL {t} ROLE {a} IN ROLE {p}; COMMIT",
+            p = ident(&profile),
+            u = ident(&user),
+            v = literal(&postgres_protocol_verifier(&password)),
+            t = literal(&(Utc::now() + chrono::Duration::hours(1)).format("%Y-%m-%d %H:%M:%S+00").to_string()),
+            a = ident(&e.admin_user),
+        );
+        let started = Instant::now();
+        client.batch_execute(&sql).await.unwrap();
+        floor.push(started.elapsed());
+        users.push(user);
+        let started = Instant::now();
+        let chosen = decide(&refs, &request, &approvers, &owners).unwrap();
+        decision.push(started.elapsed());
+        std::hint::black_box(chosen);
+        let started = Instant::now();
+        let parsed: Vec<_> = texts.iter().map(|t| pgjit::contract::flow::Flow::from_json(t).unwrap()).collect();
+        parse.push(started.elapsed());
+        std::hint::black_box(parsed);
+    }
+    for user in users {
+        client.batch_execute(&format!("DROP ROLE {}", ident(&user))).await.unwrap();
+    }
+    let (floor, decision, parse) = (median(floor), median(decision), median(parse));
+    println!("access flows: 1000 flows, a requester in 50 groups, 2 approvers ({runs} runs, medians):");
+    println!("  the grant's database floor (one transaction)   {:>8.3} ms", ms(floor));
+    println!("  the decision (every flow read)                  {:>8.3} ms = {:.2} % of the floor (target: under 2 %)", ms(decision), 100.0 * decision.as_secs_f64() / floor.as_secs_f64());
+    println!("  reading the 1000 flows' documents (parse+check) {:>8.3} ms = {:.2} % of the floor", ms(parse), 100.0 * parse.as_secs_f64() / floor.as_secs_f64());
+}
+
+/// Approval to active over modeled AWS latency: an approval tool's signed approval through the
+/// grant function, against an approval at the front door (its MAC and PutEvents, then the same
+/// grant function on what it sent). The difference, in AWS round trips, is what the front door
+/// adds between the approver's click and the grant.
+async fn front_door(runs: usize, aws: Duration) {
+    use pgjit::contract::requests::{Action, Caller, NewRequest};
+    println!("the front door over modeled latency ({} ms an AWS request), {runs} runs, medians:", ms(aws));
+    let base = isolated_services().await;
+    let http = pgjit_tests::latency::delayed_http_client(aws);
+    let svc = pgjit::aws::Services::new((*base.config).clone(), pgjit_tests::moto_sdk_config_via(&env().moto_url, http).await);
+    register_integration(&base, "orders-prod", json!({})).await;
+    let (requester, approver) = ("arn:aws:iam::123456789012:user/bench-requester", "arn:aws:iam::123456789012:user/bench-approver");
+    pgjit_tests::put_flow(&base, json!({"name": "orders-read", "integrations": ["orders-prod"], "requesters": {"principals": [requester]},
+        "access": [{"database": "app", "schema": "sales", "table": "*", "privileges": ["SELECT"]}], "max_duration_seconds": 3600,
+        "approval": {"approvers": {"principals": [approver]}}})).await;
+    let caller = |arn: &str| Caller { arn: arn.to_owned(), user_id: format!("AIDA{}", arn.len()), account: "123456789012".into() };
+    let (asks, approves) = (caller(requester), caller(approver));
+    let (mut tool, mut door, mut whole) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..runs {
+        // An approval tool's approval, signed before it is sent (not timed: the tool's work).
+        let mut event = approval(&format!("TOOL-{i}"), "orders-prod", requester, orders_access());
+        event["detail"]["requester"]["iam_arn"] = json!(requester);
+        event["detail"]["approver"] = json!(approver);
+        let event = pgjit_tests::signed(&base, event).await;
+        let started = Instant::now();
+        let granted = pgjit::control::handlers::grant(&svc, lambda_runtime::LambdaEvent::new(event, lambda_runtime::Context::default())).await.unwrap();
+        tool.push(started.elapsed());
+        pgjit::control::grants::revoke::revoke(&base, &granted.request_id, pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+
+        // The same at the front door: asked (not timed), then approved and granted.
+        let new = NewRequest { client_token: format!("b{i}"), integration: "orders-prod".into(), flow: None, access: serde_json::from_value(orders_access()).unwrap(),
+            duration_seconds: 3600, reason: Some("bench".into()), ticket: None, start_at: None };
+        let made = Box::pin(pgjit::control::requests::handle(&base, &asks, Action::Create(new), Utc::now())).await.unwrap();
+        let request_id = made.requests[0].request_id.clone();
+        STEPS.get().map(|l| l.take());
+        let (started, wall) = (Instant::now(), Utc::now());
+        let reply = Box::pin(pgjit::control::requests::handle(&svc, &approves, Action::Approve { request_id: request_id.clone(), client_token: None }, Utc::now())).await.unwrap();
+        let handler = started.elapsed();
+        let sent = reply.sent.expect("the approval was sent");
+        // On the bus when its log line says so: the rest of the handler runs beside the grant.
+        let on_bus = STEPS.get().map(|l| l.take()).unwrap_or_default().lines().find_map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).ok()?;
+            (v["fields"]["message"] == "approval sent to the approval bus").then(|| v["timestamp"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()))?
+        });
+        let to_bus = on_bus.map(|t| (t.with_timezone(&Utc) - wall).to_std().unwrap_or_default()).unwrap_or(handler);
+        let started = Instant::now();
+        Box::pin(pgjit::control::handlers::grant(&svc, lambda_runtime::LambdaEvent::new(sent, lambda_runtime::Context::default()))).await.unwrap();
+        door.push(to_bus + started.elapsed());
+        whole.push(handler);
+        pgjit::control::grants::revoke::revoke(&base, &request_id, pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();
+    }
+    let (tool, door, whole) = (median(tool), median(door), median(whole));
+    println!("  an approval tool's approval to active (the grant function)   {:>8.1} ms", ms(tool));
+    println!("  an approval at the front door to active (to the bus + grant)  {:>8.1} ms   (the approve call itself: {:.1} ms)", ms(door), ms(whole));
+    println!("  the front door adds {:.1} ms = {:.1} AWS round trips (target: at most 2)", ms(door.saturating_sub(tool)), door.saturating_sub(tool).as_secs_f64() / aws.as_secs_f64());
 }
 
 /// 2,000 grants drawn from 40 distinct privilege sets on one table, each revoked and dropped

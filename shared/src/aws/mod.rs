@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod approval_mac;
+pub mod caller_proof;
 pub mod credentials;
 pub mod iam;
 pub mod identity;

@@ -250,6 +250,12 @@ impl Flow {
         self.integrations.iter().any(|i| i == integration)
     }
 
+    /// The two checks most flows fail, without a word of why: where a decision over many
+    /// flows spends its time.
+    fn may_ask(&self, request: &Request) -> bool {
+        self.applies_to(request.integration) && self.requesters.includes(request.requester, &BTreeSet::new())
+    }
+
     /// Whether `request` may be asked for under this flow, approvals aside: who asks, what,
     /// for how long, when, and why. The refusal names what does not fit.
     pub fn admits(&self, request: &Request) -> Result<(), String> {
@@ -515,6 +521,13 @@ fn first<'f, T>(flows: &[&'f Flow], request: &Request, check: impl Fn(&'f Flow) 
     };
     let mut reasons = Vec::new();
     for flow in candidates {
+        if !flow.may_ask(request) {
+            // Said why only for the few flows a refusal names.
+            if reasons.len() < REASONS_SHOWN {
+                reasons.push((flow.name.clone(), flow.admits(request).err().unwrap_or_default()));
+            }
+            continue;
+        }
         match check(flow) {
             Ok(found) => return Ok((flow, found)),
             Err(why) if reasons.len() < REASONS_SHOWN => reasons.push((flow.name.clone(), why)),

@@ -12,7 +12,7 @@
 //! "Same person" errs toward yes: two names that could be one person count as one, which can
 //! only refuse an approval, never widen one.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 /// The IAM principal a requester's ARN names: users and roles as they are, and an STS
 /// assumed-role session as the role it was assumed from.
@@ -118,8 +118,9 @@ pub struct Person {
     pub arns: Vec<String>,
     /// The Identity Store's user id, once resolved.
     pub user_id: Option<String>,
-    /// Identity Center group display names, once resolved: what a flow's `groups` match.
-    pub groups: BTreeSet<String>,
+    /// Identity Center group display names, once resolved: what a flow's `groups` match (a
+    /// hash set: a decision looks a person's groups up once per flow).
+    pub groups: HashSet<String>,
     /// Other keys that say "same person" (a role session, an IAM user's name).
     extra_keys: BTreeSet<String>,
 }
@@ -207,7 +208,46 @@ fn push_new(list: &mut Vec<String>, value: &str) {
 }
 
 /// IAM's `StringLike`: `*` matches any run of characters, `?` exactly one; case-sensitive.
+/// Byte-wise (ARNs are ASCII), with the pattern's literal start compared first: a decision
+/// over many flows mostly stops there.
 pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let literal = p.iter().position(|b| *b == b'*' || *b == b'?').unwrap_or(p.len());
+    if !t.starts_with(&p[..literal]) {
+        return false;
+    }
+    if literal == p.len() {
+        return t.len() == p.len();
+    }
+    if !pattern.is_ascii() || !text.is_ascii() {
+        return glob_chars(pattern, text);
+    }
+    glob_bytes(&p[literal..], &t[literal..])
+}
+
+fn glob_bytes(p: &[u8], t: &[u8]) -> bool {
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == b'*')
+}
+
+/// [`glob_bytes`] over characters, where `?` must match one whole non-ASCII character.
+fn glob_chars(pattern: &str, text: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
@@ -269,7 +309,8 @@ mod tests {
         assert!(p.matches_principal("arn:aws:sts::123456789012:assumed-role/dev-alice/*"));
         assert!(!p.matches_principal("arn:aws:iam::123456789012:role/Dev-*"), "case-sensitive");
         assert!(!p.matches_principal("arn:aws:iam::210987654321:role/*"));
-        for (pattern, text, yes) in [("a*b?c", "axxbyc", true), ("a*b?c", "abc", false), ("*", "", true), ("a**", "a", true), ("?", "", false)] {
+        for (pattern, text, yes) in [("a*b?c", "axxbyc", true), ("a*b?c", "abc", false), ("*", "", true), ("a**", "a", true), ("?", "", false),
+            ("abc", "abc", true), ("abc", "abcd", false), ("ab", "abc", false), ("a?c", "aéc", true), ("a*é", "xaé", false), ("*é", "xaé", true)] {
             assert_eq!(glob_matches(pattern, text), yes, "{pattern} {text}");
         }
     }

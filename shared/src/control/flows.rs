@@ -41,7 +41,7 @@ pub async fn check_approval(svc: &Services, integration: &Integration, approval:
         at: now,
     };
     let names = [approval.requester.id.as_str(), approval.requester.iam_arn.as_deref().unwrap_or("")];
-    decide(svc, integration, &flows.iter().collect::<Vec<_>>(), request, &names, &approval.all_approvers(), &approval.request_id).await.map(Some)
+    decide(svc, integration, &flows.iter().map(|f| f.as_ref()).collect::<Vec<_>>(), request, &names, &approval.all_approvers(), &approval.request_id).await.map(Some)
 }
 
 /// Checks an extension against the flow that allowed the grant (still there, still allowing
@@ -70,13 +70,13 @@ pub async fn check_extension(svc: &Services, integration: &Integration, record: 
         at: now,
     };
     // The ticket was checked at the grant; an extension keeps it.
-    let mut flow = flow.clone();
+    let mut flow = Flow::clone(flow);
     flow.approval.ticket_pattern = None;
     let names = [record.requester.id.as_str(), record.requester.iam_arn.as_deref().unwrap_or("")];
     decide(svc, integration, &[&flow], request, &names, &extension.all_approvers(), &record.request_id).await.map(|_| ())
 }
 
-async fn load(svc: &Services, integration: &Integration, request_id: &str) -> Result<Vec<Flow>, GrantError> {
+async fn load(svc: &Services, integration: &Integration, request_id: &str) -> Result<Vec<std::sync::Arc<Flow>>, GrantError> {
     svc.store.list_flows(Some(&integration.name)).await.map_err(|e| step(request_id, "access flows", e.into()))
 }
 

@@ -1,8 +1,36 @@
 //! Access flows in the store: one item per flow, its document kept as the operator wrote it
-//! and checked again on every read, so an item edited behind pgjit's back is refused, never
-//! half-trusted.
+//! and checked on read, so an item edited behind pgjit's back is refused, never half-trusted.
+//! A document already checked (the same text) is taken from a cache of this execution
+//! environment: every approval reads the flows, and parsing a thousand of them costs more than
+//! the grant's database work.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use aws_sdk_dynamodb::types::AttributeValue;
+
+/// Flows already checked, by their document's text.
+#[derive(Debug, Clone, Default)]
+pub struct FlowCache(Arc<Mutex<HashMap<String, Arc<Flow>>>>);
+
+/// More documents than any deployment has flows: past it, the cache starts again.
+const CACHE_MAX: usize = 20_000;
+
+impl FlowCache {
+    fn parse(&self, document: &str) -> Result<Arc<Flow>, crate::contract::flow::FlowError> {
+        if let Some(flow) = self.0.lock().ok().and_then(|c| c.get(document).cloned()) {
+            return Ok(flow);
+        }
+        let flow = Arc::new(Flow::from_json(document)?);
+        if let Ok(mut cache) = self.0.lock() {
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(document.to_owned(), flow.clone());
+        }
+        Ok(flow)
+    }
+}
 use serde::{Deserialize, Serialize};
 
 use super::{dynamo, Store, StoreError};
@@ -41,7 +69,7 @@ impl Store {
 
     /// Every flow, or those of one integration, in name order. A consistent read: a flow just
     /// narrowed or removed applies to the next approval.
-    pub async fn list_flows(&self, integration: Option<&str>) -> Result<Vec<Flow>, StoreError> {
+    pub async fn list_flows(&self, integration: Option<&str>) -> Result<Vec<Arc<Flow>>, StoreError> {
         let mut scan = self.client.scan().table_name(&self.flows).consistent_read(true);
         if let Some(integration) = integration {
             scan = scan.filter_expression("contains(integrations, :i)").expression_attribute_values(":i", AttributeValue::S(integration.to_owned()));
@@ -50,7 +78,7 @@ impl Store {
         let mut flows = Vec::new();
         while let Some(item) = pages.next().await {
             let item: FlowItem = self.from_item(&self.flows, item.map_err(dynamo("Scan", &self.flows))?)?;
-            let flow = Flow::from_json(&item.document).map_err(|e| StoreError::Invalid { table: self.flows.clone(), message: format!("flow {:?}: {e}", item.name) })?;
+            let flow = self.flow_cache.parse(&item.document).map_err(|e| StoreError::Invalid { table: self.flows.clone(), message: format!("flow {:?}: {e}", item.name) })?;
             if flow.name != item.name || integration.is_some_and(|i| !flow.applies_to(i)) {
                 return Err(StoreError::Invalid { table: self.flows.clone(), message: format!("flow item {:?} does not match its document", item.name) });
             }

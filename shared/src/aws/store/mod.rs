@@ -310,6 +310,7 @@ pub struct Store {
     sessions: String,
     flows: String,
     requests: String,
+    flow_cache: flows::FlowCache,
 }
 
 fn dynamo<E: std::error::Error + Send + Sync + 'static>(operation: &'static str, table: &str) -> impl FnOnce(E) -> StoreError {
@@ -335,6 +336,7 @@ impl Store {
             sessions: config.sessions_table.clone(),
             flows: config.flows_table.clone(),
             requests: config.requests_table.clone(),
+            flow_cache: flows::FlowCache::default(),
         }
     }
 

@@ -67,9 +67,15 @@ pub struct RequestRecord {
     /// Why the grant was refused, or the request expired at its start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
-    /// When its approval went on the bus (none while it waits for its start).
+    /// When its approval was claimed for the bus (none while it waits for its start). Written
+    /// before the approval is sent: a cancellation or a second sender that comes after it sees
+    /// that it is on its way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sent_at: Option<DateTime<Utc>>,
+    /// The bus's id for the sent approval, once PutEvents took it; a claim without one is sent
+    /// again by the next call that finds it (the grant function takes a request once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
     /// DynamoDB's time to live (epoch seconds): a request is kept 400 days; its grant's record
     /// and the audit trail keep the rest.
     pub ttl: i64,

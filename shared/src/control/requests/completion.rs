@@ -15,28 +15,50 @@ use crate::contract::requests::RequestStatus;
 /// How far in the future a start must be to be scheduled rather than sent now.
 const SCHEDULE_AFTER: i64 = 60;
 
-/// Sends (or schedules) the approval of a request that has what its flow requires, and records
-/// it `approved`. Returns the approval event when it was sent now, with the envelope the
-/// approval bus gives it.
+/// Sends (or schedules) the approval of a request that has what its flow requires. The request
+/// is recorded `approved` first (a conditional write: a concurrent cancellation or approval
+/// makes it fail, and nothing is sent); then its approval goes on the bus; then the bus's id is
+/// recorded, with the audit entry and the event, at once. Returns the approval event when it was
+/// sent now, with the envelope the approval bus gives it.
 pub async fn complete(svc: &Services, record: &mut RequestRecord, now: DateTime<Utc>) -> Result<Option<Value>, RequestError> {
     let later = record.start_at.filter(|s| *s > now + Duration::seconds(SCHEDULE_AFTER));
-    let sent = match later {
-        Some(start) => {
-            crate::aws::schedule::create_start(svc, &record.request_id, start).await?;
-            None
-        }
-        None => {
-            let event = send(svc, record, now).await?;
-            record.sent_at = Some(now);
-            Some(event)
-        }
-    };
+    if let Some(start) = later {
+        crate::aws::schedule::create_start(svc, &record.request_id, start).await?;
+        record.set_status(RequestStatus::Approved, now);
+        svc.store.update_request(record).await?;
+        announce_approved(svc, record).await;
+        return Ok(None);
+    }
+    record.sent_at = Some(now);
     record.set_status(RequestStatus::Approved, now);
     svc.store.update_request(record).await?;
+    let event = send_claimed(svc, record, now).await?;
+    announce_approved(svc, record).await;
+    Ok(Some(event))
+}
+
+/// Whether the request's approval was claimed for the bus but PutEvents has not been seen to
+/// take it (a sender that failed or died half-way): the next call sends it again.
+pub fn unsent(record: &RequestRecord) -> bool {
+    record.status == RequestStatus::Approved && record.sent_at.is_some() && record.event_id.is_none()
+}
+
+/// Sends a claimed request's approval, then records the bus's id (a lost race there is
+/// harmless: another sender recorded its own).
+pub async fn send_claimed(svc: &Services, record: &mut RequestRecord, now: DateTime<Utc>) -> Result<Value, RequestError> {
+    let event = send(svc, record, now).await?;
+    record.event_id = event.get("id").and_then(Value::as_str).map(str::to_owned);
+    match svc.store.update_request(record).await {
+        Ok(()) | Err(crate::aws::store::StoreError::Conflict { .. }) => {}
+        Err(e) => tracing::warn!(request_id = %record.request_id, error = %crate::engine::postgres::error_chain(&e), "the sent approval's id was not recorded; a later call sends it again"),
+    }
+    Ok(event)
+}
+
+async fn announce_approved(svc: &Services, record: &RequestRecord) {
     let detail = json!({"request_id": record.request_id, "integration": record.integration, "flow": record.flow, "mode": record.mode,
         "requester": record.requester, "approvers": record.approvals.iter().map(|d| d.by.as_str()).collect::<Vec<_>>(), "start_at": record.start_at});
     crate::control::grants::emit(svc, crate::contract::events::APPROVED, detail, &record.request_id, &record.integration).await;
-    Ok(sent)
 }
 
 /// The approval a complete request stands for, as an approval sender puts it on the bus.
@@ -86,6 +108,9 @@ async fn send(svc: &Services, record: &RequestRecord, now: DateTime<Utc>) -> Res
 pub async fn start(svc: &Services, request_id: &str, now: DateTime<Utc>) -> Result<Option<Value>, RequestError> {
     crate::contract::events::check_request_id(request_id)?;
     let mut record = svc.store.get_request(request_id).await?.ok_or_else(|| RequestError::Unknown(format!("request {request_id:?}")))?;
+    if unsent(&record) {
+        return Ok(Some(send_claimed(svc, &mut record, now).await?));
+    }
     if record.status != RequestStatus::Approved || record.sent_at.is_some() {
         tracing::info!(request_id, status = %record.status, "start: nothing to do");
         return Ok(None);
@@ -106,15 +131,15 @@ pub async fn start(svc: &Services, request_id: &str, now: DateTime<Utc>) -> Resu
         ticket: record.ticket.as_deref(),
         at: now,
     };
-    if let Err(refusal) = flow::admitting(&flows.iter().collect::<Vec<_>>(), &request) {
+    if let Err(refusal) = flow::admitting(&flows.iter().map(|f| f.as_ref()).collect::<Vec<_>>(), &request) {
         expire(svc, record, now, Some(format!("no longer allowed at its start: {refusal}"))).await?;
         return Ok(None);
     }
-    let event = send(svc, &record, now).await?;
+    // Claimed before it is sent: a cancellation after this sees it on its way.
     record.sent_at = Some(now);
     record.set_status(RequestStatus::Approved, now);
     svc.store.update_request(&mut record).await?;
-    Ok(Some(event))
+    Ok(Some(send_claimed(svc, &mut record, now).await?))
 }
 
 /// Removes a cancelled request's start schedule (gone already is fine).

@@ -165,7 +165,7 @@ pub fn request_id_for(caller: &Caller, client_token: &str) -> String {
     format!("REQ-{}", hex::encode(&digest[..10]))
 }
 
-async fn flows_of(svc: &Services, integration: &str) -> Result<Vec<Flow>, RequestError> {
+async fn flows_of(svc: &Services, integration: &str) -> Result<Vec<std::sync::Arc<Flow>>, RequestError> {
     Ok(svc.store.list_flows(Some(integration)).await?)
 }
 
@@ -197,7 +197,7 @@ async fn create(svc: &Services, me: &Me<'_>, mut new: NewRequest, now: DateTime<
         ticket: new.ticket.as_deref(),
         at: start.unwrap_or(now),
     };
-    let chosen = flow::admitting(&flows.iter().collect::<Vec<_>>(), &request)?;
+    let chosen = flow::admitting(&flows.iter().map(|f| f.as_ref()).collect::<Vec<_>>(), &request)?;
     let requester = Requester { id: me.caller.id(), iam_arn: Some(me.caller.arn.clone()) };
     let mut record = RequestRecord {
         request_id: request_id.clone(),
@@ -224,6 +224,7 @@ async fn create(svc: &Services, me: &Me<'_>, mut new: NewRequest, now: DateTime<
         tokens: Vec::new(),
         failure: None,
         sent_at: None,
+        event_id: None,
         ttl: (now + Duration::days(400)).timestamp(),
     };
     record.set_status(RequestStatus::Pending, now);
@@ -242,7 +243,7 @@ async fn create(svc: &Services, me: &Me<'_>, mut new: NewRequest, now: DateTime<
         // Auto and break-glass: approved on request.
         sent = completion::complete(svc, &mut record, now).await?;
     }
-    Ok(Reply { requests: vec![view(svc, record).await?], sent })
+    Ok(Reply { requests: vec![view_as_is(record)], sent })
 }
 
 /// A create sent again with its client token: the same request if it asks for the same.
@@ -283,11 +284,16 @@ async fn load(svc: &Services, request_id: &str) -> Result<RequestRecord, Request
 }
 
 /// The flow a request was made under, and its owners where the flow names them.
-async fn flow_and_owners(svc: &Services, record: &RequestRecord) -> Result<(Flow, BTreeSet<String>), RequestError> {
-    let flow = flows_of(svc, &record.integration)
-        .await?
-        .into_iter()
-        .find(|f| f.name == record.flow)
+async fn flow_and_owners(svc: &Services, record: &RequestRecord) -> Result<(std::sync::Arc<Flow>, BTreeSet<String>), RequestError> {
+    flow_and_owners_in(svc, record, &flows_of(svc, &record.integration).await?).await
+}
+
+/// [`flow_and_owners`] among flows already read.
+async fn flow_and_owners_in(svc: &Services, record: &RequestRecord, flows: &[std::sync::Arc<Flow>]) -> Result<(std::sync::Arc<Flow>, BTreeSet<String>), RequestError> {
+    let flow = flows
+        .iter()
+        .find(|f| f.name == record.flow && f.applies_to(&record.integration))
+        .cloned()
         .ok_or_else(|| RequestError::Conflict(format!("flow {:?} of request {} is gone: ask again", record.flow, record.request_id)))?;
     let owners = owners_for(svc, &flow, &record.integration).await?;
     Ok((flow, owners))
@@ -309,21 +315,29 @@ fn may_approve(flow: &Flow, me: &Me<'_>, owners: &BTreeSet<String>) -> bool {
 async fn approve(svc: &Services, me: &Me<'_>, request_id: &str, client_token: Option<String>, now: DateTime<Utc>) -> Result<Reply, RequestError> {
     let token = client_token.map(|t| format!("approve:{t}"));
     for _ in 0..TRIES {
-        let record = expire_if_due(svc, load(svc, request_id).await?, now).await?;
+        // The request and the flows at once: an approval's way to the bus is its read, its MAC
+        // and its PutEvents.
+        let (record, flows) = tokio::join!(load(svc, request_id), svc.store.list_flows(None));
+        let (record, flows) = (record?, flows?);
+        let mut record = expire_if_due(svc, record, now).await?;
         if token.as_ref().is_some_and(|t| record.tokens.contains(t)) {
             return Ok(Reply { requests: vec![view(svc, record).await?], sent: None });
         }
         if me.is(&record.requester) {
             return Err(RequestError::Forbidden(format!("you asked for request {request_id}: an approval must come from someone else")));
         }
+        if completion::unsent(&record) {
+            // Approved, and its approval claimed but not seen on the bus: send it again.
+            let sent = completion::send_claimed(svc, &mut record, now).await?;
+            return Ok(Reply { requests: vec![view_as_is(record)], sent: Some(sent) });
+        }
         if record.status != RequestStatus::Pending {
             return Err(RequestError::Conflict(format!("request {request_id} is {}: it can no longer be approved", record.status)));
         }
-        let (flow, owners) = flow_and_owners(svc, &record).await?;
+        let (flow, owners) = flow_and_owners_in(svc, &record, &flows).await?;
         if !may_approve(&flow, me, &owners) {
             return Err(RequestError::Forbidden(format!("you are not one of the approvers of flow {:?}", flow.name)));
         }
-        let mut record = record;
         let already = record.approvals.iter().any(|d| Person::named(&[d.by.as_str(), d.arn.as_str()]).is_ok_and(|p| p.same_as(&me.person)));
         if already {
             // The same person again, under this or another of their names: counted once.
@@ -333,24 +347,27 @@ async fn approve(svc: &Services, me: &Me<'_>, request_id: &str, client_token: Op
         record.tokens.extend(token.clone());
         record.updated_at = now;
         let complete = record.approvals.len() >= record.required as usize;
-        let mut sent = None;
+        let detail = Some(format!("{} of {}", record.approvals.len(), record.required));
         if complete {
-            // Sent before it is recorded: a lost race sends the same approval again, which
-            // the grant function takes once (same request id, same details).
+            // Recorded (conditionally) before it is sent: a cancellation or another approval
+            // that won the race makes this one read again, and nothing is sent twice for it.
             match completion::complete(svc, &mut record, now).await {
-                Ok(event) => sent = event,
+                Ok(sent) => {
+                    audit(svc, &record, "request_approved", now, me.caller, detail).await?;
+                    // Just sent: its grant is on its way, not looked up.
+                    return Ok(Reply { requests: vec![view_as_is(record)], sent });
+                }
                 Err(RequestError::Store(StoreError::Conflict { .. })) => continue,
                 Err(e) => return Err(e),
             }
-        } else {
-            match svc.store.update_request(&mut record).await {
-                Ok(()) => {}
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
         }
-        audit(svc, &record, "request_approved", now, me.caller, Some(format!("{} of {}", record.approvals.len(), record.required))).await?;
-        return Ok(Reply { requests: vec![view(svc, record).await?], sent });
+        match svc.store.update_request(&mut record).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        audit(svc, &record, "request_approved", now, me.caller, detail).await?;
+        return Ok(Reply { requests: vec![view_as_is(record)], sent: None });
     }
     Err(RequestError::Conflict(format!("request {request_id} kept changing; try again")))
 }
@@ -389,9 +406,9 @@ async fn close(svc: &Services, me: &Me<'_>, request_id: &str, how: Close, client
                 if !me.is(&record.requester) {
                     return Err(RequestError::Forbidden(format!("only the requester cancels request {request_id}")));
                 }
-                // Pending, or approved to start later: nothing has been sent yet.
-                let unsent = record.status == RequestStatus::Approved && record.sent_at.is_none();
-                if record.status != RequestStatus::Pending && !unsent {
+                // Pending, or approved to start later and not yet claimed for the bus.
+                let waiting = record.status == RequestStatus::Approved && record.sent_at.is_none();
+                if record.status != RequestStatus::Pending && !waiting {
                     return Err(RequestError::Conflict(format!("request {request_id} is {}: revoke its grant instead", record.status)));
                 }
                 None
@@ -469,26 +486,31 @@ async fn expire_if_due(svc: &Services, record: RequestRecord, now: DateTime<Utc>
 /// The request's view, with its grant once the grant function made it (a request approved
 /// and granted reads `granted`; refused or failed, `failed`).
 async fn view(svc: &Services, record: RequestRecord) -> Result<RequestView, RequestError> {
-    let mut status = record.status;
-    let mut failure = record.failure.clone();
-    let mut grant = None;
-    if record.status == RequestStatus::Approved && record.sent_at.is_some() {
-        if let Some(g) = svc.store.get_grant(&record.request_id).await? {
-            use crate::aws::store::GrantStatus;
-            match g.status {
-                GrantStatus::Failed => {
-                    status = RequestStatus::Failed;
-                    failure = g.failure.clone();
-                }
-                GrantStatus::Granting => {}
-                _ => status = RequestStatus::Granted,
+    let grant = match record.status == RequestStatus::Approved && record.sent_at.is_some() {
+        true => svc.store.get_grant(&record.request_id).await?,
+        false => None,
+    };
+    let mut view = view_as_is(record);
+    if let Some(g) = grant {
+        use crate::aws::store::GrantStatus;
+        match g.status {
+            GrantStatus::Failed => {
+                view.status = RequestStatus::Failed;
+                view.failure = g.failure.clone();
             }
-            grant = Some(GrantView { status: g.status, db_user: g.db_user, expires_at: g.expires_at, secret_arn: g.secret_arn });
+            GrantStatus::Granting => {}
+            _ => view.status = RequestStatus::Granted,
         }
+        view.grant = Some(GrantView { status: g.status, db_user: g.db_user, expires_at: g.expires_at, secret_arn: g.secret_arn });
     }
-    Ok(RequestView {
+    Ok(view)
+}
+
+/// The request as recorded, its grant not looked up.
+fn view_as_is(record: RequestRecord) -> RequestView {
+    RequestView {
         request_id: record.request_id,
-        status,
+        status: record.status,
         integration: record.integration,
         flow: record.flow,
         mode: record.mode,
@@ -503,9 +525,9 @@ async fn view(svc: &Services, record: RequestRecord) -> Result<RequestView, Requ
         required: record.required,
         approvals: record.approvals,
         closed_by: record.closed_by,
-        failure,
-        grant,
-    })
+        failure: record.failure,
+        grant: None,
+    }
 }
 
 /// An entry of the audit trail for a request's own history (before any grant).

@@ -1,6 +1,11 @@
-//! The `requests` function's two doors: its Function URL (AuthType AWS_IAM: the caller is the
-//! identity IAM put in the request context, never a field of the body), and the one-shot
-//! schedule that starts an approved request (`{"start": REQUEST_ID}`).
+//! The `requests` function's two doors: its Function URL, and the one-shot schedule that starts
+//! an approved request (`{"start": REQUEST_ID}`).
+//!
+//! A URL call is `{"body": "<the action, as JSON text>", "proof": {…}}`: the caller is who STS
+//! says signed the proof for exactly that body ([`crate::aws::caller_proof`]), and who IAM
+//! put in the URL request's context (AuthType AWS_IAM) must be the same; a field of the body
+//! never names anyone. The proof is what a direct invocation of the function, which writes the
+//! whole request context itself, cannot make for someone else.
 
 use aws_lambda_events::event::lambda_function_urls::{LambdaFunctionUrlRequest, LambdaFunctionUrlResponse};
 use base64::Engine;
@@ -33,9 +38,18 @@ pub fn caller_of(request: &LambdaFunctionUrlRequest) -> Option<Caller> {
     Some(Caller { arn: iam.user_arn.clone()?, user_id: iam.user_id.clone()?, account: iam.account_id.clone()? })
 }
 
+/// What a URL call carries: the action's JSON text and the caller's proof for it.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Call {
+    body: String,
+    #[serde(default)]
+    proof: Option<crate::aws::caller_proof::Proof>,
+}
+
 /// Handles one call to the Function URL.
 pub async fn handle(svc: &Services, request: LambdaFunctionUrlRequest, now: DateTime<Utc>) -> LambdaFunctionUrlResponse {
-    let Some(caller) = caller_of(&request) else {
+    let Some(signed) = caller_of(&request) else {
         tracing::warn!("front door called without an IAM identity");
         return respond(403, json!({"error": "the front door takes SigV4-signed calls only (Function URL AuthType AWS_IAM)"}));
     };
@@ -54,6 +68,30 @@ pub async fn handle(svc: &Services, request: LambdaFunctionUrlRequest, now: Date
     if body.len() > MAX_BODY {
         return respond(413, json!({"error": format!("the body is larger than {MAX_BODY} bytes")}));
     }
+    let call: Call = match serde_json::from_str(&body) {
+        Ok(c) => c,
+        Err(e) => return respond(400, json!({"error": format!("the call is {{\"body\": …, \"proof\": …}}: {e}")})),
+    };
+    let caller = match (&call.proof, svc.region()) {
+        (None, _) => return respond(401, json!({"error": crate::aws::caller_proof::ProofError::Missing.to_string()})),
+        (Some(_), None) => return respond(500, json!({"error": "the function knows no region"})),
+        (Some(proof), Some(region)) => match crate::aws::caller_proof::verify(&svc.sdk_config, &region, proof, &call.body, now).await {
+            Ok(caller) => caller,
+            Err(crate::aws::caller_proof::ProofError::Aws(e)) => {
+                tracing::error!(error = %crate::engine::postgres::error_chain(&e), "the proof of who calls could not be checked");
+                return respond(503, json!({"error": "pgjit could not check who calls; try again"}));
+            }
+            Err(e) => {
+                tracing::warn!(signed = %signed.arn, error = %e, "front door: proof refused");
+                return respond(401, json!({"error": e.to_string()}));
+            }
+        },
+    };
+    if caller.arn != signed.arn || caller.account != signed.account {
+        tracing::warn!(signed = %signed.arn, proved = %caller.arn, "front door: the URL's caller and the proof's differ");
+        return respond(403, json!({"error": "the call's signer and its proof name different callers"}));
+    }
+    let body = call.body;
     let action = match crate::contract::requests::parse_action(&body, now) {
         Ok(a) => a,
         Err(e) => return respond(400, json!({"error": e.to_string()})),
