@@ -23,8 +23,12 @@ fn read_flow(integration: &str) -> Value {
         "approval": {"approvers": {"groups": ["dba"]}, "required": 1, "reason_required": true}})
 }
 
+/// John's session of his Identity Center permission set: who the grant's credentials are for.
+const JOHN_SESSION: &str = "arn:aws:sts::123456789012:assumed-role/AWSReservedSSO_Eng_0123456789abcdef/john.doe@corp.com";
+
 fn event(request_id: &str, integration: &str, change: impl FnOnce(&mut Value)) -> Value {
     let mut e = approval(request_id, integration, "john.doe@corp.com", orders_access());
+    e["detail"]["requester"]["iam_arn"] = json!(JOHN_SESSION);
     e["detail"]["approver"] = json!("dave@corp.com");
     change(&mut e["detail"]);
     e
@@ -62,11 +66,13 @@ async fn approvals_no_flow_allows_are_refused_and_change_nothing() {
         ("no-reason", Box::new(|d| { d.as_object_mut().unwrap().remove("reason"); }), "it requires a reason"),
         ("approver", Box::new(|d| d["approver"] = json!("sam@corp.com")), "\"sam@corp.com\" is not one of its approvers"),
         ("self-sso", Box::new(move |d| d["approver"] = json!(sso("Dba", "john.doe@corp.com"))), "is the requester \"john.doe@corp.com\""),
-        ("self-iam", Box::new(|d| d["approver"] = json!("arn:aws:iam::123456789012:user/john")), "is the requester"),
+        // Eligible by name, but the access would go to eve's session: judged as eve.
+        ("for-another", Box::new(|d| d["requester"]["iam_arn"] = json!("arn:aws:sts::123456789012:assumed-role/AWSReservedSSO_Eng_0123456789abcdef/eve@corp.com")), "is not one of its requesters"),
         ("twice", Box::new({ let u = update.clone(); move |d| { d["access"] = u; d["duration_seconds"] = json!(600); d["approver"] = json!("jane"); d["approvers"] = json!([sso("Dba", "jane")]); } }), "is the same person as \"jane\""),
         ("twice-by-mail", Box::new({ let u = update.clone(); move |d| { d["access"] = u; d["duration_seconds"] = json!(600); d["approver"] = json!("jane"); d["approvers"] = json!(["jane.doe@corp.com"]); } }), "is the same person as \"jane\""),
         ("one-of-two", Box::new(move |d| { d["access"] = update; d["duration_seconds"] = json!(600); d["approver"] = json!("jane"); }), "it requires 2 distinct approver(s) and has 1"),
-        ("glass-no-reason", Box::new(move |d| { d["access"] = delete; d["duration_seconds"] = json!(900); d.as_object_mut().unwrap().remove("reason"); }), "break-glass needs a reason"),
+        ("glass-no-reason", Box::new({ let delete = delete.clone(); move |d| { d["access"] = delete; d["duration_seconds"] = json!(900); d["flow"] = json!("orders-glass"); d.as_object_mut().unwrap().remove("reason"); } }), "break-glass needs a reason"),
+        ("glass-unnamed", Box::new(move |d| { d["access"] = delete; d["duration_seconds"] = json!(900); }), "applies only to a request that names it"),
         ("no-such-flow", Box::new(|d| d["flow"] = json!("orders-write")), "flow \"orders-write\": no such flow for this integration"),
     ];
     for (case, change, expected) in cases {
@@ -140,14 +146,17 @@ async fn break_glass_is_granted_at_once_alarmed_and_reviewed_by_someone_else() {
     svc.events.create_event_bus().name(&bus).send().await.unwrap();
     let (sqs, queue) = pgjit_tests::queue_for(&svc, &bus, json!({"detail-type": ["Break Glass Used"]})).await;
     let request_id = format!("REQ-{id}-glass");
-    grant(&svc, event(&request_id, &name, |d| { d["duration_seconds"] = json!(900); d["approver"] = json!("pagerduty"); d["reason"] = json!("SEV1: orders table corrupt"); })).await.unwrap();
+    grant(&svc, event(&request_id, &name, |d| { d["duration_seconds"] = json!(900); d["flow"] = json!("glass"); d["approver"] = json!("pagerduty"); d["reason"] = json!("SEV1: orders table corrupt"); })).await.unwrap();
     let record = svc.store.get_grant(&request_id).await.unwrap().unwrap();
     assert!(record.break_glass && record.reviewed_by.is_none());
     let events = pgjit_tests::received(&sqs, &queue).await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!((events[0]["detail"]["request_id"].as_str(), events[0]["detail"]["reason"].as_str()), (Some(request_id.as_str()), Some("SEV1: orders table corrupt")));
+    // Not extended: break-glass is asked for again, and reviewed again.
+    let err = grant(&svc, extension(&format!("ev-{id}-glass"), &request_id, "dave@corp.com", 600)).await.unwrap_err();
+    assert!(err.contains("a break-glass grant is not extended"), "{err}");
     // The requester cannot review their own break-glass use; someone else can, once.
-    let me = format!("arn:aws:sts::{ACCOUNT}:assumed-role/AWSReservedSSO_Eng_0123456789abcdef/john.doe@corp.com");
+    let me = JOHN_SESSION.to_owned();
     let err = pgjit::control::flows::review(&svc, &request_id, &me, None, chrono::Utc::now()).await.unwrap_err().to_string();
     assert!(err.contains("is the requester"), "{err}");
     let reviewer = format!("arn:aws:sts::{ACCOUNT}:assumed-role/AWSReservedSSO_Sec_0123456789abcdef/dave@corp.com");

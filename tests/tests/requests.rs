@@ -93,7 +93,7 @@ async fn a_request_approved_by_someone_else_is_granted_through_the_approval_path
     assert_eq!(approved.status, RequestStatus::Granted, "{approved:?}");
     let grant = approved.grant.expect("the grant");
     let record = svc.store.get_grant(&made.request_id).await.unwrap().unwrap();
-    assert_eq!((record.flow.as_deref(), record.approvers.clone(), record.requester.id.as_str()), (Some("orders-read"), vec!["dave@corp.com".to_owned()], "john.doe@corp.com"));
+    assert_eq!((record.flow.as_deref(), record.approvers.clone(), record.requester.id.as_str()), (Some("orders-read"), vec![sso_caller("Dba", "dave@corp.com").arn], "john.doe@corp.com"));
     assert_eq!(grant.db_user, record.db_user);
     let mine = call(&svc, &john(), json!({"action": "list", "filter": "mine"})).await.unwrap();
     assert_eq!(mine.iter().map(|r| (r.request_id.as_str(), r.status)).collect::<Vec<_>>(), [(made.request_id.as_str(), RequestStatus::Granted)]);
@@ -123,9 +123,10 @@ async fn every_refusal_at_the_front_door_changes_nothing() {
     refused(call(&svc, &eve, create("e1", &name, json!({}))).await, 403, "requester \"arn:aws:sts::123456789012:assumed-role/AWSReservedSSO_Eng_0123456789abcdef/eve@corp.com\" is not one of its requesters");
     refused(call(&svc, &john(), create("e2", &name, json!({"access": [{"database": "app", "schema": "hr", "table": "salaries", "privileges": ["SELECT"]}]}))).await, 403, "access[0] (database app schema hr table salaries SELECT) is outside its envelope");
     refused(call(&svc, &john(), create("e3", &name, json!({"duration_seconds": 3601}))).await, 403, "3601 s is longer than its max_duration_seconds 3600");
-    refused(call(&svc, &john(), create("e4", &name, json!({"access": [{"database": "app", "schema": "sales", "table": "orders", "privileges": ["DELETE"]}], "duration_seconds": 900, "reason": " "}))).await, 403, "break-glass needs a reason");
+    refused(call(&svc, &john(), create("e4", &name, json!({"flow": "orders-glass", "access": [{"database": "app", "schema": "sales", "table": "orders", "privileges": ["DELETE"]}], "duration_seconds": 900, "reason": " "}))).await, 403, "break-glass needs a reason");
+    refused(call(&svc, &john(), create("e6", &name, json!({"access": [{"database": "app", "schema": "sales", "table": "orders", "privileges": ["DELETE"]}], "duration_seconds": 900, "reason": "SEV1"}))).await, 403, "applies only to a request that names it");
     refused(call(&svc, &john(), create("e5", "no-such-integration", json!({}))).await, 404, "unknown integration");
-    for token in ["e1", "e2", "e3", "e4", "e5"] {
+    for token in ["e1", "e2", "e3", "e4", "e5", "e6"] {
         let id = pgjit::control::requests::request_id_for(&john(), token);
         assert!(svc.store.get_request(&id).await.unwrap().is_none(), "{token}: nothing stored");
     }
@@ -136,6 +137,13 @@ async fn every_refusal_at_the_front_door_changes_nothing() {
     refused(call(&svc, &john(), act("approve", &two.request_id)).await, 403, "an approval must come from someone else");
     refused(call(&svc, &sso_caller("Dba", "john.doe@corp.com"), act("approve", &two.request_id)).await, 403, "an approval must come from someone else");
     refused(call(&svc, &eve, act("approve", &two.request_id)).await, 403, "not one of the approvers");
+    // A role named like an Identity Center permission set's, made by someone who may make
+    // roles, proves nothing: its session "dave@corp.com" is not dave.
+    let fake = "AWSReservedSSO_Fake_0123456789abcdef";
+    if svc.iam.get_role().role_name(fake).send().await.is_err() {
+        let _ = svc.iam.create_role().role_name(fake).assume_role_policy_document(r#"{"Version":"2012-10-17","Statement":[]}"#).send().await;
+    }
+    refused(call(&svc, &sso_caller("Fake", "dave@corp.com"), act("approve", &two.request_id)).await, 403, "not one of the approvers");
     assert_eq!(one(&svc, &dave, act("approve", &two.request_id)).await.approvals.len(), 1);
     let again = one(&svc, &dave_as_sec, act("approve", &two.request_id)).await;
     assert_eq!((again.status, again.approvals.len()), (RequestStatus::Pending, 1), "the same person twice counts once");
@@ -164,7 +172,7 @@ async fn every_refusal_at_the_front_door_changes_nothing() {
     assert_eq!(trail, ["request_created", "request_expired"]);
 
     // Break-glass with a reason: granted at once, marked for review.
-    let urgent = one(&svc, &john(), create("g1", &name, json!({"access": [{"database": "app", "schema": "sales", "table": "orders", "privileges": ["DELETE"]}], "duration_seconds": 900, "reason": "SEV1"}))).await;
+    let urgent = one(&svc, &john(), create("g1", &name, json!({"flow": "orders-glass", "access": [{"database": "app", "schema": "sales", "table": "orders", "privileges": ["DELETE"]}], "duration_seconds": 900, "reason": "SEV1"}))).await;
     assert_eq!(urgent.status, RequestStatus::Granted, "{urgent:?}");
     assert!(svc.store.get_grant(&urgent.request_id).await.unwrap().unwrap().break_glass);
     pgjit::control::grants::revoke::revoke(&svc, &urgent.request_id, pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.unwrap();

@@ -7,10 +7,34 @@ use crate::aws::{AwsError, Services};
 use crate::contract::identity::Person;
 use crate::contract::integration::Integration;
 
+/// Where IAM Identity Center puts the roles of its permission sets.
+pub const IDENTITY_CENTER_PATH: &str = "/aws-reserved/sso.amazonaws.com/";
+
 /// Fills in the person's Identity Store user id and group names from their user names (as
 /// `UserName`, then as an e-mail address). Without `PGJIT_IDENTITY_STORE_ID` nothing is looked
 /// up; a user name the store does not know stays as it is, with no groups.
+///
+/// A session is taken as the Identity Center user it names only when its role is Identity
+/// Center's: in pgjit's account, a role under `/aws-reserved/sso.amazonaws.com/` (IAM says);
+/// in a trusted account (`PGJIT_TRUSTED_ACCOUNTS`), by its name; elsewhere never (a role named
+/// `AWSReservedSSO_…` by someone who may create roles there proves nothing).
 pub async fn resolve(svc: &Services, person: &mut Person, group_names: &mut HashMap<String, String>) -> Result<(), AwsError> {
+    for (account, role, _) in person.identity_center_sessions.clone() {
+        let own = svc.account_id().await?;
+        let genuine = if account == own {
+            match svc.iam.get_role().role_name(&role).send().await {
+                Ok(out) => out.role().is_some_and(|r| r.path().starts_with(IDENTITY_CENTER_PATH)),
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_entity_exception()) => false,
+                Err(e) => return Err(AwsError::new("iam:GetRole", e)),
+            }
+        } else {
+            svc.config.trusted_accounts.contains(&account)
+        };
+        if !genuine {
+            tracing::warn!(account = %account, role = %role, "a session of a role named like Identity Center's that is not: taken as a plain role session");
+            person.not_identity_center(&account, &role);
+        }
+    }
     let Some(store) = svc.config.identity_store_id.as_deref() else { return Ok(()) };
     for name in person.user_names.clone() {
         let Some(user_id) = user_id(svc, store, &name).await? else { continue };

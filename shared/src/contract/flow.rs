@@ -205,13 +205,12 @@ impl Flow {
                 return Err(bad(format!("access[{i}].role"), "roles are named one by one; \"*\" is not a role"));
             }
             let set = AccessSet::from_entries(std::slice::from_ref(entry)).map_err(|e| bad(format!("access[{i}].{}", e.field), e.message))?;
-            for (database, db) in set.databases {
-                for role in db.roles {
-                    self.envelope.push(Allowed::Role { database: database.clone(), role });
-                }
-                if entry.role.is_none() {
-                    self.envelope.push(Allowed::Objects { database, objects: db.objects });
-                }
+            // Only what the entry names: a table's schema USAGE is not a schema entry.
+            for (database, own) in own_objects(entry, set) {
+                self.envelope.push(match own {
+                    Own::Role(role) => Allowed::Role { database, role },
+                    Own::Object(object, privileges) => Allowed::Objects { database, objects: [(object, privileges)].into() },
+                });
             }
         }
         if self.max_duration_seconds == 0 {
@@ -325,32 +324,55 @@ impl Flow {
         Ok(counted)
     }
 
+    /// Whether a requested entry fits: its own object (the database, a schema, a table, a
+    /// sequence, a function, or a role) must be covered by an envelope entry of the same kind;
+    /// the CONNECT and USAGE that a table, sequence or function implies come with it. A bare
+    /// schema or database entry needs an envelope entry of its own kind.
     fn envelope_fits(&self, entry: &AccessEntry) -> bool {
         let Ok(asked) = AccessSet::from_entries(std::slice::from_ref(entry)) else { return false };
-        asked.databases.iter().all(|(database, db)| {
-            let in_db: Vec<&Allowed> = self.envelope.iter().filter(|a| matches!(a, Allowed::Objects { database: d, .. } | Allowed::Role { database: d, .. } if d == "*" || d == database)).collect();
-            let roles_fit = db.roles.iter().all(|role| in_db.iter().any(|a| matches!(a, Allowed::Role { role: r, .. } if r == role)));
-            let objects_fit = db.objects.iter().all(|(object, privileges)| {
-                privileges.iter().all(|privilege| {
-                    // CONNECT and a schema's USAGE come with anything allowed inside them.
-                    let implied = match (object, privilege) {
-                        (Object::Database, Privilege::Connect) => !in_db.is_empty(),
-                        (Object::Schema { schema }, Privilege::Usage) => in_db.iter().any(|a| match a {
-                            Allowed::Objects { objects, .. } => objects.keys().any(|o| o.schema().is_some_and(|s| s == "*" || s == schema)),
-                            Allowed::Role { .. } => false,
-                        }),
-                        _ => false,
-                    };
-                    implied
-                        || in_db.iter().any(|a| match a {
-                            Allowed::Objects { objects, .. } => objects.iter().any(|(o, p)| p.contains(privilege) && covers(o, object)),
-                            Allowed::Role { .. } => false,
-                        })
-                })
-            });
-            roles_fit && objects_fit
+        let own = own_objects(entry, asked);
+        own.iter().all(|(database, own)| {
+            let in_db = self.envelope.iter().filter(|a| matches!(a, Allowed::Objects { database: d, .. } | Allowed::Role { database: d, .. } if d == "*" || d == database));
+            match own {
+                Own::Role(role) => in_db.clone().any(|a| matches!(a, Allowed::Role { role: r, .. } if r == role)),
+                Own::Object(object, privileges) => privileges.iter().all(|privilege| {
+                    in_db.clone().any(|a| match a {
+                        Allowed::Objects { objects, .. } => objects.iter().any(|(o, p)| p.contains(privilege) && covers(o, object)),
+                        Allowed::Role { .. } => false,
+                    })
+                }),
+            }
         })
     }
+}
+
+/// What one entry asks for itself, per database (what it implies left out).
+enum Own {
+    Role(String),
+    Object(Object, BTreeSet<Privilege>),
+}
+
+fn own_objects(entry: &AccessEntry, asked: AccessSet) -> Vec<(String, Own)> {
+    let mut out = Vec::new();
+    for (database, db) in asked.databases {
+        if let Some(role) = &entry.role {
+            out.push((database.clone(), Own::Role(role.clone())));
+            continue;
+        }
+        let level = match (&entry.schema, &entry.table, &entry.sequence, &entry.function) {
+            (None, ..) => crate::access::Level::Database,
+            (Some(_), None, None, None) => crate::access::Level::Schema,
+            (Some(_), Some(_), _, _) => crate::access::Level::Table,
+            (Some(_), _, Some(_), _) => crate::access::Level::Sequence,
+            (Some(_), _, _, Some(_)) => crate::access::Level::Function,
+        };
+        for (object, privileges) in db.objects {
+            if object.level() == level {
+                out.push((database.clone(), Own::Object(object, privileges)));
+            }
+        }
+    }
+    out
 }
 
 /// Whether an envelope object (with `*` for schema or name) covers a requested one.
@@ -521,6 +543,13 @@ fn first<'f, T>(flows: &[&'f Flow], request: &Request, check: impl Fn(&'f Flow) 
     };
     let mut reasons = Vec::new();
     for flow in candidates {
+        // Break-glass is chosen, never fallen into: only a request that names its flow.
+        if flow.approval.break_glass && request.flow.is_none() {
+            if reasons.len() < REASONS_SHOWN {
+                reasons.push((flow.name.clone(), "a break-glass flow applies only to a request that names it".to_owned()));
+            }
+            continue;
+        }
         if !flow.may_ask(request) {
             // Said why only for the few flows a refusal names.
             if reasons.len() < REASONS_SHOWN {
@@ -623,7 +652,6 @@ mod tests {
         for fits in [
             json!([{"database": "app", "schema": "sales", "table": "orders", "privileges": ["SELECT"]}]),
             json!([{"database": "app", "schema": "sales", "table": "*", "privileges": ["select"]}]),
-            json!([{"database": "app", "schema": "sales", "privileges": ["USAGE"]}, {"database": "app", "privileges": ["CONNECT"]}]),
             json!([{"database": "app", "schema": "billing", "function": "report", "arguments": ["integer"], "privileges": ["EXECUTE"]}]),
             json!([{"database": "app", "role": "reporting"}]),
         ] {
@@ -638,6 +666,10 @@ mod tests {
             (json!([{"database": "other", "schema": "sales", "table": "orders", "privileges": ["SELECT"]}]), 0),
             (json!([{"database": "app", "privileges": ["CREATE"]}]), 0),
             (json!([{"database": "other", "privileges": ["CONNECT"]}]), 0),
+            // A table's USAGE and CONNECT come with it; asked alone they need entries of their own.
+            (json!([{"database": "app", "schema": "sales", "privileges": ["USAGE"]}]), 0),
+            (json!([{"database": "app", "schema": "hr", "privileges": ["USAGE"]}]), 0),
+            (json!([{"database": "app", "privileges": ["CONNECT"]}]), 0),
             (json!([{"database": "app", "schema": "sales", "sequence": "*", "privileges": ["USAGE"]}]), 0),
             (json!([{"database": "app", "schema": "billing", "function": "other", "privileges": ["EXECUTE"]}]), 0),
         ] {
@@ -716,10 +748,12 @@ mod tests {
         let jane = person(&["jane@corp.com"], &[]);
         let write = entries(json!([{"database": "app", "schema": "sales", "table": "orders", "privileges": ["DELETE"]}]));
         let none = BTreeSet::new();
-        let chosen = decide(&flows, &request(&john, &write), &[], &none).unwrap();
+        let unnamed = decide(&flows, &request(&john, &write), &[], &none).unwrap_err();
+        assert!(unnamed.to_string().contains("applies only to a request that names it"), "break-glass is never fallen into: {unnamed}");
+        let chosen = decide(&flows, &Request { flow: Some("b-glass"), ..request(&john, &write) }, &[], &none).unwrap();
         assert_eq!(chosen.flow.name, "b-glass");
-        let refused = decide(&flows, &Request { reason: None, ..request(&john, &write) }, &[], &none).unwrap_err();
-        assert_eq!(refused.reasons.len(), 2, "{refused}");
+        let refused = decide(&flows, &Request { reason: None, flow: Some("b-glass"), ..request(&john, &write) }, &[], &none).unwrap_err();
+        assert_eq!(refused.reasons.len(), 1, "{refused}");
         assert!(refused.to_string().contains("flow \"b-glass\": break-glass needs a reason"), "{refused}");
         let read_access = entries(json!([{"database": "app", "schema": "sales", "table": "orders", "privileges": ["SELECT"]}]));
         let approved = [jane];

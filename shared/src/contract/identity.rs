@@ -123,6 +123,10 @@ pub struct Person {
     pub groups: HashSet<String>,
     /// Other keys that say "same person" (a role session, an IAM user's name).
     extra_keys: BTreeSet<String>,
+    /// The Identity Center permission-set sessions a user name was taken from: (account, role,
+    /// session). A role's name alone does not prove it is Identity Center's: the caller checks
+    /// the role ([`Person::not_identity_center`] undoes the user name where it is not).
+    pub identity_center_sessions: Vec<(String, String, String)>,
 }
 
 impl Person {
@@ -158,6 +162,7 @@ impl Person {
                 push_new(&mut self.arns, &format!("arn:{}:iam::{}:role/{role}", r.partition, r.account));
                 if role.starts_with(IDENTITY_CENTER_ROLE_PREFIX) {
                     push_new(&mut self.user_names, session);
+                    self.identity_center_sessions.push((r.account.clone(), role.clone(), session.clone()));
                 } else {
                     self.extra_keys.insert(format!("session:{}/{}/{}", r.account, role.to_lowercase(), session.to_lowercase()));
                     self.extra_keys.insert(format!("user:{}", session.to_lowercase()));
@@ -168,6 +173,22 @@ impl Person {
             }
         }
         Ok(())
+    }
+
+    /// Takes back the user name a session of `role` in `account` gave: the role is not one of
+    /// Identity Center's (or cannot be shown to be). The session stays a plain role session.
+    pub fn not_identity_center(&mut self, account: &str, role: &str) {
+        let taken: Vec<String> = self.identity_center_sessions.iter().filter(|(a, r, _)| a == account && r == role).map(|(_, _, s)| s.clone()).collect();
+        self.identity_center_sessions.retain(|(a, r, _)| !(a == account && r == role));
+        for session in taken {
+            // A name given some other way too (a user name of its own) stays.
+            let named_otherwise = self.identity_center_sessions.iter().any(|(_, _, s)| *s == session);
+            if !named_otherwise {
+                self.user_names.retain(|u| *u != session);
+            }
+            self.extra_keys.insert(format!("session:{account}/{}/{}", role.to_lowercase(), session.to_lowercase()));
+            self.extra_keys.insert(format!("user:{}", session.to_lowercase()));
+        }
     }
 
     /// Every key that identifies this person; two people sharing one are the same person.

@@ -40,8 +40,7 @@ pub async fn check_approval(svc: &Services, integration: &Integration, approval:
         ticket: approval.ticket.as_deref(),
         at: now,
     };
-    let names = [approval.requester.id.as_str(), approval.requester.iam_arn.as_deref().unwrap_or("")];
-    decide(svc, integration, &flows.iter().map(|f| f.as_ref()).collect::<Vec<_>>(), request, &names, &approval.all_approvers(), &approval.request_id).await.map(Some)
+    decide(svc, integration, &flows.iter().map(|f| f.as_ref()).collect::<Vec<_>>(), request, &approval.requester, &approval.all_approvers(), &approval.request_id).await.map(Some)
 }
 
 /// Checks an extension against the flow that allowed the grant (still there, still allowing
@@ -53,6 +52,9 @@ pub async fn check_extension(svc: &Services, integration: &Integration, record: 
         return Ok(());
     }
     let refuse = |why: String| GrantError::NotInFlow(Refusal { integration: integration.name.clone(), reasons: vec![(record.flow.clone().unwrap_or_else(|| "(none)".into()), why)] });
+    if record.break_glass {
+        return Err(refuse("a break-glass grant is not extended: ask for a new one (its use is reviewed)".into()));
+    }
     let Some(name) = &record.flow else {
         return Err(refuse("the grant was made before the integration had access flows: request a new grant".into()));
     };
@@ -72,8 +74,7 @@ pub async fn check_extension(svc: &Services, integration: &Integration, record: 
     // The ticket was checked at the grant; an extension keeps it.
     let mut flow = Flow::clone(flow);
     flow.approval.ticket_pattern = None;
-    let names = [record.requester.id.as_str(), record.requester.iam_arn.as_deref().unwrap_or("")];
-    decide(svc, integration, &[&flow], request, &names, &extension.all_approvers(), &record.request_id).await.map(|_| ())
+    decide(svc, integration, &[&flow], request, &record.requester, &extension.all_approvers(), &record.request_id).await.map(|_| ())
 }
 
 async fn load(svc: &Services, integration: &Integration, request_id: &str) -> Result<Vec<std::sync::Arc<Flow>>, GrantError> {
@@ -86,23 +87,48 @@ fn step(request_id: &str, step: &'static str, source: StepError) -> GrantError {
 
 /// Resolves the people (Identity Store groups, the resource's owners, only where a flow needs
 /// them) and asks the flows.
+///
+/// The requester is judged as the identity that gets the access: its IAM ARN where the approval
+/// names one (the credentials are bound to it), its id as well only where the two are one
+/// person. An approval for "alice" whose `iam_arn` is someone else's session is judged as that
+/// session. Every name counts, though, when telling whether an approver is the requester.
 async fn decide(
     svc: &Services,
     integration: &Integration,
     flows: &[&Flow],
     mut request: flow::Request<'_>,
-    requester_names: &[&str],
+    requester: &crate::contract::events::Requester,
     approver_names: &[&str],
     request_id: &str,
 ) -> Result<Allowed, GrantError> {
     let policy = |field: &str, why: String| GrantError::Policy(format!("{field}: {why}"));
-    let mut groups = HashMap::new();
-    let mut requester = Person::named(requester_names).map_err(|why| policy("requester", why))?;
-    crate::aws::identity::resolve(svc, &mut requester, &mut groups).await.map_err(|e| step(request_id, "identity store", e.into()))?;
+    let resolve = |person: Person| async {
+        let mut person = person;
+        let mut groups: HashMap<String, String> = HashMap::new();
+        crate::aws::identity::resolve(svc, &mut person, &mut groups).await.map(|()| person)
+    };
+    let by_id = resolve(Person::named(&[requester.id.as_str()]).map_err(|why| policy("requester.id", why))?).await.map_err(|e| step(request_id, "identity store", e.into()))?;
+    let eligible = match requester.iam_arn.as_deref() {
+        None => by_id.clone(),
+        Some(arn) => {
+            let by_arn = resolve(Person::named(&[arn]).map_err(|why| policy("requester.iam_arn", why))?).await.map_err(|e| step(request_id, "identity store", e.into()))?;
+            if by_arn.same_as(&by_id) {
+                resolve(Person::named(&[requester.id.as_str(), arn]).map_err(|why| policy("requester", why))?).await.map_err(|e| step(request_id, "identity store", e.into()))?
+            } else {
+                by_arn
+            }
+        }
+    };
     let mut approvers = Vec::with_capacity(approver_names.len());
     for name in approver_names {
-        let mut approver = Person::named(&[name]).map_err(|why| policy("approver", why))?;
-        crate::aws::identity::resolve(svc, &mut approver, &mut groups).await.map_err(|e| step(request_id, "identity store", e.into()))?;
+        let approver = resolve(Person::named(&[name]).map_err(|why| policy("approver", why))?).await.map_err(|e| step(request_id, "identity store", e.into()))?;
+        // The requester under any of the names the approval gives it.
+        if approver.same_as(&by_id) || approver.same_as(&eligible) {
+            return Err(GrantError::NotInFlow(Refusal {
+                integration: integration.name.clone(),
+                reasons: vec![("(every flow)".into(), format!("approver {:?} is the requester {:?}: an approval must come from someone else", approver.named, requester.id))],
+            }));
+        }
         approvers.push(approver);
     }
     let owners = if flows.iter().any(|f| f.approval.approvers.as_ref().is_some_and(|a| a.owners)) {
@@ -110,7 +136,7 @@ async fn decide(
     } else {
         BTreeSet::new()
     };
-    request.requester = &requester;
+    request.requester = &eligible;
     let allowance = flow::decide(flows, &request, &approvers, &owners)?;
     Ok(Allowed {
         flow: allowance.flow.name.clone(),

@@ -47,8 +47,6 @@ pub struct CleanupReport {
     /// The largest ACL among the tables pgjit's profile roles hold privileges on, per
     /// integration: `integration/database: table` and its entries.
     pub largest_acls: Vec<(String, i32)>,
-    /// Front-door requests not approved in time, marked expired.
-    pub requests_expired: usize,
     /// What could not be done this time, to be tried again at the next run.
     pub errors: Vec<String>,
     /// Grant items read from the store to find the due work.
@@ -126,10 +124,6 @@ pub async fn run_scope(svc: &Services, now: DateTime<Utc>, scope: Scope) -> Resu
         reconcile::all(svc, &lanes, now, &mut report).await;
     }
     report.connections = lanes.connections();
-    match crate::control::requests::completion::expire_due(svc, now).await {
-        Ok(n) => report.requests_expired = n,
-        Err(e) => report.errors.push(format!("expiring requests: {}", crate::engine::postgres::error_chain(&e))),
-    }
     tracing::info!(
         deleted = report.deleted.len(),
         revoked_overdue = report.revoked_overdue.len(),

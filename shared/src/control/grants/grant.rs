@@ -46,7 +46,21 @@ pub async fn grant(svc: &Services, approval: &Approval, now: DateTime<Utc>) -> R
     } else if integration.access_mode == AccessMode::Iam {
         return Err(GrantError::Policy(format!("integration {:?} uses IAM access: requester.iam_arn is needed", integration.name)));
     }
-    let allowed = crate::control::flows::check_approval(svc, &integration, approval, now).await?;
+    let allowed = match crate::control::flows::check_approval(svc, &integration, approval, now).await {
+        Ok(allowed) => allowed,
+        Err(refused @ GrantError::NotInFlow(_)) => {
+            // A delivery again of an approval already granted returns its first result, even if
+            // the flows (or the hour) changed since.
+            if let Some(existing) = svc.store.get_grant(&approval.request_id).await? {
+                let same = existing.integration == approval.integration && existing.requester.id == approval.requester.id && existing.access == approval.access && existing.duration_seconds == approval.duration_seconds;
+                if same && matches!(existing.status, GrantStatus::Active | GrantStatus::Revoking | GrantStatus::Revoked | GrantStatus::Deleted) {
+                    return Ok(result_of(&existing, &integration, true));
+                }
+            }
+            return Err(refused);
+        }
+        Err(e) => return Err(e),
+    };
     let duration = Duration::seconds(i64::try_from(approval.duration_seconds).unwrap_or(i64::MAX));
     let mut fresh = GrantRecord::granting(
         approval,

@@ -63,7 +63,9 @@ async fn announce_approved(svc: &Services, record: &RequestRecord) {
 
 /// The approval a complete request stands for, as an approval sender puts it on the bus.
 fn approval_detail(record: &RequestRecord) -> Value {
-    let mut approvers = record.approvals.iter().map(|d| d.by.clone());
+    // By ARN: the grant function finds the same person in it (an Identity Center session names
+    // its user), and a flow's principal patterns match it.
+    let mut approvers = record.approvals.iter().map(|d| d.arn.clone());
     let approver = match record.mode {
         Mode::Approvers => approvers.next().unwrap_or_default(),
         Mode::Auto => "pgjit:auto-approved".to_owned(),
@@ -92,10 +94,11 @@ fn approval_detail(record: &RequestRecord) -> Value {
 
 /// Signs the approval and puts it on the approval bus; returns it as the bus delivers it.
 async fn send(svc: &Services, record: &RequestRecord, now: DateTime<Utc>) -> Result<Value, RequestError> {
+    // Asked first: nothing after PutEvents may fail the send.
+    let account = svc.account_id().await?;
     let mut event = crate::aws::approval_mac::signed_event(svc, approval_detail(record), crate::contract::events::APPROVED, now).await?;
     let event_id = crate::aws::approval_mac::put_on_bus(svc, &event).await?;
     tracing::info!(request_id = %record.request_id, integration = %record.integration, flow = %record.flow, event_id = %event_id, "approval sent to the approval bus");
-    let account = svc.account_id().await?;
     for (field, value) in [("version", json!("0")), ("id", json!(event_id)), ("source", json!(svc.config.approval_source)), ("account", json!(account)), ("region", json!(svc.region())), ("resources", json!([]))] {
         event[field] = value;
     }
@@ -166,13 +169,45 @@ pub async fn expire(svc: &Services, mut record: RequestRecord, now: DateTime<Utc
     Ok(record)
 }
 
-/// Expires every pending request past its time (cleanup's daily sweep; lookups expire them
-/// sooner); returns how many.
-pub async fn expire_due(svc: &Services, now: DateTime<Utc>) -> Result<usize, RequestError> {
-    let due = svc.store.requests_in(RequestStatus::Pending, Some(now)).await?;
-    let count = due.len();
-    for record in due {
-        expire(svc, record, now, None).await?;
+/// The requests function's own sweep (a schedule every 15 minutes): expires every pending
+/// request past its time, sends the
+/// approvals of requests claimed but not seen on the bus for a minute (a sender that died), and
+/// starts approved requests whose start schedule did not (lookups expire and send sooner).
+/// Returns how many requests it expired, and what failed (tried again at the next run).
+pub async fn sweep(svc: &Services, now: DateTime<Utc>) -> (usize, Vec<String>) {
+    let (mut expired, mut errors) = (0, Vec::new());
+    let mut note = |what: &str, e: RequestError| errors.push(format!("{what}: {}", crate::engine::postgres::error_chain(&e)));
+    match svc.store.requests_in(RequestStatus::Pending, Some(now)).await {
+        Ok(due) => {
+            for record in due {
+                let id = record.request_id.clone();
+                match expire(svc, record, now, None).await {
+                    Ok(_) => expired += 1,
+                    Err(e) => note(&format!("expiring request {id}"), e),
+                }
+            }
+        }
+        Err(e) => note("reading pending requests", e.into()),
     }
-    Ok(count)
+    match svc.store.requests_in(RequestStatus::Approved, None).await {
+        Ok(approved) => {
+            for mut record in approved {
+                let id = record.request_id.clone();
+                let stale_claim = unsent(&record) && record.sent_at.is_some_and(|t| now - t > Duration::minutes(1));
+                let missed_start = record.sent_at.is_none() && record.start_at.is_some_and(|s| s + Duration::minutes(5) < now);
+                let result = if stale_claim {
+                    send_claimed(svc, &mut record, now).await.map(|_| ())
+                } else if missed_start {
+                    start(svc, &id, now).await.map(|_| ())
+                } else {
+                    Ok(())
+                };
+                if let Err(e) = result {
+                    note(&format!("sending request {id}"), e);
+                }
+            }
+        }
+        Err(e) => note("reading approved requests", e.into()),
+    }
+    (expired, errors)
 }

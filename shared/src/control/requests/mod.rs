@@ -257,7 +257,16 @@ async fn same_request(svc: &Services, existing: RequestRecord, new: &NewRequest,
     if !same {
         return Err(RequestError::Conflict(format!("client token {:?} was used for request {} with other details; use a new token for a new request", new.client_token, existing.request_id)));
     }
-    let record = expire_if_due(svc, existing, now).await?;
+    let mut record = expire_if_due(svc, existing, now).await?;
+    // An auto or break-glass request whose completion failed part-way: finished now.
+    if record.mode != Mode::Approvers && record.status == RequestStatus::Pending {
+        let sent = completion::complete(svc, &mut record, now).await?;
+        return Ok(Reply { requests: vec![view_as_is(record)], sent });
+    }
+    if completion::unsent(&record) {
+        let sent = completion::send_claimed(svc, &mut record, now).await?;
+        return Ok(Reply { requests: vec![view_as_is(record)], sent: Some(sent) });
+    }
     Ok(Reply { requests: vec![view(svc, record).await?], sent: None })
 }
 
@@ -307,24 +316,35 @@ async fn owners_for(svc: &Services, flow: &Flow, integration: &str) -> Result<BT
     Ok(crate::aws::identity::owners(svc, &integration).await?)
 }
 
+/// The refusal for a request the caller may neither see nor act on.
+fn not_yours(request_id: &str) -> RequestError {
+    RequestError::Forbidden(format!("request {request_id} is neither yours nor one you may approve"))
+}
+
 /// Whether `me` may approve (or deny) under `flow`.
 fn may_approve(flow: &Flow, me: &Me<'_>, owners: &BTreeSet<String>) -> bool {
     flow.approval.approvers.as_ref().is_some_and(|a| a.includes(&me.person, owners))
 }
 
 async fn approve(svc: &Services, me: &Me<'_>, request_id: &str, client_token: Option<String>, now: DateTime<Utc>) -> Result<Reply, RequestError> {
-    let token = client_token.map(|t| format!("approve:{t}"));
+    // A token is the caller's own: another person's retry is another approval.
+    let token = client_token.map(|t| format!("approve:{}:{t}", me.caller.id().to_lowercase()));
     for _ in 0..TRIES {
-        // The request and the flows at once: an approval's way to the bus is its read, its MAC
-        // and its PutEvents.
+        // The request and the flows at once: an approval's way to the bus is its read, its claim,
+        // its MAC and its PutEvents.
         let (record, flows) = tokio::join!(load(svc, request_id), svc.store.list_flows(None));
         let (record, flows) = (record?, flows?);
+        if me.is(&record.requester) {
+            return Err(RequestError::Forbidden(format!("you asked for request {request_id}: an approval must come from someone else")));
+        }
+        // Who may approve is asked before anything about the request is told.
+        let (flow, owners) = flow_and_owners_in(svc, &record, &flows).await.map_err(|_| not_yours(request_id))?;
+        if !may_approve(&flow, me, &owners) {
+            return Err(RequestError::Forbidden(format!("you are not one of the approvers of flow {:?} of request {request_id}", flow.name)));
+        }
         let mut record = expire_if_due(svc, record, now).await?;
         if token.as_ref().is_some_and(|t| record.tokens.contains(t)) {
             return Ok(Reply { requests: vec![view(svc, record).await?], sent: None });
-        }
-        if me.is(&record.requester) {
-            return Err(RequestError::Forbidden(format!("you asked for request {request_id}: an approval must come from someone else")));
         }
         if completion::unsent(&record) {
             // Approved, and its approval claimed but not seen on the bus: send it again.
@@ -333,10 +353,6 @@ async fn approve(svc: &Services, me: &Me<'_>, request_id: &str, client_token: Op
         }
         if record.status != RequestStatus::Pending {
             return Err(RequestError::Conflict(format!("request {request_id} is {}: it can no longer be approved", record.status)));
-        }
-        let (flow, owners) = flow_and_owners_in(svc, &record, &flows).await?;
-        if !may_approve(&flow, me, &owners) {
-            return Err(RequestError::Forbidden(format!("you are not one of the approvers of flow {:?}", flow.name)));
         }
         let already = record.approvals.iter().any(|d| Person::named(&[d.by.as_str(), d.arn.as_str()]).is_ok_and(|p| p.same_as(&me.person)));
         if already {
@@ -382,30 +398,35 @@ async fn close(svc: &Services, me: &Me<'_>, request_id: &str, how: Close, client
         Close::Deny(_) => ("deny", RequestStatus::Denied),
         Close::Cancel => ("cancel", RequestStatus::Cancelled),
     };
-    let token = client_token.map(|t| format!("{verb}:{t}"));
+    let token = client_token.map(|t| format!("{verb}:{}:{t}", me.caller.id().to_lowercase()));
     for _ in 0..TRIES {
-        let mut record = expire_if_due(svc, load(svc, request_id).await?, now).await?;
+        let record = load(svc, request_id).await?;
+        // Who may act is asked before anything about the request is told.
+        match &how {
+            Close::Deny(_) => {
+                if me.is(&record.requester) {
+                    return Err(RequestError::Forbidden(format!("you asked for request {request_id}: cancel it instead")));
+                }
+                let (flow, owners) = flow_and_owners(svc, &record).await.map_err(|_| not_yours(request_id))?;
+                if !may_approve(&flow, me, &owners) {
+                    return Err(RequestError::Forbidden(format!("you are not one of the approvers of flow {:?} of request {request_id}", flow.name)));
+                }
+            }
+            Close::Cancel if !me.is(&record.requester) => return Err(RequestError::Forbidden(format!("only the requester cancels request {request_id}"))),
+            Close::Cancel => {}
+        }
+        let mut record = expire_if_due(svc, record, now).await?;
         if token.as_ref().is_some_and(|t| record.tokens.contains(t)) || record.status == status {
             return Ok(Reply { requests: vec![view(svc, record).await?], sent: None });
         }
         let reason = match &how {
             Close::Deny(reason) => {
-                if me.is(&record.requester) {
-                    return Err(RequestError::Forbidden(format!("you asked for request {request_id}: cancel it instead")));
-                }
-                let (flow, owners) = flow_and_owners(svc, &record).await?;
-                if !may_approve(&flow, me, &owners) {
-                    return Err(RequestError::Forbidden(format!("you are not one of the approvers of flow {:?}", flow.name)));
-                }
                 if record.status != RequestStatus::Pending {
                     return Err(RequestError::Conflict(format!("request {request_id} is {}: it can no longer be denied", record.status)));
                 }
                 Some(reason.clone())
             }
             Close::Cancel => {
-                if !me.is(&record.requester) {
-                    return Err(RequestError::Forbidden(format!("only the requester cancels request {request_id}")));
-                }
                 // Pending, or approved to start later and not yet claimed for the bus.
                 let waiting = record.status == RequestStatus::Approved && record.sent_at.is_none();
                 if record.status != RequestStatus::Pending && !waiting {
@@ -437,9 +458,9 @@ async fn close(svc: &Services, me: &Me<'_>, request_id: &str, how: Close, client
 async fn get(svc: &Services, me: &Me<'_>, request_id: &str, now: DateTime<Utc>) -> Result<Reply, RequestError> {
     let record = expire_if_due(svc, load(svc, request_id).await?, now).await?;
     if !me.is(&record.requester) {
-        let (flow, owners) = flow_and_owners(svc, &record).await?;
+        let (flow, owners) = flow_and_owners(svc, &record).await.map_err(|_| not_yours(request_id))?;
         if !may_approve(&flow, me, &owners) {
-            return Err(RequestError::Forbidden(format!("request {request_id} is neither yours nor one you may approve")));
+            return Err(not_yours(request_id));
         }
     }
     Ok(Reply { requests: vec![view(svc, record).await?], sent: None })

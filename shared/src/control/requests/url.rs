@@ -103,8 +103,16 @@ pub async fn handle(svc: &Services, request: LambdaFunctionUrlRequest, now: Date
     }
 }
 
-/// The function's entry: a Function URL request, or a start schedule's input.
+/// The function's entry: a Function URL request, a start schedule's input, or its sweep's
+/// (`{"sweep": "requests"}`: only due work, whoever sends it).
 pub async fn invoke(svc: &Services, payload: Value, now: DateTime<Utc>) -> Result<Value, RequestError> {
+    if payload.get("sweep").is_some() {
+        let (expired, errors) = super::completion::sweep(svc, now).await;
+        for e in &errors {
+            tracing::error!(error = %e, "front-door sweep");
+        }
+        return Ok(json!({"expired": expired, "errors": errors}));
+    }
     if let Some(request_id) = payload.get("start").and_then(Value::as_str) {
         let sent = super::completion::start(svc, request_id, now).await?;
         return Ok(json!({"request_id": request_id, "sent": sent.is_some()}));
