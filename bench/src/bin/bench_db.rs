@@ -1,7 +1,7 @@
 //! Database and control-plane benchmarks on the local environment, each against its floor in
 //! the same run. Run through `scripts/bench.sh` (which starts the environment).
 //!
-//! Usage: bench-db [grant|e2e|burst|cleanup|discovery|acl|all] [RUNS]
+//! Usage: bench-db [grant|e2e|burst|cleanup|discovery|acl|flows|all] [RUNS]
 //!        bench-db cleanup-latency [AWS_MS [PG_RTT_MS]]   (defaults 10 and 1)
 //!        bench-db flows [RUNS]                            (1,000 flows, 50 groups, vs the grant's floor)
 //!        bench-db front-door [RUNS [AWS_MS]]              (approval to active, over modeled AWS latency)
@@ -138,7 +138,7 @@ async fn flows_check(runs: usize) {
     let profile = set.databases["app"].profile_role(PREFIX, "app");
     client.batch_execute(&format!("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {l}) THEN CREATE ROLE {p} NOLOGIN; END IF; END $$", l = literal(&profile), p = ident(&profile))).await.unwrap();
     let password = SecretString::random_password();
-    let (mut floor, mut decision, mut parse) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut floor, mut decision, mut parse, mut warm) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut users = Vec::new();
     for i in 0..runs {
         let user = login_role_name(PREFIX, &format!("flows{i}"));
@@ -159,6 +159,10 @@ async fn flows_check(runs: usize) {
         let chosen = decide(&refs, &request, &approvers, &owners).unwrap();
         decision.push(started.elapsed());
         std::hint::black_box(chosen);
+        // Again at once: the flows now in the CPU's caches.
+        let started = Instant::now();
+        std::hint::black_box(decide(&refs, &request, &approvers, &owners).unwrap());
+        warm.push(started.elapsed());
         let started = Instant::now();
         let parsed: Vec<_> = texts.iter().map(|t| pgjit::contract::flow::Flow::from_json(t).unwrap()).collect();
         parse.push(started.elapsed());
@@ -167,11 +171,12 @@ async fn flows_check(runs: usize) {
     for user in users {
         client.batch_execute(&format!("DROP ROLE {}", ident(&user))).await.unwrap();
     }
-    let (floor, decision, parse) = (median(floor), median(decision), median(parse));
+    let (floor, decision, parse, warm) = (median(floor), median(decision), median(parse), median(warm));
     println!("access flows: 1000 flows, a requester in 50 groups, 2 approvers ({runs} runs, medians):");
     println!("  the grant's database floor (one transaction)   {:>8.3} ms", ms(floor));
     println!("  the decision (every flow read)                  {:>8.3} ms = {:.2} % of the floor (target: under 2 %)", ms(decision), 100.0 * decision.as_secs_f64() / floor.as_secs_f64());
-    println!("  reading the 1000 flows' documents (parse+check) {:>8.3} ms = {:.2} % of the floor", ms(parse), 100.0 * parse.as_secs_f64() / floor.as_secs_f64());
+    println!("  the same decision again at once (warm caches)   {:>8.3} ms = {:.2} % of the floor", ms(warm), 100.0 * warm.as_secs_f64() / floor.as_secs_f64());
+    println!("  reading the 1000 flows' documents (parse+check) {:>8.3} ms = {:.2} % of the floor (once per document and environment: the store keeps them parsed)", ms(parse), 100.0 * parse.as_secs_f64() / floor.as_secs_f64());
 }
 
 /// Approval to active over modeled AWS latency: an approval tool's signed approval through the

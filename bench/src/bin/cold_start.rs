@@ -13,7 +13,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let dir = args.get(1).cloned().unwrap_or_else(|| "target/release".into());
     let runs: usize = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(30);
-    let binaries = ["hello-lambda", "grant", "revoke", "cleanup", "discovery", "webhook", "audit"];
+    let binaries = ["hello-lambda", "grant", "revoke", "cleanup", "discovery", "webhook", "audit", "requests"];
     println!("cold start: exec -> first GET /runtime/invocation/next, {runs} runs each, median (p90), peak RSS, stripped size");
     let mut floor = None;
     for name in binaries {

@@ -46,7 +46,26 @@ pub struct Flow {
     /// The envelope, normalised once (see [`Flow::from_json`]).
     #[serde(skip)]
     envelope: Vec<Allowed>,
+    /// The ticket pattern, anchored, and the hours' time zone, made once at parsing.
+    #[serde(skip)]
+    compiled: Compiled,
 }
+
+/// What a flow compiles once: it is read on every approval.
+#[derive(Debug, Clone, Default)]
+struct Compiled {
+    ticket: Option<regex_lite::Regex>,
+    zone: Option<jiff::tz::TimeZone>,
+}
+
+/// Made from the document: two flows with equal documents compile alike.
+impl PartialEq for Compiled {
+    fn eq(&self, _: &Compiled) -> bool {
+        true
+    }
+}
+
+impl Eq for Compiled {}
 
 /// People named three ways: Identity Center groups, IAM principal ARN patterns, user names.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,6 +237,7 @@ impl Flow {
         }
         if let Some(hours) = &self.hours {
             hours.check()?;
+            self.compiled.zone = jiff::tz::TimeZone::get(&hours.time_zone).ok();
         }
         let rule = &self.approval;
         if [rule.auto, rule.break_glass, rule.approvers.is_some()].iter().filter(|x| **x).count() != 1 {
@@ -241,6 +261,9 @@ impl Flow {
                 return Err(bad("approval.ticket_pattern", "must be 1-200 characters"));
             }
             regex_lite::Regex::new(pattern).map_err(|e| bad("approval.ticket_pattern", format!("not a regular expression: {e}")))?;
+            // Anchored: the whole ticket must have the pattern's form.
+            let whole = regex_lite::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| bad("approval.ticket_pattern", format!("not a regular expression: {e}")))?;
+            self.compiled.ticket = Some(whole);
         }
         Ok(())
     }
@@ -249,45 +272,47 @@ impl Flow {
         self.integrations.iter().any(|i| i == integration)
     }
 
-    /// The two checks most flows fail, without a word of why: where a decision over many
-    /// flows spends its time.
-    fn may_ask(&self, request: &Request) -> bool {
-        self.applies_to(request.integration) && self.requesters.includes(request.requester, &BTreeSet::new())
-    }
-
     /// Whether `request` may be asked for under this flow, approvals aside: who asks, what,
     /// for how long, when, and why. The refusal names what does not fit.
     pub fn admits(&self, request: &Request) -> Result<(), String> {
+        self.admits_with(request, &asked_of(request.access)).map_err(|m| m.say(self, request))
+    }
+
+    /// [`Flow::admits`] with the request's entries normalised once (a decision reads many
+    /// flows), and the refusal in words only when asked for.
+    fn admits_with(&self, request: &Request, asked: &[Option<Vec<(String, Own)>>]) -> Result<(), Misfit> {
         if !self.applies_to(request.integration) {
-            return Err(format!("does not apply to integration {:?}", request.integration));
+            return Err(Misfit::Integration);
         }
         if !self.requesters.includes(request.requester, &BTreeSet::new()) {
-            return Err(format!("requester {:?} is not one of its requesters", request.requester.named));
+            return Err(Misfit::Requester);
         }
-        for (i, entry) in request.access.iter().enumerate() {
-            if !self.envelope_fits(entry) {
-                return Err(format!("access[{i}] ({}) is outside its envelope", describe(entry)));
+        for (i, entry) in asked.iter().enumerate() {
+            if !entry.as_ref().is_some_and(|own| self.envelope_fits(own)) {
+                return Err(Misfit::Access(i));
             }
         }
         if request.duration_seconds > self.max_duration_seconds {
-            return Err(format!("{} s is longer than its max_duration_seconds {}", request.duration_seconds, self.max_duration_seconds));
+            return Err(Misfit::Duration);
         }
         if let Some(hours) = &self.hours {
-            if !hours.contain(request.at) {
-                return Err(format!("it applies only {} and it is {}", hours.describe(), request.at.format("%Y-%m-%dT%H:%M:%SZ")));
+            if !hours.contain_in(self.compiled.zone.as_ref(), request.at) {
+                return Err(Misfit::Hours);
             }
         }
         let rule = &self.approval;
         let reason = request.reason.map(str::trim).unwrap_or("");
         if (rule.reason_required || rule.break_glass) && reason.is_empty() {
-            return Err(if rule.break_glass { "break-glass needs a reason".into() } else { "it requires a reason".into() });
+            return Err(Misfit::Reason);
         }
-        if let Some(pattern) = &rule.ticket_pattern {
-            let ticket = request.ticket.unwrap_or("");
-            // Anchored: the whole ticket must have the pattern's form.
-            let whole = regex_lite::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| format!("its ticket_pattern does not compile: {e}"))?;
-            if !whole.is_match(ticket) {
-                return Err(format!("ticket {ticket:?} does not match its ticket_pattern {pattern:?}"));
+        if rule.ticket_pattern.is_some() {
+            let whole = match &self.compiled.ticket {
+                Some(whole) => std::borrow::Cow::Borrowed(whole),
+                // A flow made without parsing (never in pgjit): compiled here.
+                None => std::borrow::Cow::Owned(regex_lite::Regex::new(&format!("^(?:{})$", rule.ticket_pattern.as_deref().unwrap_or(""))).map_err(|e| Misfit::Pattern(e.to_string()))?),
+            };
+            if !whole.is_match(request.ticket.unwrap_or("")) {
+                return Err(Misfit::Ticket);
             }
         }
         Ok(())
@@ -328,9 +353,7 @@ impl Flow {
     /// sequence, a function, or a role) must be covered by an envelope entry of the same kind;
     /// the CONNECT and USAGE that a table, sequence or function implies come with it. A bare
     /// schema or database entry needs an envelope entry of its own kind.
-    fn envelope_fits(&self, entry: &AccessEntry) -> bool {
-        let Ok(asked) = AccessSet::from_entries(std::slice::from_ref(entry)) else { return false };
-        let own = own_objects(entry, asked);
+    fn envelope_fits(&self, own: &[(String, Own)]) -> bool {
         own.iter().all(|(database, own)| {
             let in_db = self.envelope.iter().filter(|a| matches!(a, Allowed::Objects { database: d, .. } | Allowed::Role { database: d, .. } if d == "*" || d == database));
             match own {
@@ -344,6 +367,40 @@ impl Flow {
             }
         })
     }
+}
+
+/// Why a flow does not admit a request, in words only when a refusal shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Misfit {
+    Integration,
+    Requester,
+    Access(usize),
+    Duration,
+    Hours,
+    Reason,
+    Pattern(String),
+    Ticket,
+}
+
+impl Misfit {
+    fn say(&self, flow: &Flow, request: &Request) -> String {
+        match self {
+            Misfit::Integration => format!("does not apply to integration {:?}", request.integration),
+            Misfit::Requester => format!("requester {:?} is not one of its requesters", request.requester.named),
+            Misfit::Access(i) => format!("access[{i}] ({}) is outside its envelope", request.access.get(*i).map(describe).unwrap_or_default()),
+            Misfit::Duration => format!("{} s is longer than its max_duration_seconds {}", request.duration_seconds, flow.max_duration_seconds),
+            Misfit::Hours => format!("it applies only {} and it is {}", flow.hours.as_ref().map(Hours::describe).unwrap_or_default(), request.at.format("%Y-%m-%dT%H:%M:%SZ")),
+            Misfit::Reason if flow.approval.break_glass => "break-glass needs a reason".into(),
+            Misfit::Reason => "it requires a reason".into(),
+            Misfit::Pattern(e) => format!("its ticket_pattern does not compile: {e}"),
+            Misfit::Ticket => format!("ticket {:?} does not match its ticket_pattern {:?}", request.ticket.unwrap_or(""), flow.approval.ticket_pattern.as_deref().unwrap_or("")),
+        }
+    }
+}
+
+/// Each requested entry's own objects (None for an entry that is not valid access).
+fn asked_of(access: &[AccessEntry]) -> Vec<Option<Vec<(String, Own)>>> {
+    access.iter().map(|e| AccessSet::from_entries(std::slice::from_ref(e)).ok().map(|set| own_objects(e, set))).collect()
 }
 
 /// What one entry asks for itself, per database (what it implies left out).
@@ -452,7 +509,19 @@ impl Hours {
 
     /// Whether the flow applies at `at`.
     pub fn contain(&self, at: DateTime<Utc>) -> bool {
-        let (Ok(tz), Some(from), Some(to)) = (jiff::tz::TimeZone::get(&self.time_zone), minute_of(&self.from), minute_of(&self.to)) else { return false };
+        self.contain_in(None, at)
+    }
+
+    /// [`Hours::contain`] with the time zone already looked up.
+    fn contain_in(&self, zone: Option<&jiff::tz::TimeZone>, at: DateTime<Utc>) -> bool {
+        let tz = match zone {
+            Some(zone) => zone.clone(),
+            None => match jiff::tz::TimeZone::get(&self.time_zone) {
+                Ok(zone) => zone,
+                Err(_) => return false,
+            },
+        };
+        let (Some(from), Some(to)) = (minute_of(&self.from), minute_of(&self.to)) else { return false };
         let Ok(ts) = jiff::Timestamp::from_second(at.timestamp()) else { return false };
         let local = ts.to_zoned(tz);
         let minute = u32::try_from(local.hour()).unwrap_or(0) * 60 + u32::try_from(local.minute()).unwrap_or(0);
@@ -522,17 +591,26 @@ pub fn of_integration<'f>(flows: &'f [Flow], integration: &str) -> Vec<&'f Flow>
 /// The first flow (the named one, else in name order) that admits the request and whose
 /// approval rule the `approvers` satisfy.
 pub fn decide<'f, 'p>(flows: &[&'f Flow], request: &Request, approvers: &'p [Person], owners: &BTreeSet<String>) -> Result<Allowance<'f, 'p>, Refusal> {
-    first(flows, request, |flow| flow.admits(request).and_then(|()| flow.approved_by(request.requester, approvers, owners)))
-        .map(|(flow, approvers)| Allowance { flow, approvers })
+    first(flows, request, |flow, asked| {
+        flow.admits_with(request, asked).map_err(Why::Misfit)?;
+        flow.approved_by(request.requester, approvers, owners).map_err(Why::Said)
+    })
+    .map(|(flow, approvers)| Allowance { flow, approvers })
 }
 
 /// The first flow (the named one, else in name order) under which the request may be asked,
 /// approvals aside: where a new request at the front door goes.
 pub fn admitting<'f>(flows: &[&'f Flow], request: &Request) -> Result<&'f Flow, Refusal> {
-    first(flows, request, |flow| flow.admits(request)).map(|(flow, ())| flow)
+    first(flows, request, |flow, asked| flow.admits_with(request, asked).map_err(Why::Misfit)).map(|(flow, ())| flow)
 }
 
-fn first<'f, T>(flows: &[&'f Flow], request: &Request, check: impl Fn(&'f Flow) -> Result<T, String>) -> Result<(&'f Flow, T), Refusal> {
+/// Why a flow was passed over.
+enum Why {
+    Misfit(Misfit),
+    Said(String),
+}
+
+fn first<'f, T>(flows: &[&'f Flow], request: &Request, check: impl Fn(&'f Flow, &[Option<Vec<(String, Own)>>]) -> Result<T, Why>) -> Result<(&'f Flow, T), Refusal> {
     let refusal = |reasons| Refusal { integration: request.integration.to_owned(), reasons };
     let candidates: Vec<&Flow> = match request.flow {
         Some(name) => match flows.iter().find(|f| f.name == name) {
@@ -541,6 +619,7 @@ fn first<'f, T>(flows: &[&'f Flow], request: &Request, check: impl Fn(&'f Flow) 
         },
         None => flows.to_vec(),
     };
+    let asked = asked_of(request.access);
     let mut reasons = Vec::new();
     for flow in candidates {
         // Break-glass is chosen, never fallen into: only a request that names its flow.
@@ -550,16 +629,13 @@ fn first<'f, T>(flows: &[&'f Flow], request: &Request, check: impl Fn(&'f Flow) 
             }
             continue;
         }
-        if !flow.may_ask(request) {
-            // Said why only for the few flows a refusal names.
-            if reasons.len() < REASONS_SHOWN {
-                reasons.push((flow.name.clone(), flow.admits(request).err().unwrap_or_default()));
-            }
-            continue;
-        }
-        match check(flow) {
+        match check(flow, &asked) {
             Ok(found) => return Ok((flow, found)),
-            Err(why) if reasons.len() < REASONS_SHOWN => reasons.push((flow.name.clone(), why)),
+            // Said in words only for the few flows a refusal names.
+            Err(why) if reasons.len() < REASONS_SHOWN => reasons.push((flow.name.clone(), match why {
+                Why::Misfit(m) => m.say(flow, request),
+                Why::Said(s) => s,
+            })),
             Err(_) => {}
         }
     }

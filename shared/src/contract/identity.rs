@@ -101,6 +101,29 @@ impl Requester {
     }
 }
 
+/// FNV-1a: group names are short and come from the Identity Store, not from an attacker who
+/// could choose colliding ones.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut hash = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for b in bytes {
+            hash ^= u64::from(*b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = hash;
+    }
+}
+
+/// The hasher of [`Person::groups`].
+pub type GroupHasher = std::hash::BuildHasherDefault<Fnv>;
+
 /// The prefix of the roles IAM Identity Center makes for permission sets; a session of one is
 /// the person its session name names.
 pub const IDENTITY_CENTER_ROLE_PREFIX: &str = "AWSReservedSSO_";
@@ -119,8 +142,9 @@ pub struct Person {
     /// The Identity Store's user id, once resolved.
     pub user_id: Option<String>,
     /// Identity Center group display names, once resolved: what a flow's `groups` match (a
-    /// hash set: a decision looks a person's groups up once per flow).
-    pub groups: HashSet<String>,
+    /// hash set with a short-string hasher: a decision looks a person's groups up once or twice
+    /// per flow, over every flow).
+    pub groups: HashSet<String, GroupHasher>,
     /// Other keys that say "same person" (a role session, an IAM user's name).
     extra_keys: BTreeSet<String>,
     /// The Identity Center permission-set sessions a user name was taken from: (account, role,
@@ -243,40 +267,24 @@ pub fn glob_matches(pattern: &str, text: &str) -> bool {
     if !pattern.is_ascii() || !text.is_ascii() {
         return glob_chars(pattern, text);
     }
-    glob_bytes(&p[literal..], &t[literal..])
+    glob(&p[literal..], &t[literal..], b'*', b'?')
 }
 
-fn glob_bytes(p: &[u8], t: &[u8]) -> bool {
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|c| *c == b'*')
-}
-
-/// [`glob_bytes`] over characters, where `?` must match one whole non-ASCII character.
+/// IAM's `StringLike` over characters, where `?` must match one whole non-ASCII character.
 fn glob_chars(pattern: &str, text: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    glob(&p, &t, '*', '?')
+}
+
+/// `*` any run, `?` one item: the matcher with one remembered star (linear backtracking).
+fn glob<T: PartialEq + Copy>(p: &[T], t: &[T], any: T, one: T) -> bool {
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+        if pi < p.len() && (p[pi] == one || p[pi] == t[ti]) {
             pi += 1;
             ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        } else if pi < p.len() && p[pi] == any {
             star = Some((pi, ti));
             pi += 1;
         } else if let Some((sp, st)) = star {
@@ -287,7 +295,7 @@ fn glob_chars(pattern: &str, text: &str) -> bool {
             return false;
         }
     }
-    p[pi..].iter().all(|c| *c == '*')
+    p[pi..].iter().all(|c| *c == any)
 }
 
 #[cfg(test)]

@@ -157,7 +157,7 @@ pub async fn doctor_finding(svc: &Services, integration: &Integration) -> crate:
         Ok(flows) => Finding::check(
             "access flows",
             true,
-            format!("{} flow(s) decide every approval: {}", flows.len(), flows.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", ")),
+            format!("{} flow(s) decide every approval and extension (on the bus and webhook paths, as the approval tool names the people): {}", flows.len(), flows.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", ")),
         ),
         Err(e) => Finding::check("access flows", false, format!("cannot read the flows: {}", crate::engine::postgres::error_chain(&e))),
     }

@@ -10,33 +10,11 @@ impl Store {
     /// Writes a new grant record; fails with [`StoreError::AlreadyExists`] if the request id is
     /// taken, which is how a repeated approval is recognised.
     pub async fn insert_grant(&self, record: &GrantRecord) -> Result<(), StoreError> {
-        let item = self.to_item(&self.grants, record)?;
-        match self
-            .client
-            .put_item()
-            .table_name(&self.grants)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(request_id)")
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if is_conditional_failure(&e) => Err(StoreError::AlreadyExists(format!("grant {:?}", record.request_id))),
-            Err(e) => Err(dynamo("PutItem", &self.grants)(e)),
-        }
+        self.insert_new(&self.grants, record, format!("grant {:?}", record.request_id)).await
     }
 
     pub async fn get_grant(&self, request_id: &str) -> Result<Option<GrantRecord>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.grants)
-            .key("request_id", AttributeValue::S(request_id.to_owned()))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(dynamo("GetItem", &self.grants))?;
-        out.item.map(|i| self.from_item(&self.grants, i)).transpose()
+        self.get_by_request_id(&self.grants, request_id).await
     }
 
     /// Replaces the record if nobody wrote it since `record.version` was read; the stored
@@ -44,27 +22,11 @@ impl Store {
     pub async fn update_grant(&self, record: &mut GrantRecord) -> Result<(), StoreError> {
         let expected = record.version;
         record.version += 1;
-        let item = self.to_item(&self.grants, record)?;
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.grants)
-            .set_item(Some(item))
-            .condition_expression("version = :v")
-            .expression_attribute_values(":v", AttributeValue::N(expected.to_string()))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                record.version = expected;
-                if is_conditional_failure(&e) {
-                    Err(StoreError::Conflict { what: format!("grant {:?}", record.request_id), expected })
-                } else {
-                    Err(dynamo("PutItem", &self.grants)(e))
-                }
-            }
+        let result = self.put_if_version(&self.grants, record, expected, format!("grant {:?}", record.request_id)).await;
+        if result.is_err() {
+            record.version = expected;
         }
+        result
     }
 
     /// Records in `status` whose `due_at` has come, oldest first, and how many items were read.

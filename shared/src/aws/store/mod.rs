@@ -358,6 +358,48 @@ impl Store {
         Ok(out)
     }
 
+    /// The three writes every versioned record shares: a new item (`AlreadyExists` when its key
+    /// is taken), an item by its key, and a replacement only if nobody wrote it since `expected`.
+    async fn insert_new<T: Serialize>(&self, table: &str, record: &T, what: String) -> Result<(), StoreError> {
+        let item = self.to_item(table, record)?;
+        match self.client.put_item().table_name(table).set_item(Some(item)).condition_expression("attribute_not_exists(request_id)").send().await {
+            Ok(_) => Ok(()),
+            Err(e) if is_conditional_failure(&e) => Err(StoreError::AlreadyExists(what)),
+            Err(e) => Err(dynamo("PutItem", table)(e)),
+        }
+    }
+
+    async fn get_by_request_id<T: for<'de> Deserialize<'de>>(&self, table: &str, request_id: &str) -> Result<Option<T>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(table)
+            .key("request_id", AttributeValue::S(request_id.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(dynamo("GetItem", table))?;
+        out.item.map(|i| self.from_item(table, i)).transpose()
+    }
+
+    async fn put_if_version<T: Serialize>(&self, table: &str, record: &T, expected: u64, what: String) -> Result<(), StoreError> {
+        let item = self.to_item(table, record)?;
+        let result = self
+            .client
+            .put_item()
+            .table_name(table)
+            .set_item(Some(item))
+            .condition_expression("version = :v")
+            .expression_attribute_values(":v", AttributeValue::N(expected.to_string()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_conditional_failure(&e) => Err(StoreError::Conflict { what, expected }),
+            Err(e) => Err(dynamo("PutItem", table)(e)),
+        }
+    }
+
     /// Every item of a table (operator listings and the small integrations table only).
     async fn scan_all<T: for<'de> Deserialize<'de>>(&self, table: &str) -> Result<Vec<T>, StoreError> {
         let mut out = Vec::new();

@@ -6,7 +6,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{due_key, dynamo, is_conditional_failure, Store, StoreError};
+use super::{due_key, Store, StoreError};
 use crate::access::AccessEntry;
 use crate::contract::events::Requester;
 use crate::contract::flow::Mode;
@@ -97,52 +97,22 @@ impl RequestRecord {
 impl Store {
     /// Writes a new request; `AlreadyExists` when its id is taken (a retried create).
     pub async fn insert_request(&self, record: &RequestRecord) -> Result<(), StoreError> {
-        let item = self.to_item(&self.requests, record)?;
-        match self.client.put_item().table_name(&self.requests).set_item(Some(item)).condition_expression("attribute_not_exists(request_id)").send().await {
-            Ok(_) => Ok(()),
-            Err(e) if is_conditional_failure(&e) => Err(StoreError::AlreadyExists(format!("request {:?}", record.request_id))),
-            Err(e) => Err(dynamo("PutItem", &self.requests)(e)),
-        }
+        self.insert_new(&self.requests, record, format!("request {:?}", record.request_id)).await
     }
 
     pub async fn get_request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.requests)
-            .key("request_id", AttributeValue::S(request_id.to_owned()))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(dynamo("GetItem", &self.requests))?;
-        out.item.map(|i| self.from_item(&self.requests, i)).transpose()
+        self.get_by_request_id(&self.requests, request_id).await
     }
 
     /// Replaces the request if nobody wrote it since `record.version` was read.
     pub async fn update_request(&self, record: &mut RequestRecord) -> Result<(), StoreError> {
         let expected = record.version;
         record.version += 1;
-        let item = self.to_item(&self.requests, record)?;
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.requests)
-            .set_item(Some(item))
-            .condition_expression("version = :v")
-            .expression_attribute_values(":v", AttributeValue::N(expected.to_string()))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                record.version = expected;
-                if is_conditional_failure(&e) {
-                    Err(StoreError::Conflict { what: format!("request {:?}", record.request_id), expected })
-                } else {
-                    Err(dynamo("PutItem", &self.requests)(e))
-                }
-            }
+        let result = self.put_if_version(&self.requests, record, expected, format!("request {:?}", record.request_id)).await;
+        if result.is_err() {
+            record.version = expected;
         }
+        result
     }
 
     /// Requests in `status`, those due by `due_by` only when given, oldest first.

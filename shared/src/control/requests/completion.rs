@@ -31,8 +31,16 @@ pub async fn complete(svc: &Services, record: &mut RequestRecord, now: DateTime<
     }
     record.sent_at = Some(now);
     record.set_status(RequestStatus::Approved, now);
-    svc.store.update_request(record).await?;
-    let event = send_claimed(svc, record, now).await?;
+    // The claim and the MAC at once: the MAC is used only if the claim holds.
+    let (account, detail) = (svc.account_id().await?, approval_detail(record));
+    let (claimed, signed) = tokio::join!(svc.store.update_request(record), crate::aws::approval_mac::signed_event(svc, detail, crate::contract::events::APPROVED, now));
+    claimed?;
+    let event = put_signed(svc, record, signed?, &account).await?;
+    record.event_id = event.get("id").and_then(Value::as_str).map(str::to_owned);
+    match svc.store.update_request(record).await {
+        Ok(()) | Err(crate::aws::store::StoreError::Conflict { .. }) => {}
+        Err(e) => tracing::warn!(request_id = %record.request_id, error = %crate::engine::postgres::error_chain(&e), "the sent approval's id was not recorded; a later call sends it again"),
+    }
     announce_approved(svc, record).await;
     Ok(Some(event))
 }
@@ -96,7 +104,12 @@ fn approval_detail(record: &RequestRecord) -> Value {
 async fn send(svc: &Services, record: &RequestRecord, now: DateTime<Utc>) -> Result<Value, RequestError> {
     // Asked first: nothing after PutEvents may fail the send.
     let account = svc.account_id().await?;
-    let mut event = crate::aws::approval_mac::signed_event(svc, approval_detail(record), crate::contract::events::APPROVED, now).await?;
+    let event = crate::aws::approval_mac::signed_event(svc, approval_detail(record), crate::contract::events::APPROVED, now).await?;
+    put_signed(svc, record, event, &account).await
+}
+
+/// Puts a signed approval on the bus; returns it as the bus delivers it.
+async fn put_signed(svc: &Services, record: &RequestRecord, mut event: Value, account: &str) -> Result<Value, RequestError> {
     let event_id = crate::aws::approval_mac::put_on_bus(svc, &event).await?;
     tracing::info!(request_id = %record.request_id, integration = %record.integration, flow = %record.flow, event_id = %event_id, "approval sent to the approval bus");
     for (field, value) in [("version", json!("0")), ("id", json!(event_id)), ("source", json!(svc.config.approval_source)), ("account", json!(account)), ("region", json!(svc.region())), ("resources", json!([]))] {
