@@ -17,7 +17,7 @@
 //! (granted at once, a reason required, at most [`BREAK_GLASS_MAX_SECONDS`], alarmed and
 //! marked for review).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -581,11 +581,107 @@ pub struct Refusal {
 /// Most flows named in a refusal: enough to tell what to fix, short enough to read.
 const REASONS_SHOWN: usize = 5;
 
-/// The flows of `integration` among `flows` (in name order).
-pub fn of_integration<'f>(flows: &'f [Flow], integration: &str) -> Vec<&'f Flow> {
-    let mut mine: Vec<&Flow> = flows.iter().filter(|f| f.applies_to(integration)).collect();
-    mine.sort_by(|a, b| a.name.cmp(&b.name));
-    mine
+/// The flows of one integration, in name order, indexed by who may ask (groups, user names,
+/// the literal start of principal patterns): a decision reads only the flows that can admit the
+/// requester, not every flow. Built once per change of the flows (the store keeps it).
+#[derive(Debug, Default)]
+pub struct FlowSet {
+    flows: Vec<std::sync::Arc<Flow>>,
+    by_group: HashMap<String, Vec<usize>>,
+    by_user: HashMap<String, Vec<usize>>,
+    by_prefix: HashMap<String, Vec<usize>>,
+}
+
+impl FlowSet {
+    pub fn new(mut flows: Vec<std::sync::Arc<Flow>>) -> FlowSet {
+        flows.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut set = FlowSet { flows, ..FlowSet::default() };
+        for (i, flow) in set.flows.iter().enumerate() {
+            for group in &flow.requesters.groups {
+                set.by_group.entry(group.clone()).or_default().push(i);
+            }
+            for user in &flow.requesters.users {
+                set.by_user.entry(user.to_lowercase()).or_default().push(i);
+            }
+            for pattern in &flow.requesters.principals {
+                let literal = pattern.find(['*', '?']).unwrap_or(pattern.len());
+                set.by_prefix.entry(pattern[..literal].to_owned()).or_default().push(i);
+            }
+        }
+        set
+    }
+
+    /// The flows, in name order.
+    pub fn flows(&self) -> &[std::sync::Arc<Flow>] {
+        &self.flows
+    }
+
+    /// Whether the set holds exactly these flows (the same parsed documents).
+    pub fn holds(&self, flows: &[std::sync::Arc<Flow>]) -> bool {
+        let mut mine: Vec<*const Flow> = self.flows.iter().map(std::sync::Arc::as_ptr).collect();
+        let mut theirs: Vec<*const Flow> = flows.iter().map(std::sync::Arc::as_ptr).collect();
+        mine.sort_unstable();
+        theirs.sort_unstable();
+        mine == theirs
+    }
+
+    /// The flows whose requesters can include `person` (every flow that admits them is among
+    /// them), in name order.
+    fn candidates(&self, person: &Person) -> Vec<usize> {
+        let mut out = Vec::new();
+        for group in &person.groups {
+            out.extend(self.by_group.get(group).into_iter().flatten());
+        }
+        for user in &person.user_names {
+            out.extend(self.by_user.get(&user.to_lowercase()).into_iter().flatten());
+        }
+        for arn in &person.arns {
+            for end in (0..=arn.len()).filter(|e| arn.is_char_boundary(*e)) {
+                out.extend(self.by_prefix.get(&arn[..end]).into_iter().flatten());
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// [`decide`] over the set, reading only the flows that can admit the requester.
+    pub fn decide<'s, 'p>(&'s self, request: &Request, approvers: &'p [Person], owners: &BTreeSet<String>) -> Result<Allowance<'s, 'p>, Refusal> {
+        self.pick(request, |flows| decide(flows, request, approvers, owners))
+    }
+
+    /// [`admitting`] over the set.
+    pub fn admitting(&self, request: &Request) -> Result<&Flow, Refusal> {
+        self.pick(request, |flows| admitting(flows, request))
+    }
+
+    fn pick<'s, T>(&'s self, request: &Request, choose: impl FnOnce(&[&'s Flow]) -> Result<T, Refusal>) -> Result<T, Refusal> {
+        if request.flow.is_some() {
+            let all: Vec<&Flow> = self.flows.iter().map(|f| f.as_ref()).collect();
+            return choose(&all);
+        }
+        let picks = self.candidates(request.requester);
+        let flows: Vec<&Flow> = picks.iter().map(|i| self.flows[*i].as_ref()).collect();
+        choose(&flows).map_err(|mut refusal| {
+            // The flows passed over without a look: said why, as far as a refusal shows.
+            if picks.is_empty() {
+                refusal.reasons.clear();
+            }
+            for (i, flow) in self.flows.iter().enumerate() {
+                if refusal.reasons.len() >= REASONS_SHOWN {
+                    break;
+                }
+                if picks.binary_search(&i).is_err() {
+                    let why = flow.admits(request).err().unwrap_or_else(|| "not one of its requesters".into());
+                    refusal.reasons.push((flow.name.clone(), why));
+                }
+            }
+            if refusal.reasons.is_empty() {
+                refusal.reasons.push(("(none)".into(), "the integration has no flows".into()));
+            }
+            refusal
+        })
+    }
 }
 
 /// The first flow (the named one, else in name order) that admits the request and whose
@@ -812,6 +908,48 @@ mod tests {
         }
         let auto = flow(json!({"approval": {"auto": true}}));
         assert!(auto.approved_by(&requester, &[], &none).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_indexed_set_decides_as_every_flow_read_would() {
+        let flows: Vec<std::sync::Arc<Flow>> = (0..40)
+            .map(|i| {
+                let requesters = match i % 4 {
+                    0 => json!({"groups": [format!("g{i}")]}),
+                    1 => json!({"users": [format!("User{i}@corp.com")]}),
+                    2 => json!({"principals": [format!("arn:aws:iam::123456789012:role/team{i}-*")]}),
+                    _ => json!({"principals": ["arn:aws:sts::123456789012:assumed-role/*"]}),
+                };
+                std::sync::Arc::new(flow(json!({"name": format!("f{i:02}"), "requesters": requesters, "max_duration_seconds": 60 * (i + 1)})))
+            })
+            .collect();
+        let set = FlowSet::new(flows.clone());
+        let all: Vec<&Flow> = flows.iter().map(|f| f.as_ref()).collect();
+        let jane = [person(&["jane@corp.com"], &[])];
+        let none = BTreeSet::new();
+        let access = entries(json!([{"database": "app", "schema": "sales", "table": "orders", "privileges": ["SELECT"]}]));
+        for (names, groups) in [
+            (vec!["arn:aws:sts::123456789012:assumed-role/team6-x/bob"], vec![]),
+            (vec!["user5@corp.com"], vec![]),
+            (vec!["nobody@corp.com"], vec!["g8", "g12"]),
+            (vec!["arn:aws:iam::123456789012:user/zed"], vec![]),
+        ] {
+            let p = person(&names, &groups);
+            for duration in [60, 400, 5000] {
+                let r = Request { duration_seconds: duration, ..request(&p, &access) };
+                let indexed = set.decide(&r, &jane, &none).map(|a| a.flow.name.clone());
+                let read_all = decide(&all, &r, &jane, &none).map(|a| a.flow.name.clone());
+                assert_eq!(indexed.is_ok(), read_all.is_ok(), "{names:?} {duration}");
+                if let (Ok(a), Ok(b)) = (&indexed, &read_all) {
+                    assert_eq!(a, b, "{names:?} {duration}");
+                }
+            }
+        }
+        assert!(set.holds(&flows) && !set.holds(&flows[1..]));
+        let stranger = person(&["eve@corp.com"], &[]);
+        let refused = FlowSet::new(flows[..3].to_vec()).decide(&request(&stranger, &access), &jane, &none).unwrap_err();
+        assert_eq!(refused.reasons.len(), 3, "{refused}");
+        assert!(refused.reasons.iter().all(|(_, why)| why.contains("not one of its requesters")), "{refused}");
     }
 
     #[test]

@@ -26,8 +26,8 @@ pub struct Allowed {
 /// tool is trusted, as before flows), the flow that allows it, or a refusal naming each flow
 /// and what did not fit.
 pub async fn check_approval(svc: &Services, integration: &Integration, approval: &Approval, now: DateTime<Utc>) -> Result<Option<Allowed>, GrantError> {
-    let flows = load(svc, integration, &approval.request_id).await?;
-    if flows.is_empty() {
+    let set = svc.store.flow_set(&integration.name).await.map_err(|e| step(&approval.request_id, "access flows", e.into()))?;
+    if set.flows().is_empty() {
         return Ok(None);
     }
     let request = flow::Request {
@@ -40,7 +40,7 @@ pub async fn check_approval(svc: &Services, integration: &Integration, approval:
         ticket: approval.ticket.as_deref(),
         at: now,
     };
-    decide(svc, integration, &flows.iter().map(|f| f.as_ref()).collect::<Vec<_>>(), request, &approval.requester, &approval.all_approvers(), &approval.request_id).await.map(Some)
+    decide(svc, integration, Flows::Set(&set), request, &approval.requester, &approval.all_approvers(), &approval.request_id).await.map(Some)
 }
 
 /// Checks an extension against the flow that allowed the grant (still there, still allowing
@@ -74,7 +74,7 @@ pub async fn check_extension(svc: &Services, integration: &Integration, record: 
     // The ticket was checked at the grant; an extension keeps it.
     let mut flow = Flow::clone(flow);
     flow.approval.ticket_pattern = None;
-    decide(svc, integration, &[&flow], request, &record.requester, &extension.all_approvers(), &record.request_id).await.map(|_| ())
+    decide(svc, integration, Flows::One(&flow), request, &record.requester, &extension.all_approvers(), &record.request_id).await.map(|_| ())
 }
 
 async fn load(svc: &Services, integration: &Integration, request_id: &str) -> Result<Vec<std::sync::Arc<Flow>>, GrantError> {
@@ -92,10 +92,16 @@ fn step(request_id: &str, step: &'static str, source: StepError) -> GrantError {
 /// names one (the credentials are bound to it), its id as well only where the two are one
 /// person. An approval for "alice" whose `iam_arn` is someone else's session is judged as that
 /// session. Every name counts, though, when telling whether an approver is the requester.
+/// The flows a decision reads: the integration's indexed set, or the one flow of a grant.
+enum Flows<'a> {
+    Set(&'a flow::FlowSet),
+    One(&'a Flow),
+}
+
 async fn decide(
     svc: &Services,
     integration: &Integration,
-    flows: &[&Flow],
+    flows: Flows<'_>,
     mut request: flow::Request<'_>,
     requester: &crate::contract::events::Requester,
     approver_names: &[&str],
@@ -131,13 +137,21 @@ async fn decide(
         }
         approvers.push(approver);
     }
-    let owners = if flows.iter().any(|f| f.approval.approvers.as_ref().is_some_and(|a| a.owners)) {
+    let names_owners = |f: &Flow| f.approval.approvers.as_ref().is_some_and(|a| a.owners);
+    let needs_owners = match &flows {
+        Flows::Set(set) => set.flows().iter().any(|f| names_owners(f)),
+        Flows::One(flow) => names_owners(flow),
+    };
+    let owners = if needs_owners {
         crate::aws::identity::owners(svc, integration).await.map_err(|e| step(request_id, "resource owners", e.into()))?
     } else {
         BTreeSet::new()
     };
     request.requester = &eligible;
-    let allowance = flow::decide(flows, &request, &approvers, &owners)?;
+    let allowance = match flows {
+        Flows::Set(set) => set.decide(&request, &approvers, &owners)?,
+        Flows::One(flow) => flow::decide(&[flow], &request, &approvers, &owners)?,
+    };
     Ok(Allowed {
         flow: allowance.flow.name.clone(),
         mode: allowance.flow.approval.mode(),

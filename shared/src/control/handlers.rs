@@ -137,7 +137,9 @@ pub async fn webhook(
 /// The front door (`requests`): a SigV4-signed call to its Function URL, or a start schedule's
 /// `{"start": REQUEST_ID}`.
 pub async fn requests(svc: &Services, event: LambdaEvent<Value>) -> Result<Value, Error> {
-    crate::control::requests::url::invoke(svc, event.payload, Utc::now()).await.map_err(failure)
+    // Boxed: the front door's future nests the grant path's types deep enough to pass the
+    // compiler's layout depth in the binary's own future.
+    Box::pin(crate::control::requests::url::invoke(svc, event.payload, Utc::now())).await.map_err(failure)
 }
 
 /// JSON logs for CloudWatch: one line per event, level from `RUST_LOG` (default info).

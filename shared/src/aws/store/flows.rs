@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
-/// Flows already checked, by their document's text.
+/// Flows already checked, by their document's text; and each integration's indexed set.
 #[derive(Debug, Clone, Default)]
-pub struct FlowCache(Arc<Mutex<HashMap<String, Arc<Flow>>>>);
+pub struct FlowCache(Arc<Mutex<HashMap<String, Arc<Flow>>>>, Arc<Mutex<HashMap<String, Arc<FlowSet>>>>);
 
 /// More documents than any deployment has flows: past it, the cache starts again.
 const CACHE_MAX: usize = 20_000;
@@ -34,7 +34,7 @@ impl FlowCache {
 use serde::{Deserialize, Serialize};
 
 use super::{dynamo, Store, StoreError};
-use crate::contract::flow::Flow;
+use crate::contract::flow::{Flow, FlowSet};
 
 #[derive(Serialize, Deserialize)]
 struct FlowItem {
@@ -65,6 +65,24 @@ impl Store {
             .await
             .map_err(dynamo("DeleteItem", &self.flows))?;
         Ok(out.attributes.is_some())
+    }
+
+    /// The flows of one integration as an indexed set (read as [`Store::list_flows`] reads them;
+    /// the index is made again only when the flows changed).
+    pub async fn flow_set(&self, integration: &str) -> Result<Arc<FlowSet>, StoreError> {
+        let flows = self.list_flows(Some(integration)).await?;
+        let cached = self.flow_cache.1.lock().ok().and_then(|c| c.get(integration).cloned());
+        if let Some(set) = cached.filter(|set| set.holds(&flows)) {
+            return Ok(set);
+        }
+        let set = Arc::new(FlowSet::new(flows));
+        if let Ok(mut sets) = self.flow_cache.1.lock() {
+            if sets.len() >= CACHE_MAX {
+                sets.clear();
+            }
+            sets.insert(integration.to_owned(), set.clone());
+        }
+        Ok(set)
     }
 
     /// Every flow, or those of one integration, in name order. A consistent read: a flow just

@@ -176,8 +176,8 @@ async fn create(svc: &Services, me: &Me<'_>, mut new: NewRequest, now: DateTime<
     if let Some(existing) = svc.store.get_request(&request_id).await? {
         return same_request(svc, existing, &new, now).await;
     }
-    let flows = flows_of(svc, &integration.name).await?;
-    if flows.is_empty() {
+    let set = svc.store.flow_set(&integration.name).await?;
+    if set.flows().is_empty() {
         return Err(RequestError::Forbidden(format!(
             "integration {:?} has no access flows, so pgjit cannot decide who approves: ask its operator for one (pgjit flow put)",
             integration.name
@@ -197,7 +197,7 @@ async fn create(svc: &Services, me: &Me<'_>, mut new: NewRequest, now: DateTime<
         ticket: new.ticket.as_deref(),
         at: start.unwrap_or(now),
     };
-    let chosen = flow::admitting(&flows.iter().map(|f| f.as_ref()).collect::<Vec<_>>(), &request)?;
+    let chosen = set.admitting(&request)?;
     let requester = Requester { id: me.caller.id(), iam_arn: Some(me.caller.arn.clone()) };
     let mut record = RequestRecord {
         request_id: request_id.clone(),
