@@ -88,61 +88,85 @@ async fn run_under_runtime_api(binary: &str, envs: &[(String, String)], events: 
         .spawn()
         .expect("start the audit binary");
     let total = events.len();
-    let mut pending = events.into_iter().enumerate();
-    let mut results = Vec::new();
-    let work = async {
-        while results.len() < total {
-            let (stream, _) = listener.accept().await.unwrap();
-            let mut stream = BufReader::new(stream);
-            // One connection carries many requests (keep-alive).
+    // Each connection is served on its own task: the runtime's client may open a second one
+    // (to post a response) while the first is still open, and a server that reads one
+    // connection at a time would wait on the first forever.
+    let pending = std::sync::Arc::new(std::sync::Mutex::new(events.into_iter().enumerate()));
+    let results = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let done = std::sync::Arc::new(tokio::sync::Notify::new());
+    let accept = {
+        let (pending, results, done) = (pending.clone(), results.clone(), done.clone());
+        tokio::spawn(async move {
             loop {
-                let mut request_line = String::new();
-                if stream.read_line(&mut request_line).await.unwrap_or(0) == 0 {
-                    break;
-                }
-                let mut length = 0usize;
-                loop {
-                    let mut header = String::new();
-                    stream.read_line(&mut header).await.unwrap();
-                    if header.trim().is_empty() {
-                        break;
-                    }
-                    if let Some((name, value)) = header.split_once(':') {
-                        if name.eq_ignore_ascii_case("content-length") {
-                            length = value.trim().parse().unwrap();
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (pending, results, done) = (pending.clone(), results.clone(), done.clone());
+                tokio::spawn(async move {
+                    let mut stream = BufReader::new(stream);
+                    // One connection carries many requests (keep-alive).
+                    loop {
+                        let mut request_line = String::new();
+                        if stream.read_line(&mut request_line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut length = 0usize;
+                        loop {
+                            let mut header = String::new();
+                            if stream.read_line(&mut header).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if header.trim().is_empty() {
+                                break;
+                            }
+                            if let Some((name, value)) = header.split_once(':') {
+                                if name.eq_ignore_ascii_case("content-length") {
+                                    length = value.trim().parse().unwrap_or(0);
+                                }
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        if stream.read_exact(&mut body).await.is_err() {
+                            return;
+                        }
+                        let path = request_line.split_whitespace().nth(1).unwrap_or("").to_owned();
+                        if path.ends_with("/invocation/next") {
+                            let next = pending.lock().unwrap().next();
+                            let Some((i, event)) = next else {
+                                // Nothing more to serve: hold the function until it is killed.
+                                futures_util::future::pending::<()>().await;
+                                unreachable!()
+                            };
+                            let body = event.to_string();
+                            let deadline = chrono::Utc::now().timestamp_millis() + 60_000;
+                            let head = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nLambda-Runtime-Aws-Request-Id: req-{i}\r\nLambda-Runtime-Deadline-Ms: {deadline}\r\n\
+                                 Lambda-Runtime-Invoked-Function-Arn: arn:aws:lambda:us-east-1:123456789012:function:audit\r\nContent-Length: {}\r\n\r\n",
+                                body.len()
+                            );
+                            if stream.get_mut().write_all(head.as_bytes()).await.is_err() || stream.get_mut().write_all(body.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        } else {
+                            let kind = if path.ends_with("/error") { "error" } else { "response" };
+                            let count = {
+                                let mut results = results.lock().unwrap();
+                                results.push((kind.to_owned(), serde_json::from_slice(&body).unwrap_or(Value::Null)));
+                                results.len()
+                            };
+                            let _ = stream.get_mut().write_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n").await;
+                            if count == total {
+                                done.notify_one();
+                            }
                         }
                     }
-                }
-                let mut body = vec![0; length];
-                stream.read_exact(&mut body).await.unwrap();
-                let path = request_line.split_whitespace().nth(1).unwrap_or("").to_owned();
-                if path.ends_with("/invocation/next") {
-                    let Some((i, event)) = pending.next() else {
-                        // Nothing more to serve: hold the function until it is killed.
-                        futures_util::future::pending::<()>().await;
-                        unreachable!()
-                    };
-                    let body = event.to_string();
-                    let deadline = chrono::Utc::now().timestamp_millis() + 60_000;
-                    let head = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nLambda-Runtime-Aws-Request-Id: req-{i}\r\nLambda-Runtime-Deadline-Ms: {deadline}\r\n\
-                         Lambda-Runtime-Invoked-Function-Arn: arn:aws:lambda:us-east-1:123456789012:function:audit\r\nContent-Length: {}\r\n\r\n",
-                        body.len()
-                    );
-                    stream.get_mut().write_all(head.as_bytes()).await.unwrap();
-                    stream.get_mut().write_all(body.as_bytes()).await.unwrap();
-                } else {
-                    let kind = if path.ends_with("/error") { "error" } else { "response" };
-                    results.push((kind.to_owned(), serde_json::from_slice(&body).unwrap_or(Value::Null)));
-                    stream.get_mut().write_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n").await.unwrap();
-                    if results.len() == total {
-                        break;
-                    }
-                }
+                });
             }
-        }
+        })
     };
-    tokio::time::timeout(std::time::Duration::from_secs(60), work).await.expect("the audit binary answered every event");
+    if total > 0 {
+        tokio::time::timeout(std::time::Duration::from_secs(120), done.notified()).await.expect("the audit binary answered every event");
+    }
+    accept.abort();
+    let results: Vec<(String, Value)> = std::mem::take(&mut *results.lock().unwrap());
     let _ = child.start_kill();
     let output = child.wait_with_output().await.expect("the audit binary's output");
     let log = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
