@@ -199,6 +199,23 @@ impl Person {
         Ok(())
     }
 
+    /// This person known also by everything `other` (the same person, resolved apart) carries.
+    pub fn joined(mut self, other: &Person) -> Person {
+        for name in &other.user_names {
+            push_new(&mut self.user_names, name);
+        }
+        for arn in &other.arns {
+            push_new(&mut self.arns, arn);
+        }
+        self.groups.extend(other.groups.iter().cloned());
+        self.extra_keys.extend(other.extra_keys.iter().cloned());
+        self.identity_center_sessions.extend(other.identity_center_sessions.iter().cloned());
+        if self.user_id.is_none() {
+            self.user_id.clone_from(&other.user_id);
+        }
+        self
+    }
+
     /// Takes back the user name a session of `role` in `account` gave: the role is not one of
     /// Identity Center's (or cannot be shown to be). The session stays a plain role session.
     pub fn not_identity_center(&mut self, account: &str, role: &str) {
@@ -317,6 +334,8 @@ mod tests {
         let ops = Person::named(&["arn:aws:sts::123456789012:assumed-role/ops/jane@corp.com"]).unwrap();
         assert!(ops.same_as(&jane), "a role session named like a user is taken as that user, to be safe");
         assert!(ops.user_names.is_empty(), "but its session name never matches a flow's users");
+        let joined = Person::named(&[SSO]).unwrap().joined(&john);
+        assert!(joined.same_as(&john) && joined.same_as(&jane) && joined.has_user_name("john.doe@corp.com"), "one person under both sets of names");
         let mut resolved = Person::named(&["j.doe"]).unwrap();
         resolved.user_id = Some("u-1".into());
         let mut by_mail = Person::named(&["jane.doe@corp.com"]).unwrap();

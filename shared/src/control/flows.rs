@@ -108,26 +108,25 @@ async fn decide(
     request_id: &str,
 ) -> Result<Allowed, GrantError> {
     let policy = |field: &str, why: String| GrantError::Policy(format!("{field}: {why}"));
-    let resolve = |person: Person| async {
-        let mut person = person;
-        let mut groups: HashMap<String, String> = HashMap::new();
-        crate::aws::identity::resolve(svc, &mut person, &mut groups).await.map(|()| person)
+    // One group-name cache for everyone resolved here: a group is described once.
+    let mut groups: HashMap<String, String> = HashMap::new();
+    let mut resolve = async |names: &[&str], field: &str| -> Result<Person, GrantError> {
+        let mut person = Person::named(names).map_err(|why| policy(field, why))?;
+        crate::aws::identity::resolve(svc, &mut person, &mut groups).await.map_err(|e| step(request_id, "identity store", e.into()))?;
+        Ok(person)
     };
-    let by_id = resolve(Person::named(&[requester.id.as_str()]).map_err(|why| policy("requester.id", why))?).await.map_err(|e| step(request_id, "identity store", e.into()))?;
+    let by_id = resolve(&[requester.id.as_str()], "requester.id").await?;
     let eligible = match requester.iam_arn.as_deref() {
         None => by_id.clone(),
         Some(arn) => {
-            let by_arn = resolve(Person::named(&[arn]).map_err(|why| policy("requester.iam_arn", why))?).await.map_err(|e| step(request_id, "identity store", e.into()))?;
-            if by_arn.same_as(&by_id) {
-                resolve(Person::named(&[requester.id.as_str(), arn]).map_err(|why| policy("requester", why))?).await.map_err(|e| step(request_id, "identity store", e.into()))?
-            } else {
-                by_arn
-            }
+            let by_arn = resolve(&[arn], "requester.iam_arn").await?;
+            // One person under both names: known by both, without asking again.
+            if by_arn.same_as(&by_id) { by_arn.joined(&by_id) } else { by_arn }
         }
     };
     let mut approvers = Vec::with_capacity(approver_names.len());
     for name in approver_names {
-        let approver = resolve(Person::named(&[name]).map_err(|why| policy("approver", why))?).await.map_err(|e| step(request_id, "identity store", e.into()))?;
+        let approver = resolve(&[name], "approver").await?;
         // The requester under any of the names the approval gives it.
         if approver.same_as(&by_id) || approver.same_as(&eligible) {
             return Err(GrantError::NotInFlow(Refusal {
