@@ -15,7 +15,11 @@ use serde_json::{json, Value};
 mod front_door;
 
 #[derive(Parser)]
-#[command(name = "pgjit", version, about = "Just-in-time PostgreSQL access: operator commands")]
+#[command(
+    name = "pgjit",
+    version,
+    about = "Just-in-time PostgreSQL access: operator commands"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -277,7 +281,10 @@ enum IntegrationCommand {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
     }
     match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -297,21 +304,54 @@ fn chain<E: std::error::Error + 'static>(e: E) -> String {
 /// Text a database user wrote, safe for a terminal: control characters (carriage returns,
 /// escape sequences) are shown escaped, so nothing can redraw or hide what is printed.
 fn printable(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() && c != '\n' { c.escape_default().to_string() } else { c.to_string() }).collect()
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// A grant and what its user did, for a person to read.
-fn print_sessions(g: &pgjit::aws::store::GrantRecord, sessions: &[pgjit::control::sessions::view::Session]) {
+fn print_sessions(
+    g: &pgjit::aws::store::GrantRecord,
+    sessions: &[pgjit::control::sessions::view::Session],
+) {
     let time = |t: &DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
-    println!("{} {} {} as {} on {}", g.request_id, g.status.as_str(), g.requester.id, g.db_user, g.integration);
-    println!("  approved by {}: {}", g.approver, g.reason.as_deref().unwrap_or("no reason given"));
-    let access: Vec<String> = g.access.iter().map(|a| serde_json::to_string(a).unwrap_or_default()).collect();
+    println!(
+        "{} {} {} as {} on {}",
+        g.request_id,
+        g.status.as_str(),
+        g.requester.id,
+        g.db_user,
+        g.integration
+    );
+    println!(
+        "  approved by {}: {}",
+        g.approver,
+        g.reason.as_deref().unwrap_or("no reason given")
+    );
+    let access: Vec<String> = g
+        .access
+        .iter()
+        .map(|a| serde_json::to_string(a).unwrap_or_default())
+        .collect();
     println!("  access: {}", access.join(" "));
-    let ended = g.revoked_at.map(|t| format!("revoked {}", time(&t))).unwrap_or_else(|| format!("expires {}", time(&g.expires_at)));
+    let ended = g
+        .revoked_at
+        .map(|t| format!("revoked {}", time(&t)))
+        .unwrap_or_else(|| format!("expires {}", time(&g.expires_at)));
     println!("  granted {}, {}", time(&g.created_at), ended);
     match &g.session_audit {
-        Some(pgjit::engine::roles::grant::SessionAudit::On { classes }) => println!("  session audit: {classes}"),
-        Some(pgjit::engine::roles::grant::SessionAudit::Off { reason }) => println!("  session audit: off ({reason})"),
+        Some(pgjit::engine::roles::grant::SessionAudit::On { classes }) => {
+            println!("  session audit: {classes}")
+        }
+        Some(pgjit::engine::roles::grant::SessionAudit::Off { reason }) => {
+            println!("  session audit: off ({reason})")
+        }
         None => println!("  session audit: not enabled for {}", g.integration),
     }
     if sessions.is_empty() {
@@ -319,17 +359,46 @@ fn print_sessions(g: &pgjit::aws::store::GrantRecord, sessions: &[pgjit::control
     }
     for s in sessions {
         let from = s.client.as_deref().unwrap_or("?");
-        let start = s.connected_at.as_ref().map(time).unwrap_or_else(|| "(connection not in the log)".into());
-        let end = s.disconnected_at.as_ref().map(time).unwrap_or_else(|| "(still open, or not in the log)".into());
-        println!("\nsession {} from {} to {}: {} to {}", s.session.map(|p| p.to_string()).unwrap_or_else(|| "?".into()), from, s.database.as_deref().unwrap_or("?"), start, end);
+        let start = s
+            .connected_at
+            .as_ref()
+            .map(time)
+            .unwrap_or_else(|| "(connection not in the log)".into());
+        let end = s
+            .disconnected_at
+            .as_ref()
+            .map(time)
+            .unwrap_or_else(|| "(still open, or not in the log)".into());
+        println!(
+            "\nsession {} from {} to {}: {} to {}",
+            s.session
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "?".into()),
+            from,
+            s.database.as_deref().unwrap_or("?"),
+            start,
+            end
+        );
         for d in &s.details {
             println!("  {}", printable(d));
         }
         for e in &s.statements {
-            let object = e.object.as_deref().map(|o| format!(" {o}")).unwrap_or_default();
-            let cut = e.statement_bytes.map(|n| format!(" [cut from {n} bytes]")).unwrap_or_default();
-            let statement = printable(e.statement.as_deref().unwrap_or("")).replace('\n', "\n      ");
-            let suspect = e.suspect.as_deref().map(|why| format!(" [SUSPECT: {why}]")).unwrap_or_default();
+            let object = e
+                .object
+                .as_deref()
+                .map(|o| format!(" {o}"))
+                .unwrap_or_default();
+            let cut = e
+                .statement_bytes
+                .map(|n| format!(" [cut from {n} bytes]"))
+                .unwrap_or_default();
+            let statement =
+                printable(e.statement.as_deref().unwrap_or("")).replace('\n', "\n      ");
+            let suspect = e
+                .suspect
+                .as_deref()
+                .map(|why| format!(" [SUSPECT: {why}]"))
+                .unwrap_or_default();
             println!(
                 "  {} {} {}{}{}{}\n      {}",
                 e.at.format("%H:%M:%S"),
@@ -348,7 +417,10 @@ fn print_sessions(g: &pgjit::aws::store::GrantRecord, sessions: &[pgjit::control
 async fn front_door_out(body: Value, json: bool) -> Outcome {
     let svc = services().await?;
     let requests = front_door::call(&svc, body).await?;
-    let request = requests.into_iter().next().ok_or("the front door answered with no request")?;
+    let request = requests
+        .into_iter()
+        .next()
+        .ok_or("the front door answered with no request")?;
     if json {
         return print_json(&request);
     }
@@ -382,30 +454,75 @@ fn read_json(path: &str) -> Result<Value, String> {
 
 async fn run(command: Command) -> Outcome {
     match command {
-        Command::SetupSql { flavor, admin_user, holding_role, grantable_roles, user_prefix } => {
-            let options = pgjit::engine::setup::SetupOptions { grantable_roles, user_prefix };
-            print!("{}", pgjit::engine::setup::setup_sql(flavor, &admin_user, &holding_role, &options)?);
+        Command::SetupSql {
+            flavor,
+            admin_user,
+            holding_role,
+            grantable_roles,
+            user_prefix,
+        } => {
+            let options = pgjit::engine::setup::SetupOptions {
+                grantable_roles,
+                user_prefix,
+            };
+            print!(
+                "{}",
+                pgjit::engine::setup::setup_sql(flavor, &admin_user, &holding_role, &options)?
+            );
             Ok(())
         }
         Command::Bootstrap => {
             let svc = services().await?;
             let created = svc.store.create_tables().await.map_err(chain)?;
-            let group = pgjit::aws::schedule::ensure_group(&svc).await.map_err(chain)?;
-            println!("tables created: {}", if created.is_empty() { "none (all exist)".to_owned() } else { created.join(", ") });
-            println!("schedule group {:?}: {}", svc.config.schedule_group, if group { "created" } else { "exists" });
-            let key = pgjit::aws::approval_mac::ensure_key(&svc).await.map_err(chain)?;
-            println!("approvals key {:?}: {}", svc.config.approvals_key_id, if key { "created" } else { "exists" });
+            let group = pgjit::aws::schedule::ensure_group(&svc)
+                .await
+                .map_err(chain)?;
+            println!(
+                "tables created: {}",
+                if created.is_empty() {
+                    "none (all exist)".to_owned()
+                } else {
+                    created.join(", ")
+                }
+            );
+            println!(
+                "schedule group {:?}: {}",
+                svc.config.schedule_group,
+                if group { "created" } else { "exists" }
+            );
+            let key = pgjit::aws::approval_mac::ensure_key(&svc)
+                .await
+                .map_err(chain)?;
+            println!(
+                "approvals key {:?}: {}",
+                svc.config.approvals_key_id,
+                if key { "created" } else { "exists" }
+            );
             Ok(())
         }
-        Command::Integration { command: IntegrationCommand::Put { file } } => {
-            let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {file}: {e}"))?;
-            let integration = pgjit::contract::integration::Integration::from_json(&text).map_err(chain)?;
+        Command::Integration {
+            command: IntegrationCommand::Put { file },
+        } => {
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| format!("cannot read {file}: {e}"))?;
+            let integration =
+                pgjit::contract::integration::Integration::from_json(&text).map_err(chain)?;
             let svc = services().await?;
-            svc.store.put_integration(&integration).await.map_err(chain)?;
-            println!("integration {:?} stored ({} at {})", integration.name, integration.kind, integration.host.as_deref().unwrap_or("its RDS endpoint"));
+            svc.store
+                .put_integration(&integration)
+                .await
+                .map_err(chain)?;
+            println!(
+                "integration {:?} stored ({} at {})",
+                integration.name,
+                integration.kind,
+                integration.host.as_deref().unwrap_or("its RDS endpoint")
+            );
             Ok(())
         }
-        Command::Integration { command: IntegrationCommand::List { json } } => {
+        Command::Integration {
+            command: IntegrationCommand::List { json },
+        } => {
             let svc = services().await?;
             let list = svc.store.list_integrations().await.map_err(chain)?;
             if json {
@@ -413,15 +530,40 @@ async fn run(command: Command) -> Outcome {
             }
             for i in &list {
                 let discovered = match &i.discovery {
-                    Some(d) if d.error.is_some() => format!("discovery failed {}", d.at.format("%Y-%m-%d %H:%M")),
+                    Some(d) if d.error.is_some() => {
+                        format!("discovery failed {}", d.at.format("%Y-%m-%d %H:%M"))
+                    }
                     Some(d) => format!("{} objects, {}", d.objects, d.at.format("%Y-%m-%d %H:%M")),
                     None => "not discovered yet".into(),
                 };
-                println!("{:<24} {:<9} {:<30} {:<9} max {}s  {}", i.name, i.kind.as_str(), i.host.as_deref().unwrap_or("-"), format!("{:?}", i.access_mode).to_lowercase(), i.max_duration_seconds, discovered);
+                println!(
+                    "{:<24} {:<9} {:<30} {:<9} max {}s  {}",
+                    i.name,
+                    i.kind.as_str(),
+                    i.host.as_deref().unwrap_or("-"),
+                    format!("{:?}", i.access_mode).to_lowercase(),
+                    i.max_duration_seconds,
+                    discovered
+                );
             }
             Ok(())
         }
-        Command::Request { integration, flow, database, table, schema, role, privileges, access, duration, reason, ticket, start_at, client_token, json } => {
+        Command::Request {
+            integration,
+            flow,
+            database,
+            table,
+            schema,
+            role,
+            privileges,
+            access,
+            duration,
+            reason,
+            ticket,
+            start_at,
+            client_token,
+            json,
+        } => {
             let duration_seconds = pgjit::contract::events::parse_duration(&duration)?;
             let access = match access {
                 Some(file) => read_json(&file)?,
@@ -432,7 +574,9 @@ async fn run(command: Command) -> Outcome {
                     }
                     match (table, schema, role) {
                         (Some(t), _, _) => {
-                            let (s, t) = t.split_once('.').ok_or_else(|| format!("--table {t:?}: write SCHEMA.TABLE"))?;
+                            let (s, t) = t
+                                .split_once('.')
+                                .ok_or_else(|| format!("--table {t:?}: write SCHEMA.TABLE"))?;
                             entry.insert("schema".into(), json!(s));
                             entry.insert("table".into(), json!(t));
                         }
@@ -450,19 +594,47 @@ async fn run(command: Command) -> Outcome {
                     json!([entry])
                 }
             };
-            let token = client_token.unwrap_or_else(|| format!("cli-{}", Utc::now().timestamp_nanos_opt().unwrap_or_default()));
+            let token = client_token.unwrap_or_else(|| {
+                format!(
+                    "cli-{}",
+                    Utc::now().timestamp_nanos_opt().unwrap_or_default()
+                )
+            });
             let mut body = json!({"action": "create", "client_token": token, "integration": integration, "access": access, "duration_seconds": duration_seconds});
-            for (field, value) in [("flow", flow), ("reason", reason), ("ticket", ticket), ("start_at", start_at)] {
+            for (field, value) in [
+                ("flow", flow),
+                ("reason", reason),
+                ("ticket", ticket),
+                ("start_at", start_at),
+            ] {
                 if let Some(v) = value {
                     body[field] = json!(v);
                 }
             }
             front_door_out(body, json).await
         }
-        Command::Approve { request_id, json } => front_door_out(json!({"action": "approve", "request_id": request_id}), json).await,
-        Command::Deny { request_id, reason, json } => front_door_out(json!({"action": "deny", "request_id": request_id, "reason": reason}), json).await,
-        Command::Cancel { request_id, json } => front_door_out(json!({"action": "cancel", "request_id": request_id}), json).await,
-        Command::Requests { mine: _, to_approve, json } => {
+        Command::Approve { request_id, json } => {
+            front_door_out(json!({"action": "approve", "request_id": request_id}), json).await
+        }
+        Command::Deny {
+            request_id,
+            reason,
+            json,
+        } => {
+            front_door_out(
+                json!({"action": "deny", "request_id": request_id, "reason": reason}),
+                json,
+            )
+            .await
+        }
+        Command::Cancel { request_id, json } => {
+            front_door_out(json!({"action": "cancel", "request_id": request_id}), json).await
+        }
+        Command::Requests {
+            mine: _,
+            to_approve,
+            json,
+        } => {
             let svc = services().await?;
             let filter = if to_approve { "to_approve" } else { "mine" };
             let list = front_door::call(&svc, json!({"action": "list", "filter": filter})).await?;
@@ -477,26 +649,48 @@ async fn run(command: Command) -> Outcome {
             }
             Ok(())
         }
-        Command::Flow { command: FlowCommand::Put { file } } => {
-            let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {file}: {e}"))?;
+        Command::Flow {
+            command: FlowCommand::Put { file },
+        } => {
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| format!("cannot read {file}: {e}"))?;
             let flow = pgjit::contract::flow::Flow::from_json(&text).map_err(chain)?;
             let svc = services().await?;
             svc.store.put_flow(&flow).await.map_err(chain)?;
-            println!("flow {:?} stored: {} on {}", flow.name, describe_mode(&flow), flow.integrations.join(", "));
+            println!(
+                "flow {:?} stored: {} on {}",
+                flow.name,
+                describe_mode(&flow),
+                flow.integrations.join(", ")
+            );
             Ok(())
         }
-        Command::Flow { command: FlowCommand::List { integration, json } } => {
+        Command::Flow {
+            command: FlowCommand::List { integration, json },
+        } => {
             let svc = services().await?;
-            let flows = svc.store.list_flows(integration.as_deref()).await.map_err(chain)?;
+            let flows = svc
+                .store
+                .list_flows(integration.as_deref())
+                .await
+                .map_err(chain)?;
             if json {
                 return print_json(&flows);
             }
             for f in &flows {
-                println!("{:<24} {:<28} max {}s  on {}", f.name, describe_mode(f), f.max_duration_seconds, f.integrations.join(","));
+                println!(
+                    "{:<24} {:<28} max {}s  on {}",
+                    f.name,
+                    describe_mode(f),
+                    f.max_duration_seconds,
+                    f.integrations.join(",")
+                );
             }
             Ok(())
         }
-        Command::Flow { command: FlowCommand::Delete { name } } => {
+        Command::Flow {
+            command: FlowCommand::Delete { name },
+        } => {
             let svc = services().await?;
             if !svc.store.delete_flow(&name).await.map_err(chain)? {
                 return Err(format!("no flow {name:?}"));
@@ -504,30 +698,64 @@ async fn run(command: Command) -> Outcome {
             println!("flow {name:?} removed");
             Ok(())
         }
-        Command::Review { request_id, note, json } => {
+        Command::Review {
+            request_id,
+            note,
+            json,
+        } => {
             let svc = services().await?;
-            let me = svc.sts.get_caller_identity().send().await.map_err(|e| chain(pgjit::aws::AwsError::new("sts:GetCallerIdentity", e)))?;
-            let reviewer = me.arn().ok_or("sts:GetCallerIdentity named no ARN")?.to_owned();
-            let record = pgjit::control::flows::review(&svc, &request_id, &reviewer, note, Utc::now()).await.map_err(chain)?;
+            let me = svc
+                .sts
+                .get_caller_identity()
+                .send()
+                .await
+                .map_err(|e| chain(pgjit::aws::AwsError::new("sts:GetCallerIdentity", e)))?;
+            let reviewer = me
+                .arn()
+                .ok_or("sts:GetCallerIdentity named no ARN")?
+                .to_owned();
+            let record =
+                pgjit::control::flows::review(&svc, &request_id, &reviewer, note, Utc::now())
+                    .await
+                    .map_err(chain)?;
             if json {
                 return print_json(&record);
             }
-            println!("break-glass grant {request_id} reviewed by {} at {}", record.reviewed_by.as_deref().unwrap_or("?"), record.reviewed_at.map(|t| t.to_rfc3339()).unwrap_or_default());
+            println!(
+                "break-glass grant {request_id} reviewed by {} at {}",
+                record.reviewed_by.as_deref().unwrap_or("?"),
+                record
+                    .reviewed_at
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_default()
+            );
             Ok(())
         }
         Command::SignApproval { file } => {
             let mut event = read_json(&file)?;
             let svc = services().await?;
-            pgjit::aws::approval_mac::sign(&svc, &mut event).await.map_err(chain)?;
+            pgjit::aws::approval_mac::sign(&svc, &mut event)
+                .await
+                .map_err(chain)?;
             print_json(&event)
         }
         Command::Grant { event, json } => {
             let mut payload = read_json(&event)?;
             let svc = services().await?;
-            if payload.get("detail").is_some_and(|d| d.get(pgjit::aws::approval_mac::MAC_FIELD).is_none()) {
-                pgjit::aws::approval_mac::sign(&svc, &mut payload).await.map_err(chain)?;
+            if payload
+                .get("detail")
+                .is_some_and(|d| d.get(pgjit::aws::approval_mac::MAC_FIELD).is_none())
+            {
+                pgjit::aws::approval_mac::sign(&svc, &mut payload)
+                    .await
+                    .map_err(chain)?;
             }
-            let result = pgjit::control::handlers::grant(&svc, LambdaEvent::new(payload, Context::default())).await.map_err(|e| e.to_string())?;
+            let result = pgjit::control::handlers::grant(
+                &svc,
+                LambdaEvent::new(payload, Context::default()),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             if json {
                 return print_json(&json!({
                     "request_id": result.request_id, "status": result.status, "db_user": result.db_user,
@@ -538,23 +766,53 @@ async fn run(command: Command) -> Outcome {
                 Some(arn) => format!("credentials in {arn}"),
                 None => "log in with an RDS IAM auth token".into(),
             };
-            let again = if result.repeated { " (already granted: nothing changed)" } else { "" };
-            println!("{}: {} as {} until {}; {how}{again}", result.request_id, result.status, result.db_user, result.expires_at.format("%Y-%m-%d %H:%M:%S UTC"));
+            let again = if result.repeated {
+                " (already granted: nothing changed)"
+            } else {
+                ""
+            };
+            println!(
+                "{}: {} as {} until {}; {how}{again}",
+                result.request_id,
+                result.status,
+                result.db_user,
+                result.expires_at.format("%Y-%m-%d %H:%M:%S UTC")
+            );
             Ok(())
         }
         Command::Revoke { request_id, json } => {
             let svc = services().await?;
             // An operator with pgjit's rights revokes directly, as revoke-all does (the MAC is
             // for what reaches the functions; the operator needs no VerifyMac).
-            let result = pgjit::control::grants::revoke::revoke(&svc, &request_id, pgjit::contract::events::RevokeTrigger::Early, Utc::now()).await.map_err(chain)?;
+            let result = pgjit::control::grants::revoke::revoke(
+                &svc,
+                &request_id,
+                pgjit::contract::events::RevokeTrigger::Early,
+                Utc::now(),
+            )
+            .await
+            .map_err(chain)?;
             if json {
                 return print_json(&result);
             }
-            let note = if result.repeated { " (nothing left to do)".to_owned() } else { format!(", {} session(s) ended", result.sessions_ended) };
-            println!("{}: {} ({}){note}", result.request_id, result.status, result.db_user);
+            let note = if result.repeated {
+                " (nothing left to do)".to_owned()
+            } else {
+                format!(", {} session(s) ended", result.sessions_ended)
+            };
+            println!(
+                "{}: {} ({}){note}",
+                result.request_id, result.status, result.db_user
+            );
             Ok(())
         }
-        Command::Extend { request_id, duration, approver, reason, json } => {
+        Command::Extend {
+            request_id,
+            duration,
+            approver,
+            reason,
+            json,
+        } => {
             let duration_seconds = pgjit::contract::events::parse_duration(&duration)?;
             let svc = services().await?;
             let now = Utc::now();
@@ -566,28 +824,48 @@ async fn run(command: Command) -> Outcome {
                 reason,
                 sent_at: Some(now),
                 // Each run of the command is an extension of its own.
-                event_id: Some(format!("cli-{}", now.timestamp_nanos_opt().unwrap_or_default())),
+                event_id: Some(format!(
+                    "cli-{}",
+                    now.timestamp_nanos_opt().unwrap_or_default()
+                )),
                 signed_at: None,
             };
-            let result = pgjit::control::extension::extend(&svc, &extension, now).await.map_err(chain)?;
+            let result = pgjit::control::extension::extend(&svc, &extension, now)
+                .await
+                .map_err(chain)?;
             if json {
                 return print_json(&result);
             }
-            println!("{}: {} ({}) until {}", result.request_id, result.status, result.db_user, result.expires_at.format("%Y-%m-%d %H:%M:%S UTC"));
+            println!(
+                "{}: {} ({}) until {}",
+                result.request_id,
+                result.status,
+                result.db_user,
+                result.expires_at.format("%Y-%m-%d %H:%M:%S UTC")
+            );
             Ok(())
         }
-        Command::RevokeAll { integration, yes, json } => {
+        Command::RevokeAll {
+            integration,
+            yes,
+            json,
+        } => {
             if !yes {
                 return Err(format!("revoke-all ends every temporary access to {integration:?}: run it again with --yes"));
             }
             let svc = services().await?;
-            let results = pgjit::control::grants::revoke::revoke_all(&svc, &integration, Utc::now()).await.map_err(chain)?;
+            let results =
+                pgjit::control::grants::revoke::revoke_all(&svc, &integration, Utc::now())
+                    .await
+                    .map_err(chain)?;
             let failed = results.iter().filter(|(_, r)| r.is_err()).count();
             if json {
                 let rows: Vec<Value> = results
                     .iter()
                     .map(|(id, r)| match r {
-                        Ok(r) => json!({"request_id": id, "status": r.status, "db_user": r.db_user}),
+                        Ok(r) => {
+                            json!({"request_id": id, "status": r.status, "db_user": r.db_user})
+                        }
                         Err(e) => json!({"request_id": id, "error": e}),
                     })
                     .collect();
@@ -599,14 +877,23 @@ async fn run(command: Command) -> Outcome {
                         Err(e) => println!("{id}: FAILED: {e}"),
                     }
                 }
-                println!("{} grant(s) revoked on {integration}, {failed} failed", results.len() - failed);
+                println!(
+                    "{} grant(s) revoked on {integration}, {failed} failed",
+                    results.len() - failed
+                );
             }
             if failed > 0 {
-                return Err(format!("{failed} revoke(s) failed; run revoke-all again or see the errors above"));
+                return Err(format!(
+                    "{failed} revoke(s) failed; run revoke-all again or see the errors above"
+                ));
             }
             Ok(())
         }
-        Command::Audit { integration, database, json } => {
+        Command::Audit {
+            integration,
+            database,
+            json,
+        } => {
             let svc = services().await?;
             let mut list: Vec<_> = svc
                 .store
@@ -615,13 +902,22 @@ async fn run(command: Command) -> Outcome {
                 .map_err(chain)?
                 .into_iter()
                 .filter(|g| integration.as_ref().is_none_or(|i| &g.integration == i))
-                .filter(|g| database.as_ref().is_none_or(|d| g.access.iter().any(|a| &a.database == d)))
+                .filter(|g| {
+                    database
+                        .as_ref()
+                        .is_none_or(|d| g.access.iter().any(|a| &a.database == d))
+                })
                 .collect();
             list.sort_by(|a, b| b.created_at.cmp(&a.created_at));
             let mut audited = Vec::with_capacity(list.len());
             for g in &list {
                 audited.push(match &g.session_audit {
-                    Some(pgjit::engine::roles::grant::SessionAudit::On { .. }) => Some(svc.store.audited_statement_count(&g.request_id).await.map_err(chain)?),
+                    Some(pgjit::engine::roles::grant::SessionAudit::On { .. }) => Some(
+                        svc.store
+                            .audited_statement_count(&g.request_id)
+                            .await
+                            .map_err(chain)?,
+                    ),
                     _ => None,
                 });
             }
@@ -638,11 +934,22 @@ async fn run(command: Command) -> Outcome {
                 return print_json(&rows);
             }
             for (g, audited) in list.iter().zip(&audited) {
-                let until = g.revoked_at.map(|t| format!("revoked {}", t.format("%Y-%m-%d %H:%M"))).unwrap_or_else(|| format!("until {}", g.expires_at.format("%Y-%m-%d %H:%M")));
-                let access: Vec<String> = g.access.iter().map(|a| serde_json::to_string(a).unwrap_or_default()).collect();
+                let until = g
+                    .revoked_at
+                    .map(|t| format!("revoked {}", t.format("%Y-%m-%d %H:%M")))
+                    .unwrap_or_else(|| format!("until {}", g.expires_at.format("%Y-%m-%d %H:%M")));
+                let access: Vec<String> = g
+                    .access
+                    .iter()
+                    .map(|a| serde_json::to_string(a).unwrap_or_default())
+                    .collect();
                 let session_audit = match (&g.session_audit, audited) {
-                    (Some(pgjit::engine::roles::grant::SessionAudit::On { .. }), Some(n)) => format!(", {n} audited statements"),
-                    (Some(pgjit::engine::roles::grant::SessionAudit::Off { reason }), _) => format!(", session audit off: {reason}"),
+                    (Some(pgjit::engine::roles::grant::SessionAudit::On { .. }), Some(n)) => {
+                        format!(", {n} audited statements")
+                    }
+                    (Some(pgjit::engine::roles::grant::SessionAudit::Off { reason }), _) => {
+                        format!(", session audit off: {reason}")
+                    }
                     _ => String::new(),
                 };
                 println!(
@@ -656,7 +963,10 @@ async fn run(command: Command) -> Outcome {
                     g.created_at.format("%Y-%m-%d %H:%M"),
                     until,
                     g.reason.as_deref().unwrap_or("no reason given"),
-                    g.failure.as_deref().map(|f| format!(" failed: {f}")).unwrap_or_default(),
+                    g.failure
+                        .as_deref()
+                        .map(|f| format!(" failed: {f}"))
+                        .unwrap_or_default(),
                     session_audit,
                     access.join(" ")
                 );
@@ -668,7 +978,10 @@ async fn run(command: Command) -> Outcome {
             let mut list = if all {
                 svc.store.all_grants().await.map_err(chain)?
             } else {
-                svc.store.grants_in(pgjit::aws::store::GrantStatus::Active).await.map_err(chain)?
+                svc.store
+                    .grants_in(pgjit::aws::store::GrantStatus::Active)
+                    .await
+                    .map_err(chain)?
             };
             list.sort_by(|a, b| a.expires_at.cmp(&b.expires_at));
             if json {
@@ -680,7 +993,9 @@ async fn run(command: Command) -> Outcome {
             }
             for g in &list {
                 let left = g.expires_at - now;
-                let remaining = if g.status == pgjit::aws::store::GrantStatus::Active && left.num_seconds() > 0 {
+                let remaining = if g.status == pgjit::aws::store::GrantStatus::Active
+                    && left.num_seconds() > 0
+                {
                     format!("{}h{:02}m left", left.num_hours(), left.num_minutes() % 60)
                 } else {
                     String::new()
@@ -689,12 +1004,25 @@ async fn run(command: Command) -> Outcome {
                     .access
                     .iter()
                     .map(|a| {
-                        let object = [a.schema.as_deref(), a.table.as_deref().or(a.sequence.as_deref()).or(a.function.as_deref()).or(a.role.as_deref())]
-                            .into_iter()
-                            .flatten()
-                            .collect::<Vec<_>>()
-                            .join(".");
-                        format!("{}{}{} {}", a.database, if object.is_empty() { "" } else { ":" }, object, a.privileges.join(","))
+                        let object = [
+                            a.schema.as_deref(),
+                            a.table
+                                .as_deref()
+                                .or(a.sequence.as_deref())
+                                .or(a.function.as_deref())
+                                .or(a.role.as_deref()),
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join(".");
+                        format!(
+                            "{}{}{} {}",
+                            a.database,
+                            if object.is_empty() { "" } else { ":" },
+                            object,
+                            a.privileges.join(",")
+                        )
                     })
                     .collect();
                 println!(
@@ -713,22 +1041,40 @@ async fn run(command: Command) -> Outcome {
         }
         Command::Credentials { request_id } => {
             let svc = services().await?;
-            let record = svc.store.get_grant(&request_id).await.map_err(chain)?.ok_or_else(|| format!("unknown request {request_id:?}"))?;
-            let arn = record.secret_arn.ok_or_else(|| format!("request {request_id:?} has no credentials secret (IAM mode, or not granted)"))?;
+            let record = svc
+                .store
+                .get_grant(&request_id)
+                .await
+                .map_err(chain)?
+                .ok_or_else(|| format!("unknown request {request_id:?}"))?;
+            let arn = record.secret_arn.ok_or_else(|| {
+                format!(
+                    "request {request_id:?} has no credentials secret (IAM mode, or not granted)"
+                )
+            })?;
             if record.status != pgjit::aws::store::GrantStatus::Active {
-                return Err(format!("request {request_id:?} is {}: its credentials are gone", record.status));
+                return Err(format!(
+                    "request {request_id:?} is {}: its credentials are gone",
+                    record.status
+                ));
             }
-            let secret = pgjit::aws::credentials::read(&svc, &arn).await.map_err(chain)?;
+            let secret = pgjit::aws::credentials::read(&svc, &arn)
+                .await
+                .map_err(chain)?;
             println!("{}", secret.expose());
             Ok(())
         }
         Command::Cleanup { now, json } => {
             let now = match now {
-                Some(text) => DateTime::parse_from_rfc3339(&text).map_err(|e| format!("--now {text:?}: {e}"))?.with_timezone(&Utc),
+                Some(text) => DateTime::parse_from_rfc3339(&text)
+                    .map_err(|e| format!("--now {text:?}: {e}"))?
+                    .with_timezone(&Utc),
                 None => Utc::now(),
             };
             let svc = services().await?;
-            let report = pgjit::control::cleanup::run(&svc, now).await.map_err(chain)?;
+            let report = pgjit::control::cleanup::run(&svc, now)
+                .await
+                .map_err(chain)?;
             if json {
                 return print_json(&report);
             }
@@ -745,8 +1091,15 @@ async fn run(command: Command) -> Outcome {
             for o in &report.orphans {
                 println!("  orphan removed: {o}");
             }
-            println!("  profile roles: {} ({} unused past their retention, dropped)", report.profile_roles, report.profiles_dropped.len());
-            println!("  {} connection(s) to the servers, {} due item(s) read", report.connections, report.items_read);
+            println!(
+                "  profile roles: {} ({} unused past their retention, dropped)",
+                report.profile_roles,
+                report.profiles_dropped.len()
+            );
+            println!(
+                "  {} connection(s) to the servers, {} due item(s) read",
+                report.connections, report.items_read
+            );
             for (table, entries) in &report.largest_acls {
                 println!("  largest ACL: {table}, {entries} entries");
             }
@@ -782,7 +1135,14 @@ async fn run(command: Command) -> Outcome {
         Command::Inventory { integration, json } => {
             let svc = services().await?;
             let items = svc.store.inventory(&integration).await.map_err(chain)?;
-            if items.is_empty() && svc.store.get_integration(&integration).await.map_err(chain)?.is_none() {
+            if items.is_empty()
+                && svc
+                    .store
+                    .get_integration(&integration)
+                    .await
+                    .map_err(chain)?
+                    .is_none()
+            {
                 return Err(format!("unknown integration {integration:?}"));
             }
             if json {
@@ -797,12 +1157,33 @@ async fn run(command: Command) -> Outcome {
             }
             Ok(())
         }
-        Command::Sessions { command: Some(SessionsCommand::Ingest { integration, file, json }), .. } => {
+        Command::Sessions {
+            command:
+                Some(SessionsCommand::Ingest {
+                    integration,
+                    file,
+                    json,
+                }),
+            ..
+        } => {
             let svc = services().await?;
-            let i = svc.store.get_integration(&integration).await.map_err(chain)?.ok_or_else(|| format!("unknown integration {integration:?}"))?;
+            let i = svc
+                .store
+                .get_integration(&integration)
+                .await
+                .map_err(chain)?
+                .ok_or_else(|| format!("unknown integration {integration:?}"))?;
             let bytes = std::fs::read(&file).map_err(|e| format!("{file}: {e}"))?;
             let text = String::from_utf8_lossy(&bytes);
-            let ingested = pgjit::control::sessions::ingest_file(&svc.store, &i, &text, svc.config.session_retention_days, Utc::now()).await.map_err(chain)?;
+            let ingested = pgjit::control::sessions::ingest_file(
+                &svc.store,
+                &i,
+                &text,
+                svc.config.session_retention_days,
+                Utc::now(),
+            )
+            .await
+            .map_err(chain)?;
             if json {
                 return print_json(&ingested);
             }
@@ -812,10 +1193,23 @@ async fn run(command: Command) -> Outcome {
             );
             Ok(())
         }
-        Command::Sessions { command: None, request_id: Some(request_id), json } => {
+        Command::Sessions {
+            command: None,
+            request_id: Some(request_id),
+            json,
+        } => {
             let svc = services().await?;
-            let grant = svc.store.get_grant(&request_id).await.map_err(chain)?.ok_or_else(|| format!("unknown request {request_id:?}"))?;
-            let entries = svc.store.session_entries(&request_id).await.map_err(chain)?;
+            let grant = svc
+                .store
+                .get_grant(&request_id)
+                .await
+                .map_err(chain)?
+                .ok_or_else(|| format!("unknown request {request_id:?}"))?;
+            let entries = svc
+                .store
+                .session_entries(&request_id)
+                .await
+                .map_err(chain)?;
             let sessions = pgjit::control::sessions::view::sessions_of(&entries);
             if json {
                 return print_json(&json!({"grant": grant, "sessions": sessions}));
@@ -823,12 +1217,26 @@ async fn run(command: Command) -> Outcome {
             print_sessions(&grant, &sessions);
             Ok(())
         }
-        Command::Sessions { command: None, request_id: None, .. } => Err("sessions: give a REQUEST_ID (or `sessions ingest --integration I FILE`)".into()),
+        Command::Sessions {
+            command: None,
+            request_id: None,
+            ..
+        } => Err("sessions: give a REQUEST_ID (or `sessions ingest --integration I FILE`)".into()),
         Command::Doctor { integration, json } => {
             let svc = services().await?;
-            let i = svc.store.get_integration(&integration).await.map_err(chain)?.ok_or_else(|| format!("unknown integration {integration:?}"))?;
-            let target = pgjit::control::endpoint::resolve(&svc, &i).await.map_err(chain)?;
-            let mut findings = pgjit::engine::doctor::doctor(&target.connector, &i.doctor_scope(), &[]).await.map_err(chain)?;
+            let i = svc
+                .store
+                .get_integration(&integration)
+                .await
+                .map_err(chain)?
+                .ok_or_else(|| format!("unknown integration {integration:?}"))?;
+            let target = pgjit::control::endpoint::resolve(&svc, &i)
+                .await
+                .map_err(chain)?;
+            let mut findings =
+                pgjit::engine::doctor::doctor(&target.connector, &i.doctor_scope(), &[])
+                    .await
+                    .map_err(chain)?;
             if i.enable_audit {
                 findings.extend(pgjit::control::sessions::log_export_finding(&svc, &i).await);
             }
@@ -837,7 +1245,18 @@ async fn run(command: Command) -> Outcome {
                 return print_json(&findings);
             }
             for f in &findings {
-                println!("[{}] {}: {}", if f.ok { "ok" } else if f.warning { "WARN" } else { "MISSING" }, f.capability, f.detail);
+                println!(
+                    "[{}] {}: {}",
+                    if f.ok {
+                        "ok"
+                    } else if f.warning {
+                        "WARN"
+                    } else {
+                        "MISSING"
+                    },
+                    f.capability,
+                    f.detail
+                );
             }
             let missing = findings.iter().filter(|f| !f.ok && !f.warning).count();
             if missing > 0 {

@@ -24,13 +24,26 @@ pub struct Caller {
 
 impl Caller {
     /// A session of role `role_path_and_name` (e.g. `aws-reserved/sso.amazonaws.com/AWSReservedSSO_Dev_1`).
-    pub fn session(account: &str, role_path_and_name: &str, role_id: &str, session: &str) -> Caller {
-        Caller { principal_arn: format!("arn:aws:iam::{account}:role/{role_path_and_name}"), userid: format!("{role_id}:{session}"), account: account.into() }
+    pub fn session(
+        account: &str,
+        role_path_and_name: &str,
+        role_id: &str,
+        session: &str,
+    ) -> Caller {
+        Caller {
+            principal_arn: format!("arn:aws:iam::{account}:role/{role_path_and_name}"),
+            userid: format!("{role_id}:{session}"),
+            account: account.into(),
+        }
     }
 
     /// An IAM user.
     pub fn user(account: &str, path_and_name: &str, user_id: &str) -> Caller {
-        Caller { principal_arn: format!("arn:aws:iam::{account}:user/{path_and_name}"), userid: user_id.into(), account: account.into() }
+        Caller {
+            principal_arn: format!("arn:aws:iam::{account}:user/{path_and_name}"),
+            userid: user_id.into(),
+            account: account.into(),
+        }
     }
 }
 
@@ -47,7 +60,12 @@ pub fn evaluate(policy: &str, caller: &Caller, action: &str) -> Decision {
         Value::Array(list) => list.clone(),
         one => vec![one.clone()],
     };
-    let matching = |effect: &str| statements.iter().filter(|s| s["Effect"] == effect).any(|s| applies(s, caller, action));
+    let matching = |effect: &str| {
+        statements
+            .iter()
+            .filter(|s| s["Effect"] == effect)
+            .any(|s| applies(s, caller, action))
+    };
     if matching("Deny") {
         Decision::Denied
     } else {
@@ -59,7 +77,10 @@ pub fn evaluate(policy: &str, caller: &Caller, action: &str) -> Decision {
 fn strings(value: &Value) -> Vec<String> {
     match value {
         Value::String(s) => vec![s.clone()],
-        Value::Array(list) => list.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+        Value::Array(list) => list
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -67,35 +88,52 @@ fn strings(value: &Value) -> Vec<String> {
 fn applies(statement: &Value, caller: &Caller, action: &str) -> bool {
     let principal_matches = match &statement["Principal"] {
         Value::String(s) if s == "*" => true,
-        Value::Object(map) => map.get("AWS").map(strings).unwrap_or_default().iter().any(|p| {
-            p == "*" || p == &caller.principal_arn || p == &format!("arn:aws:iam::{}:root", caller.account) || p == &caller.account
-        }),
+        Value::Object(map) => map
+            .get("AWS")
+            .map(strings)
+            .unwrap_or_default()
+            .iter()
+            .any(|p| {
+                p == "*"
+                    || p == &caller.principal_arn
+                    || p == &format!("arn:aws:iam::{}:root", caller.account)
+                    || p == &caller.account
+            }),
         _ => false,
     };
-    let action_matches = strings(&statement["Action"]).iter().any(|a| like(a, action));
+    let action_matches = strings(&statement["Action"])
+        .iter()
+        .any(|a| like(a, action));
     principal_matches && action_matches && conditions_hold(&statement["Condition"], caller)
 }
 
 fn conditions_hold(condition: &Value, caller: &Caller) -> bool {
-    let Some(operators) = condition.as_object() else { return true };
+    let Some(operators) = condition.as_object() else {
+        return true;
+    };
     operators.iter().all(|(operator, keys)| {
-        keys.as_object().expect("condition keys are an object").iter().all(|(key, values)| {
-            let actual = match key.as_str() {
-                "aws:PrincipalArn" => Some(caller.principal_arn.as_str()),
-                "aws:userid" => Some(caller.userid.as_str()),
-                "aws:PrincipalAccount" => Some(caller.account.as_str()),
-                other => panic!("the evaluator does not know condition key {other}"),
-            };
-            let values = strings(values);
-            let any = |f: &dyn Fn(&str, &str) -> bool| actual.is_some_and(|a| values.iter().any(|v| f(v, a)));
-            match operator.as_str() {
-                "StringEquals" | "ArnEquals" => any(&|v, a| v == a),
-                "StringNotEquals" | "ArnNotEquals" => !any(&|v, a| v == a),
-                "StringLike" | "ArnLike" => any(&|v, a| like(v, a)),
-                "StringNotLike" | "ArnNotLike" => !any(&|v, a| like(v, a)),
-                other => panic!("the evaluator does not know condition operator {other}"),
-            }
-        })
+        keys.as_object()
+            .expect("condition keys are an object")
+            .iter()
+            .all(|(key, values)| {
+                let actual = match key.as_str() {
+                    "aws:PrincipalArn" => Some(caller.principal_arn.as_str()),
+                    "aws:userid" => Some(caller.userid.as_str()),
+                    "aws:PrincipalAccount" => Some(caller.account.as_str()),
+                    other => panic!("the evaluator does not know condition key {other}"),
+                };
+                let values = strings(values);
+                let any = |f: &dyn Fn(&str, &str) -> bool| {
+                    actual.is_some_and(|a| values.iter().any(|v| f(v, a)))
+                };
+                match operator.as_str() {
+                    "StringEquals" | "ArnEquals" => any(&|v, a| v == a),
+                    "StringNotEquals" | "ArnNotEquals" => !any(&|v, a| v == a),
+                    "StringLike" | "ArnLike" => any(&|v, a| like(v, a)),
+                    "StringNotLike" | "ArnNotLike" => !any(&|v, a| like(v, a)),
+                    other => panic!("the evaluator does not know condition operator {other}"),
+                }
+            })
     })
 }
 
@@ -129,7 +167,11 @@ mod tests {
     #[test]
     fn wildcards_and_operators_as_iam_reads_them() {
         assert!(like("arn:aws:iam::1:role/*/x", "arn:aws:iam::1:role/a/b/x"));
-        assert!(like("*:john", "AROA1:john") && !like("*:john", "AROA1:johnny") && !like("*:john", "AROA1:jo"));
+        assert!(
+            like("*:john", "AROA1:john")
+                && !like("*:john", "AROA1:johnny")
+                && !like("*:john", "AROA1:jo")
+        );
         assert!(like("a?c", "abc") && !like("a?c", "ac"));
         let policy = serde_json::json!({"Statement": [{"Effect": "Deny", "Principal": "*", "Action": "s:Get",
             "Condition": {"ArnNotLike": {"aws:PrincipalArn": ["arn:aws:iam::1:user/ann"]}, "StringNotLike": {"aws:userid": ["*:ann"]}}}]})
@@ -137,9 +179,21 @@ mod tests {
         let ann = Caller::user("1", "ann", "AIDA1");
         let bob = Caller::user("1", "bob", "AIDA2");
         let ann_session = Caller::session("1", "r", "AROA1", "ann");
-        assert_eq!(evaluate(&policy, &ann, "s:Get"), Decision::Allowed, "not ArnNotLike: the Deny does not match");
+        assert_eq!(
+            evaluate(&policy, &ann, "s:Get"),
+            Decision::Allowed,
+            "not ArnNotLike: the Deny does not match"
+        );
         assert_eq!(evaluate(&policy, &bob, "s:Get"), Decision::Denied);
-        assert_eq!(evaluate(&policy, &ann_session, "s:Get"), Decision::Allowed, "the userid spares it");
-        assert_eq!(evaluate(&policy, &bob, "s:Put"), Decision::Allowed, "another action");
+        assert_eq!(
+            evaluate(&policy, &ann_session, "s:Get"),
+            Decision::Allowed,
+            "the userid spares it"
+        );
+        assert_eq!(
+            evaluate(&policy, &bob, "s:Put"),
+            Decision::Allowed,
+            "another action"
+        );
     }
 }

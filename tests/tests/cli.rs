@@ -31,7 +31,10 @@ impl Cli {
             ("PGJIT_SCHEDULE_GROUP", format!("cli-{id}")),
             ("PGJIT_SECRET_PREFIX", format!("cli-{id}/")),
         ];
-        Cli { vars: vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(), dir }
+        Cli {
+            vars: vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            dir,
+        }
     }
 
     /// The same commands with another person's AWS credentials.
@@ -62,7 +65,11 @@ impl Cli {
 
     fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(out.status.success(), "pgjit {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pgjit {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -71,7 +78,11 @@ impl Cli {
         let out = self.run(args);
         assert!(!out.status.success(), "pgjit {args:?} should fail");
         let err = String::from_utf8(out.stderr).unwrap();
-        assert_eq!(err.trim_end().lines().count(), 1, "one line on stderr: {err}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "one line on stderr: {err}"
+        );
         assert!(err.starts_with("pgjit: error: "), "{err}");
         err
     }
@@ -94,13 +105,27 @@ async fn bootstrap_then_the_lifecycle_from_the_command_line() {
     let e = env();
     let cli = Cli::new();
     assert!(cli.ok(&["bootstrap"]).contains("tables created"));
-    assert!(cli.ok(&["bootstrap"]).contains("none (all exist)"), "bootstrap is safe to repeat");
+    assert!(
+        cli.ok(&["bootstrap"]).contains("none (all exist)"),
+        "bootstrap is safe to repeat"
+    );
 
     // The admin secret, as an operator would have put it into Secrets Manager.
     let svc = pgjit_tests::isolated_services().await;
-    let secret_id = format!("{}cli-admin-{}", svc.config.secret_prefix, rand::random::<u32>());
-    let secret = json!({"username": e.admin_user, "password": e.admin_password.expose()}).to_string();
-    svc.secrets.create_secret().name(&secret_id).secret_string(secret).send().await.unwrap();
+    let secret_id = format!(
+        "{}cli-admin-{}",
+        svc.config.secret_prefix,
+        rand::random::<u32>()
+    );
+    let secret =
+        json!({"username": e.admin_user, "password": e.admin_password.expose()}).to_string();
+    svc.secrets
+        .create_secret()
+        .name(&secret_id)
+        .secret_string(secret)
+        .send()
+        .await
+        .unwrap();
 
     let prefix = format!("c{}_", rand::random::<u32>());
     let mut integration = json!({"name": "cli-db", "kind": "postgres", "host": "localhost", "port": e.port,
@@ -111,7 +136,11 @@ async fn bootstrap_then_the_lifecycle_from_the_command_line() {
     let err = cli.fails(&["integration", "put", &cli.file("bad.json", &bad)]);
     assert!(err.contains("`port`"), "{err}");
     integration["ssl_mode"] = json!("verify-full");
-    cli.ok(&["integration", "put", &cli.file("integration.json", &integration)]);
+    cli.ok(&[
+        "integration",
+        "put",
+        &cli.file("integration.json", &integration),
+    ]);
     let listed: Value = serde_json::from_str(&cli.ok(&["integration", "list", "--json"])).unwrap();
     assert_eq!(listed[0]["name"], "cli-db");
     assert!(cli.ok(&["doctor", "cli-db"]).contains("[ok] CREATEROLE"));
@@ -121,8 +150,15 @@ async fn bootstrap_then_the_lifecycle_from_the_command_line() {
         "request_id": "CLI-1", "integration": "cli-db", "requester": {"id": "cli.user@corp.com"}, "approver": "boss@corp.com",
         "duration_seconds": 600, "access": [{"database": "app", "schema": "sales", "table": "orders", "privileges": ["SELECT"]}]}});
     let event_file = cli.file("approval.json", &event);
-    let granted: Value = serde_json::from_str(&cli.ok(&["grant", "--event", &event_file, "--json"])).unwrap();
-    for field in ["request_id", "status", "db_user", "expires_at", "secret_arn"] {
+    let granted: Value =
+        serde_json::from_str(&cli.ok(&["grant", "--event", &event_file, "--json"])).unwrap();
+    for field in [
+        "request_id",
+        "status",
+        "db_user",
+        "expires_at",
+        "secret_arn",
+    ] {
         assert!(!granted[field].is_null(), "{field} in {granted}");
     }
     assert_eq!(granted["status"], "active");
@@ -130,34 +166,90 @@ async fn bootstrap_then_the_lifecycle_from_the_command_line() {
     assert!(cli.ok(&["grants"]).contains(&user), "listed as active");
     let creds: Value = serde_json::from_str(&cli.ok(&["credentials", "CLI-1"])).unwrap();
     let password = pgjit::SecretString::new(creds["password"].as_str().unwrap());
-    e.login_as(&user, &password, "app").await.expect("the printed credentials work");
-    assert!(!cli.ok(&["grants", "--all", "--json"]).contains(password.expose()), "listings never show the password");
+    e.login_as(&user, &password, "app")
+        .await
+        .expect("the printed credentials work");
+    assert!(
+        !cli.ok(&["grants", "--all", "--json"])
+            .contains(password.expose()),
+        "listings never show the password"
+    );
 
     // Audit answers who had access to a database, approved by whom.
-    let audit: Value = serde_json::from_str(&cli.ok(&["audit", "--database", "app", "--json"])).unwrap();
+    let audit: Value =
+        serde_json::from_str(&cli.ok(&["audit", "--database", "app", "--json"])).unwrap();
     assert_eq!(audit[0]["requester"]["id"], "cli.user@corp.com");
     assert_eq!(audit[0]["approver"], "boss@corp.com");
-    assert_eq!(cli.ok(&["audit", "--database", "crm", "--json"]).trim(), "[]");
+    assert_eq!(
+        cli.ok(&["audit", "--database", "crm", "--json"]).trim(),
+        "[]"
+    );
 
     // More time, same user and password: `pgjit extend`.
-    let extended: Value = serde_json::from_str(&cli.ok(&["extend", "CLI-1", "--duration", "30m", "--approver", "boss@corp.com", "--reason", "not done", "--json"])).unwrap();
-    assert!(extended["expires_at"].as_str().unwrap() > granted["expires_at"].as_str().unwrap(), "{extended}");
+    let extended: Value = serde_json::from_str(&cli.ok(&[
+        "extend",
+        "CLI-1",
+        "--duration",
+        "30m",
+        "--approver",
+        "boss@corp.com",
+        "--reason",
+        "not done",
+        "--json",
+    ]))
+    .unwrap();
+    assert!(
+        extended["expires_at"].as_str().unwrap() > granted["expires_at"].as_str().unwrap(),
+        "{extended}"
+    );
     assert_eq!(extended["db_user"], json!(user));
-    assert!(cli.fails(&["extend", "CLI-1", "--duration", "soon", "--approver", "boss@corp.com"]).contains("not a duration"));
-    assert!(cli.fails(&["extend", "CLI-1", "--duration", "1h", "--approver", "cli.user@corp.com"]).contains("is the requester"));
-    e.login_as(&user, &password, "app").await.expect("the same password after the extension");
+    assert!(cli
+        .fails(&[
+            "extend",
+            "CLI-1",
+            "--duration",
+            "soon",
+            "--approver",
+            "boss@corp.com"
+        ])
+        .contains("not a duration"));
+    assert!(cli
+        .fails(&[
+            "extend",
+            "CLI-1",
+            "--duration",
+            "1h",
+            "--approver",
+            "cli.user@corp.com"
+        ])
+        .contains("is the requester"));
+    e.login_as(&user, &password, "app")
+        .await
+        .expect("the same password after the extension");
 
-    assert!(cli.ok(&["revoke", "CLI-1"]).contains("CLI-1: deleted"), "retention 0: dropped at revoke");
+    assert!(
+        cli.ok(&["revoke", "CLI-1"]).contains("CLI-1: deleted"),
+        "retention 0: dropped at revoke"
+    );
 
     // Break glass: every active grant of the integration, at once.
     let mut users = Vec::new();
     for n in 2..5 {
         let mut ev = event.clone();
         ev["detail"]["request_id"] = json!(format!("CLI-{n}"));
-        let g: Value = serde_json::from_str(&cli.ok(&["grant", "--event", &cli.file(&format!("a{n}.json"), &ev), "--json"])).unwrap();
+        let g: Value = serde_json::from_str(&cli.ok(&[
+            "grant",
+            "--event",
+            &cli.file(&format!("a{n}.json"), &ev),
+            "--json",
+        ]))
+        .unwrap();
         users.push(g["db_user"].as_str().unwrap().to_owned());
     }
-    assert!(cli.fails(&["revoke-all", "cli-db"]).contains("--yes"), "asks for --yes and changes nothing");
+    assert!(
+        cli.fails(&["revoke-all", "cli-db"]).contains("--yes"),
+        "asks for --yes and changes nothing"
+    );
     assert!(cli.ok(&["grants"]).contains(&users[0]));
     let out = cli.ok(&["revoke-all", "cli-db", "--yes"]);
     assert!(out.contains("3 grant(s) revoked"), "{out}");
@@ -169,7 +261,9 @@ async fn bootstrap_then_the_lifecycle_from_the_command_line() {
     assert!(e.login_as(&user, &password, "app").await.is_err());
     let err = cli.fails(&["credentials", "CLI-1"]);
     assert!(err.contains("revoked") || err.contains("deleted"), "{err}");
-    let report: Value = serde_json::from_str(&cli.ok(&["cleanup", "--now", "2099-01-01T00:00:00Z", "--json"])).unwrap();
+    let report: Value =
+        serde_json::from_str(&cli.ok(&["cleanup", "--now", "2099-01-01T00:00:00Z", "--json"]))
+            .unwrap();
     assert_eq!(report["errors"], json!([]));
     let inventory = cli.ok(&["discover"]);
     assert!(inventory.contains("cli-db: "), "{inventory}");
@@ -180,7 +274,13 @@ async fn bootstrap_then_the_lifecycle_from_the_command_line() {
     cli.fails(&["revoke", "NO-SUCH-REQUEST"]);
     cli.fails(&["cleanup", "--now", "yesterday"]);
     cli.fails(&["inventory", "nope"]);
-    let err = cli.fails(&["setup-sql", "--flavor", "postgres", "--admin-user", &"x".repeat(64)]);
+    let err = cli.fails(&[
+        "setup-sql",
+        "--flavor",
+        "postgres",
+        "--admin-user",
+        &"x".repeat(64),
+    ]);
     assert!(err.contains("63 bytes"), "{err}");
 }
 
@@ -197,53 +297,163 @@ async fn people_request_and_approve_as_themselves() {
     for who in ["alice", "bob"] {
         let name = format!("{who}-{id}");
         svc.iam.create_user().user_name(&name).send().await.unwrap();
-        let key = svc.iam.create_access_key().user_name(&name).send().await.unwrap();
+        let key = svc
+            .iam
+            .create_access_key()
+            .user_name(&name)
+            .send()
+            .await
+            .unwrap();
         let key = key.access_key().unwrap();
-        people.push((format!("arn:aws:iam::123456789012:user/{name}"), operator.as_person(key.access_key_id(), key.secret_access_key())));
+        people.push((
+            format!("arn:aws:iam::123456789012:user/{name}"),
+            operator.as_person(key.access_key_id(), key.secret_access_key()),
+        ));
     }
     let [(alice_arn, alice), (bob_arn, bob)] = <[_; 2]>::try_from(people).ok().unwrap();
     let secret_id = format!("{}front-admin-{id}", svc.config.secret_prefix);
-    svc.secrets.create_secret().name(&secret_id).secret_string(json!({"username": e.admin_user, "password": e.admin_password.expose()}).to_string()).send().await.unwrap();
+    svc.secrets
+        .create_secret()
+        .name(&secret_id)
+        .secret_string(
+            json!({"username": e.admin_user, "password": e.admin_password.expose()}).to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
     let integration = json!({"name": "front-db", "kind": "postgres", "host": "localhost", "port": e.port, "database": "app",
         "admin": {"auth": "password", "secret_id": secret_id}, "ca_bundle": e.ca_file, "ssl_mode": "verify-full",
         "max_duration_seconds": 3600, "user_prefix": format!("f{id}_"), "user_cleanup_after_days": 0});
-    operator.ok(&["integration", "put", &operator.file("integration.json", &integration)]);
+    operator.ok(&[
+        "integration",
+        "put",
+        &operator.file("integration.json", &integration),
+    ]);
     // Without a flow, nobody decides: the front door refuses, and doctor says who is trusted.
-    assert!(alice.fails(&["request", "--integration", "front-db", "--table", "sales.orders", "--privileges", "SELECT", "--for", "30m"]).contains("has no access flows"));
-    assert!(String::from_utf8_lossy(&operator.run(&["doctor", "front-db"]).stdout).contains("[WARN] access flows: none: integration \"front-db\" trusts its approval tool"));
+    assert!(alice
+        .fails(&[
+            "request",
+            "--integration",
+            "front-db",
+            "--table",
+            "sales.orders",
+            "--privileges",
+            "SELECT",
+            "--for",
+            "30m"
+        ])
+        .contains("has no access flows"));
+    assert!(
+        String::from_utf8_lossy(&operator.run(&["doctor", "front-db"]).stdout).contains(
+            "[WARN] access flows: none: integration \"front-db\" trusts its approval tool"
+        )
+    );
     let flow = json!({"name": "orders-read", "integrations": ["front-db"], "requesters": {"principals": [alice_arn]},
         "access": [{"database": "app", "schema": "sales", "table": "*", "privileges": ["SELECT"]}], "max_duration_seconds": 3600,
         "approval": {"approvers": {"principals": [bob_arn]}, "reason_required": true}});
     let mut bad = flow.clone();
     bad["approval"] = json!({"approvers": {"principals": ["bob"]}});
-    assert!(operator.fails(&["flow", "put", &operator.file("bad-flow.json", &bad)]).contains("approval.approvers.principals[0]"));
+    assert!(operator
+        .fails(&["flow", "put", &operator.file("bad-flow.json", &bad)])
+        .contains("approval.approvers.principals[0]"));
     operator.ok(&["flow", "put", &operator.file("flow.json", &flow)]);
     assert!(operator.ok(&["flow", "list"]).contains("orders-read"));
 
-    let asked: Value = serde_json::from_str(&alice.ok(&["request", "--integration", "front-db", "--table", "sales.orders", "--privileges", "SELECT", "--for", "30m", "--reason", "INC-42 stuck orders", "--json"])).unwrap();
+    let asked: Value = serde_json::from_str(&alice.ok(&[
+        "request",
+        "--integration",
+        "front-db",
+        "--table",
+        "sales.orders",
+        "--privileges",
+        "SELECT",
+        "--for",
+        "30m",
+        "--reason",
+        "INC-42 stuck orders",
+        "--json",
+    ]))
+    .unwrap();
     let request_id = asked["request_id"].as_str().unwrap().to_owned();
-    assert_eq!((asked["status"].as_str(), asked["requester"].as_str()), (Some("pending"), Some(alice_arn.as_str())));
-    assert!(alice.fails(&["approve", &request_id]).contains("an approval must come from someone else"));
-    assert!(bob.fails(&["request", "--integration", "front-db", "--table", "sales.orders", "--privileges", "SELECT", "--for", "30m", "--reason", "x"]).contains("is not one of its requesters"));
-    let waiting: Value = serde_json::from_str(&bob.ok(&["requests", "--to-approve", "--json"])).unwrap();
+    assert_eq!(
+        (asked["status"].as_str(), asked["requester"].as_str()),
+        (Some("pending"), Some(alice_arn.as_str()))
+    );
+    assert!(alice
+        .fails(&["approve", &request_id])
+        .contains("an approval must come from someone else"));
+    assert!(bob
+        .fails(&[
+            "request",
+            "--integration",
+            "front-db",
+            "--table",
+            "sales.orders",
+            "--privileges",
+            "SELECT",
+            "--for",
+            "30m",
+            "--reason",
+            "x"
+        ])
+        .contains("is not one of its requesters"));
+    let waiting: Value =
+        serde_json::from_str(&bob.ok(&["requests", "--to-approve", "--json"])).unwrap();
     assert_eq!(waiting[0]["request_id"].as_str(), Some(request_id.as_str()));
-    let granted: Value = serde_json::from_str(&bob.ok(&["approve", &request_id, "--json"])).unwrap();
+    let granted: Value =
+        serde_json::from_str(&bob.ok(&["approve", &request_id, "--json"])).unwrap();
     assert_eq!(granted["status"].as_str(), Some("granted"), "{granted}");
     let db_user = granted["grant"]["db_user"].as_str().unwrap().to_owned();
-    assert!(alice.ok(&["requests"]).contains(&format!("{request_id} granted")));
+    assert!(alice
+        .ok(&["requests"])
+        .contains(&format!("{request_id} granted")));
     let creds: Value = serde_json::from_str(&operator.ok(&["credentials", &request_id])).unwrap();
     let password = pgjit::SecretString::new(creds["password"].as_str().unwrap());
-    let client = e.login_as(&db_user, &password, "app").await.expect("the grant works");
-    client.query("SELECT count(*) FROM sales.orders", &[]).await.expect("SELECT was approved");
+    let client = e
+        .login_as(&db_user, &password, "app")
+        .await
+        .expect("the grant works");
+    client
+        .query("SELECT count(*) FROM sales.orders", &[])
+        .await
+        .expect("SELECT was approved");
 
     // Denied: final.
-    let second: Value = serde_json::from_str(&alice.ok(&["request", "--integration", "front-db", "--table", "sales.orders", "--privileges", "SELECT", "--for", "10m", "--reason", "again", "--json"])).unwrap();
+    let second: Value = serde_json::from_str(&alice.ok(&[
+        "request",
+        "--integration",
+        "front-db",
+        "--table",
+        "sales.orders",
+        "--privileges",
+        "SELECT",
+        "--for",
+        "10m",
+        "--reason",
+        "again",
+        "--json",
+    ]))
+    .unwrap();
     let second_id = second["request_id"].as_str().unwrap();
     let no_reason = bob.run(&["deny", second_id]);
-    assert!(!no_reason.status.success() && String::from_utf8_lossy(&no_reason.stderr).contains("--reason"), "a denial says why");
-    let denied: Value = serde_json::from_str(&bob.ok(&["deny", second_id, "--reason", "use the replica", "--json"])).unwrap();
+    assert!(
+        !no_reason.status.success()
+            && String::from_utf8_lossy(&no_reason.stderr).contains("--reason"),
+        "a denial says why"
+    );
+    let denied: Value = serde_json::from_str(&bob.ok(&[
+        "deny",
+        second_id,
+        "--reason",
+        "use the replica",
+        "--json",
+    ]))
+    .unwrap();
     assert_eq!(denied["status"].as_str(), Some("denied"));
     assert!(bob.fails(&["approve", second_id]).contains("is denied"));
     operator.ok(&["revoke", &request_id]);
-    assert!(e.login_as(&db_user, &password, "app").await.is_err(), "revoked");
+    assert!(
+        e.login_as(&db_user, &password, "app").await.is_err(),
+        "revoked"
+    );
 }

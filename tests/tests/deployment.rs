@@ -14,9 +14,17 @@ fn template_functions() -> Vec<(String, Option<String>, bool)> {
         }
         let name = lines[i - 1].trim().trim_end_matches(':').to_owned();
         // The resource's block: up to the next line at its own indentation.
-        let block: Vec<&str> = lines[i + 1..].iter().take_while(|l| l.is_empty() || l.starts_with("    ")).copied().collect();
-        let binary = block.iter().find_map(|l| l.trim().strip_prefix("Binary: ").map(str::to_owned));
-        let cargo_lambda = block.iter().any(|l| l.trim() == "BuildMethod: rust-cargolambda");
+        let block: Vec<&str> = lines[i + 1..]
+            .iter()
+            .take_while(|l| l.is_empty() || l.starts_with("    "))
+            .copied()
+            .collect();
+        let binary = block
+            .iter()
+            .find_map(|l| l.trim().strip_prefix("Binary: ").map(str::to_owned));
+        let cargo_lambda = block
+            .iter()
+            .any(|l| l.trim() == "BuildMethod: rust-cargolambda");
         out.push((name, binary, cargo_lambda));
     }
     out
@@ -46,12 +54,32 @@ fn workspace_binaries() -> Vec<String> {
 fn every_template_function_names_a_workspace_binary() {
     let functions = template_functions();
     let binaries = workspace_binaries();
-    assert_eq!(binaries, ["audit", "cleanup", "discovery", "grant", "requests", "revoke", "webhook"]);
-    assert_eq!(functions.len(), binaries.len(), "one function per binary: {functions:?}");
+    assert_eq!(
+        binaries,
+        [
+            "audit",
+            "cleanup",
+            "discovery",
+            "grant",
+            "requests",
+            "revoke",
+            "webhook"
+        ]
+    );
+    assert_eq!(
+        functions.len(),
+        binaries.len(),
+        "one function per binary: {functions:?}"
+    );
     for (name, binary, cargo_lambda) in &functions {
         assert!(cargo_lambda, "{name}: BuildMethod rust-cargolambda");
-        let binary = binary.as_deref().unwrap_or_else(|| panic!("{name}: no BuildProperties Binary"));
-        assert!(binaries.iter().any(|b| b == binary), "{name}: binary {binary} is not in the workspace");
+        let binary = binary
+            .as_deref()
+            .unwrap_or_else(|| panic!("{name}: no BuildProperties Binary"));
+        assert!(
+            binaries.iter().any(|b| b == binary),
+            "{name}: binary {binary} is not in the workspace"
+        );
     }
     let mut used: Vec<_> = functions.iter().filter_map(|(_, b, _)| b.clone()).collect();
     used.sort();
@@ -61,10 +89,20 @@ fn every_template_function_names_a_workspace_binary() {
 #[test]
 fn the_template_runs_rust_on_graviton_with_json_logs() {
     let text = std::fs::read_to_string(format!("{ROOT}/template.yaml")).unwrap();
-    for needle in ["Runtime: provided.al2023", "Architectures: [arm64]", "LogFormat: JSON", "PointInTimeRecoveryEnabled: true", "SSEEnabled: true", "IndexName: status-due"] {
+    for needle in [
+        "Runtime: provided.al2023",
+        "Architectures: [arm64]",
+        "LogFormat: JSON",
+        "PointInTimeRecoveryEnabled: true",
+        "SSEEnabled: true",
+        "IndexName: status-due",
+    ] {
         assert!(text.contains(needle), "template.yaml lacks {needle}");
     }
-    assert!(!text.contains("Action: \"*\"") && !text.contains("Action: '*'"), "no wildcard actions");
+    assert!(
+        !text.contains("Action: \"*\"") && !text.contains("Action: '*'"),
+        "no wildcard actions"
+    );
 }
 
 // ---- the template's trust boundary, read as data ----
@@ -72,7 +110,8 @@ fn the_template_runs_rust_on_graviton_with_json_logs() {
 use serde_yaml::Value;
 
 fn template() -> Value {
-    serde_yaml::from_str(&std::fs::read_to_string(format!("{ROOT}/template.yaml")).unwrap()).expect("template.yaml is YAML")
+    serde_yaml::from_str(&std::fs::read_to_string(format!("{ROOT}/template.yaml")).unwrap())
+        .expect("template.yaml is YAML")
 }
 
 /// Text of a value, CloudFormation tags included (`!Ref X` reads as `!Ref X`), for matching.
@@ -81,8 +120,15 @@ fn text(v: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Tagged(t) => format!("{} {}", t.tag, text(&t.value)),
         Value::Sequence(items) => items.iter().map(text).collect::<Vec<_>>().join(" | "),
-        Value::Mapping(m) => m.iter().map(|(k, v)| format!("{}: {}", text(k), text(v))).collect::<Vec<_>>().join(", "),
-        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_owned(),
+        Value::Mapping(m) => m
+            .iter()
+            .map(|(k, v)| format!("{}: {}", text(k), text(v)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        other => serde_yaml::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
     }
 }
 
@@ -97,7 +143,10 @@ fn strings(v: &Value) -> Vec<String> {
 fn statements(t: &Value, function: &str) -> Vec<Value> {
     let policies = &t["Resources"][function]["Properties"]["Policies"];
     let mut out = Vec::new();
-    for policy in policies.as_sequence().unwrap_or_else(|| panic!("{function}: Policies")) {
+    for policy in policies
+        .as_sequence()
+        .unwrap_or_else(|| panic!("{function}: Policies"))
+    {
         for s in policy["Statement"].as_sequence().unwrap() {
             match s {
                 Value::Tagged(tagged) if tagged.tag == "!If" => out.push(tagged.value[1].clone()),
@@ -110,36 +159,74 @@ fn statements(t: &Value, function: &str) -> Vec<Value> {
 
 fn functions(t: &Value) -> Vec<String> {
     let resources = t["Resources"].as_mapping().unwrap();
-    resources.iter().filter(|(_, r)| r["Type"].as_str() == Some("AWS::Serverless::Function")).map(|(k, _)| k.as_str().unwrap().to_owned()).collect()
+    resources
+        .iter()
+        .filter(|(_, r)| r["Type"].as_str() == Some("AWS::Serverless::Function"))
+        .map(|(k, _)| k.as_str().unwrap().to_owned())
+        .collect()
 }
 
 fn allows(statement: &Value, action: &str) -> bool {
-    statement["Effect"].as_str() == Some("Allow") && strings(&statement["Action"]).iter().any(|a| a == action)
+    statement["Effect"].as_str() == Some("Allow")
+        && strings(&statement["Action"]).iter().any(|a| a == action)
 }
 
 #[test]
 fn approvals_come_only_from_the_approval_bus_of_this_account() {
     let t = template();
-    for (function, event) in [("GrantFunction", "Approved"), ("RevokeFunction", "RevokeRequested")] {
+    for (function, event) in [
+        ("GrantFunction", "Approved"),
+        ("RevokeFunction", "RevokeRequested"),
+    ] {
         let properties = &t["Resources"][function]["Properties"]["Events"][event]["Properties"];
         let bus = text(&properties["EventBusName"]);
-        assert!(bus.contains("ApprovalBus") && !bus.contains("EventBusName"), "{function}: listens on {bus}");
-        assert_eq!(strings(&properties["Pattern"]["account"]), ["!Ref AWS::AccountId"], "{function}: the rule matches the account");
+        assert!(
+            bus.contains("ApprovalBus") && !bus.contains("EventBusName"),
+            "{function}: listens on {bus}"
+        );
+        assert_eq!(
+            strings(&properties["Pattern"]["account"]),
+            ["!Ref AWS::AccountId"],
+            "{function}: the rule matches the account"
+        );
     }
     // Retried only while an approval is fresh, and pgjit refuses it once it is not.
-    let retry = &t["Resources"]["GrantFunction"]["Properties"]["Events"]["Approved"]["Properties"]["RetryPolicy"];
-    assert_eq!(text(&retry["MaximumEventAgeInSeconds"]), "!Ref ApprovalMaxAgeSeconds");
-    assert_eq!(text(&t["Globals"]["Function"]["Environment"]["Variables"]["PGJIT_APPROVAL_MAX_AGE_SECONDS"]), "!Ref ApprovalMaxAgeSeconds");
+    let retry = &t["Resources"]["GrantFunction"]["Properties"]["Events"]["Approved"]["Properties"]
+        ["RetryPolicy"];
+    assert_eq!(
+        text(&retry["MaximumEventAgeInSeconds"]),
+        "!Ref ApprovalMaxAgeSeconds"
+    );
+    assert_eq!(
+        text(
+            &t["Globals"]["Function"]["Environment"]["Variables"]["PGJIT_APPROVAL_MAX_AGE_SECONDS"]
+        ),
+        "!Ref ApprovalMaxAgeSeconds"
+    );
     // Everyone but the listed senders and the webhook is denied PutEvents, whatever their IAM allows.
     let deny = &t["Resources"]["ApprovalBusOnlySenders"];
     assert!(deny.get("Condition").is_none(), "the Deny is always there");
     let statement = &deny["Properties"]["Statement"];
-    assert_eq!((statement["Effect"].as_str(), statement["Principal"].as_str(), statement["Action"].as_str()), (Some("Deny"), Some("*"), Some("events:PutEvents")));
+    assert_eq!(
+        (
+            statement["Effect"].as_str(),
+            statement["Principal"].as_str(),
+            statement["Action"].as_str()
+        ),
+        (Some("Deny"), Some("*"), Some("events:PutEvents"))
+    );
     let exempt = text(&statement["Condition"]["ArnNotLike"]["aws:PrincipalArn"]);
-    assert!(exempt.contains("WebhookFunctionRole.Arn") && exempt.contains("ApprovalSenderArns"), "{exempt}");
+    assert!(
+        exempt.contains("WebhookFunctionRole.Arn") && exempt.contains("ApprovalSenderArns"),
+        "{exempt}"
+    );
     // Never a shared bus: the Deny would silence every other producer on it, pgjit's own included.
     let rules = text(&t["Rules"]["ApprovalBusIsApart"]["Assertions"]);
-    assert!(rules.contains("!Equals ApprovalBusName | !Ref EventBusName") || rules.contains("!Ref ApprovalBusName | !Ref EventBusName"), "{rules}");
+    assert!(
+        rules.contains("!Equals ApprovalBusName | !Ref EventBusName")
+            || rules.contains("!Ref ApprovalBusName | !Ref EventBusName"),
+        "{rules}"
+    );
     assert!(rules.contains("default"), "{rules}");
 }
 
@@ -147,26 +234,52 @@ fn approvals_come_only_from_the_approval_bus_of_this_account() {
 fn the_internet_facing_webhook_can_only_read_its_key_and_forward() {
     let t = template();
     let webhook = &t["Resources"]["WebhookFunction"]["Properties"];
-    assert!(webhook.get("ReservedConcurrentExecutions").is_some(), "reserved concurrency");
-    let mut actions: Vec<String> = statements(&t, "WebhookFunction").iter().flat_map(|s| strings(&s["Action"])).collect();
+    assert!(
+        webhook.get("ReservedConcurrentExecutions").is_some(),
+        "reserved concurrency"
+    );
+    let mut actions: Vec<String> = statements(&t, "WebhookFunction")
+        .iter()
+        .flat_map(|s| strings(&s["Action"]))
+        .collect();
     actions.sort();
-    assert_eq!(actions, ["events:PutEvents", "secretsmanager:GetSecretValue"]);
+    assert_eq!(
+        actions,
+        ["events:PutEvents", "secretsmanager:GetSecretValue"]
+    );
     for s in statements(&t, "WebhookFunction") {
         if allows(&s, "secretsmanager:GetSecretValue") {
-            assert_eq!(text(&s["Resource"]), "!Ref WebhookSecret", "its own key and nothing else");
+            assert_eq!(
+                text(&s["Resource"]),
+                "!Ref WebhookSecret",
+                "its own key and nothing else"
+            );
         }
         if allows(&s, "events:PutEvents") {
-            assert!(text(&s["Resource"]).contains("ApprovalBusName"), "the approval bus only");
+            assert!(
+                text(&s["Resource"]).contains("ApprovalBusName"),
+                "the approval bus only"
+            );
         }
     }
     let env = text(&webhook["Environment"]);
-    assert!(!env.contains("REVOKE_FUNCTION") && !env.contains("SCHEDULER_ROLE"), "{env}");
+    assert!(
+        !env.contains("REVOKE_FUNCTION") && !env.contains("SCHEDULER_ROLE"),
+        "{env}"
+    );
     // And no other function may touch the webhook's key.
     for function in functions(&t).into_iter().filter(|f| f != "WebhookFunction") {
         let statements = statements(&t, &function);
-        if statements.iter().any(|s| strings(&s["Action"]).iter().any(|a| a.starts_with("secretsmanager:"))) {
+        if statements.iter().any(|s| {
+            strings(&s["Action"])
+                .iter()
+                .any(|a| a.starts_with("secretsmanager:"))
+        }) {
             assert!(
-                statements.iter().any(|s| s["Effect"].as_str() == Some("Deny") && text(&s["Resource"]) == "!Ref WebhookSecret"),
+                statements
+                    .iter()
+                    .any(|s| s["Effect"].as_str() == Some("Deny")
+                        && text(&s["Resource"]) == "!Ref WebhookSecret"),
                 "{function} is denied the webhook key"
             );
         }
@@ -179,23 +292,50 @@ fn iam_writes_never_reach_the_stacks_own_or_aws_protected_roles() {
     let mut writers = 0;
     for function in functions(&t) {
         let statements = statements(&t, &function);
-        let writes = ["iam:PutUserPolicy", "iam:PutRolePolicy", "iam:DeleteUserPolicy", "iam:DeleteRolePolicy"];
-        if !statements.iter().any(|s| writes.iter().any(|w| allows(s, w))) {
+        let writes = [
+            "iam:PutUserPolicy",
+            "iam:PutRolePolicy",
+            "iam:DeleteUserPolicy",
+            "iam:DeleteRolePolicy",
+        ];
+        if !statements
+            .iter()
+            .any(|s| writes.iter().any(|w| allows(s, w)))
+        {
             continue;
         }
         writers += 1;
         let denied: Vec<String> = statements
             .iter()
-            .filter(|s| s["Effect"].as_str() == Some("Deny") && writes.iter().all(|w| strings(&s["Action"]).contains(&w.to_string())))
+            .filter(|s| {
+                s["Effect"].as_str() == Some("Deny")
+                    && writes
+                        .iter()
+                        .all(|w| strings(&s["Action"]).contains(&w.to_string()))
+            })
             .flat_map(|s| strings(&s["Resource"]))
             .collect();
-        for protected in ["role/${AWS::StackName}-*", "role/aws-reserved/*", "role/aws-service-role/*"] {
-            assert!(denied.iter().any(|r| r.contains(protected)), "{function}: writes on {protected} are not denied: {denied:?}");
+        for protected in [
+            "role/${AWS::StackName}-*",
+            "role/aws-reserved/*",
+            "role/aws-service-role/*",
+        ] {
+            assert!(
+                denied.iter().any(|r| r.contains(protected)),
+                "{function}: writes on {protected} are not denied: {denied:?}"
+            );
         }
     }
-    assert_eq!(writers, 3, "grant, revoke and cleanup write or remove IAM policies; nothing else");
-    let protected = text(&t["Globals"]["Function"]["Environment"]["Variables"]["PGJIT_PROTECTED_ROLES"]);
-    assert!(protected.contains("${AWS::StackName}-*"), "pgjit refuses them itself too: {protected}");
+    assert_eq!(
+        writers, 3,
+        "grant, revoke and cleanup write or remove IAM policies; nothing else"
+    );
+    let protected =
+        text(&t["Globals"]["Function"]["Environment"]["Variables"]["PGJIT_PROTECTED_ROLES"]);
+    assert!(
+        protected.contains("${AWS::StackName}-*"),
+        "pgjit refuses them itself too: {protected}"
+    );
 }
 
 /// Every Secrets Manager call pgjit's code makes on a requester's credentials is allowed to the
@@ -206,38 +346,94 @@ fn the_functions_may_make_every_secrets_call_their_code_makes() {
     let credentials = "${CredentialsPrefix}";
     let needed = [
         // GetSecretValue: an extension rewrites expires_at in the secret, keeping the rest.
-        ("GrantFunction", &["CreateSecret", "PutSecretValue", "DeleteSecret", "DescribeSecret", "TagResource", "PutResourcePolicy", "RestoreSecret", "GetSecretValue"][..]),
+        (
+            "GrantFunction",
+            &[
+                "CreateSecret",
+                "PutSecretValue",
+                "DeleteSecret",
+                "DescribeSecret",
+                "TagResource",
+                "PutResourcePolicy",
+                "RestoreSecret",
+                "GetSecretValue",
+            ][..],
+        ),
         ("RevokeFunction", &["DescribeSecret", "DeleteSecret"][..]),
-        ("CleanupFunction", &["DescribeSecret", "PutSecretValue", "DeleteSecret"][..]),
+        (
+            "CleanupFunction",
+            &["DescribeSecret", "PutSecretValue", "DeleteSecret"][..],
+        ),
     ];
     for (function, actions) in needed {
         let allowed: Vec<String> = statements(&t, function)
             .iter()
-            .filter(|s| s["Effect"].as_str() == Some("Allow") && text(&s["Resource"]).contains(credentials))
+            .filter(|s| {
+                s["Effect"].as_str() == Some("Allow") && text(&s["Resource"]).contains(credentials)
+            })
             .flat_map(|s| strings(&s["Action"]))
             .collect();
         for action in actions {
-            assert!(allowed.contains(&format!("secretsmanager:{action}")), "{function} may not {action}: {allowed:?}");
+            assert!(
+                allowed.contains(&format!("secretsmanager:{action}")),
+                "{function} may not {action}: {allowed:?}"
+            );
         }
     }
     // And the calls the code makes are exactly these (a new one must be added here and above).
     let mut calls = std::collections::BTreeSet::new();
-    for file in ["aws/credentials.rs", "control/grants/mod.rs", "control/grants/grant.rs", "control/grants/revoke.rs", "control/extension.rs", "control/webhook.rs", "aws/admin.rs"] {
+    for file in [
+        "aws/credentials.rs",
+        "control/grants/mod.rs",
+        "control/grants/grant.rs",
+        "control/grants/revoke.rs",
+        "control/extension.rs",
+        "control/webhook.rs",
+        "aws/admin.rs",
+    ] {
         let code = std::fs::read_to_string(format!("{ROOT}/shared/src/{file}")).unwrap();
-        for call in ["create_secret", "put_secret_value", "delete_secret", "describe_secret", "put_resource_policy", "restore_secret", "get_secret_value", "tag_resource"] {
+        for call in [
+            "create_secret",
+            "put_secret_value",
+            "delete_secret",
+            "describe_secret",
+            "put_resource_policy",
+            "restore_secret",
+            "get_secret_value",
+            "tag_resource",
+        ] {
             if code.contains(&format!(".{call}()")) {
                 calls.insert(call);
             }
         }
     }
-    assert_eq!(calls.into_iter().collect::<Vec<_>>(), ["create_secret", "delete_secret", "describe_secret", "get_secret_value", "put_resource_policy", "put_secret_value", "restore_secret"]);
+    assert_eq!(
+        calls.into_iter().collect::<Vec<_>>(),
+        [
+            "create_secret",
+            "delete_secret",
+            "describe_secret",
+            "get_secret_value",
+            "put_resource_policy",
+            "put_secret_value",
+            "restore_secret"
+        ]
+    );
 }
 
 #[test]
 fn credentials_are_apart_from_pgjits_own_secrets() {
     let t = template();
-    let (own, creds) = (t["Parameters"]["SecretPrefix"]["Default"].as_str().unwrap(), t["Parameters"]["CredentialsPrefix"]["Default"].as_str().unwrap());
-    assert!(!own.starts_with(creds) && !creds.starts_with(own), "{own} / {creds}");
+    let (own, creds) = (
+        t["Parameters"]["SecretPrefix"]["Default"].as_str().unwrap(),
+        t["Parameters"]["CredentialsPrefix"]["Default"]
+            .as_str()
+            .unwrap(),
+    );
+    assert!(
+        !own.starts_with(creds) && !creds.starts_with(own),
+        "{own} / {creds}"
+    );
     for function in functions(&t) {
         for s in statements(&t, &function) {
             if s["Effect"].as_str() != Some("Allow") {
@@ -245,14 +441,31 @@ fn credentials_are_apart_from_pgjits_own_secrets() {
             }
             let actions = strings(&s["Action"]);
             let resource = text(&s["Resource"]);
-            let writes = actions.iter().any(|a| ["secretsmanager:CreateSecret", "secretsmanager:PutSecretValue", "secretsmanager:DeleteSecret", "secretsmanager:PutResourcePolicy"].contains(&a.as_str()));
+            let writes = actions.iter().any(|a| {
+                [
+                    "secretsmanager:CreateSecret",
+                    "secretsmanager:PutSecretValue",
+                    "secretsmanager:DeleteSecret",
+                    "secretsmanager:PutResourcePolicy",
+                ]
+                .contains(&a.as_str())
+            });
             if writes {
-                assert!(resource.contains("${CredentialsPrefix}") && !resource.contains("${SecretPrefix}"), "{function} writes only credentials: {resource}");
+                assert!(
+                    resource.contains("${CredentialsPrefix}")
+                        && !resource.contains("${SecretPrefix}"),
+                    "{function} writes only credentials: {resource}"
+                );
             }
             // Only the grant function, which writes them anyway, may read a requester's
             // credentials: an extension rewrites the secret's expires_at and keeps the password.
-            if actions.iter().any(|a| a == "secretsmanager:GetSecretValue") && function != "GrantFunction" {
-                assert!(!resource.contains("${CredentialsPrefix}"), "{function} never reads a requester's credentials: {resource}");
+            if actions.iter().any(|a| a == "secretsmanager:GetSecretValue")
+                && function != "GrantFunction"
+            {
+                assert!(
+                    !resource.contains("${CredentialsPrefix}"),
+                    "{function} never reads a requester's credentials: {resource}"
+                );
             }
         }
     }
@@ -263,7 +476,11 @@ fn failed_asynchronous_invocations_are_kept_alarmed_and_swept() {
     let t = template();
     for function in ["GrantFunction", "RevokeFunction"] {
         let config = &t["Resources"][function]["Properties"]["EventInvokeConfig"];
-        assert_eq!(text(&config["DestinationConfig"]["OnFailure"]["Destination"]), "!GetAtt FailedInvocationsQueue.Arn", "{function}: on-failure destination");
+        assert_eq!(
+            text(&config["DestinationConfig"]["OnFailure"]["Destination"]),
+            "!GetAtt FailedInvocationsQueue.Arn",
+            "{function}: on-failure destination"
+        );
         let alarmed = t["Resources"].as_mapping().unwrap().values().any(|r| {
             r["Type"].as_str() == Some("AWS::CloudWatch::Alarm")
                 && r["Properties"]["MetricName"].as_str() == Some("AsyncEventsDropped")
@@ -271,19 +488,41 @@ fn failed_asynchronous_invocations_are_kept_alarmed_and_swept() {
         });
         assert!(alarmed, "{function}: an alarm on AsyncEventsDropped");
     }
-    let queue_alarm = t["Resources"].as_mapping().unwrap().values().any(|r| text(&r["Properties"]["Dimensions"]).contains("FailedInvocationsQueue.QueueName"));
+    let queue_alarm =
+        t["Resources"].as_mapping().unwrap().values().any(|r| {
+            text(&r["Properties"]["Dimensions"]).contains("FailedInvocationsQueue.QueueName")
+        });
     assert!(queue_alarm, "an alarm on the failed-invocations queue");
     // The rules' dead-letter queue lets EventBridge in; the hourly sweep is the backstop.
-    let policy = text(&t["Resources"]["RevokeDeadLetterQueuePolicy"]["Properties"]["PolicyDocument"]);
-    assert!(policy.contains("events.amazonaws.com") && policy.contains("sqs:SendMessage"), "{policy}");
-    let hourly = &t["Resources"]["CleanupFunction"]["Properties"]["Events"]["HourlyOverdue"]["Properties"];
+    let policy =
+        text(&t["Resources"]["RevokeDeadLetterQueuePolicy"]["Properties"]["PolicyDocument"]);
+    assert!(
+        policy.contains("events.amazonaws.com") && policy.contains("sqs:SendMessage"),
+        "{policy}"
+    );
+    let hourly =
+        &t["Resources"]["CleanupFunction"]["Properties"]["Events"]["HourlyOverdue"]["Properties"];
     assert_eq!(hourly["ScheduleExpression"].as_str(), Some("rate(1 hour)"));
     let input: serde_json::Value = serde_json::from_str(hourly["Input"].as_str().unwrap()).unwrap();
-    assert_eq!(pgjit::control::cleanup::Scope::of(&input), pgjit::control::cleanup::Scope::Overdue);
+    assert_eq!(
+        pgjit::control::cleanup::Scope::of(&input),
+        pgjit::control::cleanup::Scope::Overdue
+    );
     // The LogLevel parameter reaches the functions.
-    assert_eq!(text(&t["Globals"]["Function"]["LoggingConfig"]["ApplicationLogLevel"]), "!FindInMap LogLevels | !Ref LogLevel | Lambda");
-    for level in t["Parameters"]["LogLevel"]["AllowedValues"].as_sequence().unwrap() {
-        assert!(t["Mappings"]["LogLevels"].get(level.as_str().unwrap()).is_some(), "{level:?} is mapped");
+    assert_eq!(
+        text(&t["Globals"]["Function"]["LoggingConfig"]["ApplicationLogLevel"]),
+        "!FindInMap LogLevels | !Ref LogLevel | Lambda"
+    );
+    for level in t["Parameters"]["LogLevel"]["AllowedValues"]
+        .as_sequence()
+        .unwrap()
+    {
+        assert!(
+            t["Mappings"]["LogLevels"]
+                .get(level.as_str().unwrap())
+                .is_some(),
+            "{level:?} is mapped"
+        );
     }
 }
 
@@ -295,24 +534,54 @@ fn session_audit_reads_each_listed_log_group_and_can_only_write_sessions() {
     // function for log groups of this account only.
     for i in 1..=5 {
         let filter = &t["Resources"][format!("AuditSubscription{i}").as_str()];
-        assert_eq!(filter["Type"].as_str(), Some("AWS::Logs::SubscriptionFilter"));
+        assert_eq!(
+            filter["Type"].as_str(),
+            Some("AWS::Logs::SubscriptionFilter")
+        );
         let group = text(&filter["Properties"]["LogGroupName"]);
-        assert!(group.contains(&format!("!Select {} |", i - 1)) && group.contains("AuditLogGroups"), "{group}");
-        assert_eq!(text(&filter["Properties"]["DestinationArn"]), "!GetAtt AuditFunction.Arn");
-        assert_eq!(filter["Condition"].as_str(), Some(format!("HasAuditLogGroup{i}").as_str()), "no filter for an empty slot");
+        assert!(
+            group.contains(&format!("!Select {} |", i - 1)) && group.contains("AuditLogGroups"),
+            "{group}"
+        );
+        assert_eq!(
+            text(&filter["Properties"]["DestinationArn"]),
+            "!GetAtt AuditFunction.Arn"
+        );
+        assert_eq!(
+            filter["Condition"].as_str(),
+            Some(format!("HasAuditLogGroup{i}").as_str()),
+            "no filter for an empty slot"
+        );
         let condition = text(&t["Conditions"][format!("HasAuditLogGroup{i}").as_str()]);
-        assert!(condition.contains(&format!("!Select {} |", i - 1)), "{condition}");
+        assert!(
+            condition.contains(&format!("!Select {} |", i - 1)),
+            "{condition}"
+        );
     }
     let permission = &t["Resources"]["AuditFunctionLogsPermission"]["Properties"];
     assert_eq!(permission["Principal"].as_str(), Some("logs.amazonaws.com"));
     assert_eq!(text(&permission["SourceAccount"]), "!Ref AWS::AccountId");
-    assert!(text(&permission["SourceArn"]).contains("log-group:/aws/rds/"), "only RDS log groups");
+    assert!(
+        text(&permission["SourceArn"]).contains("log-group:/aws/rds/"),
+        "only RDS log groups"
+    );
     // It reads which integration and grant a line belongs to, and writes the sessions table: no
     // secrets, no database, no IAM, no other table written.
     let statements = statements(&t, "AuditFunction");
-    let mut actions: Vec<String> = statements.iter().flat_map(|s| strings(&s["Action"])).collect();
+    let mut actions: Vec<String> = statements
+        .iter()
+        .flat_map(|s| strings(&s["Action"]))
+        .collect();
     actions.sort();
-    assert_eq!(actions, ["dynamodb:BatchWriteItem", "dynamodb:Query", "dynamodb:Query", "dynamodb:Scan"]);
+    assert_eq!(
+        actions,
+        [
+            "dynamodb:BatchWriteItem",
+            "dynamodb:Query",
+            "dynamodb:Query",
+            "dynamodb:Scan"
+        ]
+    );
     let mut queried = Vec::new();
     for s in &statements {
         let resource = text(&s["Resource"]);
@@ -328,13 +597,26 @@ fn session_audit_reads_each_listed_log_group_and_can_only_write_sessions() {
     // would let through without the right).
     queried.sort();
     assert_eq!(queried.len(), 2);
-    assert!(queried[1].contains("GrantsTable.Arn}/index/db-user") && queried[0] == "!GetAtt SessionsTable.Arn", "{queried:?}");
+    assert!(
+        queried[1].contains("GrantsTable.Arn}/index/db-user")
+            && queried[0] == "!GetAtt SessionsTable.Arn",
+        "{queried:?}"
+    );
     // Entries expire after the retention; failed deliveries are kept and alarmed.
     let table = &t["Resources"]["SessionsTable"]["Properties"];
-    assert_eq!(text(&table["TimeToLiveSpecification"]["AttributeName"]), "expires_at");
-    assert_eq!(text(&t["Globals"]["Function"]["Environment"]["Variables"]["PGJIT_SESSION_RETENTION_DAYS"]), "!Ref SessionRetentionDays");
+    assert_eq!(
+        text(&table["TimeToLiveSpecification"]["AttributeName"]),
+        "expires_at"
+    );
+    assert_eq!(
+        text(&t["Globals"]["Function"]["Environment"]["Variables"]["PGJIT_SESSION_RETENTION_DAYS"]),
+        "!Ref SessionRetentionDays"
+    );
     let invoke = &t["Resources"]["AuditFunctionEventInvokeConfig"]["Properties"];
-    assert_eq!(text(&invoke["DestinationConfig"]["OnFailure"]["Destination"]), "!GetAtt FailedInvocationsQueue.Arn");
+    assert_eq!(
+        text(&invoke["DestinationConfig"]["OnFailure"]["Destination"]),
+        "!GetAtt FailedInvocationsQueue.Arn"
+    );
 }
 
 /// Cleanup's continuation is a schedule it makes itself: the function may create and update
@@ -344,37 +626,80 @@ fn session_audit_reads_each_listed_log_group_and_can_only_write_sessions() {
 fn cleanup_may_schedule_its_own_continuation_and_nothing_else() {
     let t = template();
     let cleanup = statements(&t, "CleanupFunction");
-    let writes: Vec<&Value> = cleanup.iter().filter(|s| allows(s, "scheduler:CreateSchedule") || allows(s, "scheduler:UpdateSchedule")).collect();
+    let writes: Vec<&Value> = cleanup
+        .iter()
+        .filter(|s| allows(s, "scheduler:CreateSchedule") || allows(s, "scheduler:UpdateSchedule"))
+        .collect();
     assert_eq!(writes.len(), 1, "{writes:?}");
-    assert!(allows(writes[0], "scheduler:GetSchedule"), "it reads the waiting one's count");
+    assert!(
+        allows(writes[0], "scheduler:GetSchedule"),
+        "it reads the waiting one's count"
+    );
     let resources = strings(&writes[0]["Resource"]);
-    let names: Vec<String> = [pgjit::control::cleanup::Scope::Full, pgjit::control::cleanup::Scope::Overdue].into_iter().map(pgjit::control::cleanup::continuation_schedule_name).collect();
+    let names: Vec<String> = [
+        pgjit::control::cleanup::Scope::Full,
+        pgjit::control::cleanup::Scope::Overdue,
+    ]
+    .into_iter()
+    .map(pgjit::control::cleanup::continuation_schedule_name)
+    .collect();
     assert_eq!(resources.len(), names.len(), "{resources:?}");
     for (resource, name) in resources.iter().zip(&names) {
-        assert!(resource.ends_with(&format!("schedule/${{RevokeScheduleGroup}}/{name}")), "{name} / {resource}");
+        assert!(
+            resource.ends_with(&format!("schedule/${{RevokeScheduleGroup}}/{name}")),
+            "{name} / {resource}"
+        );
     }
     // No other function may touch them, and every other schedule right is on revoke schedules.
     for function in functions(&t) {
         for s in statements(&t, &function) {
             let resource = text(&s["Resource"]);
-            if s["Effect"].as_str() != Some("Allow") || !strings(&s["Action"]).iter().any(|a| a.starts_with("scheduler:")) {
+            if s["Effect"].as_str() != Some("Allow")
+                || !strings(&s["Action"])
+                    .iter()
+                    .any(|a| a.starts_with("scheduler:"))
+            {
                 continue;
             }
-            let continuation = function == "CleanupFunction" && resource.contains("/cleanup-continuation-");
-            let start = function == "RequestsFunction" && resource.ends_with("schedule/${RevokeScheduleGroup}/start-*");
-            assert!(continuation || start || resource.ends_with("schedule/${RevokeScheduleGroup}/pgjit-*"), "{function}: {resource}");
+            let continuation =
+                function == "CleanupFunction" && resource.contains("/cleanup-continuation-");
+            let start = function == "RequestsFunction"
+                && resource.ends_with("schedule/${RevokeScheduleGroup}/start-*");
+            assert!(
+                continuation
+                    || start
+                    || resource.ends_with("schedule/${RevokeScheduleGroup}/pgjit-*"),
+                "{function}: {resource}"
+            );
         }
     }
-    assert!(pgjit::aws::schedule::schedule_name("cleanup-continuation-full").starts_with("pgjit-"), "revoke schedules are apart");
-    assert!(pgjit::aws::schedule::start_schedule_name("pgjit-x").starts_with("start-"), "start schedules are apart from revokes");
-    let pass: Vec<String> = cleanup.iter().filter(|s| allows(s, "iam:PassRole")).map(|s| text(&s["Resource"])).collect();
+    assert!(
+        pgjit::aws::schedule::schedule_name("cleanup-continuation-full").starts_with("pgjit-"),
+        "revoke schedules are apart"
+    );
+    assert!(
+        pgjit::aws::schedule::start_schedule_name("pgjit-x").starts_with("start-"),
+        "start schedules are apart from revokes"
+    );
+    let pass: Vec<String> = cleanup
+        .iter()
+        .filter(|s| allows(s, "iam:PassRole"))
+        .map(|s| text(&s["Resource"]))
+        .collect();
     assert_eq!(pass, ["!GetAtt SchedulerRole.Arn"]);
     let env = &t["Resources"]["CleanupFunction"]["Properties"]["Environment"]["Variables"];
-    assert_eq!(text(&env["PGJIT_SCHEDULER_ROLE_ARN"]), "!GetAtt SchedulerRole.Arn");
+    assert_eq!(
+        text(&env["PGJIT_SCHEDULER_ROLE_ARN"]),
+        "!GetAtt SchedulerRole.Arn"
+    );
     let policy = &t["Resources"]["SchedulerInvokesCleanup"]["Properties"];
     assert_eq!(text(&policy["Roles"]), "!Ref SchedulerRole");
     let invoke = &policy["PolicyDocument"]["Statement"][0];
-    assert!(allows(invoke, "lambda:InvokeFunction") && text(&invoke["Resource"]).contains("!GetAtt CleanupFunction.Arn"), "{invoke:?}");
+    assert!(
+        allows(invoke, "lambda:InvokeFunction")
+            && text(&invoke["Resource"]).contains("!GetAtt CleanupFunction.Arn"),
+        "{invoke:?}"
+    );
 }
 
 /// The approvals key's policy, read as KMS reads it for each caller that matters: a key's own
@@ -386,36 +711,81 @@ fn cleanup_may_schedule_its_own_continuation_and_nothing_else() {
 fn only_the_approval_senders_make_approval_macs() {
     let t = template();
     let key = &t["Resources"]["ApprovalsKey"]["Properties"];
-    assert_eq!((key["KeySpec"].as_str(), key["KeyUsage"].as_str()), (Some("HMAC_256"), Some("GENERATE_VERIFY_MAC")));
+    assert_eq!(
+        (key["KeySpec"].as_str(), key["KeyUsage"].as_str()),
+        (Some("HMAC_256"), Some("GENERATE_VERIFY_MAC"))
+    );
     let statements = key["KeyPolicy"]["Statement"].as_sequence().unwrap();
     let who = |action: &str| -> Vec<String> {
         statements
             .iter()
-            .filter(|s| s["Effect"].as_str() == Some("Allow") && strings(&s["Action"]).iter().any(|a| a == action || a == "kms:*" || (a.ends_with('*') && action.starts_with(a.trim_end_matches('*')))))
+            .filter(|s| {
+                s["Effect"].as_str() == Some("Allow")
+                    && strings(&s["Action"]).iter().any(|a| {
+                        a == action
+                            || a == "kms:*"
+                            || (a.ends_with('*') && action.starts_with(a.trim_end_matches('*')))
+                    })
+            })
             .map(|s| text(&s["Principal"]["AWS"]))
             .collect()
     };
     let make = who("kms:GenerateMac");
     assert_eq!(make.len(), 1, "{make:?}");
-    assert!(make[0].contains("!GetAtt WebhookFunctionRole.Arn") && make[0].contains("!GetAtt RequestsFunctionRole.Arn") && make[0].contains("!Ref ApprovalSenderArns"), "{make:?}");
+    assert!(
+        make[0].contains("!GetAtt WebhookFunctionRole.Arn")
+            && make[0].contains("!GetAtt RequestsFunctionRole.Arn")
+            && make[0].contains("!Ref ApprovalSenderArns"),
+        "{make:?}"
+    );
     let verify = who("kms:VerifyMac");
-    assert_eq!(verify, ["!GetAtt GrantFunctionRole.Arn | !GetAtt RevokeFunctionRole.Arn"], "only pgjit's functions verify");
-    for (caller, sees) in [("the grant function", "GrantFunctionRole"), ("the revoke function", "RevokeFunctionRole")] {
-        assert!(!make.iter().any(|p| p.contains(sees)), "{caller} may not make a MAC");
+    assert_eq!(
+        verify,
+        ["!GetAtt GrantFunctionRole.Arn | !GetAtt RevokeFunctionRole.Arn"],
+        "only pgjit's functions verify"
+    );
+    for (caller, sees) in [
+        ("the grant function", "GrantFunctionRole"),
+        ("the revoke function", "RevokeFunctionRole"),
+    ] {
+        assert!(
+            !make.iter().any(|p| p.contains(sees)),
+            "{caller} may not make a MAC"
+        );
     }
     // The account (every IAM principal whose policy allows kms:*) and the administrators: never
     // a use of the key, nor a grant that would hand one out.
     for action in ["kms:GenerateMac", "kms:VerifyMac", "kms:CreateGrant"] {
         for principals in who(action) {
-            assert!(!principals.contains(":root") && !principals.contains("ApprovalsKeyAdministratorArns"), "{action} for {principals}");
+            assert!(
+                !principals.contains(":root")
+                    && !principals.contains("ApprovalsKeyAdministratorArns"),
+                "{action} for {principals}"
+            );
         }
     }
-    let admin = statements.iter().find(|s| text(&s["Principal"]["AWS"]).contains("ApprovalsKeyAdministratorArns")).expect("an administrators' statement");
-    assert!(strings(&admin["Action"]).iter().all(|a| !a.contains('*') && a != "kms:GenerateMac" && a != "kms:VerifyMac" && a != "kms:CreateGrant"), "{:?}", strings(&admin["Action"]));
+    let admin = statements
+        .iter()
+        .find(|s| text(&s["Principal"]["AWS"]).contains("ApprovalsKeyAdministratorArns"))
+        .expect("an administrators' statement");
+    assert!(
+        strings(&admin["Action"]).iter().all(|a| !a.contains('*')
+            && a != "kms:GenerateMac"
+            && a != "kms:VerifyMac"
+            && a != "kms:CreateGrant"),
+        "{:?}",
+        strings(&admin["Action"])
+    );
     // Every function names the key by the alias the stack makes.
     let alias = text(&t["Resources"]["ApprovalsKeyAlias"]["Properties"]["AliasName"]);
-    assert_eq!(text(&t["Globals"]["Function"]["Environment"]["Variables"]["PGJIT_APPROVALS_KEY_ID"]), alias);
-    assert_eq!(text(&t["Resources"]["ApprovalsKeyAlias"]["Properties"]["TargetKeyId"]), "!Ref ApprovalsKey");
+    assert_eq!(
+        text(&t["Globals"]["Function"]["Environment"]["Variables"]["PGJIT_APPROVALS_KEY_ID"]),
+        alias
+    );
+    assert_eq!(
+        text(&t["Resources"]["ApprovalsKeyAlias"]["Properties"]["TargetKeyId"]),
+        "!Ref ApprovalsKey"
+    );
 }
 
 /// Lines session audit cannot read in full may hide a statement: the metric the audit function
@@ -423,21 +793,43 @@ fn only_the_approval_senders_make_approval_macs() {
 #[test]
 fn audit_lines_not_read_are_alarmed() {
     let t = template();
-    for (alarm, metric) in [("AuditLinesNotReadAlarm", "AuditLinesNotRead"), ("AuditLogGroupAmbiguousAlarm", "AuditLogGroupAmbiguous")] {
+    for (alarm, metric) in [
+        ("AuditLinesNotReadAlarm", "AuditLinesNotRead"),
+        ("AuditLogGroupAmbiguousAlarm", "AuditLogGroupAmbiguous"),
+    ] {
         let alarm = &t["Resources"][alarm]["Properties"];
-        assert_eq!((alarm["Namespace"].as_str(), alarm["MetricName"].as_str()), (Some("pgjit"), Some(metric)));
-        assert!(alarm.get("Dimensions").is_none(), "{metric}: the total over every integration");
-        assert_eq!((text(&alarm["Threshold"]), alarm["ComparisonOperator"].as_str()), ("0".to_owned(), Some("GreaterThanThreshold")));
+        assert_eq!(
+            (alarm["Namespace"].as_str(), alarm["MetricName"].as_str()),
+            (Some("pgjit"), Some(metric))
+        );
+        assert!(
+            alarm.get("Dimensions").is_none(),
+            "{metric}: the total over every integration"
+        );
+        assert_eq!(
+            (
+                text(&alarm["Threshold"]),
+                alarm["ComparisonOperator"].as_str()
+            ),
+            ("0".to_owned(), Some("GreaterThanThreshold"))
+        );
     }
     // Functions in a VPC reach KMS (the approvals key) through an endpoint like the other services.
-    assert_eq!(text(&t["Resources"]["KmsEndpoint"]["Properties"]["ServiceName"]), "!Sub com.amazonaws.${AWS::Region}.kms");
+    assert_eq!(
+        text(&t["Resources"]["KmsEndpoint"]["Properties"]["ServiceName"]),
+        "!Sub com.amazonaws.${AWS::Region}.kms"
+    );
 }
 
 #[test]
 fn flows_and_people_are_read_by_the_deciding_functions_only_and_written_by_no_function() {
     let t = template();
     let flows_table = |s: &Value| text(&s["Resource"]).contains("FlowsTable");
-    let people = |s: &Value| strings(&s["Action"]).iter().any(|a| a.starts_with("identitystore:"));
+    let people = |s: &Value| {
+        strings(&s["Action"])
+            .iter()
+            .any(|a| a.starts_with("identitystore:"))
+    };
     for function in functions(&t) {
         for s in statements(&t, &function) {
             let decides = function == "GrantFunction" || function == "RequestsFunction";
@@ -445,17 +837,35 @@ fn flows_and_people_are_read_by_the_deciding_functions_only_and_written_by_no_fu
                 assert!(decides && strings(&s["Action"]) == ["dynamodb:Scan"], "{function}: flows are read by the grant and requests functions only, and only read");
             }
             if people(&s) {
-                assert!(decides, "{function}: people are read by the grant and requests functions only");
+                assert!(
+                    decides,
+                    "{function}: people are read by the grant and requests functions only"
+                );
                 let mut actions = strings(&s["Action"]);
                 actions.sort();
-                assert_eq!(actions, ["identitystore:DescribeGroup", "identitystore:GetUserId", "identitystore:ListGroupMembershipsForMember"], "read-only");
+                assert_eq!(
+                    actions,
+                    [
+                        "identitystore:DescribeGroup",
+                        "identitystore:GetUserId",
+                        "identitystore:ListGroupMembershipsForMember"
+                    ],
+                    "read-only"
+                );
             }
         }
     }
     let grant = statements(&t, "GrantFunction");
-    assert!(grant.iter().any(flows_table) && grant.iter().any(people), "the grant function checks approvals against the flows and their people");
+    assert!(
+        grant.iter().any(flows_table) && grant.iter().any(people),
+        "the grant function checks approvals against the flows and their people"
+    );
     let alarm = &t["Resources"]["BreakGlassUsedAlarm"]["Properties"];
-    assert_eq!((alarm["MetricName"].as_str(), alarm["Namespace"].as_str()), (Some("BreakGlassUsed"), Some("pgjit")), "break-glass use is alarmed");
+    assert_eq!(
+        (alarm["MetricName"].as_str(), alarm["Namespace"].as_str()),
+        (Some("BreakGlassUsed"), Some("pgjit")),
+        "break-glass use is alarmed"
+    );
 }
 
 /// The front door: who SigV4 proved calls it through its URL, the callers named by
@@ -467,31 +877,113 @@ fn the_front_door_is_called_with_iam_identities_through_its_url_only() {
     let t = template();
     let f = &t["Resources"]["RequestsFunction"]["Properties"];
     assert_eq!(f["FunctionUrlConfig"]["AuthType"].as_str(), Some("AWS_IAM"));
+    assert!(
+        f.get("ReservedConcurrentExecutions").is_some(),
+        "a flood of signed calls cannot starve grants and revokes"
+    );
     let url = &t["Resources"]["RequestsUrlCallers"]["Properties"];
-    assert_eq!((url["Action"].as_str(), url["FunctionUrlAuthType"].as_str()), (Some("lambda:InvokeFunctionUrl"), Some("AWS_IAM")));
+    assert_eq!(
+        (url["Action"].as_str(), url["FunctionUrlAuthType"].as_str()),
+        (Some("lambda:InvokeFunctionUrl"), Some("AWS_IAM"))
+    );
     let invoke = &t["Resources"]["RequestsUrlInvokes"]["Properties"];
-    assert_eq!((invoke["Action"].as_str(), invoke["InvokedViaFunctionUrl"].as_bool()), (Some("lambda:InvokeFunction"), Some(true)), "callers invoke it only through the URL");
+    assert_eq!(
+        (
+            invoke["Action"].as_str(),
+            invoke["InvokedViaFunctionUrl"].as_bool()
+        ),
+        (Some("lambda:InvokeFunction"), Some(true)),
+        "callers invoke it only through the URL"
+    );
     for p in [url, invoke] {
         let principal = text(&p["Principal"]);
         // "*" only with the organization's condition; else the account named, or this one.
-        assert!(principal.contains("RequestersAreOrganization") && principal.contains("!Ref RequesterPrincipals") && principal.contains("!Ref AWS::AccountId"), "{principal}");
-        assert!(text(&p["PrincipalOrgID"]).starts_with("!If RequestersAreOrganization | !Ref RequesterPrincipals"), "{:?}", p["PrincipalOrgID"]);
+        assert!(
+            principal.contains("RequestersAreOrganization")
+                && principal.contains("!Ref RequesterPrincipals")
+                && principal.contains("!Ref AWS::AccountId"),
+            "{principal}"
+        );
+        assert!(
+            text(&p["PrincipalOrgID"])
+                .starts_with("!If RequestersAreOrganization | !Ref RequesterPrincipals"),
+            "{:?}",
+            p["PrincipalOrgID"]
+        );
     }
-    let permissions: Vec<String> = t["Resources"].as_mapping().unwrap().iter().filter(|(_, r)| r["Type"].as_str() == Some("AWS::Lambda::Permission") && text(&r["Properties"]["FunctionName"]).contains("RequestsFunction")).map(|(k, _)| text(k)).collect();
-    assert_eq!(permissions, ["RequestsUrlCallers", "RequestsUrlInvokes"], "nothing else may invoke it (the scheduler's role does by its own policy)");
+    let permissions: Vec<String> = t["Resources"]
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| {
+            r["Type"].as_str() == Some("AWS::Lambda::Permission")
+                && text(&r["Properties"]["FunctionName"]).contains("RequestsFunction")
+        })
+        .map(|(k, _)| text(k))
+        .collect();
+    assert_eq!(
+        permissions,
+        ["RequestsUrlCallers", "RequestsUrlInvokes"],
+        "nothing else may invoke it (the scheduler's role does by its own policy)"
+    );
     let statements = statements(&t, "RequestsFunction");
-    let actions: Vec<String> = statements.iter().flat_map(|s| strings(&s["Action"])).collect();
-    for forbidden in ["secretsmanager:", "iam:Put", "iam:Delete", "rds-db:", "kms:Decrypt", "dynamodb:DeleteItem", "dynamodb:UpdateItem"] {
-        assert!(actions.iter().all(|a| !a.starts_with(forbidden)), "the front door never does {forbidden}: {actions:?}");
+    let actions: Vec<String> = statements
+        .iter()
+        .flat_map(|s| strings(&s["Action"]))
+        .collect();
+    for forbidden in [
+        "secretsmanager:",
+        "iam:Put",
+        "iam:Delete",
+        "rds-db:",
+        "kms:Decrypt",
+        "dynamodb:DeleteItem",
+        "dynamodb:UpdateItem",
+    ] {
+        assert!(
+            actions.iter().all(|a| !a.starts_with(forbidden)),
+            "the front door never does {forbidden}: {actions:?}"
+        );
     }
-    let writes: Vec<String> = statements.iter().filter(|s| allows(s, "dynamodb:PutItem")).map(|s| text(&s["Resource"])).collect();
-    assert!(writes.iter().all(|r| (r.contains("RequestsTable") || r.contains("AuditTable")) && !r.contains("GrantsTable") && !r.contains("FlowsTable") && !r.contains("IntegrationsTable")), "{writes:?}");
-    let exempt = text(&t["Resources"]["ApprovalBusOnlySenders"]["Properties"]["Statement"]["Condition"]["ArnNotLike"]["aws:PrincipalArn"]);
-    assert!(exempt.contains("RequestsFunctionRole.Arn"), "it sends approvals: {exempt}");
+    let writes: Vec<String> = statements
+        .iter()
+        .filter(|s| allows(s, "dynamodb:PutItem"))
+        .map(|s| text(&s["Resource"]))
+        .collect();
+    assert!(
+        writes.iter().all(
+            |r| (r.contains("RequestsTable") || r.contains("AuditTable"))
+                && !r.contains("GrantsTable")
+                && !r.contains("FlowsTable")
+                && !r.contains("IntegrationsTable")
+        ),
+        "{writes:?}"
+    );
+    let exempt = text(
+        &t["Resources"]["ApprovalBusOnlySenders"]["Properties"]["Statement"]["Condition"]
+            ["ArnNotLike"]["aws:PrincipalArn"],
+    );
+    assert!(
+        exempt.contains("RequestsFunctionRole.Arn"),
+        "it sends approvals: {exempt}"
+    );
     let topic_rule = &t["Resources"]["RequestEventsToTopic"]["Properties"];
     let kinds = strings(&topic_rule["EventPattern"]["detail-type"]);
-    for kind in ["Access Request Created", "Access Request Approved", "Access Request Denied", "Access Request Cancelled", "Access Request Expired", "Break Glass Used"] {
-        assert!(kinds.iter().any(|k| k == kind), "{kind} reaches the approvers");
+    for kind in [
+        "Access Request Created",
+        "Access Request Approved",
+        "Access Request Denied",
+        "Access Request Cancelled",
+        "Access Request Expired",
+        "Break Glass Used",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == kind),
+            "{kind} reaches the approvers"
+        );
     }
-    assert!(text(&topic_rule["EventBusName"]).contains("EventBusName"), "pgjit's own bus, never the approval bus");
+    assert!(
+        text(&topic_rule["EventBusName"]).contains("EventBusName"),
+        "pgjit's own bus, never the approval bus"
+    );
 }

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use aws_config::{BehaviorVersion, SdkConfig};
 use tokio::sync::OnceCell;
 
+use crate::aws::store::Store;
 use crate::contract::config::Config;
 use crate::failpoint::Failpoints;
-use crate::aws::store::Store;
 
 /// Loads the AWS configuration from the environment (region, credentials, `AWS_ENDPOINT_URL`)
 /// with pgjit's own HTTPS client: rustls with ring, no OpenSSL, no aws-lc.
@@ -33,13 +33,19 @@ pub async fn load_sdk_config() -> SdkConfig {
         .operation_attempt_timeout(std::time::Duration::from_secs(5))
         .operation_timeout(std::time::Duration::from_secs(12))
         .build();
-    aws_config::defaults(BehaviorVersion::latest()).http_client(https_client()).timeout_config(timeouts).load().await
+    aws_config::defaults(BehaviorVersion::latest())
+        .http_client(https_client())
+        .timeout_config(timeouts)
+        .load()
+        .await
 }
 
 /// The one HTTPS client of every SDK client.
 pub fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
     use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
-    aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https()
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
 }
 
 /// Everything a handler needs; built once in `main` and shared by every invocation.
@@ -93,8 +99,15 @@ impl Services {
     pub async fn account_id(&self) -> Result<String, AwsError> {
         self.account
             .get_or_try_init(|| async {
-                let out = self.sts.get_caller_identity().send().await.map_err(|e| AwsError::new("sts:GetCallerIdentity", e))?;
-                out.account.ok_or_else(|| AwsError::msg("sts:GetCallerIdentity", "no account in the answer"))
+                let out = self
+                    .sts
+                    .get_caller_identity()
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::new("sts:GetCallerIdentity", e))?;
+                out.account.ok_or_else(|| {
+                    AwsError::msg("sts:GetCallerIdentity", "no account in the answer")
+                })
             })
             .await
             .cloned()
@@ -117,19 +130,38 @@ pub struct AwsError {
 }
 
 impl AwsError {
-    pub fn new<E, R>(operation: &'static str, e: aws_smithy_runtime_api::client::result::SdkError<E, R>) -> Self
+    pub fn new<E, R>(
+        operation: &'static str,
+        e: aws_smithy_runtime_api::client::result::SdkError<E, R>,
+    ) -> Self
     where
-        E: std::error::Error + Send + Sync + 'static + aws_smithy_types::error::metadata::ProvideErrorMetadata,
+        E: std::error::Error
+            + Send
+            + Sync
+            + 'static
+            + aws_smithy_types::error::metadata::ProvideErrorMetadata,
         R: std::fmt::Debug + Send + Sync + 'static,
     {
         let message = match e.as_service_error() {
-            Some(s) => format!("{}: {}", s.code().unwrap_or("error"), s.message().unwrap_or("")),
+            Some(s) => format!(
+                "{}: {}",
+                s.code().unwrap_or("error"),
+                s.message().unwrap_or("")
+            ),
             None => crate::engine::postgres::error_chain(&e),
         };
-        AwsError { operation, message, source: Some(Box::new(e)) }
+        AwsError {
+            operation,
+            message,
+            source: Some(Box::new(e)),
+        }
     }
 
     pub fn msg(operation: &'static str, message: impl Into<String>) -> Self {
-        AwsError { operation, message: message.into(), source: None }
+        AwsError {
+            operation,
+            message: message.into(),
+            source: None,
+        }
     }
 }

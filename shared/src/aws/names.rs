@@ -18,11 +18,20 @@ pub struct Alphabet {
 }
 
 /// Secrets Manager secret names: letters, digits and `/_+=.@-`, at most 512 characters.
-pub const SECRET_NAME: Alphabet = Alphabet { extra: b"/_+=.@-", max_len: 512 };
+pub const SECRET_NAME: Alphabet = Alphabet {
+    extra: b"/_+=.@-",
+    max_len: 512,
+};
 /// Secrets Manager tag values: letters, digits, spaces and `+-=._:/@`, at most 256 characters.
-pub const SECRET_TAG_VALUE: Alphabet = Alphabet { extra: b" +-=._:/@", max_len: 256 };
+pub const SECRET_TAG_VALUE: Alphabet = Alphabet {
+    extra: b" +-=._:/@",
+    max_len: 256,
+};
 /// IAM inline policy names: letters, digits and `+=,.@_-`, at most 128 characters.
-pub const IAM_POLICY_NAME: Alphabet = Alphabet { extra: b"+=,.@_-", max_len: 128 };
+pub const IAM_POLICY_NAME: Alphabet = Alphabet {
+    extra: b"+=,.@_-",
+    max_len: 128,
+};
 
 /// Length of the hash suffix of an encoding that did not fit (`==` and 32 hex digits).
 const HASHED_TAIL: usize = 2 + 32;
@@ -43,7 +52,9 @@ pub fn encode(text: &str, alphabet: Alphabet, room: usize) -> String {
     }
     let mut head = room.saturating_sub(HASHED_TAIL);
     // Never cut an escape in half: the head must end outside one.
-    while head > 0 && (out.as_bytes()[head - 1] == b'=' || (head >= 2 && out.as_bytes()[head - 2] == b'=')) {
+    while head > 0
+        && (out.as_bytes()[head - 1] == b'=' || (head >= 2 && out.as_bytes()[head - 2] == b'='))
+    {
         head -= 1;
     }
     let digest = Sha256::digest(text.as_bytes());
@@ -56,13 +67,26 @@ mod tests {
 
     #[test]
     fn names_are_valid_for_aws_and_distinct() {
-        let ids = ["CHG:2041/a", "CHG_2041_a", "CHG=3A2041/a", "REQ-1001", "a b", "ünï", &"x:".repeat(64), &"x:".repeat(63)];
+        let ids = [
+            "CHG:2041/a",
+            "CHG_2041_a",
+            "CHG=3A2041/a",
+            "REQ-1001",
+            "a b",
+            "ünï",
+            &"x:".repeat(64),
+            &"x:".repeat(63),
+        ];
         for alphabet in [SECRET_NAME, SECRET_TAG_VALUE, IAM_POLICY_NAME] {
             let mut seen = std::collections::BTreeSet::new();
             for id in ids {
                 let name = encode(id, alphabet, alphabet.max_len);
                 assert!(name.len() <= alphabet.max_len, "{name}");
-                assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || alphabet.extra.contains(&b)), "{name}");
+                assert!(
+                    name.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || alphabet.extra.contains(&b)),
+                    "{name}"
+                );
                 assert!(seen.insert(name.clone()), "{id} collides as {name}");
             }
         }
@@ -72,7 +96,13 @@ mod tests {
         assert_eq!(encode("REQ-1001", IAM_POLICY_NAME, 100), "REQ-1001");
         // Too long: a readable head and a hash, never an escape cut in half.
         let long = encode(&":".repeat(60), IAM_POLICY_NAME, 100);
-        assert!(long.len() <= 100 && long.contains("==") && long.starts_with("=3A=3A"), "{long}");
-        assert_ne!(encode(&":".repeat(60), IAM_POLICY_NAME, 100), encode(&":".repeat(61), IAM_POLICY_NAME, 100));
+        assert!(
+            long.len() <= 100 && long.contains("==") && long.starts_with("=3A=3A"),
+            "{long}"
+        );
+        assert_ne!(
+            encode(&":".repeat(60), IAM_POLICY_NAME, 100),
+            encode(&":".repeat(61), IAM_POLICY_NAME, 100)
+        );
     }
 }

@@ -120,44 +120,87 @@ impl Config {
         let text = |name: &'static str, default: &str| -> Result<String, ConfigError> {
             match lookup(name) {
                 None => Ok(default.to_owned()),
-                Some(v) if v.trim().is_empty() => Err(ConfigError { name, message: "is set but empty".into() }),
+                Some(v) if v.trim().is_empty() => Err(ConfigError {
+                    name,
+                    message: "is set but empty".into(),
+                }),
                 Some(v) => Ok(v),
             }
         };
-        let number = |name: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
-            let v = text(name, &default.to_string())?;
-            let n: u64 = v.parse().map_err(|_| ConfigError { name, message: format!("{v:?} is not a whole number") })?;
-            if !(min..=max).contains(&n) {
-                return Err(ConfigError { name, message: format!("{n} is outside {min}..={max}") });
-            }
-            Ok(n)
-        };
+        let number =
+            |name: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
+                let v = text(name, &default.to_string())?;
+                let n: u64 = v.parse().map_err(|_| ConfigError {
+                    name,
+                    message: format!("{v:?} is not a whole number"),
+                })?;
+                if !(min..=max).contains(&n) {
+                    return Err(ConfigError {
+                        name,
+                        message: format!("{n} is outside {min}..={max}"),
+                    });
+                }
+                Ok(n)
+            };
         let auto_register = match text("PGJIT_AUTO_REGISTER", "true")?.as_str() {
             "true" | "1" | "yes" => true,
             "false" | "0" | "no" => false,
-            other => return Err(ConfigError { name: "PGJIT_AUTO_REGISTER", message: format!("{other:?} is not true or false") }),
+            other => {
+                return Err(ConfigError {
+                    name: "PGJIT_AUTO_REGISTER",
+                    message: format!("{other:?} is not true or false"),
+                })
+            }
         };
         let list = |name: &'static str| -> Vec<String> {
-            lookup(name).map(|v| v.split(',').map(str::trim).filter(|x| !x.is_empty()).map(str::to_owned).collect()).unwrap_or_default()
+            lookup(name)
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|x| !x.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default()
         };
         let secret_prefix = text("PGJIT_SECRET_PREFIX", "pgjit/")?;
         let credentials_prefix = text("PGJIT_CREDENTIALS_PREFIX", "pgjit-credentials/")?;
-        for (name, prefix) in [("PGJIT_SECRET_PREFIX", &secret_prefix), ("PGJIT_CREDENTIALS_PREFIX", &credentials_prefix)] {
-            if !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_+=.@-".contains(&b)) {
-                return Err(ConfigError { name, message: format!("{prefix:?}: a secret name holds letters, digits and /_+=.@- only") });
+        for (name, prefix) in [
+            ("PGJIT_SECRET_PREFIX", &secret_prefix),
+            ("PGJIT_CREDENTIALS_PREFIX", &credentials_prefix),
+        ] {
+            if !prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/_+=.@-".contains(&b))
+            {
+                return Err(ConfigError {
+                    name,
+                    message: format!(
+                        "{prefix:?}: a secret name holds letters, digits and /_+=.@- only"
+                    ),
+                });
             }
         }
-        if secret_prefix.starts_with(credentials_prefix.as_str()) || credentials_prefix.starts_with(secret_prefix.as_str()) {
+        if secret_prefix.starts_with(credentials_prefix.as_str())
+            || credentials_prefix.starts_with(secret_prefix.as_str())
+        {
             return Err(ConfigError {
                 name: "PGJIT_CREDENTIALS_PREFIX",
                 message: format!("{credentials_prefix:?} and PGJIT_SECRET_PREFIX {secret_prefix:?} overlap: requesters' credentials must be apart from pgjit's own secrets"),
             });
         }
         let trusted_accounts = list("PGJIT_TRUSTED_ACCOUNTS");
-        if let Some(bad) = trusted_accounts.iter().find(|a| a.len() != 12 || !a.bytes().all(|b| b.is_ascii_digit())) {
-            return Err(ConfigError { name: "PGJIT_TRUSTED_ACCOUNTS", message: format!("{bad:?} is not a 12-digit account id") });
+        if let Some(bad) = trusted_accounts
+            .iter()
+            .find(|a| a.len() != 12 || !a.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(ConfigError {
+                name: "PGJIT_TRUSTED_ACCOUNTS",
+                message: format!("{bad:?} is not a 12-digit account id"),
+            });
         }
-        let dlq = lookup("PGJIT_REVOKE_DLQ_ARN").unwrap_or_else(|| "arn:aws:sqs:us-east-1:123456789012:pgjit-revoke-dlq".into());
+        let dlq = lookup("PGJIT_REVOKE_DLQ_ARN")
+            .unwrap_or_else(|| "arn:aws:sqs:us-east-1:123456789012:pgjit-revoke-dlq".into());
         Ok(Config {
             grants_table: text("PGJIT_GRANTS_TABLE", "pgjit-grants")?,
             integrations_table: text("PGJIT_INTEGRATIONS_TABLE", "pgjit-integrations")?,
@@ -166,19 +209,40 @@ impl Config {
             sessions_table: text("PGJIT_SESSIONS_TABLE", "pgjit-sessions")?,
             flows_table: text("PGJIT_FLOWS_TABLE", "pgjit-flows")?,
             requests_table: text("PGJIT_REQUESTS_TABLE", "pgjit-requests")?,
-            request_ttl: Duration::from_secs(3600 * number("PGJIT_REQUEST_TTL_HOURS", 24, 1, 24 * 14)?),
-            requests_function_arn: text("PGJIT_REQUESTS_FUNCTION_ARN", "arn:aws:lambda:us-east-1:123456789012:function:pgjit-requests")?,
+            request_ttl: Duration::from_secs(
+                3600 * number("PGJIT_REQUEST_TTL_HOURS", 24, 1, 24 * 14)?,
+            ),
+            requests_function_arn: text(
+                "PGJIT_REQUESTS_FUNCTION_ARN",
+                "arn:aws:lambda:us-east-1:123456789012:function:pgjit-requests",
+            )?,
             session_retention_days: number("PGJIT_SESSION_RETENTION_DAYS", 365, 1, 3650)? as u32,
             schedule_group: text("PGJIT_SCHEDULE_GROUP", "pgjit")?,
-            revoke_function_arn: text("PGJIT_REVOKE_FUNCTION_ARN", "arn:aws:lambda:us-east-1:123456789012:function:pgjit-revoke")?,
-            scheduler_role_arn: text("PGJIT_SCHEDULER_ROLE_ARN", "arn:aws:iam::123456789012:role/pgjit-scheduler")?,
-            revoke_dlq_arn: if dlq.trim().is_empty() { None } else { Some(dlq) },
+            revoke_function_arn: text(
+                "PGJIT_REVOKE_FUNCTION_ARN",
+                "arn:aws:lambda:us-east-1:123456789012:function:pgjit-revoke",
+            )?,
+            scheduler_role_arn: text(
+                "PGJIT_SCHEDULER_ROLE_ARN",
+                "arn:aws:iam::123456789012:role/pgjit-scheduler",
+            )?,
+            revoke_dlq_arn: if dlq.trim().is_empty() {
+                None
+            } else {
+                Some(dlq)
+            },
             secret_prefix,
             credentials_prefix,
-            credentials_kms_key_id: lookup("PGJIT_CREDENTIALS_KMS_KEY_ID").filter(|v| !v.trim().is_empty()),
+            credentials_kms_key_id: lookup("PGJIT_CREDENTIALS_KMS_KEY_ID")
+                .filter(|v| !v.trim().is_empty()),
             credential_readers: list("PGJIT_CREDENTIAL_READERS"),
             function_role_arns: list("PGJIT_FUNCTION_ROLE_ARNS"),
-            approval_max_age: Duration::from_secs(number("PGJIT_APPROVAL_MAX_AGE_SECONDS", 3600, 60, 86_400)?),
+            approval_max_age: Duration::from_secs(number(
+                "PGJIT_APPROVAL_MAX_AGE_SECONDS",
+                3600,
+                60,
+                86_400,
+            )?),
             approval_bus: text("PGJIT_APPROVAL_BUS", "default")?,
             approval_source: text("PGJIT_APPROVAL_SOURCE", "pgjit.approvals")?,
             approvals_key_id: text("PGJIT_APPROVALS_KEY_ID", DEFAULT_APPROVALS_KEY)?,
@@ -190,10 +254,20 @@ impl Config {
             cleanup_concurrency: number("PGJIT_CLEANUP_CONCURRENCY", 16, 1, 256)? as usize,
             cleanup_connections: number("PGJIT_CLEANUP_CONNECTIONS", 2, 1, 32)? as usize,
             stuck_after: Duration::from_secs(number("PGJIT_STUCK_AFTER_SECONDS", 900, 1, 86_400)?),
-            reconcile_grace: Duration::from_secs(number("PGJIT_RECONCILE_GRACE_SECONDS", 3600, 0, 7 * 86_400)?),
+            reconcile_grace: Duration::from_secs(number(
+                "PGJIT_RECONCILE_GRACE_SECONDS",
+                3600,
+                0,
+                7 * 86_400,
+            )?),
             db_timeouts: crate::engine::postgres::Timeouts {
                 connect: Duration::from_secs(number("PGJIT_CONNECT_TIMEOUT_SECONDS", 10, 1, 300)?),
-                statement: Duration::from_secs(number("PGJIT_STATEMENT_TIMEOUT_SECONDS", 30, 1, 3600)?),
+                statement: Duration::from_secs(number(
+                    "PGJIT_STATEMENT_TIMEOUT_SECONDS",
+                    30,
+                    1,
+                    3600,
+                )?),
                 lock: Duration::from_secs(number("PGJIT_LOCK_TIMEOUT_SECONDS", 10, 1, 3600)?),
             },
             event_bus: match lookup("PGJIT_EVENT_BUS") {
@@ -203,10 +277,18 @@ impl Config {
             },
             event_source: text("PGJIT_EVENT_SOURCE", "pgjit")?,
             webhook_secret_id: lookup("PGJIT_WEBHOOK_SECRET_ID").filter(|v| !v.trim().is_empty()),
-            identity_store_id: match lookup("PGJIT_IDENTITY_STORE_ID").filter(|v| !v.trim().is_empty()) {
+            identity_store_id: match lookup("PGJIT_IDENTITY_STORE_ID")
+                .filter(|v| !v.trim().is_empty())
+            {
                 // Identity Store ids: `d-` and 10 hexadecimal digits, or a UUID.
-                Some(id) if !(id.len() <= 36 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')) => {
-                    return Err(ConfigError { name: "PGJIT_IDENTITY_STORE_ID", message: format!("{id:?} is not an identity store id (d-1234567890)") })
+                Some(id)
+                    if !(id.len() <= 36
+                        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')) =>
+                {
+                    return Err(ConfigError {
+                        name: "PGJIT_IDENTITY_STORE_ID",
+                        message: format!("{id:?} is not an identity store id (d-1234567890)"),
+                    })
                 }
                 other => other,
             },
@@ -224,22 +306,39 @@ mod tests {
         assert_eq!(c.grants_table, "pgjit-grants");
         assert_eq!(c.schedule_group, "pgjit");
         assert!(c.auto_register);
-        let err = Config::from_lookup(|n| (n == "PGJIT_DISCOVERY_CONCURRENCY").then(|| "lots".into())).unwrap_err();
+        let err =
+            Config::from_lookup(|n| (n == "PGJIT_DISCOVERY_CONCURRENCY").then(|| "lots".into()))
+                .unwrap_err();
         assert_eq!(err.name, "PGJIT_DISCOVERY_CONCURRENCY");
-        let err = Config::from_lookup(|n| (n == "PGJIT_GRANTS_TABLE").then(|| " ".into())).unwrap_err();
+        let err =
+            Config::from_lookup(|n| (n == "PGJIT_GRANTS_TABLE").then(|| " ".into())).unwrap_err();
         assert!(err.to_string().contains("PGJIT_GRANTS_TABLE"), "{err}");
         let c = Config::from_lookup(|n| (n == "PGJIT_REVOKE_DLQ_ARN").then(String::new)).unwrap();
         assert_eq!(c.revoke_dlq_arn, None);
         // Credentials apart from pgjit's own secrets, or nothing starts.
         let c = Config::from_lookup(|_| None).unwrap();
-        assert!(!c.credentials_prefix.starts_with(&c.secret_prefix) && !c.secret_prefix.starts_with(&c.credentials_prefix));
-        let err = Config::from_lookup(|n| (n == "PGJIT_CREDENTIALS_PREFIX").then(|| "pgjit/credentials/".into())).unwrap_err();
+        assert!(
+            !c.credentials_prefix.starts_with(&c.secret_prefix)
+                && !c.secret_prefix.starts_with(&c.credentials_prefix)
+        );
+        let err = Config::from_lookup(|n| {
+            (n == "PGJIT_CREDENTIALS_PREFIX").then(|| "pgjit/credentials/".into())
+        })
+        .unwrap_err();
         assert_eq!(err.name, "PGJIT_CREDENTIALS_PREFIX");
-        let err = Config::from_lookup(|n| (n == "PGJIT_CREDENTIALS_PREFIX").then(|| "creds:x/".into())).unwrap_err();
+        let err =
+            Config::from_lookup(|n| (n == "PGJIT_CREDENTIALS_PREFIX").then(|| "creds:x/".into()))
+                .unwrap_err();
         assert_eq!(err.name, "PGJIT_CREDENTIALS_PREFIX");
-        let err = Config::from_lookup(|n| (n == "PGJIT_TRUSTED_ACCOUNTS").then(|| "123456789012, 12".into())).unwrap_err();
+        let err = Config::from_lookup(|n| {
+            (n == "PGJIT_TRUSTED_ACCOUNTS").then(|| "123456789012, 12".into())
+        })
+        .unwrap_err();
         assert_eq!(err.name, "PGJIT_TRUSTED_ACCOUNTS");
-        let c = Config::from_lookup(|n| (n == "PGJIT_PROTECTED_ROLES").then(|| "pgjit-*, BreakGlass".into())).unwrap();
+        let c = Config::from_lookup(|n| {
+            (n == "PGJIT_PROTECTED_ROLES").then(|| "pgjit-*, BreakGlass".into())
+        })
+        .unwrap();
         assert_eq!(c.protected_roles, ["pgjit-*", "BreakGlass"]);
     }
 }

@@ -137,7 +137,10 @@ pub struct IntegrationError {
 }
 
 fn bad(field: &str, message: impl Into<String>) -> IntegrationError {
-    IntegrationError { field: field.to_owned(), message: message.into() }
+    IntegrationError {
+        field: field.to_owned(),
+        message: message.into(),
+    }
 }
 
 /// The longest grant pgjit accepts at all: 31 days.
@@ -150,24 +153,50 @@ impl Integration {
         let integration: Integration = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let message = e.into_inner().to_string();
-            bad(&crate::contract::events::field_of(&path, &message, "(document)"), message)
+            bad(
+                &crate::contract::events::field_of(&path, &message, "(document)"),
+                message,
+            )
         })?;
         integration.validate()?;
         Ok(integration)
     }
 
     pub fn validate(&self) -> Result<(), IntegrationError> {
-        if self.name.is_empty() || self.name.len() > 64 || !self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return Err(bad("name", format!("{:?} must be 1-64 letters, digits, '-' or '_'", self.name)));
+        if self.name.is_empty()
+            || self.name.len() > 64
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(bad(
+                "name",
+                format!("{:?} must be 1-64 letters, digits, '-' or '_'", self.name),
+            ));
         }
         let cloud = matches!(self.kind, Flavor::Rds | Flavor::Aurora);
         match (&self.host, self.kind) {
-            (Some(h), _) if h.trim().is_empty() || h.len() > 253 || h.contains(char::is_whitespace) => {
+            (Some(h), _)
+                if h.trim().is_empty() || h.len() > 253 || h.contains(char::is_whitespace) =>
+            {
                 return Err(bad("host", format!("{h:?} is not a host name")))
             }
-            (None, Flavor::Rds) if self.instance_id.is_none() => return Err(bad("instance_id", "an rds integration needs instance_id (or host)")),
-            (None, Flavor::Aurora) if self.cluster_id.is_none() => return Err(bad("cluster_id", "an aurora integration needs cluster_id (or host)")),
-            (None, k) if !cloud => return Err(bad("host", format!("a {k} integration needs host"))),
+            (None, Flavor::Rds) if self.instance_id.is_none() => {
+                return Err(bad(
+                    "instance_id",
+                    "an rds integration needs instance_id (or host)",
+                ))
+            }
+            (None, Flavor::Aurora) if self.cluster_id.is_none() => {
+                return Err(bad(
+                    "cluster_id",
+                    "an aurora integration needs cluster_id (or host)",
+                ))
+            }
+            (None, k) if !cloud => {
+                return Err(bad("host", format!("a {k} integration needs host")))
+            }
             _ => {}
         }
         if self.port == Some(0) {
@@ -177,29 +206,61 @@ impl Integration {
             check_identifier(db).map_err(|m| bad("database", format!("{db:?} {m}")))?;
         }
         if self.instance_id.is_some() && self.kind != Flavor::Rds {
-            return Err(bad("instance_id", format!("only an rds integration has instance_id (this one is {})", self.kind)));
+            return Err(bad(
+                "instance_id",
+                format!(
+                    "only an rds integration has instance_id (this one is {})",
+                    self.kind
+                ),
+            ));
         }
         if self.cluster_id.is_some() && self.kind != Flavor::Aurora {
-            return Err(bad("cluster_id", format!("only an aurora integration has cluster_id (this one is {})", self.kind)));
+            return Err(bad(
+                "cluster_id",
+                format!(
+                    "only an aurora integration has cluster_id (this one is {})",
+                    self.kind
+                ),
+            ));
         }
-        for (field, id) in [("instance_id", &self.instance_id), ("cluster_id", &self.cluster_id)] {
+        for (field, id) in [
+            ("instance_id", &self.instance_id),
+            ("cluster_id", &self.cluster_id),
+        ] {
             if let Some(id) = id {
-                if id.is_empty() || id.len() > 63 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                if id.is_empty()
+                    || id.len() > 63
+                    || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                {
                     return Err(bad(field, format!("{id:?} is not an RDS identifier")));
                 }
             }
         }
         if let Some(r) = &self.region {
-            if r.is_empty() || r.len() > 32 || !r.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            if r.is_empty()
+                || r.len() > 32
+                || !r
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
                 return Err(bad("region", format!("{r:?} is not an AWS region")));
             }
         }
         match &self.admin {
-            AdminAuth::Password { secret_id } if secret_id.trim().is_empty() => return Err(bad("admin.secret_id", "must not be empty")),
+            AdminAuth::Password { secret_id } if secret_id.trim().is_empty() => {
+                return Err(bad("admin.secret_id", "must not be empty"))
+            }
             AdminAuth::Iam { username } => {
-                check_identifier(username).map_err(|m| bad("admin.username", format!("{username:?} {m}")))?;
+                check_identifier(username)
+                    .map_err(|m| bad("admin.username", format!("{username:?} {m}")))?;
                 if !cloud {
-                    return Err(bad("admin", format!("IAM authentication exists on rds and aurora only, not {}", self.kind)));
+                    return Err(bad(
+                        "admin",
+                        format!(
+                            "IAM authentication exists on rds and aurora only, not {}",
+                            self.kind
+                        ),
+                    ));
                 }
             }
             _ => {}
@@ -224,38 +285,70 @@ impl Integration {
         }
         if self.access_mode == AccessMode::Iam {
             if !cloud {
-                return Err(bad("access_mode", format!("iam works on rds and aurora only, not {}", self.kind)));
+                return Err(bad(
+                    "access_mode",
+                    format!("iam works on rds and aurora only, not {}", self.kind),
+                ));
             }
             if self.instance_id.is_none() && self.cluster_id.is_none() {
-                return Err(bad("access_mode", "iam needs instance_id or cluster_id (the policy names the resource id)"));
+                return Err(bad(
+                    "access_mode",
+                    "iam needs instance_id or cluster_id (the policy names the resource id)",
+                ));
             }
         }
         if self.max_duration_seconds == 0 || self.max_duration_seconds > MAX_DURATION_SECONDS {
-            return Err(bad("max_duration_seconds", format!("must be 1-{MAX_DURATION_SECONDS} (31 days)")));
+            return Err(bad(
+                "max_duration_seconds",
+                format!("must be 1-{MAX_DURATION_SECONDS} (31 days)"),
+            ));
         }
         if let Some(total) = self.max_total_duration_seconds {
             if total < self.max_duration_seconds || total > 4 * MAX_DURATION_SECONDS {
-                return Err(bad("max_total_duration_seconds", format!("must be at least max_duration_seconds ({}) and at most {}", self.max_duration_seconds, 4 * MAX_DURATION_SECONDS)));
+                return Err(bad(
+                    "max_total_duration_seconds",
+                    format!(
+                        "must be at least max_duration_seconds ({}) and at most {}",
+                        self.max_duration_seconds,
+                        4 * MAX_DURATION_SECONDS
+                    ),
+                ));
             }
         }
         if self.user_cleanup_after_days > 3650 {
             return Err(bad("user_cleanup_after_days", "must be 0-3650"));
         }
         if self.credential_rotation_days == Some(0) {
-            return Err(bad("credential_rotation_days", "must be at least 1 (leave it out for no rotation)"));
+            return Err(bad(
+                "credential_rotation_days",
+                "must be at least 1 (leave it out for no rotation)",
+            ));
         }
         if let Some(text) = &self.custom_access_details {
             if text.chars().count() > 400 {
-                return Err(bad("custom_access_details", format!("is {} characters; at most 400", text.chars().count())));
+                return Err(bad(
+                    "custom_access_details",
+                    format!("is {} characters; at most 400", text.chars().count()),
+                ));
             }
         }
         if self.resource_owner_tag.is_some() && self.integration_owners.is_empty() {
-            return Err(bad("resource_owner_tag", "a resource owner needs integration_owners as well"));
+            return Err(bad(
+                "resource_owner_tag",
+                "a resource owner needs integration_owners as well",
+            ));
         }
         if self.user_prefix.is_empty()
             || self.user_prefix.len() > 32
-            || !self.user_prefix.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
-            || !self.user_prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            || !self
+                .user_prefix
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase())
+            || !self
+                .user_prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
             || self.user_prefix.starts_with("pg_")
             || !self.user_prefix.ends_with('_')
         {
@@ -268,16 +361,29 @@ impl Integration {
             ));
         }
         for (i, r) in self.grantable_roles.iter().enumerate() {
-            check_identifier(r).map_err(|m| bad(&format!("grantable_roles[{i}]"), format!("{r:?} {m}")))?;
+            check_identifier(r)
+                .map_err(|m| bad(&format!("grantable_roles[{i}]"), format!("{r:?} {m}")))?;
         }
         for (i, r) in self.privileged_grantable_roles.iter().enumerate() {
             if !self.grantable_roles.contains(r) {
-                return Err(bad(&format!("privileged_grantable_roles[{i}]"), format!("{r:?} is not in grantable_roles")));
+                return Err(bad(
+                    &format!("privileged_grantable_roles[{i}]"),
+                    format!("{r:?} is not in grantable_roles"),
+                ));
             }
         }
-        check_identifier(&self.holding_role).map_err(|m| bad("holding_role", format!("{:?} {m}", self.holding_role)))?;
-        if self.holding_role.starts_with("pg_") || crate::engine::roles::CLOUD_ADMIN_ROLES.contains(&self.holding_role.as_str()) {
-            return Err(bad("holding_role", format!("{:?} is a predefined or cloud admin role; name a powerless role", self.holding_role)));
+        check_identifier(&self.holding_role)
+            .map_err(|m| bad("holding_role", format!("{:?} {m}", self.holding_role)))?;
+        if self.holding_role.starts_with("pg_")
+            || crate::engine::roles::CLOUD_ADMIN_ROLES.contains(&self.holding_role.as_str())
+        {
+            return Err(bad(
+                "holding_role",
+                format!(
+                    "{:?} is a predefined or cloud admin role; name a powerless role",
+                    self.holding_role
+                ),
+            ));
         }
         if let AdminAuth::Iam { username } = &self.admin {
             if *username == self.holding_role {
@@ -288,9 +394,11 @@ impl Integration {
             return Err(bad("profile_retention_days", "at most 3650"));
         }
         if !self.audit_classes.is_empty() {
-            crate::engine::pgaudit::log_setting(&self.audit_classes).map_err(|m| bad("audit_classes", m))?;
+            crate::engine::pgaudit::log_setting(&self.audit_classes)
+                .map_err(|m| bad("audit_classes", m))?;
         }
-        self.line_prefix().map_err(|e| bad("log_line_prefix", e.message))?;
+        self.line_prefix()
+            .map_err(|e| bad("log_line_prefix", e.message))?;
         Ok(())
     }
 
@@ -306,8 +414,14 @@ impl Integration {
     }
 
     /// How this integration's server log lines start.
-    pub fn line_prefix(&self) -> Result<crate::audit::server_log::LinePrefix, crate::audit::server_log::PrefixError> {
-        crate::audit::server_log::LinePrefix::parse(self.log_line_prefix.as_deref().unwrap_or(crate::audit::server_log::RDS_LOG_LINE_PREFIX))
+    pub fn line_prefix(
+        &self,
+    ) -> Result<crate::audit::server_log::LinePrefix, crate::audit::server_log::PrefixError> {
+        crate::audit::server_log::LinePrefix::parse(
+            self.log_line_prefix
+                .as_deref()
+                .unwrap_or(crate::audit::server_log::RDS_LOG_LINE_PREFIX),
+        )
     }
 
     pub fn port(&self) -> u16 {
@@ -367,10 +481,16 @@ mod tests {
     #[test]
     fn a_good_integration_has_defaults() {
         let i = Integration::from_json(GOOD).unwrap();
-        assert_eq!((i.port(), i.maintenance_database(), i.user_prefix.as_str()), (5432, "postgres", "pgjit_"));
+        assert_eq!(
+            (i.port(), i.maintenance_database(), i.user_prefix.as_str()),
+            (5432, "postgres", "pgjit_")
+        );
         assert_eq!(i.access_mode, AccessMode::Password);
         assert_eq!(i.ssl_mode, SslMode::Require);
-        assert!(i.grantable_roles.is_empty(), "no role is grantable unless listed");
+        assert!(
+            i.grantable_roles.is_empty(),
+            "no role is grantable unless listed"
+        );
         assert_eq!(i.holding_role, DEFAULT_HOLDING_ROLE);
         assert!(!i.allow_self_approval);
     }
@@ -389,25 +509,40 @@ mod tests {
             (r#"{"max_duration_seconds":0}"#, "max_duration_seconds"),
             (r#"{"max_duration_seconds":-5}"#, "max_duration_seconds"),
             (r#"{"max_duration_seconds":null}"#, "max_duration_seconds"),
-            (r#"{"max_total_duration_seconds":60}"#, "max_total_duration_seconds"),
+            (
+                r#"{"max_total_duration_seconds":60}"#,
+                "max_total_duration_seconds",
+            ),
             (r#"{"resource_owner_tag":"team"}"#, "resource_owner_tag"),
             (r#"{"access_mode":"iam"}"#, "access_mode"),
             (r#"{"admin":{"auth":"iam","username":"x"}}"#, "admin"),
-            (r#"{"admin":{"auth":"password","secret_id":""}}"#, "admin.secret_id"),
+            (
+                r#"{"admin":{"auth":"password","secret_id":""}}"#,
+                "admin.secret_id",
+            ),
             (r#"{"admin":{"auth":"kerberos"}}"#, "admin.auth"),
             (r#"{"user_prefix":"PG"}"#, "user_prefix"),
             (r#"{"user_prefix":"pg_x"}"#, "user_prefix"),
             (r#"{"user_prefix":"pgjit"}"#, "user_prefix"),
-            (r#"{"privileged_grantable_roles":["app_owner"]}"#, "privileged_grantable_roles[0]"),
+            (
+                r#"{"privileged_grantable_roles":["app_owner"]}"#,
+                "privileged_grantable_roles[0]",
+            ),
             (r#"{"holding_role":"pg_monitor"}"#, "holding_role"),
             (r#"{"holding_role":"rds_superuser"}"#, "holding_role"),
             (r#"{"grantable_roles":["ok",""]}"#, "grantable_roles[1]"),
             (r#"{"instance_id":"db-1"}"#, "instance_id"),
-            (r#"{"credential_rotation_days":0}"#, "credential_rotation_days"),
+            (
+                r#"{"credential_rotation_days":0}"#,
+                "credential_rotation_days",
+            ),
             (r#"{"colour":"blue"}"#, "colour"),
         ];
         let long_details = format!(r#"{{"custom_access_details":"{}"}}"#, "é".repeat(401));
-        let cases = cases.iter().map(|(c, f)| (c.to_string(), *f)).chain([(long_details, "custom_access_details")]);
+        let cases = cases
+            .iter()
+            .map(|(c, f)| (c.to_string(), *f))
+            .chain([(long_details, "custom_access_details")]);
         for (change, field) in cases {
             let err = with(&change).expect_err(&change);
             assert_eq!(err.field, field, "{change}: {err}");
@@ -417,7 +552,13 @@ mod tests {
         Integration::from_json(rds).unwrap();
         let err = Integration::from_json(&rds.replace(r#""instance_id":"db-1","#, "")).unwrap_err();
         assert_eq!(err.field, "instance_id");
-        assert!(with(r#"{"resource_owner_tag":"team","integration_owners":["a@corp.com"]}"#).is_ok());
-        assert!(with(&format!(r#"{{"custom_access_details":"{}"}}"#, "é".repeat(400))).is_ok());
+        assert!(
+            with(r#"{"resource_owner_tag":"team","integration_owners":["a@corp.com"]}"#).is_ok()
+        );
+        assert!(with(&format!(
+            r#"{{"custom_access_details":"{}"}}"#,
+            "é".repeat(400)
+        ))
+        .is_ok());
     }
 }

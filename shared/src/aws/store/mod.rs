@@ -17,8 +17,8 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
-    Projection, ProjectionType, ScalarAttributeType, WriteRequest,
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
+    KeyType, Projection, ProjectionType, ScalarAttributeType, WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
@@ -218,7 +218,14 @@ pub fn push_time_key(out: &mut String, at: DateTime<Utc>) {
         }
     }
     digits(out, at.year().clamp(0, 9999) as u32, 4);
-    for (separator, n, width) in [('-', at.month(), 2), ('-', at.day(), 2), ('T', at.hour(), 2), (':', at.minute(), 2), (':', at.second(), 2), ('.', at.timestamp_subsec_millis().min(999), 3)] {
+    for (separator, n, width) in [
+        ('-', at.month(), 2),
+        ('-', at.day(), 2),
+        ('T', at.hour(), 2),
+        (':', at.minute(), 2),
+        (':', at.second(), 2),
+        ('.', at.timestamp_subsec_millis().min(999), 3),
+    ] {
         out.push(separator);
         digits(out, n, width);
     }
@@ -230,11 +237,23 @@ mod key_tests {
     #[test]
     fn time_keys_read_as_chronos_format_and_sort_as_time() {
         use chrono::TimeZone;
-        let times = [chrono::Utc.timestamp_millis_opt(1_764_057_244_987).unwrap(), chrono::Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap(), chrono::Utc.with_ymd_and_hms(2026, 12, 31, 23, 59, 59).unwrap()];
+        let times = [
+            chrono::Utc.timestamp_millis_opt(1_764_057_244_987).unwrap(),
+            chrono::Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap(),
+            chrono::Utc
+                .with_ymd_and_hms(2026, 12, 31, 23, 59, 59)
+                .unwrap(),
+        ];
         for t in times {
-            assert_eq!(super::due_key(t), t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string());
+            assert_eq!(
+                super::due_key(t),
+                t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+            );
         }
-        assert!(super::due_key(times[0]) < super::due_key(times[1]) && super::due_key(times[1]) < super::due_key(times[2]));
+        assert!(
+            super::due_key(times[0]) < super::due_key(times[1])
+                && super::due_key(times[1]) < super::due_key(times[2])
+        );
     }
 }
 
@@ -313,9 +332,16 @@ pub struct Store {
     flow_cache: flows::FlowCache,
 }
 
-fn dynamo<E: std::error::Error + Send + Sync + 'static>(operation: &'static str, table: &str) -> impl FnOnce(E) -> StoreError {
+fn dynamo<E: std::error::Error + Send + Sync + 'static>(
+    operation: &'static str,
+    table: &str,
+) -> impl FnOnce(E) -> StoreError {
     let table = table.to_owned();
-    move |e| StoreError::Dynamo { operation, table, source: Box::new(e) }
+    move |e| StoreError::Dynamo {
+        operation,
+        table,
+        source: Box::new(e),
+    }
 }
 
 fn is_conditional_failure<E, R>(e: &SdkError<E, R>) -> bool
@@ -340,16 +366,34 @@ impl Store {
         }
     }
 
-    fn to_item<T: Serialize>(&self, table: &str, value: &T) -> Result<HashMap<String, AttributeValue>, StoreError> {
-        serde_dynamo::to_item(value).map_err(|source| StoreError::Decode { table: table.to_owned(), source })
+    fn to_item<T: Serialize>(
+        &self,
+        table: &str,
+        value: &T,
+    ) -> Result<HashMap<String, AttributeValue>, StoreError> {
+        serde_dynamo::to_item(value).map_err(|source| StoreError::Decode {
+            table: table.to_owned(),
+            source,
+        })
     }
 
-    fn from_item<T: for<'de> Deserialize<'de>>(&self, table: &str, item: HashMap<String, AttributeValue>) -> Result<T, StoreError> {
-        serde_dynamo::from_item(item).map_err(|source| StoreError::Decode { table: table.to_owned(), source })
+    fn from_item<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: &str,
+        item: HashMap<String, AttributeValue>,
+    ) -> Result<T, StoreError> {
+        serde_dynamo::from_item(item).map_err(|source| StoreError::Decode {
+            table: table.to_owned(),
+            source,
+        })
     }
 
     /// Every item a Query returns, all pages, decoded.
-    async fn query_all<T: for<'de> Deserialize<'de>>(&self, table: &str, query: aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder) -> Result<Vec<T>, StoreError> {
+    async fn query_all<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: &str,
+        query: aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+    ) -> Result<Vec<T>, StoreError> {
         let mut out = Vec::new();
         let mut pages = query.table_name(table).into_paginator().items().send();
         while let Some(item) = pages.next().await {
@@ -360,16 +404,33 @@ impl Store {
 
     /// The three writes every versioned record shares: a new item (`AlreadyExists` when its key
     /// is taken), an item by its key, and a replacement only if nobody wrote it since `expected`.
-    async fn insert_new<T: Serialize>(&self, table: &str, record: &T, what: String) -> Result<(), StoreError> {
+    async fn insert_new<T: Serialize>(
+        &self,
+        table: &str,
+        record: &T,
+        what: String,
+    ) -> Result<(), StoreError> {
         let item = self.to_item(table, record)?;
-        match self.client.put_item().table_name(table).set_item(Some(item)).condition_expression("attribute_not_exists(request_id)").send().await {
+        match self
+            .client
+            .put_item()
+            .table_name(table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(request_id)")
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if is_conditional_failure(&e) => Err(StoreError::AlreadyExists(what)),
             Err(e) => Err(dynamo("PutItem", table)(e)),
         }
     }
 
-    async fn get_by_request_id<T: for<'de> Deserialize<'de>>(&self, table: &str, request_id: &str) -> Result<Option<T>, StoreError> {
+    async fn get_by_request_id<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: &str,
+        request_id: &str,
+    ) -> Result<Option<T>, StoreError> {
         let out = self
             .client
             .get_item()
@@ -382,7 +443,13 @@ impl Store {
         out.item.map(|i| self.from_item(table, i)).transpose()
     }
 
-    async fn put_if_version<T: Serialize>(&self, table: &str, record: &T, expected: u64, what: String) -> Result<(), StoreError> {
+    async fn put_if_version<T: Serialize>(
+        &self,
+        table: &str,
+        record: &T,
+        expected: u64,
+        what: String,
+    ) -> Result<(), StoreError> {
         let item = self.to_item(table, record)?;
         let result = self
             .client
@@ -401,9 +468,18 @@ impl Store {
     }
 
     /// Every item of a table (operator listings and the small integrations table only).
-    async fn scan_all<T: for<'de> Deserialize<'de>>(&self, table: &str) -> Result<Vec<T>, StoreError> {
+    async fn scan_all<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: &str,
+    ) -> Result<Vec<T>, StoreError> {
         let mut out = Vec::new();
-        let mut pages = self.client.scan().table_name(table).into_paginator().items().send();
+        let mut pages = self
+            .client
+            .scan()
+            .table_name(table)
+            .into_paginator()
+            .items()
+            .send();
         while let Some(item) = pages.next().await {
             out.push(self.from_item(table, item.map_err(dynamo("Scan", table))?)?);
         }
@@ -413,36 +489,98 @@ impl Store {
     /// Creates the seven tables with their indexes (and the sessions table's time to live);
     /// tables that exist are left as they are.
     pub async fn create_tables(&self) -> Result<Vec<String>, StoreError> {
-        let s = |name: &str| AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build();
-        let key = |name: &str, t: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(t).build();
+        let s = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+        };
+        let key = |name: &str, t: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(t)
+                .build()
+        };
         let mut created = Vec::new();
-        let specs: [(&str, Vec<(&str, KeyType)>, Vec<&str>, Vec<(&str, Vec<(&str, KeyType)>)>); 7] = [
+        let specs: [(
+            &str,
+            Vec<(&str, KeyType)>,
+            Vec<&str>,
+            Vec<(&str, Vec<(&str, KeyType)>)>,
+        ); 7] = [
             (
                 &self.grants,
                 vec![("request_id", KeyType::Hash)],
                 vec!["request_id", "status", "due_at", "db_user"],
                 vec![
-                    (STATUS_DUE_INDEX, vec![("status", KeyType::Hash), ("due_at", KeyType::Range)]),
+                    (
+                        STATUS_DUE_INDEX,
+                        vec![("status", KeyType::Hash), ("due_at", KeyType::Range)],
+                    ),
                     (DB_USER_INDEX, vec![("db_user", KeyType::Hash)]),
                 ],
             ),
-            (&self.integrations, vec![("name", KeyType::Hash)], vec!["name"], vec![]),
-            (&self.flows, vec![("name", KeyType::Hash)], vec!["name"], vec![]),
+            (
+                &self.integrations,
+                vec![("name", KeyType::Hash)],
+                vec!["name"],
+                vec![],
+            ),
+            (
+                &self.flows,
+                vec![("name", KeyType::Hash)],
+                vec!["name"],
+                vec![],
+            ),
             (
                 &self.requests,
                 vec![("request_id", KeyType::Hash)],
-                vec!["request_id", "status", "due_at", "requester_key", "created_at"],
                 vec![
-                    (STATUS_DUE_INDEX, vec![("status", KeyType::Hash), ("due_at", KeyType::Range)]),
-                    (requests::REQUESTER_INDEX, vec![("requester_key", KeyType::Hash), ("created_at", KeyType::Range)]),
+                    "request_id",
+                    "status",
+                    "due_at",
+                    "requester_key",
+                    "created_at",
+                ],
+                vec![
+                    (
+                        STATUS_DUE_INDEX,
+                        vec![("status", KeyType::Hash), ("due_at", KeyType::Range)],
+                    ),
+                    (
+                        requests::REQUESTER_INDEX,
+                        vec![
+                            ("requester_key", KeyType::Hash),
+                            ("created_at", KeyType::Range),
+                        ],
+                    ),
                 ],
             ),
-            (&self.inventory, vec![("integration", KeyType::Hash), ("object", KeyType::Range)], vec!["integration", "object"], vec![]),
-            (&self.audit, vec![("request_id", KeyType::Hash), ("at_event", KeyType::Range)], vec!["request_id", "at_event"], vec![]),
-            (&self.sessions, vec![("request_id", KeyType::Hash), ("at_origin", KeyType::Range)], vec!["request_id", "at_origin"], vec![]),
+            (
+                &self.inventory,
+                vec![("integration", KeyType::Hash), ("object", KeyType::Range)],
+                vec!["integration", "object"],
+                vec![],
+            ),
+            (
+                &self.audit,
+                vec![("request_id", KeyType::Hash), ("at_event", KeyType::Range)],
+                vec!["request_id", "at_event"],
+                vec![],
+            ),
+            (
+                &self.sessions,
+                vec![("request_id", KeyType::Hash), ("at_origin", KeyType::Range)],
+                vec!["request_id", "at_origin"],
+                vec![],
+            ),
         ];
         for (table, keys, attributes, indexes) in specs {
-            let mut req = self.client.create_table().table_name(table).billing_mode(BillingMode::PayPerRequest);
+            let mut req = self
+                .client
+                .create_table()
+                .table_name(table)
+                .billing_mode(BillingMode::PayPerRequest);
             for a in attributes {
                 req = req.attribute_definitions(s(a).map_err(dynamo("CreateTable", table))?);
             }
@@ -450,17 +588,22 @@ impl Store {
                 req = req.key_schema(key(k, t).map_err(dynamo("CreateTable", table))?);
             }
             for (name, keys) in indexes {
-                let mut gsi = GlobalSecondaryIndex::builder()
-                    .index_name(name)
-                    .projection(Projection::builder().projection_type(ProjectionType::All).build());
+                let mut gsi = GlobalSecondaryIndex::builder().index_name(name).projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::All)
+                        .build(),
+                );
                 for (k, t) in keys {
                     gsi = gsi.key_schema(key(k, t).map_err(dynamo("CreateTable", table))?);
                 }
-                req = req.global_secondary_indexes(gsi.build().map_err(dynamo("CreateTable", table))?);
+                req = req
+                    .global_secondary_indexes(gsi.build().map_err(dynamo("CreateTable", table))?);
             }
             match req.send().await {
                 Ok(_) => created.push(table.to_owned()),
-                Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => {}
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_resource_in_use_exception()) => {}
                 Err(e) => return Err(dynamo("CreateTable", table)(e)),
             }
         }
@@ -486,12 +629,25 @@ impl Store {
 
     /// Writes `requests` to `table` in BatchWriteItem calls of 25, sending what DynamoDB left
     /// unprocessed (throttling) again with backoff.
-    async fn write_batches(&self, table: &str, requests: Vec<WriteRequest>) -> Result<(), StoreError> {
+    async fn write_batches(
+        &self,
+        table: &str,
+        requests: Vec<WriteRequest>,
+    ) -> Result<(), StoreError> {
         for chunk in requests.chunks(25) {
             let mut pending: Vec<WriteRequest> = chunk.to_vec();
             for attempt in 0..8u32 {
-                let out = self.client.batch_write_item().request_items(table, pending.clone()).send().await.map_err(dynamo("BatchWriteItem", table))?;
-                pending = out.unprocessed_items.and_then(|mut u| u.remove(table)).unwrap_or_default();
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(table, pending.clone())
+                    .send()
+                    .await
+                    .map_err(dynamo("BatchWriteItem", table))?;
+                pending = out
+                    .unprocessed_items
+                    .and_then(|mut u| u.remove(table))
+                    .unwrap_or_default();
                 if pending.is_empty() {
                     break;
                 }
@@ -501,7 +657,8 @@ impl Store {
                 return Err(StoreError::Dynamo {
                     operation: "BatchWriteItem",
                     table: table.to_owned(),
-                    source: format!("{} items still unprocessed after retries", pending.len()).into(),
+                    source: format!("{} items still unprocessed after retries", pending.len())
+                        .into(),
                 });
             }
         }

@@ -17,11 +17,13 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::aws::store::{GrantStatus, StoreError};
 use crate::aws::Services;
 use crate::contract::integration::Integration;
-use crate::aws::store::{GrantStatus, StoreError};
 
-pub use continuation::{continuation_of, continue_later, schedule_name as continuation_schedule_name, MAX_CONTINUATIONS};
+pub use continuation::{
+    continuation_of, continue_later, schedule_name as continuation_schedule_name, MAX_CONTINUATIONS,
+};
 pub use sweep::{Task, ITEM_ALLOWANCE};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -76,7 +78,11 @@ impl CleanupReport {
 
     /// Items this run finished (whatever their kind).
     pub fn done(&self) -> usize {
-        self.deleted.len() + self.revoked_overdue.len() + self.finished.len() + self.rotated.len() + self.orphans.len()
+        self.deleted.len()
+            + self.revoked_overdue.len()
+            + self.finished.len()
+            + self.rotated.len()
+            + self.orphans.len()
     }
 }
 
@@ -114,9 +120,19 @@ pub async fn run(svc: &Services, now: DateTime<Utc>) -> Result<CleanupReport, St
 }
 
 /// Runs the sweep, or only its overdue part, as of `now`.
-pub async fn run_scope(svc: &Services, now: DateTime<Utc>, scope: Scope) -> Result<CleanupReport, StoreError> {
+pub async fn run_scope(
+    svc: &Services,
+    now: DateTime<Utc>,
+    scope: Scope,
+) -> Result<CleanupReport, StoreError> {
     let mut report = CleanupReport::default();
-    let integrations: BTreeMap<String, Integration> = svc.store.list_integrations().await?.into_iter().map(|i| (i.name.clone(), i)).collect();
+    let integrations: BTreeMap<String, Integration> = svc
+        .store
+        .list_integrations()
+        .await?
+        .into_iter()
+        .map(|i| (i.name.clone(), i))
+        .collect();
     let tasks = due_tasks(svc, now, scope, &mut report).await?;
     let lanes = sweep::Lanes::new(&integrations, tasks, &mut report);
     lanes.run(svc, now, &mut report).await;
@@ -145,7 +161,12 @@ pub async fn run_scope(svc: &Services, now: DateTime<Utc>, scope: Scope) -> Resu
 
 /// The due work, in the order that matters when time runs short: access that is still open
 /// (overdue grants, records abandoned half-way) first, then rotations, then drops.
-async fn due_tasks(svc: &Services, now: DateTime<Utc>, scope: Scope, report: &mut CleanupReport) -> Result<Vec<Task>, StoreError> {
+async fn due_tasks(
+    svc: &Services,
+    now: DateTime<Utc>,
+    scope: Scope,
+    report: &mut CleanupReport,
+) -> Result<Vec<Task>, StoreError> {
     let mut tasks = Vec::new();
     for status in [GrantStatus::Granting, GrantStatus::Revoking] {
         let (due, read) = svc.store.due_grants(status, now).await?;

@@ -11,12 +11,12 @@ use tokio::sync::OnceCell;
 
 use super::sweep::{Lane, Lanes};
 use super::CleanupReport;
+use crate::aws::store::{GrantStatus, StoreError};
 use crate::aws::Services;
 use crate::control::endpoint::Server;
 use crate::engine::postgres::error_chain;
 use crate::engine::roles::departure;
 use crate::engine::roles::RoleError;
-use crate::aws::store::{GrantStatus, StoreError};
 
 /// The least time left for an integration's reconciliation to start: a catalog read, a few
 /// role changes and one statement per database.
@@ -27,7 +27,12 @@ type Failure = Box<dyn std::error::Error + Send + Sync>;
 /// Reconciles every integration, several at once (each on its own server's connections), each
 /// within the invocation's time; one integration's failure is reported and does not stop the
 /// others.
-pub(super) async fn all(svc: &Services, lanes: &Lanes<'_>, now: DateTime<Utc>, report: &mut CleanupReport) {
+pub(super) async fn all(
+    svc: &Services,
+    lanes: &Lanes<'_>,
+    now: DateTime<Utc>,
+    report: &mut CleanupReport,
+) {
     // The database users with a live record, read once (only if some role needs it).
     let live = OnceCell::new();
     let runs = lanes.lanes.iter().map(|lane| {
@@ -38,17 +43,25 @@ pub(super) async fn all(svc: &Services, lanes: &Lanes<'_>, now: DateTime<Utc>, r
                 part.reconcile_left.push(lane.integration.name.clone());
                 return part;
             }
-            match crate::control::budget::bounded(one(svc, lane, lanes, now, live, &mut part)).await {
+            match crate::control::budget::bounded(one(svc, lane, lanes, now, live, &mut part)).await
+            {
                 Some(Ok(())) if part.reconcile_left.is_empty() => part.reconciled = 1,
                 Some(Ok(())) => {}
-                Some(Err(e)) => part.errors.push(format!("integration {}: reconcile: {}", lane.integration.name, error_chain(&*e))),
+                Some(Err(e)) => part.errors.push(format!(
+                    "integration {}: reconcile: {}",
+                    lane.integration.name,
+                    error_chain(&*e)
+                )),
                 None => part.reconcile_left.push(lane.integration.name.clone()),
             }
             part
         }
     });
     // At most as many integrations at once as cleanup has items in flight.
-    let parts: Vec<CleanupReport> = futures_util::stream::iter(runs).buffer_unordered(svc.config.cleanup_concurrency).collect().await;
+    let parts: Vec<CleanupReport> = futures_util::stream::iter(runs)
+        .buffer_unordered(svc.config.cleanup_concurrency)
+        .collect()
+        .await;
     for part in parts {
         report.orphans.extend(part.orphans);
         report.handed_over.extend(part.handed_over);
@@ -76,7 +89,10 @@ async fn one(
     report: &mut CleanupReport,
 ) -> Result<(), Failure> {
     let integration = lane.integration;
-    let server = lane.server(svc).await.map_err(|e| Failure::from(e.to_owned()))?;
+    let server = lane
+        .server(svc)
+        .await
+        .map_err(|e| Failure::from(e.to_owned()))?;
     let db = integration.maintenance_database();
     let (managed, databases) = {
         let client = server.pool.get().await?;
@@ -85,7 +101,8 @@ async fn one(
         client.release();
         (managed, databases)
     };
-    let grace = chrono::Duration::from_std(svc.config.reconcile_grace).unwrap_or(chrono::Duration::hours(1));
+    let grace = chrono::Duration::from_std(svc.config.reconcile_grace)
+        .unwrap_or(chrono::Duration::hours(1));
     let retention = chrono::Duration::days(i64::from(integration.profile_retention_days));
     for role in managed {
         if role.profile {
@@ -108,16 +125,36 @@ async fn one(
         tracing::warn!(integration = %integration.name, db_user = %role.name, "orphan role: no live grant record; removing it");
         let deleted = async {
             let client = server.pool.get().await?;
-            let deleted = departure::delete_over(&client, server.pool.connector(), db, &role.name, &integration.user_prefix, &integration.holding_role).await?;
+            let deleted = departure::delete_over(
+                &client,
+                server.pool.connector(),
+                db,
+                &role.name,
+                &integration.user_prefix,
+                &integration.holding_role,
+            )
+            .await?;
             client.release();
             Ok::<_, RoleError>(deleted)
         };
         match deleted.await {
             Ok(deleted) => {
-                report.orphans.push(format!("{}/{}", integration.name, role.name));
-                report.handed_over.extend(deleted.handed_over.into_iter().map(|c| format!("{}/{}: {c}", integration.name, role.name)));
+                report
+                    .orphans
+                    .push(format!("{}/{}", integration.name, role.name));
+                report.handed_over.extend(
+                    deleted
+                        .handed_over
+                        .into_iter()
+                        .map(|c| format!("{}/{}: {c}", integration.name, role.name)),
+                );
             }
-            Err(e) => report.errors.push(format!("integration {}: orphan {}: {}", integration.name, role.name, error_chain(&e))),
+            Err(e) => report.errors.push(format!(
+                "integration {}: orphan {}: {}",
+                integration.name,
+                role.name,
+                error_chain(&e)
+            )),
         }
     }
     // How large pgjit's profile roles make the ACLs, database by database.
@@ -129,10 +166,16 @@ async fn one(
             client.release();
             largest
         } else {
-            crate::engine::catalog::largest_acl(&server.pool.connector().connect(&database).await?, &profile_prefix).await?
+            crate::engine::catalog::largest_acl(
+                &server.pool.connector().connect(&database).await?,
+                &profile_prefix,
+            )
+            .await?
         };
         if let Some((table, entries)) = largest {
-            report.largest_acls.push((format!("{}/{database}: {table}", integration.name), entries));
+            report
+                .largest_acls
+                .push((format!("{}/{database}: {table}", integration.name), entries));
         }
     }
     Ok(())
@@ -144,7 +187,12 @@ async fn one(
 async fn live_users(svc: &Services) -> Result<(HashSet<String>, usize), StoreError> {
     let mut users = HashSet::new();
     let mut read = 0;
-    for status in [GrantStatus::Granting, GrantStatus::Active, GrantStatus::Revoking, GrantStatus::Revoked] {
+    for status in [
+        GrantStatus::Granting,
+        GrantStatus::Active,
+        GrantStatus::Revoking,
+        GrantStatus::Revoked,
+    ] {
         let records = svc.store.grants_in(status).await?;
         read += records.len();
         users.extend(records.into_iter().map(|r| r.db_user));
@@ -155,7 +203,13 @@ async fn live_users(svc: &Services) -> Result<(HashSet<String>, usize), StoreErr
 /// A profile role: what it owns goes to the holding role (a user could act as it before
 /// PostgreSQL 16); without members it is marked with the time, and dropped once that
 /// lasts `profile_retention_days`; with members again, the mark goes.
-async fn profile(server: &Server, role: &departure::ManagedRole, now: DateTime<Utc>, retention: chrono::Duration, report: &mut CleanupReport) {
+async fn profile(
+    server: &Server,
+    role: &departure::ManagedRole,
+    now: DateTime<Utc>,
+    retention: chrono::Duration,
+    report: &mut CleanupReport,
+) {
     let integration = &server.integration;
     let (connector, db) = (server.pool.connector(), integration.maintenance_database());
     let name = format!("{}/{}", integration.name, role.name);
@@ -165,31 +219,52 @@ async fn profile(server: &Server, role: &departure::ManagedRole, now: DateTime<U
         client.release();
         Ok::<(), RoleError>(())
     };
-    let dropping = role.members == 0 && role.unused_since.is_some_and(|since| since + retention <= now);
+    let dropping = role.members == 0
+        && role
+            .unused_since
+            .is_some_and(|since| since + retention <= now);
     // What it owns goes now, whether or not anyone holds it (the drop hands it over itself):
     // kept by an unused profile, it would stay armed until the profile is dropped.
     if role.owns_objects && !dropping {
         match departure::hand_over(connector, db, &role.name, &integration.holding_role).await {
-            Ok(changes) => report.handed_over.extend(changes.into_iter().map(|c| format!("{name}: {c}"))),
-            Err(e) => report.errors.push(format!("integration {}: profile {}: {}", integration.name, role.name, error_chain(&e))),
+            Ok(changes) => report
+                .handed_over
+                .extend(changes.into_iter().map(|c| format!("{name}: {c}"))),
+            Err(e) => report.errors.push(format!(
+                "integration {}: profile {}: {}",
+                integration.name,
+                role.name,
+                error_chain(&e)
+            )),
         }
     }
     let result = match (role.members, role.unused_since) {
-        (0, Some(_)) if dropping => match departure::drop_profile(connector, db, &role.name, &integration.holding_role).await {
-            Ok(Some(handed_over)) => {
-                report.handed_over.extend(handed_over.into_iter().map(|c| format!("{name}: {c}")));
-                report.profiles_dropped.push(name.clone());
-                Ok(())
+        (0, Some(_)) if dropping => {
+            match departure::drop_profile(connector, db, &role.name, &integration.holding_role)
+                .await
+            {
+                Ok(Some(handed_over)) => {
+                    report
+                        .handed_over
+                        .extend(handed_over.into_iter().map(|c| format!("{name}: {c}")));
+                    report.profiles_dropped.push(name.clone());
+                    Ok(())
+                }
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
             }
-            Ok(None) => Ok(()),
-            Err(e) => Err(e),
-        },
+        }
         (0, Some(_)) => Ok(()),
         (0, None) => mark(Some(now)).await,
         (_, Some(_)) => mark(None).await,
         (_, None) => Ok(()),
     };
     if let Err(e) = result {
-        report.errors.push(format!("integration {}: profile {}: {}", integration.name, role.name, error_chain(&e)));
+        report.errors.push(format!(
+            "integration {}: profile {}: {}",
+            integration.name,
+            role.name,
+            error_chain(&e)
+        ));
     }
 }

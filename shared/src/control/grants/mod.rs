@@ -16,14 +16,14 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
 use crate::access::AccessError;
+use crate::aws::store::{due_key, AuditEntry, GrantRecord, GrantStatus, StoreError};
 use crate::aws::{AwsError, Services};
-use crate::control::endpoint::EndpointError;
 use crate::contract::events::{Approval, EventError};
-use crate::failpoint::Triggered;
 use crate::contract::integration::{AccessMode, Integration};
+use crate::control::endpoint::EndpointError;
 use crate::engine::postgres::error_chain;
 use crate::engine::roles::RoleError;
-use crate::aws::store::{due_key, AuditEntry, GrantRecord, GrantStatus, StoreError};
+use crate::failpoint::Triggered;
 
 /// What a grant produced, as the function returns it (never the password).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -69,7 +69,9 @@ pub enum GrantError {
     /// The integration has access flows and none allows this approval.
     #[error("refused: {0}; nothing was changed")]
     NotInFlow(crate::contract::flow::Refusal),
-    #[error("request {0:?} was approved before with other details; a request id names one request")]
+    #[error(
+        "request {0:?} was approved before with other details; a request id names one request"
+    )]
     Mismatch(String),
     #[error("request {0:?} is being worked on by another run; try again later")]
     InProgress(String),
@@ -96,7 +98,12 @@ impl From<crate::contract::flow::Refusal> for GrantError {
 impl GrantError {
     /// Errors that a later delivery of the same event may not hit (the scheduler retries them).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, GrantError::InProgress(_) | GrantError::Step { .. } | GrantError::Store(StoreError::Dynamo { .. }))
+        matches!(
+            self,
+            GrantError::InProgress(_)
+                | GrantError::Step { .. }
+                | GrantError::Store(StoreError::Dynamo { .. })
+        )
     }
 }
 
@@ -117,7 +124,12 @@ pub enum StepError {
     Other(String),
 }
 
-pub(crate) fn audit(record: &GrantRecord, event: &str, at: DateTime<Utc>, detail: Option<String>) -> AuditEntry {
+pub(crate) fn audit(
+    record: &GrantRecord,
+    event: &str,
+    at: DateTime<Utc>,
+    detail: Option<String>,
+) -> AuditEntry {
     AuditEntry {
         request_id: record.request_id.clone(),
         // Within one millisecond, the lifecycle's order decides.
@@ -147,7 +159,11 @@ fn lifecycle_rank(event: &str) -> u8 {
     }
 }
 
-pub(crate) fn result_of(record: &GrantRecord, integration: &Integration, repeated: bool) -> GrantResult {
+pub(crate) fn result_of(
+    record: &GrantRecord,
+    integration: &Integration,
+    repeated: bool,
+) -> GrantResult {
     GrantResult {
         request_id: record.request_id.clone(),
         status: record.status,
@@ -164,27 +180,54 @@ pub(crate) fn result_of(record: &GrantRecord, integration: &Integration, repeate
 /// When cleanup must next look at an active grant: its expiry, or its password's rotation.
 pub fn active_due(record: &GrantRecord, integration: &Integration) -> DateTime<Utc> {
     let mut due = record.expires_at;
-    if let (Some(days), AccessMode::Password) = (integration.credential_rotation_days, record.access_mode) {
+    if let (Some(days), AccessMode::Password) =
+        (integration.credential_rotation_days, record.access_mode)
+    {
         let since = record.rotated_at.unwrap_or(record.created_at);
         due = due.min(since + Duration::days(i64::from(days)));
     }
     due
 }
 
-pub(crate) async fn load_integration(svc: &Services, name: &str) -> Result<Integration, GrantError> {
-    svc.store.get_integration(name).await?.ok_or_else(|| GrantError::UnknownIntegration(name.to_owned()))
+pub(crate) async fn load_integration(
+    svc: &Services,
+    name: &str,
+) -> Result<Integration, GrantError> {
+    svc.store
+        .get_integration(name)
+        .await?
+        .ok_or_else(|| GrantError::UnknownIntegration(name.to_owned()))
 }
 
 /// Who approved, and when: an approval must come from someone other than the requester (unless
 /// the integration allows it) and be fresh (a stale or replayed event grants nothing).
-fn check_trust(svc: &Services, integration: &Integration, approval: &Approval, now: DateTime<Utc>) -> Result<(), GrantError> {
-    check_approver(svc, integration, &approval.approver, &approval.requester.id, approval.sent_at, now)
+fn check_trust(
+    svc: &Services,
+    integration: &Integration,
+    approval: &Approval,
+    now: DateTime<Utc>,
+) -> Result<(), GrantError> {
+    check_approver(
+        svc,
+        integration,
+        &approval.approver,
+        &approval.requester.id,
+        approval.sent_at,
+        now,
+    )
 }
 
 /// The checks an approval and an extension share: the approver is not the requester (unless
 /// the integration allows it), and the event is fresh (not older than the configured age, not
 /// from the future).
-pub(crate) fn check_approver(svc: &Services, integration: &Integration, approver: &str, requester: &str, sent_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Result<(), GrantError> {
+pub(crate) fn check_approver(
+    svc: &Services,
+    integration: &Integration,
+    approver: &str,
+    requester: &str,
+    sent_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<(), GrantError> {
     let same = |a: &str, b: &str| a.trim().eq_ignore_ascii_case(b.trim());
     if same(approver, requester) && !integration.allow_self_approval {
         return Err(GrantError::Policy(format!(
@@ -202,7 +245,10 @@ pub(crate) fn check_approver(svc: &Services, integration: &Integration, approver
             )));
         }
         if sent - now > Duration::minutes(5) {
-            return Err(GrantError::Policy(format!("the approval event's time {} is in the future", sent.to_rfc3339())));
+            return Err(GrantError::Policy(format!(
+                "the approval event's time {} is in the future",
+                sent.to_rfc3339()
+            )));
         }
     }
     Ok(())
@@ -231,13 +277,33 @@ async fn announce(svc: &Services, record: &GrantRecord, result: &GrantResult) {
 
 /// Puts one of pgjit's own events (never a secret in it) on `PGJIT_EVENT_BUS`. What it reports
 /// stands whether or not the event goes out; a failure is logged and counted.
-pub(crate) async fn announce_event(svc: &Services, record: &GrantRecord, detail_type: &str, detail: serde_json::Value) {
-    emit(svc, detail_type, detail, &record.request_id, &record.integration).await;
+pub(crate) async fn announce_event(
+    svc: &Services,
+    record: &GrantRecord,
+    detail_type: &str,
+    detail: serde_json::Value,
+) {
+    emit(
+        svc,
+        detail_type,
+        detail,
+        &record.request_id,
+        &record.integration,
+    )
+    .await;
 }
 
 /// [`announce_event`] for any request, granted or not.
-pub(crate) async fn emit(svc: &Services, detail_type: &str, detail: serde_json::Value, request_id: &str, integration: &str) {
-    let Some(bus) = &svc.config.event_bus else { return };
+pub(crate) async fn emit(
+    svc: &Services,
+    detail_type: &str,
+    detail: serde_json::Value,
+    request_id: &str,
+    integration: &str,
+) {
+    let Some(bus) = &svc.config.event_bus else {
+        return;
+    };
     let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
         .event_bus_name(bus)
         .source(&svc.config.event_source)
@@ -245,7 +311,8 @@ pub(crate) async fn emit(svc: &Services, detail_type: &str, detail: serde_json::
         .detail(detail.to_string())
         .build();
     let failed = match svc.events.put_events().entries(entry).send().await {
-        Ok(out) => (out.failed_entry_count() > 0).then(|| format!("{} entry failed", out.failed_entry_count())),
+        Ok(out) => (out.failed_entry_count() > 0)
+            .then(|| format!("{} entry failed", out.failed_entry_count())),
         Err(e) => Some(error_chain(&AwsError::new("events:PutEvents", e))),
     };
     if let Some(why) = failed {
@@ -259,7 +326,10 @@ fn stuck_after(svc: &Services) -> Duration {
 }
 
 fn is_stuck(record: &GrantRecord, now: DateTime<Utc>) -> bool {
-    record.due_at.as_deref().is_none_or(|due| due <= due_key(now).as_str())
+    record
+        .due_at
+        .as_deref()
+        .is_none_or(|due| due <= due_key(now).as_str())
 }
 
 type StepResult = Result<(), (&'static str, StepError)>;
@@ -274,4 +344,3 @@ fn step_done(record: &GrantRecord, operation: &str, step: &str, started: std::ti
 fn at<T, E: Into<StepError>>(step: &'static str) -> impl FnOnce(E) -> (&'static str, StepError) {
     move |e| (step, e.into())
 }
-

@@ -117,8 +117,15 @@ pub struct Reply {
 const TRIES: usize = 8;
 
 /// Handles one action by `caller`.
-pub async fn handle(svc: &Services, caller: &Caller, action: Action, now: DateTime<Utc>) -> Result<Reply, RequestError> {
-    caller.check().map_err(|why| RequestError::Forbidden(format!("who called cannot be told: {why}")))?;
+pub async fn handle(
+    svc: &Services,
+    caller: &Caller,
+    action: Action,
+    now: DateTime<Utc>,
+) -> Result<Reply, RequestError> {
+    caller
+        .check()
+        .map_err(|why| RequestError::Forbidden(format!("who called cannot be told: {why}")))?;
     let mut person = caller.person().map_err(RequestError::Forbidden)?;
     let mut groups = HashMap::new();
     crate::aws::identity::resolve(svc, &mut person, &mut groups).await?;
@@ -126,15 +133,39 @@ pub async fn handle(svc: &Services, caller: &Caller, action: Action, now: DateTi
     let name = action.name();
     let result = match action {
         Action::Create(new) => create(svc, &me, new, now).await,
-        Action::Approve { request_id, client_token } => approve(svc, &me, &request_id, client_token, now).await,
-        Action::Deny { request_id, reason, client_token } => close(svc, &me, &request_id, Close::Deny(reason), client_token, now).await,
-        Action::Cancel { request_id, client_token } => close(svc, &me, &request_id, Close::Cancel, client_token, now).await,
+        Action::Approve {
+            request_id,
+            client_token,
+        } => approve(svc, &me, &request_id, client_token, now).await,
+        Action::Deny {
+            request_id,
+            reason,
+            client_token,
+        } => {
+            close(
+                svc,
+                &me,
+                &request_id,
+                Close::Deny(reason),
+                client_token,
+                now,
+            )
+            .await
+        }
+        Action::Cancel {
+            request_id,
+            client_token,
+        } => close(svc, &me, &request_id, Close::Cancel, client_token, now).await,
         Action::Get { request_id } => get(svc, &me, &request_id, now).await,
         Action::List { filter } => list(svc, &me, filter, now).await,
     };
     match &result {
-        Ok(reply) => tracing::info!(action = name, caller = %caller.arn, requests = reply.requests.len(), "front door"),
-        Err(e) => tracing::warn!(action = name, caller = %caller.arn, status = e.status(), error = %crate::engine::postgres::error_chain(e), "front door refused"),
+        Ok(reply) => {
+            tracing::info!(action = name, caller = %caller.arn, requests = reply.requests.len(), "front door")
+        }
+        Err(e) => {
+            tracing::warn!(action = name, caller = %caller.arn, status = e.status(), error = %crate::engine::postgres::error_chain(e), "front door refused")
+        }
     }
     result
 }
@@ -146,7 +177,12 @@ struct Me<'a> {
 
 impl Me<'_> {
     fn decision(&self, now: DateTime<Utc>, reason: Option<String>) -> Decision {
-        Decision { by: self.caller.id(), arn: self.caller.arn.clone(), at: now, reason }
+        Decision {
+            by: self.caller.id(),
+            arn: self.caller.arn.clone(),
+            at: now,
+            reason,
+        }
     }
 
     fn is(&self, requester: &Requester) -> bool {
@@ -155,24 +191,42 @@ impl Me<'_> {
 }
 
 fn requester_person(requester: &Requester) -> Option<Person> {
-    Person::named(&[requester.id.as_str(), requester.iam_arn.as_deref().unwrap_or("")]).ok()
+    Person::named(&[
+        requester.id.as_str(),
+        requester.iam_arn.as_deref().unwrap_or(""),
+    ])
+    .ok()
 }
 
 /// A request's id: the same requester and client token give the same id, so a retried create
 /// is the same request.
 pub fn request_id_for(caller: &Caller, client_token: &str) -> String {
-    let digest = Sha256::digest(format!("{}\n{client_token}", caller.id().to_lowercase()).as_bytes());
+    let digest =
+        Sha256::digest(format!("{}\n{client_token}", caller.id().to_lowercase()).as_bytes());
     format!("REQ-{}", hex::encode(&digest[..10]))
 }
 
-async fn flows_of(svc: &Services, integration: &str) -> Result<Vec<std::sync::Arc<Flow>>, RequestError> {
+async fn flows_of(
+    svc: &Services,
+    integration: &str,
+) -> Result<Vec<std::sync::Arc<Flow>>, RequestError> {
     Ok(svc.store.list_flows(Some(integration)).await?)
 }
 
-async fn create(svc: &Services, me: &Me<'_>, mut new: NewRequest, now: DateTime<Utc>) -> Result<Reply, RequestError> {
+async fn create(
+    svc: &Services,
+    me: &Me<'_>,
+    mut new: NewRequest,
+    now: DateTime<Utc>,
+) -> Result<Reply, RequestError> {
     let request_id = request_id_for(me.caller, &new.client_token);
-    let integration = svc.store.get_integration(&new.integration).await?.ok_or_else(|| RequestError::Unknown(format!("integration {:?}", new.integration)))?;
-    new.access = crate::contract::requests::with_database(&new.access, integration.maintenance_database());
+    let integration = svc
+        .store
+        .get_integration(&new.integration)
+        .await?
+        .ok_or_else(|| RequestError::Unknown(format!("integration {:?}", new.integration)))?;
+    new.access =
+        crate::contract::requests::with_database(&new.access, integration.maintenance_database());
     if let Some(existing) = svc.store.get_request(&request_id).await? {
         return same_request(svc, existing, &new, now).await;
     }
@@ -184,7 +238,10 @@ async fn create(svc: &Services, me: &Me<'_>, mut new: NewRequest, now: DateTime<
         )));
     }
     if new.duration_seconds > integration.max_duration_seconds {
-        return Err(RequestError::Forbidden(format!("{} s is longer than integration {:?} grants ({} s)", new.duration_seconds, integration.name, integration.max_duration_seconds)));
+        return Err(RequestError::Forbidden(format!(
+            "{} s is longer than integration {:?} grants ({} s)",
+            new.duration_seconds, integration.name, integration.max_duration_seconds
+        )));
     }
     let start = new.start_at.filter(|s| *s > now);
     let request = flow::Request {
@@ -198,7 +255,10 @@ async fn create(svc: &Services, me: &Me<'_>, mut new: NewRequest, now: DateTime<
         at: start.unwrap_or(now),
     };
     let chosen = set.admitting(&request)?;
-    let requester = Requester { id: me.caller.id(), iam_arn: Some(me.caller.arn.clone()) };
+    let requester = Requester {
+        id: me.caller.id(),
+        iam_arn: Some(me.caller.arn.clone()),
+    };
     let mut record = RequestRecord {
         request_id: request_id.clone(),
         status: RequestStatus::Pending,
@@ -231,23 +291,50 @@ async fn create(svc: &Services, me: &Me<'_>, mut new: NewRequest, now: DateTime<
     match svc.store.insert_request(&record).await {
         Ok(()) => {}
         Err(StoreError::AlreadyExists(_)) => {
-            let existing = svc.store.get_request(&request_id).await?.ok_or_else(|| RequestError::Conflict("the request is being created by another call; try again".into()))?;
+            let existing = svc.store.get_request(&request_id).await?.ok_or_else(|| {
+                RequestError::Conflict(
+                    "the request is being created by another call; try again".into(),
+                )
+            })?;
             return same_request(svc, existing, &new, now).await;
         }
         Err(e) => return Err(e.into()),
     }
-    audit(svc, &record, "request_created", now, me.caller, record.reason.clone()).await?;
-    crate::control::grants::emit(svc, crate::contract::events::REQUEST_CREATED, created_event(&record, chosen), &record.request_id, &record.integration).await;
+    audit(
+        svc,
+        &record,
+        "request_created",
+        now,
+        me.caller,
+        record.reason.clone(),
+    )
+    .await?;
+    crate::control::grants::emit(
+        svc,
+        crate::contract::events::REQUEST_CREATED,
+        created_event(&record, chosen),
+        &record.request_id,
+        &record.integration,
+    )
+    .await;
     let mut sent = None;
     if record.mode != Mode::Approvers {
         // Auto and break-glass: approved on request.
         sent = completion::complete(svc, &mut record, now).await?;
     }
-    Ok(Reply { requests: vec![view_as_is(record)], sent })
+    Ok(Reply {
+        requests: vec![view_as_is(record)],
+        sent,
+    })
 }
 
 /// A create sent again with its client token: the same request if it asks for the same.
-async fn same_request(svc: &Services, existing: RequestRecord, new: &NewRequest, now: DateTime<Utc>) -> Result<Reply, RequestError> {
+async fn same_request(
+    svc: &Services,
+    existing: RequestRecord,
+    new: &NewRequest,
+    now: DateTime<Utc>,
+) -> Result<Reply, RequestError> {
     let same = existing.integration == new.integration
         && existing.access == new.access
         && existing.duration_seconds == new.duration_seconds
@@ -261,13 +348,22 @@ async fn same_request(svc: &Services, existing: RequestRecord, new: &NewRequest,
     // An auto or break-glass request whose completion failed part-way: finished now.
     if record.mode != Mode::Approvers && record.status == RequestStatus::Pending {
         let sent = completion::complete(svc, &mut record, now).await?;
-        return Ok(Reply { requests: vec![view_as_is(record)], sent });
+        return Ok(Reply {
+            requests: vec![view_as_is(record)],
+            sent,
+        });
     }
     if completion::unsent(&record) {
         let sent = completion::send_claimed(svc, &mut record, now).await?;
-        return Ok(Reply { requests: vec![view_as_is(record)], sent: Some(sent) });
+        return Ok(Reply {
+            requests: vec![view_as_is(record)],
+            sent: Some(sent),
+        });
     }
-    Ok(Reply { requests: vec![view(svc, record).await?], sent: None })
+    Ok(Reply {
+        requests: vec![view(svc, record).await?],
+        sent: None,
+    })
 }
 
 fn created_event(record: &RequestRecord, flow: &Flow) -> serde_json::Value {
@@ -289,44 +385,78 @@ fn created_event(record: &RequestRecord, flow: &Flow) -> serde_json::Value {
 }
 
 async fn load(svc: &Services, request_id: &str) -> Result<RequestRecord, RequestError> {
-    svc.store.get_request(request_id).await?.ok_or_else(|| RequestError::Unknown(format!("request {request_id:?}")))
+    svc.store
+        .get_request(request_id)
+        .await?
+        .ok_or_else(|| RequestError::Unknown(format!("request {request_id:?}")))
 }
 
 /// The flow a request was made under, and its owners where the flow names them.
-async fn flow_and_owners(svc: &Services, record: &RequestRecord) -> Result<(std::sync::Arc<Flow>, BTreeSet<String>), RequestError> {
+async fn flow_and_owners(
+    svc: &Services,
+    record: &RequestRecord,
+) -> Result<(std::sync::Arc<Flow>, BTreeSet<String>), RequestError> {
     flow_and_owners_in(svc, record, &flows_of(svc, &record.integration).await?).await
 }
 
 /// [`flow_and_owners`] among flows already read.
-async fn flow_and_owners_in(svc: &Services, record: &RequestRecord, flows: &[std::sync::Arc<Flow>]) -> Result<(std::sync::Arc<Flow>, BTreeSet<String>), RequestError> {
+async fn flow_and_owners_in(
+    svc: &Services,
+    record: &RequestRecord,
+    flows: &[std::sync::Arc<Flow>],
+) -> Result<(std::sync::Arc<Flow>, BTreeSet<String>), RequestError> {
     let flow = flows
         .iter()
         .find(|f| f.name == record.flow && f.applies_to(&record.integration))
         .cloned()
-        .ok_or_else(|| RequestError::Conflict(format!("flow {:?} of request {} is gone: ask again", record.flow, record.request_id)))?;
+        .ok_or_else(|| {
+            RequestError::Conflict(format!(
+                "flow {:?} of request {} is gone: ask again",
+                record.flow, record.request_id
+            ))
+        })?;
     let owners = owners_for(svc, &flow, &record.integration).await?;
     Ok((flow, owners))
 }
 
-async fn owners_for(svc: &Services, flow: &Flow, integration: &str) -> Result<BTreeSet<String>, RequestError> {
+async fn owners_for(
+    svc: &Services,
+    flow: &Flow,
+    integration: &str,
+) -> Result<BTreeSet<String>, RequestError> {
     if !flow.approval.approvers.as_ref().is_some_and(|a| a.owners) {
         return Ok(BTreeSet::new());
     }
-    let integration = svc.store.get_integration(integration).await?.ok_or_else(|| RequestError::Unknown(format!("integration {integration:?}")))?;
+    let integration = svc
+        .store
+        .get_integration(integration)
+        .await?
+        .ok_or_else(|| RequestError::Unknown(format!("integration {integration:?}")))?;
     Ok(crate::aws::identity::owners(svc, &integration).await?)
 }
 
 /// The refusal for a request the caller may neither see nor act on.
 fn not_yours(request_id: &str) -> RequestError {
-    RequestError::Forbidden(format!("request {request_id} is neither yours nor one you may approve"))
+    RequestError::Forbidden(format!(
+        "request {request_id} is neither yours nor one you may approve"
+    ))
 }
 
 /// Whether `me` may approve (or deny) under `flow`.
 fn may_approve(flow: &Flow, me: &Me<'_>, owners: &BTreeSet<String>) -> bool {
-    flow.approval.approvers.as_ref().is_some_and(|a| a.includes(&me.person, owners))
+    flow.approval
+        .approvers
+        .as_ref()
+        .is_some_and(|a| a.includes(&me.person, owners))
 }
 
-async fn approve(svc: &Services, me: &Me<'_>, request_id: &str, client_token: Option<String>, now: DateTime<Utc>) -> Result<Reply, RequestError> {
+async fn approve(
+    svc: &Services,
+    me: &Me<'_>,
+    request_id: &str,
+    client_token: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<Reply, RequestError> {
     // A token is the caller's own: another person's retry is another approval.
     let token = client_token.map(|t| format!("approve:{}:{t}", me.caller.id().to_lowercase()));
     for _ in 0..TRIES {
@@ -335,29 +465,50 @@ async fn approve(svc: &Services, me: &Me<'_>, request_id: &str, client_token: Op
         let (record, flows) = tokio::join!(load(svc, request_id), svc.store.list_flows(None));
         let (record, flows) = (record?, flows?);
         if me.is(&record.requester) {
-            return Err(RequestError::Forbidden(format!("you asked for request {request_id}: an approval must come from someone else")));
+            return Err(RequestError::Forbidden(format!(
+                "you asked for request {request_id}: an approval must come from someone else"
+            )));
         }
         // Who may approve is asked before anything about the request is told.
-        let (flow, owners) = flow_and_owners_in(svc, &record, &flows).await.map_err(|_| not_yours(request_id))?;
+        let (flow, owners) = flow_and_owners_in(svc, &record, &flows)
+            .await
+            .map_err(|_| not_yours(request_id))?;
         if !may_approve(&flow, me, &owners) {
-            return Err(RequestError::Forbidden(format!("you are not one of the approvers of flow {:?} of request {request_id}", flow.name)));
+            return Err(RequestError::Forbidden(format!(
+                "you are not one of the approvers of flow {:?} of request {request_id}",
+                flow.name
+            )));
         }
         let mut record = expire_if_due(svc, record, now).await?;
         if token.as_ref().is_some_and(|t| record.tokens.contains(t)) {
-            return Ok(Reply { requests: vec![view(svc, record).await?], sent: None });
+            return Ok(Reply {
+                requests: vec![view(svc, record).await?],
+                sent: None,
+            });
         }
         if completion::unsent(&record) {
             // Approved, and its approval claimed but not seen on the bus: send it again.
             let sent = completion::send_claimed(svc, &mut record, now).await?;
-            return Ok(Reply { requests: vec![view_as_is(record)], sent: Some(sent) });
+            return Ok(Reply {
+                requests: vec![view_as_is(record)],
+                sent: Some(sent),
+            });
         }
         if record.status != RequestStatus::Pending {
-            return Err(RequestError::Conflict(format!("request {request_id} is {}: it can no longer be approved", record.status)));
+            return Err(RequestError::Conflict(format!(
+                "request {request_id} is {}: it can no longer be approved",
+                record.status
+            )));
         }
-        let already = record.approvals.iter().any(|d| Person::named(&[d.by.as_str(), d.arn.as_str()]).is_ok_and(|p| p.same_as(&me.person)));
+        let already = record.approvals.iter().any(|d| {
+            Person::named(&[d.by.as_str(), d.arn.as_str()]).is_ok_and(|p| p.same_as(&me.person))
+        });
         if already {
             // The same person again, under this or another of their names: counted once.
-            return Ok(Reply { requests: vec![view(svc, record).await?], sent: None });
+            return Ok(Reply {
+                requests: vec![view(svc, record).await?],
+                sent: None,
+            });
         }
         record.approvals.push(me.decision(now, None));
         record.tokens.extend(token.clone());
@@ -371,7 +522,10 @@ async fn approve(svc: &Services, me: &Me<'_>, request_id: &str, client_token: Op
                 Ok(sent) => {
                     audit(svc, &record, "request_approved", now, me.caller, detail).await?;
                     // Just sent: its grant is on its way, not looked up.
-                    return Ok(Reply { requests: vec![view_as_is(record)], sent });
+                    return Ok(Reply {
+                        requests: vec![view_as_is(record)],
+                        sent,
+                    });
                 }
                 Err(RequestError::Store(StoreError::Conflict { .. })) => continue,
                 Err(e) => return Err(e),
@@ -383,9 +537,14 @@ async fn approve(svc: &Services, me: &Me<'_>, request_id: &str, client_token: Op
             Err(e) => return Err(e.into()),
         }
         audit(svc, &record, "request_approved", now, me.caller, detail).await?;
-        return Ok(Reply { requests: vec![view_as_is(record)], sent: None });
+        return Ok(Reply {
+            requests: vec![view_as_is(record)],
+            sent: None,
+        });
     }
-    Err(RequestError::Conflict(format!("request {request_id} kept changing; try again")))
+    Err(RequestError::Conflict(format!(
+        "request {request_id} kept changing; try again"
+    )))
 }
 
 enum Close {
@@ -393,7 +552,14 @@ enum Close {
     Cancel,
 }
 
-async fn close(svc: &Services, me: &Me<'_>, request_id: &str, how: Close, client_token: Option<String>, now: DateTime<Utc>) -> Result<Reply, RequestError> {
+async fn close(
+    svc: &Services,
+    me: &Me<'_>,
+    request_id: &str,
+    how: Close,
+    client_token: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<Reply, RequestError> {
     let (verb, status) = match how {
         Close::Deny(_) => ("deny", RequestStatus::Denied),
         Close::Cancel => ("cancel", RequestStatus::Cancelled),
@@ -405,24 +571,41 @@ async fn close(svc: &Services, me: &Me<'_>, request_id: &str, how: Close, client
         match &how {
             Close::Deny(_) => {
                 if me.is(&record.requester) {
-                    return Err(RequestError::Forbidden(format!("you asked for request {request_id}: cancel it instead")));
+                    return Err(RequestError::Forbidden(format!(
+                        "you asked for request {request_id}: cancel it instead"
+                    )));
                 }
-                let (flow, owners) = flow_and_owners(svc, &record).await.map_err(|_| not_yours(request_id))?;
+                let (flow, owners) = flow_and_owners(svc, &record)
+                    .await
+                    .map_err(|_| not_yours(request_id))?;
                 if !may_approve(&flow, me, &owners) {
-                    return Err(RequestError::Forbidden(format!("you are not one of the approvers of flow {:?} of request {request_id}", flow.name)));
+                    return Err(RequestError::Forbidden(format!(
+                        "you are not one of the approvers of flow {:?} of request {request_id}",
+                        flow.name
+                    )));
                 }
             }
-            Close::Cancel if !me.is(&record.requester) => return Err(RequestError::Forbidden(format!("only the requester cancels request {request_id}"))),
+            Close::Cancel if !me.is(&record.requester) => {
+                return Err(RequestError::Forbidden(format!(
+                    "only the requester cancels request {request_id}"
+                )))
+            }
             Close::Cancel => {}
         }
         let mut record = expire_if_due(svc, record, now).await?;
         if token.as_ref().is_some_and(|t| record.tokens.contains(t)) || record.status == status {
-            return Ok(Reply { requests: vec![view(svc, record).await?], sent: None });
+            return Ok(Reply {
+                requests: vec![view(svc, record).await?],
+                sent: None,
+            });
         }
         let reason = match &how {
             Close::Deny(reason) => {
                 if record.status != RequestStatus::Pending {
-                    return Err(RequestError::Conflict(format!("request {request_id} is {}: it can no longer be denied", record.status)));
+                    return Err(RequestError::Conflict(format!(
+                        "request {request_id} is {}: it can no longer be denied",
+                        record.status
+                    )));
                 }
                 Some(reason.clone())
             }
@@ -430,7 +613,10 @@ async fn close(svc: &Services, me: &Me<'_>, request_id: &str, how: Close, client
                 // Pending, or approved to start later and not yet claimed for the bus.
                 let waiting = record.status == RequestStatus::Approved && record.sent_at.is_none();
                 if record.status != RequestStatus::Pending && !waiting {
-                    return Err(RequestError::Conflict(format!("request {request_id} is {}: revoke its grant instead", record.status)));
+                    return Err(RequestError::Conflict(format!(
+                        "request {request_id} is {}: revoke its grant instead",
+                        record.status
+                    )));
                 }
                 None
             }
@@ -446,31 +632,78 @@ async fn close(svc: &Services, me: &Me<'_>, request_id: &str, how: Close, client
         if status == RequestStatus::Cancelled && record.start_at.is_some() {
             completion::unschedule(svc, &record).await?;
         }
-        audit(svc, &record, if status == RequestStatus::Denied { "request_denied" } else { "request_cancelled" }, now, me.caller, reason.clone()).await?;
-        let detail_type = if status == RequestStatus::Denied { crate::contract::events::REQUEST_DENIED } else { crate::contract::events::REQUEST_CANCELLED };
+        audit(
+            svc,
+            &record,
+            if status == RequestStatus::Denied {
+                "request_denied"
+            } else {
+                "request_cancelled"
+            },
+            now,
+            me.caller,
+            reason.clone(),
+        )
+        .await?;
+        let detail_type = if status == RequestStatus::Denied {
+            crate::contract::events::REQUEST_DENIED
+        } else {
+            crate::contract::events::REQUEST_CANCELLED
+        };
         let detail = serde_json::json!({"request_id": record.request_id, "integration": record.integration, "flow": record.flow, "requester": record.requester, "by": me.caller.id(), "reason": reason});
-        crate::control::grants::emit(svc, detail_type, detail, &record.request_id, &record.integration).await;
-        return Ok(Reply { requests: vec![view(svc, record).await?], sent: None });
+        crate::control::grants::emit(
+            svc,
+            detail_type,
+            detail,
+            &record.request_id,
+            &record.integration,
+        )
+        .await;
+        return Ok(Reply {
+            requests: vec![view(svc, record).await?],
+            sent: None,
+        });
     }
-    Err(RequestError::Conflict(format!("request {request_id} kept changing; try again")))
+    Err(RequestError::Conflict(format!(
+        "request {request_id} kept changing; try again"
+    )))
 }
 
-async fn get(svc: &Services, me: &Me<'_>, request_id: &str, now: DateTime<Utc>) -> Result<Reply, RequestError> {
+async fn get(
+    svc: &Services,
+    me: &Me<'_>,
+    request_id: &str,
+    now: DateTime<Utc>,
+) -> Result<Reply, RequestError> {
     let record = expire_if_due(svc, load(svc, request_id).await?, now).await?;
     if !me.is(&record.requester) {
-        let (flow, owners) = flow_and_owners(svc, &record).await.map_err(|_| not_yours(request_id))?;
+        let (flow, owners) = flow_and_owners(svc, &record)
+            .await
+            .map_err(|_| not_yours(request_id))?;
         if !may_approve(&flow, me, &owners) {
             return Err(not_yours(request_id));
         }
     }
-    Ok(Reply { requests: vec![view(svc, record).await?], sent: None })
+    Ok(Reply {
+        requests: vec![view(svc, record).await?],
+        sent: None,
+    })
 }
 
-async fn list(svc: &Services, me: &Me<'_>, filter: ListFilter, now: DateTime<Utc>) -> Result<Reply, RequestError> {
+async fn list(
+    svc: &Services,
+    me: &Me<'_>,
+    filter: ListFilter,
+    now: DateTime<Utc>,
+) -> Result<Reply, RequestError> {
     let mut out = Vec::new();
     match filter {
         ListFilter::Mine => {
-            for record in svc.store.requests_of(&me.caller.id().to_lowercase()).await? {
+            for record in svc
+                .store
+                .requests_of(&me.caller.id().to_lowercase())
+                .await?
+            {
                 out.push(view(svc, expire_if_due(svc, record, now).await?).await?);
             }
         }
@@ -481,23 +714,41 @@ async fn list(svc: &Services, me: &Me<'_>, filter: ListFilter, now: DateTime<Utc
                 if record.expires_at <= now || me.is(&record.requester) {
                     continue;
                 }
-                let Some(flow) = flows.iter().find(|f| f.name == record.flow && f.applies_to(&record.integration)) else { continue };
+                let Some(flow) = flows
+                    .iter()
+                    .find(|f| f.name == record.flow && f.applies_to(&record.integration))
+                else {
+                    continue;
+                };
                 let key = (flow.name.clone(), record.integration.clone());
                 if !owners.contains_key(&key) {
-                    owners.insert(key.clone(), owners_for(svc, flow, &record.integration).await?);
+                    owners.insert(
+                        key.clone(),
+                        owners_for(svc, flow, &record.integration).await?,
+                    );
                 }
-                let mine = record.approvals.iter().any(|d| Person::named(&[d.by.as_str(), d.arn.as_str()]).is_ok_and(|p| p.same_as(&me.person)));
+                let mine = record.approvals.iter().any(|d| {
+                    Person::named(&[d.by.as_str(), d.arn.as_str()])
+                        .is_ok_and(|p| p.same_as(&me.person))
+                });
                 if !mine && owners.get(&key).is_some_and(|o| may_approve(flow, me, o)) {
                     out.push(view(svc, record).await?);
                 }
             }
         }
     }
-    Ok(Reply { requests: out, sent: None })
+    Ok(Reply {
+        requests: out,
+        sent: None,
+    })
 }
 
 /// A pending request past its time is expired (written once, with its event), whoever looks.
-async fn expire_if_due(svc: &Services, record: RequestRecord, now: DateTime<Utc>) -> Result<RequestRecord, RequestError> {
+async fn expire_if_due(
+    svc: &Services,
+    record: RequestRecord,
+    now: DateTime<Utc>,
+) -> Result<RequestRecord, RequestError> {
     if record.status != RequestStatus::Pending || record.expires_at > now {
         return Ok(record);
     }
@@ -522,7 +773,12 @@ async fn view(svc: &Services, record: RequestRecord) -> Result<RequestView, Requ
             GrantStatus::Granting => {}
             _ => view.status = RequestStatus::Granted,
         }
-        view.grant = Some(GrantView { status: g.status, db_user: g.db_user, expires_at: g.expires_at, secret_arn: g.secret_arn });
+        view.grant = Some(GrantView {
+            status: g.status,
+            db_user: g.db_user,
+            expires_at: g.expires_at,
+            secret_arn: g.secret_arn,
+        });
     }
     Ok(view)
 }
@@ -552,11 +808,22 @@ fn view_as_is(record: RequestRecord) -> RequestView {
 }
 
 /// An entry of the audit trail for a request's own history (before any grant).
-pub(crate) async fn audit(svc: &Services, record: &RequestRecord, event: &str, at: DateTime<Utc>, by: &Caller, detail: Option<String>) -> Result<(), RequestError> {
+pub(crate) async fn audit(
+    svc: &Services,
+    record: &RequestRecord,
+    event: &str,
+    at: DateTime<Utc>,
+    by: &Caller,
+    detail: Option<String>,
+) -> Result<(), RequestError> {
     let entry = AuditEntry {
         request_id: record.request_id.clone(),
         // Ahead of the grant's own entries within a millisecond ("0" sorts before them).
-        at_event: format!("{}#0#{event}#{}", crate::aws::store::due_key(at), record.version),
+        at_event: format!(
+            "{}#0#{event}#{}",
+            crate::aws::store::due_key(at),
+            record.version
+        ),
         at,
         event: event.to_owned(),
         integration: record.integration.clone(),
