@@ -20,6 +20,11 @@ pub struct Caller {
     /// `aws:userid`: `<role id>:<session name>` for a session, the user's id for an IAM user.
     pub userid: String,
     pub account: String,
+    /// The session's own ARN (`arn:aws:sts::<account>:assumed-role/<role>/<session>`), which a
+    /// policy may name as a role session principal; None for an IAM user.
+    pub session_arn: Option<String>,
+    /// `aws:CurrentTime`.
+    pub now: chrono::DateTime<chrono::Utc>,
 }
 
 impl Caller {
@@ -30,10 +35,18 @@ impl Caller {
         role_id: &str,
         session: &str,
     ) -> Caller {
+        let role = role_path_and_name
+            .rsplit('/')
+            .next()
+            .unwrap_or(role_path_and_name);
         Caller {
             principal_arn: format!("arn:aws:iam::{account}:role/{role_path_and_name}"),
             userid: format!("{role_id}:{session}"),
             account: account.into(),
+            session_arn: Some(format!(
+                "arn:aws:sts::{account}:assumed-role/{role}/{session}"
+            )),
+            now: chrono::Utc::now(),
         }
     }
 
@@ -43,7 +56,15 @@ impl Caller {
             principal_arn: format!("arn:aws:iam::{account}:user/{path_and_name}"),
             userid: user_id.into(),
             account: account.into(),
+            session_arn: None,
+            now: chrono::Utc::now(),
         }
+    }
+
+    /// The same caller at another time.
+    pub fn at(mut self, now: chrono::DateTime<chrono::Utc>) -> Caller {
+        self.now = now;
+        self
     }
 }
 
@@ -74,6 +95,29 @@ pub fn evaluate(policy: &str, caller: &Caller, action: &str) -> Decision {
     }
 }
 
+/// Whether `caller` may assume a role under its trust policy (`policy`, JSON text). Unlike a
+/// resource policy in the caller's own account, a trust policy must itself allow the caller:
+/// IAM's evaluation for `sts:AssumeRole` needs an Allow in the role's trust policy whatever the
+/// caller's identity policies say, and any matching Deny wins.
+pub fn evaluate_trust(policy: &str, caller: &Caller) -> Decision {
+    let policy: Value = serde_json::from_str(policy).expect("a policy is JSON");
+    let statements = match &policy["Statement"] {
+        Value::Array(list) => list.clone(),
+        one => vec![one.clone()],
+    };
+    let matching = |effect: &str| {
+        statements
+            .iter()
+            .filter(|s| s["Effect"] == effect)
+            .any(|s| applies(s, caller, "sts:AssumeRole"))
+    };
+    if !matching("Deny") && matching("Allow") {
+        Decision::Allowed
+    } else {
+        Decision::Denied
+    }
+}
+
 fn strings(value: &Value) -> Vec<String> {
     match value {
         Value::String(s) => vec![s.clone()],
@@ -96,6 +140,7 @@ fn applies(statement: &Value, caller: &Caller, action: &str) -> bool {
             .any(|p| {
                 p == "*"
                     || p == &caller.principal_arn
+                    || Some(p) == caller.session_arn.as_ref()
                     || p == &format!("arn:aws:iam::{}:root", caller.account)
                     || p == &caller.account
             }),
@@ -116,13 +161,29 @@ fn conditions_hold(condition: &Value, caller: &Caller) -> bool {
             .expect("condition keys are an object")
             .iter()
             .all(|(key, values)| {
+                let values = strings(values);
+                if operator.starts_with("Date") {
+                    assert_eq!(
+                        key, "aws:CurrentTime",
+                        "the evaluator compares only aws:CurrentTime as a date"
+                    );
+                    let at = |v: &String| {
+                        chrono::DateTime::parse_from_rfc3339(v)
+                            .expect("an ISO 8601 time")
+                            .with_timezone(&chrono::Utc)
+                    };
+                    return match operator.as_str() {
+                        "DateLessThan" => values.iter().any(|v| caller.now < at(v)),
+                        "DateGreaterThan" => values.iter().any(|v| caller.now > at(v)),
+                        other => panic!("the evaluator does not know condition operator {other}"),
+                    };
+                }
                 let actual = match key.as_str() {
                     "aws:PrincipalArn" => Some(caller.principal_arn.as_str()),
                     "aws:userid" => Some(caller.userid.as_str()),
                     "aws:PrincipalAccount" => Some(caller.account.as_str()),
                     other => panic!("the evaluator does not know condition key {other}"),
                 };
-                let values = strings(values);
                 let any = |f: &dyn Fn(&str, &str) -> bool| {
                     actual.is_some_and(|a| values.iter().any(|v| f(v, a)))
                 };

@@ -1520,3 +1520,308 @@ async fn unused_profile_roles_are_dropped_after_their_retention() {
     .await
     .unwrap();
 }
+
+/// An IAM Identity Center user in IAM mode gets an access role of their own: under pgjit's path,
+/// made with the stack's boundary, assumable by their own session only and only until expiry;
+/// an extension moves both expiries, revoke deletes it, a role of its name that pgjit did not
+/// make is refused and left alone, and cleanup deletes one a crash left behind. moto evaluates
+/// no trust policy or boundary: each is read back and evaluated for every caller that matters.
+#[tokio::test]
+async fn an_identity_center_user_gets_an_access_role_only_their_session_can_assume() {
+    use pgjit::aws::access_role;
+    use pgjit_tests::policy::{evaluate_trust, Caller, Decision};
+    let _ = env();
+    let id: u32 = rand::random();
+    let boundary_svc = isolated_services().await;
+    let boundary = boundary_svc.iam.create_policy().policy_name(format!("pgjit-boundary-{id}"))
+        .policy_document(json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "rds-db:connect", "Resource": "*"}]}).to_string())
+        .send().await.unwrap().policy.unwrap().arn.unwrap();
+    let b = boundary.clone();
+    let svc = pgjit_tests::isolated_services_with(move |n| {
+        (n == "PGJIT_ACCESS_ROLE_BOUNDARY_ARN").then(|| b.clone())
+    })
+    .await;
+    let instance = format!("orders-sso-{id}");
+    let resource_id = pgjit_tests::moto_rds_instance(&svc, &instance).await;
+    let set = format!("AWSReservedSSO_Dev_{id:08x}");
+    let path = "/aws-reserved/sso.amazonaws.com/eu-west-1/";
+    let sso_role = svc
+        .iam
+        .create_role()
+        .path(path)
+        .role_name(&set)
+        .assume_role_policy_document("{}")
+        .send()
+        .await
+        .unwrap()
+        .role
+        .unwrap();
+    integration(&svc, "orders-sso", json!({"kind": "rds", "instance_id": instance, "region": "us-east-1", "access_mode": "iam"})).await;
+
+    let request_id = format!("REQ-SSO-{id}");
+    let mut event = approval(&request_id, "orders-sso", "john@corp.com", orders_access());
+    event["detail"]["requester"]["iam_arn"] = json!(format!(
+        "arn:aws:sts::123456789012:assumed-role/{set}/john@corp.com"
+    ));
+    let result = grant(&svc, event)
+        .await
+        .expect("granted through an access role");
+    let record = svc.store.get_grant(&request_id).await.unwrap().unwrap();
+    let policy = record.iam_policy.clone().expect("the policy's place");
+    let name = access_role::role_name(&request_id);
+    assert_eq!(
+        (
+            policy.principal_kind.as_str(),
+            policy.principal_name.as_str()
+        ),
+        (access_role::KIND, name.as_str())
+    );
+    assert_eq!(
+        policy.role_arn.as_deref(),
+        Some(format!("arn:aws:iam::123456789012:role/pgjit/access/{name}").as_str())
+    );
+    // Nothing was written on the Identity Center role (AWS would refuse it anyway).
+    assert!(svc
+        .iam
+        .list_role_policies()
+        .role_name(&set)
+        .send()
+        .await
+        .unwrap()
+        .policy_names()
+        .is_empty());
+
+    let role = svc
+        .iam
+        .get_role()
+        .role_name(&name)
+        .send()
+        .await
+        .unwrap()
+        .role
+        .unwrap();
+    assert_eq!(role.path(), access_role::PATH);
+    assert_eq!(
+        role.permissions_boundary()
+            .and_then(|p| p.permissions_boundary_arn()),
+        Some(boundary.as_str())
+    );
+    assert!(role
+        .tags()
+        .iter()
+        .any(|t| t.key() == access_role::REQUEST_TAG && t.value() == request_id));
+    assert!((3600..=43_200).contains(&role.max_session_duration().unwrap_or(0)));
+    let trust = urlencoding_decode(role.assume_role_policy_document().unwrap());
+    // Statement by statement: one Allow of sts:AssumeRole, to the one session, until expiry.
+    let doc: Value = serde_json::from_str(&trust).unwrap();
+    assert_eq!(doc["Statement"].as_array().unwrap().len(), 1);
+    let s = &doc["Statement"][0];
+    assert_eq!(
+        (s["Effect"].as_str(), s["Action"].as_str()),
+        (Some("Allow"), Some("sts:AssumeRole"))
+    );
+    let expiry = result.expires_at.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    assert_eq!(
+        s["Condition"]["DateLessThan"]["aws:CurrentTime"],
+        json!(expiry)
+    );
+    let set_path = format!("aws-reserved/sso.amazonaws.com/eu-west-1/{set}");
+    let john = Caller::session(
+        "123456789012",
+        &set_path,
+        sso_role.role_id(),
+        "john@corp.com",
+    );
+    let jane_same_set = Caller::session(
+        "123456789012",
+        &set_path,
+        sso_role.role_id(),
+        "jane@corp.com",
+    );
+    let john_elsewhere = Caller::session("123456789012", "Other", "AROAOTHER", "john@corp.com");
+    let bystander = Caller::user("123456789012", "eve", "AIDAEVE");
+    assert_eq!(evaluate_trust(&trust, &john), Decision::Allowed, "{trust}");
+    for other in [&jane_same_set, &john_elsewhere, &bystander] {
+        assert_eq!(
+            evaluate_trust(&trust, other),
+            Decision::Denied,
+            "{other:?} under {trust}"
+        );
+    }
+    assert_eq!(
+        evaluate_trust(
+            &trust,
+            &john.clone().at(result.expires_at + Duration::seconds(1))
+        ),
+        Decision::Denied,
+        "not after expiry"
+    );
+    // A permission set deleted and made again under the same name has another role id.
+    let recreated = Caller::session("123456789012", &set_path, "AROARECREATED", "john@corp.com");
+    assert_eq!(evaluate_trust(&trust, &recreated), Decision::Denied);
+    // The inline policy: rds-db:connect on the one database user, until expiry; within the boundary.
+    let inline = svc
+        .iam
+        .get_role_policy()
+        .role_name(&name)
+        .policy_name(&policy.policy_name)
+        .send()
+        .await
+        .unwrap()
+        .policy_document;
+    let inline: Value = serde_json::from_str(&urlencoding_decode(&inline)).unwrap();
+    assert_eq!(inline["Statement"][0]["Action"], "rds-db:connect");
+    assert_eq!(
+        inline["Statement"][0]["Resource"],
+        json!(format!(
+            "arn:aws:rds-db:us-east-1:123456789012:dbuser:{resource_id}/{}",
+            result.db_user
+        ))
+    );
+    assert_eq!(
+        inline["Statement"][0]["Condition"]["DateLessThan"]["aws:CurrentTime"],
+        json!(expiry)
+    );
+
+    // An extension moves the trust's and the policy's expiry.
+    let extended = grant(
+        &svc,
+        pgjit_tests::extension(
+            &format!("ext-{request_id}"),
+            &request_id,
+            "jane@corp.com",
+            5000,
+        ),
+    )
+    .await
+    .expect("extended");
+    let later = extended.expires_at.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let role = svc
+        .iam
+        .get_role()
+        .role_name(&name)
+        .send()
+        .await
+        .unwrap()
+        .role
+        .unwrap();
+    let trust = urlencoding_decode(role.assume_role_policy_document().unwrap());
+    assert!(
+        trust.contains(&later) && !trust.contains(&expiry),
+        "{trust}"
+    );
+    let inline = svc
+        .iam
+        .get_role_policy()
+        .role_name(&name)
+        .policy_name(&policy.policy_name)
+        .send()
+        .await
+        .unwrap()
+        .policy_document;
+    assert!(urlencoding_decode(&inline).contains(&later));
+
+    // Revoke deletes the role with its policy; a second revoke is harmless.
+    revoke_with(&svc, pgjit_tests::early_revoke(&request_id))
+        .await
+        .expect("revoked");
+    let gone = svc
+        .iam
+        .get_role()
+        .role_name(&name)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        gone.as_service_error()
+            .and_then(|e| aws_sdk_iam::error::ProvideErrorMetadata::code(e)),
+        Some("NoSuchEntity")
+    );
+    revoke_with(&svc, pgjit_tests::early_revoke(&request_id))
+        .await
+        .expect("again");
+
+    // A role of the next request's access role name made by someone else (another path, no
+    // tag): the grant is refused, nothing is left, and that role is untouched.
+    let forged_id = format!("REQ-SSO-FORGED-{id}");
+    let forged = access_role::role_name(&forged_id);
+    svc.iam
+        .create_role()
+        .path("/team/")
+        .role_name(&forged)
+        .assume_role_policy_document("{\"Version\":\"2012-10-17\",\"Statement\":[]}")
+        .send()
+        .await
+        .unwrap();
+    let mut event = approval(&forged_id, "orders-sso", "john@corp.com", orders_access());
+    event["detail"]["requester"]["iam_arn"] = json!(format!(
+        "arn:aws:sts::123456789012:assumed-role/{set}/john@corp.com"
+    ));
+    let err = grant(&svc, event).await.unwrap_err();
+    assert!(err.contains("is not this request's access role"), "{err}");
+    let untouched = svc
+        .iam
+        .get_role()
+        .role_name(&forged)
+        .send()
+        .await
+        .unwrap()
+        .role
+        .unwrap();
+    assert_eq!(untouched.path(), "/team/");
+    assert!(
+        urlencoding_decode(untouched.assume_role_policy_document().unwrap())
+            .contains("\"Statement\":[]")
+    );
+    assert!(svc
+        .iam
+        .list_role_policies()
+        .role_name(&forged)
+        .send()
+        .await
+        .unwrap()
+        .policy_names()
+        .is_empty());
+    assert_ne!(
+        svc.store
+            .get_grant(&forged_id)
+            .await
+            .unwrap()
+            .map(|r| r.status),
+        Some(GrantStatus::Active)
+    );
+
+    // One a crash left behind (no live record) is deleted by cleanup once past the grace.
+    let ghost_id = format!("REQ-SSO-GHOST-{id}");
+    let requester = pgjit::contract::identity::requester_of(&format!(
+        "arn:aws:sts::123456789012:assumed-role/{set}/john@corp.com"
+    ))
+    .unwrap();
+    access_role::ensure(&svc, &requester, &ghost_id, Utc::now() + Duration::hours(1), "pgjit-ghost", &json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "rds-db:connect", "Resource": "*"}]}).to_string()).await.unwrap();
+    let report = pgjit::control::cleanup::run(&svc, Utc::now() + Duration::hours(2))
+        .await
+        .unwrap();
+    assert!(
+        report
+            .access_roles_removed
+            .contains(&access_role::role_name(&ghost_id)),
+        "{report:?}"
+    );
+    assert!(
+        !report.access_roles_removed.contains(&forged),
+        "never a role pgjit did not make"
+    );
+    assert!(svc
+        .iam
+        .get_role()
+        .role_name(&access_role::role_name(&ghost_id))
+        .send()
+        .await
+        .is_err());
+    svc.iam
+        .delete_role()
+        .role_name(&forged)
+        .send()
+        .await
+        .unwrap();
+}

@@ -987,3 +987,106 @@ fn the_front_door_is_called_with_iam_identities_through_its_url_only() {
         "pgjit's own bus, never the approval bus"
     );
 }
+
+/// Access roles (IAM mode for Identity Center users) are pgjit's only IAM roles: made only under
+/// `/pgjit/access/` and only with the stack's boundary, which allows `rds-db:connect` and
+/// nothing else; no function can lift or change a boundary. (AWS documents `iam:PermissionsBoundary`
+/// on CreateRole, PutRolePolicy, DeleteRolePolicy, DeleteRole, UpdateAssumeRolePolicy and
+/// UpdateRole, so every write on an access role is conditioned on it.)
+#[test]
+fn access_roles_are_made_only_under_pgjits_path_with_the_boundary() {
+    let t = template();
+    let boundary = &t["Resources"]["AccessRoleBoundary"];
+    assert_eq!(boundary["Type"].as_str(), Some("AWS::IAM::ManagedPolicy"));
+    let granted = boundary["Properties"]["PolicyDocument"]["Statement"]
+        .as_sequence()
+        .unwrap();
+    assert_eq!(granted.len(), 1);
+    assert_eq!(
+        (
+            granted[0]["Effect"].as_str(),
+            strings(&granted[0]["Action"])
+        ),
+        (Some("Allow"), vec!["rds-db:connect".to_owned()])
+    );
+    assert!(
+        text(&granted[0]["Resource"]).contains(":dbuser:"),
+        "{}",
+        text(&granted[0]["Resource"])
+    );
+    let env = &t["Globals"]["Function"]["Environment"]["Variables"];
+    assert_eq!(
+        text(&env["PGJIT_ACCESS_ROLE_BOUNDARY_ARN"]),
+        "!Ref AccessRoleBoundary"
+    );
+    let fenced = [
+        "iam:CreateRole",
+        "iam:DeleteRole",
+        "iam:UpdateAssumeRolePolicy",
+        "iam:UpdateRole",
+    ];
+    let never = [
+        "iam:PutRolePermissionsBoundary",
+        "iam:DeleteRolePermissionsBoundary",
+        "iam:AttachRolePolicy",
+        "iam:CreatePolicyVersion",
+        "iam:PassRole",
+    ];
+    let mut creators = Vec::new();
+    for function in functions(&t) {
+        let statements = statements(&t, &function);
+        for s in &statements {
+            if s["Effect"].as_str() != Some("Allow") {
+                continue;
+            }
+            for action in strings(&s["Action"]) {
+                if fenced.contains(&action.as_str())
+                    || (action == "iam:DeleteRolePolicy"
+                        && text(&s["Resource"]).contains("pgjit/access"))
+                {
+                    assert_eq!(
+                        strings(&s["Resource"]),
+                        ["!Sub arn:${AWS::Partition}:iam::${AWS::AccountId}:role/pgjit/access/*"],
+                        "{function}: {action}"
+                    );
+                    assert_eq!(
+                        text(&s["Condition"]["StringEquals"]["iam:PermissionsBoundary"]),
+                        "!Ref AccessRoleBoundary",
+                        "{function}: {action} without the boundary condition"
+                    );
+                }
+                if action == "iam:CreateRole" {
+                    creators.push(function.clone());
+                }
+                if never.contains(&action.as_str()) && action != "iam:PassRole" {
+                    panic!("{function} may {action}");
+                }
+            }
+        }
+        if statements
+            .iter()
+            .any(|s| fenced.iter().any(|a| allows(s, a)))
+        {
+            let denied: Vec<String> = statements
+                .iter()
+                .filter(|s| s["Effect"].as_str() == Some("Deny"))
+                .flat_map(|s| strings(&s["Action"]))
+                .collect();
+            for action in [
+                "iam:PutRolePermissionsBoundary",
+                "iam:DeleteRolePermissionsBoundary",
+                "iam:AttachRolePolicy",
+            ] {
+                assert!(
+                    denied.contains(&action.to_owned()),
+                    "{function}: {action} is not denied"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        creators,
+        ["GrantFunction"],
+        "only the grant makes access roles"
+    );
+}

@@ -141,6 +141,7 @@ pub async fn put_policy(
                 principal_kind: "user".into(),
                 principal_name: user.clone(),
                 policy_name: name.to_owned(),
+                role_arn: None,
             })
         }
         Principal::Role(role) => {
@@ -156,15 +157,23 @@ pub async fn put_policy(
                 principal_kind: "role".into(),
                 principal_name: role.clone(),
                 policy_name: name.to_owned(),
+                role_arn: None,
             })
         }
     }
 }
 
-/// Deletes the inline policy; one that is gone already is success.
-pub async fn delete_policy(svc: &Services, policy: &IamPolicyRef) -> Result<(), AwsError> {
+/// Deletes the inline policy (and the access role it is on, if any); one that is gone already is
+/// success.
+pub async fn delete_policy(
+    svc: &Services,
+    policy: &IamPolicyRef,
+    request_id: &str,
+) -> Result<(), AwsError> {
     let gone = |code: Option<&str>| code == Some("NoSuchEntity");
-    if policy.principal_kind == "user" {
+    if policy.principal_kind == crate::aws::access_role::KIND {
+        crate::aws::access_role::delete(svc, &policy.principal_name, request_id).await
+    } else if policy.principal_kind == "user" {
         match svc
             .iam
             .delete_user_policy()

@@ -1,6 +1,7 @@
 //! The AWS side, built once per cold start: one rustls (ring) HTTPS client shared by every SDK
 //! client, and the clients themselves.
 
+pub mod access_role;
 pub mod admin;
 pub mod approval_mac;
 pub mod caller_proof;

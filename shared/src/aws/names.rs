@@ -27,6 +27,11 @@ pub const SECRET_TAG_VALUE: Alphabet = Alphabet {
     extra: b" +-=._:/@",
     max_len: 256,
 };
+/// IAM role names: letters, digits and `+=,.@_-`, at most 64 characters.
+pub const IAM_ROLE_NAME: Alphabet = Alphabet {
+    extra: b"+=,.@_-",
+    max_len: 64,
+};
 /// IAM inline policy names: letters, digits and `+=,.@_-`, at most 128 characters.
 pub const IAM_POLICY_NAME: Alphabet = Alphabet {
     extra: b"+=,.@_-",

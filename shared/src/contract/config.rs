@@ -71,6 +71,12 @@ pub struct Config {
     /// `PGJIT_PROTECTED_ROLES` (comma-separated role names, a trailing `*` matches a prefix): roles
     /// IAM mode never writes a policy on (pgjit's own roles, break-glass roles, …).
     pub protected_roles: Vec<String>,
+    /// `PGJIT_ACCESS_ROLES` (`identity_center` or `everyone`): in IAM mode, who is given a
+    /// per-grant access role to assume instead of an inline policy on themselves.
+    pub access_roles: crate::contract::integration::AccessRoles,
+    /// `PGJIT_ACCESS_ROLE_BOUNDARY_ARN`: the permissions boundary every access role is made
+    /// with (the template's, allowing `rds-db:connect` only); without it none is made.
+    pub access_role_boundary_arn: Option<String>,
     /// `PGJIT_DISCOVERY_TAG_KEY`: the tag whose value names an instance's admin secret.
     pub discovery_tag_key: String,
     /// `PGJIT_AUTO_REGISTER`: register tagged instances as integrations (`true`/`false`).
@@ -199,6 +205,17 @@ impl Config {
                 message: format!("{bad:?} is not a 12-digit account id"),
             });
         }
+        let access_roles = match lookup("PGJIT_ACCESS_ROLES") {
+            None => crate::contract::integration::AccessRoles::default(),
+            Some(v) => {
+                crate::contract::integration::AccessRoles::parse(v.trim()).ok_or_else(|| {
+                    ConfigError {
+                        name: "PGJIT_ACCESS_ROLES",
+                        message: format!("{v:?} is neither identity_center nor everyone"),
+                    }
+                })?
+            }
+        };
         let dlq = lookup("PGJIT_REVOKE_DLQ_ARN")
             .unwrap_or_else(|| "arn:aws:sqs:us-east-1:123456789012:pgjit-revoke-dlq".into());
         Ok(Config {
@@ -248,6 +265,9 @@ impl Config {
             approvals_key_id: text("PGJIT_APPROVALS_KEY_ID", DEFAULT_APPROVALS_KEY)?,
             trusted_accounts,
             protected_roles: list("PGJIT_PROTECTED_ROLES"),
+            access_roles,
+            access_role_boundary_arn: lookup("PGJIT_ACCESS_ROLE_BOUNDARY_ARN")
+                .filter(|v| !v.trim().is_empty()),
             discovery_tag_key: text("PGJIT_DISCOVERY_TAG_KEY", "pgjit:secret")?,
             auto_register,
             discovery_concurrency: number("PGJIT_DISCOVERY_CONCURRENCY", 4, 1, 64)? as usize,

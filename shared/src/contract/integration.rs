@@ -19,6 +19,30 @@ pub enum AccessMode {
     Iam,
 }
 
+/// In IAM mode, who is given a per-grant access role to assume (under `/pgjit/access/`, fenced
+/// by the stack's permissions boundary) rather than an inline policy on their own identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessRoles {
+    /// IAM Identity Center sessions only: their permission-set roles cannot be changed by anyone
+    /// but Identity Center, so no inline policy can go on them.
+    #[default]
+    IdentityCenter,
+    /// Every requester: pgjit never writes on a requester's own user or role.
+    Everyone,
+}
+
+impl AccessRoles {
+    /// The word configuration uses for it.
+    pub fn parse(text: &str) -> Option<AccessRoles> {
+        match text {
+            "identity_center" => Some(AccessRoles::IdentityCenter),
+            "everyone" => Some(AccessRoles::Everyone),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Integration {
@@ -44,6 +68,9 @@ pub struct Integration {
     pub ca_bundle: Option<String>,
     #[serde(default)]
     pub access_mode: AccessMode,
+    /// Overrides the stack's `PGJIT_ACCESS_ROLES` for this integration (IAM mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_roles: Option<AccessRoles>,
     pub max_duration_seconds: u64,
     /// The latest a grant may last from its first grant, extensions included (none: no limit
     /// beyond `max_duration_seconds` per approval or extension).

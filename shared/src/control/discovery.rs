@@ -135,6 +135,7 @@ pub async fn run(
                         ssl_mode: SslMode::VerifyFull,
                         ca_bundle: None,
                         access_mode: AccessMode::Password,
+                        access_roles: None,
                         max_duration_seconds: DEFAULT_MAX_DURATION,
                         max_total_duration_seconds: None,
                         user_cleanup_after_days: 0,

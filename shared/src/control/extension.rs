@@ -134,7 +134,9 @@ pub async fn extend(
         if now_status.is_some_and(|s| s != GrantStatus::Active) {
             moved.retain(|p| matches!(p, Place::Role | Place::Schedule));
             if let Some(policy) = &record.iam_policy {
-                if let Err(e) = crate::aws::iam::delete_policy(svc, policy).await {
+                if let Err(e) =
+                    crate::aws::iam::delete_policy(svc, policy, &record.request_id).await
+                {
                     tracing::error!(request_id = %record.request_id, error = %crate::engine::postgres::error_chain(&e), "removing the policy re-made by an extension that lost to a revoke failed");
                 }
             }

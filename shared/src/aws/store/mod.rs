@@ -63,13 +63,16 @@ impl std::fmt::Display for GrantStatus {
     }
 }
 
-/// The inline policy put on the requester in IAM mode.
+/// The inline policy put in IAM mode: on the requester, or on the grant's own access role.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IamPolicyRef {
-    /// `user` or `role`
+    /// `user` or `role` (the requester's own), or `access_role` (made for the grant)
     pub principal_kind: String,
     pub principal_name: String,
     pub policy_name: String,
+    /// The access role the requester assumes, where there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
 }
 
 /// One request's grant, from approval to deletion.

@@ -38,6 +38,8 @@ pub struct CleanupReport {
     pub rotated: Vec<String>,
     /// Roles pgjit created with no live record: removed, as `integration/role`.
     pub orphans: Vec<String>,
+    /// Access roles (IAM mode) whose grant is no longer live, deleted.
+    pub access_roles_removed: Vec<String>,
     /// Objects of orphans and profile roles handed to the holding role or made harmless.
     pub handed_over: Vec<String>,
     /// Profile roles pgjit manages (one per distinct privilege set and database), over every
@@ -83,6 +85,7 @@ impl CleanupReport {
             + self.finished.len()
             + self.rotated.len()
             + self.orphans.len()
+            + self.access_roles_removed.len()
     }
 }
 
@@ -138,6 +141,7 @@ pub async fn run_scope(
     lanes.run(svc, now, &mut report).await;
     if scope == Scope::Full {
         reconcile::all(svc, &lanes, now, &mut report).await;
+        reconcile::access_roles(svc, now, &mut report).await;
     }
     report.connections = lanes.connections();
     tracing::info!(
@@ -146,6 +150,7 @@ pub async fn run_scope(
         finished = report.finished.len(),
         rotated = report.rotated.len(),
         orphans = report.orphans.len(),
+        access_roles_removed = report.access_roles_removed.len(),
         profile_roles = report.profile_roles,
         profiles_dropped = report.profiles_dropped.len(),
         errors = report.errors.len(),

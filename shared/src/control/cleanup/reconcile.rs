@@ -268,3 +268,56 @@ async fn profile(
         ));
     }
 }
+
+/// Access roles (IAM mode) against the store: a role under pgjit's path whose grant is not live
+/// (revoked, deleted, failed, or no record at all) is deleted with its policies, once it is
+/// older than the reconcile grace (a grant in flight makes its role before its record says so).
+/// The revoke deletes a grant's role; this finds those a crash or a failed delete left behind.
+pub(super) async fn access_roles(svc: &Services, now: DateTime<Utc>, report: &mut CleanupReport) {
+    use crate::aws::access_role;
+    if svc.config.access_role_boundary_arn.is_none() {
+        return;
+    }
+    let listed = match access_role::list(svc).await {
+        Ok(listed) => listed,
+        Err(e) => {
+            report
+                .errors
+                .push(format!("access roles: {}", error_chain(&e)));
+            return;
+        }
+    };
+    let grace = chrono::Duration::from_std(svc.config.reconcile_grace)
+        .unwrap_or(chrono::Duration::hours(1));
+    for role in listed {
+        if role.created.is_none_or(|created| now - created < grace) {
+            continue;
+        }
+        let Some(request_id) = role.request_id else {
+            // Not made by a grant (pgjit always tags): not pgjit's to delete.
+            continue;
+        };
+        let live = match svc.store.get_grant(&request_id).await {
+            Ok(Some(record)) => matches!(
+                record.status,
+                GrantStatus::Granting | GrantStatus::Active | GrantStatus::Revoking
+            ),
+            Ok(None) => false,
+            Err(e) => {
+                report
+                    .errors
+                    .push(format!("access role {}: {}", role.name, error_chain(&e)));
+                continue;
+            }
+        };
+        if live {
+            continue;
+        }
+        match access_role::delete(svc, &role.name, &request_id).await {
+            Ok(()) => report.access_roles_removed.push(role.name),
+            Err(e) => report
+                .errors
+                .push(format!("access role {}: {}", role.name, error_chain(&e))),
+        }
+    }
+}

@@ -5,12 +5,12 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::access::{login_role_name, AccessSet};
 use crate::aws::credentials::{self, CredentialsValue};
-use crate::aws::iam;
 use crate::aws::schedule;
 use crate::aws::store::{due_key, GrantRecord, GrantStatus, StoreError};
 use crate::aws::Services;
+use crate::aws::{access_role, iam};
 use crate::contract::events::Approval;
-use crate::contract::integration::{AccessMode, Integration};
+use crate::contract::integration::{AccessMode, AccessRoles, Integration};
 use crate::control::endpoint;
 use crate::engine::postgres::error_chain;
 use crate::engine::roles::{self, departure, GrantSpec, LoginMethod};
@@ -50,8 +50,12 @@ pub async fn grant(
         iam::check_account(&requester, &account, &svc.config.trusted_accounts)
             .map_err(|m| GrantError::Policy(format!("requester.iam_arn: {m}")))?;
         if integration.access_mode == AccessMode::Iam {
-            iam::check_policy_target(&requester, &account, &svc.config.protected_roles)
-                .map_err(|m| GrantError::Policy(format!("requester.iam_arn: {m}")))?;
+            if access_role::wanted(&requester, access_roles(svc, &integration)) {
+                access_role::boundary(svc).map_err(|m| GrantError::Policy(m))?;
+            } else {
+                iam::check_policy_target(&requester, &account, &svc.config.protected_roles)
+                    .map_err(|m| GrantError::Policy(format!("requester.iam_arn: {m}")))?;
+            }
         }
     } else if integration.access_mode == AccessMode::Iam {
         return Err(GrantError::Policy(format!(
@@ -446,6 +450,27 @@ pub(crate) async fn put_connect_policy(
         .or_else(|| svc.region())
         .ok_or(StepError::Other("no region".into()))?;
     let account = svc.account_id().await?;
+    let policy_name = iam::policy_name(&record.request_id);
+    if access_role::wanted(&requester, access_roles(svc, integration)) {
+        // The role is the requester's alone (its trust says so): no session condition inside.
+        let resource = iam::dbuser_arn(
+            &requester.partition,
+            &region,
+            &account,
+            &resource_id,
+            &record.db_user,
+        );
+        let document = iam::policy_document(&resource, record.expires_at, None);
+        return Ok(access_role::ensure(
+            svc,
+            &requester,
+            &record.request_id,
+            record.expires_at,
+            &policy_name,
+            &document,
+        )
+        .await?);
+    }
     // Checked before anything was made; checked again where the policy is written.
     iam::check_policy_target(&requester, &account, &svc.config.protected_roles)
         .map_err(StepError::Other)?;
@@ -463,13 +488,12 @@ pub(crate) async fn put_connect_policy(
         &record.db_user,
     );
     let document = iam::policy_document(&resource, record.expires_at, session.as_deref());
-    Ok(iam::put_policy(
-        svc,
-        &requester.principal,
-        &iam::policy_name(&record.request_id),
-        &document,
-    )
-    .await?)
+    Ok(iam::put_policy(svc, &requester.principal, &policy_name, &document).await?)
+}
+
+/// Who gets an access role in this integration: its own setting, else the stack's.
+pub(crate) fn access_roles(svc: &Services, integration: &Integration) -> AccessRoles {
+    integration.access_roles.unwrap_or(svc.config.access_roles)
 }
 
 /// The one-shot schedule that revokes the grant at expiry.
@@ -537,18 +561,26 @@ pub(super) async fn undo_grant(
         .map_err(StepError::from),
     );
     if record.access_mode == AccessMode::Iam {
-        if let Some(Ok(principal)) = record.requester.iam_arn.as_deref().map(iam::principal_of) {
-            let (kind, name) = match principal {
-                iam::Principal::User(n) => ("user", n),
-                iam::Principal::Role(n) => ("role", n),
+        if let Some(Ok(requester)) = record.requester.iam_arn.as_deref().map(iam::requester_of) {
+            let (kind, name) = if access_role::wanted(&requester, access_roles(svc, integration)) {
+                (
+                    access_role::KIND,
+                    access_role::role_name(&record.request_id),
+                )
+            } else {
+                match requester.principal {
+                    iam::Principal::User(n) => ("user", n),
+                    iam::Principal::Role(n) => ("role", n),
+                }
             };
             let policy = crate::aws::store::IamPolicyRef {
                 principal_kind: kind.into(),
                 principal_name: name,
                 policy_name: iam::policy_name(&record.request_id),
+                role_arn: None,
             };
             keep(
-                iam::delete_policy(svc, &policy)
+                iam::delete_policy(svc, &policy, &record.request_id)
                     .await
                     .map_err(StepError::from),
             );

@@ -270,6 +270,7 @@ async fn announce(svc: &Services, record: &GrantRecord, result: &GrantResult) {
         "databases": record.access.iter().map(|a| a.database.as_str()).collect::<std::collections::BTreeSet<_>>(),
         "expires_at": result.expires_at,
         "secret_arn": result.secret_arn,
+        "access_role_arn": record.iam_policy.as_ref().and_then(|p| p.role_arn.as_deref()),
         "custom_access_details": result.custom_access_details,
     });
     announce_event(svc, record, crate::contract::events::GRANTED, detail).await;

@@ -95,6 +95,8 @@ pub struct RequestView {
     pub grant: Option<GrantView>,
 }
 
+/// A request's grant as its requester sees it: enough to connect (`pgjit connect`), never a
+/// password or token.
 #[derive(Debug, Clone, Serialize)]
 pub struct GrantView {
     pub status: crate::aws::store::GrantStatus,
@@ -102,6 +104,24 @@ pub struct GrantView {
     pub expires_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret_arn: Option<String>,
+    pub access_mode: crate::contract::integration::AccessMode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The databases the grant reaches, in order (the first is where `connect` goes by default).
+    pub databases: Vec<String>,
+    /// The region an RDS IAM auth token is signed for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// The access role to assume before making the token (IAM mode, Identity Center users).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_role_arn: Option<String>,
+    /// The roots a client trusts for the server: `rds` (Amazon's, which pgjit carries), `system`
+    /// (the public web roots) or `pem` (then in `ca_pem`).
+    pub roots: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
 }
 
 /// What an action returns: the request(s), and for an approval that completed a request, the
@@ -773,14 +793,54 @@ async fn view(svc: &Services, record: RequestRecord) -> Result<RequestView, Requ
             GrantStatus::Granting => {}
             _ => view.status = RequestStatus::Granted,
         }
+        let integration = svc.store.get_integration(&g.integration).await?;
+        let (roots, ca_pem) = client_roots(integration.as_ref());
+        let mut databases: Vec<String> = Vec::new();
+        for entry in &g.access {
+            if !databases.contains(&entry.database) {
+                databases.push(entry.database.clone());
+            }
+        }
         view.grant = Some(GrantView {
             status: g.status,
             db_user: g.db_user,
             expires_at: g.expires_at,
             secret_arn: g.secret_arn,
+            access_mode: g.access_mode,
+            host: g.host,
+            port: g.port,
+            databases,
+            region: integration
+                .as_ref()
+                .and_then(|i| i.region.clone())
+                .or_else(|| svc.region()),
+            access_role_arn: g.iam_policy.and_then(|p| p.role_arn),
+            roots,
+            ca_pem,
         });
     }
     Ok(view)
+}
+
+/// The roots a client should trust for an integration's server: its own `ca_bundle` (PEM text,
+/// or the file it names, read here), the public roots where it says `system`, else Amazon's RDS
+/// CAs for RDS and Aurora.
+fn client_roots(
+    integration: Option<&crate::contract::integration::Integration>,
+) -> (&'static str, Option<String>) {
+    let Some(integration) = integration else {
+        return ("none", None);
+    };
+    match integration.ca_bundle.as_deref() {
+        Some(b) if b.trim() == crate::engine::postgres::tls::SYSTEM_ROOTS => ("system", None),
+        Some(b) if b.trim_start().starts_with("-----BEGIN") => ("pem", Some(b.to_owned())),
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(pem) => ("pem", Some(pem)),
+            Err(_) => ("none", None),
+        },
+        None if integration.kind.has_rds_certificates() => ("rds", None),
+        None => ("none", None),
+    }
 }
 
 /// The request as recorded, its grant not looked up.
