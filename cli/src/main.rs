@@ -12,6 +12,7 @@ use pgjit::engine::postgres::error_chain;
 use pgjit::engine::setup::Flavor;
 use serde_json::{json, Value};
 
+mod connect;
 mod front_door;
 
 #[derive(Parser)]
@@ -184,6 +185,29 @@ enum Command {
     },
     /// Print a grant's credentials (the one command that shows a password).
     Credentials { request_id: String },
+    /// Connect to your grant with psql, as yourself (your AWS identity): verify-full, the server's
+    /// roots, and the password or IAM token through the environment only. Arguments after `--`
+    /// go to psql.
+    Connect {
+        request_id: String,
+        /// One of the grant's databases (default: its first).
+        #[arg(long)]
+        database: Option<String>,
+        /// Print `export PG…=` lines for other clients (the one output with the password).
+        #[arg(long, conflicts_with = "url")]
+        print_env: bool,
+        /// Print a libpq connection URI (no password in it).
+        #[arg(long)]
+        url: bool,
+        /// The grant's `Access Granted` event (JSON file), where no front door knows it.
+        #[arg(long, value_name = "FILE")]
+        granted: Option<String>,
+        /// The CA that signed the server's certificate (PEM), where the grant does not say it.
+        #[arg(long, value_name = "FILE")]
+        ca: Option<String>,
+        #[arg(last = true)]
+        psql_args: Vec<String>,
+    },
     /// Run the cleanup sweep (`--now` pretends it is another time).
     Cleanup {
         #[arg(long, value_name = "RFC3339")]
@@ -1038,6 +1062,30 @@ async fn run(command: Command) -> Outcome {
                 );
             }
             Ok(())
+        }
+        Command::Connect {
+            request_id,
+            database,
+            print_env,
+            url,
+            granted,
+            ca,
+            psql_args,
+        } => {
+            let svc = services().await?;
+            connect::run(
+                &svc,
+                connect::Options {
+                    request_id,
+                    database,
+                    granted,
+                    ca,
+                    print_env,
+                    url,
+                    psql_args,
+                },
+            )
+            .await
         }
         Command::Credentials { request_id } => {
             let svc = services().await?;

@@ -52,6 +52,12 @@ impl Cli {
         Cli { vars, dir }
     }
 
+    /// The same commands with one more environment variable.
+    fn with_var(mut self, name: &str, value: &str) -> Cli {
+        self.vars.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
     fn run(&self, args: &[&str]) -> Output {
         Command::new(&env().cli)
             .args(args)
@@ -418,6 +424,87 @@ async fn people_request_and_approve_as_themselves() {
         .await
         .expect("SELECT was approved");
 
+    // Alice connects as herself: psql runs her query over verify-full, and the password goes to
+    // psql through its environment only: its command line (kept by a wrapper from /proc before
+    // it becomes psql) holds none, and no output but --print-env does.
+    let wrapper = alice.dir.join("psql-wrapper.sh");
+    let seen = alice.dir.join("psql-cmdline");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ntr '\\0' ' ' < /proc/$$/cmdline > '{}'\nexec psql \"$@\"\n",
+            seen.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let alice = alice.with_var("PGJIT_PSQL", &wrapper.to_string_lossy());
+    let out = alice.run(&[
+        "connect",
+        &request_id,
+        "--",
+        "-tAc",
+        "SELECT current_user || ' ' || count(*) FROM sales.orders",
+    ]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "pgjit connect: {stderr}");
+    assert!(stdout.starts_with(&format!("{db_user} ")), "{stdout}");
+    let cmdline = std::fs::read_to_string(&seen).unwrap();
+    assert!(
+        cmdline.contains("-tAc") && !cmdline.contains(password.expose()),
+        "{cmdline}"
+    );
+    assert!(!stdout.contains(password.expose()) && !stderr.contains(password.expose()));
+    assert!(!alice
+        .ok(&["connect", &request_id, "--url"])
+        .contains(password.expose()));
+    // --print-env: what it prints connects any client (psql here, with nothing else set).
+    let printed = alice.ok(&["connect", &request_id, "--print-env"]);
+    let vars: Vec<(String, String)> = printed
+        .lines()
+        .map(|l| {
+            let (name, value) = l.strip_prefix("export ").unwrap().split_once('=').unwrap();
+            (name.to_owned(), value.trim_matches('\'').to_owned())
+        })
+        .collect();
+    assert!(
+        vars.iter()
+            .any(|(k, v)| k == "PGSSLMODE" && v == "verify-full"),
+        "{vars:?}"
+    );
+    assert!(vars
+        .iter()
+        .any(|(k, v)| k == "PGPASSWORD" && v == password.expose()));
+    let other = Command::new("psql")
+        .env_clear()
+        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .args(["-tAc", "SELECT current_user"])
+        .output()
+        .unwrap();
+    assert!(
+        other.status.success(),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&other.stdout).trim(), db_user);
+    if let Some((_, ca)) = vars.iter().find(|(k, _)| k == "PGSSLROOTCERT") {
+        let _ = std::fs::remove_file(ca);
+    }
+    // Someone else's grant, and a database it does not reach, are refused.
+    assert!(bob
+        .fails(&["connect", &request_id])
+        .contains("is not yours"));
+    assert!(alice
+        .fails(&["connect", &request_id, "--database", "postgres"])
+        .contains("does not reach database"));
+
     // Denied: final.
     let second: Value = serde_json::from_str(&alice.ok(&[
         "request",
@@ -456,4 +543,147 @@ async fn people_request_and_approve_as_themselves() {
         e.login_as(&db_user, &password, "app").await.is_err(),
         "revoked"
     );
+    assert!(alice
+        .fails(&["connect", &request_id])
+        .contains("was revoked before its expiry"));
+}
+
+/// An IAM Identity Center user in IAM mode connects through the grant's access role: `pgjit
+/// connect` assumes it with their own session and signs the RDS IAM token with its credentials
+/// (the token names the database user and carries the role session's token); another session of
+/// the same permission set is refused. (The local server cannot check an RDS token, so the
+/// settings are read with --print-env rather than used.)
+#[tokio::test]
+async fn an_identity_center_user_connects_through_the_grants_access_role() {
+    let e = env();
+    let svc = pgjit_tests::isolated_services().await;
+    let id: u32 = rand::random();
+    let boundary = svc.iam.create_policy().policy_name(format!("cli-boundary-{id}"))
+        .policy_document(json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "rds-db:connect", "Resource": "*"}]}).to_string())
+        .send().await.unwrap().policy.unwrap().arn.unwrap();
+    let operator = Cli::new().with_var("PGJIT_ACCESS_ROLE_BOUNDARY_ARN", &boundary);
+    operator.ok(&["bootstrap"]);
+    let set = format!("AWSReservedSSO_Dev_{id:08x}");
+    let set_arn = svc
+        .iam
+        .create_role()
+        .path("/aws-reserved/sso.amazonaws.com/eu-west-1/")
+        .role_name(&set)
+        .assume_role_policy_document("{}")
+        .send()
+        .await
+        .unwrap()
+        .role
+        .unwrap()
+        .arn;
+    let mut sessions = Vec::new();
+    for who in ["john@corp.com", "jane@corp.com"] {
+        let out = svc
+            .sts
+            .assume_role()
+            .role_arn(&set_arn)
+            .role_session_name(who)
+            .send()
+            .await
+            .unwrap();
+        let c = out.credentials.unwrap();
+        sessions.push((
+            c.access_key_id.clone(),
+            operator
+                .as_person(&c.access_key_id, &c.secret_access_key)
+                .with_var("AWS_SESSION_TOKEN", &c.session_token),
+        ));
+    }
+    let [(john_key, john), (_, jane)] = <[_; 2]>::try_from(sessions).ok().unwrap();
+    let instance = format!("cli-sso-{id}");
+    pgjit_tests::moto_rds_instance(&svc, &instance).await;
+    let secret_id = format!("cli-sso-admin-{id}");
+    svc.secrets
+        .create_secret()
+        .name(&secret_id)
+        .secret_string(
+            json!({"username": e.admin_user, "password": e.admin_password.expose()}).to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let integration = json!({"name": "sso-db", "kind": "rds", "instance_id": instance, "region": "us-east-1", "host": "localhost", "port": e.port,
+        "database": "app", "admin": {"auth": "password", "secret_id": secret_id}, "ca_bundle": e.ca_file, "ssl_mode": "verify-full",
+        "access_mode": "iam", "max_duration_seconds": 3600, "user_prefix": format!("s{id}_"), "user_cleanup_after_days": 0});
+    operator.ok(&[
+        "integration",
+        "put",
+        &operator.file("integration.json", &integration),
+    ]);
+    let request_id = format!("REQ-CLI-SSO-{id}");
+    let mut approval = pgjit_tests::approval(
+        &request_id,
+        "sso-db",
+        "john@corp.com",
+        pgjit_tests::orders_access(),
+    );
+    approval["detail"]["requester"]["iam_arn"] = json!(format!(
+        "arn:aws:sts::123456789012:assumed-role/{set}/john@corp.com"
+    ));
+    approval["detail"]["duration_seconds"] = json!(1800);
+    let granted: Value = serde_json::from_str(&operator.ok(&[
+        "grant",
+        "--event",
+        &operator.file("approval.json", &approval),
+        "--json",
+    ]))
+    .unwrap();
+    let db_user = granted["db_user"].as_str().unwrap().to_owned();
+
+    let printed = john.ok(&["connect", &request_id, "--print-env"]);
+    let var = |name: &str| {
+        printed
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("export {name}='")))
+            .map(|v| v.trim_end_matches('\'').to_owned())
+            .unwrap_or_else(|| panic!("{name} in {printed}"))
+    };
+    let token = var("PGPASSWORD");
+    assert_eq!(
+        (var("PGUSER"), var("PGSSLMODE")),
+        (db_user.clone(), "verify-full".to_owned())
+    );
+    assert!(
+        token.starts_with(&format!("localhost:{}/?", e.port)),
+        "{token}"
+    );
+    assert!(
+        token.contains("Action=connect") && token.contains(&format!("DBUser={db_user}")),
+        "{token}"
+    );
+    assert!(
+        token.contains("X-Amz-Security-Token="),
+        "signed by a role session: {token}"
+    );
+    assert!(
+        !token.contains(&john_key),
+        "signed with the access role's credentials, not john's own: {token}"
+    );
+    if let Some(ca) = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("export PGSSLROOTCERT='"))
+    {
+        let _ = std::fs::remove_file(ca.trim_end_matches('\''));
+    }
+    assert!(jane
+        .fails(&["connect", &request_id])
+        .contains("is not yours"));
+    let role = pgjit::aws::access_role::role_name(&request_id);
+    assert!(
+        svc.iam.get_role().role_name(&role).send().await.is_ok(),
+        "the grant made an access role"
+    );
+    operator.ok(&["revoke", &request_id]);
+    assert!(
+        svc.iam.get_role().role_name(&role).send().await.is_err(),
+        "the access role is gone"
+    );
+    assert!(john
+        .fails(&["connect", &request_id])
+        .contains("was revoked"));
 }

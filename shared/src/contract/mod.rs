@@ -3,6 +3,7 @@
 //! environment. Parsing, validation and decisions only: no I/O.
 
 pub mod config;
+pub mod connect;
 pub mod events;
 pub mod flow;
 pub mod identity;

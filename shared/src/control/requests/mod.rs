@@ -793,33 +793,41 @@ async fn view(svc: &Services, record: RequestRecord) -> Result<RequestView, Requ
             GrantStatus::Granting => {}
             _ => view.status = RequestStatus::Granted,
         }
-        let integration = svc.store.get_integration(&g.integration).await?;
-        let (roots, ca_pem) = client_roots(integration.as_ref());
-        let mut databases: Vec<String> = Vec::new();
-        for entry in &g.access {
-            if !databases.contains(&entry.database) {
-                databases.push(entry.database.clone());
-            }
-        }
-        view.grant = Some(GrantView {
-            status: g.status,
-            db_user: g.db_user,
-            expires_at: g.expires_at,
-            secret_arn: g.secret_arn,
-            access_mode: g.access_mode,
-            host: g.host,
-            port: g.port,
-            databases,
-            region: integration
-                .as_ref()
-                .and_then(|i| i.region.clone())
-                .or_else(|| svc.region()),
-            access_role_arn: g.iam_policy.and_then(|p| p.role_arn),
-            roots,
-            ca_pem,
-        });
+        view.grant = Some(grant_view(svc, g).await?);
     }
     Ok(view)
+}
+
+/// A grant as its requester sees it (what `pgjit connect` needs, never a secret value).
+pub async fn grant_view(
+    svc: &Services,
+    g: crate::aws::store::GrantRecord,
+) -> Result<GrantView, RequestError> {
+    let integration = svc.store.get_integration(&g.integration).await?;
+    let (roots, ca_pem) = client_roots(integration.as_ref());
+    let mut databases: Vec<String> = Vec::new();
+    for entry in &g.access {
+        if !databases.contains(&entry.database) {
+            databases.push(entry.database.clone());
+        }
+    }
+    Ok(GrantView {
+        status: g.status,
+        db_user: g.db_user,
+        expires_at: g.expires_at,
+        secret_arn: g.secret_arn,
+        access_mode: g.access_mode,
+        host: g.host,
+        port: g.port,
+        databases,
+        region: integration
+            .as_ref()
+            .and_then(|i| i.region.clone())
+            .or_else(|| svc.region()),
+        access_role_arn: g.iam_policy.and_then(|p| p.role_arn),
+        roots,
+        ca_pem,
+    })
 }
 
 /// The roots a client should trust for an integration's server: its own `ca_bundle` (PEM text,
