@@ -132,10 +132,6 @@ if as_person alice pgjit approve "$request"; then echo "self-approval was accept
 step "bob sees it awaiting his approval, and approves: the approval goes the ordinary way, MAC and all"
 as_person bob pgjit requests --to-approve
 as_person bob pgjit approve "$request"
-pgjit credentials "$request" > "$work/front.json"
-front_user=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["username"])' "$work/front.json")
-front_password=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["password"])' "$work/front.json")
-echo "as $front_user: SELECT count(*) FROM sales.orders -> $(as_requester "$front_user" "$front_password" 'SELECT count(*) FROM sales.orders')"
 
 step "a request bob denies, and a request outside the flow (DELETE), refused at once"
 as_person alice pgjit request --integration orders-prod --database app --table sales.orders --privileges SELECT --for 30m --reason "again" --json > "$work/second.json"
@@ -144,5 +140,9 @@ as_person bob pgjit deny "$second" --reason "use the reporting replica"
 if as_person alice pgjit request --integration orders-prod --database app --table sales.orders --privileges DELETE --for 30m --reason "cleanup"; then
     echo "a request outside the flow was taken" >&2; exit 1
 fi
+step "alice connects with one command, as herself: pgjit connect (verify-full, the password only in psql's environment)"
+as_person alice pgjit connect "$request" -- -X -A -t -c 'SELECT current_user, count(*) FROM sales.orders'
+step "bob's connection to alice's grant is refused"
+if as_person bob pgjit connect "$request"; then echo "someone else connected with alice's grant" >&2; exit 1; fi
 pgjit revoke "$request"
 echo "demo complete"
