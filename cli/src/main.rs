@@ -1289,6 +1289,7 @@ async fn run(command: Command) -> Outcome {
                 findings.extend(pgjit::control::sessions::log_export_finding(&svc, &i).await);
             }
             findings.push(pgjit::control::flows::doctor_finding(&svc, &i).await);
+            findings.extend(pgjit::aws::access_role::doctor_finding(&svc, &i).await);
             if json {
                 return print_json(&findings);
             }

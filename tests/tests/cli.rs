@@ -615,6 +615,14 @@ async fn an_identity_center_user_connects_through_the_grants_access_role() {
         "put",
         &operator.file("integration.json", &integration),
     ]);
+    let doctor = String::from_utf8_lossy(&operator.run(&["doctor", "sso-db"]).stdout).into_owned();
+    assert!(
+        doctor.contains(
+            "[ok] access roles: IAM Identity Center users get an access role under /pgjit/access/"
+        ) && doctor
+            .contains("need sts:AssumeRole on arn:aws:iam::123456789012:role/pgjit/access/*"),
+        "{doctor}"
+    );
     let request_id = format!("REQ-CLI-SSO-{id}");
     let mut approval = pgjit_tests::approval(
         &request_id,

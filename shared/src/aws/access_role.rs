@@ -336,6 +336,110 @@ pub async fn list(svc: &Services) -> Result<Vec<Listed>, AwsError> {
     Ok(listed)
 }
 
+/// `pgjit doctor` for an IAM-mode integration: who gets access roles, and whether the boundary
+/// they are made with exists and allows `rds-db:connect` only; what requesters need.
+pub async fn doctor_finding(
+    svc: &Services,
+    integration: &crate::contract::integration::Integration,
+) -> Option<crate::engine::doctor::Finding> {
+    use crate::engine::doctor::Finding;
+    if integration.access_mode != crate::contract::integration::AccessMode::Iam {
+        return None;
+    }
+    let who = match integration.access_roles.unwrap_or(svc.config.access_roles) {
+        AccessRoles::IdentityCenter => "IAM Identity Center users",
+        AccessRoles::Everyone => "every requester",
+    };
+    let boundary = match boundary(svc) {
+        Ok(b) => b,
+        Err(why) => {
+            return Some(Finding::check(
+                "access roles",
+                false,
+                format!("{who} are refused: {why}"),
+            ))
+        }
+    };
+    let allows_only_connect = async {
+        let policy = svc
+            .iam
+            .get_policy()
+            .policy_arn(boundary)
+            .send()
+            .await
+            .map_err(|e| AwsError::new("iam:GetPolicy", e))?;
+        let version = policy
+            .policy()
+            .and_then(|p| p.default_version_id())
+            .unwrap_or("v1")
+            .to_owned();
+        let out = svc
+            .iam
+            .get_policy_version()
+            .policy_arn(boundary)
+            .version_id(version)
+            .send()
+            .await
+            .map_err(|e| AwsError::new("iam:GetPolicyVersion", e))?;
+        let text = out
+            .policy_version()
+            .and_then(|v| v.document())
+            .unwrap_or_default();
+        let text = percent_decode(text);
+        let doc: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| AwsError::msg("iam:GetPolicyVersion", e.to_string()))?;
+        let statements = match &doc["Statement"] {
+            serde_json::Value::Array(list) => list.clone(),
+            one => vec![one.clone()],
+        };
+        Ok::<bool, AwsError>(statements.iter().all(|s| {
+            s["Effect"] != "Allow"
+                || match &s["Action"] {
+                    serde_json::Value::String(a) => a == "rds-db:connect",
+                    serde_json::Value::Array(list) => list.iter().all(|a| a == "rds-db:connect"),
+                    _ => false,
+                }
+        }))
+    };
+    let account = svc
+        .account_id()
+        .await
+        .unwrap_or_else(|_| "<pgjit's account>".into());
+    let partition = if svc.region().is_some_and(|r| r.starts_with("cn-")) {
+        "aws-cn"
+    } else {
+        "aws"
+    };
+    let needs = format!("requesters' permission sets need sts:AssumeRole on arn:{partition}:iam::{account}:role/pgjit/access/*");
+    Some(match allows_only_connect.await {
+        Ok(true) => Finding::check("access roles", true, format!("{who} get an access role under {PATH}, bounded by {boundary} (rds-db:connect only); {needs}")),
+        Ok(false) => Finding::check("access roles", false, format!("the boundary {boundary} allows more than rds-db:connect: access roles could do more than connect")),
+        Err(e) => Finding::check("access roles", false, format!("cannot read the boundary {boundary}: {}", crate::engine::postgres::error_chain(&e))),
+    })
+}
+
+/// IAM hands policy documents back URL-encoded.
+fn percent_decode(text: &str) -> String {
+    if !text.contains('%') {
+        return text.to_owned();
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

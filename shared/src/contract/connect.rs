@@ -151,15 +151,17 @@ impl WayIn {
             Some("pending") => {
                 return Err(format!("request {id} is pending: it is not approved yet"))
             }
-            Some("approved") if self.grant_status.is_none() => return Err(match self.start_at {
-                Some(at) if at > now => format!(
-                    "request {id} has not started yet: it starts at {}",
-                    at.format("%Y-%m-%dT%H:%M:%SZ")
-                ),
-                _ => format!(
+            Some("approved") if self.grant_status.is_none() => {
+                return Err(match self.start_at {
+                    Some(at) if at > now => format!(
+                        "request {id} has not started yet: it starts at {}",
+                        at.format("%Y-%m-%dT%H:%M:%SZ")
+                    ),
+                    _ => format!(
                     "request {id} is approved and its grant is being made: try again in a moment"
                 ),
-            }),
+                })
+            }
             Some(s @ ("denied" | "cancelled" | "expired" | "failed")) => {
                 return Err(format!(
                     "request {id} is {s}: there is no grant to connect with"
