@@ -287,6 +287,20 @@ pub async fn delete(svc: &Services, name: &str, request_id: &str) -> Result<(), 
     }
 }
 
+/// Removes the requester's way in of IAM mode: the grant's access role with its policy, or the
+/// inline policy on the requester's own identity. Either gone already is success.
+pub async fn remove_iam_access(
+    svc: &Services,
+    policy: &IamPolicyRef,
+    request_id: &str,
+) -> Result<(), AwsError> {
+    if policy.principal_kind == KIND {
+        delete(svc, &policy.principal_name, request_id).await
+    } else {
+        crate::aws::iam::delete_policy(svc, policy).await
+    }
+}
+
 /// One access role as cleanup sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {

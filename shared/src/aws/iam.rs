@@ -163,17 +163,11 @@ pub async fn put_policy(
     }
 }
 
-/// Deletes the inline policy (and the access role it is on, if any); one that is gone already is
-/// success.
-pub async fn delete_policy(
-    svc: &Services,
-    policy: &IamPolicyRef,
-    request_id: &str,
-) -> Result<(), AwsError> {
+/// Deletes the inline policy on the requester's own user or role; one that is gone already is
+/// success. (An access role's goes with the role: [`crate::aws::access_role::delete`].)
+pub async fn delete_policy(svc: &Services, policy: &IamPolicyRef) -> Result<(), AwsError> {
     let gone = |code: Option<&str>| code == Some("NoSuchEntity");
-    if policy.principal_kind == crate::aws::access_role::KIND {
-        crate::aws::access_role::delete(svc, &policy.principal_name, request_id).await
-    } else if policy.principal_kind == "user" {
+    if policy.principal_kind == "user" {
         match svc
             .iam
             .delete_user_policy()

@@ -135,7 +135,8 @@ pub async fn extend(
             moved.retain(|p| matches!(p, Place::Role | Place::Schedule));
             if let Some(policy) = &record.iam_policy {
                 if let Err(e) =
-                    crate::aws::iam::delete_policy(svc, policy, &record.request_id).await
+                    crate::aws::access_role::remove_iam_access(svc, policy, &record.request_id)
+                        .await
                 {
                     tracing::error!(request_id = %record.request_id, error = %crate::engine::postgres::error_chain(&e), "removing the policy re-made by an extension that lost to a revoke failed");
                 }

@@ -580,7 +580,7 @@ pub(super) async fn undo_grant(
                 role_arn: None,
             };
             keep(
-                iam::delete_policy(svc, &policy, &record.request_id)
+                access_role::remove_iam_access(svc, &policy, &record.request_id)
                     .await
                     .map_err(StepError::from),
             );

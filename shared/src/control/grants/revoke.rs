@@ -245,7 +245,7 @@ async fn revoke_steps(
     step_done(record, "revoke", "database_role", started);
     let started = std::time::Instant::now();
     if let Some(policy) = &record.iam_policy {
-        iam::delete_policy(svc, policy, &record.request_id)
+        crate::aws::access_role::remove_iam_access(svc, policy, &record.request_id)
             .await
             .map_err(at::<(), _>("iam policy"))?;
     }
