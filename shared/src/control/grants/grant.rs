@@ -50,6 +50,11 @@ pub async fn grant(
         iam::check_account(&requester, &account, &svc.config.trusted_accounts)
             .map_err(|m| GrantError::Policy(format!("requester.iam_arn: {m}")))?;
         if integration.access_mode == AccessMode::Iam {
+            if access_role::is_identity_center(&requester) && requester.session.is_none() {
+                // The permission set's role itself: an access role trusting it would let every
+                // person in the permission set in, not the one the approval names.
+                return Err(GrantError::Policy(format!("requester.iam_arn: {arn:?} is an IAM Identity Center permission-set role, not a person's session of it (arn:aws:sts::<account>:assumed-role/AWSReservedSSO_…/<user>): access is granted to one person only")));
+            }
             if access_role::wanted(&requester, access_roles(svc, &integration)) {
                 access_role::boundary(svc).map_err(|m| GrantError::Policy(m))?;
             } else {

@@ -4,7 +4,6 @@
 use chrono::{DateTime, Duration, Utc};
 
 use crate::aws::credentials::{self, CredentialsValue};
-use crate::aws::iam;
 use crate::aws::schedule;
 use crate::aws::store::{due_key, GrantRecord, GrantStatus, StoreError};
 use crate::aws::Services;
