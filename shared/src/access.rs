@@ -96,9 +96,7 @@ impl Level {
         match self {
             Level::Database => &[Connect, Create, Temporary],
             Level::Schema => &[Usage, Create],
-            Level::Table => &[
-                Select, Insert, Update, Delete, Truncate, References, Trigger,
-            ],
+            Level::Table => &[Select, Insert, Update, Delete, Truncate, References, Trigger],
             Level::Sequence => &[Usage, Select, Update],
             Level::Function => &[Execute],
         }
@@ -137,22 +135,10 @@ impl fmt::Display for Target {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Object {
     Database,
-    Schema {
-        schema: String,
-    },
-    Table {
-        schema: String,
-        table: Target,
-    },
-    Sequence {
-        schema: String,
-        sequence: Target,
-    },
-    Function {
-        schema: String,
-        function: Target,
-        arguments: Option<Vec<String>>,
-    },
+    Schema { schema: String },
+    Table { schema: String, table: Target },
+    Sequence { schema: String, sequence: Target },
+    Function { schema: String, function: Target, arguments: Option<Vec<String>> },
 }
 
 impl Object {
@@ -170,10 +156,7 @@ impl Object {
     pub fn schema(&self) -> Option<&str> {
         match self {
             Object::Database => None,
-            Object::Schema { schema }
-            | Object::Table { schema, .. }
-            | Object::Sequence { schema, .. }
-            | Object::Function { schema, .. } => Some(schema),
+            Object::Schema { schema } | Object::Table { schema, .. } | Object::Sequence { schema, .. } | Object::Function { schema, .. } => Some(schema),
         }
     }
 }
@@ -183,17 +166,9 @@ impl fmt::Display for Object {
         match self {
             Object::Database => f.write_str("the database"),
             Object::Schema { schema } => write!(f, "schema {schema:?}"),
-            Object::Table { schema, table } => {
-                write!(f, "table {schema:?}.{:?}", table.to_string())
-            }
-            Object::Sequence { schema, sequence } => {
-                write!(f, "sequence {schema:?}.{:?}", sequence.to_string())
-            }
-            Object::Function {
-                schema,
-                function,
-                arguments,
-            } => {
+            Object::Table { schema, table } => write!(f, "table {schema:?}.{:?}", table.to_string()),
+            Object::Sequence { schema, sequence } => write!(f, "sequence {schema:?}.{:?}", sequence.to_string()),
+            Object::Function { schema, function, arguments } => {
                 write!(f, "function {schema:?}.{:?}", function.to_string())?;
                 if let Some(args) = arguments {
                     write!(f, "({})", args.join(", "))?;
@@ -234,10 +209,7 @@ pub fn check_identifier(name: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if name.len() > MAX_IDENTIFIER_BYTES {
-        return Err(format!(
-            "is {} bytes long; PostgreSQL names are at most {MAX_IDENTIFIER_BYTES} bytes",
-            name.len()
-        ));
+        return Err(format!("is {} bytes long; PostgreSQL names are at most {MAX_IDENTIFIER_BYTES} bytes", name.len()));
     }
     if name.contains('\0') {
         return Err("must not contain a NUL byte".into());
@@ -249,11 +221,7 @@ impl AccessSet {
     /// Checks every entry and builds the normalised set; the first bad entry is named.
     pub fn from_entries(entries: &[AccessEntry]) -> Result<Self, AccessError> {
         if entries.is_empty() {
-            return Err(AccessError {
-                index: 0,
-                field: "access",
-                message: "at least one entry is needed".into(),
-            });
+            return Err(AccessError { index: 0, field: "access", message: "at least one entry is needed".into() });
         }
         let mut set = AccessSet::default();
         for (index, entry) in entries.iter().enumerate() {
@@ -263,14 +231,8 @@ impl AccessSet {
     }
 
     fn add(&mut self, index: usize, e: &AccessEntry) -> Result<(), AccessError> {
-        let err = |field: &'static str, message: String| AccessError {
-            index,
-            field,
-            message,
-        };
-        let name = |field: &'static str, value: &str| {
-            check_identifier(value).map_err(|m| err(field, format!("{value:?} {m}")))
-        };
+        let err = |field: &'static str, message: String| AccessError { index, field, message };
+        let name = |field: &'static str, value: &str| check_identifier(value).map_err(|m| err(field, format!("{value:?} {m}")));
         name("database", &e.database)?;
         let target = |field: &'static str, value: &str| -> Result<Target, AccessError> {
             if value == "*" {
@@ -280,46 +242,26 @@ impl AccessSet {
                 Ok(Target::Named(value.to_owned()))
             }
         };
-        let objects_named = [
-            e.table.is_some(),
-            e.sequence.is_some(),
-            e.function.is_some(),
-            e.role.is_some(),
-        ]
-        .iter()
-        .filter(|x| **x)
-        .count();
+        let objects_named = [e.table.is_some(), e.sequence.is_some(), e.function.is_some(), e.role.is_some()]
+            .iter()
+            .filter(|x| **x)
+            .count();
         if objects_named > 1 {
-            return Err(err(
-                "table",
-                "name only one of table, sequence, function or role".into(),
-            ));
+            return Err(err("table", "name only one of table, sequence, function or role".into()));
         }
         if e.arguments.is_some() && e.function.is_none() {
-            return Err(err(
-                "arguments",
-                "only a function entry takes arguments".into(),
-            ));
+            return Err(err("arguments", "only a function entry takes arguments".into()));
         }
         let db = self.databases.entry(e.database.clone()).or_default();
-        db.objects
-            .entry(Object::Database)
-            .or_default()
-            .insert(Privilege::Connect);
+        db.objects.entry(Object::Database).or_default().insert(Privilege::Connect);
 
         if let Some(role) = &e.role {
             name("role", role)?;
             if e.schema.is_some() {
-                return Err(err(
-                    "schema",
-                    "a role entry takes no schema (roles belong to the whole server)".into(),
-                ));
+                return Err(err("schema", "a role entry takes no schema (roles belong to the whole server)".into()));
             }
             if !e.privileges.is_empty() {
-                return Err(err(
-                    "privileges",
-                    "a role entry takes no privileges: it grants membership of the role".into(),
-                ));
+                return Err(err("privileges", "a role entry takes no privileges: it grants membership of the role".into()));
             }
             db.roles.insert(role.clone());
             return Ok(());
@@ -327,67 +269,41 @@ impl AccessSet {
 
         let object = match (&e.schema, &e.table, &e.sequence, &e.function) {
             (None, None, None, None) => Object::Database,
-            (None, _, _, _) => {
-                return Err(err(
-                    "schema",
-                    "a table, sequence or function entry needs its schema".into(),
-                ))
-            }
+            (None, _, _, _) => return Err(err("schema", "a table, sequence or function entry needs its schema".into())),
             (Some(s), None, None, None) => {
                 name("schema", s)?;
                 Object::Schema { schema: s.clone() }
             }
             (Some(s), Some(t), _, _) => {
                 name("schema", s)?;
-                Object::Table {
-                    schema: s.clone(),
-                    table: target("table", t)?,
-                }
+                Object::Table { schema: s.clone(), table: target("table", t)? }
             }
             (Some(s), _, Some(q), _) => {
                 name("schema", s)?;
-                Object::Sequence {
-                    schema: s.clone(),
-                    sequence: target("sequence", q)?,
-                }
+                Object::Sequence { schema: s.clone(), sequence: target("sequence", q)? }
             }
             (Some(s), _, _, Some(f)) => {
                 name("schema", s)?;
                 let function = target("function", f)?;
                 if let Some(args) = &e.arguments {
                     if function == Target::All {
-                        return Err(err(
-                            "arguments",
-                            "arguments pick one overload; they do not go with \"*\"".into(),
-                        ));
+                        return Err(err("arguments", "arguments pick one overload; they do not go with \"*\"".into()));
                     }
                     for a in args {
                         // Bare type names (`integer`, `text[]`, `"My Type"`, `public.money`):
                         // argument types carry no modifiers, so no parentheses or commas.
-                        let plain = a
-                            .chars()
-                            .all(|c| c.is_alphanumeric() || " _.\"[]".contains(c));
+                        let plain = a.chars().all(|c| c.is_alphanumeric() || " _.\"[]".contains(c));
                         if a.trim().is_empty() || a.len() > 200 || !plain {
                             return Err(err("arguments", format!("{a:?} is not a type name")));
                         }
                     }
                 }
-                Object::Function {
-                    schema: s.clone(),
-                    function,
-                    arguments: e.arguments.clone(),
-                }
+                Object::Function { schema: s.clone(), function, arguments: e.arguments.clone() }
             }
         };
         let level = object.level();
         if e.privileges.is_empty() {
-            return Err(err(
-                "privileges",
-                format!(
-                    "at least one privilege is needed for {object} (one of {}, or ALL)",
-                    names(level)
-                ),
-            ));
+            return Err(err("privileges", format!("at least one privilege is needed for {object} (one of {}, or ALL)", names(level))));
         }
         let mut privileges = BTreeSet::new();
         for p in &e.privileges {
@@ -396,11 +312,7 @@ impl AccessSet {
                 privileges.extend(level.privileges().iter().copied());
                 continue;
             }
-            let upper = if upper == "TEMP" {
-                "TEMPORARY".to_owned()
-            } else {
-                upper
-            };
+            let upper = if upper == "TEMP" { "TEMPORARY".to_owned() } else { upper };
             match level.privileges().iter().find(|x| x.as_sql() == upper) {
                 Some(x) => {
                     privileges.insert(*x);
@@ -408,27 +320,16 @@ impl AccessSet {
                 None => {
                     return Err(err(
                         "privileges",
-                        format!(
-                            "{p:?} does not apply to a {} (allowed: {}, or ALL)",
-                            level.as_str(),
-                            names(level)
-                        ),
+                        format!("{p:?} does not apply to a {} (allowed: {}, or ALL)", level.as_str(), names(level)),
                     ))
                 }
             }
         }
         if let Some(schema) = match &object {
-            Object::Table { schema, .. }
-            | Object::Sequence { schema, .. }
-            | Object::Function { schema, .. } => Some(schema),
+            Object::Table { schema, .. } | Object::Sequence { schema, .. } | Object::Function { schema, .. } => Some(schema),
             _ => None,
         } {
-            db.objects
-                .entry(Object::Schema {
-                    schema: schema.clone(),
-                })
-                .or_default()
-                .insert(Privilege::Usage);
+            db.objects.entry(Object::Schema { schema: schema.clone() }).or_default().insert(Privilege::Usage);
         }
         db.objects.entry(object).or_default().extend(privileges);
         Ok(())
@@ -440,29 +341,17 @@ mod object_list {
     use super::*;
     use serde::{Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(
-        map: &BTreeMap<Object, BTreeSet<Privilege>>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(map: &BTreeMap<Object, BTreeSet<Privilege>>, s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(map.iter())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<BTreeMap<Object, BTreeSet<Privilege>>, D::Error> {
-        Ok(Vec::<(Object, BTreeSet<Privilege>)>::deserialize(d)?
-            .into_iter()
-            .collect())
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<Object, BTreeSet<Privilege>>, D::Error> {
+        Ok(Vec::<(Object, BTreeSet<Privilege>)>::deserialize(d)?.into_iter().collect())
     }
 }
 
 fn names(level: Level) -> String {
-    level
-        .privileges()
-        .iter()
-        .map(|p| p.as_sql())
-        .collect::<Vec<_>>()
-        .join(", ")
+    level.privileges().iter().map(|p| p.as_sql()).collect::<Vec<_>>().join(", ")
 }
 
 impl DatabaseAccess {
@@ -483,14 +372,7 @@ impl DatabaseAccess {
                     put("schema");
                     put(schema);
                 }
-                Object::Table {
-                    schema,
-                    table: target,
-                }
-                | Object::Sequence {
-                    schema,
-                    sequence: target,
-                } => {
+                Object::Table { schema, table: target } | Object::Sequence { schema, sequence: target } => {
                     put(object.level().as_str());
                     put(schema);
                     match target {
@@ -501,11 +383,7 @@ impl DatabaseAccess {
                         }
                     }
                 }
-                Object::Function {
-                    schema,
-                    function,
-                    arguments,
-                } => {
+                Object::Function { schema, function, arguments } => {
                     put("function");
                     put(schema);
                     match function {
@@ -539,29 +417,17 @@ impl DatabaseAccess {
 pub fn is_profile_role(name: &str, prefix: &str) -> bool {
     name.strip_prefix(prefix)
         .and_then(|rest| rest.strip_prefix("p_"))
-        .is_some_and(|h| {
-            h.len() == 16
-                && h.bytes()
-                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        })
+        .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
 }
 
 /// Whether a name has the shape [`login_role_name`] gives: `<prefix><slug>_<8 of a-z0-9>`.
 pub fn is_login_role_name(name: &str, prefix: &str) -> bool {
-    let Some(rest) = name.strip_prefix(prefix) else {
-        return false;
-    };
-    let Some((slug, random)) = rest.rsplit_once('_') else {
-        return false;
-    };
+    let Some(rest) = name.strip_prefix(prefix) else { return false };
+    let Some((slug, random)) = rest.rsplit_once('_') else { return false };
     !slug.is_empty()
-        && slug
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         && random.len() == 8
-        && random
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && random.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         && !is_profile_role(name, prefix)
 }
 
@@ -571,11 +437,7 @@ pub fn login_role_name(prefix: &str, requester: &str) -> String {
     use rand::Rng;
     const RANDOM: usize = 8;
     // An ARN names the person by its last part (the user, or the session of a role).
-    let named = if requester.starts_with("arn:") {
-        requester.rsplit('/').next().unwrap_or(requester)
-    } else {
-        requester
-    };
+    let named = if requester.starts_with("arn:") { requester.rsplit('/').next().unwrap_or(requester) } else { requester };
     let local = named.split('@').next().unwrap_or(named);
     let mut slug = String::new();
     for c in local.chars() {
@@ -624,21 +486,10 @@ mod tests {
         ))
         .unwrap();
         let app = &set.databases["app"];
+        assert_eq!(app.objects[&Object::Database], BTreeSet::from([Privilege::Connect]));
+        assert_eq!(app.objects[&Object::Schema { schema: "sales".into() }], BTreeSet::from([Privilege::Usage]));
         assert_eq!(
-            app.objects[&Object::Database],
-            BTreeSet::from([Privilege::Connect])
-        );
-        assert_eq!(
-            app.objects[&Object::Schema {
-                schema: "sales".into()
-            }],
-            BTreeSet::from([Privilege::Usage])
-        );
-        assert_eq!(
-            app.objects[&Object::Table {
-                schema: "sales".into(),
-                table: Target::All
-            }],
+            app.objects[&Object::Table { schema: "sales".into(), table: Target::All }],
             BTreeSet::from([Privilege::Select])
         );
         assert_eq!(app.roles, BTreeSet::from(["reporting".to_string()]));
@@ -646,10 +497,7 @@ mod tests {
 
     #[test]
     fn all_expands_and_equal_requests_share_a_profile() {
-        let a = AccessSet::from_entries(&entries(
-            r#"[{"database":"app","schema":"s","table":"t","privileges":["ALL"]}]"#,
-        ))
-        .unwrap();
+        let a = AccessSet::from_entries(&entries(r#"[{"database":"app","schema":"s","table":"t","privileges":["ALL"]}]"#)).unwrap();
         let b = AccessSet::from_entries(&entries(
             r#"[{"database":"app","schema":"s","privileges":["usage"]},
                 {"database":"app","schema":"s","table":"t","privileges":["TRIGGER","SELECT","INSERT","UPDATE","DELETE","TRUNCATE","REFERENCES","SELECT"]}]"#,
@@ -670,13 +518,9 @@ mod tests {
         let mut seen = std::collections::BTreeSet::from([pa]);
         for json in others {
             let set = AccessSet::from_entries(&entries(json)).unwrap();
-            assert!(
-                seen.insert(set.databases["app"].profile_role("pgjit_", "app")),
-                "{json}"
-            );
+            assert!(seen.insert(set.databases["app"].profile_role("pgjit_", "app")), "{json}");
             // The normalised set round-trips through JSON, as it is stored.
-            let back: AccessSet =
-                serde_json::from_str(&serde_json::to_string(&set).unwrap()).unwrap();
+            let back: AccessSet = serde_json::from_str(&serde_json::to_string(&set).unwrap()).unwrap();
             assert_eq!(back, set);
         }
     }
@@ -685,92 +529,40 @@ mod tests {
     fn bad_entries_are_named() {
         let cases = [
             (r#"[]"#, "access[0].access"),
-            (
-                r#"[{"database":"app","schema":"s","privileges":["SELECT"]}]"#,
-                "access[0].privileges: \"SELECT\" does not apply to a schema",
-            ),
-            (
-                r#"[{"database":"app","privileges":["CONNECT"]},{"database":"app","schema":"s","table":"t","privileges":["EXECUTE"]}]"#,
-                "access[1].privileges",
-            ),
-            (
-                r#"[{"database":"app","table":"t","privileges":["SELECT"]}]"#,
-                "access[0].schema",
-            ),
-            (
-                r#"[{"database":"app","schema":"s","table":"t"}]"#,
-                "access[0].privileges: at least one",
-            ),
-            (
-                r#"[{"database":"app","role":"r","privileges":["SELECT"]}]"#,
-                "access[0].privileges",
-            ),
-            (
-                r#"[{"database":"app","schema":"s","role":"r"}]"#,
-                "access[0].schema",
-            ),
-            (
-                r#"[{"database":"","privileges":["CONNECT"]}]"#,
-                "access[0].database",
-            ),
-            (
-                r#"[{"database":"app","schema":"s","table":"t","role":"r","privileges":["SELECT"]}]"#,
-                "access[0].table",
-            ),
-            (
-                r#"[{"database":"app","schema":"s","table":"t","arguments":[],"privileges":["SELECT"]}]"#,
-                "access[0].arguments",
-            ),
-            (
-                r#"[{"database":"app","schema":"s","function":"*","arguments":["int"],"privileges":["EXECUTE"]}]"#,
-                "access[0].arguments",
-            ),
-            (
-                r#"[{"database":"a\u0000b","privileges":["CONNECT"]}]"#,
-                "NUL",
-            ),
+            (r#"[{"database":"app","schema":"s","privileges":["SELECT"]}]"#, "access[0].privileges: \"SELECT\" does not apply to a schema"),
+            (r#"[{"database":"app","privileges":["CONNECT"]},{"database":"app","schema":"s","table":"t","privileges":["EXECUTE"]}]"#, "access[1].privileges"),
+            (r#"[{"database":"app","table":"t","privileges":["SELECT"]}]"#, "access[0].schema"),
+            (r#"[{"database":"app","schema":"s","table":"t"}]"#, "access[0].privileges: at least one"),
+            (r#"[{"database":"app","role":"r","privileges":["SELECT"]}]"#, "access[0].privileges"),
+            (r#"[{"database":"app","schema":"s","role":"r"}]"#, "access[0].schema"),
+            (r#"[{"database":"","privileges":["CONNECT"]}]"#, "access[0].database"),
+            (r#"[{"database":"app","schema":"s","table":"t","role":"r","privileges":["SELECT"]}]"#, "access[0].table"),
+            (r#"[{"database":"app","schema":"s","table":"t","arguments":[],"privileges":["SELECT"]}]"#, "access[0].arguments"),
+            (r#"[{"database":"app","schema":"s","function":"*","arguments":["int"],"privileges":["EXECUTE"]}]"#, "access[0].arguments"),
+            (r#"[{"database":"a\u0000b","privileges":["CONNECT"]}]"#, "NUL"),
         ];
         for (json, expected) in cases {
-            let err = AccessSet::from_entries(&entries(json))
-                .unwrap_err()
-                .to_string();
+            let err = AccessSet::from_entries(&entries(json)).unwrap_err().to_string();
             assert!(err.contains(expected), "{json}: {err}");
         }
         let long = "x".repeat(64);
-        let err = AccessSet::from_entries(&[AccessEntry {
-            database: "app".into(),
-            schema: Some(long),
-            privileges: vec!["USAGE".into()],
-            ..Default::default()
-        }])
-        .unwrap_err();
+        let err = AccessSet::from_entries(&[AccessEntry { database: "app".into(), schema: Some(long), privileges: vec!["USAGE".into()], ..Default::default() }])
+            .unwrap_err();
         assert_eq!(err.field, "schema");
         assert!(err.message.contains("64 bytes"), "{err}");
         // 63 bytes of multi-byte characters is fine; 64 is not.
         let ok = "é".repeat(31) + "x";
         assert_eq!(ok.len(), 63);
         check_identifier(&ok).unwrap();
-        assert!(
-            serde_json::from_str::<Vec<AccessEntry>>(r#"[{"database":"a","tabel":"x"}]"#).is_err()
-        );
+        assert!(serde_json::from_str::<Vec<AccessEntry>>(r#"[{"database":"a","tabel":"x"}]"#).is_err());
     }
 
     #[test]
     fn login_role_names_are_recognised_and_others_are_not() {
         for requester in ["john.doe@corp.com", "ö", &"x".repeat(300)] {
-            assert!(
-                is_login_role_name(&login_role_name("pgjit_", requester), "pgjit_"),
-                "{requester}"
-            );
+            assert!(is_login_role_name(&login_role_name("pgjit_", requester), "pgjit_"), "{requester}");
         }
-        for other in [
-            "pgjit_readonly",
-            "pgjit_admin",
-            "pgjit_p_0123456789abcdef",
-            "other_john_abcd1234",
-            "pgjit__abcd1234",
-            "pgjit_john_ABCD1234",
-        ] {
+        for other in ["pgjit_readonly", "pgjit_admin", "pgjit_p_0123456789abcdef", "other_john_abcd1234", "pgjit__abcd1234", "pgjit_john_ABCD1234"] {
             assert!(!is_login_role_name(other, "pgjit_"), "{other}");
         }
     }

@@ -24,11 +24,7 @@ pub struct Failpoints(Arc<Mutex<HashMap<String, Action>>>);
 
 impl std::fmt::Debug for Failpoints {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<String> = self
-            .0
-            .lock()
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default();
+        let names: Vec<String> = self.0.lock().map(|m| m.keys().cloned().collect()).unwrap_or_default();
         f.debug_tuple("Failpoints").field(&names).finish()
     }
 }

@@ -9,13 +9,7 @@ fn in_lambda() -> bool {
 }
 
 /// The EMF line for one value of `name` for an integration.
-pub fn emf_line(
-    name: &str,
-    value: f64,
-    unit: &str,
-    integration: &str,
-    timestamp_ms: i64,
-) -> String {
+pub fn emf_line(name: &str, value: f64, unit: &str, integration: &str, timestamp_ms: i64) -> String {
     serde_json::json!({
         "_aws": {
             "Timestamp": timestamp_ms,
@@ -63,16 +57,7 @@ pub fn step_duration(step: &str, milliseconds: f64) {
 
 pub fn count(name: &str, value: u64, integration: &str) {
     if in_lambda() {
-        println!(
-            "{}",
-            emf_line(
-                name,
-                value as f64,
-                "Count",
-                integration,
-                chrono::Utc::now().timestamp_millis()
-            )
-        );
+        println!("{}", emf_line(name, value as f64, "Count", integration, chrono::Utc::now().timestamp_millis()));
     }
 }
 
@@ -80,13 +65,8 @@ pub fn count(name: &str, value: u64, integration: &str) {
 mod tests {
     #[test]
     fn emf_names_the_metric_and_dimension() {
-        let line: serde_json::Value =
-            serde_json::from_str(&super::emf_line("GrantsCreated", 1.0, "Count", "orders", 5))
-                .unwrap();
-        assert_eq!(
-            line["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"],
-            "GrantsCreated"
-        );
+        let line: serde_json::Value = serde_json::from_str(&super::emf_line("GrantsCreated", 1.0, "Count", "orders", 5)).unwrap();
+        assert_eq!(line["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"], "GrantsCreated");
         assert_eq!(line["GrantsCreated"], 1.0);
         assert_eq!(line["Integration"], "orders");
     }

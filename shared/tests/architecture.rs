@@ -15,10 +15,7 @@ const ROOMS: &[(&str, &[&str])] = &[
     ("engine", &["basics", "access"]),
     ("contract", &["basics", "access", "audit", "engine"]),
     ("aws", &["basics", "access", "audit", "engine", "contract"]),
-    (
-        "control",
-        &["basics", "access", "audit", "engine", "contract", "aws"],
-    ),
+    ("control", &["basics", "access", "audit", "engine", "contract", "aws"]),
 ];
 
 /// Top-level modules that are basics rather than rooms of their own.
@@ -28,30 +25,8 @@ const BASICS: &[&str] = &["secret", "failpoint", "metrics"];
 /// control plane, and any I/O in the rooms that only parse and check.
 const FORBIDDEN_CRATES: &[(&str, &[&str])] = &[
     ("basics", &["aws_", "lambda_runtime", "tokio_postgres"]),
-    (
-        "access",
-        &[
-            "aws_",
-            "lambda_runtime",
-            "tokio_postgres",
-            "tokio::",
-            "std::fs",
-            "std::net",
-            "std::process",
-        ],
-    ),
-    (
-        "audit",
-        &[
-            "aws_",
-            "lambda_runtime",
-            "tokio_postgres",
-            "tokio::",
-            "std::fs",
-            "std::net",
-            "std::process",
-        ],
-    ),
+    ("access", &["aws_", "lambda_runtime", "tokio_postgres", "tokio::", "std::fs", "std::net", "std::process"]),
+    ("audit", &["aws_", "lambda_runtime", "tokio_postgres", "tokio::", "std::fs", "std::net", "std::process"]),
     ("engine", &["aws_", "lambda_runtime"]),
     ("contract", &["aws_", "lambda_runtime", "tokio_postgres"]),
 ];
@@ -109,10 +84,7 @@ fn code_of(source: &str) -> String {
         } else if let Some(hashes) = raw_string_start(rest) {
             let open = 2 + hashes + usize::from(rest.starts_with("br"));
             let close = format!("\"{}", "#".repeat(hashes));
-            i += open
-                + rest[open..]
-                    .find(&close)
-                    .map_or(rest.len() - open, |e| e + close.len());
+            i += open + rest[open..].find(&close).map_or(rest.len() - open, |e| e + close.len());
             code.push_str("\"\"");
         } else if rest.starts_with('\'') {
             // A character literal (`'"'`, `'\''`, `'\u{22}'`) is skipped whole; a lifetime is code.
@@ -158,16 +130,11 @@ fn code_of(source: &str) -> String {
     let mut from = 0;
     while let Some(at) = code[from..].find("#[cfg(test)]").map(|i| from + i) {
         let after = code[at + "#[cfg(test)]".len()..].trim_start();
-        if !(after.starts_with("mod ")
-            || after.starts_with("pub mod ")
-            || after.starts_with("pub(crate) mod "))
-        {
+        if !(after.starts_with("mod ") || after.starts_with("pub mod ") || after.starts_with("pub(crate) mod ")) {
             from = at + 1;
             continue;
         }
-        let Some(open) = code[at..].find('{').map(|i| at + i) else {
-            break;
-        };
+        let Some(open) = code[at..].find('{').map(|i| at + i) else { break };
         let mut depth = 0;
         let mut end = code.len();
         for (i, c) in code[open..].char_indices() {
@@ -198,10 +165,7 @@ fn raw_string_start(text: &str) -> Option<usize> {
 
 /// The paths a `crate::`/`super::` reference names, groups (`{a, b::c}`) expanded.
 fn paths_after(text: &str) -> Vec<String> {
-    let ident_len = |s: &str| {
-        s.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(s.len())
-    };
+    let ident_len = |s: &str| s.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(s.len());
     let mut out = Vec::new();
     if let Some(inner) = text.strip_prefix('{') {
         let mut depth = 0;
@@ -238,11 +202,7 @@ fn paths_after(text: &str) -> Vec<String> {
         match rest.strip_prefix("::") {
             Some(after) if after.starts_with('{') => {
                 out.push(path.clone());
-                out.extend(
-                    paths_after(after)
-                        .into_iter()
-                        .map(|p| format!("{path}::{p}")),
-                );
+                out.extend(paths_after(after).into_iter().map(|p| format!("{path}::{p}")));
                 return out;
             }
             Some(after) => rest = after,
@@ -285,19 +245,11 @@ fn crate_aliases(files: &BTreeMap<String, String>) -> Vec<String> {
 /// Module → the other modules it names (a child naming its own ancestors is part of them).
 fn imports(files: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String>> {
     let modules: BTreeSet<String> = files.keys().cloned().collect();
-    let longest = |segments: &[&str]| {
-        (1..=segments.len())
-            .rev()
-            .map(|n| segments[..n].join("::"))
-            .find(|m| modules.contains(m))
-    };
+    let longest = |segments: &[&str]| (1..=segments.len()).rev().map(|n| segments[..n].join("::")).find(|m| modules.contains(m));
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (module, source) in files {
         let code = code_of(source);
-        let parent = module
-            .rsplit_once("::")
-            .map(|(p, _)| p.to_owned())
-            .unwrap_or_default();
+        let parent = module.rsplit_once("::").map(|(p, _)| p.to_owned()).unwrap_or_default();
         let targets = graph.entry(module.clone()).or_default();
         for keyword in ["crate::", "super::", "self::"] {
             let mut from = 0;
@@ -313,18 +265,11 @@ fn imports(files: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String
                     _ => module.clone(),
                 };
                 while keyword == "super::" && code[from..].starts_with("super::") {
-                    base = base
-                        .rsplit_once("::")
-                        .map(|(p, _)| p.to_owned())
-                        .unwrap_or_default();
+                    base = base.rsplit_once("::").map(|(p, _)| p.to_owned()).unwrap_or_default();
                     from += "super::".len();
                 }
                 for path in paths_after(&code[from..]) {
-                    let full = if base.is_empty() {
-                        path
-                    } else {
-                        format!("{base}::{path}")
-                    };
+                    let full = if base.is_empty() { path } else { format!("{base}::{path}") };
                     let segments: Vec<&str> = full.split("::").collect();
                     if let Some(target) = longest(&segments) {
                         let ancestor = module.starts_with(&format!("{target}::"));
@@ -347,14 +292,9 @@ fn wrong_way(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
         let from_room = room_of(from);
         for to in targets {
             let to_room = room_of(to);
-            let ok = from_room == to_room
-                || allowed
-                    .get(from_room)
-                    .is_some_and(|rooms| rooms.contains(&to_room));
+            let ok = from_room == to_room || allowed.get(from_room).is_some_and(|rooms| rooms.contains(&to_room));
             if !ok {
-                wrong.push(format!(
-                    "{from} -> {to} ({from_room} may not use {to_room})"
-                ));
+                wrong.push(format!("{from} -> {to} ({from_room} may not use {to_room})"));
             }
         }
     }
@@ -403,14 +343,7 @@ fn circles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
             }
         }
     }
-    let mut state = State {
-        graph,
-        index: BTreeMap::new(),
-        low: BTreeMap::new(),
-        stack: Vec::new(),
-        on_stack: BTreeSet::new(),
-        found: Vec::new(),
-    };
+    let mut state = State { graph, index: BTreeMap::new(), low: BTreeMap::new(), stack: Vec::new(), on_stack: BTreeSet::new(), found: Vec::new() };
     for v in graph.keys() {
         if !state.index.contains_key(v.as_str()) {
             visit(&mut state, v);
@@ -428,9 +361,7 @@ fn forbidden_crates(files: &BTreeMap<String, String>) -> Vec<String> {
                 continue;
             }
             for name in *crates {
-                let used = code
-                    .match_indices(name)
-                    .any(|(at, _)| starts_path(&code, at));
+                let used = code.match_indices(name).any(|(at, _)| starts_path(&code, at));
                 if used {
                     found.push(format!("{module} ({room}) uses {name}"));
                 }
@@ -446,15 +377,8 @@ fn read_tree(dir: &Path, root: &Path, files: &mut BTreeMap<String, String>) {
         if path.is_dir() {
             read_tree(&path, root, files);
         } else if path.extension().is_some_and(|e| e == "rs") {
-            let relative = path
-                .strip_prefix(root)
-                .expect("under src")
-                .to_string_lossy()
-                .replace('\\', "/");
-            files.insert(
-                module_of(&relative),
-                std::fs::read_to_string(&path).expect("a source file reads"),
-            );
+            let relative = path.strip_prefix(root).expect("under src").to_string_lossy().replace('\\', "/");
+            files.insert(module_of(&relative), std::fs::read_to_string(&path).expect("a source file reads"));
         }
     }
 }
@@ -469,26 +393,15 @@ fn library() -> BTreeMap<String, String> {
 #[test]
 fn every_module_is_in_a_room_of_the_map() {
     let rooms: BTreeSet<&str> = ROOMS.iter().map(|(r, _)| *r).collect();
-    let strays: Vec<String> = library()
-        .keys()
-        .filter(|m| !m.is_empty() && !rooms.contains(room_of(m)))
-        .cloned()
-        .collect();
-    assert!(
-        strays.is_empty(),
-        "modules outside every room (add them to a room, and to lib.rs's map): {strays:?}"
-    );
+    let strays: Vec<String> = library().keys().filter(|m| !m.is_empty() && !rooms.contains(room_of(m))).cloned().collect();
+    assert!(strays.is_empty(), "modules outside every room (add them to a room, and to lib.rs's map): {strays:?}");
 }
 
 #[test]
 fn dependencies_point_one_way() {
     let graph = imports(&library());
     let wrong = wrong_way(&graph);
-    assert!(
-        wrong.is_empty(),
-        "imports against the rooms' direction:\n{}",
-        wrong.join("\n")
-    );
+    assert!(wrong.is_empty(), "imports against the rooms' direction:\n{}", wrong.join("\n"));
 }
 
 #[test]
@@ -500,10 +413,7 @@ fn no_import_circle() {
 #[test]
 fn the_engine_and_the_parsers_name_no_aws_crate_and_parsing_does_no_io() {
     let files = library();
-    let found: Vec<String> = forbidden_crates(&files)
-        .into_iter()
-        .chain(crate_aliases(&files))
-        .collect();
+    let found: Vec<String> = forbidden_crates(&files).into_iter().chain(crate_aliases(&files)).collect();
     assert!(found.is_empty(), "{}", found.join("\n"));
 }
 
@@ -529,14 +439,8 @@ fn the_checks_catch_what_they_are_for() {
     .map(|(m, s)| (m.to_owned(), s.to_owned()))
     .collect();
     let graph = imports(&files);
-    assert_eq!(
-        graph["engine::roles"],
-        BTreeSet::from(["access".to_owned(), "aws::store".to_owned()])
-    );
-    assert_eq!(
-        graph["engine::roles::grant"],
-        BTreeSet::from(["control::grants".to_owned()])
-    );
+    assert_eq!(graph["engine::roles"], BTreeSet::from(["access".to_owned(), "aws::store".to_owned()]));
+    assert_eq!(graph["engine::roles::grant"], BTreeSet::from(["control::grants".to_owned()]));
     assert_eq!(
         wrong_way(&graph),
         vec![
@@ -545,20 +449,10 @@ fn the_checks_catch_what_they_are_for() {
             "engine::setup -> aws::store (engine may not use aws)".to_owned(),
         ]
     );
-    assert_eq!(
-        circles(&graph),
-        vec![vec!["engine::pool".to_owned(), "engine::setup".to_owned()]]
-    );
+    assert_eq!(circles(&graph), vec![vec!["engine::pool".to_owned(), "engine::setup".to_owned()]]);
     assert_eq!(
         forbidden_crates(&files),
-        vec![
-            "audit::server_log (audit) uses std::fs".to_owned(),
-            "engine::catalog (engine) uses aws_".to_owned(),
-            "engine::setup (engine) uses aws_".to_owned()
-        ]
+        vec!["audit::server_log (audit) uses std::fs".to_owned(), "engine::catalog (engine) uses aws_".to_owned(), "engine::setup (engine) uses aws_".to_owned()]
     );
-    assert_eq!(
-        crate_aliases(&files),
-        vec!["contract::events: `crate as…`".to_owned()]
-    );
+    assert_eq!(crate_aliases(&files), vec!["contract::events: `crate as…`".to_owned()]);
 }

@@ -3,9 +3,7 @@
 //! Bounded: `PROPTEST_CASES` cases per property (proptest's default, 256, in CI); failures are
 //! kept in `proptest-regressions/` and replayed first on every run.
 
-use pgjit::access::{
-    check_identifier, is_profile_role, login_role_name, AccessEntry, AccessSet, Object, Target,
-};
+use pgjit::access::{check_identifier, is_profile_role, login_role_name, AccessEntry, AccessSet, Object, Target};
 use pgjit::engine::postgres::{ident, literal};
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -28,62 +26,21 @@ fn hostile_name() -> impl Strategy<Value = String> {
 
 fn entry() -> impl Strategy<Value = AccessEntry> {
     let privileges = prop::collection::vec(
-        prop_oneof![
-            Just("SELECT"),
-            Just("insert"),
-            Just("ALL"),
-            Just("USAGE"),
-            Just("EXECUTE"),
-            Just("CONNECT"),
-            Just("TEMP"),
-            Just("DROP"),
-            Just("")
-        ]
-        .prop_map(str::to_owned),
+        prop_oneof![Just("SELECT"), Just("insert"), Just("ALL"), Just("USAGE"), Just("EXECUTE"), Just("CONNECT"), Just("TEMP"), Just("DROP"), Just("")].prop_map(str::to_owned),
         0..4,
     );
-    (
-        hostile_name(),
-        prop::option::of(hostile_name()),
-        prop::option::of(hostile_name()),
-        prop::option::of(hostile_name()),
-        prop::option::of(hostile_name()),
-        privileges,
+    (hostile_name(), prop::option::of(hostile_name()), prop::option::of(hostile_name()), prop::option::of(hostile_name()), prop::option::of(hostile_name()), privileges).prop_map(
+        |(database, schema, table, function, role, privileges)| AccessEntry { database, schema, table, function, role, privileges, ..Default::default() },
     )
-        .prop_map(
-            |(database, schema, table, function, role, privileges)| AccessEntry {
-                database,
-                schema,
-                table,
-                function,
-                role,
-                privileges,
-                ..Default::default()
-            },
-        )
 }
 
 fn json_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::from),
-        any::<i64>().prop_map(Value::from),
-        hostile_name().prop_map(Value::from)
-    ];
+    let leaf = prop_oneof![Just(Value::Null), any::<bool>().prop_map(Value::from), any::<i64>().prop_map(Value::from), hostile_name().prop_map(Value::from)];
     leaf.prop_recursive(3, 24, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-            prop::collection::btree_map(
-                prop_oneof![
-                    hostile_name(),
-                    Just("request_id".to_owned()),
-                    Just("access".to_owned()),
-                    Just("detail".to_owned())
-                ],
-                inner,
-                0..5
-            )
-            .prop_map(|m| Value::Object(m.into_iter().collect())),
+            prop::collection::btree_map(prop_oneof![hostile_name(), Just("request_id".to_owned()), Just("access".to_owned()), Just("detail".to_owned())], inner, 0..5)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
 }

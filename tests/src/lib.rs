@@ -62,12 +62,8 @@ pub fn env() -> &'static LocalEnv {
     static ENV: OnceLock<LocalEnv> = OnceLock::new();
     ENV.get_or_init(|| LocalEnv {
         host: var("PGJIT_TEST_PG_HOST"),
-        port: var("PGJIT_TEST_PG_PORT")
-            .parse()
-            .expect("PGJIT_TEST_PG_PORT"),
-        plain_port: var("PGJIT_TEST_PG_PLAIN_PORT")
-            .parse()
-            .expect("PGJIT_TEST_PG_PLAIN_PORT"),
+        port: var("PGJIT_TEST_PG_PORT").parse().expect("PGJIT_TEST_PG_PORT"),
+        plain_port: var("PGJIT_TEST_PG_PLAIN_PORT").parse().expect("PGJIT_TEST_PG_PLAIN_PORT"),
         ca_file: var("PGJIT_TEST_PG_CA"),
         log_file: var("PGJIT_TEST_PG_LOG"),
         socket_dir: var("PGJIT_TEST_PG_SOCKET"),
@@ -98,10 +94,7 @@ impl LocalEnv {
     }
 
     pub fn admin_login(&self) -> Login {
-        Login {
-            user: self.admin_user.clone(),
-            password: self.admin_password.clone(),
-        }
+        Login { user: self.admin_user.clone(), password: self.admin_password.clone() }
     }
 
     /// pgjit's connector: the non-superuser admin over verified TLS.
@@ -110,21 +103,10 @@ impl LocalEnv {
     }
 
     /// A connection as someone else (a temporary user), over verified TLS.
-    pub async fn login_as(
-        &self,
-        user: &str,
-        password: &SecretString,
-        database: &str,
-    ) -> Result<tokio_postgres::Client, ConnectError> {
-        Connector::new(
-            self.endpoint(),
-            Credentials::Password(Login {
-                user: user.to_owned(),
-                password: password.clone(),
-            }),
-        )
-        .connect(database)
-        .await
+    pub async fn login_as(&self, user: &str, password: &SecretString, database: &str) -> Result<tokio_postgres::Client, ConnectError> {
+        Connector::new(self.endpoint(), Credentials::Password(Login { user: user.to_owned(), password: password.clone() }))
+            .connect(database)
+            .await
     }
 
     /// The superuser over the TLS server's unix socket: only for looking at what pgjit did.
@@ -145,10 +127,7 @@ impl LocalEnv {
 
 /// Whether a role exists, as the superuser sees it.
 pub async fn role_exists(su: &tokio_postgres::Client, name: &str) -> bool {
-    su.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
-        .await
-        .expect("pg_roles")
-        .is_some()
+    su.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name]).await.expect("pg_roles").is_some()
 }
 
 /// AWS settings pointing at the environment's moto, with fixed test credentials: nothing is
@@ -163,12 +142,8 @@ pub async fn moto_sdk_config_at(url: &str) -> aws_config::SdkConfig {
 }
 
 /// [`moto_sdk_config_at`] over an HTTP client of the caller's (one that adds latency, say).
-pub async fn moto_sdk_config_via(
-    url: &str,
-    http_client: aws_smithy_runtime_api::client::http::SharedHttpClient,
-) -> aws_config::SdkConfig {
-    let creds =
-        aws_credential_types::Credentials::new("testing", "testing", None, None, "pgjit-tests");
+pub async fn moto_sdk_config_via(url: &str, http_client: aws_smithy_runtime_api::client::http::SharedHttpClient) -> aws_config::SdkConfig {
+    let creds = aws_credential_types::Credentials::new("testing", "testing", None, None, "pgjit-tests");
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .http_client(http_client)
         .endpoint_url(url)
@@ -185,43 +160,32 @@ pub async fn isolated_services() -> pgjit::aws::Services {
 }
 
 /// [`isolated_services`] with some settings of the test's own (`extra` is asked first).
-pub async fn isolated_services_with(
-    extra: impl Fn(&str) -> Option<String>,
-) -> pgjit::aws::Services {
+pub async fn isolated_services_with(extra: impl Fn(&str) -> Option<String>) -> pgjit::aws::Services {
     let id: u32 = rand::random();
-    let config = pgjit::contract::config::Config::from_lookup(|name| {
-        extra(name).or_else(|| match name {
-            "PGJIT_GRANTS_TABLE" => Some(format!("grants-{id}")),
-            "PGJIT_INTEGRATIONS_TABLE" => Some(format!("integrations-{id}")),
-            "PGJIT_INVENTORY_TABLE" => Some(format!("inventory-{id}")),
-            "PGJIT_AUDIT_TABLE" => Some(format!("audit-{id}")),
-            "PGJIT_SESSIONS_TABLE" => Some(format!("sessions-{id}")),
-            "PGJIT_FLOWS_TABLE" => Some(format!("flows-{id}")),
-            "PGJIT_REQUESTS_TABLE" => Some(format!("requests-{id}")),
-            "PGJIT_SCHEDULE_GROUP" => Some(format!("pgjit-{id}")),
-            "PGJIT_SECRET_PREFIX" => Some(format!("pgjit-{id}/")),
-            "PGJIT_CREDENTIALS_PREFIX" => Some(format!("pgjit-credentials-{id}/")),
-            // Cleanup's reconciliation sees every role of the shared server with a test's prefix.
-            "PGJIT_RECONCILE_GRACE_SECONDS" => Some("0".into()),
-            "PGJIT_DISCOVERY_TAG_KEY" => Some(format!("pgjit:secret:{id}")),
-            "PGJIT_APPROVALS_KEY_ID" => Some(format!("alias/pgjit-approvals-{id}")),
-            _ => None,
-        })
-    })
+    let config = pgjit::contract::config::Config::from_lookup(|name| extra(name).or_else(|| match name {
+        "PGJIT_GRANTS_TABLE" => Some(format!("grants-{id}")),
+        "PGJIT_INTEGRATIONS_TABLE" => Some(format!("integrations-{id}")),
+        "PGJIT_INVENTORY_TABLE" => Some(format!("inventory-{id}")),
+        "PGJIT_AUDIT_TABLE" => Some(format!("audit-{id}")),
+        "PGJIT_SESSIONS_TABLE" => Some(format!("sessions-{id}")),
+        "PGJIT_FLOWS_TABLE" => Some(format!("flows-{id}")),
+        "PGJIT_REQUESTS_TABLE" => Some(format!("requests-{id}")),
+        "PGJIT_SCHEDULE_GROUP" => Some(format!("pgjit-{id}")),
+        "PGJIT_SECRET_PREFIX" => Some(format!("pgjit-{id}/")),
+        "PGJIT_CREDENTIALS_PREFIX" => Some(format!("pgjit-credentials-{id}/")),
+        // Cleanup's reconciliation sees every role of the shared server with a test's prefix.
+        "PGJIT_RECONCILE_GRACE_SECONDS" => Some("0".into()),
+        "PGJIT_DISCOVERY_TAG_KEY" => Some(format!("pgjit:secret:{id}")),
+        "PGJIT_APPROVALS_KEY_ID" => Some(format!("alias/pgjit-approvals-{id}")),
+        _ => None,
+    }))
     .expect("test configuration");
     // `PGJIT_TEST_MOTO_URL` in `extra` puts moto behind another address.
     let url = extra("PGJIT_TEST_MOTO_URL").unwrap_or_else(|| env().moto_url.clone());
     let svc = pgjit::aws::Services::new(config, moto_sdk_config_at(&url).await);
-    svc.store
-        .create_tables()
-        .await
-        .expect("create tables in moto");
-    pgjit::aws::schedule::ensure_group(&svc)
-        .await
-        .expect("schedule group in moto");
-    pgjit::aws::approval_mac::ensure_key(&svc)
-        .await
-        .expect("approvals key in moto");
+    svc.store.create_tables().await.expect("create tables in moto");
+    pgjit::aws::schedule::ensure_group(&svc).await.expect("schedule group in moto");
+    pgjit::aws::approval_mac::ensure_key(&svc).await.expect("approvals key in moto");
     svc
 }
 
@@ -229,13 +193,9 @@ pub async fn isolated_services_with(
 /// handlers as the bus delivers a sender's events. An event that cannot be signed (no envelope,
 /// no detail: the bad-input tests) is returned as it is, for the handler to refuse.
 pub async fn signed(svc: &pgjit::aws::Services, mut event: serde_json::Value) -> serde_json::Value {
-    let unsigned = event
-        .get("detail")
-        .is_some_and(|d| d.get(pgjit::aws::approval_mac::MAC_FIELD).is_none());
+    let unsigned = event.get("detail").is_some_and(|d| d.get(pgjit::aws::approval_mac::MAC_FIELD).is_none());
     if unsigned && pgjit::aws::approval_mac::message(&event).is_ok() {
-        pgjit::aws::approval_mac::sign(svc, &mut event)
-            .await
-            .expect("GenerateMac in moto");
+        pgjit::aws::approval_mac::sign(svc, &mut event).await.expect("GenerateMac in moto");
     }
     event
 }
@@ -258,9 +218,7 @@ impl Proxy {
     /// A relay whose every byte arrives `one_way` later in each direction (see [`latency`]).
     pub async fn with_latency(target_port: u16, one_way: Duration) -> Proxy {
         use std::sync::atomic::Ordering;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("proxy listener");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("proxy listener");
         let port = listener.local_addr().unwrap().port();
         let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -272,12 +230,9 @@ impl Proxy {
                     continue;
                 }
                 let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) =
-                        tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
-                    {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await {
                         if one_way.is_zero() {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                         } else {
                             latency::carry_both_ways(inbound, outbound, one_way).await;
                         }
@@ -286,12 +241,7 @@ impl Proxy {
                 open2.lock().unwrap().push(task.abort_handle());
             }
         });
-        Proxy {
-            port,
-            up,
-            open,
-            accept,
-        }
+        Proxy { port, up, open, accept }
     }
 
     pub fn down(&self) {
@@ -340,22 +290,12 @@ pub async fn silent_server() -> (u16, tokio::task::JoinHandle<()>) {
 /// Stores the admin's credentials in moto (RDS format) and an integration of the local TLS
 /// server that uses them, with a user prefix of its own: cleanup reconciles every role with the
 /// prefix on the server, and the tests share one server. `extra` overrides any field.
-pub async fn register_integration(
-    svc: &pgjit::aws::Services,
-    name: &str,
-    extra: serde_json::Value,
-) -> pgjit::contract::integration::Integration {
+pub async fn register_integration(svc: &pgjit::aws::Services, name: &str, extra: serde_json::Value) -> pgjit::contract::integration::Integration {
     use serde_json::json;
     let e = env();
     let secret_id = format!("{}admin/{name}", svc.config.secret_prefix);
     let secret = json!({"engine": "postgres", "username": e.admin_user, "password": e.admin_password.expose()}).to_string();
-    svc.secrets
-        .create_secret()
-        .name(&secret_id)
-        .secret_string(secret)
-        .send()
-        .await
-        .expect("admin secret");
+    svc.secrets.create_secret().name(&secret_id).secret_string(secret).send().await.expect("admin secret");
     let prefix = format!("t{}_", rand::random::<u32>());
     let mut doc = json!({
         "name": name, "kind": "postgres", "host": "localhost", "port": e.port, "user_prefix": prefix,
@@ -367,22 +307,13 @@ pub async fn register_integration(
     for (k, v) in extra.as_object().expect("extra fields as an object") {
         doc[k] = v.clone();
     }
-    let integration = pgjit::contract::integration::Integration::from_json(&doc.to_string())
-        .expect("valid integration");
-    svc.store
-        .put_integration(&integration)
-        .await
-        .expect("put integration");
+    let integration = pgjit::contract::integration::Integration::from_json(&doc.to_string()).expect("valid integration");
+    svc.store.put_integration(&integration).await.expect("put integration");
     integration
 }
 
 /// An approval event as EventBridge delivers it, sent just now.
-pub fn approval(
-    request_id: &str,
-    integration: &str,
-    requester: &str,
-    access: serde_json::Value,
-) -> serde_json::Value {
+pub fn approval(request_id: &str, integration: &str, requester: &str, access: serde_json::Value) -> serde_json::Value {
     let time = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
     serde_json::json!({"version": "0", "id": format!("ev-{request_id}"), "detail-type": "Access Request Approved", "source": "pgjit.approvals",
         "account": "123456789012", "time": time, "region": "us-east-1", "resources": [],
@@ -393,27 +324,15 @@ pub fn approval(
 
 /// Grants `n` requests as if approved two hours ago for one hour: overdue now, their revoke never
 /// ran (cleanup's backstop case). Returns the request ids and database users.
-pub async fn overdue_grants(
-    svc: &pgjit::aws::Services,
-    integration: &str,
-    prefix: &str,
-    n: usize,
-) -> Vec<(String, String)> {
+pub async fn overdue_grants(svc: &pgjit::aws::Services, integration: &str, prefix: &str, n: usize) -> Vec<(String, String)> {
     let then = chrono::Utc::now() - chrono::Duration::hours(2);
     let mut granted = Vec::new();
     for i in 0..n {
         let request_id = format!("{prefix}-{i}");
-        let mut event = approval(
-            &request_id,
-            integration,
-            &format!("late{i}@corp.com"),
-            orders_access(),
-        );
+        let mut event = approval(&request_id, integration, &format!("late{i}@corp.com"), orders_access());
         event["time"] = serde_json::json!(then.format("%Y-%m-%dT%H:%M:%SZ").to_string());
         let approved = pgjit::contract::events::parse_approval(event).unwrap();
-        let result = pgjit::control::grants::grant::grant(svc, &approved, then)
-            .await
-            .unwrap();
+        let result = pgjit::control::grants::grant::grant(svc, &approved, then).await.unwrap();
         granted.push((request_id, result.db_user));
     }
     granted
@@ -427,12 +346,7 @@ pub fn early_revoke(request_id: &str) -> serde_json::Value {
 }
 
 /// An `Access Extension Approved` event as the approval bus delivers it, sent just now.
-pub fn extension(
-    id: &str,
-    request_id: &str,
-    approver: &str,
-    duration_seconds: u64,
-) -> serde_json::Value {
+pub fn extension(id: &str, request_id: &str, approver: &str, duration_seconds: u64) -> serde_json::Value {
     serde_json::json!({"version": "0", "id": id, "detail-type": "Access Extension Approved", "source": "pgjit.approvals", "account": "123456789012",
         "time": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(), "region": "us-east-1", "resources": [],
         "detail": {"request_id": request_id, "approver": approver, "duration_seconds": duration_seconds, "reason": "INC-42 still open"}})
@@ -442,8 +356,7 @@ pub fn extension(
 /// creating the role and writing the record would leave. Returns its name.
 pub async fn orphan_role(prefix: &str) -> String {
     let orphan = pgjit::access::login_role_name(prefix, "ghost@corp.com");
-    let entries: Vec<pgjit::access::AccessEntry> =
-        serde_json::from_value(orders_access()).expect("access entries");
+    let entries: Vec<pgjit::access::AccessEntry> = serde_json::from_value(orders_access()).expect("access entries");
     let access = pgjit::access::AccessSet::from_entries(&entries).expect("access");
     let password = SecretString::random_password();
     let spec = pgjit::engine::roles::GrantSpec {
@@ -456,9 +369,7 @@ pub async fn orphan_role(prefix: &str) -> String {
         privileged_roles: &[],
         audit: None,
     };
-    pgjit::engine::roles::grant::grant(&env().admin(), &spec)
-        .await
-        .expect("orphan role");
+    pgjit::engine::roles::grant::grant(&env().admin(), &spec).await.expect("orphan role");
     orphan
 }
 
@@ -481,11 +392,7 @@ pub async fn moto_rds_instance_with(rds: &aws_sdk_rds::Client, instance: &str) -
         .send()
         .await
         .expect("moto RDS instance");
-    created
-        .db_instance()
-        .and_then(|i| i.dbi_resource_id())
-        .expect("resource id")
-        .to_owned()
+    created.db_instance().and_then(|i| i.dbi_resource_id()).expect("resource id").to_owned()
 }
 
 /// SELECT on sales.orders in app: the access most tests ask for.
@@ -495,88 +402,30 @@ pub fn orders_access() -> serde_json::Value {
 
 /// A queue that receives what a rule on `bus` matches (moto delivers EventBridge to SQS), so a
 /// test sees the events as a target would; returns the SQS client and the queue's URL.
-pub async fn queue_for(
-    svc: &pgjit::aws::Services,
-    bus: &str,
-    pattern: serde_json::Value,
-) -> (aws_sdk_sqs::Client, String) {
+pub async fn queue_for(svc: &pgjit::aws::Services, bus: &str, pattern: serde_json::Value) -> (aws_sdk_sqs::Client, String) {
     let sqs = aws_sdk_sqs::Client::new(&moto_sdk_config().await);
     let name = format!("q-{}", rand::random::<u32>());
-    let queue = sqs
-        .create_queue()
-        .queue_name(&name)
-        .send()
-        .await
-        .expect("queue")
-        .queue_url
-        .expect("queue url");
-    let attributes = sqs
-        .get_queue_attributes()
-        .queue_url(&queue)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .expect("queue arn");
-    let queue_arn = attributes.attributes().expect("attributes")
-        [&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
-        .clone();
-    svc.events
-        .put_rule()
-        .name(&name)
-        .event_bus_name(bus)
-        .event_pattern(pattern.to_string())
-        .send()
-        .await
-        .expect("rule");
-    let target = aws_sdk_eventbridge::types::Target::builder()
-        .id("queue")
-        .arn(&queue_arn)
-        .build()
-        .expect("target");
-    svc.events
-        .put_targets()
-        .rule(&name)
-        .event_bus_name(bus)
-        .targets(target)
-        .send()
-        .await
-        .expect("targets");
+    let queue = sqs.create_queue().queue_name(&name).send().await.expect("queue").queue_url.expect("queue url");
+    let attributes = sqs.get_queue_attributes().queue_url(&queue).attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn).send().await.expect("queue arn");
+    let queue_arn = attributes.attributes().expect("attributes")[&aws_sdk_sqs::types::QueueAttributeName::QueueArn].clone();
+    svc.events.put_rule().name(&name).event_bus_name(bus).event_pattern(pattern.to_string()).send().await.expect("rule");
+    let target = aws_sdk_eventbridge::types::Target::builder().id("queue").arn(&queue_arn).build().expect("target");
+    svc.events.put_targets().rule(&name).event_bus_name(bus).targets(target).send().await.expect("targets");
     (sqs, queue)
 }
 
 /// The events a [`queue_for`] queue holds now (waiting up to two seconds for the first).
 pub async fn received(sqs: &aws_sdk_sqs::Client, queue: &str) -> Vec<serde_json::Value> {
-    let messages = sqs
-        .receive_message()
-        .queue_url(queue)
-        .max_number_of_messages(10)
-        .wait_time_seconds(2)
-        .send()
-        .await
-        .expect("receive");
-    messages
-        .messages()
-        .iter()
-        .map(|m| serde_json::from_str(m.body().unwrap_or_default()).expect("event JSON"))
-        .collect()
+    let messages = sqs.receive_message().queue_url(queue).max_number_of_messages(10).wait_time_seconds(2).send().await.expect("receive");
+    messages.messages().iter().map(|m| serde_json::from_str(m.body().unwrap_or_default()).expect("event JSON")).collect()
 }
 
 /// The names of every secret in moto, all pages.
 pub async fn secret_names(svc: &pgjit::aws::Services) -> Vec<String> {
     let mut names = Vec::new();
-    let mut pages = svc
-        .secrets
-        .list_secrets()
-        .max_results(100)
-        .into_paginator()
-        .send();
+    let mut pages = svc.secrets.list_secrets().max_results(100).into_paginator().send();
     while let Some(page) = pages.next().await {
-        names.extend(
-            page.expect("ListSecrets")
-                .secret_list()
-                .iter()
-                .filter_map(|s| s.name().map(str::to_owned)),
-        );
+        names.extend(page.expect("ListSecrets").secret_list().iter().filter_map(|s| s.name().map(str::to_owned)));
     }
     names
 }
@@ -608,12 +457,7 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for AwsFault {
         _components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
         _cfg: &mut aws_smithy_types::config_bag::ConfigBag,
     ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
-        let target = context
-            .request()
-            .headers()
-            .get("x-amz-target")
-            .unwrap_or_default()
-            .to_owned();
+        let target = context.request().headers().get("x-amz-target").unwrap_or_default().to_owned();
         *LAST_TARGET.lock().unwrap_or_else(|e| e.into_inner()) = target;
         Ok(())
     }
@@ -625,16 +469,8 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for AwsFault {
         _cfg: &mut aws_smithy_types::config_bag::ConfigBag,
     ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
         use std::sync::atomic::Ordering;
-        let target = LAST_TARGET
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if target != self.target
-            || self
-                .times
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_err()
-        {
+        let target = LAST_TARGET.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if target != self.target || self.times.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err() {
             return Ok(());
         }
         let response = context.response_mut();
@@ -642,19 +478,14 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for AwsFault {
         *response.body_mut() = aws_smithy_types::body::SdkBody::from(self.body.clone());
         // The SDK reads the error's type from this header first, as AWS sends it.
         let kind: serde_json::Value = serde_json::from_str(&self.body)?;
-        response.headers_mut().insert(
-            "x-amzn-errortype",
-            kind["__type"].as_str().unwrap_or_default().to_owned(),
-        );
+        response.headers_mut().insert("x-amzn-errortype", kind["__type"].as_str().unwrap_or_default().to_owned());
         Ok(())
     }
 }
 
 /// The services with their Secrets Manager client answering as `fault` says.
 pub fn with_aws_fault(mut svc: pgjit::aws::Services, fault: AwsFault) -> pgjit::aws::Services {
-    let config = aws_sdk_secretsmanager::config::Builder::from(&svc.sdk_config)
-        .interceptor(fault)
-        .build();
+    let config = aws_sdk_secretsmanager::config::Builder::from(&svc.sdk_config).interceptor(fault).build();
     svc.secrets = aws_sdk_secretsmanager::Client::from_conf(config);
     svc
 }
@@ -676,13 +507,7 @@ pub async fn directory_services(bus: Option<String>) -> pgjit::aws::Services {
     let ids = &svc.identity_store;
     let mut groups = std::collections::HashMap::new();
     for group in ["engineers", "dba", "orders-team", "visitors"] {
-        let out = ids
-            .create_group()
-            .identity_store_id(&store)
-            .display_name(group)
-            .send()
-            .await
-            .expect("moto group");
+        let out = ids.create_group().identity_store_id(&store).display_name(group).send().await.expect("moto group");
         groups.insert(group, out.group_id().to_owned());
     }
     for (user, email, member_of) in [
@@ -693,31 +518,14 @@ pub async fn directory_services(bus: Option<String>) -> pgjit::aws::Services {
         ("eve@corp.com", "eve@corp.com", &["visitors"][..]),
         ("sam@corp.com", "sam@corp.com", &[][..]),
     ] {
-        let name = aws_sdk_identitystore::types::Name::builder()
-            .given_name(user)
-            .family_name("Test")
-            .build();
-        let mail = aws_sdk_identitystore::types::Email::builder()
-            .value(email)
-            .primary(true)
-            .build();
-        let out = ids
-            .create_user()
-            .identity_store_id(&store)
-            .user_name(user)
-            .display_name(user)
-            .name(name)
-            .emails(mail)
-            .send()
-            .await
-            .expect("moto user");
+        let name = aws_sdk_identitystore::types::Name::builder().given_name(user).family_name("Test").build();
+        let mail = aws_sdk_identitystore::types::Email::builder().value(email).primary(true).build();
+        let out = ids.create_user().identity_store_id(&store).user_name(user).display_name(user).name(name).emails(mail).send().await.expect("moto user");
         for group in member_of {
             ids.create_group_membership()
                 .identity_store_id(&store)
                 .group_id(&groups[group])
-                .member_id(aws_sdk_identitystore::types::MemberId::UserId(
-                    out.user_id().to_owned(),
-                ))
+                .member_id(aws_sdk_identitystore::types::MemberId::UserId(out.user_id().to_owned()))
                 .send()
                 .await
                 .expect("moto membership");
@@ -728,14 +536,7 @@ pub async fn directory_services(bus: Option<String>) -> pgjit::aws::Services {
         let name = format!("AWSReservedSSO_{set}_0123456789abcdef");
         // Shared by every test of the run: made once.
         if svc.iam.get_role().role_name(&name).send().await.is_err() {
-            let _ = svc
-                .iam
-                .create_role()
-                .role_name(&name)
-                .path("/aws-reserved/sso.amazonaws.com/")
-                .assume_role_policy_document(trust)
-                .send()
-                .await;
+            let _ = svc.iam.create_role().role_name(&name).path("/aws-reserved/sso.amazonaws.com/").assume_role_policy_document(trust).send().await;
         }
     }
     svc
@@ -747,9 +548,7 @@ pub const SSO_PERMISSION_SETS: [&str; 3] = ["Eng", "Dba", "Sec"];
 /// A session of an Identity Center permission set's role, as IAM names its caller.
 pub fn sso_caller(set: &str, user: &str) -> pgjit::contract::requests::Caller {
     pgjit::contract::requests::Caller {
-        arn: format!(
-            "arn:aws:sts::123456789012:assumed-role/AWSReservedSSO_{set}_0123456789abcdef/{user}"
-        ),
+        arn: format!("arn:aws:sts::123456789012:assumed-role/AWSReservedSSO_{set}_0123456789abcdef/{user}"),
         user_id: format!("AROA{}:{user}", set.to_uppercase()),
         account: "123456789012".into(),
     }
@@ -757,72 +556,26 @@ pub fn sso_caller(set: &str, user: &str) -> pgjit::contract::requests::Caller {
 
 /// Stores a flow (panics on an invalid one: the test's own mistake).
 pub async fn put_flow(svc: &pgjit::aws::Services, doc: serde_json::Value) {
-    let flow =
-        pgjit::contract::flow::Flow::from_json(&doc.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let flow = pgjit::contract::flow::Flow::from_json(&doc.to_string()).unwrap_or_else(|e| panic!("{e}"));
     svc.store.put_flow(&flow).await.expect("put flow");
 }
 
 /// Takes `user` out of `group` in the services' Identity Store.
 pub async fn leave_group(svc: &pgjit::aws::Services, user: &str, group: &str) {
     use aws_sdk_identitystore::types::{AlternateIdentifier, MemberId, UniqueAttribute};
-    let store = svc
-        .config
-        .identity_store_id
-        .clone()
-        .expect("an identity store");
+    let store = svc.config.identity_store_id.clone().expect("an identity store");
     let ids = &svc.identity_store;
-    let attribute = |path: &str, value: &str| {
-        AlternateIdentifier::UniqueAttribute(
-            UniqueAttribute::builder()
-                .attribute_path(path)
-                .attribute_value(aws_smithy_types::Document::String(value.into()))
-                .build()
-                .unwrap(),
-        )
-    };
-    let user_id = ids
-        .get_user_id()
-        .identity_store_id(&store)
-        .alternate_identifier(attribute("userName", user))
-        .send()
-        .await
-        .expect("user")
-        .user_id()
-        .to_owned();
-    let group_id = ids
-        .get_group_id()
-        .identity_store_id(&store)
-        .alternate_identifier(attribute("displayName", group))
-        .send()
-        .await
-        .expect("group")
-        .group_id()
-        .to_owned();
-    let memberships = ids
-        .list_group_memberships_for_member()
-        .identity_store_id(&store)
-        .member_id(MemberId::UserId(user_id))
-        .send()
-        .await
-        .expect("memberships");
-    let membership = memberships
-        .group_memberships()
-        .iter()
-        .find(|m| m.group_id() == Some(group_id.as_str()))
-        .map(|m| m.membership_id().to_owned())
-        .expect("a member of the group");
-    ids.delete_group_membership()
-        .identity_store_id(&store)
-        .membership_id(membership)
-        .send()
-        .await
-        .expect("leave the group");
+    let attribute = |path: &str, value: &str| AlternateIdentifier::UniqueAttribute(UniqueAttribute::builder().attribute_path(path).attribute_value(aws_smithy_types::Document::String(value.into())).build().unwrap());
+    let user_id = ids.get_user_id().identity_store_id(&store).alternate_identifier(attribute("userName", user)).send().await.expect("user").user_id().to_owned();
+    let group_id = ids.get_group_id().identity_store_id(&store).alternate_identifier(attribute("displayName", group)).send().await.expect("group").group_id().to_owned();
+    let memberships = ids.list_group_memberships_for_member().identity_store_id(&store).member_id(MemberId::UserId(user_id)).send().await.expect("memberships");
+    let membership = memberships.group_memberships().iter().find(|m| m.group_id() == Some(group_id.as_str())).map(|m| m.membership_id().to_owned()).expect("a member of the group");
+    ids.delete_group_membership().identity_store_id(&store).membership_id(membership).send().await.expect("leave the group");
 }
 
 /// An SDK configuration for moto with someone's own credentials (an IAM user's access key).
 pub async fn sdk_config_as(url: &str, key: &str, secret: &str) -> aws_config::SdkConfig {
-    let creds =
-        aws_credential_types::Credentials::new(key, secret, None, None, "pgjit-tests-person");
+    let creds = aws_credential_types::Credentials::new(key, secret, None, None, "pgjit-tests-person");
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .http_client(pgjit::aws::https_client())
         .endpoint_url(url)
@@ -834,23 +587,8 @@ pub async fn sdk_config_as(url: &str, key: &str, secret: &str) -> aws_config::Sd
 
 /// An IAM user of moto with an access key: (ARN, key id, secret).
 pub async fn moto_person(svc: &pgjit::aws::Services, name: &str) -> (String, String, String) {
-    svc.iam
-        .create_user()
-        .user_name(name)
-        .send()
-        .await
-        .expect("moto user");
-    let key = svc
-        .iam
-        .create_access_key()
-        .user_name(name)
-        .send()
-        .await
-        .expect("moto key");
+    svc.iam.create_user().user_name(name).send().await.expect("moto user");
+    let key = svc.iam.create_access_key().user_name(name).send().await.expect("moto key");
     let key = key.access_key().expect("a key");
-    (
-        format!("arn:aws:iam::123456789012:user/{name}"),
-        key.access_key_id().to_owned(),
-        key.secret_access_key().to_owned(),
-    )
+    (format!("arn:aws:iam::123456789012:user/{name}"), key.access_key_id().to_owned(), key.secret_access_key().to_owned())
 }

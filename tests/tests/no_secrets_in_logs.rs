@@ -39,15 +39,8 @@ async fn no_secret_reaches_a_log_line_an_error_or_a_record() {
     let hook_key = format!("hook-key-{}", rand::random::<u64>());
     let hook_id = format!("hook-{}", rand::random::<u32>());
     let id = hook_id.clone();
-    let svc =
-        isolated_services_with(move |n| (n == "PGJIT_WEBHOOK_SECRET_ID").then(|| id.clone())).await;
-    svc.secrets
-        .create_secret()
-        .name(&hook_id)
-        .secret_string(&hook_key)
-        .send()
-        .await
-        .unwrap();
+    let svc = isolated_services_with(move |n| (n == "PGJIT_WEBHOOK_SECRET_ID").then(|| id.clone())).await;
+    svc.secrets.create_secret().name(&hook_id).secret_string(&hook_key).send().await.unwrap();
     let integration = pgjit_tests::register_integration(
         &svc,
         "logged",
@@ -65,127 +58,46 @@ async fn no_secret_reaches_a_log_line_an_error_or_a_record() {
         "duration_seconds": 432000, "access": [{"database": "app", "schema": "sales", "table": "orders", "privileges": ["SELECT"]}]})
     .to_string();
     let now = Utc::now().timestamp().to_string();
-    let mut request: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../events/webhook-request.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
+    let mut request: Value = serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../events/webhook-request.json")).unwrap()).unwrap();
     request["headers"]["x-pgjit-timestamp"] = json!(now);
-    request["headers"]["x-pgjit-signature"] = json!(pgjit::control::webhook::sign(
-        hook_key.as_bytes(),
-        &now,
-        body.as_bytes()
-    ));
+    request["headers"]["x-pgjit-signature"] = json!(pgjit::control::webhook::sign(hook_key.as_bytes(), &now, body.as_bytes()));
     request["body"] = json!(body);
     let cache = SecretCache::default();
-    let response = pgjit::control::handlers::webhook(
-        &svc,
-        &cache,
-        LambdaEvent::new(
-            serde_json::from_value(request.clone()).unwrap(),
-            Context::default(),
-        ),
-    )
-    .await
-    .unwrap();
+    let response = pgjit::control::handlers::webhook(&svc, &cache, LambdaEvent::new(serde_json::from_value(request.clone()).unwrap(), Context::default())).await.unwrap();
     assert_eq!(response.status_code, 202, "{:?}", response.body);
     outputs.push(response.body.unwrap_or_default());
     // The approval as the bus delivers it to the grant function.
     let event = json!({"version": "0", "id": "ev-log-1", "detail-type": "Access Request Approved", "source": "pgjit.approvals", "account": "123456789012",
         "time": Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(), "region": "us-east-1", "resources": [], "detail": serde_json::from_str::<Value>(&body).unwrap()});
-    let granted = pgjit::control::handlers::grant(
-        &svc,
-        LambdaEvent::new(pgjit_tests::signed(&svc, event).await, Context::default()),
-    )
-    .await
-    .unwrap();
+    let granted = pgjit::control::handlers::grant(&svc, LambdaEvent::new(pgjit_tests::signed(&svc, event).await, Context::default())).await.unwrap();
     outputs.push(serde_json::to_string(&granted).unwrap());
     // A wrongly signed one, for the rejection path's logs.
-    request["headers"]["x-pgjit-signature"] = json!(pgjit::control::webhook::sign(
-        b"guess",
-        &now,
-        body.as_bytes()
-    ));
-    let rejected = pgjit::control::handlers::webhook(
-        &svc,
-        &cache,
-        LambdaEvent::new(serde_json::from_value(request).unwrap(), Context::default()),
-    )
-    .await
-    .unwrap();
+    request["headers"]["x-pgjit-signature"] = json!(pgjit::control::webhook::sign(b"guess", &now, body.as_bytes()));
+    let rejected = pgjit::control::handlers::webhook(&svc, &cache, LambdaEvent::new(serde_json::from_value(request).unwrap(), Context::default())).await.unwrap();
     outputs.push(rejected.body.unwrap_or_default());
 
     let record = svc.store.get_grant("LOG-1").await.unwrap().unwrap();
-    let first = pgjit::aws::credentials::read(&svc, record.secret_arn.as_deref().unwrap())
-        .await
-        .unwrap();
+    let first = pgjit::aws::credentials::read(&svc, record.secret_arn.as_deref().unwrap()).await.unwrap();
     let first: Value = serde_json::from_str(first.expose()).unwrap();
     let first_password = first["password"].as_str().unwrap().to_owned();
     let login = pgjit::SecretString::new(first_password.clone());
-    e.login_as(&record.db_user, &login, "app")
-        .await
-        .unwrap()
-        .query("SELECT 1", &[])
-        .await
-        .unwrap();
+    e.login_as(&record.db_user, &login, "app").await.unwrap().query("SELECT 1", &[]).await.unwrap();
     // A failing login is logged too; its error must not quote the password.
     let wrong = pgjit::SecretString::new(format!("{first_password}-wrong"));
-    outputs.push(pgjit::engine::postgres::error_chain(
-        &e.login_as(&record.db_user, &wrong, "app")
-            .await
-            .unwrap_err(),
-    ));
+    outputs.push(pgjit::engine::postgres::error_chain(&e.login_as(&record.db_user, &wrong, "app").await.unwrap_err()));
 
     // Rotation, then revoke, then the retention cleanup.
-    let report =
-        pgjit::control::cleanup::run(&svc, Utc::now() + Duration::days(1) + Duration::minutes(1))
-            .await
-            .unwrap();
+    let report = pgjit::control::cleanup::run(&svc, Utc::now() + Duration::days(1) + Duration::minutes(1)).await.unwrap();
     assert_eq!(report.rotated, ["LOG-1"]);
-    let rotated = pgjit::aws::credentials::read(&svc, record.secret_arn.as_deref().unwrap())
-        .await
-        .unwrap();
+    let rotated = pgjit::aws::credentials::read(&svc, record.secret_arn.as_deref().unwrap()).await.unwrap();
     let rotated: Value = serde_json::from_str(rotated.expose()).unwrap();
     let rotated_password = rotated["password"].as_str().unwrap().to_owned();
-    let revoked = pgjit::control::handlers::revoke(
-        &svc,
-        LambdaEvent::new(
-            pgjit_tests::signed(&svc, pgjit_tests::early_revoke("LOG-1")).await,
-            Context::default(),
-        ),
-    )
-    .await
-    .unwrap();
+    let revoked = pgjit::control::handlers::revoke(&svc, LambdaEvent::new(pgjit_tests::signed(&svc, pgjit_tests::early_revoke("LOG-1")).await, Context::default())).await.unwrap();
     outputs.push(serde_json::to_string(&revoked).unwrap());
-    outputs.push(
-        serde_json::to_string(
-            &pgjit::control::cleanup::run(&svc, Utc::now() + Duration::days(3))
-                .await
-                .unwrap(),
-        )
-        .unwrap(),
-    );
+    outputs.push(serde_json::to_string(&pgjit::control::cleanup::run(&svc, Utc::now() + Duration::days(3)).await.unwrap()).unwrap());
     // An error path with the admin's secret in play: a grant whose integration's admin secret is bad.
-    svc.secrets
-        .put_secret_value()
-        .secret_id(&admin_secret)
-        .secret_string(json!({"username": e.admin_user, "password": "nope-wrong"}).to_string())
-        .send()
-        .await
-        .unwrap();
-    let failed = pgjit::control::grants::grant::grant(
-        &svc,
-        &pgjit::contract::events::parse_approval(
-            serde_json::from_str(&body.replace("LOG-1", "LOG-2")).unwrap(),
-        )
-        .unwrap(),
-        Utc::now(),
-    )
-    .await
-    .unwrap_err();
+    svc.secrets.put_secret_value().secret_id(&admin_secret).secret_string(json!({"username": e.admin_user, "password": "nope-wrong"}).to_string()).send().await.unwrap();
+    let failed = pgjit::control::grants::grant::grant(&svc, &pgjit::contract::events::parse_approval(serde_json::from_str(&body.replace("LOG-1", "LOG-2")).unwrap()).unwrap(), Utc::now()).await.unwrap_err();
     outputs.push(pgjit::engine::postgres::error_chain(&failed));
 
     // Everything DynamoDB holds about it.
@@ -197,26 +109,12 @@ async fn no_secret_reaches_a_log_line_an_error_or_a_record() {
     }
 
     let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
-    assert!(
-        logs.lines().count() > 100,
-        "the capture saw the run at trace level ({} lines)",
-        logs.lines().count()
-    );
-    assert!(
-        logs.contains("LOG-1") && logs.contains(&record.db_user),
-        "step lines name the request and the user"
-    );
-    assert!(
-        logs.contains("aws_smithy") && logs.contains("tokio_postgres"),
-        "the SDK's and the driver's own trace lines were captured"
-    );
+    assert!(logs.lines().count() > 100, "the capture saw the run at trace level ({} lines)", logs.lines().count());
+    assert!(logs.contains("LOG-1") && logs.contains(&record.db_user), "step lines name the request and the user");
+    assert!(logs.contains("aws_smithy") && logs.contains("tokio_postgres"), "the SDK's and the driver's own trace lines were captured");
     // One summary line per invocation, saying what it did.
     for function in ["grant", "revoke"] {
-        let line = logs.lines().find(|l| {
-            l.contains("invocation summary") && l.contains(&format!("function={function}"))
-                || l.contains("invocation summary")
-                    && l.contains(&format!("\"function\":\"{function}\""))
-        });
+        let line = logs.lines().find(|l| l.contains("invocation summary") && l.contains(&format!("function={function}")) || l.contains("invocation summary") && l.contains(&format!("\"function\":\"{function}\"")));
         let line = line.unwrap_or_else(|| panic!("no summary line for {function}"));
         assert!(line.contains("LOG-1") && line.contains("outcome"), "{line}");
     }
@@ -227,9 +125,6 @@ async fn no_secret_reaches_a_log_line_an_error_or_a_record() {
         ("the admin's password", e.admin_password.expose()),
         ("the webhook key", hook_key.as_str()),
     ] {
-        assert!(
-            !everything.contains(secret),
-            "{what} appears in the logs, an error or a record"
-        );
+        assert!(!everything.contains(secret), "{what} appears in the logs, an error or a record");
     }
 }

@@ -10,8 +10,8 @@ use std::io::Write;
 use std::time::Instant;
 
 use base64::Engine;
-use pgjit::audit::server_log::Records;
 use pgjit::contract::integration::Integration;
+use pgjit::audit::server_log::Records;
 use serde_json::json;
 
 /// About 1 MB of RDS-format log text: sessions of managed users (connections, pgaudit lines
@@ -27,16 +27,7 @@ fn log_lines(secret_every: u32) -> (Vec<String>, usize) {
         session += 1;
         let user = format!("pgjit_user{}_1a2b3c4d", session % 7);
         let pid = 10_000 + session;
-        let p = |t: &str| {
-            format!(
-                "2026-11-25 08:{:02}:{:02} UTC:10.0.{}.{}({}):{user}@app:[{pid}]:{t}",
-                session % 60,
-                session % 60,
-                session % 250,
-                session % 200,
-                40_000 + session
-            )
-        };
+        let p = |t: &str| format!("2026-11-25 08:{:02}:{:02} UTC:10.0.{}.{}({}):{user}@app:[{pid}]:{t}", session % 60, session % 60, session % 250, session % 200, 40_000 + session);
         lines.push(p("LOG:  connection authorized: user=x database=app application_name=psql SSL enabled (protocol=TLSv1.3, cipher=TLS_AES_256_GCM_SHA384, bits=256)"));
         for s in 1..=20u32 {
             statement += 1;
@@ -65,10 +56,7 @@ fn log_lines(secret_every: u32) -> (Vec<String>, usize) {
             lines.push(format!("2026-11-25 08:00:00 UTC:10.1.1.1(5000):app_service@app:[{}]:LOG:  duration: 0.{s} ms", 20_000 + s));
         }
         lines.push(p("LOG:  disconnection: session time: 0:00:01.234 user=x database=app host=10.0.0.1 port=40000"));
-        lines.push(
-            "2026-11-25 08:00:00 UTC::@:[99]:LOG:  checkpoint complete: wrote 12 buffers (0.1%)"
-                .into(),
-        );
+        lines.push("2026-11-25 08:00:00 UTC::@:[99]:LOG:  checkpoint complete: wrote 12 buffers (0.1%)".into());
         bytes = lines.iter().map(|l| l.len() + 1).sum();
     }
     (lines, bytes)
@@ -89,17 +77,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let runs: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(30);
+    let runs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(30);
     // A typical mix (one statement in 50 carries a secret) and a secret-heavy one (one in 3).
     let typical = measure(runs, 50);
     let heavy = measure(runs, 3);
-    println!(
-        "  target: pgjit at least half the floor's throughput on the typical mix: {}",
-        if typical >= 0.5 { "met" } else { "NOT met" }
-    );
+    println!("  target: pgjit at least half the floor's throughput on the typical mix: {}", if typical >= 0.5 { "met" } else { "NOT met" });
     let _ = heavy;
 }
 
@@ -111,9 +93,7 @@ fn measure(runs: usize, secret_every: u32) -> f64 {
         r#"{"name":"orders","kind":"rds","region":"us-east-1","instance_id":"orders","admin":{"auth":"password","secret_id":"pgjit/a"},"max_duration_seconds":3600,"enable_audit":true}"#,
     )
     .unwrap();
-    let requests: HashMap<String, String> = (0..7)
-        .map(|i| (format!("pgjit_user{i}_1a2b3c4d"), format!("REQ-{i}")))
-        .collect();
+    let requests: HashMap<String, String> = (0..7).map(|i| (format!("pgjit_user{i}_1a2b3c4d"), format!("REQ-{i}"))).collect();
     let prefix = integration.line_prefix().unwrap();
     let (mut floor, mut full) = (Vec::new(), Vec::new());
     let mut checks = (0, 0);
@@ -121,11 +101,7 @@ fn measure(runs: usize, secret_every: u32) -> f64 {
         // Floor: decode the delivery and split every message into lines.
         let t = Instant::now();
         let batch = pgjit::control::sessions::decode_subscription(&payload).unwrap();
-        let split: usize = batch
-            .log_events
-            .iter()
-            .map(|e| e.message.split('\n').count())
-            .sum();
+        let split: usize = batch.log_events.iter().map(|e| e.message.split('\n').count()).sum();
         floor.push(t.elapsed().as_secs_f64());
         assert_eq!(split, lines.len());
         // pgjit, as the audit function does it: decode, join lines into records by
@@ -138,26 +114,11 @@ fn measure(runs: usize, secret_every: u32) -> f64 {
             records.push_event(&event.id, None, &event.message);
         }
         let unparsed = records.unparsed;
-        let (entries, ingested) = pgjit::control::sessions::attribution::attribute(
-            records.records,
-            &integration,
-            &requests,
-            pgjit::control::sessions::attribution::Retention {
-                now: chrono::Utc::now(),
-                keep: chrono::Duration::zero(),
-            },
-        );
+        let (entries, ingested) = pgjit::control::sessions::attribution::attribute(records.records, &integration, &requests, pgjit::control::sessions::attribution::Retention { now: chrono::Utc::now(), keep: chrono::Duration::zero() });
         full.push(t.elapsed().as_secs_f64());
         checks = (entries.len(), ingested.statements);
         assert_eq!(unparsed, 0);
-        assert!(
-            entries.iter().all(|e| !e
-                .statement
-                .as_deref()
-                .unwrap_or("")
-                .contains("password=hunter")),
-            "redacted"
-        );
+        assert!(entries.iter().all(|e| !e.statement.as_deref().unwrap_or("").contains("password=hunter")), "redacted");
     }
     let (f, p) = (median(floor), median(full));
     let mb = bytes as f64 / 1e6;
@@ -168,16 +129,8 @@ fn measure(runs: usize, secret_every: u32) -> f64 {
         checks.0,
         checks.1
     );
-    println!(
-        "  floor (decode + split into lines): median {:.2} ms, {:.0} MB/s",
-        f * 1e3,
-        mb / f
-    );
-    println!(
-        "  pgjit (decode + parse + redact + attribute): median {:.2} ms, {:.0} MB/s",
-        p * 1e3,
-        mb / p
-    );
+    println!("  floor (decode + split into lines): median {:.2} ms, {:.0} MB/s", f * 1e3, mb / f);
+    println!("  pgjit (decode + parse + redact + attribute): median {:.2} ms, {:.0} MB/s", p * 1e3, mb / p);
     println!("  throughput ratio pgjit/floor: {:.2}", f / p);
     f / p
 }

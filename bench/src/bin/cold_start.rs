@@ -11,21 +11,9 @@ use std::time::{Duration, Instant};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let dir = args
-        .get(1)
-        .cloned()
-        .unwrap_or_else(|| "target/release".into());
+    let dir = args.get(1).cloned().unwrap_or_else(|| "target/release".into());
     let runs: usize = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(30);
-    let binaries = [
-        "hello-lambda",
-        "grant",
-        "revoke",
-        "cleanup",
-        "discovery",
-        "webhook",
-        "audit",
-        "requests",
-    ];
+    let binaries = ["hello-lambda", "grant", "revoke", "cleanup", "discovery", "webhook", "audit", "requests"];
     println!("cold start: exec -> first GET /runtime/invocation/next, {runs} runs each, median (p90), peak RSS, stripped size");
     let mut floor = None;
     for name in binaries {
@@ -78,10 +66,7 @@ fn one_start(path: &str) -> (Duration, u64) {
     let mut buf = [0u8; 512];
     let n = socket.read(&mut buf).unwrap_or(0);
     let elapsed = started.elapsed();
-    assert!(
-        String::from_utf8_lossy(&buf[..n]).contains("/runtime/invocation/next"),
-        "{path} did not ask for an invocation"
-    );
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("/runtime/invocation/next"), "{path} did not ask for an invocation");
     let kb = peak_rss_kb(child.id());
     let _ = socket.write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n");
     let _ = child.kill();
@@ -92,11 +77,6 @@ fn one_start(path: &str) -> (Duration, u64) {
 fn peak_rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
         .unwrap_or(0)
 }

@@ -9,8 +9,5 @@ async fn main() -> Result<(), Error> {
     // Configuration and AWS clients are built once per cold start, not per event.
     let services = pgjit::aws::Services::from_env().await?;
     let services = &services;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        pgjit::control::handlers::grant(services, event).await
-    }))
-    .await
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move { pgjit::control::handlers::grant(services, event).await })).await
 }

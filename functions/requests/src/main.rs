@@ -10,8 +10,5 @@ async fn main() -> Result<(), Error> {
     // Configuration and AWS clients live as long as the execution environment.
     let services = pgjit::aws::Services::from_env().await?;
     let services = &services;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        pgjit::control::handlers::requests(services, event).await
-    }))
-    .await
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move { pgjit::control::handlers::requests(services, event).await })).await
 }

@@ -11,10 +11,8 @@ async fn main() -> Result<(), Error> {
     let services = pgjit::aws::Services::from_env().await?;
     let secrets = pgjit::control::webhook::SecretCache::default();
     let (services, secrets) = (&services, &secrets);
-    lambda_runtime::run(service_fn(
-        move |event: LambdaEvent<LambdaFunctionUrlRequest>| async move {
-            pgjit::control::handlers::webhook(services, secrets, event).await
-        },
-    ))
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<LambdaFunctionUrlRequest>| async move {
+        pgjit::control::handlers::webhook(services, secrets, event).await
+    }))
     .await
 }

@@ -4,56 +4,17 @@
 use std::borrow::Cow;
 
 /// The class names pgaudit writes in its lines.
-pub const CLASS_NAMES: &[&str] = &[
-    "READ", "WRITE", "FUNCTION", "ROLE", "DDL", "MISC", "MISC_SET",
-];
+pub const CLASS_NAMES: &[&str] = &["READ", "WRITE", "FUNCTION", "ROLE", "DDL", "MISC", "MISC_SET"];
 
 /// The commands most lines carry.
 pub const COMMON_COMMANDS: &[&str] = &[
-    "SELECT",
-    "INSERT",
-    "UPDATE",
-    "DELETE",
-    "MERGE",
-    "TRUNCATE TABLE",
-    "COPY",
-    "CREATE TABLE",
-    "CREATE TABLE AS",
-    "CREATE INDEX",
-    "CREATE VIEW",
-    "CREATE FUNCTION",
-    "ALTER TABLE",
-    "DROP TABLE",
-    "ALTER ROLE",
-    "GRANT",
-    "REVOKE",
-    "DO",
-    "EXECUTE",
-    "PREPARE",
-    "BEGIN",
-    "COMMIT",
-    "ROLLBACK",
-    "SET",
-    "SHOW",
-    "EXPLAIN",
-    "VACUUM",
-    "ANALYZE",
-    "CALL",
+    "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "TRUNCATE TABLE", "COPY", "CREATE TABLE", "CREATE TABLE AS", "CREATE INDEX", "CREATE VIEW", "CREATE FUNCTION",
+    "ALTER TABLE", "DROP TABLE", "ALTER ROLE", "GRANT", "REVOKE", "DO", "EXECUTE", "PREPARE", "BEGIN", "COMMIT", "ROLLBACK", "SET", "SHOW", "EXPLAIN", "VACUUM",
+    "ANALYZE", "CALL",
 ];
 
 /// The object types of relation lines.
-pub const OBJECT_TYPES: &[&str] = &[
-    "TABLE",
-    "VIEW",
-    "MATERIALIZED VIEW",
-    "SEQUENCE",
-    "INDEX",
-    "FOREIGN TABLE",
-    "COMPOSITE TYPE",
-    "TOAST TABLE",
-    "FUNCTION",
-    "",
-];
+pub const OBJECT_TYPES: &[&str] = &["TABLE", "VIEW", "MATERIALIZED VIEW", "SEQUENCE", "INDEX", "FOREIGN TABLE", "COMPOSITE TYPE", "TOAST TABLE", "FUNCTION", ""];
 
 /// One `AUDIT:` line: `AUDIT: SESSION,<statement id>,<substatement id>,<class>,<command>,
 /// <object type>,<object name>,<statement>,<parameter>[,<rows>]`, fields CSV-quoted when they
@@ -102,22 +63,14 @@ impl<'a> AuditLine<'a> {
         if fields.done || rest.replace("\"\"", "").contains('"') {
             return None;
         }
-        line.statement = if rest.contains("\"\"") {
-            Cow::Owned(rest.replace("\"\"", "\""))
-        } else {
-            Cow::Borrowed(rest)
-        };
+        line.statement = if rest.contains("\"\"") { Cow::Owned(rest.replace("\"\"", "\"")) } else { Cow::Borrowed(rest) };
         Some(line)
     }
 
     /// The fields before the statement (its own left empty), and the reader standing at it.
     fn head(message: &'a str) -> Option<(AuditLine<'a>, CsvFields<'a>)> {
         let csv = message.strip_prefix("AUDIT: ")?;
-        let mut fields = CsvFields {
-            text: csv,
-            at: 0,
-            done: false,
-        };
+        let mut fields = CsvFields { text: csv, at: 0, done: false };
         let kind = fields.next()??;
         if kind != "SESSION" && kind != "OBJECT" {
             return None;
@@ -156,25 +109,20 @@ impl<'a> Iterator for CsvFields<'a> {
             // pgaudit quotes every field holding a quote, so an unquoted field never has one: a
             // line that does is not pgaudit's (the tail of another message, say).
             let field_start = self.at;
-            return Some(
-                match bytes[field_start..]
-                    .iter()
-                    .position(|b| *b == b',' || *b == b'"')
-                {
-                    Some(i) if bytes[field_start + i] == b'"' => {
-                        self.done = true;
-                        None
-                    }
-                    Some(comma) => {
-                        self.at += comma + 1;
-                        Some(Cow::Borrowed(&text[field_start..field_start + comma]))
-                    }
-                    None => {
-                        self.done = true;
-                        Some(Cow::Borrowed(&text[field_start..]))
-                    }
-                },
-            );
+            return Some(match bytes[field_start..].iter().position(|b| *b == b',' || *b == b'"') {
+                Some(i) if bytes[field_start + i] == b'"' => {
+                    self.done = true;
+                    None
+                }
+                Some(comma) => {
+                    self.at += comma + 1;
+                    Some(Cow::Borrowed(&text[field_start..field_start + comma]))
+                }
+                None => {
+                    self.done = true;
+                    Some(Cow::Borrowed(&text[field_start..]))
+                }
+            });
         }
         let start = self.at + 1;
         let mut value: Option<String> = None;
@@ -185,9 +133,7 @@ impl<'a> Iterator for CsvFields<'a> {
                 return Some(None);
             };
             if bytes.get(close + 1) == Some(&b'"') {
-                value
-                    .get_or_insert_with(String::new)
-                    .push_str(&text[from..=close]);
+                value.get_or_insert_with(String::new).push_str(&text[from..=close]);
                 from = close + 2;
                 continue;
             }
@@ -219,24 +165,9 @@ mod cut_tests {
     #[test]
     fn a_record_cut_inside_its_statement_keeps_its_first_fields() {
         let cut = AuditLine::parse_cut("AUDIT: SESSION,3,1,WRITE,DELETE,TABLE,ops.pay,\"DELETE FROM ops.pay WHERE note = \"\"a,b\"\"\n  AND id IN (1,").unwrap();
-        assert_eq!(
-            (
-                cut.statement_id,
-                &*cut.class,
-                &*cut.command,
-                &*cut.object_name
-            ),
-            (3, "WRITE", "DELETE", "ops.pay")
-        );
-        assert_eq!(
-            cut.statement,
-            "DELETE FROM ops.pay WHERE note = \"a,b\"\n  AND id IN (1,"
-        );
-        assert!(
-            AuditLine::parse("AUDIT: SESSION,3,1,WRITE,DELETE,TABLE,ops.pay,\"DELETE FROM")
-                .is_none(),
-            "not a whole line"
-        );
+        assert_eq!((cut.statement_id, &*cut.class, &*cut.command, &*cut.object_name), (3, "WRITE", "DELETE", "ops.pay"));
+        assert_eq!(cut.statement, "DELETE FROM ops.pay WHERE note = \"a,b\"\n  AND id IN (1,");
+        assert!(AuditLine::parse("AUDIT: SESSION,3,1,WRITE,DELETE,TABLE,ops.pay,\"DELETE FROM").is_none(), "not a whole line");
         for not_cut in [
             "AUDIT: SESSION,3,1,WRITE,DELETE,TABLE,ops.pay,\"DELETE\",<not logged>",
             "AUDIT: SESSION,3,1,WRITE,DELETE,TABLE,ops.pay,\"DELETE\" x",
@@ -256,32 +187,13 @@ mod tests {
     #[test]
     fn audit_lines_with_quotes_commas_and_newlines() {
         let line = AuditLine::parse("AUDIT: SESSION,3,1,READ,SELECT,TABLE,sales.orders,\"SELECT a, \"\"b\"\"\nFROM sales.orders\",<not logged>").unwrap();
-        assert_eq!(
-            (
-                line.statement_id,
-                line.substatement_id,
-                &*line.class,
-                &*line.command
-            ),
-            (3, 1, "READ", "SELECT")
-        );
-        assert_eq!(
-            (&*line.object_type, &*line.object_name),
-            ("TABLE", "sales.orders")
-        );
+        assert_eq!((line.statement_id, line.substatement_id, &*line.class, &*line.command), (3, 1, "READ", "SELECT"));
+        assert_eq!((&*line.object_type, &*line.object_name), ("TABLE", "sales.orders"));
         assert_eq!(line.statement, "SELECT a, \"b\"\nFROM sales.orders");
-        let plain = AuditLine::parse(
-            "AUDIT: SESSION,2,1,ROLE,ALTER ROLE,,,ALTER ROLE u PASSWORD <REDACTED>,<not logged>",
-        )
-        .unwrap();
-        assert_eq!(
-            (&*plain.object_name, &*plain.statement),
-            ("", "ALTER ROLE u PASSWORD <REDACTED>")
-        );
+        let plain = AuditLine::parse("AUDIT: SESSION,2,1,ROLE,ALTER ROLE,,,ALTER ROLE u PASSWORD <REDACTED>,<not logged>").unwrap();
+        assert_eq!((&*plain.object_name, &*plain.statement), ("", "ALTER ROLE u PASSWORD <REDACTED>"));
         // pgaudit.log_rows adds a field
-        assert!(
-            AuditLine::parse("AUDIT: SESSION,1,1,READ,SELECT,,,SELECT 1,<not logged>,1").is_some()
-        );
+        assert!(AuditLine::parse("AUDIT: SESSION,1,1,READ,SELECT,,,SELECT 1,<not logged>,1").is_some());
         for bad in [
             "AUDIT: SESSION,1,1,READ",
             "AUDIT: SESSION,x,1,READ,SELECT,,,s,p",

@@ -15,10 +15,7 @@ const REDACTED: &str = "[redacted]";
 /// Words after which a literal is a secret.
 fn names_a_secret(word: &str) -> bool {
     let b = word.as_bytes();
-    let at = |i: usize, needle: &[u8]| {
-        b.get(i..i + needle.len())
-            .is_some_and(|w| w.eq_ignore_ascii_case(needle))
-    };
+    let at = |i: usize, needle: &[u8]| b.get(i..i + needle.len()).is_some_and(|w| w.eq_ignore_ascii_case(needle));
     word.eq_ignore_ascii_case("passphrase")
         || word.eq_ignore_ascii_case("pwd")
         || (0..b.len()).any(|i| match b[i] | 0x20 {
@@ -54,11 +51,7 @@ pub fn redact(statement: &str) -> std::borrow::Cow<'_, str> {
         }
         if let Some(literal) = literal_at(statement, at) {
             let secret = secret_word_pending;
-            let replacement = if secret {
-                Some(format!("'{REDACTED}'"))
-            } else {
-                redact_inside(&literal.value).map(|v| quote(&v))
-            };
+            let replacement = if secret { Some(format!("'{REDACTED}'")) } else { redact_inside(&literal.value).map(|v| quote(&v)) };
             if let Some(replacement) = replacement {
                 out.push_str(&statement[copied..literal.start]);
                 out.push_str(&replacement);
@@ -82,12 +75,7 @@ pub fn redact(statement: &str) -> std::borrow::Cow<'_, str> {
         if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
             // Identifier bytes: ASCII letters, digits, '_', '$', and any byte of a multi-byte
             // character (so a word never ends inside one).
-            let len = bytes[at..]
-                .iter()
-                .position(|b| {
-                    !(b.is_ascii_alphanumeric() || *b == b'_' || *b == b'$' || *b >= 0x80)
-                })
-                .unwrap_or(bytes.len() - at);
+            let len = bytes[at..].iter().position(|b| !(b.is_ascii_alphanumeric() || *b == b'_' || *b == b'$' || *b >= 0x80)).unwrap_or(bytes.len() - at);
             let word = &statement[at..at + len];
             if word.eq_ignore_ascii_case("to") && secret_word_pending {
                 // `SET x.password TO '…'`
@@ -155,10 +143,7 @@ pub fn redact_cow(statement: std::borrow::Cow<'_, str>) -> std::borrow::Cow<'_, 
 /// the loop rarely branches away, and only at an anchor are the needles around it compared.
 fn may_hold_secret(text: &str) -> bool {
     let b = text.as_bytes();
-    let at = |i: Option<usize>, needle: &[u8]| {
-        i.and_then(|i| b.get(i..i + needle.len()))
-            .is_some_and(|w| w.eq_ignore_ascii_case(needle))
-    };
+    let at = |i: Option<usize>, needle: &[u8]| i.and_then(|i| b.get(i..i + needle.len())).is_some_and(|w| w.eq_ignore_ascii_case(needle));
     b.windows(2).enumerate().any(|(i, w)| {
         let pair = anchor_pair(w[0], w[1]);
         if SECRET_ANCHORS[pair >> 6] >> (pair & 63) & 1 == 0 {
@@ -167,14 +152,10 @@ fn may_hold_secret(text: &str) -> bool {
         match pair {
             _ if pair == anchor_pair(b'p', b'a') => at(Some(i), b"pass"),
             _ if pair == anchor_pair(b'p', b'w') => at(Some(i), b"pwd"),
-            _ if pair == anchor_pair(b'c', b'r') => {
-                at(i.checked_sub(2), b"secret") || at(Some(i), b"credential")
-            }
+            _ if pair == anchor_pair(b'c', b'r') => at(i.checked_sub(2), b"secret") || at(Some(i), b"credential"),
             _ if pair == anchor_pair(b'o', b'k') => at(i.checked_sub(1), b"token"),
             _ if pair == anchor_pair(b'i', b'k') => at(i.checked_sub(2), b"apikey"),
-            _ if pair == anchor_pair(b'_', b'k') => {
-                at(i.checked_sub(3), b"api_key") || at(i.checked_sub(6), b"access_key")
-            }
+            _ if pair == anchor_pair(b'_', b'k') => at(i.checked_sub(3), b"api_key") || at(i.checked_sub(6), b"access_key"),
             _ => at(Some(i), b"://"),
         }
     })
@@ -188,15 +169,7 @@ const fn anchor_pair(first: u8, second: u8) -> usize {
 
 /// The set of anchor pairs of [`may_hold_secret`], one bit per pair.
 const SECRET_ANCHORS: [u64; 1024] = {
-    let pairs = [
-        anchor_pair(b'p', b'a'),
-        anchor_pair(b'p', b'w'),
-        anchor_pair(b'c', b'r'),
-        anchor_pair(b'o', b'k'),
-        anchor_pair(b'i', b'k'),
-        anchor_pair(b'_', b'k'),
-        anchor_pair(b':', b'/'),
-    ];
+    let pairs = [anchor_pair(b'p', b'a'), anchor_pair(b'p', b'w'), anchor_pair(b'c', b'r'), anchor_pair(b'o', b'k'), anchor_pair(b'i', b'k'), anchor_pair(b'_', b'k'), anchor_pair(b':', b'/')];
     let mut set = [0u64; 1024];
     let mut i = 0;
     while i < pairs.len() {
@@ -222,29 +195,17 @@ fn literal_at(s: &str, at: usize) -> Option<Literal<'_>> {
     let (quote_at, backslashes) = match c {
         b'\'' => (at, false),
         b'E' | b'e' if !after_word && bytes.get(at + 1) == Some(&b'\'') => (at + 1, true),
-        b'U' | b'u'
-            if !after_word
-                && bytes.get(at + 1) == Some(&b'&')
-                && bytes.get(at + 2) == Some(&b'\'') =>
-        {
-            (at + 2, false)
-        }
+        b'U' | b'u' if !after_word && bytes.get(at + 1) == Some(&b'&') && bytes.get(at + 2) == Some(&b'\'') => (at + 2, false),
         b'$' => {
             let tag_len = s[at + 1..].find(|ch: char| !(ch.is_alphanumeric() || ch == '_'))?;
-            if bytes.get(at + 1 + tag_len) != Some(&b'$')
-                || s[at + 1..].starts_with(|ch: char| ch.is_ascii_digit())
-            {
+            if bytes.get(at + 1 + tag_len) != Some(&b'$') || s[at + 1..].starts_with(|ch: char| ch.is_ascii_digit()) {
                 return None;
             }
             let tag = &s[at..at + tag_len + 2];
             let body = at + tag.len();
             let close = s[body..].find(tag).map(|i| body + i);
             let end = close.map(|i| i + tag.len()).unwrap_or(s.len());
-            return Some(Literal {
-                start: at,
-                end,
-                value: std::borrow::Cow::Borrowed(&s[body..close.unwrap_or(s.len())]),
-            });
+            return Some(Literal { start: at, end, value: std::borrow::Cow::Borrowed(&s[body..close.unwrap_or(s.len())]) });
         }
         _ => return None,
     };
@@ -253,11 +214,7 @@ fn literal_at(s: &str, at: usize) -> Option<Literal<'_>> {
     let special = |b: &u8| *b == b'\'' || (backslashes && *b == b'\\');
     let first = bytes[body..].iter().position(special).map(|i| body + i);
     if let Some(close) = first.filter(|&i| bytes[i] == b'\'' && bytes.get(i + 1) != Some(&b'\'')) {
-        return Some(Literal {
-            start: at,
-            end: close + 1,
-            value: std::borrow::Cow::Borrowed(&s[body..close]),
-        });
+        return Some(Literal { start: at, end: close + 1, value: std::borrow::Cow::Borrowed(&s[body..close]) });
     }
     let mut value = String::from(&s[body..first.unwrap_or(s.len())]);
     let mut i = first.unwrap_or(s.len());
@@ -267,38 +224,22 @@ fn literal_at(s: &str, at: usize) -> Option<Literal<'_>> {
                 value.push('\'');
                 i += 2;
             }
-            b'\'' => {
-                return Some(Literal {
-                    start: at,
-                    end: i + 1,
-                    value: std::borrow::Cow::Owned(value),
-                })
-            }
+            b'\'' => return Some(Literal { start: at, end: i + 1, value: std::borrow::Cow::Owned(value) }),
             b'\\' if backslashes && i + 1 < bytes.len() => {
                 let next = s[i + 1..].chars().next().unwrap_or('\\');
                 value.push(next);
                 i += 1 + next.len_utf8();
             }
             _ => {
-                let run = bytes[i..]
-                    .iter()
-                    .position(special)
-                    .unwrap_or(bytes.len() - i)
-                    .max(1);
-                let run_end = (i + run..=bytes.len())
-                    .find(|e| s.is_char_boundary(*e))
-                    .unwrap_or(bytes.len());
+                let run = bytes[i..].iter().position(special).unwrap_or(bytes.len() - i).max(1);
+                let run_end = (i + run..=bytes.len()).find(|e| s.is_char_boundary(*e)).unwrap_or(bytes.len());
                 value.push_str(&s[i..run_end]);
                 i = run_end;
             }
         }
     }
     // An unterminated literal runs to the end (the server would have refused it; hide it all).
-    Some(Literal {
-        start: at,
-        end: s.len(),
-        value: std::borrow::Cow::Owned(value),
-    })
+    Some(Literal { start: at, end: s.len(), value: std::borrow::Cow::Owned(value) })
 }
 
 fn quote(value: &str) -> String {
@@ -334,9 +275,7 @@ fn redact_inside(value: &str) -> Option<String> {
                 }
                 (i + 1).min(b.len())
             } else {
-                at + value[at..]
-                    .find(char::is_whitespace)
-                    .unwrap_or(value.len() - at)
+                at + value[at..].find(char::is_whitespace).unwrap_or(value.len() - at)
             };
             if at >= copied {
                 out.push_str(&value[copied..at]);
@@ -352,10 +291,7 @@ fn redact_inside(value: &str) -> Option<String> {
     let mut from = 0;
     while let Some(found) = value[from..].find("://") {
         let authority_start = from + found + 3;
-        let authority_end = authority_start
-            + value[authority_start..]
-                .find(|c: char| c == '/' || c == '?' || c.is_whitespace())
-                .unwrap_or(value.len() - authority_start);
+        let authority_end = authority_start + value[authority_start..].find(|c: char| c == '/' || c == '?' || c.is_whitespace()).unwrap_or(value.len() - authority_start);
         let authority = &value[authority_start..authority_end];
         if let Some(at_sign) = authority.rfind('@') {
             if let Some(colon) = authority[..at_sign].find(':') {
@@ -399,10 +335,7 @@ mod tests {
         for (statement, expected) in cases {
             let redacted = redact(statement);
             assert_eq!(redacted, expected, "{statement}");
-            assert!(
-                !redacted.contains("hunter2") && !redacted.contains("hun"),
-                "{redacted}"
-            );
+            assert!(!redacted.contains("hunter2") && !redacted.contains("hun"), "{redacted}");
         }
     }
 
@@ -414,44 +347,25 @@ mod tests {
             "UPDATE users SET password_changed_at = now() WHERE id = 1",
             "SELECT $1, 'it''s', E'a\\nb' /* password */",
         ] {
-            assert!(
-                matches!(redact(statement), std::borrow::Cow::Borrowed(_)),
-                "{statement}"
-            );
+            assert!(matches!(redact(statement), std::borrow::Cow::Borrowed(_)), "{statement}");
         }
         // A literal that merely names the column is a value, not the secret being set:
         // redaction errs towards hiding, so a value compared with a password column goes too.
-        assert_eq!(
-            redact("SELECT 1 FROM u WHERE password = 'x'"),
-            "SELECT 1 FROM u WHERE password = '[redacted]'"
-        );
+        assert_eq!(redact("SELECT 1 FROM u WHERE password = 'x'"), "SELECT 1 FROM u WHERE password = '[redacted]'");
     }
 
     #[test]
     fn nested_comments_hide_no_literal() {
         // `/* /* */ ' */` is one comment: the quote inside it starts no literal.
         let statement = "SELECT 'x' /* /* */ ' */ ALTER ROLE me PASSWORD 'hunter2' --'";
-        assert!(
-            !redact(statement).contains("hunter2"),
-            "{}",
-            redact(statement)
-        );
-        assert_eq!(
-            redact("SELECT 1 /* password 'a' */ , 2"),
-            "SELECT 1 /* password 'a' */ , 2"
-        );
+        assert!(!redact(statement).contains("hunter2"), "{}", redact(statement));
+        assert_eq!(redact("SELECT 1 /* password 'a' */ , 2"), "SELECT 1 /* password 'a' */ , 2");
     }
 
     #[test]
     fn more_words_name_secrets() {
-        assert_eq!(
-            redact("UPDATE t SET api_key = 'hunter2'"),
-            "UPDATE t SET api_key = '[redacted]'"
-        );
-        assert_eq!(
-            redact("ALTER SERVER s OPTIONS (SET credentials 'hunter2')"),
-            "ALTER SERVER s OPTIONS (SET credentials '[redacted]')"
-        );
+        assert_eq!(redact("UPDATE t SET api_key = 'hunter2'"), "UPDATE t SET api_key = '[redacted]'");
+        assert_eq!(redact("ALTER SERVER s OPTIONS (SET credentials 'hunter2')"), "ALTER SERVER s OPTIONS (SET credentials '[redacted]')");
     }
 
     proptest::proptest! {
@@ -479,23 +393,8 @@ mod tests {
     #[test]
     fn unterminated_and_odd_input_never_panics_or_leaks() {
         let _ = redact("SELECT 'pass' /* /* */ \" */ --é");
-        assert_eq!(
-            redact("ALTER ROLE me PASSWORD 'hunter2"),
-            "ALTER ROLE me PASSWORD '[redacted]'"
-        );
-        for s in [
-            "'",
-            "$",
-            "$a",
-            "E'",
-            "U&'",
-            "\"",
-            "/*",
-            "--",
-            "password",
-            "password =",
-            "é'password=x",
-        ] {
+        assert_eq!(redact("ALTER ROLE me PASSWORD 'hunter2"), "ALTER ROLE me PASSWORD '[redacted]'");
+        for s in ["'", "$", "$a", "E'", "U&'", "\"", "/*", "--", "password", "password =", "é'password=x"] {
             let _ = redact(s);
         }
     }

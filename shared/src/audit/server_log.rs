@@ -14,25 +14,8 @@ pub const RDS_LOG_LINE_PREFIX: &str = "%t:%r:%u@%d:[%p]:";
 
 /// The severities (and the labels of a message's extra parts) that follow the prefix.
 const SEVERITIES: &[&str] = &[
-    "LOG",
-    "ERROR",
-    "FATAL",
-    "PANIC",
-    "WARNING",
-    "NOTICE",
-    "INFO",
-    "DEBUG",
-    "DEBUG1",
-    "DEBUG2",
-    "DEBUG3",
-    "DEBUG4",
-    "DEBUG5",
-    "STATEMENT",
-    "DETAIL",
-    "HINT",
-    "CONTEXT",
-    "QUERY",
-    "LOCATION",
+    "LOG", "ERROR", "FATAL", "PANIC", "WARNING", "NOTICE", "INFO", "DEBUG", "DEBUG1", "DEBUG2", "DEBUG3", "DEBUG4", "DEBUG5", "STATEMENT", "DETAIL", "HINT",
+    "CONTEXT", "QUERY", "LOCATION",
 ];
 
 /// A `log_line_prefix` that pgjit cannot read.
@@ -93,10 +76,7 @@ impl LinePrefix {
     /// Reads `log_line_prefix` as the server does: `%` escapes (PostgreSQL's full set, with
     /// optional padding such as `%-10u`), `%%` for a percent sign, anything else literal.
     pub fn parse(prefix: &str) -> Result<LinePrefix, PrefixError> {
-        let bad = |message: String| PrefixError {
-            prefix: prefix.to_owned(),
-            message,
-        };
+        let bad = |message: String| PrefixError { prefix: prefix.to_owned(), message };
         let mut tokens = Vec::new();
         let mut literal = String::new();
         let mut chars = prefix.chars().peekable();
@@ -115,9 +95,7 @@ impl LinePrefix {
                     break;
                 }
             }
-            let Some(escape) = chars.next() else {
-                return Err(bad("ends in a lone '%'".into()));
-            };
+            let Some(escape) = chars.next() else { return Err(bad("ends in a lone '%'".into())) };
             let field = match escape {
                 '%' => {
                     literal.push('%');
@@ -145,9 +123,7 @@ impl LinePrefix {
             if padded {
                 // Padding adds spaces that pgjit would have to strip from every field; none of
                 // the usual prefixes pad, so refuse rather than misread.
-                return Err(bad(format!(
-                    "padded escapes (%-N{escape}) are not supported"
-                )));
+                return Err(bad(format!("padded escapes (%-N{escape}) are not supported")));
             }
             if !literal.is_empty() {
                 tokens.push(Token::Literal(std::mem::take(&mut literal)));
@@ -162,13 +138,8 @@ impl LinePrefix {
         if !literal.is_empty() {
             tokens.push(Token::Literal(literal));
         }
-        if !tokens
-            .iter()
-            .any(|t| matches!(t, Token::Field(Field::User)))
-        {
-            return Err(bad(
-                "has no %u: log lines could not be tied to a user".into()
-            ));
+        if !tokens.iter().any(|t| matches!(t, Token::Field(Field::User))) {
+            return Err(bad("has no %u: log lines could not be tied to a user".into()));
         }
         Ok(LinePrefix { tokens })
     }
@@ -200,44 +171,20 @@ struct Spans {
 }
 
 impl Spans {
-    fn fields<'l>(
-        &self,
-        line: &'l str,
-        parse_time: impl FnOnce(&str) -> Option<DateTime<Utc>>,
-    ) -> PrefixFields<'l> {
-        let text = |span: Option<(usize, usize)>| {
-            span.map(|(a, b)| &line[a..b])
-                .filter(|v| !v.is_empty() && *v != "[unknown]")
-        };
+    fn fields<'l>(&self, line: &'l str, parse_time: impl FnOnce(&str) -> Option<DateTime<Utc>>) -> PrefixFields<'l> {
+        let text = |span: Option<(usize, usize)>| span.map(|(a, b)| &line[a..b]).filter(|v| !v.is_empty() && *v != "[unknown]");
         let time = match self.time {
-            Some((a, b, Field::Epoch)) => line[a..b]
-                .parse::<f64>()
-                .ok()
-                .and_then(|s| DateTime::from_timestamp_millis((s * 1000.0).round() as i64)),
+            Some((a, b, Field::Epoch)) => line[a..b].parse::<f64>().ok().and_then(|s| DateTime::from_timestamp_millis((s * 1000.0).round() as i64)),
             Some((a, b, _)) => parse_time(&line[a..b]),
             None => None,
         };
-        PrefixFields {
-            time,
-            user: text(self.user),
-            database: text(self.database),
-            client: text(self.client),
-            pid: self.pid.and_then(|(a, b)| line[a..b].parse().ok()),
-        }
+        PrefixFields { time, user: text(self.user), database: text(self.database), client: text(self.client), pid: self.pid.and_then(|(a, b)| line[a..b].parse().ok()) }
     }
 }
 
 /// Fields whose text has a shape of its own, so they can sit next to another field.
 fn fixed_shape(field: Field) -> bool {
-    matches!(
-        field,
-        Field::Time
-            | Field::TimeMs
-            | Field::Epoch
-            | Field::SessionStart
-            | Field::Pid
-            | Field::RemoteWithPort
-    )
+    matches!(field, Field::Time | Field::TimeMs | Field::Epoch | Field::SessionStart | Field::Pid | Field::RemoteWithPort)
 }
 
 /// `SEVERITY:  message` at `at`, if there is one.
@@ -256,9 +203,7 @@ fn severity_at(line: &str, at: usize) -> Option<(&'static str, &str)> {
 /// the prefix ends (the severity must follow there). Free-text fields try each end, shortest
 /// first, without allocating.
 fn match_tokens(tokens: &[Token], line: &str, at: usize, spans: &mut Spans) -> Option<usize> {
-    let Some((token, rest)) = tokens.split_first() else {
-        return Some(at);
-    };
+    let Some((token, rest)) = tokens.split_first() else { return Some(at) };
     let field = match token {
         Token::Literal(text) => {
             if !line.get(at..)?.starts_with(text.as_str()) {
@@ -284,9 +229,7 @@ fn match_tokens(tokens: &[Token], line: &str, at: usize, spans: &mut Spans) -> O
         let mut tried = *spans;
         let span = (at, at + len);
         match field {
-            Field::Time | Field::TimeMs | Field::Epoch => {
-                tried.time = Some((span.0, span.1, field))
-            }
+            Field::Time | Field::TimeMs | Field::Epoch => tried.time = Some((span.0, span.1, field)),
             Field::User => tried.user = Some(span),
             Field::Database => tried.database = Some(span),
             Field::RemoteWithPort | Field::RemoteHost => tried.client = Some(span),
@@ -300,17 +243,11 @@ fn match_tokens(tokens: &[Token], line: &str, at: usize, spans: &mut Spans) -> O
     match field {
         Field::Time | Field::SessionStart => attempt(timestamp_len(tail, false)?, spans),
         Field::TimeMs => attempt(timestamp_len(tail, true)?, spans),
-        Field::Epoch => attempt(
-            tail.bytes()
-                .take_while(|b| b.is_ascii_digit() || *b == b'.')
-                .count(),
-            spans,
-        ),
+        Field::Epoch => attempt(tail.bytes().take_while(|b| b.is_ascii_digit() || *b == b'.').count(), spans),
         Field::Pid => attempt(tail.bytes().take_while(u8::is_ascii_digit).count(), spans),
         Field::RemoteWithPort => {
             let (full, empty) = remote_len(tail);
-            full.and_then(|len| attempt(len, spans))
-                .or_else(|| attempt(empty, spans))
+            full.and_then(|len| attempt(len, spans)).or_else(|| attempt(empty, spans))
         }
         Field::RemoteHost | Field::User | Field::Database | Field::Other => {
             // Free text ends where the next literal (or the severity) can start; a line's
@@ -321,12 +258,8 @@ fn match_tokens(tokens: &[Token], line: &str, at: usize, spans: &mut Spans) -> O
             }
             let window = &tail[..limit];
             match rest.first() {
-                Some(Token::Literal(next)) => window
-                    .match_indices(next.as_str())
-                    .find_map(|(i, _)| attempt(i, spans)),
-                _ => (0..=limit)
-                    .filter(|i| window.is_char_boundary(*i) && severity_at(tail, *i).is_some())
-                    .find_map(|i| attempt(i, spans)),
+                Some(Token::Literal(next)) => window.match_indices(next.as_str()).find_map(|(i, _)| attempt(i, spans)),
+                _ => (0..=limit).filter(|i| window.is_char_boundary(*i) && severity_at(tail, *i).is_some()).find_map(|i| attempt(i, spans)),
             }
         }
     }
@@ -335,21 +268,9 @@ fn match_tokens(tokens: &[Token], line: &str, at: usize, spans: &mut Spans) -> O
 /// Length of `YYYY-MM-DD HH:MM:SS[.mmm] ZONE` at the start of `text`.
 fn timestamp_len(text: &str, millis: bool) -> Option<usize> {
     let b = text.as_bytes();
-    let digits = |range: std::ops::Range<usize>| {
-        b.get(range.clone())
-            .is_some_and(|s| s.iter().all(u8::is_ascii_digit))
-    };
-    let shape = digits(0..4)
-        && b.get(4) == Some(&b'-')
-        && digits(5..7)
-        && b.get(7) == Some(&b'-')
-        && digits(8..10)
-        && b.get(10) == Some(&b' ')
-        && digits(11..13)
-        && b.get(13) == Some(&b':')
-        && digits(14..16)
-        && b.get(16) == Some(&b':')
-        && digits(17..19);
+    let digits = |range: std::ops::Range<usize>| b.get(range.clone()).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
+    let shape = digits(0..4) && b.get(4) == Some(&b'-') && digits(5..7) && b.get(7) == Some(&b'-') && digits(8..10) && b.get(10) == Some(&b' ')
+        && digits(11..13) && b.get(13) == Some(&b':') && digits(14..16) && b.get(16) == Some(&b':') && digits(17..19);
     if !shape {
         return None;
     }
@@ -367,16 +288,8 @@ fn timestamp_len(text: &str, millis: bool) -> Option<usize> {
     // the zone in the prefix, so it is never part of it.
     let zone_text = &b[at + 1..];
     let zone = match zone_text.first() {
-        Some(b'+' | b'-') => {
-            1 + zone_text[1..]
-                .iter()
-                .take_while(|c| c.is_ascii_digit())
-                .count()
-        }
-        _ => zone_text
-            .iter()
-            .take_while(|c| c.is_ascii_alphabetic())
-            .count(),
+        Some(b'+' | b'-') => 1 + zone_text[1..].iter().take_while(|c| c.is_ascii_digit()).count(),
+        _ => zone_text.iter().take_while(|c| c.is_ascii_alphabetic()).count(),
     };
     (zone > 0).then_some(at + 1 + zone)
 }
@@ -391,36 +304,23 @@ pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
     let b = local.as_bytes();
     let number = |range: std::ops::Range<usize>| -> Option<u32> {
         let digits = b.get(range)?;
-        digits.iter().try_fold(0u32, |n, d| {
-            d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
-        })
+        digits.iter().try_fold(0u32, |n, d| d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0')))
     };
-    if b.len() < 19
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b' '
-        || b[13] != b':'
-        || b[16] != b':'
-    {
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b' ' || b[13] != b':' || b[16] != b':' {
         return None;
     }
     let nanos = match b.get(19) {
         None => 0,
         Some(b'.') => {
             let fraction = &local[20..];
-            if fraction.is_empty()
-                || fraction.len() > 9
-                || !fraction.bytes().all(|d| d.is_ascii_digit())
-            {
+            if fraction.is_empty() || fraction.len() > 9 || !fraction.bytes().all(|d| d.is_ascii_digit()) {
                 return None;
             }
             fraction.parse::<u32>().ok()? * 10u32.pow(9 - fraction.len() as u32)
         }
         Some(_) => return None,
     };
-    let naive =
-        chrono::NaiveDate::from_ymd_opt(number(0..4)? as i32, number(5..7)?, number(8..10)?)?
-            .and_hms_nano_opt(number(11..13)?, number(14..16)?, number(17..19)?, nanos)?;
+    let naive = chrono::NaiveDate::from_ymd_opt(number(0..4)? as i32, number(5..7)?, number(8..10)?)?.and_hms_nano_opt(number(11..13)?, number(14..16)?, number(17..19)?, nanos)?;
     let offset_seconds = match zone {
         "UTC" | "GMT" | "Z" | "UCT" => 0,
         _ => {
@@ -432,19 +332,13 @@ pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
             let digits: String = zone[1..].chars().filter(char::is_ascii_digit).collect();
             let (hours, minutes) = match digits.len() {
                 2 => (digits.parse::<i32>().ok()?, 0),
-                4 => (
-                    digits[..2].parse::<i32>().ok()?,
-                    digits[2..].parse::<i32>().ok()?,
-                ),
+                4 => (digits[..2].parse::<i32>().ok()?, digits[2..].parse::<i32>().ok()?),
                 _ => return None,
             };
             sign * (hours * 3600 + minutes * 60)
         }
     };
-    FixedOffset::east_opt(offset_seconds)?
-        .from_local_datetime(&naive)
-        .single()
-        .map(|t| t.with_timezone(&Utc))
+    FixedOffset::east_opt(offset_seconds)?.from_local_datetime(&naive).single().map(|t| t.with_timezone(&Utc))
 }
 
 /// Length of `%r` at the start of `text`: `host(port)` or `[local]` if there is one, and the
@@ -457,10 +351,7 @@ fn remote_len(text: &str) -> (Option<usize>, usize) {
     if let Some(open) = head.iter().position(|b| *b == b'(') {
         let host = &head[..open];
         if !host.is_empty() && !host.iter().any(u8::is_ascii_whitespace) {
-            let port = text.as_bytes()[open + 1..]
-                .iter()
-                .take_while(|b| b.is_ascii_digit())
-                .count();
+            let port = text.as_bytes()[open + 1..].iter().take_while(|b| b.is_ascii_digit()).count();
             if port > 0 && text.as_bytes().get(open + 1 + port) == Some(&b')') {
                 return (Some(open + port + 2), 0);
             }
@@ -509,34 +400,17 @@ pub struct Records<'p, 'a> {
 
 impl<'p, 'a> Records<'p, 'a> {
     pub fn new(prefix: &'p LinePrefix) -> Self {
-        Records {
-            prefix,
-            records: Vec::new(),
-            unparsed: 0,
-            last_time: None,
-            users_with_prefix: None,
-            skipping: false,
-        }
+        Records { prefix, records: Vec::new(), unparsed: 0, last_time: None, users_with_prefix: None, skipping: false }
     }
 
     /// Records of users whose name starts with `prefix` only: the others (and the lines that
     /// continue them) are read past without being kept.
     pub fn of_users_with_prefix(prefix: &'p LinePrefix, user_prefix: &str) -> Self {
-        Records {
-            users_with_prefix: Some(
-                memchr::memmem::Finder::new(user_prefix.as_bytes()).into_owned(),
-            ),
-            ..Records::new(prefix)
-        }
+        Records { users_with_prefix: Some(memchr::memmem::Finder::new(user_prefix.as_bytes()).into_owned()), ..Records::new(prefix) }
     }
 
     /// Adds one log event's text (one or more lines) from `origin`.
-    pub fn push_event(
-        &mut self,
-        origin: &'a str,
-        event_time: Option<DateTime<Utc>>,
-        text: &'a str,
-    ) {
+    pub fn push_event(&mut self, origin: &'a str, event_time: Option<DateTime<Utc>>, text: &'a str) {
         let mut started_here = 0;
         for line in text.split('\n') {
             let line = line.strip_suffix('\r').unwrap_or(line);
@@ -558,21 +432,14 @@ impl<'p, 'a> Records<'p, 'a> {
             // A line that does not even contain the users' prefix is no kept user's record: it
             // is read past without matching its prefix (and what continues it with it).
             if let Some(users) = &self.users_with_prefix {
-                if users
-                    .find(line.get(..512).unwrap_or(line).as_bytes())
-                    .is_none()
-                {
+                if users.find(line.get(..512).unwrap_or(line).as_bytes()).is_none() {
                     self.skipping = true;
                     continue;
                 }
             }
             match self.prefix.split_spans(line) {
                 Some((spans, severity, message)) => {
-                    self.skipping = self.users_with_prefix.as_ref().is_some_and(|p| {
-                        !spans
-                            .user
-                            .is_some_and(|(a, b)| line[a..b].as_bytes().starts_with(p.needle()))
-                    });
+                    self.skipping = self.users_with_prefix.as_ref().is_some_and(|p| !spans.user.is_some_and(|(a, b)| line[a..b].as_bytes().starts_with(p.needle())));
                     if self.skipping {
                         continue;
                     }
@@ -585,13 +452,7 @@ impl<'p, 'a> Records<'p, 'a> {
                             time
                         }
                     });
-                    self.records.push(Record {
-                        fields,
-                        severity,
-                        message: Cow::Borrowed(message),
-                        origin: (origin, started_here),
-                        event_time,
-                    });
+                    self.records.push(Record { fields, severity, message: Cow::Borrowed(message), origin: (origin, started_here), event_time });
                     started_here += 1;
                 }
                 None => self.unparsed += 1,
@@ -616,28 +477,17 @@ mod tests {
         assert_eq!(fields.database.as_deref(), Some("app"));
         assert_eq!(fields.client.as_deref(), Some("10.0.1.7(54321)"));
         assert_eq!(fields.pid, Some(12464));
-        assert_eq!(
-            fields.time.unwrap().to_rfc3339(),
-            "2026-11-25T07:54:04+00:00"
-        );
+        assert_eq!(fields.time.unwrap().to_rfc3339(), "2026-11-25T07:54:04+00:00");
         assert_eq!(severity, "LOG");
         assert!(message.starts_with("AUDIT: SESSION,1,1,READ"));
     }
 
     #[test]
     fn background_processes_and_unknown_users_have_empty_fields() {
-        let (fields, severity, _) = rds()
-            .split("2026-11-25 07:54:02 UTC::@:[12433]:LOG:  database system is ready")
-            .unwrap();
-        assert_eq!(
-            (fields.user, fields.database, fields.client, severity),
-            (None, None, None, "LOG")
-        );
+        let (fields, severity, _) = rds().split("2026-11-25 07:54:02 UTC::@:[12433]:LOG:  database system is ready").unwrap();
+        assert_eq!((fields.user, fields.database, fields.client, severity), (None, None, None, "LOG"));
         let (fields, ..) = rds().split("2026-11-25 07:54:02 UTC:[local]:[unknown]@[unknown]:[12441]:LOG:  connection received: host=[local]").unwrap();
-        assert_eq!(
-            (fields.user, fields.client.as_deref()),
-            (None, Some("[local]"))
-        );
+        assert_eq!((fields.user, fields.client.as_deref()), (None, Some("[local]")));
     }
 
     #[test]
@@ -653,57 +503,24 @@ mod tests {
     #[test]
     fn other_prefixes_and_the_usual_escapes() {
         let p = LinePrefix::parse("%m [%p] %q%u@%d ").unwrap();
-        let (f, s, m) = p
-            .split("2026-11-25 07:54:04.123 UTC [42] alice@app LOG:  statement: SELECT 1")
-            .unwrap();
-        assert_eq!(
-            (f.user.as_deref(), f.database.as_deref(), f.pid, s, m),
-            (
-                Some("alice"),
-                Some("app"),
-                Some(42),
-                "LOG",
-                "statement: SELECT 1"
-            )
-        );
+        let (f, s, m) = p.split("2026-11-25 07:54:04.123 UTC [42] alice@app LOG:  statement: SELECT 1").unwrap();
+        assert_eq!((f.user.as_deref(), f.database.as_deref(), f.pid, s, m), (Some("alice"), Some("app"), Some(42), "LOG", "statement: SELECT 1"));
         assert_eq!(f.time.unwrap().timestamp_subsec_millis(), 123);
         // %q: the checkpointer has no session, so its prefix stops there.
-        let (f, s, _) = p
-            .split("2026-11-25 07:54:04.123 UTC [7] LOG:  checkpoint starting: time")
-            .unwrap();
+        let (f, s, _) = p.split("2026-11-25 07:54:04.123 UTC [7] LOG:  checkpoint starting: time").unwrap();
         assert_eq!((f.user, f.pid, s), (None, Some(7), "LOG"));
         let p = LinePrefix::parse("%n|%a|%c|%l|%h|%u|%d|%%|").unwrap();
-        let (f, ..) = p
-            .split("1764057244.500|psql|692561a4.3090|3|10.0.0.9|carol|crm|%|LOG:  x")
-            .unwrap();
-        assert_eq!(
-            (
-                f.user.as_deref(),
-                f.database.as_deref(),
-                f.client.as_deref()
-            ),
-            (Some("carol"), Some("crm"), Some("10.0.0.9"))
-        );
+        let (f, ..) = p.split("1764057244.500|psql|692561a4.3090|3|10.0.0.9|carol|crm|%|LOG:  x").unwrap();
+        assert_eq!((f.user.as_deref(), f.database.as_deref(), f.client.as_deref()), (Some("carol"), Some("crm"), Some("10.0.0.9")));
         assert_eq!(f.time.unwrap().timestamp_millis(), 1_764_057_244_500);
         let p = LinePrefix::parse("%t [%p]: user=%u,db=%d,app=%a,client=%h ").unwrap();
-        let (f, ..) = p
-            .split("2026-11-25 08:54:04 +01 [9]: user=dave,db=app,app=psql,client=[local] LOG:  x")
-            .unwrap();
-        assert_eq!(
-            (f.user.as_deref(), f.time.unwrap().to_rfc3339()),
-            (Some("dave"), "2026-11-25T07:54:04+00:00".into())
-        );
+        let (f, ..) = p.split("2026-11-25 08:54:04 +01 [9]: user=dave,db=app,app=psql,client=[local] LOG:  x").unwrap();
+        assert_eq!((f.user.as_deref(), f.time.unwrap().to_rfc3339()), (Some("dave"), "2026-11-25T07:54:04+00:00".into()));
     }
 
     #[test]
     fn prefixes_pgjit_cannot_read_are_refused_with_the_reason() {
-        for (prefix, says) in [
-            ("%t:%p:", "no %u"),
-            ("%t %u%d", "side by side"),
-            ("%t %-10u ", "padded"),
-            ("%t %u %", "lone"),
-            ("%t %u %z", "%z"),
-        ] {
+        for (prefix, says) in [("%t:%p:", "no %u"), ("%t %u%d", "side by side"), ("%t %-10u ", "padded"), ("%t %u %", "lone"), ("%t %u %z", "%z")] {
             let e = LinePrefix::parse(prefix).unwrap_err();
             assert!(e.to_string().contains(says), "{prefix}: {e}");
         }
@@ -723,13 +540,8 @@ mod tests {
         assert_eq!(records.unparsed, 0);
         assert_eq!(records.records.len(), 3);
         assert_eq!(records.records[1].fields.user.as_deref(), Some("mallory"));
-        assert!(records.records[1]
-            .message
-            .contains("\n2026-11-25 07:54:04 UTC:[local]:pgjit_victim"));
-        assert_eq!(
-            records.records[2].message,
-            "AUDIT: SESSION,1,1,READ,SELECT,,,\"SELECT 1,\n2\",<not logged>"
-        );
+        assert!(records.records[1].message.contains("\n2026-11-25 07:54:04 UTC:[local]:pgjit_victim"));
+        assert_eq!(records.records[2].message, "AUDIT: SESSION,1,1,READ,SELECT,,,\"SELECT 1,\n2\",<not logged>");
         assert_eq!(records.records[2].origin, ("e1", 2));
         // Keeping one prefix's users only: the others and their continuations are read past.
         let mut kept = Records::of_users_with_prefix(&prefix, "pgjit_");

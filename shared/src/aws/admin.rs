@@ -46,39 +46,23 @@ impl RdsSecret {
             reason: e.to_string(),
         })?;
         if secret.username.is_empty() || secret.password.is_empty() {
-            return Err(AdminError::Format {
-                secret_id: secret_id.to_owned(),
-                reason: "username and password must not be empty".into(),
-            });
+            return Err(AdminError::Format { secret_id: secret_id.to_owned(), reason: "username and password must not be empty".into() });
         }
         Ok(secret)
     }
 
     pub fn login(&self) -> Login {
-        Login {
-            user: self.username.clone(),
-            password: self.password.clone(),
-        }
+        Login { user: self.username.clone(), password: self.password.clone() }
     }
 }
 
 /// Reads the admin secret from Secrets Manager.
-pub async fn read_secret(
-    client: &aws_sdk_secretsmanager::Client,
-    secret_id: &str,
-) -> Result<RdsSecret, AdminError> {
-    let out = client
-        .get_secret_value()
-        .secret_id(secret_id)
-        .send()
-        .await
-        .map_err(|e| AdminError::ReadSecret {
-            secret_id: secret_id.to_owned(),
-            source: e.into(),
-        })?;
-    let text = out.secret_string().ok_or_else(|| AdminError::NotAString {
+pub async fn read_secret(client: &aws_sdk_secretsmanager::Client, secret_id: &str) -> Result<RdsSecret, AdminError> {
+    let out = client.get_secret_value().secret_id(secret_id).send().await.map_err(|e| AdminError::ReadSecret {
         secret_id: secret_id.to_owned(),
+        source: e.into(),
     })?;
+    let text = out.secret_string().ok_or_else(|| AdminError::NotAString { secret_id: secret_id.to_owned() })?;
     RdsSecret::parse(secret_id, text)
 }
 
@@ -91,22 +75,13 @@ pub struct RdsIamTokens {
 
 impl RdsIamTokens {
     pub fn new(username: impl Into<String>, sdk_config: aws_config::SdkConfig) -> Self {
-        RdsIamTokens {
-            username: username.into(),
-            sdk_config,
-        }
+        RdsIamTokens { username: username.into(), sdk_config }
     }
 
     /// A fresh token for `host:port`, as the login password.
     pub async fn fresh_token(&self, host: &str, port: u16) -> Result<SecretString, AdminError> {
-        let fail = |reason: String| AdminError::Token {
-            username: self.username.clone(),
-            reason,
-        };
-        let mut config = aws_sdk_rds::auth_token::Config::builder()
-            .hostname(host)
-            .port(u64::from(port))
-            .username(&self.username);
+        let fail = |reason: String| AdminError::Token { username: self.username.clone(), reason };
+        let mut config = aws_sdk_rds::auth_token::Config::builder().hostname(host).port(u64::from(port)).username(&self.username);
         if let Some(region) = self.sdk_config.region() {
             config = config.region(region.clone());
         }
@@ -124,14 +99,7 @@ impl TokenSource for RdsIamTokens {
         &self.username
     }
 
-    fn token<'a>(
-        &'a self,
-        host: &'a str,
-        port: u16,
-    ) -> futures_util::future::BoxFuture<
-        'a,
-        Result<SecretString, Box<dyn std::error::Error + Send + Sync>>,
-    > {
+    fn token<'a>(&'a self, host: &'a str, port: u16) -> futures_util::future::BoxFuture<'a, Result<SecretString, Box<dyn std::error::Error + Send + Sync>>> {
         Box::pin(async move { self.fresh_token(host, port).await.map_err(Into::into) })
     }
 }
@@ -143,57 +111,32 @@ mod tests {
 
     #[test]
     fn rds_secret_is_parsed_and_errors_do_not_quote_it() {
-        let s = RdsSecret::parse(
-            "db/admin",
-            r#"{"engine":"postgres","username":"admin","password":"p@ss","host":"h","port":5432}"#,
-        )
-        .unwrap();
+        let s = RdsSecret::parse("db/admin", r#"{"engine":"postgres","username":"admin","password":"p@ss","host":"h","port":5432}"#).unwrap();
         assert_eq!(s.username, "admin");
         assert_eq!(s.password.expose(), "p@ss");
         assert_eq!(s.port, Some(5432));
-        let err = RdsSecret::parse("db/admin", r#"{"username":"admin","pass":"topsecret"}"#)
-            .unwrap_err()
-            .to_string();
+        let err = RdsSecret::parse("db/admin", r#"{"username":"admin","pass":"topsecret"}"#).unwrap_err().to_string();
         assert!(err.contains("password"), "{err}");
         assert!(!err.contains("topsecret"), "{err}");
-        let err = RdsSecret::parse("db/admin", "topsecret-not-json")
-            .unwrap_err()
-            .to_string();
+        let err = RdsSecret::parse("db/admin", "topsecret-not-json").unwrap_err().to_string();
         assert!(!err.contains("topsecret"), "{err}");
     }
 
     #[tokio::test]
     async fn iam_token_is_a_presigned_connect_request() {
-        let creds = Credentials::new(
-            "AKIDEXAMPLE",
-            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
-            None,
-            None,
-            "test",
-        );
+        let creds = Credentials::new("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", None, None, "test");
         let sdk_config = aws_config::SdkConfig::builder()
             .region(aws_config::Region::new("eu-west-1"))
-            .credentials_provider(
-                aws_credential_types::provider::SharedCredentialsProvider::new(creds),
-            )
+            .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(creds))
             .time_source(aws_smithy_async::time::SystemTimeSource::new())
             .build();
         let tokens = RdsIamTokens::new("pgjit_admin", sdk_config);
-        let token = tokens
-            .fresh_token("db.example.eu-west-1.rds.amazonaws.com", 5432)
-            .await
-            .unwrap();
+        let token = tokens.fresh_token("db.example.eu-west-1.rds.amazonaws.com", 5432).await.unwrap();
         let token = token.expose();
-        assert!(
-            token.starts_with("db.example.eu-west-1.rds.amazonaws.com:5432/?"),
-            "{token}"
-        );
+        assert!(token.starts_with("db.example.eu-west-1.rds.amazonaws.com:5432/?"), "{token}");
         assert!(token.contains("Action=connect"), "{token}");
         assert!(token.contains("DBUser=pgjit_admin"), "{token}");
         assert!(token.contains("X-Amz-Signature="), "{token}");
-        assert!(
-            token.contains("eu-west-1%2Frds-db%2Faws4_request"),
-            "{token}"
-        );
+        assert!(token.contains("eu-west-1%2Frds-db%2Faws4_request"), "{token}");
     }
 }

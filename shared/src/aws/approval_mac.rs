@@ -55,32 +55,17 @@ fn kind_of(event: &Value) -> String {
 
 /// The message the MAC is made over (see the module's doc). Pure: no I/O.
 pub fn message(event: &Value) -> Result<String, String> {
-    let detail_type = event
-        .get("detail-type")
-        .and_then(Value::as_str)
-        .ok_or("the event has no detail-type")?;
-    let time = event
-        .get("time")
-        .and_then(Value::as_str)
-        .ok_or("the event has no time")?;
-    let time = DateTime::parse_from_rfc3339(time)
-        .map_err(|_| "the event's time is not an RFC 3339 time")?
-        .with_timezone(&Utc);
-    let mut detail = event
-        .get("detail")
-        .filter(|d| d.is_object())
-        .cloned()
-        .ok_or("the event has no detail object")?;
+    let detail_type = event.get("detail-type").and_then(Value::as_str).ok_or("the event has no detail-type")?;
+    let time = event.get("time").and_then(Value::as_str).ok_or("the event has no time")?;
+    let time = DateTime::parse_from_rfc3339(time).map_err(|_| "the event's time is not an RFC 3339 time")?.with_timezone(&Utc);
+    let mut detail = event.get("detail").filter(|d| d.is_object()).cloned().ok_or("the event has no detail object")?;
     if let Some(map) = detail.as_object_mut() {
         map.remove(MAC_FIELD);
     }
     let whole = serde_json::json!({"detail": detail, "detail-type": detail_type, "time": time.format("%Y-%m-%dT%H:%M:%SZ").to_string()});
     let mut canonical = String::new();
     write_canonical(&whole, &mut canonical);
-    Ok(format!(
-        "{VERSION}:{}",
-        hex::encode(Sha256::digest(canonical.as_bytes()))
-    ))
+    Ok(format!("{VERSION}:{}", hex::encode(Sha256::digest(canonical.as_bytes()))))
 }
 
 /// JSON with every object's keys sorted and no white space, whatever order the map keeps.
@@ -117,16 +102,8 @@ fn write_canonical(value: &Value, out: &mut String) {
 /// An approval sender's event: `detail` as `detail_type` at `now` (to the second, as the bus
 /// keeps it), with the approvals key's MAC; the envelope a delivery adds (source, account) is
 /// not part of it.
-pub async fn signed_event(
-    svc: &Services,
-    detail: Value,
-    detail_type: &str,
-    now: DateTime<Utc>,
-) -> Result<Value, MacError> {
-    let time = DateTime::from_timestamp(now.timestamp(), 0)
-        .unwrap_or(now)
-        .format("%Y-%m-%dT%H:%M:%SZ")
-        .to_string();
+pub async fn signed_event(svc: &Services, detail: Value, detail_type: &str, now: DateTime<Utc>) -> Result<Value, MacError> {
+    let time = DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now).format("%Y-%m-%dT%H:%M:%SZ").to_string();
     let mut event = serde_json::json!({"detail-type": detail_type, "time": time, "detail": detail});
     sign(svc, &mut event).await?;
     Ok(event)
@@ -135,15 +112,8 @@ pub async fn signed_event(
 /// Puts a [`signed_event`] on the approval bus, with the time its MAC covers; returns the
 /// event's id.
 pub async fn put_on_bus(svc: &Services, event: &Value) -> Result<String, AwsError> {
-    let time = event
-        .get("time")
-        .and_then(Value::as_str)
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .ok_or_else(|| AwsError::msg("events:PutEvents", "the event has no time"))?;
-    let detail_type = event
-        .get("detail-type")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let time = event.get("time").and_then(Value::as_str).and_then(|t| DateTime::parse_from_rfc3339(t).ok()).ok_or_else(|| AwsError::msg("events:PutEvents", "the event has no time"))?;
+    let detail_type = event.get("detail-type").and_then(Value::as_str).unwrap_or_default();
     let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
         .event_bus_name(&svc.config.approval_bus)
         .source(&svc.config.approval_source)
@@ -151,23 +121,11 @@ pub async fn put_on_bus(svc: &Services, event: &Value) -> Result<String, AwsErro
         .time(aws_smithy_types::DateTime::from_secs(time.timestamp()))
         .detail(event["detail"].to_string())
         .build();
-    let out = svc
-        .events
-        .put_events()
-        .entries(entry)
-        .send()
-        .await
-        .map_err(|e| AwsError::new("events:PutEvents", e))?;
+    let out = svc.events.put_events().entries(entry).send().await.map_err(|e| AwsError::new("events:PutEvents", e))?;
     let first = out.entries().first();
     match first.and_then(|e| e.event_id()) {
         Some(id) if out.failed_entry_count() == 0 => Ok(id.to_owned()),
-        _ => Err(AwsError::msg(
-            "events:PutEvents",
-            format!(
-                "the entry was refused: {:?}",
-                first.and_then(|e| e.error_message())
-            ),
-        )),
+        _ => Err(AwsError::msg("events:PutEvents", format!("the entry was refused: {:?}", first.and_then(|e| e.error_message())))),
     }
 }
 
@@ -185,11 +143,8 @@ pub async fn sign(svc: &Services, event: &mut Value) -> Result<(), MacError> {
         .send()
         .await
         .map_err(|e| AwsError::new("kms:GenerateMac", e))?;
-    let mac = out
-        .mac()
-        .ok_or_else(|| AwsError::msg("kms:GenerateMac", "no MAC in the answer"))?;
-    event["detail"][MAC_FIELD] =
-        Value::String(base64::engine::general_purpose::STANDARD.encode(mac.as_ref()));
+    let mac = out.mac().ok_or_else(|| AwsError::msg("kms:GenerateMac", "no MAC in the answer"))?;
+    event["detail"][MAC_FIELD] = Value::String(base64::engine::general_purpose::STANDARD.encode(mac.as_ref()));
     Ok(())
 }
 
@@ -203,21 +158,10 @@ pub async fn verify(svc: &Services, mut event: Value) -> Result<Value, MacError>
             .decode(text)
             .ok()
             .filter(|m| m.len() == 32)
-            .ok_or_else(|| MacError::Malformed {
-                kind: kind.clone(),
-                reason: "detail.mac is not the base64 of a 32-byte HMAC-SHA-256".into(),
-            })?,
-        Some(_) => {
-            return Err(MacError::Malformed {
-                kind,
-                reason: "detail.mac must be a string".into(),
-            })
-        }
+            .ok_or_else(|| MacError::Malformed { kind: kind.clone(), reason: "detail.mac is not the base64 of a 32-byte HMAC-SHA-256".into() })?,
+        Some(_) => return Err(MacError::Malformed { kind, reason: "detail.mac must be a string".into() }),
     };
-    let message = message(&event).map_err(|reason| MacError::Malformed {
-        kind: kind.clone(),
-        reason,
-    })?;
+    let message = message(&event).map_err(|reason| MacError::Malformed { kind: kind.clone(), reason })?;
     let result = svc
         .kms
         .verify_mac()
@@ -230,12 +174,7 @@ pub async fn verify(svc: &Services, mut event: Value) -> Result<Value, MacError>
     match result {
         Ok(out) if out.mac_valid() => {}
         Ok(_) => return Err(MacError::Invalid(kind)),
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_kms_invalid_mac_exception()) =>
-        {
-            return Err(MacError::Invalid(kind))
-        }
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_kms_invalid_mac_exception()) => return Err(MacError::Invalid(kind)),
         Err(e) => return Err(AwsError::new("kms:VerifyMac", e).into()),
     }
     if let Some(detail) = event.get_mut("detail").and_then(Value::as_object_mut) {
@@ -253,9 +192,7 @@ pub async fn ensure_key(svc: &Services) -> Result<bool, AwsError> {
     }
     match svc.kms.describe_key().key_id(&alias).send().await {
         Ok(_) => return Ok(false),
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_not_found_exception()) => {}
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found_exception()) => {}
         Err(e) => return Err(AwsError::new("kms:DescribeKey", e)),
     }
     let key = svc
@@ -267,26 +204,11 @@ pub async fn ensure_key(svc: &Services) -> Result<bool, AwsError> {
         .send()
         .await
         .map_err(|e| AwsError::new("kms:CreateKey", e))?;
-    let key_id = key
-        .key_metadata()
-        .map(|m| m.key_id().to_owned())
-        .ok_or_else(|| AwsError::msg("kms:CreateKey", "no key in the answer"))?;
-    match svc
-        .kms
-        .create_alias()
-        .alias_name(&alias)
-        .target_key_id(&key_id)
-        .send()
-        .await
-    {
+    let key_id = key.key_metadata().map(|m| m.key_id().to_owned()).ok_or_else(|| AwsError::msg("kms:CreateKey", "no key in the answer"))?;
+    match svc.kms.create_alias().alias_name(&alias).target_key_id(&key_id).send().await {
         Ok(_) => Ok(true),
         // Another run made it meanwhile: that key serves.
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_already_exists_exception()) =>
-        {
-            Ok(false)
-        }
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_already_exists_exception()) => Ok(false),
         Err(e) => Err(AwsError::new("kms:CreateAlias", e)),
     }
 }
@@ -303,13 +225,7 @@ mod tests {
                 "access": [{"schema": "sales", "database": "app", "privileges": ["SELECT"]}], "mac": "ignored"}});
         // What `jq -cS` (or Python's sort_keys) writes, then SHA-256 in hex.
         let canonical = r#"{"detail":{"access":[{"database":"app","privileges":["SELECT"],"schema":"sales"}],"approver":"jane","duration_seconds":3600,"integration":"orders","request_id":"R1","requester":{"id":"jé@corp.com"}},"detail-type":"Access Request Approved","time":"2026-11-24T10:00:00Z"}"#;
-        assert_eq!(
-            message(&event).unwrap(),
-            format!(
-                "pgjit-approval-mac-v1:{}",
-                hex::encode(Sha256::digest(canonical.as_bytes()))
-            )
-        );
+        assert_eq!(message(&event).unwrap(), format!("pgjit-approval-mac-v1:{}", hex::encode(Sha256::digest(canonical.as_bytes()))));
         // Every field the approval carries is covered; the envelope's source and account are not.
         let mut other = event.clone();
         other["detail"]["access"][0]["privileges"] = json!(["SELECT", "DELETE"]);
@@ -320,11 +236,7 @@ mod tests {
         let mut other = event.clone();
         other["detail-type"] = json!("Access Extension Approved");
         assert_ne!(message(&other).unwrap(), message(&event).unwrap());
-        for bad in [
-            json!({"time": "2026-11-24T10:00:00Z", "detail": {}}),
-            json!({"detail-type": "x", "detail": {}}),
-            json!({"detail-type": "x", "time": "yesterday", "detail": {}}),
-        ] {
+        for bad in [json!({"time": "2026-11-24T10:00:00Z", "detail": {}}), json!({"detail-type": "x", "detail": {}}), json!({"detail-type": "x", "time": "yesterday", "detail": {}})] {
             assert!(message(&bad).is_err(), "{bad}");
         }
     }

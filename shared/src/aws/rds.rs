@@ -20,9 +20,7 @@ pub struct RdsTarget {
 }
 
 fn tags(list: &[aws_sdk_rds::types::Tag]) -> Vec<(String, String)> {
-    list.iter()
-        .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or("").to_owned())))
-        .collect()
+    list.iter().filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or("").to_owned()))).collect()
 }
 
 fn port(p: Option<i32>) -> Option<u16> {
@@ -64,44 +62,15 @@ fn in_region(integration: &Integration) -> aws_sdk_rds::config::Builder {
 
 /// Looks up the integration's instance or cluster, in the integration's region; `None` for
 /// integrations without one.
-pub async fn describe(
-    svc: &Services,
-    integration: &Integration,
-) -> Result<Option<RdsTarget>, AwsError> {
+pub async fn describe(svc: &Services, integration: &Integration) -> Result<Option<RdsTarget>, AwsError> {
     if let Some(id) = &integration.instance_id {
-        let out = svc
-            .rds
-            .describe_db_instances()
-            .db_instance_identifier(id)
-            .customize()
-            .config_override(in_region(integration))
-            .send()
-            .await
-            .map_err(|e| AwsError::new("rds:DescribeDBInstances", e))?;
-        let instance = out.db_instances().first().ok_or_else(|| {
-            AwsError::msg(
-                "rds:DescribeDBInstances",
-                format!("instance {id:?} not found"),
-            )
-        })?;
+        let out = svc.rds.describe_db_instances().db_instance_identifier(id).customize().config_override(in_region(integration)).send().await.map_err(|e| AwsError::new("rds:DescribeDBInstances", e))?;
+        let instance = out.db_instances().first().ok_or_else(|| AwsError::msg("rds:DescribeDBInstances", format!("instance {id:?} not found")))?;
         return Ok(Some(from_instance(instance)));
     }
     if let Some(id) = &integration.cluster_id {
-        let out = svc
-            .rds
-            .describe_db_clusters()
-            .db_cluster_identifier(id)
-            .customize()
-            .config_override(in_region(integration))
-            .send()
-            .await
-            .map_err(|e| AwsError::new("rds:DescribeDBClusters", e))?;
-        let cluster = out.db_clusters().first().ok_or_else(|| {
-            AwsError::msg(
-                "rds:DescribeDBClusters",
-                format!("cluster {id:?} not found"),
-            )
-        })?;
+        let out = svc.rds.describe_db_clusters().db_cluster_identifier(id).customize().config_override(in_region(integration)).send().await.map_err(|e| AwsError::new("rds:DescribeDBClusters", e))?;
+        let cluster = out.db_clusters().first().ok_or_else(|| AwsError::msg("rds:DescribeDBClusters", format!("cluster {id:?} not found")))?;
         return Ok(Some(from_cluster(cluster)));
     }
     Ok(None)
@@ -114,22 +83,12 @@ pub async fn postgres_targets(svc: &Services) -> Result<Vec<RdsTarget>, AwsError
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| AwsError::new("rds:DescribeDBInstances", e))?;
         // Aurora members are reached through their cluster.
-        out.extend(
-            page.db_instances()
-                .iter()
-                .filter(|i| i.engine() == Some("postgres"))
-                .map(from_instance),
-        );
+        out.extend(page.db_instances().iter().filter(|i| i.engine() == Some("postgres")).map(from_instance));
     }
     let mut pages = svc.rds.describe_db_clusters().into_paginator().send();
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| AwsError::new("rds:DescribeDBClusters", e))?;
-        out.extend(
-            page.db_clusters()
-                .iter()
-                .filter(|c| c.engine() == Some("aurora-postgresql"))
-                .map(from_cluster),
-        );
+        out.extend(page.db_clusters().iter().filter(|c| c.engine() == Some("aurora-postgresql")).map(from_cluster));
     }
     Ok(out)
 }

@@ -1,8 +1,6 @@
 //! The one-shot EventBridge Scheduler schedule that revokes a grant at its expiry.
 
-use aws_sdk_scheduler::types::{
-    DeadLetterConfig, FlexibleTimeWindow, FlexibleTimeWindowMode, RetryPolicy, Target,
-};
+use aws_sdk_scheduler::types::{DeadLetterConfig, FlexibleTimeWindow, FlexibleTimeWindowMode, RetryPolicy, Target};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
@@ -14,13 +12,7 @@ use crate::aws::{AwsError, Services};
 pub fn schedule_name(request_id: &str) -> String {
     let readable: String = request_id
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
         .take(READABLE_CHARS)
         .collect();
     let hash = hex::encode(&Sha256::digest(request_id.as_bytes())[..16]);
@@ -41,11 +33,7 @@ pub fn start_input(request_id: &str) -> String {
 /// Creates the one-shot schedule that starts an approved request at `at` (the requests
 /// function checks it again then, and sends its approval). An existing one of the name is
 /// ours when it starts this very request.
-pub async fn create_start(
-    svc: &Services,
-    request_id: &str,
-    at: DateTime<Utc>,
-) -> Result<String, AwsError> {
+pub async fn create_start(svc: &Services, request_id: &str, at: DateTime<Utc>) -> Result<String, AwsError> {
     let operation = "scheduler:CreateSchedule";
     let name = start_schedule_name(request_id);
     let target = Target::builder()
@@ -53,42 +41,18 @@ pub async fn create_start(
         .role_arn(&svc.config.scheduler_role_arn)
         .input(start_input(request_id))
         // A start that comes an hour late would grant at a time nobody asked for.
-        .retry_policy(
-            RetryPolicy::builder()
-                .maximum_event_age_in_seconds(3600)
-                .maximum_retry_attempts(20)
-                .build(),
-        )
+        .retry_policy(RetryPolicy::builder().maximum_event_age_in_seconds(3600).maximum_retry_attempts(20).build())
         .build()
         .map_err(|e| AwsError::msg(operation, e.to_string()))?;
-    let result = one_shot!(
-        svc.scheduler.create_schedule(),
-        svc,
-        &name,
-        at,
-        target,
-        exact(operation)?,
-        format!("pgjit: start {request_id}")
-    )
-    .send()
-    .await;
+    let result = one_shot!(svc.scheduler.create_schedule(), svc, &name, at, target, exact(operation)?, format!("pgjit: start {request_id}")).send().await;
     match result {
         Ok(_) => Ok(name),
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_conflict_exception()) =>
-        {
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_conflict_exception()) => {
             let input = input_of(svc, &name).await?;
-            if input.is_some_and(|i| {
-                serde_json::from_str::<serde_json::Value>(&i)
-                    .is_ok_and(|v| v == serde_json::json!({ "start": request_id }))
-            }) {
+            if input.is_some_and(|i| serde_json::from_str::<serde_json::Value>(&i).is_ok_and(|v| v == serde_json::json!({ "start": request_id }))) {
                 Ok(name)
             } else {
-                Err(AwsError::msg(
-                    operation,
-                    format!("schedule {name:?} exists and does not start request {request_id:?}"),
-                ))
+                Err(AwsError::msg(operation, format!("schedule {name:?} exists and does not start request {request_id:?}")))
             }
         }
         Err(e) => Err(AwsError::new(operation, e)),
@@ -134,85 +98,43 @@ pub(crate) use one_shot;
 /// A request's revoke schedule.
 macro_rules! revoke_schedule {
     ($request:expr, $svc:expr, $name:expr, $request_id:expr, $at:expr, $target:expr, $window:expr) => {
-        one_shot!(
-            $request,
-            $svc,
-            $name,
-            $at,
-            $target,
-            $window,
-            format!("pgjit: revoke {} at expiry", $request_id)
-        )
+        one_shot!($request, $svc, $name, $at, $target, $window, format!("pgjit: revoke {} at expiry", $request_id))
     };
 }
 
 /// A schedule that fires when it is due, not within a window.
 pub(crate) fn exact(operation: &'static str) -> Result<FlexibleTimeWindow, AwsError> {
-    FlexibleTimeWindow::builder()
-        .mode(FlexibleTimeWindowMode::Off)
-        .build()
-        .map_err(|e| AwsError::msg(operation, e.to_string()))
+    FlexibleTimeWindow::builder().mode(FlexibleTimeWindowMode::Off).build().map_err(|e| AwsError::msg(operation, e.to_string()))
 }
 
 /// The schedule's target and window: the revoke function with the request's input, retried for
 /// a day, then the dead-letter queue.
-fn revoke_target(
-    svc: &Services,
-    request_id: &str,
-    operation: &'static str,
-) -> Result<(Target, FlexibleTimeWindow), AwsError> {
+fn revoke_target(svc: &Services, request_id: &str, operation: &'static str) -> Result<(Target, FlexibleTimeWindow), AwsError> {
     let config = &svc.config;
     let mut target = Target::builder()
         .arn(&config.revoke_function_arn)
         .role_arn(&config.scheduler_role_arn)
         .input(revoke_input(request_id))
         // Revoke must not give up quickly: retry for a day, then the dead-letter queue.
-        .retry_policy(
-            RetryPolicy::builder()
-                .maximum_event_age_in_seconds(86_400)
-                .maximum_retry_attempts(185)
-                .build(),
-        );
+        .retry_policy(RetryPolicy::builder().maximum_event_age_in_seconds(86_400).maximum_retry_attempts(185).build());
     if let Some(dlq) = &config.revoke_dlq_arn {
         target = target.dead_letter_config(DeadLetterConfig::builder().arn(dlq).build());
     }
-    let target = target
-        .build()
-        .map_err(|e| AwsError::msg(operation, e.to_string()))?;
+    let target = target.build().map_err(|e| AwsError::msg(operation, e.to_string()))?;
     Ok((target, exact(operation)?))
 }
 
 /// Creates the revoke schedule. An existing one of the same name is kept only when it revokes
 /// this very request (a repeated run); one that revokes another request is never taken as ours,
 /// since an early revoke of this request would then delete the other grant's only revoke.
-pub async fn create(
-    svc: &Services,
-    request_id: &str,
-    at: DateTime<Utc>,
-) -> Result<String, AwsError> {
+pub async fn create(svc: &Services, request_id: &str, at: DateTime<Utc>) -> Result<String, AwsError> {
     let name = schedule_name(request_id);
     let (target, window) = revoke_target(svc, request_id, "scheduler:CreateSchedule")?;
-    let result = revoke_schedule!(
-        svc.scheduler.create_schedule(),
-        svc,
-        &name,
-        request_id,
-        at,
-        target,
-        window
-    )
-    .send()
-    .await;
+    let result = revoke_schedule!(svc.scheduler.create_schedule(), svc, &name, request_id, at, target, window).send().await;
     match result {
         Ok(_) => Ok(name),
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_conflict_exception()) =>
-        {
-            if input_of(svc, &name)
-                .await?
-                .is_some_and(|i| revokes(&i, request_id))
-            {
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_conflict_exception()) => {
+            if input_of(svc, &name).await?.is_some_and(|i| revokes(&i, request_id)) {
                 Ok(name)
             } else {
                 Err(AwsError::msg(
@@ -227,53 +149,27 @@ pub async fn create(
 
 /// Whether a schedule's input revokes `request_id` (compared as JSON, not as text).
 fn revokes(input: &str, request_id: &str) -> bool {
-    serde_json::from_str::<serde_json::Value>(input)
-        .is_ok_and(|v| v == serde_json::json!({ "request_id": request_id }))
+    serde_json::from_str::<serde_json::Value>(input).is_ok_and(|v| v == serde_json::json!({ "request_id": request_id }))
 }
 
 /// Moves the request's one revoke schedule (`name`, see [`name_of`]) to `at`, in place
 /// (UpdateSchedule replaces the whole definition, so it is sent whole): exactly one schedule
 /// remains.
-pub async fn reschedule(
-    svc: &Services,
-    name: &str,
-    request_id: &str,
-    at: DateTime<Utc>,
-) -> Result<String, AwsError> {
+pub async fn reschedule(svc: &Services, name: &str, request_id: &str, at: DateTime<Utc>) -> Result<String, AwsError> {
     let name = name.to_owned();
     let (target, window) = revoke_target(svc, request_id, "scheduler:UpdateSchedule")?;
-    revoke_schedule!(
-        svc.scheduler.update_schedule(),
-        svc,
-        &name,
-        request_id,
-        at,
-        target,
-        window
-    )
-    .send()
-    .await
-    .map_err(|e| AwsError::new("scheduler:UpdateSchedule", e))?;
+    revoke_schedule!(svc.scheduler.update_schedule(), svc, &name, request_id, at, target, window)
+        .send()
+        .await
+        .map_err(|e| AwsError::new("scheduler:UpdateSchedule", e))?;
     Ok(name)
 }
 
 /// Deletes the schedule; one that is gone already (fired, or deleted before) is success.
 pub async fn delete(svc: &Services, name: &str) -> Result<(), AwsError> {
-    match svc
-        .scheduler
-        .delete_schedule()
-        .name(name)
-        .group_name(&svc.config.schedule_group)
-        .send()
-        .await
-    {
+    match svc.scheduler.delete_schedule().name(name).group_name(&svc.config.schedule_group).send().await {
         Ok(_) => Ok(()),
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_resource_not_found_exception()) =>
-        {
-            Ok(())
-        }
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => Ok(()),
         Err(e) => Err(AwsError::new("scheduler:DeleteSchedule", e)),
     }
 }
@@ -290,41 +186,18 @@ pub async fn delete_own(svc: &Services, name: &str, request_id: &str) -> Result<
 /// The input a schedule of pgjit's group hands its target; None when there is no such schedule
 /// (or it has no input).
 pub async fn input_of(svc: &Services, name: &str) -> Result<Option<String>, AwsError> {
-    match svc
-        .scheduler
-        .get_schedule()
-        .name(name)
-        .group_name(&svc.config.schedule_group)
-        .send()
-        .await
-    {
+    match svc.scheduler.get_schedule().name(name).group_name(&svc.config.schedule_group).send().await {
         Ok(existing) => Ok(existing.target().and_then(|t| t.input()).map(str::to_owned)),
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_resource_not_found_exception()) =>
-        {
-            Ok(None)
-        }
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => Ok(None),
         Err(e) => Err(AwsError::new("scheduler:GetSchedule", e)),
     }
 }
 
 /// Creates the schedule group if it is missing (bootstrap).
 pub async fn ensure_group(svc: &Services) -> Result<bool, AwsError> {
-    match svc
-        .scheduler
-        .create_schedule_group()
-        .name(&svc.config.schedule_group)
-        .send()
-        .await
-    {
+    match svc.scheduler.create_schedule_group().name(&svc.config.schedule_group).send().await {
         Ok(_) => Ok(true),
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_conflict_exception()) =>
-        {
-            Ok(false)
-        }
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_conflict_exception()) => Ok(false),
         Err(e) => Err(AwsError::new("scheduler:CreateScheduleGroup", e)),
     }
 }
@@ -336,32 +209,15 @@ mod tests {
     #[test]
     fn names_and_expressions() {
         let n = schedule_name("REQ-1001");
-        assert!(
-            n.starts_with("pgjit-REQ-1001-") && n.len() == 6 + 8 + 1 + 32,
-            "{n}"
-        );
-        assert_eq!(
-            name_of(Some("pgjit-old-a1b2c3d4e5f6"), "REQ-1001"),
-            "pgjit-old-a1b2c3d4e5f6"
-        );
+        assert!(n.starts_with("pgjit-REQ-1001-") && n.len() == 6 + 8 + 1 + 32, "{n}");
+        assert_eq!(name_of(Some("pgjit-old-a1b2c3d4e5f6"), "REQ-1001"), "pgjit-old-a1b2c3d4e5f6");
         assert_eq!(name_of(None, "REQ-1001"), n);
         assert!(revokes(r#"{ "request_id" : "REQ-1001" }"#, "REQ-1001"));
-        assert!(
-            !revokes(r#"{"request_id":"REQ-1002"}"#, "REQ-1001")
-                && !revokes("not json", "REQ-1001")
-        );
+        assert!(!revokes(r#"{"request_id":"REQ-1002"}"#, "REQ-1001") && !revokes("not json", "REQ-1001"));
         assert_ne!(n, schedule_name("REQ 1001"));
         let long = schedule_name(&"x/".repeat(200));
-        assert!(
-            long.len() <= 64
-                && long
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
-            "{long}"
-        );
-        let at = DateTime::parse_from_rfc3339("2026-11-24T11:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
+        assert!(long.len() <= 64 && long.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)), "{long}");
+        let at = DateTime::parse_from_rfc3339("2026-11-24T11:00:00Z").unwrap().with_timezone(&Utc);
         assert_eq!(at_expression(at), "at(2026-11-24T11:00:00)");
         assert_eq!(revoke_input("R\"1"), r#"{"request_id":"R\"1"}"#);
     }

@@ -50,30 +50,14 @@ impl Extension {
     pub fn key(&self) -> String {
         use sha2::Digest;
         if let Some(signed_at) = self.signed_at {
-            let text = format!(
-                "{}|{}|{}|{:?}|{signed_at}",
-                self.request_id, self.approver, self.duration_seconds, self.reason
-            );
-            return format!(
-                "signed:{}",
-                hex::encode(&sha2::Sha256::digest(text.as_bytes())[..12])
-            );
+            let text = format!("{}|{}|{}|{:?}|{signed_at}", self.request_id, self.approver, self.duration_seconds, self.reason);
+            return format!("signed:{}", hex::encode(&sha2::Sha256::digest(text.as_bytes())[..12]));
         }
         match &self.event_id {
             Some(id) => format!("event:{id}"),
             None => {
-                let text = format!(
-                    "{}|{}|{}|{:?}|{:?}",
-                    self.request_id,
-                    self.approver,
-                    self.duration_seconds,
-                    self.reason,
-                    self.sent_at
-                );
-                format!(
-                    "detail:{}",
-                    hex::encode(&sha2::Sha256::digest(text.as_bytes())[..12])
-                )
+                let text = format!("{}|{}|{}|{:?}|{:?}", self.request_id, self.approver, self.duration_seconds, self.reason, self.sent_at);
+                format!("detail:{}", hex::encode(&sha2::Sha256::digest(text.as_bytes())[..12]))
             }
         }
     }
@@ -87,12 +71,7 @@ pub fn is_extension(event: &Value) -> bool {
         Some(kind) => kind.as_str() == Some(EXTENSION_APPROVED),
         None => {
             let has = |field: &str| event.get(field).is_some();
-            has("request_id")
-                && has("approver")
-                && has("duration_seconds")
-                && !has("integration")
-                && !has("access")
-                && !has("requester")
+            has("request_id") && has("approver") && has("duration_seconds") && !has("integration") && !has("access") && !has("requester")
         }
     }
 }
@@ -100,11 +79,7 @@ pub fn is_extension(event: &Value) -> bool {
 /// An extension: the EventBridge event as the function receives it, or the bare `detail`.
 pub fn parse_extension(event: Value) -> Result<Extension, EventError> {
     let sent_at = event_time(&event)?;
-    let event_id = event
-        .get("detail-type")
-        .and(event.get("id"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
+    let event_id = event.get("detail-type").and(event.get("id")).and_then(Value::as_str).map(str::to_owned);
     let mut extension: Extension = typed(detail_of(event, EXTENSION_APPROVED)?)?;
     extension.sent_at = sent_at;
     extension.event_id = event_id;
@@ -143,10 +118,7 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
             _ => return Err(bad()),
         };
         let n: u64 = number.parse().map_err(|_| bad())?;
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(bad)?;
+        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
         number.clear();
     }
     if !number.is_empty() || total == 0 {
@@ -220,10 +192,7 @@ pub struct EventError {
 }
 
 fn bad(field: &str, message: impl Into<String>) -> EventError {
-    EventError {
-        field: field.to_owned(),
-        message: message.into(),
-    }
+    EventError { field: field.to_owned(), message: message.into() }
 }
 
 /// Longest request id accepted: it names a secret, a schedule and an IAM policy.
@@ -231,19 +200,10 @@ pub const MAX_REQUEST_ID: usize = 128;
 
 pub fn check_request_id(id: &str) -> Result<(), EventError> {
     if id.is_empty() || id.len() > MAX_REQUEST_ID {
-        return Err(bad(
-            "request_id",
-            format!("must be 1-{MAX_REQUEST_ID} characters"),
-        ));
+        return Err(bad("request_id", format!("must be 1-{MAX_REQUEST_ID} characters")));
     }
-    if !id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-_.:@/+=".contains(&b))
-    {
-        return Err(bad(
-            "request_id",
-            "may hold letters, digits and - _ . : @ / + = only",
-        ));
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:@/+=".contains(&b)) {
+        return Err(bad("request_id", "may hold letters, digits and - _ . : @ / + = only"));
     }
     Ok(())
 }
@@ -251,16 +211,9 @@ pub fn check_request_id(id: &str) -> Result<(), EventError> {
 fn detail_of(event: Value, expected_type: &str) -> Result<Value, EventError> {
     match event {
         Value::Object(mut map) if map.contains_key("detail-type") => {
-            let kind = map
-                .get("detail-type")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
+            let kind = map.get("detail-type").and_then(Value::as_str).unwrap_or_default().to_owned();
             if kind != expected_type {
-                return Err(bad(
-                    "detail-type",
-                    format!("{kind:?} is not {expected_type:?}"),
-                ));
+                return Err(bad("detail-type", format!("{kind:?} is not {expected_type:?}")));
             }
             map.remove("detail").ok_or_else(|| bad("detail", "missing"))
         }
@@ -280,21 +233,11 @@ pub fn field_of(path: &str, message: &str, top: &str) -> String {
     };
     // serde's path ends at an unknown field itself, but at the parent of a missing one.
     if path == "." || message.starts_with("missing field") {
-        if let Some(name) = quoted().filter(|_| {
-            message.starts_with("missing field") || message.starts_with("unknown field")
-        }) {
-            return if path == "." {
-                name
-            } else {
-                format!("{path}.{name}")
-            };
+        if let Some(name) = quoted().filter(|_| message.starts_with("missing field") || message.starts_with("unknown field")) {
+            return if path == "." { name } else { format!("{path}.{name}") };
         }
     }
-    if path == "." || path.is_empty() {
-        top.to_owned()
-    } else {
-        path.to_owned()
-    }
+    if path == "." || path.is_empty() { top.to_owned() } else { path.to_owned() }
 }
 
 fn typed<T: for<'de> Deserialize<'de>>(value: Value) -> Result<T, EventError> {
@@ -323,40 +266,20 @@ impl Envelope {
             return Err(bad("detail-type", "the grant function takes EventBridge events from the approval bus, not a bare detail"));
         }
         let text = |field: &str| {
-            event
-                .get(field)
-                .and_then(Value::as_str)
-                .filter(|v| !v.is_empty())
-                .map(str::to_owned)
-                .ok_or_else(|| bad(field, "missing from the event"))
+            event.get(field).and_then(Value::as_str).filter(|v| !v.is_empty()).map(str::to_owned).ok_or_else(|| bad(field, "missing from the event"))
         };
         let time = text("time")?;
-        let time = chrono::DateTime::parse_from_rfc3339(&time)
-            .map_err(|_| bad("time", "must be an RFC 3339 time"))?
-            .with_timezone(&chrono::Utc);
-        Ok(Envelope {
-            source: text("source")?,
-            account: text("account")?,
-            time,
-        })
+        let time = chrono::DateTime::parse_from_rfc3339(&time).map_err(|_| bad("time", "must be an RFC 3339 time"))?.with_timezone(&chrono::Utc);
+        Ok(Envelope { source: text("source")?, account: text("account")?, time })
     }
 
     /// The approval source and pgjit's own account, or a refusal that names the field.
     pub fn check(&self, approval_source: &str, own_account: &str) -> Result<(), EventError> {
         if self.source != approval_source {
-            return Err(bad(
-                "source",
-                format!(
-                    "{:?} is not the approval source {approval_source:?}",
-                    self.source
-                ),
-            ));
+            return Err(bad("source", format!("{:?} is not the approval source {approval_source:?}", self.source)));
         }
         if self.account != own_account {
-            return Err(bad(
-                "account",
-                format!("{} is not pgjit's account", self.account),
-            ));
+            return Err(bad("account", format!("{} is not pgjit's account", self.account)));
         }
         Ok(())
     }
@@ -387,18 +310,10 @@ pub fn parse_approval(event: Value) -> Result<Approval, EventError> {
         return Err(bad("access", "at most 100 entries"));
     }
     check_approvers(&approval.approvers)?;
-    if approval
-        .flow
-        .as_ref()
-        .is_some_and(|f| f.is_empty() || f.len() > 64)
-    {
+    if approval.flow.as_ref().is_some_and(|f| f.is_empty() || f.len() > 64) {
         return Err(bad("flow", "must be 1-64 characters"));
     }
-    if approval
-        .ticket
-        .as_ref()
-        .is_some_and(|t| t.trim().is_empty() || t.len() > 128)
-    {
+    if approval.ticket.as_ref().is_some_and(|t| t.trim().is_empty() || t.len() > 128) {
         return Err(bad("ticket", "must be 1-128 characters"));
     }
     Ok(approval)
@@ -435,10 +350,7 @@ fn check_approvers(approvers: &[String]) -> Result<(), EventError> {
     if approvers.len() > MAX_APPROVERS {
         return Err(bad("approvers", format!("at most {MAX_APPROVERS}")));
     }
-    match approvers
-        .iter()
-        .position(|a| a.trim().is_empty() || a.len() > 256)
-    {
+    match approvers.iter().position(|a| a.trim().is_empty() || a.len() > 256) {
         Some(i) => Err(bad(&format!("approvers[{i}]"), "must be 1-256 characters")),
         None => Ok(()),
     }
@@ -453,14 +365,7 @@ pub fn parse_revoke(event: Value) -> Result<RevokeRequest, EventError> {
     let early = event.get("detail-type").is_some();
     let detail: Detail = typed(detail_of(event, REVOKE_REQUESTED)?)?;
     check_request_id(&detail.request_id)?;
-    Ok(RevokeRequest {
-        request_id: detail.request_id,
-        trigger: if early {
-            RevokeTrigger::Early
-        } else {
-            RevokeTrigger::Scheduled
-        },
-    })
+    Ok(RevokeRequest { request_id: detail.request_id, trigger: if early { RevokeTrigger::Early } else { RevokeTrigger::Scheduled } })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -477,14 +382,7 @@ mod tests {
 
     #[test]
     fn durations_as_operators_write_them() {
-        for (text, seconds) in [
-            ("7200", 7200),
-            ("90s", 90),
-            ("45m", 2700),
-            ("2h", 7200),
-            ("1d", 86_400),
-            ("1h30m", 5400),
-        ] {
+        for (text, seconds) in [("7200", 7200), ("90s", 90), ("45m", 2700), ("2h", 7200), ("1d", 86_400), ("1h30m", 5400)] {
             assert_eq!(parse_duration(text), Ok(seconds), "{text}");
         }
         for bad in ["", "0", "2x", "h", "1h30", "-5m", "99999999999999999999d"] {
@@ -498,37 +396,15 @@ mod tests {
             "time": "2026-11-24T10:45:00Z", "detail": {"request_id": "REQ-1", "approver": "jane", "duration_seconds": 60}});
         assert!(is_extension(&event));
         let extension = parse_extension(event.clone()).unwrap();
-        assert_eq!(
-            (extension.key(), extension.sent_at.map(|t| t.to_rfc3339())),
-            (
-                "event:ev-1".to_owned(),
-                Some("2026-11-24T10:45:00+00:00".to_owned())
-            )
-        );
+        assert_eq!((extension.key(), extension.sent_at.map(|t| t.to_rfc3339())), ("event:ev-1".to_owned(), Some("2026-11-24T10:45:00+00:00".to_owned())));
         // The webhook's bare detail: no integration, no access.
-        assert!(is_extension(
-            &json!({"request_id": "REQ-1", "approver": "jane", "duration_seconds": 60})
-        ));
-        assert!(!is_extension(
-            &json!({"request_id": "REQ-1", "integration": "x", "access": []})
-        ));
+        assert!(is_extension(&json!({"request_id": "REQ-1", "approver": "jane", "duration_seconds": 60})));
+        assert!(!is_extension(&json!({"request_id": "REQ-1", "integration": "x", "access": []})));
         for (detail, field) in [
-            (
-                json!({"request_id": "REQ-1", "approver": "", "duration_seconds": 60}),
-                "approver",
-            ),
-            (
-                json!({"request_id": "REQ-1", "approver": "jane", "duration_seconds": 0}),
-                "duration_seconds",
-            ),
-            (
-                json!({"request_id": "REQ 1", "approver": "jane", "duration_seconds": 60}),
-                "request_id",
-            ),
-            (
-                json!({"request_id": "REQ-1", "approver": "jane", "duration_seconds": 60, "access": []}),
-                "access",
-            ),
+            (json!({"request_id": "REQ-1", "approver": "", "duration_seconds": 60}), "approver"),
+            (json!({"request_id": "REQ-1", "approver": "jane", "duration_seconds": 0}), "duration_seconds"),
+            (json!({"request_id": "REQ 1", "approver": "jane", "duration_seconds": 60}), "request_id"),
+            (json!({"request_id": "REQ-1", "approver": "jane", "duration_seconds": 60, "access": []}), "access"),
         ] {
             let e = parse_extension(detail).unwrap_err();
             assert_eq!(e.field, field, "{e}");
@@ -548,10 +424,7 @@ mod tests {
     fn approvals_from_eventbridge_and_webhook() {
         let a = parse_approval(approval()).unwrap();
         assert_eq!(a.request_id, "REQ-1001");
-        assert_eq!(
-            a.sent_at.map(|t| t.to_rfc3339()),
-            Some("2026-11-24T10:00:00+00:00".to_owned())
-        );
+        assert_eq!(a.sent_at.map(|t| t.to_rfc3339()), Some("2026-11-24T10:00:00+00:00".to_owned()));
         let bare = parse_approval(approval()["detail"].clone()).unwrap();
         assert_eq!(bare.sent_at, None);
         assert_eq!(Approval { sent_at: None, ..a }, bare);
@@ -560,55 +433,18 @@ mod tests {
     #[test]
     fn bad_approvals_name_the_field() {
         let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
-            (
-                Box::new(|v| v["detail-type"] = json!("Something Else")),
-                "detail-type",
-            ),
-            (
-                Box::new(|v| {
-                    v.as_object_mut().unwrap().remove("detail");
-                }),
-                "detail",
-            ),
-            (
-                Box::new(|v| {
-                    v["detail"].as_object_mut().unwrap().remove("request_id");
-                }),
-                "request_id",
-            ),
-            (
-                Box::new(|v| v["detail"]["duration_seconds"] = json!("3600")),
-                "duration_seconds",
-            ),
-            (
-                Box::new(|v| v["detail"]["duration_seconds"] = json!(-1)),
-                "duration_seconds",
-            ),
-            (
-                Box::new(|v| v["detail"]["duration_seconds"] = json!(0)),
-                "duration_seconds",
-            ),
-            (
-                Box::new(|v| v["detail"]["request_id"] = json!("a b")),
-                "request_id",
-            ),
-            (
-                Box::new(|v| v["detail"]["request_id"] = json!("x".repeat(129))),
-                "request_id",
-            ),
-            (
-                Box::new(|v| v["detail"]["requester"]["id"] = json!("")),
-                "requester.id",
-            ),
-            (
-                Box::new(|v| v["detail"]["access"][0]["tabel"] = json!("x")),
-                "access[0]",
-            ),
+            (Box::new(|v| v["detail-type"] = json!("Something Else")), "detail-type"),
+            (Box::new(|v| { v.as_object_mut().unwrap().remove("detail"); }), "detail"),
+            (Box::new(|v| { v["detail"].as_object_mut().unwrap().remove("request_id"); }), "request_id"),
+            (Box::new(|v| v["detail"]["duration_seconds"] = json!("3600")), "duration_seconds"),
+            (Box::new(|v| v["detail"]["duration_seconds"] = json!(-1)), "duration_seconds"),
+            (Box::new(|v| v["detail"]["duration_seconds"] = json!(0)), "duration_seconds"),
+            (Box::new(|v| v["detail"]["request_id"] = json!("a b")), "request_id"),
+            (Box::new(|v| v["detail"]["request_id"] = json!("x".repeat(129))), "request_id"),
+            (Box::new(|v| v["detail"]["requester"]["id"] = json!("")), "requester.id"),
+            (Box::new(|v| v["detail"]["access"][0]["tabel"] = json!("x")), "access[0]"),
             (Box::new(|v| v["detail"]["access"] = json!("all")), "access"),
-            (
-                Box::new(|v| v["detail"]["integration"] = json!(42)),
-                "integration",
-            ),
+            (Box::new(|v| v["detail"]["integration"] = json!(42)), "integration"),
             (Box::new(|v| v["time"] = json!("yesterday")), "time"),
         ];
         for (change, field) in cases {
@@ -624,24 +460,9 @@ mod tests {
     fn the_grant_function_takes_whole_events_from_the_approval_source_and_account() {
         let envelope = Envelope::of(&approval()).unwrap();
         assert_eq!(envelope.check("pgjit.approvals", "123456789012"), Ok(()));
-        assert_eq!(
-            envelope
-                .check("pgjit.approvals", "210987654321")
-                .unwrap_err()
-                .field,
-            "account"
-        );
-        assert_eq!(
-            envelope
-                .check("other.tool", "123456789012")
-                .unwrap_err()
-                .field,
-            "source"
-        );
-        assert_eq!(
-            Envelope::of(&approval()["detail"]).unwrap_err().field,
-            "detail-type"
-        );
+        assert_eq!(envelope.check("pgjit.approvals", "210987654321").unwrap_err().field, "account");
+        assert_eq!(envelope.check("other.tool", "123456789012").unwrap_err().field, "source");
+        assert_eq!(Envelope::of(&approval()["detail"]).unwrap_err().field, "detail-type");
         for field in ["time", "source", "account"] {
             let mut event = approval();
             event.as_object_mut().unwrap().remove(field);
@@ -651,16 +472,10 @@ mod tests {
 
     #[test]
     fn revokes_from_the_scheduler_and_from_events() {
-        assert_eq!(
-            parse_revoke(json!({"request_id":"R1"})).unwrap().trigger,
-            RevokeTrigger::Scheduled
-        );
+        assert_eq!(parse_revoke(json!({"request_id":"R1"})).unwrap().trigger, RevokeTrigger::Scheduled);
         let early = json!({"detail-type":"Access Revoke Requested","detail":{"request_id":"R1"}});
         assert_eq!(parse_revoke(early).unwrap().trigger, RevokeTrigger::Early);
-        assert!(parse_revoke(
-            json!({"detail-type":"Access Request Approved","detail":{"request_id":"R1"}})
-        )
-        .is_err());
+        assert!(parse_revoke(json!({"detail-type":"Access Request Approved","detail":{"request_id":"R1"}})).is_err());
         assert!(parse_revoke(json!({"request_id":""})).is_err());
     }
 }

@@ -85,10 +85,7 @@ pub struct People {
 
 impl People {
     fn is_empty(&self) -> bool {
-        self.groups.is_empty()
-            && self.principals.is_empty()
-            && self.users.is_empty()
-            && !self.owners
+        self.groups.is_empty() && self.principals.is_empty() && self.users.is_empty() && !self.owners
     }
 
     /// Whether `person` is one of these people; `owners` are the names (groups or users) the
@@ -97,10 +94,7 @@ impl People {
         self.users.iter().any(|u| person.has_user_name(u))
             || self.principals.iter().any(|p| person.matches_principal(p))
             || self.groups.iter().any(|g| person.in_group(g))
-            || (self.owners
-                && owners
-                    .iter()
-                    .any(|o| person.in_group(o) || person.has_user_name(o)))
+            || (self.owners && owners.iter().any(|o| person.in_group(o) || person.has_user_name(o)))
     }
 }
 
@@ -175,30 +169,18 @@ pub struct FlowError {
 }
 
 fn bad(field: impl Into<String>, message: impl Into<String>) -> FlowError {
-    FlowError {
-        field: field.into(),
-        message: message.into(),
-    }
+    FlowError { field: field.into(), message: message.into() }
 }
 
 /// One envelope entry, normalised: what it allows in which database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Allowed {
-    Objects {
-        database: String,
-        objects: BTreeMap<Object, BTreeSet<Privilege>>,
-    },
-    Role {
-        database: String,
-        role: String,
-    },
+    Objects { database: String, objects: BTreeMap<Object, BTreeSet<Privilege>> },
+    Role { database: String, role: String },
 }
 
 fn name_ok(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl Flow {
@@ -208,10 +190,7 @@ impl Flow {
         let mut flow: Flow = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
             let message = e.into_inner().to_string();
-            bad(
-                crate::contract::events::field_of(&path, &message, "(flow)"),
-                message,
-            )
+            bad(crate::contract::events::field_of(&path, &message, "(flow)"), message)
         })?;
         flow.check()?;
         Ok(flow)
@@ -219,10 +198,7 @@ impl Flow {
 
     fn check(&mut self) -> Result<(), FlowError> {
         if !name_ok(&self.name) {
-            return Err(bad(
-                "name",
-                format!("{:?} must be 1-64 letters, digits, '-' or '_'", self.name),
-            ));
+            return Err(bad("name", format!("{:?} must be 1-64 letters, digits, '-' or '_'", self.name)));
         }
         if self.description.as_ref().is_some_and(|d| d.len() > 1024) {
             return Err(bad("description", "at most 1024 characters"));
@@ -232,10 +208,7 @@ impl Flow {
         }
         for (i, name) in self.integrations.iter().enumerate() {
             if !name_ok(name) {
-                return Err(bad(
-                    format!("integrations[{i}]"),
-                    format!("{name:?} is not an integration name"),
-                ));
+                return Err(bad(format!("integrations[{i}]"), format!("{name:?} is not an integration name")));
             }
         }
         check_people("requesters", &self.requesters, false)?;
@@ -248,21 +221,14 @@ impl Flow {
         self.envelope = Vec::with_capacity(self.access.len());
         for (i, entry) in self.access.iter().enumerate() {
             if entry.role.as_deref() == Some("*") {
-                return Err(bad(
-                    format!("access[{i}].role"),
-                    "roles are named one by one; \"*\" is not a role",
-                ));
+                return Err(bad(format!("access[{i}].role"), "roles are named one by one; \"*\" is not a role"));
             }
-            let set = AccessSet::from_entries(std::slice::from_ref(entry))
-                .map_err(|e| bad(format!("access[{i}].{}", e.field), e.message))?;
+            let set = AccessSet::from_entries(std::slice::from_ref(entry)).map_err(|e| bad(format!("access[{i}].{}", e.field), e.message))?;
             // Only what the entry names: a table's schema USAGE is not a schema entry.
             for (database, own) in own_objects(entry, set) {
                 self.envelope.push(match own {
                     Own::Role(role) => Allowed::Role { database, role },
-                    Own::Object(object, privileges) => Allowed::Objects {
-                        database,
-                        objects: [(object, privileges)].into(),
-                    },
+                    Own::Object(object, privileges) => Allowed::Objects { database, objects: [(object, privileges)].into() },
                 });
             }
         }
@@ -274,16 +240,8 @@ impl Flow {
             self.compiled.zone = jiff::tz::TimeZone::get(&hours.time_zone).ok();
         }
         let rule = &self.approval;
-        if [rule.auto, rule.break_glass, rule.approvers.is_some()]
-            .iter()
-            .filter(|x| **x)
-            .count()
-            != 1
-        {
-            return Err(bad(
-                "approval",
-                "say exactly one of approvers (with required), auto or break_glass",
-            ));
+        if [rule.auto, rule.break_glass, rule.approvers.is_some()].iter().filter(|x| **x).count() != 1 {
+            return Err(bad("approval", "say exactly one of approvers (with required), auto or break_glass"));
         }
         if rule.required.is_some() && rule.approvers.is_none() {
             return Err(bad("approval.required", "goes with approvers"));
@@ -292,35 +250,19 @@ impl Flow {
             check_people("approval.approvers", approvers, true)?;
             let required = rule.required.unwrap_or(1);
             if !(1..=MAX_REQUIRED).contains(&required) {
-                return Err(bad(
-                    "approval.required",
-                    format!("must be 1-{MAX_REQUIRED}"),
-                ));
+                return Err(bad("approval.required", format!("must be 1-{MAX_REQUIRED}")));
             }
         }
         if rule.break_glass && self.max_duration_seconds > BREAK_GLASS_MAX_SECONDS {
-            return Err(bad(
-                "max_duration_seconds",
-                format!("a break-glass flow grants at most {BREAK_GLASS_MAX_SECONDS} s"),
-            ));
+            return Err(bad("max_duration_seconds", format!("a break-glass flow grants at most {BREAK_GLASS_MAX_SECONDS} s")));
         }
         if let Some(pattern) = &rule.ticket_pattern {
             if pattern.is_empty() || pattern.len() > 200 {
                 return Err(bad("approval.ticket_pattern", "must be 1-200 characters"));
             }
-            regex_lite::Regex::new(pattern).map_err(|e| {
-                bad(
-                    "approval.ticket_pattern",
-                    format!("not a regular expression: {e}"),
-                )
-            })?;
+            regex_lite::Regex::new(pattern).map_err(|e| bad("approval.ticket_pattern", format!("not a regular expression: {e}")))?;
             // Anchored: the whole ticket must have the pattern's form.
-            let whole = regex_lite::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
-                bad(
-                    "approval.ticket_pattern",
-                    format!("not a regular expression: {e}"),
-                )
-            })?;
+            let whole = regex_lite::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| bad("approval.ticket_pattern", format!("not a regular expression: {e}")))?;
             self.compiled.ticket = Some(whole);
         }
         Ok(())
@@ -333,24 +275,16 @@ impl Flow {
     /// Whether `request` may be asked for under this flow, approvals aside: who asks, what,
     /// for how long, when, and why. The refusal names what does not fit.
     pub fn admits(&self, request: &Request) -> Result<(), String> {
-        self.admits_with(request, &asked_of(request.access))
-            .map_err(|m| m.say(self, request))
+        self.admits_with(request, &asked_of(request.access)).map_err(|m| m.say(self, request))
     }
 
     /// [`Flow::admits`] with the request's entries normalised once (a decision reads many
     /// flows), and the refusal in words only when asked for.
-    fn admits_with(
-        &self,
-        request: &Request,
-        asked: &[Option<Vec<(String, Own)>>],
-    ) -> Result<(), Misfit> {
+    fn admits_with(&self, request: &Request, asked: &[Option<Vec<(String, Own)>>]) -> Result<(), Misfit> {
         if !self.applies_to(request.integration) {
             return Err(Misfit::Integration);
         }
-        if !self
-            .requesters
-            .includes(request.requester, &BTreeSet::new())
-        {
+        if !self.requesters.includes(request.requester, &BTreeSet::new()) {
             return Err(Misfit::Requester);
         }
         for (i, entry) in asked.iter().enumerate() {
@@ -375,13 +309,7 @@ impl Flow {
             let whole = match &self.compiled.ticket {
                 Some(whole) => std::borrow::Cow::Borrowed(whole),
                 // A flow made without parsing (never in pgjit): compiled here.
-                None => std::borrow::Cow::Owned(
-                    regex_lite::Regex::new(&format!(
-                        "^(?:{})$",
-                        rule.ticket_pattern.as_deref().unwrap_or("")
-                    ))
-                    .map_err(|e| Misfit::Pattern(e.to_string()))?,
-                ),
+                None => std::borrow::Cow::Owned(regex_lite::Regex::new(&format!("^(?:{})$", rule.ticket_pattern.as_deref().unwrap_or(""))).map_err(|e| Misfit::Pattern(e.to_string()))?),
             };
             if !whole.is_match(request.ticket.unwrap_or("")) {
                 return Err(Misfit::Ticket);
@@ -393,42 +321,26 @@ impl Flow {
     /// Whether the approvals given are enough under this flow: distinct people allowed to
     /// approve, never the requester, at least `required` of them. Returns the approvers that
     /// counted.
-    pub fn approved_by<'p>(
-        &self,
-        requester: &Person,
-        approvers: &'p [Person],
-        owners: &BTreeSet<String>,
-    ) -> Result<Vec<&'p Person>, String> {
+    pub fn approved_by<'p>(&self, requester: &Person, approvers: &'p [Person], owners: &BTreeSet<String>) -> Result<Vec<&'p Person>, String> {
         let rule = &self.approval;
-        let Some(allowed) = &rule.approvers else {
-            return Ok(Vec::new());
-        };
+        let Some(allowed) = &rule.approvers else { return Ok(Vec::new()) };
         let mut counted: Vec<&Person> = Vec::new();
         let mut why_not = Vec::new();
         for approver in approvers {
             if approver.same_as(requester) {
-                return Err(format!(
-                    "approver {:?} is the requester {:?}: an approval must come from someone else",
-                    approver.named, requester.named
-                ));
+                return Err(format!("approver {:?} is the requester {:?}: an approval must come from someone else", approver.named, requester.named));
             }
             if !allowed.includes(approver, owners) {
                 why_not.push(format!("{:?} is not one of its approvers", approver.named));
             } else if let Some(first) = counted.iter().find(|c| c.same_as(approver)) {
-                why_not.push(format!(
-                    "{:?} is the same person as {:?}",
-                    approver.named, first.named
-                ));
+                why_not.push(format!("{:?} is the same person as {:?}", approver.named, first.named));
             } else {
                 counted.push(approver);
             }
         }
         let required = rule.required() as usize;
         if counted.len() < required {
-            let mut message = format!(
-                "it requires {required} distinct approver(s) and has {}",
-                counted.len()
-            );
+            let mut message = format!("it requires {required} distinct approver(s) and has {}", counted.len());
             if !why_not.is_empty() {
                 message.push_str(&format!(" ({})", why_not.join("; ")));
             }
@@ -473,48 +385,22 @@ enum Misfit {
 impl Misfit {
     fn say(&self, flow: &Flow, request: &Request) -> String {
         match self {
-            Misfit::Integration => {
-                format!("does not apply to integration {:?}", request.integration)
-            }
-            Misfit::Requester => format!(
-                "requester {:?} is not one of its requesters",
-                request.requester.named
-            ),
-            Misfit::Access(i) => format!(
-                "access[{i}] ({}) is outside its envelope",
-                request.access.get(*i).map(describe).unwrap_or_default()
-            ),
-            Misfit::Duration => format!(
-                "{} s is longer than its max_duration_seconds {}",
-                request.duration_seconds, flow.max_duration_seconds
-            ),
-            Misfit::Hours => format!(
-                "it applies only {} and it is {}",
-                flow.hours.as_ref().map(Hours::describe).unwrap_or_default(),
-                request.at.format("%Y-%m-%dT%H:%M:%SZ")
-            ),
+            Misfit::Integration => format!("does not apply to integration {:?}", request.integration),
+            Misfit::Requester => format!("requester {:?} is not one of its requesters", request.requester.named),
+            Misfit::Access(i) => format!("access[{i}] ({}) is outside its envelope", request.access.get(*i).map(describe).unwrap_or_default()),
+            Misfit::Duration => format!("{} s is longer than its max_duration_seconds {}", request.duration_seconds, flow.max_duration_seconds),
+            Misfit::Hours => format!("it applies only {} and it is {}", flow.hours.as_ref().map(Hours::describe).unwrap_or_default(), request.at.format("%Y-%m-%dT%H:%M:%SZ")),
             Misfit::Reason if flow.approval.break_glass => "break-glass needs a reason".into(),
             Misfit::Reason => "it requires a reason".into(),
             Misfit::Pattern(e) => format!("its ticket_pattern does not compile: {e}"),
-            Misfit::Ticket => format!(
-                "ticket {:?} does not match its ticket_pattern {:?}",
-                request.ticket.unwrap_or(""),
-                flow.approval.ticket_pattern.as_deref().unwrap_or("")
-            ),
+            Misfit::Ticket => format!("ticket {:?} does not match its ticket_pattern {:?}", request.ticket.unwrap_or(""), flow.approval.ticket_pattern.as_deref().unwrap_or("")),
         }
     }
 }
 
 /// Each requested entry's own objects (None for an entry that is not valid access).
 fn asked_of(access: &[AccessEntry]) -> Vec<Option<Vec<(String, Own)>>> {
-    access
-        .iter()
-        .map(|e| {
-            AccessSet::from_entries(std::slice::from_ref(e))
-                .ok()
-                .map(|set| own_objects(e, set))
-        })
-        .collect()
+    access.iter().map(|e| AccessSet::from_entries(std::slice::from_ref(e)).ok().map(|set| own_objects(e, set))).collect()
 }
 
 /// What one entry asks for itself, per database (what it implies left out).
@@ -530,12 +416,7 @@ fn own_objects(entry: &AccessEntry, asked: AccessSet) -> Vec<(String, Own)> {
             out.push((database.clone(), Own::Role(role.clone())));
             continue;
         }
-        let level = match (
-            &entry.schema,
-            &entry.table,
-            &entry.sequence,
-            &entry.function,
-        ) {
+        let level = match (&entry.schema, &entry.table, &entry.sequence, &entry.function) {
             (None, ..) => crate::access::Level::Database,
             (Some(_), None, None, None) => crate::access::Level::Schema,
             (Some(_), Some(_), _, _) => crate::access::Level::Table,
@@ -558,51 +439,18 @@ fn covers(envelope: &Object, asked: &Object) -> bool {
     match (envelope, asked) {
         (Object::Database, Object::Database) => true,
         (Object::Schema { schema: e }, Object::Schema { schema: a }) => schema(e, a),
-        (
-            Object::Table {
-                schema: es,
-                table: et,
-            },
-            Object::Table {
-                schema: s,
-                table: t,
-            },
-        ) => schema(es, s) && target(et, t),
-        (
-            Object::Sequence {
-                schema: es,
-                sequence: et,
-            },
-            Object::Sequence {
-                schema: s,
-                sequence: t,
-            },
-        ) => schema(es, s) && target(et, t),
-        (
-            Object::Function {
-                schema: es,
-                function: ef,
-                arguments: ea,
-            },
-            Object::Function {
-                schema: s,
-                function: f,
-                arguments: a,
-            },
-        ) => schema(es, s) && (*ef == Target::All || (ef == f && (ea.is_none() || ea == a))),
+        (Object::Table { schema: es, table: et }, Object::Table { schema: s, table: t }) => schema(es, s) && target(et, t),
+        (Object::Sequence { schema: es, sequence: et }, Object::Sequence { schema: s, sequence: t }) => schema(es, s) && target(et, t),
+        (Object::Function { schema: es, function: ef, arguments: ea }, Object::Function { schema: s, function: f, arguments: a }) => {
+            schema(es, s) && (*ef == Target::All || (ef == f && (ea.is_none() || ea == a)))
+        }
         _ => false,
     }
 }
 
 fn describe(entry: &AccessEntry) -> String {
     let mut parts = vec![format!("database {}", entry.database)];
-    for (kind, value) in [
-        ("schema", &entry.schema),
-        ("table", &entry.table),
-        ("sequence", &entry.sequence),
-        ("function", &entry.function),
-        ("role", &entry.role),
-    ] {
+    for (kind, value) in [("schema", &entry.schema), ("table", &entry.table), ("sequence", &entry.sequence), ("function", &entry.function), ("role", &entry.role)] {
         if let Some(v) = value {
             parts.push(format!("{kind} {v}"));
         }
@@ -615,10 +463,7 @@ fn describe(entry: &AccessEntry) -> String {
 
 fn check_people(field: &str, people: &People, approvers: bool) -> Result<(), FlowError> {
     if people.owners && !approvers {
-        return Err(bad(
-            format!("{field}.owners"),
-            "owners approve; they are not requesters",
-        ));
+        return Err(bad(format!("{field}.owners"), "owners approve; they are not requesters"));
     }
     if people.is_empty() {
         return Err(bad(field, "names nobody: give groups, principals or users"));
@@ -626,22 +471,14 @@ fn check_people(field: &str, people: &People, approvers: bool) -> Result<(), Flo
     for (kind, list) in [("groups", &people.groups), ("users", &people.users)] {
         for (i, name) in list.iter().enumerate() {
             if name.trim().is_empty() || name.len() > 256 {
-                return Err(bad(
-                    format!("{field}.{kind}[{i}]"),
-                    "must be 1-256 characters",
-                ));
+                return Err(bad(format!("{field}.{kind}[{i}]"), "must be 1-256 characters"));
             }
         }
     }
     for (i, pattern) in people.principals.iter().enumerate() {
         let parts: Vec<&str> = pattern.splitn(6, ':').collect();
         let account = parts.get(4).copied().unwrap_or("");
-        if parts.len() != 6
-            || parts[0] != "arn"
-            || !matches!(parts[2], "iam" | "sts")
-            || account.len() != 12
-            || !account.bytes().all(|b| b.is_ascii_digit())
-        {
+        if parts.len() != 6 || parts[0] != "arn" || !matches!(parts[2], "iam" | "sts") || account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad(
                 format!("{field}.principals[{i}]"),
                 format!("{pattern:?} is not an IAM principal ARN pattern (arn:aws:iam::<12-digit account>:role/… or user/…, arn:aws:sts::<account>:assumed-role/…; * and ? after the account)"),
@@ -653,30 +490,17 @@ fn check_people(field: &str, people: &People, approvers: bool) -> Result<(), Flo
 
 impl Hours {
     fn check(&self) -> Result<(), FlowError> {
-        jiff::tz::TimeZone::get(&self.time_zone).map_err(|_| {
-            bad(
-                "hours.time_zone",
-                format!(
-                    "{:?} is not an IANA time zone (e.g. Europe/Berlin, UTC)",
-                    self.time_zone
-                ),
-            )
-        })?;
+        jiff::tz::TimeZone::get(&self.time_zone).map_err(|_| bad("hours.time_zone", format!("{:?} is not an IANA time zone (e.g. Europe/Berlin, UTC)", self.time_zone)))?;
         if self.days.is_empty() {
             return Err(bad("hours.days", "name at least one day"));
         }
         for (i, day) in self.days.iter().enumerate() {
             if !DAYS.contains(&day.to_ascii_lowercase().as_str()) {
-                return Err(bad(
-                    format!("hours.days[{i}]"),
-                    format!("{day:?} is not one of {}", DAYS.join(", ")),
-                ));
+                return Err(bad(format!("hours.days[{i}]"), format!("{day:?} is not one of {}", DAYS.join(", "))));
             }
         }
-        let from = minute_of(&self.from)
-            .ok_or_else(|| bad("hours.from", format!("{:?} is not a time HH:MM", self.from)))?;
-        let to = minute_of(&self.to)
-            .ok_or_else(|| bad("hours.to", format!("{:?} is not a time HH:MM", self.to)))?;
+        let from = minute_of(&self.from).ok_or_else(|| bad("hours.from", format!("{:?} is not a time HH:MM", self.from)))?;
+        let to = minute_of(&self.to).ok_or_else(|| bad("hours.to", format!("{:?} is not a time HH:MM", self.to)))?;
         if from == to {
             return Err(bad("hours.to", "must differ from hours.from"));
         }
@@ -697,21 +521,12 @@ impl Hours {
                 Err(_) => return false,
             },
         };
-        let (Some(from), Some(to)) = (minute_of(&self.from), minute_of(&self.to)) else {
-            return false;
-        };
-        let Ok(ts) = jiff::Timestamp::from_second(at.timestamp()) else {
-            return false;
-        };
+        let (Some(from), Some(to)) = (minute_of(&self.from), minute_of(&self.to)) else { return false };
+        let Ok(ts) = jiff::Timestamp::from_second(at.timestamp()) else { return false };
         let local = ts.to_zoned(tz);
-        let minute = u32::try_from(local.hour()).unwrap_or(0) * 60
-            + u32::try_from(local.minute()).unwrap_or(0);
+        let minute = u32::try_from(local.hour()).unwrap_or(0) * 60 + u32::try_from(local.minute()).unwrap_or(0);
         let day = usize::from(local.weekday().to_monday_zero_offset().unsigned_abs());
-        let on = |d: usize| {
-            self.days
-                .iter()
-                .any(|x| x.eq_ignore_ascii_case(DAYS[d % 7]))
-        };
+        let on = |d: usize| self.days.iter().any(|x| x.eq_ignore_ascii_case(DAYS[d % 7]));
         if from < to {
             on(day) && (from..to).contains(&minute)
         } else {
@@ -720,13 +535,7 @@ impl Hours {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "{} {}-{} ({})",
-            self.days.join(","),
-            self.from,
-            self.to,
-            self.time_zone
-        )
+        format!("{} {}-{} ({})", self.days.join(","), self.from, self.to, self.time_zone)
     }
 }
 
@@ -786,10 +595,7 @@ pub struct FlowSet {
 impl FlowSet {
     pub fn new(mut flows: Vec<std::sync::Arc<Flow>>) -> FlowSet {
         flows.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut set = FlowSet {
-            flows,
-            ..FlowSet::default()
-        };
+        let mut set = FlowSet { flows, ..FlowSet::default() };
         for (i, flow) in set.flows.iter().enumerate() {
             for group in &flow.requesters.groups {
                 set.by_group.entry(group.clone()).or_default().push(i);
@@ -799,10 +605,7 @@ impl FlowSet {
             }
             for pattern in &flow.requesters.principals {
                 let literal = pattern.find(['*', '?']).unwrap_or(pattern.len());
-                set.by_prefix
-                    .entry(pattern[..literal].to_owned())
-                    .or_default()
-                    .push(i);
+                set.by_prefix.entry(pattern[..literal].to_owned()).or_default().push(i);
             }
         }
         set
@@ -843,12 +646,7 @@ impl FlowSet {
     }
 
     /// [`decide`] over the set, reading only the flows that can admit the requester.
-    pub fn decide<'s, 'p>(
-        &'s self,
-        request: &Request,
-        approvers: &'p [Person],
-        owners: &BTreeSet<String>,
-    ) -> Result<Allowance<'s, 'p>, Refusal> {
+    pub fn decide<'s, 'p>(&'s self, request: &Request, approvers: &'p [Person], owners: &BTreeSet<String>) -> Result<Allowance<'s, 'p>, Refusal> {
         self.pick(request, |flows| decide(flows, request, approvers, owners))
     }
 
@@ -857,11 +655,7 @@ impl FlowSet {
         self.pick(request, |flows| admitting(flows, request))
     }
 
-    fn pick<'s, T>(
-        &'s self,
-        request: &Request,
-        choose: impl FnOnce(&[&'s Flow]) -> Result<T, Refusal>,
-    ) -> Result<T, Refusal> {
+    fn pick<'s, T>(&'s self, request: &Request, choose: impl FnOnce(&[&'s Flow]) -> Result<T, Refusal>) -> Result<T, Refusal> {
         if request.flow.is_some() {
             let all: Vec<&Flow> = self.flows.iter().map(|f| f.as_ref()).collect();
             return choose(&all);
@@ -878,17 +672,12 @@ impl FlowSet {
                     break;
                 }
                 if picks.binary_search(&i).is_err() {
-                    let why = flow
-                        .admits(request)
-                        .err()
-                        .unwrap_or_else(|| "not one of its requesters".into());
+                    let why = flow.admits(request).err().unwrap_or_else(|| "not one of its requesters".into());
                     refusal.reasons.push((flow.name.clone(), why));
                 }
             }
             if refusal.reasons.is_empty() {
-                refusal
-                    .reasons
-                    .push(("(none)".into(), "the integration has no flows".into()));
+                refusal.reasons.push(("(none)".into(), "the integration has no flows".into()));
             }
             refusal
         })
@@ -897,16 +686,10 @@ impl FlowSet {
 
 /// The first flow (the named one, else in name order) that admits the request and whose
 /// approval rule the `approvers` satisfy.
-pub fn decide<'f, 'p>(
-    flows: &[&'f Flow],
-    request: &Request,
-    approvers: &'p [Person],
-    owners: &BTreeSet<String>,
-) -> Result<Allowance<'f, 'p>, Refusal> {
+pub fn decide<'f, 'p>(flows: &[&'f Flow], request: &Request, approvers: &'p [Person], owners: &BTreeSet<String>) -> Result<Allowance<'f, 'p>, Refusal> {
     first(flows, request, |flow, asked| {
         flow.admits_with(request, asked).map_err(Why::Misfit)?;
-        flow.approved_by(request.requester, approvers, owners)
-            .map_err(Why::Said)
+        flow.approved_by(request.requester, approvers, owners).map_err(Why::Said)
     })
     .map(|(flow, approvers)| Allowance { flow, approvers })
 }
@@ -914,10 +697,7 @@ pub fn decide<'f, 'p>(
 /// The first flow (the named one, else in name order) under which the request may be asked,
 /// approvals aside: where a new request at the front door goes.
 pub fn admitting<'f>(flows: &[&'f Flow], request: &Request) -> Result<&'f Flow, Refusal> {
-    first(flows, request, |flow, asked| {
-        flow.admits_with(request, asked).map_err(Why::Misfit)
-    })
-    .map(|(flow, ())| flow)
+    first(flows, request, |flow, asked| flow.admits_with(request, asked).map_err(Why::Misfit)).map(|(flow, ())| flow)
 }
 
 /// Why a flow was passed over.
@@ -926,24 +706,12 @@ enum Why {
     Said(String),
 }
 
-fn first<'f, T>(
-    flows: &[&'f Flow],
-    request: &Request,
-    check: impl Fn(&'f Flow, &[Option<Vec<(String, Own)>>]) -> Result<T, Why>,
-) -> Result<(&'f Flow, T), Refusal> {
-    let refusal = |reasons| Refusal {
-        integration: request.integration.to_owned(),
-        reasons,
-    };
+fn first<'f, T>(flows: &[&'f Flow], request: &Request, check: impl Fn(&'f Flow, &[Option<Vec<(String, Own)>>]) -> Result<T, Why>) -> Result<(&'f Flow, T), Refusal> {
+    let refusal = |reasons| Refusal { integration: request.integration.to_owned(), reasons };
     let candidates: Vec<&Flow> = match request.flow {
         Some(name) => match flows.iter().find(|f| f.name == name) {
             Some(f) => vec![f],
-            None => {
-                return Err(refusal(vec![(
-                    name.to_owned(),
-                    "no such flow for this integration".into(),
-                )]))
-            }
+            None => return Err(refusal(vec![(name.to_owned(), "no such flow for this integration".into())])),
         },
         None => flows.to_vec(),
     };
@@ -953,23 +721,17 @@ fn first<'f, T>(
         // Break-glass is chosen, never fallen into: only a request that names its flow.
         if flow.approval.break_glass && request.flow.is_none() {
             if reasons.len() < REASONS_SHOWN {
-                reasons.push((
-                    flow.name.clone(),
-                    "a break-glass flow applies only to a request that names it".to_owned(),
-                ));
+                reasons.push((flow.name.clone(), "a break-glass flow applies only to a request that names it".to_owned()));
             }
             continue;
         }
         match check(flow, &asked) {
             Ok(found) => return Ok((flow, found)),
             // Said in words only for the few flows a refusal names.
-            Err(why) if reasons.len() < REASONS_SHOWN => reasons.push((
-                flow.name.clone(),
-                match why {
-                    Why::Misfit(m) => m.say(flow, request),
-                    Why::Said(s) => s,
-                },
-            )),
+            Err(why) if reasons.len() < REASONS_SHOWN => reasons.push((flow.name.clone(), match why {
+                Why::Misfit(m) => m.say(flow, request),
+                Why::Said(s) => s,
+            })),
             Err(_) => {}
         }
     }
@@ -1009,22 +771,11 @@ mod tests {
     }
 
     fn at(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text)
-            .unwrap()
-            .with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
     }
 
     fn request<'a>(requester: &'a Person, access: &'a [AccessEntry]) -> Request<'a> {
-        Request {
-            integration: "orders-prod",
-            flow: None,
-            requester,
-            access,
-            duration_seconds: 3600,
-            reason: Some("INC-42"),
-            ticket: None,
-            at: at("2026-12-01T10:00:00Z"),
-        }
+        Request { integration: "orders-prod", flow: None, requester, access, duration_seconds: 3600, reason: Some("INC-42"), ticket: None, at: at("2026-12-01T10:00:00Z") }
     }
 
     #[test]
@@ -1038,55 +789,22 @@ mod tests {
             (json!({"integrations": ["x y"]}), "integrations[0]"),
             (json!({"requesters": {}}), "requesters"),
             (json!({"requesters": {"owners": true}}), "requesters.owners"),
-            (
-                json!({"requesters": {"principals": ["arn:aws:iam::12:role/x"]}}),
-                "requesters.principals[0]",
-            ),
+            (json!({"requesters": {"principals": ["arn:aws:iam::12:role/x"]}}), "requesters.principals[0]"),
             (json!({"requesters": {"teams": ["x"]}}), "requesters.teams"),
             (json!({"access": []}), "access"),
-            (
-                json!({"access": [{"database": "app", "schema": "s", "table": "t", "privileges": ["EXECUTE"]}]}),
-                "access[0].privileges",
-            ),
-            (
-                json!({"access": [{"database": "app", "role": "*"}]}),
-                "access[0].role",
-            ),
+            (json!({"access": [{"database": "app", "schema": "s", "table": "t", "privileges": ["EXECUTE"]}]}), "access[0].privileges"),
+            (json!({"access": [{"database": "app", "role": "*"}]}), "access[0].role"),
             (json!({"max_duration_seconds": 0}), "max_duration_seconds"),
-            (
-                json!({"hours": {"time_zone": "Mars/Olympus", "days": ["mon"], "from": "08:00", "to": "18:00"}}),
-                "hours.time_zone",
-            ),
-            (
-                json!({"hours": {"time_zone": "UTC", "days": ["funday"], "from": "08:00", "to": "18:00"}}),
-                "hours.days[0]",
-            ),
-            (
-                json!({"hours": {"time_zone": "UTC", "days": ["mon"], "from": "8", "to": "18:00"}}),
-                "hours.from",
-            ),
+            (json!({"hours": {"time_zone": "Mars/Olympus", "days": ["mon"], "from": "08:00", "to": "18:00"}}), "hours.time_zone"),
+            (json!({"hours": {"time_zone": "UTC", "days": ["funday"], "from": "08:00", "to": "18:00"}}), "hours.days[0]"),
+            (json!({"hours": {"time_zone": "UTC", "days": ["mon"], "from": "8", "to": "18:00"}}), "hours.from"),
             (json!({"approval": {}}), "approval"),
-            (
-                json!({"approval": {"auto": true, "break_glass": true}}),
-                "approval",
-            ),
-            (
-                json!({"approval": {"auto": true, "required": 2}}),
-                "approval.required",
-            ),
-            (
-                json!({"approval": {"approvers": {"users": ["x"]}, "required": 0}}),
-                "approval.required",
-            ),
+            (json!({"approval": {"auto": true, "break_glass": true}}), "approval"),
+            (json!({"approval": {"auto": true, "required": 2}}), "approval.required"),
+            (json!({"approval": {"approvers": {"users": ["x"]}, "required": 0}}), "approval.required"),
             (json!({"approval": {"approvers": {}}}), "approval.approvers"),
-            (
-                json!({"approval": {"auto": true, "ticket_pattern": "("}}),
-                "approval.ticket_pattern",
-            ),
-            (
-                json!({"approval": {"break_glass": true}, "max_duration_seconds": 86400}),
-                "max_duration_seconds",
-            ),
+            (json!({"approval": {"auto": true, "ticket_pattern": "("}}), "approval.ticket_pattern"),
+            (json!({"approval": {"break_glass": true}, "max_duration_seconds": 86400}), "max_duration_seconds"),
             (json!({"max_duration": 60}), "max_duration"),
         ];
         for (change, field) in cases {
@@ -1113,217 +831,79 @@ mod tests {
             assert_eq!(f.admits(&request(&john, &access)), Ok(()), "{fits}");
         }
         for (outside, index) in [
-            (
-                json!([{"database": "app", "schema": "sales", "table": "orders", "privileges": ["DELETE"]}]),
-                0,
-            ),
-            (
-                json!([{"database": "app", "schema": "sales", "table": "orders", "privileges": ["ALL"]}]),
-                0,
-            ),
-            (
-                json!([{"database": "app", "schema": "hr", "table": "salaries", "privileges": ["SELECT"]}]),
-                0,
-            ),
-            (
-                json!([{"database": "app", "role": "reporting"}, {"database": "app", "role": "admin"}]),
-                1,
-            ),
-            (
-                json!([{"database": "other", "schema": "sales", "table": "orders", "privileges": ["SELECT"]}]),
-                0,
-            ),
+            (json!([{"database": "app", "schema": "sales", "table": "orders", "privileges": ["DELETE"]}]), 0),
+            (json!([{"database": "app", "schema": "sales", "table": "orders", "privileges": ["ALL"]}]), 0),
+            (json!([{"database": "app", "schema": "hr", "table": "salaries", "privileges": ["SELECT"]}]), 0),
+            (json!([{"database": "app", "role": "reporting"}, {"database": "app", "role": "admin"}]), 1),
+            (json!([{"database": "other", "schema": "sales", "table": "orders", "privileges": ["SELECT"]}]), 0),
             (json!([{"database": "app", "privileges": ["CREATE"]}]), 0),
             (json!([{"database": "other", "privileges": ["CONNECT"]}]), 0),
             // A table's USAGE and CONNECT come with it; asked alone they need entries of their own.
-            (
-                json!([{"database": "app", "schema": "sales", "privileges": ["USAGE"]}]),
-                0,
-            ),
-            (
-                json!([{"database": "app", "schema": "hr", "privileges": ["USAGE"]}]),
-                0,
-            ),
+            (json!([{"database": "app", "schema": "sales", "privileges": ["USAGE"]}]), 0),
+            (json!([{"database": "app", "schema": "hr", "privileges": ["USAGE"]}]), 0),
             (json!([{"database": "app", "privileges": ["CONNECT"]}]), 0),
-            (
-                json!([{"database": "app", "schema": "sales", "sequence": "*", "privileges": ["USAGE"]}]),
-                0,
-            ),
-            (
-                json!([{"database": "app", "schema": "billing", "function": "other", "privileges": ["EXECUTE"]}]),
-                0,
-            ),
+            (json!([{"database": "app", "schema": "sales", "sequence": "*", "privileges": ["USAGE"]}]), 0),
+            (json!([{"database": "app", "schema": "billing", "function": "other", "privileges": ["EXECUTE"]}]), 0),
         ] {
             let access = entries(outside.clone());
             let why = f.admits(&request(&john, &access)).unwrap_err();
-            assert!(
-                why.starts_with(&format!("access[{index}]")),
-                "{outside}: {why}"
-            );
+            assert!(why.starts_with(&format!("access[{index}]")), "{outside}: {why}");
         }
         // A named table in the envelope does not cover "every table".
-        let narrow = flow(
-            json!({"access": [{"database": "app", "schema": "sales", "table": "orders", "privileges": ["SELECT"]}]}),
-        );
-        let all = entries(
-            json!([{"database": "app", "schema": "sales", "table": "*", "privileges": ["SELECT"]}]),
-        );
+        let narrow = flow(json!({"access": [{"database": "app", "schema": "sales", "table": "orders", "privileges": ["SELECT"]}]}));
+        let all = entries(json!([{"database": "app", "schema": "sales", "table": "*", "privileges": ["SELECT"]}]));
         assert!(narrow.admits(&request(&john, &all)).is_err());
     }
 
     #[test]
     fn who_may_ask_how_long_when_and_why() {
-        let f = flow(
-            json!({"hours": {"time_zone": "Europe/Berlin", "days": ["mon", "tue", "wed", "thu", "fri"], "from": "08:00", "to": "18:00"},
-            "approval": {"approvers": {"groups": ["dba"]}, "reason_required": true, "ticket_pattern": "INC-[0-9]+"}}),
-        );
-        let access = entries(
-            json!([{"database": "app", "schema": "sales", "table": "orders", "privileges": ["SELECT"]}]),
-        );
-        let engineer = person(
-            &["arn:aws:sts::123456789012:assumed-role/AWSReservedSSO_Eng_1/ann@corp.com"],
-            &["engineers"],
-        );
+        let f = flow(json!({"hours": {"time_zone": "Europe/Berlin", "days": ["mon", "tue", "wed", "thu", "fri"], "from": "08:00", "to": "18:00"},
+            "approval": {"approvers": {"groups": ["dba"]}, "reason_required": true, "ticket_pattern": "INC-[0-9]+"}}));
+        let access = entries(json!([{"database": "app", "schema": "sales", "table": "orders", "privileges": ["SELECT"]}]));
+        let engineer = person(&["arn:aws:sts::123456789012:assumed-role/AWSReservedSSO_Eng_1/ann@corp.com"], &["engineers"]);
         let dev = person(&["arn:aws:sts::123456789012:assumed-role/dev-bob/bob"], &[]);
         let stranger = person(&["eve@corp.com"], &["visitors"]);
-        let ok = Request {
-            ticket: Some("INC-42"),
-            ..request(&engineer, &access)
-        };
+        let ok = Request { ticket: Some("INC-42"), ..request(&engineer, &access) };
         assert_eq!(f.admits(&ok), Ok(()));
-        assert_eq!(
-            f.admits(&Request {
-                requester: &dev,
-                ..ok
-            }),
-            Ok(()),
-            "principal pattern"
-        );
-        assert!(f
-            .admits(&Request {
-                requester: &stranger,
-                ..ok
-            })
-            .unwrap_err()
-            .contains("not one of its requesters"));
-        assert!(f
-            .admits(&Request {
-                duration_seconds: 7201,
-                ..ok
-            })
-            .unwrap_err()
-            .contains("max_duration_seconds"));
+        assert_eq!(f.admits(&Request { requester: &dev, ..ok }), Ok(()), "principal pattern");
+        assert!(f.admits(&Request { requester: &stranger, ..ok }).unwrap_err().contains("not one of its requesters"));
+        assert!(f.admits(&Request { duration_seconds: 7201, ..ok }).unwrap_err().contains("max_duration_seconds"));
         // Tuesday 1 December 2026, 10:00 UTC is 11:00 in Berlin; 17:30 UTC is 18:30 there; Saturday is off.
-        assert!(f
-            .admits(&Request {
-                at: at("2026-12-01T17:30:00Z"),
-                ..ok
-            })
-            .unwrap_err()
-            .contains("applies only"));
-        assert!(f
-            .admits(&Request {
-                at: at("2026-12-05T10:00:00Z"),
-                ..ok
-            })
-            .is_err());
-        assert!(f
-            .admits(&Request {
-                at: at("2026-12-01T06:59:00Z"),
-                ..ok
-            })
-            .is_err());
-        assert_eq!(
-            f.admits(&Request {
-                at: at("2026-12-01T07:00:00Z"),
-                ..ok
-            }),
-            Ok(())
-        );
-        assert!(f
-            .admits(&Request {
-                reason: Some("  "),
-                ..ok
-            })
-            .unwrap_err()
-            .contains("reason"));
-        assert!(f
-            .admits(&Request {
-                ticket: Some("INC-42x"),
-                ..ok
-            })
-            .unwrap_err()
-            .contains("ticket"));
+        assert!(f.admits(&Request { at: at("2026-12-01T17:30:00Z"), ..ok }).unwrap_err().contains("applies only"));
+        assert!(f.admits(&Request { at: at("2026-12-05T10:00:00Z"), ..ok }).is_err());
+        assert!(f.admits(&Request { at: at("2026-12-01T06:59:00Z"), ..ok }).is_err());
+        assert_eq!(f.admits(&Request { at: at("2026-12-01T07:00:00Z"), ..ok }), Ok(()));
+        assert!(f.admits(&Request { reason: Some("  "), ..ok }).unwrap_err().contains("reason"));
+        assert!(f.admits(&Request { ticket: Some("INC-42x"), ..ok }).unwrap_err().contains("ticket"));
         assert!(f.admits(&Request { ticket: None, ..ok }).is_err());
     }
 
     #[test]
     fn overnight_hours_run_into_the_next_day() {
-        let h = Hours {
-            time_zone: "UTC".into(),
-            days: vec!["fri".into()],
-            from: "22:00".into(),
-            to: "02:00".into(),
-        };
+        let h = Hours { time_zone: "UTC".into(), days: vec!["fri".into()], from: "22:00".into(), to: "02:00".into() };
         assert!(h.contain(at("2026-12-04T23:00:00Z")), "Friday night");
-        assert!(
-            h.contain(at("2026-12-05T01:59:00Z")),
-            "early Saturday belongs to Friday's window"
-        );
+        assert!(h.contain(at("2026-12-05T01:59:00Z")), "early Saturday belongs to Friday's window");
         assert!(!h.contain(at("2026-12-05T02:00:00Z")));
-        assert!(
-            !h.contain(at("2026-12-05T23:00:00Z")),
-            "Saturday night is not Friday's"
-        );
+        assert!(!h.contain(at("2026-12-05T23:00:00Z")), "Saturday night is not Friday's");
     }
 
     #[test]
     fn approvals_count_distinct_allowed_people_never_the_requester() {
-        let f = flow(
-            json!({"approval": {"approvers": {"groups": ["dba"], "users": ["jane@corp.com"], "owners": true}, "required": 2}}),
-        );
-        let requester = person(
-            &["john.doe@corp.com", "arn:aws:iam::123456789012:user/john"],
-            &["engineers"],
-        );
+        let f = flow(json!({"approval": {"approvers": {"groups": ["dba"], "users": ["jane@corp.com"], "owners": true}, "required": 2}}));
+        let requester = person(&["john.doe@corp.com", "arn:aws:iam::123456789012:user/john"], &["engineers"]);
         let jane = person(&["jane@corp.com"], &[]);
-        let jane_sso = person(
-            &["arn:aws:sts::123456789012:assumed-role/AWSReservedSSO_Dba_2/jane@corp.com"],
-            &["dba"],
-        );
+        let jane_sso = person(&["arn:aws:sts::123456789012:assumed-role/AWSReservedSSO_Dba_2/jane@corp.com"], &["dba"]);
         let dave = person(&["dave@corp.com"], &["dba"]);
         let olga = person(&["olga@corp.com"], &["orders-team"]);
         let owners: BTreeSet<String> = ["orders-team".to_owned()].into();
         let none = BTreeSet::new();
-        assert_eq!(
-            f.approved_by(&requester, &[jane.clone(), dave.clone()], &none)
-                .unwrap()
-                .len(),
-            2
-        );
-        assert_eq!(
-            f.approved_by(&requester, &[olga.clone(), dave.clone()], &owners)
-                .unwrap()
-                .len(),
-            2,
-            "the owners' group"
-        );
-        assert!(f
-            .approved_by(&requester, &[olga.clone(), dave.clone()], &none)
-            .unwrap_err()
-            .contains("not one of its approvers"));
-        let twice = f
-            .approved_by(&requester, &[jane.clone(), jane_sso], &none)
-            .unwrap_err();
+        assert_eq!(f.approved_by(&requester, &[jane.clone(), dave.clone()], &none).unwrap().len(), 2);
+        assert_eq!(f.approved_by(&requester, &[olga.clone(), dave.clone()], &owners).unwrap().len(), 2, "the owners' group");
+        assert!(f.approved_by(&requester, &[olga.clone(), dave.clone()], &none).unwrap_err().contains("not one of its approvers"));
+        let twice = f.approved_by(&requester, &[jane.clone(), jane_sso], &none).unwrap_err();
         assert!(twice.contains("same person"), "{twice}");
-        for self_approval in [
-            person(&["john"], &["dba"]),
-            person(&["JOHN.DOE@corp.com"], &["dba"]),
-            person(&["arn:aws:iam::123456789012:user/john"], &["dba"]),
-        ] {
-            let e = f
-                .approved_by(&requester, &[self_approval, jane.clone()], &none)
-                .unwrap_err();
+        for self_approval in [person(&["john"], &["dba"]), person(&["JOHN.DOE@corp.com"], &["dba"]), person(&["arn:aws:iam::123456789012:user/john"], &["dba"])] {
+            let e = f.approved_by(&requester, &[self_approval, jane.clone()], &none).unwrap_err();
             assert!(e.contains("is the requester"), "{e}");
         }
         let auto = flow(json!({"approval": {"auto": true}}));
@@ -1347,24 +927,16 @@ mod tests {
         let all: Vec<&Flow> = flows.iter().map(|f| f.as_ref()).collect();
         let jane = [person(&["jane@corp.com"], &[])];
         let none = BTreeSet::new();
-        let access = entries(
-            json!([{"database": "app", "schema": "sales", "table": "orders", "privileges": ["SELECT"]}]),
-        );
+        let access = entries(json!([{"database": "app", "schema": "sales", "table": "orders", "privileges": ["SELECT"]}]));
         for (names, groups) in [
-            (
-                vec!["arn:aws:sts::123456789012:assumed-role/team6-x/bob"],
-                vec![],
-            ),
+            (vec!["arn:aws:sts::123456789012:assumed-role/team6-x/bob"], vec![]),
             (vec!["user5@corp.com"], vec![]),
             (vec!["nobody@corp.com"], vec!["g8", "g12"]),
             (vec!["arn:aws:iam::123456789012:user/zed"], vec![]),
         ] {
             let p = person(&names, &groups);
             for duration in [60, 400, 5000] {
-                let r = Request {
-                    duration_seconds: duration,
-                    ..request(&p, &access)
-                };
+                let r = Request { duration_seconds: duration, ..request(&p, &access) };
                 let indexed = set.decide(&r, &jane, &none).map(|a| a.flow.name.clone());
                 let read_all = decide(&all, &r, &jane, &none).map(|a| a.flow.name.clone());
                 assert_eq!(indexed.is_ok(), read_all.is_ok(), "{names:?} {duration}");
@@ -1375,90 +947,32 @@ mod tests {
         }
         assert!(set.holds(&flows) && !set.holds(&flows[1..]));
         let stranger = person(&["eve@corp.com"], &[]);
-        let refused = FlowSet::new(flows[..3].to_vec())
-            .decide(&request(&stranger, &access), &jane, &none)
-            .unwrap_err();
+        let refused = FlowSet::new(flows[..3].to_vec()).decide(&request(&stranger, &access), &jane, &none).unwrap_err();
         assert_eq!(refused.reasons.len(), 3, "{refused}");
-        assert!(
-            refused
-                .reasons
-                .iter()
-                .all(|(_, why)| why.contains("not one of its requesters")),
-            "{refused}"
-        );
+        assert!(refused.reasons.iter().all(|(_, why)| why.contains("not one of its requesters")), "{refused}");
     }
 
     #[test]
     fn decide_picks_the_named_or_first_fitting_flow_and_says_why_not() {
         let read = flow(json!({"name": "a-read"}));
-        let glass = flow(
-            json!({"name": "b-glass", "approval": {"break_glass": true}, "max_duration_seconds": 3600,
-            "access": [{"database": "app", "schema": "*", "table": "*", "privileges": ["ALL"]}]}),
-        );
+        let glass = flow(json!({"name": "b-glass", "approval": {"break_glass": true}, "max_duration_seconds": 3600,
+            "access": [{"database": "app", "schema": "*", "table": "*", "privileges": ["ALL"]}]}));
         let flows = [&read, &glass];
         let john = person(&["john.doe@corp.com"], &[]);
         let jane = person(&["jane@corp.com"], &[]);
-        let write = entries(
-            json!([{"database": "app", "schema": "sales", "table": "orders", "privileges": ["DELETE"]}]),
-        );
+        let write = entries(json!([{"database": "app", "schema": "sales", "table": "orders", "privileges": ["DELETE"]}]));
         let none = BTreeSet::new();
         let unnamed = decide(&flows, &request(&john, &write), &[], &none).unwrap_err();
-        assert!(
-            unnamed
-                .to_string()
-                .contains("applies only to a request that names it"),
-            "break-glass is never fallen into: {unnamed}"
-        );
-        let chosen = decide(
-            &flows,
-            &Request {
-                flow: Some("b-glass"),
-                ..request(&john, &write)
-            },
-            &[],
-            &none,
-        )
-        .unwrap();
+        assert!(unnamed.to_string().contains("applies only to a request that names it"), "break-glass is never fallen into: {unnamed}");
+        let chosen = decide(&flows, &Request { flow: Some("b-glass"), ..request(&john, &write) }, &[], &none).unwrap();
         assert_eq!(chosen.flow.name, "b-glass");
-        let refused = decide(
-            &flows,
-            &Request {
-                reason: None,
-                flow: Some("b-glass"),
-                ..request(&john, &write)
-            },
-            &[],
-            &none,
-        )
-        .unwrap_err();
+        let refused = decide(&flows, &Request { reason: None, flow: Some("b-glass"), ..request(&john, &write) }, &[], &none).unwrap_err();
         assert_eq!(refused.reasons.len(), 1, "{refused}");
-        assert!(
-            refused
-                .to_string()
-                .contains("flow \"b-glass\": break-glass needs a reason"),
-            "{refused}"
-        );
-        let read_access = entries(
-            json!([{"database": "app", "schema": "sales", "table": "orders", "privileges": ["SELECT"]}]),
-        );
+        assert!(refused.to_string().contains("flow \"b-glass\": break-glass needs a reason"), "{refused}");
+        let read_access = entries(json!([{"database": "app", "schema": "sales", "table": "orders", "privileges": ["SELECT"]}]));
         let approved = [jane];
-        assert_eq!(
-            decide(&flows, &request(&john, &read_access), &approved, &none)
-                .unwrap()
-                .flow
-                .name,
-            "a-read"
-        );
-        let named = decide(
-            &flows,
-            &Request {
-                flow: Some("nope"),
-                ..request(&john, &read_access)
-            },
-            &approved,
-            &none,
-        )
-        .unwrap_err();
+        assert_eq!(decide(&flows, &request(&john, &read_access), &approved, &none).unwrap().flow.name, "a-read");
+        let named = decide(&flows, &Request { flow: Some("nope"), ..request(&john, &read_access) }, &approved, &none).unwrap_err();
         assert!(named.to_string().contains("no such flow"));
         assert!(decide(&[], &request(&john, &read_access), &approved, &none).is_err());
     }

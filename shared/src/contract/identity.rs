@@ -42,26 +42,14 @@ pub fn principal_of(arn: &str) -> Result<Principal, String> {
 
 pub fn requester_of(arn: &str) -> Result<Requester, String> {
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
-    if parts.len() != 6
-        || parts[0] != "arn"
-        || parts[4].len() != 12
-        || !parts[4].bytes().all(|b| b.is_ascii_digit())
-    {
-        return Err(format!(
-            "{arn:?} is not an IAM ARN (arn:aws:iam::<account>:user/… or role/…)"
-        ));
+    if parts.len() != 6 || parts[0] != "arn" || parts[4].len() != 12 || !parts[4].bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{arn:?} is not an IAM ARN (arn:aws:iam::<account>:user/… or role/…)"));
     }
     if !PARTITIONS.contains(&parts[1]) {
         return Err(format!("{arn:?}: unknown partition {:?}", parts[1]));
     }
     let (service, resource) = (parts[2], parts[5]);
-    let valid = |name: &str| {
-        !name.is_empty()
-            && name.len() <= 128
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
-    };
+    let valid = |name: &str| !name.is_empty() && name.len() <= 128 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b));
     let split_path = |rest: &str| match rest.rsplit_once('/') {
         Some((path, name)) => (format!("/{path}/"), name.to_owned()),
         None => ("/".to_owned(), rest.to_owned()),
@@ -94,13 +82,7 @@ pub fn requester_of(arn: &str) -> Result<Requester, String> {
     if path.as_deref().is_some_and(|p| p.contains("//")) {
         return Err(format!("{arn:?} has an empty path segment"));
     }
-    Ok(Requester {
-        partition: parts[1].to_owned(),
-        account: parts[4].to_owned(),
-        principal,
-        path,
-        session,
-    })
+    Ok(Requester { partition: parts[1].to_owned(), account: parts[4].to_owned(), principal, path, session })
 }
 
 impl Requester {
@@ -130,11 +112,7 @@ impl std::hash::Hasher for Fnv {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        let mut hash = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
+        let mut hash = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
         for b in bytes {
             hash ^= u64::from(*b);
             hash = hash.wrapping_mul(0x0100_0000_01b3);
@@ -201,31 +179,17 @@ impl Person {
         match (&r.principal, &r.session) {
             (Principal::User(user), _) => {
                 push_new(&mut self.arns, name);
-                self.extra_keys
-                    .insert(format!("user:{}", user.to_lowercase()));
+                self.extra_keys.insert(format!("user:{}", user.to_lowercase()));
             }
             (Principal::Role(role), Some(session)) => {
                 push_new(&mut self.arns, name);
-                push_new(
-                    &mut self.arns,
-                    &format!("arn:{}:iam::{}:role/{role}", r.partition, r.account),
-                );
+                push_new(&mut self.arns, &format!("arn:{}:iam::{}:role/{role}", r.partition, r.account));
                 if role.starts_with(IDENTITY_CENTER_ROLE_PREFIX) {
                     push_new(&mut self.user_names, session);
-                    self.identity_center_sessions.push((
-                        r.account.clone(),
-                        role.clone(),
-                        session.clone(),
-                    ));
+                    self.identity_center_sessions.push((r.account.clone(), role.clone(), session.clone()));
                 } else {
-                    self.extra_keys.insert(format!(
-                        "session:{}/{}/{}",
-                        r.account,
-                        role.to_lowercase(),
-                        session.to_lowercase()
-                    ));
-                    self.extra_keys
-                        .insert(format!("user:{}", session.to_lowercase()));
+                    self.extra_keys.insert(format!("session:{}/{}/{}", r.account, role.to_lowercase(), session.to_lowercase()));
+                    self.extra_keys.insert(format!("user:{}", session.to_lowercase()));
                 }
             }
             (Principal::Role(role), None) => {
@@ -245,8 +209,7 @@ impl Person {
         }
         self.groups.extend(other.groups.iter().cloned());
         self.extra_keys.extend(other.extra_keys.iter().cloned());
-        self.identity_center_sessions
-            .extend(other.identity_center_sessions.iter().cloned());
+        self.identity_center_sessions.extend(other.identity_center_sessions.iter().cloned());
         if self.user_id.is_none() {
             self.user_id.clone_from(&other.user_id);
         }
@@ -256,47 +219,24 @@ impl Person {
     /// Takes back the user name a session of `role` in `account` gave: the role is not one of
     /// Identity Center's (or cannot be shown to be). The session stays a plain role session.
     pub fn not_identity_center(&mut self, account: &str, role: &str) {
-        let taken: Vec<String> = self
-            .identity_center_sessions
-            .iter()
-            .filter(|(a, r, _)| a == account && r == role)
-            .map(|(_, _, s)| s.clone())
-            .collect();
-        self.identity_center_sessions
-            .retain(|(a, r, _)| !(a == account && r == role));
+        let taken: Vec<String> = self.identity_center_sessions.iter().filter(|(a, r, _)| a == account && r == role).map(|(_, _, s)| s.clone()).collect();
+        self.identity_center_sessions.retain(|(a, r, _)| !(a == account && r == role));
         for session in taken {
             // A name given some other way too (a user name of its own) stays.
-            let named_otherwise = self
-                .identity_center_sessions
-                .iter()
-                .any(|(_, _, s)| *s == session);
+            let named_otherwise = self.identity_center_sessions.iter().any(|(_, _, s)| *s == session);
             if !named_otherwise {
                 self.user_names.retain(|u| *u != session);
             }
-            self.extra_keys.insert(format!(
-                "session:{account}/{}/{}",
-                role.to_lowercase(),
-                session.to_lowercase()
-            ));
-            self.extra_keys
-                .insert(format!("user:{}", session.to_lowercase()));
+            self.extra_keys.insert(format!("session:{account}/{}/{}", role.to_lowercase(), session.to_lowercase()));
+            self.extra_keys.insert(format!("user:{}", session.to_lowercase()));
         }
     }
 
     /// Every key that identifies this person; two people sharing one are the same person.
     pub fn keys(&self) -> BTreeSet<String> {
         let mut keys = self.extra_keys.clone();
-        keys.extend(
-            self.user_names
-                .iter()
-                .map(|u| format!("user:{}", u.to_lowercase())),
-        );
-        keys.extend(
-            self.arns
-                .iter()
-                .filter(|a| a.contains(":iam::") && a.contains(":user/"))
-                .map(|a| format!("arn:{}", a.to_lowercase())),
-        );
+        keys.extend(self.user_names.iter().map(|u| format!("user:{}", u.to_lowercase())));
+        keys.extend(self.arns.iter().filter(|a| a.contains(":iam::") && a.contains(":user/")).map(|a| format!("arn:{}", a.to_lowercase())));
         keys.extend(self.user_id.iter().map(|id| format!("id:{id}")));
         keys
     }
@@ -334,10 +274,7 @@ fn push_new(list: &mut Vec<String>, value: &str) {
 /// over many flows mostly stops there.
 pub fn glob_matches(pattern: &str, text: &str) -> bool {
     let (p, t) = (pattern.as_bytes(), text.as_bytes());
-    let literal = p
-        .iter()
-        .position(|b| *b == b'*' || *b == b'?')
-        .unwrap_or(p.len());
+    let literal = p.iter().position(|b| *b == b'*' || *b == b'?').unwrap_or(p.len());
     if !t.starts_with(&p[..literal]) {
         return false;
     }
@@ -388,47 +325,22 @@ mod tests {
     fn one_person_under_several_names_is_one_person() {
         let jane = Person::named(&["jane@corp.com"]).unwrap();
         let jane_session = Person::named(&[SSO]).unwrap();
-        assert!(
-            jane.same_as(&jane_session),
-            "the Identity Center session is the user it names"
-        );
-        assert!(
-            Person::named(&["JANE@corp.com"]).unwrap().same_as(&jane),
-            "user names compare case-insensitively"
-        );
-        let john =
-            Person::named(&["john.doe@corp.com", "arn:aws:iam::123456789012:user/john"]).unwrap();
-        assert!(
-            john.same_as(&Person::named(&["john"]).unwrap()),
-            "an IAM user's name counts as a name of theirs"
-        );
+        assert!(jane.same_as(&jane_session), "the Identity Center session is the user it names");
+        assert!(Person::named(&["JANE@corp.com"]).unwrap().same_as(&jane), "user names compare case-insensitively");
+        let john = Person::named(&["john.doe@corp.com", "arn:aws:iam::123456789012:user/john"]).unwrap();
+        assert!(john.same_as(&Person::named(&["john"]).unwrap()), "an IAM user's name counts as a name of theirs");
         assert!(john.same_as(&Person::named(&["arn:aws:iam::123456789012:user/john"]).unwrap()));
         assert!(!john.same_as(&jane));
-        let ops =
-            Person::named(&["arn:aws:sts::123456789012:assumed-role/ops/jane@corp.com"]).unwrap();
-        assert!(
-            ops.same_as(&jane),
-            "a role session named like a user is taken as that user, to be safe"
-        );
-        assert!(
-            ops.user_names.is_empty(),
-            "but its session name never matches a flow's users"
-        );
+        let ops = Person::named(&["arn:aws:sts::123456789012:assumed-role/ops/jane@corp.com"]).unwrap();
+        assert!(ops.same_as(&jane), "a role session named like a user is taken as that user, to be safe");
+        assert!(ops.user_names.is_empty(), "but its session name never matches a flow's users");
         let joined = Person::named(&[SSO]).unwrap().joined(&john);
-        assert!(
-            joined.same_as(&john)
-                && joined.same_as(&jane)
-                && joined.has_user_name("john.doe@corp.com"),
-            "one person under both sets of names"
-        );
+        assert!(joined.same_as(&john) && joined.same_as(&jane) && joined.has_user_name("john.doe@corp.com"), "one person under both sets of names");
         let mut resolved = Person::named(&["j.doe"]).unwrap();
         resolved.user_id = Some("u-1".into());
         let mut by_mail = Person::named(&["jane.doe@corp.com"]).unwrap();
         by_mail.user_id = Some("u-1".into());
-        assert!(
-            resolved.same_as(&by_mail),
-            "two names of one Identity Store user"
-        );
+        assert!(resolved.same_as(&by_mail), "two names of one Identity Store user");
     }
 
     #[test]
@@ -443,24 +355,10 @@ mod tests {
         let p = Person::named(&["arn:aws:sts::123456789012:assumed-role/dev-alice/alice"]).unwrap();
         assert!(p.matches_principal("arn:aws:iam::123456789012:role/dev-*"));
         assert!(p.matches_principal("arn:aws:sts::123456789012:assumed-role/dev-alice/*"));
-        assert!(
-            !p.matches_principal("arn:aws:iam::123456789012:role/Dev-*"),
-            "case-sensitive"
-        );
+        assert!(!p.matches_principal("arn:aws:iam::123456789012:role/Dev-*"), "case-sensitive");
         assert!(!p.matches_principal("arn:aws:iam::210987654321:role/*"));
-        for (pattern, text, yes) in [
-            ("a*b?c", "axxbyc", true),
-            ("a*b?c", "abc", false),
-            ("*", "", true),
-            ("a**", "a", true),
-            ("?", "", false),
-            ("abc", "abc", true),
-            ("abc", "abcd", false),
-            ("ab", "abc", false),
-            ("a?c", "aéc", true),
-            ("a*é", "xaé", false),
-            ("*é", "xaé", true),
-        ] {
+        for (pattern, text, yes) in [("a*b?c", "axxbyc", true), ("a*b?c", "abc", false), ("*", "", true), ("a**", "a", true), ("?", "", false),
+            ("abc", "abc", true), ("abc", "abcd", false), ("ab", "abc", false), ("a?c", "aéc", true), ("a*é", "xaé", false), ("*é", "xaé", true)] {
             assert_eq!(glob_matches(pattern, text), yes, "{pattern} {text}");
         }
     }

@@ -31,11 +31,7 @@ impl Caller {
     pub fn id(&self) -> String {
         match requester_of(&self.arn) {
             Ok(r) => match (&r.principal, &r.session) {
-                (Principal::Role(role), Some(session))
-                    if role.starts_with(IDENTITY_CENTER_ROLE_PREFIX) =>
-                {
-                    session.clone()
-                }
+                (Principal::Role(role), Some(session)) if role.starts_with(IDENTITY_CENTER_ROLE_PREFIX) => session.clone(),
                 _ => self.arn.clone(),
             },
             Err(_) => self.arn.clone(),
@@ -52,10 +48,7 @@ impl Caller {
     pub fn check(&self) -> Result<(), String> {
         let r = requester_of(&self.arn)?;
         if r.account != self.account {
-            return Err(format!(
-                "the caller's ARN {:?} is not in its account {}",
-                self.arn, self.account
-            ));
+            return Err(format!("the caller's ARN {:?} is not in its account {}", self.arn, self.account));
         }
         if matches!(r.principal, Principal::Role(_)) && r.session.is_none() {
             return Err(format!("{:?} is a role, not a session of one", self.arn));
@@ -133,16 +126,7 @@ pub struct NewRequest {
 pub fn with_database(entries: &[AccessEntry], database: &str) -> Vec<AccessEntry> {
     entries
         .iter()
-        .map(|e| {
-            if e.database.is_empty() {
-                AccessEntry {
-                    database: database.to_owned(),
-                    ..e.clone()
-                }
-            } else {
-                e.clone()
-            }
-        })
+        .map(|e| if e.database.is_empty() { AccessEntry { database: database.to_owned(), ..e.clone() } } else { e.clone() })
         .collect()
 }
 
@@ -160,25 +144,11 @@ pub enum ListFilter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Create(NewRequest),
-    Approve {
-        request_id: String,
-        client_token: Option<String>,
-    },
-    Deny {
-        request_id: String,
-        reason: String,
-        client_token: Option<String>,
-    },
-    Cancel {
-        request_id: String,
-        client_token: Option<String>,
-    },
-    Get {
-        request_id: String,
-    },
-    List {
-        filter: ListFilter,
-    },
+    Approve { request_id: String, client_token: Option<String> },
+    Deny { request_id: String, reason: String, client_token: Option<String> },
+    Cancel { request_id: String, client_token: Option<String> },
+    Get { request_id: String },
+    List { filter: ListFilter },
 }
 
 impl Action {
@@ -198,36 +168,22 @@ impl Action {
 const CLAIMS: [&str; 3] = ["requester", "approver", "caller"];
 
 fn bad(field: &str, message: impl Into<String>) -> EventError {
-    EventError {
-        field: field.to_owned(),
-        message: message.into(),
-    }
+    EventError { field: field.to_owned(), message: message.into() }
 }
 
 fn token_ok(token: &str) -> bool {
-    (1..=64).contains(&token.len())
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    (1..=64).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Parses a body; the first bad field is named. `now` bounds `start_at`.
 pub fn parse_action(body: &str, now: DateTime<Utc>) -> Result<Action, EventError> {
-    let mut value: Value =
-        serde_json::from_str(body).map_err(|e| bad("(body)", format!("not JSON: {e}")))?;
-    let map = value
-        .as_object_mut()
-        .ok_or_else(|| bad("(body)", "must be a JSON object"))?;
+    let mut value: Value = serde_json::from_str(body).map_err(|e| bad("(body)", format!("not JSON: {e}")))?;
+    let map = value.as_object_mut().ok_or_else(|| bad("(body)", "must be a JSON object"))?;
     for claim in CLAIMS {
         map.remove(claim);
     }
-    let action = map
-        .remove("action")
-        .and_then(|a| a.as_str().map(str::to_owned))
-        .ok_or_else(|| bad("action", "say create, approve, deny, cancel, get or list"))?;
-    let text = |map: &mut serde_json::Map<String, Value>,
-                field: &str|
-     -> Result<Option<String>, EventError> {
+    let action = map.remove("action").and_then(|a| a.as_str().map(str::to_owned)).ok_or_else(|| bad("action", "say create, approve, deny, cancel, get or list"))?;
+    let text = |map: &mut serde_json::Map<String, Value>, field: &str| -> Result<Option<String>, EventError> {
         match map.remove(field) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
@@ -239,17 +195,13 @@ pub fn parse_action(body: &str, now: DateTime<Utc>) -> Result<Action, EventError
         check_request_id(&id)?;
         Ok(id)
     };
-    let client_token =
-        |map: &mut serde_json::Map<String, Value>| -> Result<Option<String>, EventError> {
-            let token = text(map, "client_token")?;
-            if token.as_deref().is_some_and(|t| !token_ok(t)) {
-                return Err(bad(
-                    "client_token",
-                    "must be 1-64 letters, digits, '-' or '_'",
-                ));
-            }
-            Ok(token)
-        };
+    let client_token = |map: &mut serde_json::Map<String, Value>| -> Result<Option<String>, EventError> {
+        let token = text(map, "client_token")?;
+        if token.as_deref().is_some_and(|t| !token_ok(t)) {
+            return Err(bad("client_token", "must be 1-64 letters, digits, '-' or '_'"));
+        }
+        Ok(token)
+    };
     let done = |map: &serde_json::Map<String, Value>| match map.keys().next() {
         Some(extra) => Err(bad(extra, format!("unknown field for {action:?}"))),
         None => Ok(()),
@@ -259,15 +211,10 @@ pub fn parse_action(body: &str, now: DateTime<Utc>) -> Result<Action, EventError
             // An entry without a database is in the integration's (filled in by the front door).
             if let Some(Value::Array(entries)) = map.get_mut("access") {
                 for entry in entries.iter_mut().filter_map(Value::as_object_mut) {
-                    entry
-                        .entry("database")
-                        .or_insert(Value::String(String::new()));
+                    entry.entry("database").or_insert(Value::String(String::new()));
                 }
             }
-            let new: NewRequest = serde_path_to_error::deserialize(Value::Object(std::mem::take(
-                map,
-            )))
-            .map_err(|e| {
+            let new: NewRequest = serde_path_to_error::deserialize(Value::Object(std::mem::take(map))).map_err(|e| {
                 let path = e.path().to_string();
                 let message = e.into_inner().to_string();
                 bad(&field_of(&path, &message, "(body)"), message)
@@ -275,50 +222,26 @@ pub fn parse_action(body: &str, now: DateTime<Utc>) -> Result<Action, EventError
             check_new(&new, now)?;
             return Ok(Action::Create(new));
         }
-        "approve" => Action::Approve {
-            request_id: request_id(map)?,
-            client_token: client_token(map)?,
-        },
+        "approve" => Action::Approve { request_id: request_id(map)?, client_token: client_token(map)? },
         "deny" => {
             let request_id = request_id(map)?;
-            let reason = text(map, "reason")?
-                .filter(|r| !r.trim().is_empty())
-                .ok_or_else(|| bad("reason", "a denial says why"))?;
+            let reason = text(map, "reason")?.filter(|r| !r.trim().is_empty()).ok_or_else(|| bad("reason", "a denial says why"))?;
             if reason.len() > 2048 {
                 return Err(bad("reason", "at most 2048 characters"));
             }
-            Action::Deny {
-                request_id,
-                reason,
-                client_token: client_token(map)?,
-            }
+            Action::Deny { request_id, reason, client_token: client_token(map)? }
         }
-        "cancel" => Action::Cancel {
-            request_id: request_id(map)?,
-            client_token: client_token(map)?,
-        },
-        "get" => Action::Get {
-            request_id: request_id(map)?,
-        },
+        "cancel" => Action::Cancel { request_id: request_id(map)?, client_token: client_token(map)? },
+        "get" => Action::Get { request_id: request_id(map)? },
         "list" => {
             let filter = match text(map, "filter")?.as_deref() {
                 None | Some("mine") => ListFilter::Mine,
                 Some("to_approve") => ListFilter::ToApprove,
-                Some(other) => {
-                    return Err(bad(
-                        "filter",
-                        format!("{other:?} is not mine or to_approve"),
-                    ))
-                }
+                Some(other) => return Err(bad("filter", format!("{other:?} is not mine or to_approve"))),
             };
             Action::List { filter }
         }
-        other => {
-            return Err(bad(
-                "action",
-                format!("{other:?} is not create, approve, deny, cancel, get or list"),
-            ))
-        }
+        other => return Err(bad("action", format!("{other:?} is not create, approve, deny, cancel, get or list"))),
     };
     done(map)?;
     Ok(parsed)
@@ -326,19 +249,12 @@ pub fn parse_action(body: &str, now: DateTime<Utc>) -> Result<Action, EventError
 
 fn check_new(new: &NewRequest, now: DateTime<Utc>) -> Result<(), EventError> {
     if !token_ok(&new.client_token) {
-        return Err(bad(
-            "client_token",
-            "must be 1-64 letters, digits, '-' or '_'",
-        ));
+        return Err(bad("client_token", "must be 1-64 letters, digits, '-' or '_'"));
     }
     if new.integration.is_empty() || new.integration.len() > 64 {
         return Err(bad("integration", "must be 1-64 characters"));
     }
-    if new
-        .flow
-        .as_ref()
-        .is_some_and(|f| f.is_empty() || f.len() > 64)
-    {
+    if new.flow.as_ref().is_some_and(|f| f.is_empty() || f.len() > 64) {
         return Err(bad("flow", "must be 1-64 characters"));
     }
     if new.access.is_empty() || new.access.len() > 100 {
@@ -346,27 +262,19 @@ fn check_new(new: &NewRequest, now: DateTime<Utc>) -> Result<(), EventError> {
     }
     // Checked as the front door will fill it in: an empty database is the integration's.
     let filled = with_database(&new.access, "postgres");
-    crate::access::AccessSet::from_entries(&filled)
-        .map_err(|e| bad(&format!("access[{}].{}", e.index, e.field), e.message))?;
+    crate::access::AccessSet::from_entries(&filled).map_err(|e| bad(&format!("access[{}].{}", e.index, e.field), e.message))?;
     if new.duration_seconds == 0 {
         return Err(bad("duration_seconds", "must be positive"));
     }
     if new.reason.as_ref().is_some_and(|r| r.len() > 2048) {
         return Err(bad("reason", "at most 2048 characters"));
     }
-    if new
-        .ticket
-        .as_ref()
-        .is_some_and(|t| t.trim().is_empty() || t.len() > 128)
-    {
+    if new.ticket.as_ref().is_some_and(|t| t.trim().is_empty() || t.len() > 128) {
         return Err(bad("ticket", "must be 1-128 characters"));
     }
     if let Some(start) = new.start_at {
         if start > now + chrono::Duration::days(MAX_START_AHEAD_DAYS) {
-            return Err(bad(
-                "start_at",
-                format!("at most {MAX_START_AHEAD_DAYS} days ahead"),
-            ));
+            return Err(bad("start_at", format!("at most {MAX_START_AHEAD_DAYS} days ahead")));
         }
         if start < now - chrono::Duration::minutes(5) {
             return Err(bad("start_at", "is in the past"));
@@ -381,9 +289,7 @@ mod tests {
     use serde_json::json;
 
     fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc)
+        DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z").unwrap().with_timezone(&Utc)
     }
 
     fn create() -> Value {
@@ -397,18 +303,10 @@ mod tests {
         let mut body = create();
         body["requester"] = json!({"id": "jane@corp.com"});
         body["approver"] = json!("boss");
-        let Action::Create(new) = parse_action(&body.to_string(), now()).unwrap() else {
-            panic!("create")
-        };
+        let Action::Create(new) = parse_action(&body.to_string(), now()).unwrap() else { panic!("create") };
         assert_eq!(new.integration, "orders-prod");
         let approve = json!({"action": "approve", "request_id": "REQ-1", "caller": {"arn": "arn:aws:iam::123456789012:user/boss"}});
-        assert_eq!(
-            parse_action(&approve.to_string(), now()).unwrap(),
-            Action::Approve {
-                request_id: "REQ-1".into(),
-                client_token: None
-            }
-        );
+        assert_eq!(parse_action(&approve.to_string(), now()).unwrap(), Action::Approve { request_id: "REQ-1".into(), client_token: None });
     }
 
     #[test]
@@ -418,36 +316,20 @@ mod tests {
             (json!({"action": "grant"}), "action"),
             (json!({}), "action"),
             (json!({"action": "approve"}), "request_id"),
-            (
-                json!({"action": "approve", "request_id": "a b"}),
-                "request_id",
-            ),
-            (
-                json!({"action": "approve", "request_id": "R", "client_token": "x y"}),
-                "client_token",
-            ),
+            (json!({"action": "approve", "request_id": "a b"}), "request_id"),
+            (json!({"action": "approve", "request_id": "R", "client_token": "x y"}), "client_token"),
             (json!({"action": "deny", "request_id": "R"}), "reason"),
-            (
-                json!({"action": "cancel", "request_id": "R", "extra": 1}),
-                "extra",
-            ),
+            (json!({"action": "cancel", "request_id": "R", "extra": 1}), "extra"),
             (json!({"action": "list", "filter": "all"}), "filter"),
         ];
         for (body, field) in cases {
-            assert_eq!(
-                parse_action(&body.to_string(), now()).unwrap_err().field,
-                field,
-                "{body}"
-            );
+            assert_eq!(parse_action(&body.to_string(), now()).unwrap_err().field, field, "{body}");
         }
         for (change, field) in [
             (json!({"client_token": ""}), "client_token"),
             (json!({"duration_seconds": 0}), "duration_seconds"),
             (json!({"access": []}), "access"),
-            (
-                json!({"access": [{"database": "app", "schema": "s", "table": "t", "privileges": ["FLY"]}]}),
-                "access[0].privileges",
-            ),
+            (json!({"access": [{"database": "app", "schema": "s", "table": "t", "privileges": ["FLY"]}]}), "access[0].privileges"),
             (json!({"start_at": "2026-12-09T10:00:00Z"}), "start_at"),
             (json!({"start_at": "2026-11-30T10:00:00Z"}), "start_at"),
             (json!({"colour": "red"}), "colour"),
@@ -456,18 +338,12 @@ mod tests {
             for (k, v) in change.as_object().unwrap() {
                 body[k] = v.clone();
             }
-            assert_eq!(
-                parse_action(&body.to_string(), now()).unwrap_err().field,
-                field,
-                "{change}"
-            );
+            assert_eq!(parse_action(&body.to_string(), now()).unwrap_err().field, field, "{change}");
         }
         // No database: the integration's, filled in later.
         let mut bare = create();
         bare["access"] = json!([{"schema": "sales", "table": "orders", "privileges": ["SELECT"]}]);
-        let Action::Create(new) = parse_action(&bare.to_string(), now()).unwrap() else {
-            panic!("create")
-        };
+        let Action::Create(new) = parse_action(&bare.to_string(), now()).unwrap() else { panic!("create") };
         assert_eq!(with_database(&new.access, "app")[0].database, "app");
         let mut ahead = create();
         ahead["start_at"] = json!("2026-12-07T10:00:00Z");
@@ -477,27 +353,10 @@ mod tests {
     #[test]
     fn callers_are_users_or_sessions_of_their_account() {
         let sso = Caller { arn: "arn:aws:sts::123456789012:assumed-role/AWSReservedSSO_Eng_0123456789abcdef/jane@corp.com".into(), user_id: "AROAEXAMPLE:jane@corp.com".into(), account: "123456789012".into() };
-        assert_eq!(
-            (sso.check(), sso.id()),
-            (Ok(()), "jane@corp.com".to_owned())
-        );
-        let user = Caller {
-            arn: "arn:aws:iam::123456789012:user/john".into(),
-            user_id: "AIDAEXAMPLE".into(),
-            account: "123456789012".into(),
-        };
+        assert_eq!((sso.check(), sso.id()), (Ok(()), "jane@corp.com".to_owned()));
+        let user = Caller { arn: "arn:aws:iam::123456789012:user/john".into(), user_id: "AIDAEXAMPLE".into(), account: "123456789012".into() };
         assert_eq!(user.id(), user.arn);
-        assert!(Caller {
-            account: "210987654321".into(),
-            ..user.clone()
-        }
-        .check()
-        .is_err());
-        assert!(Caller {
-            arn: "arn:aws:iam::123456789012:role/admin".into(),
-            ..user
-        }
-        .check()
-        .is_err());
+        assert!(Caller { account: "210987654321".into(), ..user.clone() }.check().is_err());
+        assert!(Caller { arn: "arn:aws:iam::123456789012:role/admin".into(), ..user }.check().is_err());
     }
 }

@@ -27,13 +27,9 @@ fn failure<E: std::error::Error + 'static>(e: E) -> Error {
 pub async fn grant(svc: &Services, event: LambdaEvent<Value>) -> Result<GrantResult, Error> {
     let envelope = crate::contract::events::Envelope::of(&event.payload).map_err(failure)?;
     let account = svc.account_id().await.map_err(failure)?;
-    envelope
-        .check(&svc.config.approval_source, &account)
-        .map_err(failure)?;
+    envelope.check(&svc.config.approval_source, &account).map_err(failure)?;
     let mut event = event;
-    event.payload = crate::aws::approval_mac::verify(svc, event.payload)
-        .await
-        .map_err(failure)?;
+    event.payload = crate::aws::approval_mac::verify(svc, event.payload).await.map_err(failure)?;
     if crate::contract::events::is_extension(&event.payload) {
         // An extension is known by what was signed, not by the event's id: whoever may invoke
         // the function could resend a captured one under a new id, to extend again.
@@ -45,17 +41,8 @@ pub async fn grant(svc: &Services, event: LambdaEvent<Value>) -> Result<GrantRes
         let _enter = span.enter();
         let started = std::time::Instant::now();
         let deadline = crate::control::budget::deadline_of(event.context.deadline);
-        let result = crate::control::budget::within(
-            deadline,
-            crate::control::extension::extend(svc, &extension, Utc::now()),
-        )
-        .await;
-        summary(
-            "extend",
-            started,
-            &result,
-            |r| serde_json::json!({"request_id": r.request_id, "status": r.status, "expires_at": r.expires_at, "repeated": r.repeated}),
-        );
+        let result = crate::control::budget::within(deadline, crate::control::extension::extend(svc, &extension, Utc::now())).await;
+        summary("extend", started, &result, |r| serde_json::json!({"request_id": r.request_id, "status": r.status, "expires_at": r.expires_at, "repeated": r.repeated}));
         return result.map_err(failure);
     }
     let approval = crate::contract::events::parse_approval(event.payload).map_err(failure)?;
@@ -63,17 +50,8 @@ pub async fn grant(svc: &Services, event: LambdaEvent<Value>) -> Result<GrantRes
     let _enter = span.enter();
     let started = std::time::Instant::now();
     let deadline = crate::control::budget::deadline_of(event.context.deadline);
-    let result = crate::control::budget::within(
-        deadline,
-        crate::control::grants::grant::grant(svc, &approval, Utc::now()),
-    )
-    .await;
-    summary(
-        "grant",
-        started,
-        &result,
-        |r| serde_json::json!({"request_id": r.request_id, "status": r.status, "db_user": r.db_user, "repeated": r.repeated}),
-    );
+    let result = crate::control::budget::within(deadline, crate::control::grants::grant::grant(svc, &approval, Utc::now())).await;
+    summary("grant", started, &result, |r| serde_json::json!({"request_id": r.request_id, "status": r.status, "db_user": r.db_user, "repeated": r.repeated}));
     result.map_err(failure)
 }
 
@@ -83,32 +61,14 @@ pub async fn grant(svc: &Services, event: LambdaEvent<Value>) -> Result<GrantRes
 /// An early revoke counts only with the approvals key's MAC; the scheduler's bare input carries
 /// none (whoever may invoke the function could send it), so it takes away only an expired grant.
 pub async fn revoke(svc: &Services, event: LambdaEvent<Value>) -> Result<RevokeResult, Error> {
-    let payload = if event.payload.get("detail-type").is_some() {
-        crate::aws::approval_mac::verify(svc, event.payload)
-            .await
-            .map_err(failure)?
-    } else {
-        event.payload
-    };
+    let payload = if event.payload.get("detail-type").is_some() { crate::aws::approval_mac::verify(svc, event.payload).await.map_err(failure)? } else { event.payload };
     let request = crate::contract::events::parse_revoke(payload).map_err(failure)?;
     let started = std::time::Instant::now();
     let deadline = crate::control::budget::deadline_of(event.context.deadline);
-    let result = crate::control::budget::within(
-        deadline,
-        crate::control::grants::revoke::revoke(
-            svc,
-            &request.request_id,
-            request.trigger,
-            Utc::now(),
-        ),
-    )
-    .await;
-    summary(
-        "revoke",
-        started,
-        &result,
-        |r| serde_json::json!({"request_id": r.request_id, "status": r.status, "db_user": r.db_user, "repeated": r.repeated, "sessions_ended": r.sessions_ended}),
-    );
+    let result = crate::control::budget::within(deadline, crate::control::grants::revoke::revoke(svc, &request.request_id, request.trigger, Utc::now())).await;
+    summary("revoke", started, &result, |r| {
+        serde_json::json!({"request_id": r.request_id, "status": r.status, "db_user": r.db_user, "repeated": r.repeated, "sessions_ended": r.sessions_ended})
+    });
     result.map_err(failure)
 }
 
@@ -117,31 +77,14 @@ pub async fn revoke(svc: &Services, event: LambdaEvent<Value>) -> Result<RevokeR
 pub async fn cleanup(svc: &Services, event: LambdaEvent<Value>) -> Result<CleanupReport, Error> {
     let started = std::time::Instant::now();
     let scope = crate::control::cleanup::Scope::of(&event.payload);
-    let continuation =
-        crate::control::cleanup::continuation_of(&event.payload).map_err(Error::from)?;
+    let continuation = crate::control::cleanup::continuation_of(&event.payload).map_err(Error::from)?;
     let deadline = crate::control::budget::deadline_of(event.context.deadline);
-    let mut result = crate::control::budget::within(
-        deadline,
-        crate::control::cleanup::run_scope(svc, Utc::now(), scope),
-    )
-    .await;
+    let mut result = crate::control::budget::within(deadline, crate::control::cleanup::run_scope(svc, Utc::now(), scope)).await;
     if let Ok(report) = &mut result {
         // In the time kept back at the end: one Scheduler call.
-        match crate::control::cleanup::continue_later(
-            svc,
-            &event.context.invoked_function_arn,
-            scope,
-            continuation,
-            report,
-            Utc::now(),
-        )
-        .await
-        {
+        match crate::control::cleanup::continue_later(svc, &event.context.invoked_function_arn, scope, continuation, report, Utc::now()).await {
             Ok(scheduled) => report.continuation = scheduled,
-            Err(e) => report.errors.push(format!(
-                "continuation: {}",
-                crate::engine::postgres::error_chain(&e)
-            )),
+            Err(e) => report.errors.push(format!("continuation: {}", crate::engine::postgres::error_chain(&e))),
         }
     }
     summary("cleanup", started, &result, |r| {
@@ -154,60 +97,31 @@ pub async fn cleanup(svc: &Services, event: LambdaEvent<Value>) -> Result<Cleanu
 }
 
 /// The periodic discovery.
-pub async fn discovery(
-    svc: &Services,
-    _event: LambdaEvent<Value>,
-) -> Result<DiscoveryReport, Error> {
+pub async fn discovery(svc: &Services, _event: LambdaEvent<Value>) -> Result<DiscoveryReport, Error> {
     let started = std::time::Instant::now();
     let result = crate::control::discovery::run(svc, Utc::now(), |_| {}).await;
-    summary("discovery", started, &result, |r| {
-        serde_json::to_value(r).unwrap_or_default()
-    });
+    summary("discovery", started, &result, |r| serde_json::to_value(r).unwrap_or_default());
     result.map_err(failure)
 }
 
 /// A CloudWatch Logs subscription delivery of an RDS or Aurora `postgresql` log group →
 /// session audit entries. A malformed delivery fails (and writes nothing); a log group of no
 /// integration, or a control message, succeeds with nothing written.
-pub async fn audit(
-    svc: &Services,
-    event: LambdaEvent<Value>,
-) -> Result<crate::control::sessions::attribution::Ingested, Error> {
+pub async fn audit(svc: &Services, event: LambdaEvent<Value>) -> Result<crate::control::sessions::attribution::Ingested, Error> {
     let started = std::time::Instant::now();
     let deadline = crate::control::budget::deadline_of(event.context.deadline);
-    let result = crate::control::budget::within(
-        deadline,
-        crate::control::sessions::ingest_subscription(
-            &svc.store,
-            svc.region().as_deref(),
-            svc.config.session_retention_days,
-            &event.payload,
-            Utc::now(),
-        ),
-    )
-    .await;
-    summary("audit", started, &result, |r| {
-        serde_json::to_value(r).unwrap_or_default()
-    });
+    let result = crate::control::budget::within(deadline, crate::control::sessions::ingest_subscription(&svc.store, svc.region().as_deref(), svc.config.session_retention_days, &event.payload, Utc::now())).await;
+    summary("audit", started, &result, |r| serde_json::to_value(r).unwrap_or_default());
     result.map_err(failure)
 }
 
 /// One JSON line per invocation with its outcome: what an operator reads first in CloudWatch,
 /// and what metric filters count. `details` says what was done (never a secret).
-fn summary<T, E: std::error::Error + 'static>(
-    function: &str,
-    started: std::time::Instant,
-    result: &Result<T, E>,
-    details: impl FnOnce(&T) -> Value,
-) {
+fn summary<T, E: std::error::Error + 'static>(function: &str, started: std::time::Instant, result: &Result<T, E>, details: impl FnOnce(&T) -> Value) {
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     match result {
-        Ok(value) => {
-            tracing::info!(summary = true, function, outcome = "ok", duration_ms, details = %details(value), "invocation summary")
-        }
-        Err(e) => {
-            tracing::error!(summary = true, function, outcome = "error", duration_ms, error = %error_chain(e), "invocation summary")
-        }
+        Ok(value) => tracing::info!(summary = true, function, outcome = "ok", duration_ms, details = %details(value), "invocation summary"),
+        Err(e) => tracing::error!(summary = true, function, outcome = "error", duration_ms, error = %error_chain(e), "invocation summary"),
     }
 }
 
@@ -225,13 +139,7 @@ pub async fn webhook(
 pub async fn requests(svc: &Services, event: LambdaEvent<Value>) -> Result<Value, Error> {
     // Boxed: the front door's future nests the grant path's types deep enough to pass the
     // compiler's layout depth in the binary's own future.
-    Box::pin(crate::control::requests::url::invoke(
-        svc,
-        event.payload,
-        Utc::now(),
-    ))
-    .await
-    .map_err(failure)
+    Box::pin(crate::control::requests::url::invoke(svc, event.payload, Utc::now())).await.map_err(failure)
 }
 
 /// JSON logs for CloudWatch: one line per event, level from `RUST_LOG` (default info).

@@ -69,10 +69,7 @@ pub async fn databases(client: &Client) -> Result<Vec<String>, tokio_postgres::E
 /// The table of this database with the most ACL entries among those a role named
 /// `<role_prefix>…` holds a privilege on, and its count: how much pgjit's profile roles add to
 /// the ACLs every permission check reads.
-pub async fn largest_acl(
-    client: &Client,
-    role_prefix: &str,
-) -> Result<Option<(String, i32)>, tokio_postgres::Error> {
+pub async fn largest_acl(client: &Client, role_prefix: &str) -> Result<Option<(String, i32)>, tokio_postgres::Error> {
     let row = client
         .query_opt(
             "SELECT c.oid::regclass::text, cardinality(c.relacl) FROM pg_class c \
@@ -117,38 +114,15 @@ pub async fn read_database(client: &Client) -> Result<DatabaseCatalog, tokio_pos
     .await?;
     Ok(DatabaseCatalog {
         database: database.get(0),
-        schemas: schemas
-            .iter()
-            .map(|r| Schema {
-                name: r.get(0),
-                owner: r.get(1),
-            })
-            .collect(),
+        schemas: schemas.iter().map(|r| Schema { name: r.get(0), owner: r.get(1) }).collect(),
         relations: relations
             .iter()
-            .map(|r| Relation {
-                schema: r.get(0),
-                name: r.get(1),
-                kind: r.get(2),
-                owner: r.get(3),
-            })
+            .map(|r| Relation { schema: r.get(0), name: r.get(1), kind: r.get(2), owner: r.get(3) })
             .collect(),
-        sequences: sequences
-            .iter()
-            .map(|r| Sequence {
-                schema: r.get(0),
-                name: r.get(1),
-                owner: r.get(2),
-            })
-            .collect(),
+        sequences: sequences.iter().map(|r| Sequence { schema: r.get(0), name: r.get(1), owner: r.get(2) }).collect(),
         functions: functions
             .iter()
-            .map(|r| Function {
-                schema: r.get(0),
-                name: r.get(1),
-                arguments: r.get(2),
-                kind: r.get(3),
-            })
+            .map(|r| Function { schema: r.get(0), name: r.get(1), arguments: r.get(2), kind: r.get(3) })
             .collect(),
     })
 }
@@ -166,12 +140,6 @@ pub async fn roles(client: &Client) -> Result<Vec<Role>, tokio_postgres::Error> 
         .await?;
     Ok(rows
         .iter()
-        .map(|r| Role {
-            name: r.get(0),
-            can_login: r.get(1),
-            superuser: r.get(2),
-            create_role: r.get(3),
-            member_of: r.get(4),
-        })
+        .map(|r| Role { name: r.get(0), can_login: r.get(1), superuser: r.get(2), create_role: r.get(3), member_of: r.get(4) })
         .collect())
 }

@@ -20,26 +20,12 @@ pub struct Finding {
 }
 
 impl Finding {
-    pub(crate) fn check(
-        capability: impl Into<String>,
-        ok: bool,
-        detail: impl Into<String>,
-    ) -> Finding {
-        Finding {
-            capability: capability.into(),
-            ok,
-            detail: detail.into(),
-            warning: false,
-        }
+    pub(crate) fn check(capability: impl Into<String>, ok: bool, detail: impl Into<String>) -> Finding {
+        Finding { capability: capability.into(), ok, detail: detail.into(), warning: false }
     }
 
     pub(crate) fn warn(capability: impl Into<String>, detail: impl Into<String>) -> Finding {
-        Finding {
-            capability: capability.into(),
-            ok: false,
-            detail: detail.into(),
-            warning: true,
-        }
+        Finding { capability: capability.into(), ok: false, detail: detail.into(), warning: true }
     }
 }
 
@@ -64,36 +50,17 @@ pub enum DoctorError {
 
 /// Session audit: whether pgaudit is loaded and the admin may set `pgaudit.log` on roles
 /// (missing when audit is required, a warning otherwise), and what makes it less complete.
-async fn audit_findings(
-    client: &Client,
-    scope: &DoctorScope<'_>,
-) -> Result<Vec<Finding>, tokio_postgres::Error> {
+async fn audit_findings(client: &Client, scope: &DoctorScope<'_>) -> Result<Vec<Finding>, tokio_postgres::Error> {
     let cloud = matches!(scope.kind, Flavor::Rds | Flavor::Aurora);
     let readiness = crate::engine::pgaudit::readiness(client, cloud).await?;
     let mut findings = Vec::new();
     if readiness.can_audit() {
-        findings.push(Finding::check(
-            "session audit",
-            true,
-            "pgaudit is loaded and the admin can set pgaudit.log on the temporary users",
-        ));
+        findings.push(Finding::check("session audit", true, "pgaudit is loaded and the admin can set pgaudit.log on the temporary users"));
     }
     for blocker in readiness.blockers {
-        findings.push(if scope.audit_required {
-            Finding::check("session audit", false, blocker)
-        } else {
-            Finding::warn(
-                "session audit",
-                format!("{blocker} (grants are made without audit: audit_required is false)"),
-            )
-        });
+        findings.push(if scope.audit_required { Finding::check("session audit", false, blocker) } else { Finding::warn("session audit", format!("{blocker} (grants are made without audit: audit_required is false)")) });
     }
-    findings.extend(
-        readiness
-            .gaps
-            .into_iter()
-            .map(|gap| Finding::warn("session audit", gap)),
-    );
+    findings.extend(readiness.gaps.into_iter().map(|gap| Finding::warn("session audit", gap)));
     Ok(findings)
 }
 
@@ -114,21 +81,13 @@ pub struct DoctorScope<'a> {
 
 /// Connects as the admin and reports each capability pgjit needs, by name. `databases`: the
 /// databases to check (empty: every database that accepts connections).
-pub async fn doctor(
-    connector: &Connector,
-    scope: &DoctorScope<'_>,
-    databases: &[String],
-) -> Result<Vec<Finding>, DoctorError> {
-    let (flavor, maintenance_database, holding_role) =
-        (scope.kind, scope.maintenance_database, scope.holding_role);
+pub async fn doctor(connector: &Connector, scope: &DoctorScope<'_>, databases: &[String]) -> Result<Vec<Finding>, DoctorError> {
+    let (flavor, maintenance_database, holding_role) = (scope.kind, scope.maintenance_database, scope.holding_role);
     let query_err = |database: &str| {
         let database = database.to_owned();
         move |source| DoctorError::Query { database, source }
     };
-    let client = connector
-        .connect(maintenance_database)
-        .await
-        .map_err(|e| certificate_error(e, scope))?;
+    let client = connector.connect(maintenance_database).await.map_err(|e| certificate_error(e, scope))?;
     let mut findings = Vec::new();
     let row = client
         .query_one(
@@ -156,32 +115,14 @@ pub async fn doctor(
         ));
     }
     if !surplus_attributes.is_empty() {
-        findings.push(Finding::warn(
-            "no surplus attributes",
-            format!(
-                "the admin has {}, which pgjit never uses",
-                surplus_attributes.join(", ")
-            ),
-        ));
+        findings.push(Finding::warn("no surplus attributes", format!("the admin has {}, which pgjit never uses", surplus_attributes.join(", "))));
     }
-    findings.push(
-        holding_finding(&client, holding_role)
-            .await
-            .map_err(query_err(maintenance_database))?,
-    );
-    findings.extend(
-        role_admin_findings(&client, scope)
-            .await
-            .map_err(query_err(maintenance_database))?,
-    );
+    findings.push(holding_finding(&client, holding_role).await.map_err(query_err(maintenance_database))?);
+    findings.extend(role_admin_findings(&client, scope).await.map_err(query_err(maintenance_database))?);
     findings.push(Finding::check(
         "CREATEROLE",
         createrole,
-        if createrole {
-            "can create and drop roles"
-        } else {
-            "ALTER ROLE … CREATEROLE is needed to create temporary users"
-        },
+        if createrole { "can create and drop roles" } else { "ALTER ROLE … CREATEROLE is needed to create temporary users" },
     ));
     findings.push(Finding::check(
         "end sessions",
@@ -207,16 +148,10 @@ pub async fn doctor(
         ));
     }
     if scope.enable_audit {
-        findings.extend(
-            audit_findings(&client, scope)
-                .await
-                .map_err(query_err(maintenance_database))?,
-        );
+        findings.extend(audit_findings(&client, scope).await.map_err(query_err(maintenance_database))?);
     }
     let databases = if databases.is_empty() {
-        crate::engine::catalog::databases(&client)
-            .await
-            .map_err(query_err(maintenance_database))?
+        crate::engine::catalog::databases(&client).await.map_err(query_err(maintenance_database))?
     } else {
         databases.to_vec()
     };
@@ -231,30 +166,19 @@ pub async fn doctor(
                     &other
                 }
                 Err(e) => {
-                    findings.push(Finding::check(
-                        format!("connect to database {database:?}"),
-                        false,
-                        crate::engine::postgres::error_chain(&e),
-                    ));
+                    findings.push(Finding::check(format!("connect to database {database:?}"), false, crate::engine::postgres::error_chain(&e)));
                     continue;
                 }
             }
         };
-        findings.extend(
-            check_database(c, database)
-                .await
-                .map_err(query_err(database))?,
-        );
+        findings.extend(check_database(c, database).await.map_err(query_err(database))?);
     }
     Ok(findings)
 }
 
 /// Grant options in the connected database: the database itself, then each schema with the
 /// tables, sequences and functions it lacks (one query for all schemas).
-async fn check_database(
-    client: &Client,
-    database: &str,
-) -> Result<Vec<Finding>, tokio_postgres::Error> {
+async fn check_database(client: &Client, database: &str) -> Result<Vec<Finding>, tokio_postgres::Error> {
     let mut findings = Vec::new();
     let db = client
         .query_one(
@@ -268,11 +192,7 @@ async fn check_database(
     findings.push(Finding::check(
         format!("grant option on database {database:?}"),
         ok,
-        if ok {
-            "CONNECT, CREATE, TEMPORARY"
-        } else {
-            "run pgjit setup-sql in this database"
-        },
+        if ok { "CONNECT, CREATE, TEMPORARY" } else { "run pgjit setup-sql in this database" },
     ));
     let rows = client
         .query(
@@ -301,29 +221,17 @@ async fn check_database(
         if !schema_ok {
             gaps.push("USAGE/CREATE on the schema".to_owned());
         }
-        for (what, names) in [
-            ("tables", &tables),
-            ("sequences", &sequences),
-            ("functions", &functions),
-        ] {
+        for (what, names) in [("tables", &tables), ("sequences", &sequences), ("functions", &functions)] {
             if !names.is_empty() {
                 let shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
-                let more = if names.len() > 5 {
-                    format!(" and {} more", names.len() - 5)
-                } else {
-                    String::new()
-                };
+                let more = if names.len() > 5 { format!(" and {} more", names.len() - 5) } else { String::new() };
                 gaps.push(format!("{what} {}{more}", shown.join(", ")));
             }
         }
         findings.push(Finding::check(
             format!("grant option on schema {database:?}.{schema:?}"),
             gaps.is_empty(),
-            if gaps.is_empty() {
-                "schema and every object in it".into()
-            } else {
-                format!("missing: {}", gaps.join("; "))
-            },
+            if gaps.is_empty() { "schema and every object in it".into() } else { format!("missing: {}", gaps.join("; ")) },
         ));
     }
     // 13 and 14 give every login CREATE on schema public: a temporary user could plant code there.
@@ -362,31 +270,16 @@ fn certificate_error(e: ConnectError, scope: &DoctorScope<'_>) -> DoctorError {
         ),
         (None, None) => ("no root at all".to_owned(), "give the server's CA as ca_bundle (PEM text or a file path), or \"system\" for the public web roots".to_owned()),
     };
-    DoctorError::Certificate {
-        expected,
-        fix,
-        source: e,
-    }
+    DoctorError::Certificate { expected, fix, source: e }
 }
 
 /// Whether the admin can hand out each grantable role on this server's version (from 16 that
 /// takes ADMIN OPTION), and, from 16, whether it can still manage the roles pgjit created before
 /// an upgrade (it holds no ADMIN OPTION on those).
-async fn role_admin_findings(
-    client: &Client,
-    scope: &DoctorScope<'_>,
-) -> Result<Vec<Finding>, tokio_postgres::Error> {
+async fn role_admin_findings(client: &Client, scope: &DoctorScope<'_>) -> Result<Vec<Finding>, tokio_postgres::Error> {
     let mut findings = Vec::new();
-    let version: i32 = client
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .await?
-        .get(0);
-    let setup_hint = |extra: &str| {
-        format!(
-            "run `pgjit setup-sql --flavor {} --admin-user NAME{extra}` as the master user",
-            scope.kind
-        )
-    };
+    let version: i32 = client.query_one("SELECT current_setting('server_version_num')::int", &[]).await?.get(0);
+    let setup_hint = |extra: &str| format!("run `pgjit setup-sql --flavor {} --admin-user NAME{extra}` as the master user", scope.kind);
     for role in scope.grantable_roles {
         let row = client
             .query_opt(
@@ -396,20 +289,12 @@ async fn role_admin_findings(
             .await?;
         let capability = format!("grant role {role:?}");
         findings.push(match row.map(|r| r.get::<_, bool>(0)) {
-            None => Finding::check(
-                capability,
-                false,
-                "the role does not exist (it is in grantable_roles)",
-            ),
+            None => Finding::check(capability, false, "the role does not exist (it is in grantable_roles)"),
             Some(true) => Finding::check(capability, true, "the admin can hand out membership"),
             Some(false) => Finding::check(
                 capability,
                 false,
-                format!(
-                    "PostgreSQL {} needs ADMIN OPTION on it: {}",
-                    version / 10000,
-                    setup_hint(&format!(" --grantable-role {role}"))
-                ),
+                format!("PostgreSQL {} needs ADMIN OPTION on it: {}", version / 10000, setup_hint(&format!(" --grantable-role {role}"))),
             ),
         });
     }
@@ -445,10 +330,7 @@ async fn role_admin_findings(
 
 /// The holding role exists, is powerless (NOLOGIN, no attributes, a member of nothing, no member
 /// but the admin) and the admin is a member, so delete can hand objects to it.
-async fn holding_finding(
-    client: &Client,
-    holding_role: &str,
-) -> Result<Finding, tokio_postgres::Error> {
+async fn holding_finding(client: &Client, holding_role: &str) -> Result<Finding, tokio_postgres::Error> {
     let capability = format!("holding role {holding_role:?}");
     let row = client
         .query_opt(
@@ -466,36 +348,18 @@ async fn holding_finding(
         )
         .await?;
     Ok(match row {
-        None => Finding::check(
-            capability,
-            false,
-            "missing: run `pgjit setup-sql` (pgjit would create it at the first delete)",
-        ),
+        None => Finding::check(capability, false, "missing: run `pgjit setup-sql` (pgjit would create it at the first delete)"),
         Some(r) => {
             let wrong: Vec<String> = r.get(0);
             let member: bool = r.get(1);
             if !wrong.is_empty() {
-                Finding::check(
-                    capability,
-                    false,
-                    format!(
-                        "not powerless: {}; whatever departed users created would gain that",
-                        wrong.join(", ")
-                    ),
-                )
+                Finding::check(capability, false, format!("not powerless: {}; whatever departed users created would gain that", wrong.join(", ")))
             } else if !member {
-                Finding::check(
-                    capability,
-                    false,
-                    "the admin is not a member (REASSIGN OWNED needs it): run `pgjit setup-sql`",
-                )
+                Finding::check(capability, false, "the admin is not a member (REASSIGN OWNED needs it): run `pgjit setup-sql`")
             } else {
-                Finding::check(
-                    capability,
-                    true,
-                    "NOLOGIN, no privileges or memberships; the admin may hand objects to it",
-                )
+                Finding::check(capability, true, "NOLOGIN, no privileges or memberships; the admin may hand objects to it")
             }
         }
     })
 }
+

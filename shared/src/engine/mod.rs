@@ -6,8 +6,8 @@
 pub mod catalog;
 pub mod doctor;
 pub mod pgaudit;
-pub mod pool;
 pub mod postgres;
+pub mod pool;
 pub mod roles;
 pub mod scram;
 pub mod setup;

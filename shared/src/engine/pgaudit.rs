@@ -8,9 +8,7 @@ use tokio_postgres::Client;
 pub const DEFAULT_CLASSES: &[&str] = &["read", "write", "ddl", "role", "function", "misc"];
 
 /// pgaudit's classes (`pgaudit.log`), each of which may also be excluded with a leading `-`.
-const CLASSES: &[&str] = &[
-    "read", "write", "function", "role", "ddl", "misc", "misc_set", "all", "none",
-];
+const CLASSES: &[&str] = &["read", "write", "function", "role", "ddl", "misc", "misc_set", "all", "none"];
 
 /// Checks `audit_classes` and returns the `pgaudit.log` value they make.
 pub fn log_setting(classes: &[String]) -> Result<String, String> {
@@ -19,21 +17,11 @@ pub fn log_setting(classes: &[String]) -> Result<String, String> {
     }
     let mut seen = Vec::new();
     for class in classes {
-        let name = class
-            .strip_prefix('-')
-            .unwrap_or(class)
-            .to_ascii_lowercase();
+        let name = class.strip_prefix('-').unwrap_or(class).to_ascii_lowercase();
         if !CLASSES.contains(&name.as_str()) {
-            return Err(format!(
-                "{class:?} is not a pgaudit class (one of {}, optionally with a leading '-')",
-                CLASSES.join(", ")
-            ));
+            return Err(format!("{class:?} is not a pgaudit class (one of {}, optionally with a leading '-')", CLASSES.join(", ")));
         }
-        seen.push(if class.starts_with('-') {
-            format!("-{name}")
-        } else {
-            name
-        });
+        seen.push(if class.starts_with('-') { format!("-{name}") } else { name });
     }
     if seen.iter().all(|c| c == "none" || c.starts_with('-')) {
         return Err("would log nothing".into());
@@ -75,8 +63,7 @@ pub async fn readiness(client: &Client, cloud: bool) -> Result<Readiness, tokio_
         )
         .await?;
     let version: i32 = row.get(0);
-    let (loaded, extension, superuser, rds_superuser): (bool, bool, bool, bool) =
-        (row.get(1), row.get(2), row.get(3), row.get(4));
+    let (loaded, extension, superuser, rds_superuser): (bool, bool, bool, bool) = (row.get(1), row.get(2), row.get(3), row.get(4));
     let mut ready = Readiness::default();
     if !loaded {
         ready.blockers.push(if cloud {
@@ -98,15 +85,12 @@ pub async fn readiness(client: &Client, cloud: bool) -> Result<Readiness, tokio_
     if loaded && !extension {
         ready.gaps.push("the pgaudit extension is not created in this database: run `CREATE EXTENSION pgaudit` so DDL is logged with its objects".into());
     }
-    let (connections, disconnections, destination): (String, String, String) =
-        (row.get(5), row.get(6), row.get(7));
+    let (connections, disconnections, destination): (String, String, String) = (row.get(5), row.get(6), row.get(7));
     if connections != "on" || disconnections != "on" {
         ready.gaps.push("log_connections and log_disconnections are not both on: sessions will show no start or end".into());
     }
     if !destination.split(',').any(|d| d.trim() == "stderr") {
-        ready.gaps.push(format!(
-            "log_destination is {destination:?}: pgjit reads the stderr format"
-        ));
+        ready.gaps.push(format!("log_destination is {destination:?}: pgjit reads the stderr format"));
     }
     Ok(ready)
 }
@@ -124,21 +108,11 @@ mod tests {
     #[test]
     fn classes_become_the_setting_and_unknown_ones_are_named() {
         let classes = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(
-            log_setting(&classes(DEFAULT_CLASSES)).unwrap(),
-            "read, write, ddl, role, function, misc"
-        );
-        assert_eq!(
-            log_setting(&classes(&["ALL", "-misc_set"])).unwrap(),
-            "all, -misc_set"
-        );
-        assert!(log_setting(&classes(&["read", "select"]))
-            .unwrap_err()
-            .contains("\"select\""));
+        assert_eq!(log_setting(&classes(DEFAULT_CLASSES)).unwrap(), "read, write, ddl, role, function, misc");
+        assert_eq!(log_setting(&classes(&["ALL", "-misc_set"])).unwrap(), "all, -misc_set");
+        assert!(log_setting(&classes(&["read", "select"])).unwrap_err().contains("\"select\""));
         assert!(log_setting(&classes(&["read'; DROP"])).is_err());
-        assert!(log_setting(&classes(&["none"]))
-            .unwrap_err()
-            .contains("nothing"));
+        assert!(log_setting(&classes(&["none"])).unwrap_err().contains("nothing"));
         assert!(log_setting(&[]).is_err());
     }
 }

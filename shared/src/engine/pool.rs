@@ -25,14 +25,7 @@ pub struct Pool {
 impl Pool {
     /// At most `size` connections to `database` (at least one).
     pub fn new(connector: Connector, database: impl Into<String>, size: usize) -> Pool {
-        Pool {
-            connector,
-            database: database.into(),
-            idle: Mutex::new(Vec::new()),
-            slots: Semaphore::new(size.max(1)),
-            opened: AtomicUsize::new(0),
-            connect_failures_in_a_row: AtomicUsize::new(0),
-        }
+        Pool { connector, database: database.into(), idle: Mutex::new(Vec::new()), slots: Semaphore::new(size.max(1)), opened: AtomicUsize::new(0), connect_failures_in_a_row: AtomicUsize::new(0) }
     }
 
     /// What opens the connections (and those to other databases an operation needs).
@@ -59,40 +52,25 @@ impl Pool {
     /// A connection for one operation: an idle one, or a new one while fewer than the pool's
     /// size are out; otherwise waits for one to come back.
     pub async fn get(&self) -> Result<Pooled<'_>, ConnectError> {
-        let permit = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| ConnectError::PoolClosed)?;
+        let permit = self.slots.acquire().await.map_err(|_| ConnectError::PoolClosed)?;
         loop {
             let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
             match idle {
                 Some(client) if client.is_closed() => continue,
-                Some(client) => {
-                    return Ok(Pooled {
-                        client,
-                        pool: self,
-                        _permit: permit,
-                    })
-                }
+                Some(client) => return Ok(Pooled { client, pool: self, _permit: permit }),
                 None => break,
             }
         }
         let client = match self.connector.connect(&self.database).await {
             Ok(client) => client,
             Err(e) => {
-                self.connect_failures_in_a_row
-                    .fetch_add(1, Ordering::Relaxed);
+                self.connect_failures_in_a_row.fetch_add(1, Ordering::Relaxed);
                 return Err(e);
             }
         };
         self.connect_failures_in_a_row.store(0, Ordering::Relaxed);
         self.opened.fetch_add(1, Ordering::Relaxed);
-        Ok(Pooled {
-            client,
-            pool: self,
-            _permit: permit,
-        })
+        Ok(Pooled { client, pool: self, _permit: permit })
     }
 }
 
@@ -106,11 +84,7 @@ pub struct Pooled<'a> {
 impl Pooled<'_> {
     /// The work on this connection succeeded: the next operation may reuse it.
     pub fn release(self) {
-        let Pooled {
-            client,
-            pool,
-            _permit,
-        } = self;
+        let Pooled { client, pool, _permit } = self;
         if let (false, Ok(mut idle)) = (client.is_closed(), pool.idle.lock()) {
             idle.push(client);
         }

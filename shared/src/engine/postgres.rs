@@ -110,14 +110,7 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn new(host: impl Into<String>, port: u16, ssl_mode: SslMode) -> Self {
-        Endpoint {
-            host: host.into(),
-            hostaddr: None,
-            port,
-            ssl_mode,
-            ca_bundle: None,
-            timeouts: Timeouts::default(),
-        }
+        Endpoint { host: host.into(), hostaddr: None, port, ssl_mode, ca_bundle: None, timeouts: Timeouts::default() }
     }
 }
 
@@ -134,14 +127,7 @@ pub trait TokenSource: Send + Sync {
     /// The user the tokens log in as.
     fn username(&self) -> &str;
     /// A fresh token for `host:port`.
-    fn token<'a>(
-        &'a self,
-        host: &'a str,
-        port: u16,
-    ) -> futures_util::future::BoxFuture<
-        'a,
-        Result<SecretString, Box<dyn std::error::Error + Send + Sync>>,
-    >;
+    fn token<'a>(&'a self, host: &'a str, port: u16) -> futures_util::future::BoxFuture<'a, Result<SecretString, Box<dyn std::error::Error + Send + Sync>>>;
 }
 
 /// Makes the login for each new connection: a fixed password, or a fresh RDS IAM token.
@@ -172,14 +158,8 @@ impl Credentials {
         match self {
             Credentials::Password(l) => Ok(l.clone()),
             Credentials::RdsIam(t) => {
-                let token = t
-                    .token(&endpoint.host, endpoint.port)
-                    .await
-                    .map_err(ConnectError::IamToken)?;
-                Ok(Login {
-                    user: t.username().to_owned(),
-                    password: token,
-                })
+                let token = t.token(&endpoint.host, endpoint.port).await.map_err(ConnectError::IamToken)?;
+                Ok(Login { user: t.username().to_owned(), password: token })
             }
         }
     }
@@ -192,14 +172,7 @@ pub enum ConnectError {
     #[error("could not make an RDS IAM auth token")]
     IamToken(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("connecting to {host}:{port} (database {database:?}, user {user:?}, ssl_mode {ssl_mode}) timed out after {seconds}s")]
-    Timeout {
-        host: String,
-        port: u16,
-        database: String,
-        user: String,
-        ssl_mode: &'static str,
-        seconds: u64,
-    },
+    Timeout { host: String, port: u16, database: String, user: String, ssl_mode: &'static str, seconds: u64 },
     #[error("connecting to {host}:{port} (database {database:?}, user {user:?}, ssl_mode {ssl_mode}) failed")]
     Postgres {
         host: String,
@@ -213,10 +186,7 @@ pub enum ConnectError {
     #[error("the connection pool was closed")]
     PoolClosed,
     #[error("an RDS IAM auth token goes to the server as a clear-text password: it is sent only under ssl_mode verify-full, not {ssl_mode} (host {host})")]
-    IamTokenNeedsVerifyFull {
-        host: String,
-        ssl_mode: &'static str,
-    },
+    IamTokenNeedsVerifyFull { host: String, ssl_mode: &'static str },
     #[error("connecting to {host}:{port} failed")]
     Socket {
         host: String,
@@ -247,11 +217,7 @@ pub struct Connector {
 
 impl Connector {
     pub fn new(endpoint: Endpoint, credentials: Credentials) -> Self {
-        Connector {
-            endpoint,
-            credentials,
-            tls: OnceLock::new(),
-        }
+        Connector { endpoint, credentials, tls: OnceLock::new() }
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -273,12 +239,8 @@ impl Connector {
     /// Opens a connection to `database`; its I/O runs on a spawned task that ends with the client.
     pub async fn connect(&self, database: &str) -> Result<Client, ConnectError> {
         let ep = &self.endpoint;
-        if matches!(self.credentials, Credentials::RdsIam(_)) && ep.ssl_mode != SslMode::VerifyFull
-        {
-            return Err(ConnectError::IamTokenNeedsVerifyFull {
-                host: ep.host.clone(),
-                ssl_mode: ep.ssl_mode.as_str(),
-            });
+        if matches!(self.credentials, Credentials::RdsIam(_)) && ep.ssl_mode != SslMode::VerifyFull {
+            return Err(ConnectError::IamTokenNeedsVerifyFull { host: ep.host.clone(), ssl_mode: ep.ssl_mode.as_str() });
         }
         let login = self.credentials.login(&self.endpoint).await?;
         let mut config = tokio_postgres::Config::new();
@@ -303,48 +265,33 @@ impl Connector {
         }
         use tokio_postgres::config::SslMode as Wire;
         match ep.ssl_mode {
-            SslMode::Disable => {
-                self.attempt(&config, Wire::Disable, None, database, &login.user)
-                    .await
-            }
+            SslMode::Disable => self.attempt(&config, Wire::Disable, None, database, &login.user).await,
             SslMode::Allow => {
-                match self
-                    .attempt(&config, Wire::Disable, None, database, &login.user)
-                    .await
-                {
+                match self.attempt(&config, Wire::Disable, None, database, &login.user).await {
                     // The server answered and refused plaintext: try again over TLS, as libpq does.
                     Err(e) if e.db_error().is_some() => {
                         let tls = self.tls()?.unverified.clone();
-                        self.attempt(&config, Wire::Require, Some(tls), database, &login.user)
-                            .await
+                        self.attempt(&config, Wire::Require, Some(tls), database, &login.user).await
                     }
                     other => other,
                 }
             }
             SslMode::Prefer => {
                 let tls = self.tls()?.unverified.clone();
-                self.attempt(&config, Wire::Prefer, Some(tls), database, &login.user)
-                    .await
+                self.attempt(&config, Wire::Prefer, Some(tls), database, &login.user).await
             }
             SslMode::Require => {
                 let tls = self.tls()?;
-                let tls = if ep.ca_bundle.is_some() {
-                    tls.chain_only()?
-                } else {
-                    tls.unverified.clone()
-                };
-                self.attempt(&config, Wire::Require, Some(tls), database, &login.user)
-                    .await
+                let tls = if ep.ca_bundle.is_some() { tls.chain_only()? } else { tls.unverified.clone() };
+                self.attempt(&config, Wire::Require, Some(tls), database, &login.user).await
             }
             SslMode::VerifyCa => {
                 let tls = self.tls()?.chain_only()?;
-                self.attempt(&config, Wire::Require, Some(tls), database, &login.user)
-                    .await
+                self.attempt(&config, Wire::Require, Some(tls), database, &login.user).await
             }
             SslMode::VerifyFull => {
                 let tls = self.tls()?.full()?;
-                self.attempt(&config, Wire::Require, Some(tls), database, &login.user)
-                    .await
+                self.attempt(&config, Wire::Require, Some(tls), database, &login.user).await
             }
         }
     }
@@ -386,33 +333,21 @@ impl Connector {
             let socket = password_guard::Guarded::socket(socket, answers);
             match tls {
                 None => {
-                    let (client, connection) =
-                        config.connect_raw(socket, NoTls).await.map_err(fail)?;
+                    let (client, connection) = config.connect_raw(socket, NoTls).await.map_err(fail)?;
                     tokio::spawn(drive(connection));
                     Ok(client)
                 }
                 Some(tls) => {
                     let mut make = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
-                    let connect = tokio_postgres::tls::MakeTlsConnect::<
-                        password_guard::Guarded<tokio::net::TcpStream>,
-                    >::make_tls_connect(&mut make, &ep.host)
-                    .map_err(|e| ConnectError::Socket {
-                        host: ep.host.clone(),
-                        port: ep.port,
-                        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
-                    })?;
-                    let (client, connection) = config
-                        .connect_raw(socket, password_guard::GuardedTls::new(connect, answers))
-                        .await
-                        .map_err(fail)?;
+                    let connect = tokio_postgres::tls::MakeTlsConnect::<password_guard::Guarded<tokio::net::TcpStream>>::make_tls_connect(&mut make, &ep.host)
+                        .map_err(|e| ConnectError::Socket { host: ep.host.clone(), port: ep.port, source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e) })?;
+                    let (client, connection) = config.connect_raw(socket, password_guard::GuardedTls::new(connect, answers)).await.map_err(fail)?;
                     tokio::spawn(drive(connection));
                     Ok(client)
                 }
             }
         };
-        tokio::time::timeout(timeout, connecting)
-            .await
-            .map_err(|_| timed_out())?
+        tokio::time::timeout(timeout, connecting).await.map_err(|_| timed_out())?
     }
 
     /// The TCP connection to the server (`hostaddr`, else every address `host` resolves to, in
@@ -420,11 +355,7 @@ impl Connector {
     /// watched ([`password_guard`]).
     async fn socket(&self) -> Result<tokio::net::TcpStream, ConnectError> {
         let ep = &self.endpoint;
-        let fail = |source| ConnectError::Socket {
-            host: ep.host.clone(),
-            port: ep.port,
-            source,
-        };
+        let fail = |source| ConnectError::Socket { host: ep.host.clone(), port: ep.port, source };
         let stream = match ep.hostaddr {
             Some(addr) => tokio::net::TcpStream::connect((addr, ep.port)).await,
             None => tokio::net::TcpStream::connect((ep.host.as_str(), ep.port)).await,
@@ -460,6 +391,7 @@ pub fn is_retryable(error: &tokio_postgres::Error) -> bool {
     )
 }
 
+
 /// Formats an error with its chain of causes: `a: b: c`.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
@@ -486,10 +418,7 @@ mod tests {
             let json = serde_json::to_string(&m).unwrap();
             assert_eq!(json, format!("\"{}\"", m.as_str()));
         }
-        assert!("verify_full"
-            .parse::<SslMode>()
-            .unwrap_err()
-            .contains("verify_full"));
+        assert!("verify_full".parse::<SslMode>().unwrap_err().contains("verify_full"));
         assert_eq!(SslMode::default(), SslMode::VerifyFull);
     }
 

@@ -27,20 +27,13 @@ pub fn verifier(password: &SecretString) -> String {
 fn verifier_with_salt(password: &SecretString, salt: &[u8; 16]) -> String {
     // As libpq and the server do: SASLprep when the password allows it, the bytes as they are
     // otherwise.
-    let prepared: Zeroizing<Vec<u8>> =
-        Zeroizing::new(match stringprep::saslprep(password.expose()) {
-            Ok(p) => p.into_owned().into_bytes(),
-            Err(_) => password.expose().as_bytes().to_vec(),
-        });
+    let prepared: Zeroizing<Vec<u8>> = Zeroizing::new(match stringprep::saslprep(password.expose()) {
+        Ok(p) => p.into_owned().into_bytes(),
+        Err(_) => password.expose().as_bytes().to_vec(),
+    });
     let mut salted = Zeroizing::new([0u8; 32]);
     let rounds = NonZeroU32::new(ITERATIONS).unwrap_or(NonZeroU32::MIN);
-    pbkdf2::derive(
-        pbkdf2::PBKDF2_HMAC_SHA256,
-        rounds,
-        salt,
-        &prepared,
-        salted.as_mut(),
-    );
+    pbkdf2::derive(pbkdf2::PBKDF2_HMAC_SHA256, rounds, salt, &prepared, salted.as_mut());
     let key = hmac::Key::new(hmac::HMAC_SHA256, salted.as_ref());
     let client_key = hmac::sign(&key, b"Client Key");
     let stored_key = digest::digest(&digest::SHA256, client_key.as_ref());
@@ -63,20 +56,14 @@ mod tests {
     #[test]
     fn matches_an_independent_computation() {
         let salt: [u8; 16] = std::array::from_fn(|i| i as u8);
-        assert_eq!(
-            verifier_with_salt(&SecretString::new("correct horse battery staple"), &salt),
-            KNOWN
-        );
+        assert_eq!(verifier_with_salt(&SecretString::new("correct horse battery staple"), &salt), KNOWN);
     }
 
     #[test]
     fn applies_saslprep_like_the_server() {
         // SASLprep maps the soft hyphen to nothing, so both spellings must give one verifier.
         let salt = [7u8; 16];
-        assert_eq!(
-            verifier_with_salt(&SecretString::new("pass\u{AD}word"), &salt),
-            verifier_with_salt(&SecretString::new("password"), &salt)
-        );
+        assert_eq!(verifier_with_salt(&SecretString::new("pass\u{AD}word"), &salt), verifier_with_salt(&SecretString::new("password"), &salt));
     }
 
     #[test]

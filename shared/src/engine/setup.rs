@@ -24,14 +24,7 @@ pub enum Flavor {
 }
 
 impl Flavor {
-    pub const ALL: [Flavor; 6] = [
-        Flavor::Postgres,
-        Flavor::Rds,
-        Flavor::Aurora,
-        Flavor::Azure,
-        Flavor::Cloudsql,
-        Flavor::Alloydb,
-    ];
+    pub const ALL: [Flavor; 6] = [Flavor::Postgres, Flavor::Rds, Flavor::Aurora, Flavor::Azure, Flavor::Cloudsql, Flavor::Alloydb];
 
     /// Whether its servers' certificates chain to Amazon's RDS CAs, which pgjit carries and
     /// trusts by default for it (every other flavor names its roots in `ca_bundle`).
@@ -41,8 +34,7 @@ impl Flavor {
 
     /// The CAs trusted for this flavor when the integration names no `ca_bundle` of its own.
     pub fn default_ca_bundle(self) -> Option<&'static str> {
-        self.has_rds_certificates()
-            .then_some(crate::engine::postgres::RDS_CA_BUNDLE)
+        self.has_rds_certificates().then_some(crate::engine::postgres::RDS_CA_BUNDLE)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -96,12 +88,7 @@ impl FromStr for Flavor {
 ///
 /// It grants only what pgjit uses, each line saying why, and never the provider's admin role
 /// (`rds_superuser`, …): a member of it could hand out far more than any approval asks for.
-pub fn setup_sql(
-    flavor: Flavor,
-    admin_user: &str,
-    holding_role: &str,
-    options: &SetupOptions,
-) -> Result<String, String> {
+pub fn setup_sql(flavor: Flavor, admin_user: &str, holding_role: &str, options: &SetupOptions) -> Result<String, String> {
     check_identifier(admin_user).map_err(|m| format!("admin user {admin_user:?} {m}"))?;
     check_identifier(holding_role).map_err(|m| format!("holding role {holding_role:?} {m}"))?;
     if holding_role == admin_user {
@@ -122,15 +109,8 @@ pub fn setup_sql(
         }
     }
     let prefix = &options.user_prefix;
-    if prefix.is_empty()
-        || !prefix
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        || !prefix.ends_with('_')
-    {
-        return Err(format!(
-            "user prefix {prefix:?} must be lowercase letters, digits and '_', ending in '_'"
-        ));
+    if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') || !prefix.ends_with('_') {
+        return Err(format!("user prefix {prefix:?} must be lowercase letters, digits and '_', ending in '_'"));
     }
     let mut sql = String::new();
     sql.push_str(&format!(
@@ -244,10 +224,7 @@ pub struct SetupOptions {
 
 impl Default for SetupOptions {
     fn default() -> Self {
-        SetupOptions {
-            grantable_roles: Vec::new(),
-            user_prefix: "pgjit_".into(),
-        }
+        SetupOptions { grantable_roles: Vec::new(), user_prefix: "pgjit_".into() }
     }
 }
 
@@ -263,8 +240,7 @@ mod tests {
         let bundle = crate::engine::postgres::RDS_CA_BUNDLE;
         let certs = bundle.matches("-----BEGIN CERTIFICATE-----").count();
         assert!(certs >= 100, "{certs} certificates");
-        crate::engine::postgres::tls::TlsConfigs::new(Some(bundle))
-            .expect("every certificate parses");
+        crate::engine::postgres::tls::TlsConfigs::new(Some(bundle)).expect("every certificate parses");
         for kind in super::Flavor::ALL {
             let expected = matches!(kind, super::Flavor::Rds | super::Flavor::Aurora);
             assert_eq!(kind.default_ca_bundle().is_some(), expected, "{kind}");
@@ -276,107 +252,35 @@ mod tests {
     #[test]
     fn every_flavor_has_sql_and_names_are_quoted() {
         for f in Flavor::ALL {
-            let sql =
-                setup_sql(f, "pgjit_admin", "pgjit_holding", &SetupOptions::default()).unwrap();
-            assert!(
-                sql.contains("CREATE ROLE \"pgjit_admin\" LOGIN CREATEROLE"),
-                "{f}"
-            );
+            let sql = setup_sql(f, "pgjit_admin", "pgjit_holding", &SetupOptions::default()).unwrap();
+            assert!(sql.contains("CREATE ROLE \"pgjit_admin\" LOGIN CREATEROLE"), "{f}");
             assert!(sql.contains("WITH GRANT OPTION"), "{f}");
             assert_eq!(sql.contains("rds_iam"), f.supports_iam(), "{f}");
-            assert!(
-                sql.contains("GRANT pg_signal_backend TO \"pgjit_admin\""),
-                "{f}"
-            );
-            assert!(
-                sql.contains("CREATE ROLE \"pgjit_holding\" NOLOGIN")
-                    && sql.contains("GRANT \"pgjit_holding\" TO \"pgjit_admin\""),
-                "{f}"
-            );
-            assert!(
-                sql.contains("REVOKE CREATE ON SCHEMA public FROM PUBLIC"),
-                "{f}: says how to close public on 13 and 14"
-            );
-            assert!(
-                sql.contains("\nSET search_path = pg_catalog, pg_temp;\n"),
-                "{f}: no planted function runs as the master user"
-            );
+            assert!(sql.contains("GRANT pg_signal_backend TO \"pgjit_admin\""), "{f}");
+            assert!(sql.contains("CREATE ROLE \"pgjit_holding\" NOLOGIN") && sql.contains("GRANT \"pgjit_holding\" TO \"pgjit_admin\""), "{f}");
+            assert!(sql.contains("REVOKE CREATE ON SCHEMA public FROM PUBLIC"), "{f}: says how to close public on 13 and 14");
+            assert!(sql.contains("\nSET search_path = pg_catalog, pg_temp;\n"), "{f}: no planted function runs as the master user");
             // The provider's admin role is never granted: no statement grants it.
             for role in crate::engine::roles::CLOUD_ADMIN_ROLES {
-                let granted = sql
-                    .lines()
-                    .filter(|l| !l.trim_start().starts_with("--"))
-                    .any(|l| l.contains(role));
+                let granted = sql.lines().filter(|l| !l.trim_start().starts_with("--")).any(|l| l.contains(role));
                 assert!(!granted, "{f}: {role} must not be granted");
             }
             assert_eq!(f.as_str().parse::<Flavor>().unwrap(), f);
         }
-        assert!(
-            setup_sql(
-                Flavor::Postgres,
-                "pgjit_admin",
-                "pgjit_admin",
-                &SetupOptions::default()
-            )
-            .is_err(),
-            "the holding role is never the admin"
-        );
-        let options = SetupOptions {
-            grantable_roles: vec!["report\"ing".into()],
-            user_prefix: "jit_".into(),
-        };
+        assert!(setup_sql(Flavor::Postgres, "pgjit_admin", "pgjit_admin", &SetupOptions::default()).is_err(), "the holding role is never the admin");
+        let options = SetupOptions { grantable_roles: vec!["report\"ing".into()], user_prefix: "jit_".into() };
         let sql = setup_sql(Flavor::Rds, "pgjit_admin", "pgjit_holding", &options).unwrap();
         assert!(sql.contains("GRANT %I TO %I WITH ADMIN TRUE, INHERIT FALSE, SET FALSE', 'report\"ing', 'pgjit_admin'"), "{sql}");
-        assert!(
-            sql.contains("'^jit_([a-z0-9_]+_[a-z0-9]{8}|p_[0-9a-f]{16})$'"),
-            "{sql}"
-        );
-        assert!(
-            sql.contains("EXCEPTION WHEN insufficient_privilege THEN")
-                && sql.contains("RAISE NOTICE 'pgjit: skipped default privileges"),
-            "{sql}"
-        );
-        for bad in [
-            SetupOptions {
-                grantable_roles: vec!["pgjit_admin".into()],
-                ..SetupOptions::default()
-            },
-            SetupOptions {
-                user_prefix: "pgjit".into(),
-                ..SetupOptions::default()
-            },
-        ] {
-            assert!(
-                setup_sql(Flavor::Postgres, "pgjit_admin", "pgjit_holding", &bad).is_err(),
-                "{bad:?}"
-            );
+        assert!(sql.contains("'^jit_([a-z0-9_]+_[a-z0-9]{8}|p_[0-9a-f]{16})$'"), "{sql}");
+        assert!(sql.contains("EXCEPTION WHEN insufficient_privilege THEN") && sql.contains("RAISE NOTICE 'pgjit: skipped default privileges"), "{sql}");
+        for bad in [SetupOptions { grantable_roles: vec!["pgjit_admin".into()], ..SetupOptions::default() }, SetupOptions { user_prefix: "pgjit".into(), ..SetupOptions::default() }] {
+            assert!(setup_sql(Flavor::Postgres, "pgjit_admin", "pgjit_holding", &bad).is_err(), "{bad:?}");
         }
-        let sql = setup_sql(
-            Flavor::Postgres,
-            "o'brien \"x\"",
-            "pgjit_holding",
-            &SetupOptions::default(),
-        )
-        .unwrap();
-        assert!(
-            sql.contains(r#"CREATE ROLE "o'brien ""x""" LOGIN"#),
-            "{sql}"
-        );
+        let sql = setup_sql(Flavor::Postgres, "o'brien \"x\"", "pgjit_holding", &SetupOptions::default()).unwrap();
+        assert!(sql.contains(r#"CREATE ROLE "o'brien ""x""" LOGIN"#), "{sql}");
         assert!(sql.contains(r#"rolname = 'o''brien "x"'"#), "{sql}");
-        assert!(setup_sql(
-            Flavor::Postgres,
-            "a$pgjit$b",
-            "pgjit_holding",
-            &SetupOptions::default()
-        )
-        .is_err());
-        assert!(setup_sql(
-            Flavor::Postgres,
-            &"a".repeat(64),
-            "pgjit_holding",
-            &SetupOptions::default()
-        )
-        .is_err());
+        assert!(setup_sql(Flavor::Postgres, "a$pgjit$b", "pgjit_holding", &SetupOptions::default()).is_err());
+        assert!(setup_sql(Flavor::Postgres, &"a".repeat(64), "pgjit_holding", &SetupOptions::default()).is_err());
         assert!("mysql".parse::<Flavor>().unwrap_err().contains("mysql"));
     }
 }

@@ -11,10 +11,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 
 /// Flows already checked, by their document's text; and each integration's indexed set.
 #[derive(Debug, Clone, Default)]
-pub struct FlowCache(
-    Arc<Mutex<HashMap<String, Arc<Flow>>>>,
-    Arc<Mutex<HashMap<String, Arc<FlowSet>>>>,
-);
+pub struct FlowCache(Arc<Mutex<HashMap<String, Arc<Flow>>>>, Arc<Mutex<HashMap<String, Arc<FlowSet>>>>);
 
 /// More documents than any deployment has flows: past it, the cache starts again.
 const CACHE_MAX: usize = 20_000;
@@ -50,25 +47,9 @@ struct FlowItem {
 impl Store {
     /// Stores (or replaces) a flow.
     pub async fn put_flow(&self, flow: &Flow) -> Result<(), StoreError> {
-        let document = serde_json::to_string(flow).map_err(|e| StoreError::Invalid {
-            table: self.flows.clone(),
-            message: e.to_string(),
-        })?;
-        let item = self.to_item(
-            &self.flows,
-            &FlowItem {
-                name: flow.name.clone(),
-                integrations: flow.integrations.clone(),
-                document,
-            },
-        )?;
-        self.client
-            .put_item()
-            .table_name(&self.flows)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(dynamo("PutItem", &self.flows))?;
+        let document = serde_json::to_string(flow).map_err(|e| StoreError::Invalid { table: self.flows.clone(), message: e.to_string() })?;
+        let item = self.to_item(&self.flows, &FlowItem { name: flow.name.clone(), integrations: flow.integrations.clone(), document })?;
+        self.client.put_item().table_name(&self.flows).set_item(Some(item)).send().await.map_err(dynamo("PutItem", &self.flows))?;
         Ok(())
     }
 
@@ -90,12 +71,7 @@ impl Store {
     /// the index is made again only when the flows changed).
     pub async fn flow_set(&self, integration: &str) -> Result<Arc<FlowSet>, StoreError> {
         let flows = self.list_flows(Some(integration)).await?;
-        let cached = self
-            .flow_cache
-            .1
-            .lock()
-            .ok()
-            .and_then(|c| c.get(integration).cloned());
+        let cached = self.flow_cache.1.lock().ok().and_then(|c| c.get(integration).cloned());
         if let Some(set) = cached.filter(|set| set.holds(&flows)) {
             return Ok(set);
         }
@@ -111,37 +87,18 @@ impl Store {
 
     /// Every flow, or those of one integration, in name order. A consistent read: a flow just
     /// narrowed or removed applies to the next approval.
-    pub async fn list_flows(
-        &self,
-        integration: Option<&str>,
-    ) -> Result<Vec<Arc<Flow>>, StoreError> {
-        let mut scan = self
-            .client
-            .scan()
-            .table_name(&self.flows)
-            .consistent_read(true);
+    pub async fn list_flows(&self, integration: Option<&str>) -> Result<Vec<Arc<Flow>>, StoreError> {
+        let mut scan = self.client.scan().table_name(&self.flows).consistent_read(true);
         if let Some(integration) = integration {
-            scan = scan
-                .filter_expression("contains(integrations, :i)")
-                .expression_attribute_values(":i", AttributeValue::S(integration.to_owned()));
+            scan = scan.filter_expression("contains(integrations, :i)").expression_attribute_values(":i", AttributeValue::S(integration.to_owned()));
         }
         let mut pages = scan.into_paginator().items().send();
         let mut flows = Vec::new();
         while let Some(item) = pages.next().await {
-            let item: FlowItem =
-                self.from_item(&self.flows, item.map_err(dynamo("Scan", &self.flows))?)?;
-            let flow = self
-                .flow_cache
-                .parse(&item.document)
-                .map_err(|e| StoreError::Invalid {
-                    table: self.flows.clone(),
-                    message: format!("flow {:?}: {e}", item.name),
-                })?;
+            let item: FlowItem = self.from_item(&self.flows, item.map_err(dynamo("Scan", &self.flows))?)?;
+            let flow = self.flow_cache.parse(&item.document).map_err(|e| StoreError::Invalid { table: self.flows.clone(), message: format!("flow {:?}: {e}", item.name) })?;
             if flow.name != item.name || integration.is_some_and(|i| !flow.applies_to(i)) {
-                return Err(StoreError::Invalid {
-                    table: self.flows.clone(),
-                    message: format!("flow item {:?} does not match its document", item.name),
-                });
+                return Err(StoreError::Invalid { table: self.flows.clone(), message: format!("flow item {:?} does not match its document", item.name) });
             }
             flows.push(flow);
         }

@@ -4,21 +4,13 @@ use chrono::{DateTime, Utc};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use super::{
-    due_key, dynamo, is_conditional_failure, AuditEntry, GrantRecord, GrantStatus, Store,
-    StoreError, DB_USER_INDEX, STATUS_DUE_INDEX,
-};
+use super::{due_key, dynamo, is_conditional_failure, AuditEntry, GrantRecord, GrantStatus, Store, StoreError, DB_USER_INDEX, STATUS_DUE_INDEX};
 
 impl Store {
     /// Writes a new grant record; fails with [`StoreError::AlreadyExists`] if the request id is
     /// taken, which is how a repeated approval is recognised.
     pub async fn insert_grant(&self, record: &GrantRecord) -> Result<(), StoreError> {
-        self.insert_new(
-            &self.grants,
-            record,
-            format!("grant {:?}", record.request_id),
-        )
-        .await
+        self.insert_new(&self.grants, record, format!("grant {:?}", record.request_id)).await
     }
 
     pub async fn get_grant(&self, request_id: &str) -> Result<Option<GrantRecord>, StoreError> {
@@ -30,14 +22,7 @@ impl Store {
     pub async fn update_grant(&self, record: &mut GrantRecord) -> Result<(), StoreError> {
         let expected = record.version;
         record.version += 1;
-        let result = self
-            .put_if_version(
-                &self.grants,
-                record,
-                expected,
-                format!("grant {:?}", record.request_id),
-            )
-            .await;
+        let result = self.put_if_version(&self.grants, record, expected, format!("grant {:?}", record.request_id)).await;
         if result.is_err() {
             record.version = expected;
         }
@@ -45,11 +30,7 @@ impl Store {
     }
 
     /// Records in `status` whose `due_at` has come, oldest first, and how many items were read.
-    pub async fn due_grants(
-        &self,
-        status: GrantStatus,
-        now: DateTime<Utc>,
-    ) -> Result<(Vec<GrantRecord>, usize), StoreError> {
+    pub async fn due_grants(&self, status: GrantStatus, now: DateTime<Utc>) -> Result<(Vec<GrantRecord>, usize), StoreError> {
         let query = self
             .client
             .query()
@@ -66,9 +47,7 @@ impl Store {
     /// Every record in `status` (the index holds the states that still have work to come).
     pub async fn grants_in(&self, status: GrantStatus) -> Result<Vec<GrantRecord>, StoreError> {
         // The last moment a four-digit year can write: every key sorts before it.
-        let far = DateTime::parse_from_rfc3339("9999-12-31T23:59:59.999Z")
-            .map(|d| d.with_timezone(&Utc))
-            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let far = DateTime::parse_from_rfc3339("9999-12-31T23:59:59.999Z").map(|d| d.with_timezone(&Utc)).unwrap_or(DateTime::<Utc>::MAX_UTC);
         Ok(self.due_grants(status, far).await?.0)
     }
 
@@ -107,11 +86,7 @@ impl Store {
     }
 
     pub async fn audit_of(&self, request_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
-        let query = self
-            .client
-            .query()
-            .key_condition_expression("request_id = :r")
-            .expression_attribute_values(":r", AttributeValue::S(request_id.to_owned()));
+        let query = self.client.query().key_condition_expression("request_id = :r").expression_attribute_values(":r", AttributeValue::S(request_id.to_owned()));
         self.query_all(&self.audit, query).await
     }
 }

@@ -49,9 +49,7 @@ impl Store {
             .send()
             .await
             .map_err(dynamo("GetItem", &self.integrations))?;
-        out.item
-            .map(|i| self.from_item(&self.integrations, i))
-            .transpose()
+        out.item.map(|i| self.from_item(&self.integrations, i)).transpose()
     }
 
     /// Every integration (a handful per deployment: a paginated Scan of a small table).
@@ -61,16 +59,8 @@ impl Store {
         Ok(out)
     }
 
-    pub async fn set_discovery_status(
-        &self,
-        name: &str,
-        status: &DiscoveryStatus,
-    ) -> Result<(), StoreError> {
-        let value =
-            serde_dynamo::to_attribute_value(status).map_err(|source| StoreError::Decode {
-                table: self.integrations.clone(),
-                source,
-            })?;
+    pub async fn set_discovery_status(&self, name: &str, status: &DiscoveryStatus) -> Result<(), StoreError> {
+        let value = serde_dynamo::to_attribute_value(status).map_err(|source| StoreError::Decode { table: self.integrations.clone(), source })?;
         self.client
             .update_item()
             .table_name(&self.integrations)
@@ -86,43 +76,22 @@ impl Store {
     }
 
     pub async fn inventory(&self, integration: &str) -> Result<Vec<InventoryItem>, StoreError> {
-        let query = self
-            .client
-            .query()
-            .key_condition_expression("integration = :i")
-            .expression_attribute_values(":i", AttributeValue::S(integration.to_owned()));
+        let query = self.client.query().key_condition_expression("integration = :i").expression_attribute_values(":i", AttributeValue::S(integration.to_owned()));
         self.query_all(&self.inventory, query).await
     }
 
     /// Makes the stored inventory of `integration` equal `items`: new and changed objects are
     /// written, vanished ones deleted, in batches of 25. Returns (written, deleted).
-    pub async fn replace_inventory(
-        &self,
-        integration: &str,
-        items: &[InventoryItem],
-    ) -> Result<(usize, usize), StoreError> {
-        let existing: BTreeMap<String, InventoryItem> = self
-            .inventory(integration)
-            .await?
-            .into_iter()
-            .map(|i| (i.object.clone(), i))
-            .collect();
-        let wanted: BTreeMap<&str, &InventoryItem> =
-            items.iter().map(|i| (i.object.as_str(), i)).collect();
+    pub async fn replace_inventory(&self, integration: &str, items: &[InventoryItem]) -> Result<(usize, usize), StoreError> {
+        let existing: BTreeMap<String, InventoryItem> =
+            self.inventory(integration).await?.into_iter().map(|i| (i.object.clone(), i)).collect();
+        let wanted: BTreeMap<&str, &InventoryItem> = items.iter().map(|i| (i.object.as_str(), i)).collect();
         let mut requests = Vec::new();
         let mut written = 0;
         for (object, item) in &wanted {
-            let same = existing.get(*object).is_some_and(|old| {
-                InventoryItem {
-                    discovered_at: item.discovered_at,
-                    ..old.clone()
-                } == **item
-            });
+            let same = existing.get(*object).is_some_and(|old| InventoryItem { discovered_at: item.discovered_at, ..old.clone() } == **item);
             if !same {
-                let put = PutRequest::builder()
-                    .set_item(Some(self.to_item(&self.inventory, item)?))
-                    .build()
-                    .map_err(dynamo("BatchWriteItem", &self.inventory))?;
+                let put = PutRequest::builder().set_item(Some(self.to_item(&self.inventory, item)?)).build().map_err(dynamo("BatchWriteItem", &self.inventory))?;
                 requests.push(WriteRequest::builder().put_request(put).build());
                 written += 1;
             }

@@ -97,12 +97,7 @@ impl RequestRecord {
 impl Store {
     /// Writes a new request; `AlreadyExists` when its id is taken (a retried create).
     pub async fn insert_request(&self, record: &RequestRecord) -> Result<(), StoreError> {
-        self.insert_new(
-            &self.requests,
-            record,
-            format!("request {:?}", record.request_id),
-        )
-        .await
+        self.insert_new(&self.requests, record, format!("request {:?}", record.request_id)).await
     }
 
     pub async fn get_request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError> {
@@ -113,14 +108,7 @@ impl Store {
     pub async fn update_request(&self, record: &mut RequestRecord) -> Result<(), StoreError> {
         let expected = record.version;
         record.version += 1;
-        let result = self
-            .put_if_version(
-                &self.requests,
-                record,
-                expected,
-                format!("request {:?}", record.request_id),
-            )
-            .await;
+        let result = self.put_if_version(&self.requests, record, expected, format!("request {:?}", record.request_id)).await;
         if result.is_err() {
             record.version = expected;
         }
@@ -128,21 +116,10 @@ impl Store {
     }
 
     /// Requests in `status`, those due by `due_by` only when given, oldest first.
-    pub async fn requests_in(
-        &self,
-        status: RequestStatus,
-        due_by: Option<DateTime<Utc>>,
-    ) -> Result<Vec<RequestRecord>, StoreError> {
-        let mut query = self
-            .client
-            .query()
-            .index_name(super::STATUS_DUE_INDEX)
-            .expression_attribute_names("#s", "status")
-            .expression_attribute_values(":s", AttributeValue::S(status.as_str().to_owned()));
+    pub async fn requests_in(&self, status: RequestStatus, due_by: Option<DateTime<Utc>>) -> Result<Vec<RequestRecord>, StoreError> {
+        let mut query = self.client.query().index_name(super::STATUS_DUE_INDEX).expression_attribute_names("#s", "status").expression_attribute_values(":s", AttributeValue::S(status.as_str().to_owned()));
         query = match due_by {
-            Some(at) => query
-                .key_condition_expression("#s = :s AND due_at <= :d")
-                .expression_attribute_values(":d", AttributeValue::S(due_key(at))),
+            Some(at) => query.key_condition_expression("#s = :s AND due_at <= :d").expression_attribute_values(":d", AttributeValue::S(due_key(at))),
             None => query.key_condition_expression("#s = :s"),
         };
         self.query_all(&self.requests, query).await

@@ -83,10 +83,7 @@ impl Store {
             if !seen.insert((sealed.request_id.clone(), sealed.at_origin.clone())) {
                 continue;
             }
-            let put = PutRequest::builder()
-                .set_item(Some(self.to_item(&self.sessions, &sealed)?))
-                .build()
-                .map_err(dynamo("BatchWriteItem", &self.sessions))?;
+            let put = PutRequest::builder().set_item(Some(self.to_item(&self.sessions, &sealed)?)).build().map_err(dynamo("BatchWriteItem", &self.sessions))?;
             requests.push(WriteRequest::builder().put_request(put).build());
         }
         self.write_batches(&self.sessions, requests).await
@@ -94,20 +91,13 @@ impl Store {
 
     /// A request's session audit entries, in time order.
     pub async fn session_entries(&self, request_id: &str) -> Result<Vec<SessionEntry>, StoreError> {
-        let query = self
-            .client
-            .query()
-            .key_condition_expression("request_id = :r")
-            .expression_attribute_values(":r", AttributeValue::S(request_id.to_owned()));
+        let query = self.client.query().key_condition_expression("request_id = :r").expression_attribute_values(":r", AttributeValue::S(request_id.to_owned()));
         self.query_all(&self.sessions, query).await
     }
 
     /// The sessions of a request whose connection is stored: (database user, server process).
     /// Only `connected` entries come back (the filter runs in DynamoDB).
-    pub async fn connected_sessions(
-        &self,
-        request_id: &str,
-    ) -> Result<std::collections::HashSet<(String, Option<u32>)>, StoreError> {
+    pub async fn connected_sessions(&self, request_id: &str) -> Result<std::collections::HashSet<(String, Option<u32>)>, StoreError> {
         let query = self
             .client
             .query()
@@ -117,11 +107,7 @@ impl Store {
             .expression_attribute_values(":r", AttributeValue::S(request_id.to_owned()))
             .expression_attribute_values(":k", AttributeValue::S("connected".into()));
         let entries: Vec<SessionEntry> = self.query_all(&self.sessions, query).await?;
-        Ok(entries
-            .into_iter()
-            .filter(|e| e.suspect.is_none())
-            .map(|e| (e.db_user, e.session))
-            .collect())
+        Ok(entries.into_iter().filter(|e| e.suspect.is_none()).map(|e| (e.db_user, e.session)).collect())
     }
 
     /// How many statements were audited for a request.
@@ -156,11 +142,7 @@ impl Store {
 /// redelivery computes another `expires_at`): the same content, the same digest.
 fn content_digest(entry: &SessionEntry) -> String {
     use sha2::Digest;
-    let content = SessionEntry {
-        at_origin: String::new(),
-        expires_at: 0,
-        ..entry.clone()
-    };
+    let content = SessionEntry { at_origin: String::new(), expires_at: 0, ..entry.clone() };
     let text = serde_json::to_string(&content).unwrap_or_default();
     hex::encode(&sha2::Sha256::digest(text.as_bytes())[..16])
 }

@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::{CleanupReport, Scope};
-use crate::aws::schedule::{exact, one_shot};
 use crate::aws::{AwsError, Services};
+use crate::aws::schedule::{exact, one_shot};
 
 /// The longest chain of continuations after one scheduled run: 24 invocations of 15 minutes,
 /// six hours of sweeping.
@@ -64,29 +64,18 @@ pub async fn continue_later(
     }
     let name = schedule_name(scope);
     let at = now + chrono::Duration::seconds(DELAY_SECONDS);
-    let input = |count: u32| {
-        serde_json::json!({ "sweep": scope.as_str(), "continuation": count }).to_string()
-    };
+    let input = |count: u32| serde_json::json!({ "sweep": scope.as_str(), "continuation": count }).to_string();
     let target = |operation, input: String| {
         Target::builder()
             .arn(function_arn)
             .role_arn(&svc.config.scheduler_role_arn)
             .input(input)
             // A continuation that cannot be delivered within the hour is left to the next run.
-            .retry_policy(
-                RetryPolicy::builder()
-                    .maximum_event_age_in_seconds(3600)
-                    .maximum_retry_attempts(2)
-                    .build(),
-            )
+            .retry_policy(RetryPolicy::builder().maximum_event_age_in_seconds(3600).maximum_retry_attempts(2).build())
             .build()
             .map_err(|e| AwsError::msg(operation, e.to_string()))
     };
-    let description = format!(
-        "pgjit: cleanup continuation {} ({} items left)",
-        continuation + 1,
-        report.left
-    );
+    let description = format!("pgjit: cleanup continuation {} ({} items left)", continuation + 1, report.left);
     let created = one_shot!(
         svc.scheduler.create_schedule(),
         svc,
@@ -102,14 +91,9 @@ pub async fn continue_later(
         Ok(_) => {}
         // One is waiting already (another run's): it is moved to this run's time, and keeps the
         // larger count, so a run that starts a chain anew (the hourly one) never resets it.
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_conflict_exception()) =>
-        {
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_conflict_exception()) => {
             let waiting = crate::aws::schedule::input_of(svc, &name).await?;
-            let counted = waiting
-                .and_then(|i| serde_json::from_str::<Value>(&i).ok())
-                .and_then(|v| continuation_of(&v).ok());
+            let counted = waiting.and_then(|i| serde_json::from_str::<Value>(&i).ok()).and_then(|v| continuation_of(&v).ok());
             let count = counted.unwrap_or(0).max(continuation + 1);
             if count > MAX_CONTINUATIONS {
                 return Ok(None);
@@ -129,10 +113,7 @@ pub async fn continue_later(
         }
         Err(e) => return Err(AwsError::new("scheduler:CreateSchedule", e)),
     }
-    let scheduled = format!(
-        "{name} at {}",
-        at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-    );
+    let scheduled = format!("{name} at {}", at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     tracing::info!(schedule = %scheduled, left = report.left, reconcile_left = report.reconcile_left.len(), "cleanup continues later");
     Ok(Some(scheduled))
 }
@@ -144,32 +125,14 @@ mod tests {
     #[test]
     fn continuation_counts_are_checked() {
         assert_eq!(continuation_of(&serde_json::json!({})), Ok(0));
-        assert_eq!(
-            continuation_of(&serde_json::json!({"sweep": "overdue", "continuation": 3})),
-            Ok(3)
-        );
-        for bad in [
-            serde_json::json!(-1),
-            serde_json::json!(25),
-            serde_json::json!("2"),
-            serde_json::json!(1.5),
-        ] {
+        assert_eq!(continuation_of(&serde_json::json!({"sweep": "overdue", "continuation": 3})), Ok(3));
+        for bad in [serde_json::json!(-1), serde_json::json!(25), serde_json::json!("2"), serde_json::json!(1.5)] {
             let err = continuation_of(&serde_json::json!({ "continuation": bad })).unwrap_err();
-            assert!(
-                err.starts_with("continuation: expected a whole number from 0 to 24"),
-                "{err}"
-            );
+            assert!(err.starts_with("continuation: expected a whole number from 0 to 24"), "{err}");
         }
         for scope in [Scope::Full, Scope::Overdue] {
             let name = schedule_name(scope);
-            assert!(
-                name.len() <= 64
-                    && !name.starts_with("pgjit-")
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
-                "{name}"
-            );
+            assert!(name.len() <= 64 && !name.starts_with("pgjit-") && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)), "{name}");
         }
     }
 }

@@ -17,13 +17,13 @@ use futures_util::future::join_all;
 use tokio::sync::{OnceCell, Semaphore};
 
 use super::CleanupReport;
-use crate::aws::store::GrantRecord;
 use crate::aws::Services;
-use crate::contract::events::RevokeTrigger;
-use crate::contract::integration::Integration;
 use crate::control::endpoint::Server;
+use crate::contract::events::RevokeTrigger;
 use crate::control::grants;
+use crate::contract::integration::Integration;
 use crate::engine::postgres::error_chain;
+use crate::aws::store::GrantRecord;
 
 /// The least time an item is given: one is started only while at least this much (or twice
 /// the slowest item so far, if more) is left before the invocation's work must end. Ending a
@@ -56,13 +56,7 @@ impl Task {
     }
 
     /// Does the work and writes the outcome into the report.
-    async fn run(
-        self,
-        svc: &Services,
-        server: &Server,
-        now: DateTime<Utc>,
-        report: &Mutex<CleanupReport>,
-    ) {
+    async fn run(self, svc: &Services, server: &Server, now: DateTime<Utc>, report: &Mutex<CleanupReport>) {
         let id = self.record().request_id.clone();
         if let Err(e) = svc.failpoints.check("cleanup:item").await {
             if let Ok(mut report) = report.lock() {
@@ -73,56 +67,20 @@ impl Task {
         let (list, failure): (ReportList, Option<String>) = match self {
             Task::Finish(r) => {
                 let status = r.status;
-                let result = grants::revoke::revoke_with(
-                    svc,
-                    &r.request_id,
-                    None,
-                    Some(server),
-                    RevokeTrigger::Cleanup,
-                    now,
-                )
-                .await;
-                (
-                    |r| &mut r.finished,
-                    result
-                        .err()
-                        .map(|e| format!("{id}: finish {status}: {}", error_chain(&e))),
-                )
+                let result = grants::revoke::revoke_with(svc, &r.request_id, None, Some(server), RevokeTrigger::Cleanup, now).await;
+                (|r| &mut r.finished, result.err().map(|e| format!("{id}: finish {status}: {}", error_chain(&e))))
             }
             Task::Overdue(r) => {
-                let result = grants::revoke::revoke_with(
-                    svc,
-                    &id,
-                    Some(r),
-                    Some(server),
-                    RevokeTrigger::Cleanup,
-                    now,
-                )
-                .await;
-                (
-                    |r| &mut r.revoked_overdue,
-                    result
-                        .err()
-                        .map(|e| format!("{id}: revoke: {}", error_chain(&e))),
-                )
+                let result = grants::revoke::revoke_with(svc, &id, Some(r), Some(server), RevokeTrigger::Cleanup, now).await;
+                (|r| &mut r.revoked_overdue, result.err().map(|e| format!("{id}: revoke: {}", error_chain(&e))))
             }
             Task::Rotate(mut r) => {
                 let result = grants::revoke::rotate(svc, &mut r, server, now).await;
-                (
-                    |r| &mut r.rotated,
-                    result
-                        .err()
-                        .map(|e| format!("{id}: rotate: {}", error_chain(&e))),
-                )
+                (|r| &mut r.rotated, result.err().map(|e| format!("{id}: rotate: {}", error_chain(&e))))
             }
             Task::Delete(mut r) => {
                 let result = grants::revoke::delete_user(svc, &mut r, server, now).await;
-                (
-                    |r| &mut r.deleted,
-                    result
-                        .err()
-                        .map(|e| format!("{id}: delete: {}", error_chain(&e))),
-                )
+                (|r| &mut r.deleted, result.err().map(|e| format!("{id}: delete: {}", error_chain(&e))))
             }
         };
         if let Ok(mut report) = report.lock() {
@@ -158,21 +116,14 @@ impl Lane<'_> {
         let connections = svc.config.cleanup_connections;
         let server = self
             .server
-            .get_or_init(|| async {
-                Server::open(svc, self.integration.clone(), connections)
-                    .await
-                    .map_err(|e| error_chain(&e))
-            })
+            .get_or_init(|| async { Server::open(svc, self.integration.clone(), connections).await.map_err(|e| error_chain(&e)) })
             .await;
         server.as_ref().map_err(String::as_str)
     }
 
     /// Takes every item still queued (the lane gave up), for the report.
     fn drain(&self) -> usize {
-        self.tasks
-            .lock()
-            .map(|mut t| t.drain(..).count())
-            .unwrap_or(0)
+        self.tasks.lock().map(|mut t| t.drain(..).count()).unwrap_or(0)
     }
 }
 
@@ -185,40 +136,23 @@ pub(super) struct Lanes<'a> {
 impl<'a> Lanes<'a> {
     /// A lane per integration, each with its due items in the order given; items of an
     /// integration that no longer exists are reported and left.
-    pub fn new(
-        integrations: &'a BTreeMap<String, Integration>,
-        tasks: Vec<Task>,
-        report: &mut CleanupReport,
-    ) -> Lanes<'a> {
-        let mut queues: BTreeMap<&str, VecDeque<Task>> = integrations
-            .keys()
-            .map(|name| (name.as_str(), VecDeque::new()))
-            .collect();
+    pub fn new(integrations: &'a BTreeMap<String, Integration>, tasks: Vec<Task>, report: &mut CleanupReport) -> Lanes<'a> {
+        let mut queues: BTreeMap<&str, VecDeque<Task>> = integrations.keys().map(|name| (name.as_str(), VecDeque::new())).collect();
         for task in tasks {
             let record = task.record();
             match queues.get_mut(record.integration.as_str()) {
                 Some(queue) => queue.push_back(task),
-                None => report.errors.push(format!(
-                    "{}: integration {:?} is gone",
-                    record.request_id, record.integration
-                )),
+                None => report.errors.push(format!("{}: integration {:?} is gone", record.request_id, record.integration)),
             }
         }
         let lanes = queues
             .into_iter()
             .filter_map(|(name, queue)| {
                 let integration = integrations.get(name)?;
-                Some(Lane {
-                    integration,
-                    tasks: Mutex::new(queue),
-                    server: OnceCell::new(),
-                })
+                Some(Lane { integration, tasks: Mutex::new(queue), server: OnceCell::new() })
             })
             .collect();
-        Lanes {
-            lanes,
-            pace: Pace::default(),
-        }
+        Lanes { lanes, pace: Pace::default() }
     }
 
     /// Works through every lane's items; stops starting new ones when the time is running out.
@@ -230,49 +164,27 @@ impl<'a> Lanes<'a> {
         // A lane gets at most its share of the slots (never fewer than its connections): its
         // workers wait for its own server, so a server that hangs holds that share and no more,
         // and the other lanes' items go on.
-        let busy = self
-            .lanes
-            .iter()
-            .filter(|lane| lane.len() > 0)
-            .count()
-            .max(1);
-        let share = (concurrency / busy)
-            .max(svc.config.cleanup_connections)
-            .min(concurrency);
+        let busy = self.lanes.iter().filter(|lane| lane.len() > 0).count().max(1);
+        let share = (concurrency / busy).max(svc.config.cleanup_connections).min(concurrency);
         let workers = self.lanes.iter().flat_map(|lane| {
             let (gate, shared) = (&gate, &shared);
             (0..share.min(lane.len())).map(move |_| work(svc, lane, gate, pace, shared, now))
         });
         join_all(workers).await;
-        *report = shared
-            .into_inner()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *report = shared.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
         report.left += self.lanes.iter().map(Lane::len).sum::<usize>();
     }
 
     /// Connections opened to the servers so far.
     pub fn connections(&self) -> usize {
-        self.lanes
-            .iter()
-            .filter_map(|lane| lane.server.get()?.as_ref().ok())
-            .map(|server| server.pool.opened())
-            .sum()
+        self.lanes.iter().filter_map(|lane| lane.server.get()?.as_ref().ok()).map(|server| server.pool.opened()).sum()
     }
 }
 
 /// One worker of a lane: takes the lane's next item while the invocation has time for it.
-async fn work(
-    svc: &Services,
-    lane: &Lane<'_>,
-    gate: &Semaphore,
-    pace: &Pace,
-    report: &Mutex<CleanupReport>,
-    now: DateTime<Utc>,
-) {
+async fn work(svc: &Services, lane: &Lane<'_>, gate: &Semaphore, pace: &Pace, report: &Mutex<CleanupReport>, now: DateTime<Utc>) {
     loop {
-        let Ok(_slot) = gate.acquire().await else {
-            return;
-        };
+        let Ok(_slot) = gate.acquire().await else { return };
         if !pace.may_start() {
             return;
         }
@@ -283,9 +195,7 @@ async fn work(
             Err(e) => {
                 let left = 1 + lane.drain();
                 if let Ok(mut report) = report.lock() {
-                    report.errors.push(format!(
-                        "integration {name}: {e}; {left} due item(s) left for the next run"
-                    ));
+                    report.errors.push(format!("integration {name}: {e}; {left} due item(s) left for the next run"));
                 }
                 return;
             }
@@ -294,14 +204,9 @@ async fn work(
         let id = task.record().request_id.clone();
         // Started with time to spare; should it overrun anyway, the sweep still ends before
         // Lambda's deadline, with its report and its continuation.
-        if crate::control::budget::bounded(task.run(svc, server, now, report))
-            .await
-            .is_none()
-        {
+        if crate::control::budget::bounded(task.run(svc, server, now, report)).await.is_none() {
             if let Ok(mut report) = report.lock() {
-                report.errors.push(format!(
-                    "{id}: the invocation's time ran out; left for the next run"
-                ));
+                report.errors.push(format!("{id}: the invocation's time ran out; left for the next run"));
             }
         }
         pace.took(started.elapsed());

@@ -20,14 +20,8 @@ const SCHEDULE_AFTER: i64 = 60;
 /// makes it fail, and nothing is sent); then its approval goes on the bus; then the bus's id is
 /// recorded, with the audit entry and the event, at once. Returns the approval event when it was
 /// sent now, with the envelope the approval bus gives it.
-pub async fn complete(
-    svc: &Services,
-    record: &mut RequestRecord,
-    now: DateTime<Utc>,
-) -> Result<Option<Value>, RequestError> {
-    let later = record
-        .start_at
-        .filter(|s| *s > now + Duration::seconds(SCHEDULE_AFTER));
+pub async fn complete(svc: &Services, record: &mut RequestRecord, now: DateTime<Utc>) -> Result<Option<Value>, RequestError> {
+    let later = record.start_at.filter(|s| *s > now + Duration::seconds(SCHEDULE_AFTER));
     if let Some(start) = later {
         crate::aws::schedule::create_start(svc, &record.request_id, start).await?;
         record.set_status(RequestStatus::Approved, now);
@@ -39,18 +33,13 @@ pub async fn complete(
     record.set_status(RequestStatus::Approved, now);
     // The claim and the MAC at once: the MAC is used only if the claim holds.
     let (account, detail) = (svc.account_id().await?, approval_detail(record));
-    let (claimed, signed) = tokio::join!(
-        svc.store.update_request(record),
-        crate::aws::approval_mac::signed_event(svc, detail, crate::contract::events::APPROVED, now)
-    );
+    let (claimed, signed) = tokio::join!(svc.store.update_request(record), crate::aws::approval_mac::signed_event(svc, detail, crate::contract::events::APPROVED, now));
     claimed?;
     let event = put_signed(svc, record, signed?, &account).await?;
     record.event_id = event.get("id").and_then(Value::as_str).map(str::to_owned);
     match svc.store.update_request(record).await {
         Ok(()) | Err(crate::aws::store::StoreError::Conflict { .. }) => {}
-        Err(e) => {
-            tracing::warn!(request_id = %record.request_id, error = %crate::engine::postgres::error_chain(&e), "the sent approval's id was not recorded; a later call sends it again")
-        }
+        Err(e) => tracing::warn!(request_id = %record.request_id, error = %crate::engine::postgres::error_chain(&e), "the sent approval's id was not recorded; a later call sends it again"),
     }
     announce_approved(svc, record).await;
     Ok(Some(event))
@@ -59,25 +48,17 @@ pub async fn complete(
 /// Whether the request's approval was claimed for the bus but PutEvents has not been seen to
 /// take it (a sender that failed or died half-way): the next call sends it again.
 pub fn unsent(record: &RequestRecord) -> bool {
-    record.status == RequestStatus::Approved
-        && record.sent_at.is_some()
-        && record.event_id.is_none()
+    record.status == RequestStatus::Approved && record.sent_at.is_some() && record.event_id.is_none()
 }
 
 /// Sends a claimed request's approval, then records the bus's id (a lost race there is
 /// harmless: another sender recorded its own).
-pub async fn send_claimed(
-    svc: &Services,
-    record: &mut RequestRecord,
-    now: DateTime<Utc>,
-) -> Result<Value, RequestError> {
+pub async fn send_claimed(svc: &Services, record: &mut RequestRecord, now: DateTime<Utc>) -> Result<Value, RequestError> {
     let event = send(svc, record, now).await?;
     record.event_id = event.get("id").and_then(Value::as_str).map(str::to_owned);
     match svc.store.update_request(record).await {
         Ok(()) | Err(crate::aws::store::StoreError::Conflict { .. }) => {}
-        Err(e) => {
-            tracing::warn!(request_id = %record.request_id, error = %crate::engine::postgres::error_chain(&e), "the sent approval's id was not recorded; a later call sends it again")
-        }
+        Err(e) => tracing::warn!(request_id = %record.request_id, error = %crate::engine::postgres::error_chain(&e), "the sent approval's id was not recorded; a later call sends it again"),
     }
     Ok(event)
 }
@@ -85,14 +66,7 @@ pub async fn send_claimed(
 async fn announce_approved(svc: &Services, record: &RequestRecord) {
     let detail = json!({"request_id": record.request_id, "integration": record.integration, "flow": record.flow, "mode": record.mode,
         "requester": record.requester, "approvers": record.approvals.iter().map(|d| d.by.as_str()).collect::<Vec<_>>(), "start_at": record.start_at});
-    crate::control::grants::emit(
-        svc,
-        crate::contract::events::APPROVED,
-        detail,
-        &record.request_id,
-        &record.integration,
-    )
-    .await;
+    crate::control::grants::emit(svc, crate::contract::events::APPROVED, detail, &record.request_id, &record.integration).await;
 }
 
 /// The approval a complete request stands for, as an approval sender puts it on the bus.
@@ -127,40 +101,18 @@ fn approval_detail(record: &RequestRecord) -> Value {
 }
 
 /// Signs the approval and puts it on the approval bus; returns it as the bus delivers it.
-async fn send(
-    svc: &Services,
-    record: &RequestRecord,
-    now: DateTime<Utc>,
-) -> Result<Value, RequestError> {
+async fn send(svc: &Services, record: &RequestRecord, now: DateTime<Utc>) -> Result<Value, RequestError> {
     // Asked first: nothing after PutEvents may fail the send.
     let account = svc.account_id().await?;
-    let event = crate::aws::approval_mac::signed_event(
-        svc,
-        approval_detail(record),
-        crate::contract::events::APPROVED,
-        now,
-    )
-    .await?;
+    let event = crate::aws::approval_mac::signed_event(svc, approval_detail(record), crate::contract::events::APPROVED, now).await?;
     put_signed(svc, record, event, &account).await
 }
 
 /// Puts a signed approval on the bus; returns it as the bus delivers it.
-async fn put_signed(
-    svc: &Services,
-    record: &RequestRecord,
-    mut event: Value,
-    account: &str,
-) -> Result<Value, RequestError> {
+async fn put_signed(svc: &Services, record: &RequestRecord, mut event: Value, account: &str) -> Result<Value, RequestError> {
     let event_id = crate::aws::approval_mac::put_on_bus(svc, &event).await?;
     tracing::info!(request_id = %record.request_id, integration = %record.integration, flow = %record.flow, event_id = %event_id, "approval sent to the approval bus");
-    for (field, value) in [
-        ("version", json!("0")),
-        ("id", json!(event_id)),
-        ("source", json!(svc.config.approval_source)),
-        ("account", json!(account)),
-        ("region", json!(svc.region())),
-        ("resources", json!([])),
-    ] {
+    for (field, value) in [("version", json!("0")), ("id", json!(event_id)), ("source", json!(svc.config.approval_source)), ("account", json!(account)), ("region", json!(svc.region())), ("resources", json!([]))] {
         event[field] = value;
     }
     Ok(event)
@@ -169,17 +121,9 @@ async fn put_signed(
 /// A start schedule fired: the request is checked again (the requester still eligible, now
 /// within the flow's hours) and its approval sent; one no longer allowed expires, naming why.
 /// Returns the approval event when one was sent.
-pub async fn start(
-    svc: &Services,
-    request_id: &str,
-    now: DateTime<Utc>,
-) -> Result<Option<Value>, RequestError> {
+pub async fn start(svc: &Services, request_id: &str, now: DateTime<Utc>) -> Result<Option<Value>, RequestError> {
     crate::contract::events::check_request_id(request_id)?;
-    let mut record = svc
-        .store
-        .get_request(request_id)
-        .await?
-        .ok_or_else(|| RequestError::Unknown(format!("request {request_id:?}")))?;
+    let mut record = svc.store.get_request(request_id).await?.ok_or_else(|| RequestError::Unknown(format!("request {request_id:?}")))?;
     if unsent(&record) {
         return Ok(Some(send_claimed(svc, &mut record, now).await?));
     }
@@ -187,21 +131,11 @@ pub async fn start(
         tracing::info!(request_id, status = %record.status, "start: nothing to do");
         return Ok(None);
     }
-    if record
-        .start_at
-        .is_some_and(|s| s > now + Duration::seconds(SCHEDULE_AFTER))
-    {
-        return Err(RequestError::Conflict(format!(
-            "request {request_id} starts at {}, not now",
-            record.start_at.map(|s| s.to_rfc3339()).unwrap_or_default()
-        )));
+    if record.start_at.is_some_and(|s| s > now + Duration::seconds(SCHEDULE_AFTER)) {
+        return Err(RequestError::Conflict(format!("request {request_id} starts at {}, not now", record.start_at.map(|s| s.to_rfc3339()).unwrap_or_default())));
     }
     let flows = svc.store.list_flows(Some(&record.integration)).await?;
-    let mut requester = Person::named(&[
-        record.requester.id.as_str(),
-        record.requester.iam_arn.as_deref().unwrap_or(""),
-    ])
-    .map_err(RequestError::Forbidden)?;
+    let mut requester = Person::named(&[record.requester.id.as_str(), record.requester.iam_arn.as_deref().unwrap_or("")]).map_err(RequestError::Forbidden)?;
     crate::aws::identity::resolve(svc, &mut requester, &mut Default::default()).await?;
     let request = flow::Request {
         integration: &record.integration,
@@ -213,17 +147,8 @@ pub async fn start(
         ticket: record.ticket.as_deref(),
         at: now,
     };
-    if let Err(refusal) = flow::admitting(
-        &flows.iter().map(|f| f.as_ref()).collect::<Vec<_>>(),
-        &request,
-    ) {
-        expire(
-            svc,
-            record,
-            now,
-            Some(format!("no longer allowed at its start: {refusal}")),
-        )
-        .await?;
+    if let Err(refusal) = flow::admitting(&flows.iter().map(|f| f.as_ref()).collect::<Vec<_>>(), &request) {
+        expire(svc, record, now, Some(format!("no longer allowed at its start: {refusal}"))).await?;
         return Ok(None);
     }
     // Claimed before it is sent: a cancellation after this sees it on its way.
@@ -235,62 +160,25 @@ pub async fn start(
 
 /// Removes a cancelled request's start schedule (gone already is fine).
 pub async fn unschedule(svc: &Services, record: &RequestRecord) -> Result<(), RequestError> {
-    Ok(crate::aws::schedule::delete(
-        svc,
-        &crate::aws::schedule::start_schedule_name(&record.request_id),
-    )
-    .await?)
+    Ok(crate::aws::schedule::delete(svc, &crate::aws::schedule::start_schedule_name(&record.request_id)).await?)
 }
 
 /// Marks a request expired, once, with its audit entry and event (a concurrent change wins:
 /// the request is read again and returned as it is).
-pub async fn expire(
-    svc: &Services,
-    mut record: RequestRecord,
-    now: DateTime<Utc>,
-    why: Option<String>,
-) -> Result<RequestRecord, RequestError> {
+pub async fn expire(svc: &Services, mut record: RequestRecord, now: DateTime<Utc>, why: Option<String>) -> Result<RequestRecord, RequestError> {
     record.set_status(RequestStatus::Expired, now);
-    record.failure = why.clone().or_else(|| {
-        Some(format!(
-            "not approved by {}",
-            record.expires_at.to_rfc3339()
-        ))
-    });
+    record.failure = why.clone().or_else(|| Some(format!("not approved by {}", record.expires_at.to_rfc3339())));
     match svc.store.update_request(&mut record).await {
         Ok(()) => {}
         Err(crate::aws::store::StoreError::Conflict { .. }) => {
-            return svc
-                .store
-                .get_request(&record.request_id)
-                .await?
-                .ok_or_else(|| RequestError::Unknown(format!("request {:?}", record.request_id)));
+            return svc.store.get_request(&record.request_id).await?.ok_or_else(|| RequestError::Unknown(format!("request {:?}", record.request_id)));
         }
         Err(e) => return Err(e.into()),
     }
-    let system = crate::contract::requests::Caller {
-        arn: "pgjit".into(),
-        user_id: "pgjit".into(),
-        account: String::new(),
-    };
-    super::audit(
-        svc,
-        &record,
-        "request_expired",
-        now,
-        &system,
-        record.failure.clone(),
-    )
-    .await?;
+    let system = crate::contract::requests::Caller { arn: "pgjit".into(), user_id: "pgjit".into(), account: String::new() };
+    super::audit(svc, &record, "request_expired", now, &system, record.failure.clone()).await?;
     let detail = json!({"request_id": record.request_id, "integration": record.integration, "flow": record.flow, "requester": record.requester, "reason": record.failure});
-    crate::control::grants::emit(
-        svc,
-        crate::contract::events::REQUEST_EXPIRED,
-        detail,
-        &record.request_id,
-        &record.integration,
-    )
-    .await;
+    crate::control::grants::emit(svc, crate::contract::events::REQUEST_EXPIRED, detail, &record.request_id, &record.integration).await;
     Ok(record)
 }
 
@@ -301,17 +189,8 @@ pub async fn expire(
 /// Returns how many requests it expired, and what failed (tried again at the next run).
 pub async fn sweep(svc: &Services, now: DateTime<Utc>) -> (usize, Vec<String>) {
     let (mut expired, mut errors) = (0, Vec::new());
-    let mut note = |what: &str, e: RequestError| {
-        errors.push(format!(
-            "{what}: {}",
-            crate::engine::postgres::error_chain(&e)
-        ))
-    };
-    match svc
-        .store
-        .requests_in(RequestStatus::Pending, Some(now))
-        .await
-    {
+    let mut note = |what: &str, e: RequestError| errors.push(format!("{what}: {}", crate::engine::postgres::error_chain(&e)));
+    match svc.store.requests_in(RequestStatus::Pending, Some(now)).await {
         Ok(due) => {
             for record in due {
                 let id = record.request_id.clone();
@@ -327,14 +206,8 @@ pub async fn sweep(svc: &Services, now: DateTime<Utc>) -> (usize, Vec<String>) {
         Ok(approved) => {
             for mut record in approved {
                 let id = record.request_id.clone();
-                let stale_claim = unsent(&record)
-                    && record
-                        .sent_at
-                        .is_some_and(|t| now - t > Duration::minutes(1));
-                let missed_start = record.sent_at.is_none()
-                    && record
-                        .start_at
-                        .is_some_and(|s| s + Duration::minutes(5) < now);
+                let stale_claim = unsent(&record) && record.sent_at.is_some_and(|t| now - t > Duration::minutes(1));
+                let missed_start = record.sent_at.is_none() && record.start_at.is_some_and(|s| s + Duration::minutes(5) < now);
                 let result = if stale_claim {
                     send_claimed(svc, &mut record, now).await.map(|_| ())
                 } else if missed_start {

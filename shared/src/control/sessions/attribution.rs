@@ -8,10 +8,10 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::contract::integration::Integration;
 use crate::audit::pgaudit::AuditLine;
 use crate::audit::server_log::Record;
-use crate::aws::store::sessions::{EntryKind, SessionEntry};
-use crate::contract::integration::Integration;
+use crate::aws::store::sessions::{EntryKind, SessionEntry}; 
 
 /// The longest statement kept, in bytes; longer ones are cut and say so.
 pub const MAX_STATEMENT_BYTES: usize = 4096;
@@ -67,17 +67,8 @@ impl Retention {
 /// is counted as unattributed. Each user has its own request (a grant has one db user), so a
 /// session is known by its user and server process. No I/O: the benchmark measures this with
 /// the parsing.
-pub fn attribute(
-    records: Vec<Record<'_>>,
-    integration: &Integration,
-    requests: &HashMap<String, String>,
-    retention: Retention,
-) -> (Vec<SessionEntry>, Ingested) {
-    let mut ingested = Ingested {
-        integration: Some(integration.name.clone()),
-        records: records.len(),
-        ..Ingested::default()
-    };
+pub fn attribute(records: Vec<Record<'_>>, integration: &Integration, requests: &HashMap<String, String>, retention: Retention) -> (Vec<SessionEntry>, Ingested) {
+    let mut ingested = Ingested { integration: Some(integration.name.clone()), records: records.len(), ..Ingested::default() };
     let mut entries: Vec<SessionEntry> = Vec::with_capacity(records.len());
     // What this delivery showed of each session, by (user, pid).
     let mut sessions: HashMap<(&str, Option<u32>), SessionSeen> = HashMap::new();
@@ -86,9 +77,7 @@ pub fn attribute(
     let mut last_user: Option<(&str, Option<&String>)> = None;
     let mut time_key = TimeKey::default();
     for record in &records {
-        let Some(user) = record.fields.user else {
-            continue;
-        };
+        let Some(user) = record.fields.user else { continue };
         if !crate::access::is_login_role_name(user, &integration.user_prefix) {
             continue;
         }
@@ -96,12 +85,8 @@ pub fn attribute(
             // A session can write `LOG:  AUDIT: …` itself with RAISE LOG; the server then adds
             // the context "… at RAISE", which pgaudit's own lines never have.
             if record.message.contains(" at RAISE") {
-                if let Some(last) = entries
-                    .last_mut()
-                    .filter(|e| e.kind == EntryKind::Statement && e.session == record.fields.pid)
-                {
-                    last.suspect =
-                        Some("raised by the session itself (RAISE), not written by pgaudit".into());
+                if let Some(last) = entries.last_mut().filter(|e| e.kind == EntryKind::Statement && e.session == record.fields.pid) {
+                    last.suspect = Some("raised by the session itself (RAISE), not written by pgaudit".into());
                 }
             }
             continue;
@@ -117,8 +102,7 @@ pub fn attribute(
             Some((last, request_id)) if last == user => request_id,
             _ => last_user.insert((user, requests.get(user))).1,
         };
-        let (Some(request_id), Some(at)) = (request_id, record.fields.time.or(record.event_time))
-        else {
+        let (Some(request_id), Some(at)) = (request_id, record.fields.time.or(record.event_time)) else {
             ingested.unattributed += 1;
             continue;
         };
@@ -128,8 +112,7 @@ pub fn attribute(
         }
         if let Kept::Statement(line) | Kept::Cut(line) = &mut what {
             // Once per line: the statement is compared and stored redacted.
-            line.statement =
-                crate::audit::redaction::redact_cow(std::mem::take(&mut line.statement));
+            line.statement = crate::audit::redaction::redact_cow(std::mem::take(&mut line.statement));
         }
         let cut = matches!(what, Kept::Cut(_));
         if cut {
@@ -138,13 +121,8 @@ pub fn attribute(
         }
         if let Kept::Statement(line) = &what {
             // pgaudit.log_relation writes a line per table of one statement: one entry.
-            if let Some(previous) = entries
-                .last_mut()
-                .filter(|p| p.is_statement(request_id, record.fields.pid, line))
-            {
-                if previous.class.as_deref() == Some(&*line.class)
-                    && previous.command.as_deref() == Some(&*line.command)
-                    && previous.statement_bytes.is_none()
+            if let Some(previous) = entries.last_mut().filter(|p| p.is_statement(request_id, record.fields.pid, line)) {
+                if previous.class.as_deref() == Some(&*line.class) && previous.command.as_deref() == Some(&*line.command) && previous.statement_bytes.is_none()
                     && previous.statement.as_deref() == Some(&*line.statement)
                 {
                     merge_object(previous, &line.object_type, &line.object_name);
@@ -152,26 +130,15 @@ pub fn attribute(
                 }
                 // Two lines claim one statement of this session with different contents: keep
                 // both, and say so (one of them was not written by pgaudit).
-                previous.suspect.get_or_insert_with(|| {
-                    "another line claims the same statement id with other contents".into()
-                });
+                previous.suspect.get_or_insert_with(|| "another line claims the same statement id with other contents".into());
             }
             ingested.statements += 1;
         }
-        let mut entry = entry_of(
-            &record.fields,
-            record.origin,
-            at,
-            time_key.of(at),
-            request_id,
-            what,
-            retention.expires_at(at),
-        );
+        let mut entry = entry_of(&record.fields, record.origin, at, time_key.of(at), request_id, what, retention.expires_at(at));
         if entry.kind == EntryKind::Statement {
             let ids = (entry.statement_id, entry.substatement_id);
             if seen.last_ids.replace(ids) == Some(ids) {
-                entry.suspect =
-                    Some("another line claims the same statement id with other contents".into());
+                entry.suspect = Some("another line claims the same statement id with other contents".into());
             }
             if cut {
                 entry.suspect.get_or_insert_with(|| CUT.into());
@@ -239,9 +206,7 @@ impl<'a> Kept<'a> {
         if let Some(rest) = message.strip_prefix("disconnection: ") {
             return Some(Kept::Disconnected(rest));
         }
-        AuditLine::parse(message)
-            .map(Kept::Statement)
-            .or_else(|| AuditLine::parse_cut(message).map(Kept::Cut))
+        AuditLine::parse(message).map(Kept::Statement).or_else(|| AuditLine::parse_cut(message).map(Kept::Cut))
     }
 }
 
@@ -276,24 +241,13 @@ fn merge_object(into: &mut SessionEntry, object_type: &str, object: &str) {
         None => into.object = Some(object.to_owned()),
     }
     if into.object_type.is_none() && !object_type.is_empty() {
-        into.object_type = Some(known(
-            Cow::Borrowed(object_type),
-            crate::audit::pgaudit::OBJECT_TYPES,
-        ));
+        into.object_type = Some(known(Cow::Borrowed(object_type), crate::audit::pgaudit::OBJECT_TYPES));
     }
 }
 
 /// The entry a managed user's kept record makes (its prefix's fields are moved into it; a
 /// statement comes already redacted).
-fn entry_of(
-    fields: &crate::audit::server_log::PrefixFields<'_>,
-    (event, index): (&str, u32),
-    at: DateTime<Utc>,
-    time_key: &str,
-    request_id: &str,
-    what: Kept<'_>,
-    expires_at: i64,
-) -> SessionEntry {
+fn entry_of(fields: &crate::audit::server_log::PrefixFields<'_>, (event, index): (&str, u32), at: DateTime<Utc>, time_key: &str, request_id: &str, what: Kept<'_>, expires_at: i64) -> SessionEntry {
     let mut at_origin = String::with_capacity(time_key.len() + event.len() + 12);
     at_origin.push_str(time_key);
     at_origin.push('#');
@@ -341,8 +295,7 @@ fn entry_of(
             entry.statement = Some(statement);
             entry.class = Some(known(line.class, crate::audit::pgaudit::CLASS_NAMES));
             entry.command = Some(known(line.command, crate::audit::pgaudit::COMMON_COMMANDS));
-            entry.object_type = Some(known(line.object_type, crate::audit::pgaudit::OBJECT_TYPES))
-                .filter(|s| !s.is_empty());
+            entry.object_type = Some(known(line.object_type, crate::audit::pgaudit::OBJECT_TYPES)).filter(|s| !s.is_empty());
             entry.object = Some(line.object_name.into_owned()).filter(|s| !s.is_empty());
             entry.statement_id = Some(line.statement_id);
             entry.substatement_id = Some(line.substatement_id);
@@ -380,9 +333,7 @@ mod tests {
     fn lines_a_session_forges_are_flagged_and_hide_nothing() {
         let integration = Integration::from_json(r#"{"name":"a","kind":"rds","region":"us-east-1","instance_id":"db","admin":{"auth":"password","secret_id":"pgjit/a"},"max_duration_seconds":3600}"#).unwrap();
         let user = "pgjit_mallory_b1c2d3e4";
-        let p = |pid: u32, rest: &str| {
-            format!("2026-11-25 08:00:00 UTC:10.0.0.1(5000):{user}@app:[{pid}]:{rest}\n")
-        };
+        let p = |pid: u32, rest: &str| format!("2026-11-25 08:00:00 UTC:10.0.0.1(5000):{user}@app:[{pid}]:{rest}\n");
         let log = [
             p(5, "LOG:  AUDIT: SESSION,1,1,FUNCTION,DO,,,\"DO $$BEGIN RAISE LOG 'AUDIT: SESSION,2,1,READ,SELECT,,,SELECT 1,<not logged>'; END$$\",<not logged>"),
             p(5, "LOG:  AUDIT: SESSION,2,1,READ,SELECT,,,SELECT 1,<not logged>"),
@@ -396,37 +347,14 @@ mod tests {
         let mut records = Records::of_users_with_prefix(&prefix, &integration.user_prefix);
         records.push_event("e", None, &log);
         let requests: HashMap<String, String> = [(user.to_owned(), "REQ-1".to_owned())].into();
-        let (entries, ingested) = attribute(
-            records.records,
-            &integration,
-            &requests,
-            Retention {
-                now: Utc::now(),
-                keep: chrono::Duration::zero(),
-            },
-        );
-        let shown: Vec<(Option<&str>, Option<&str>)> = entries
-            .iter()
-            .map(|e| (e.statement.as_deref(), e.suspect.as_deref()))
-            .collect();
+        let (entries, ingested) = attribute(records.records, &integration, &requests, Retention { now: Utc::now(), keep: chrono::Duration::zero() });
+        let shown: Vec<(Option<&str>, Option<&str>)> = entries.iter().map(|e| (e.statement.as_deref(), e.suspect.as_deref())).collect();
         assert_eq!(entries.len(), 3, "{shown:#?}");
-        assert!(
-            entries[1]
-                .suspect
-                .as_deref()
-                .is_some_and(|s| s.contains("RAISE")),
-            "{shown:#?}"
-        );
-        assert_eq!(
-            entries[2].statement.as_deref(),
-            Some("DROP TABLE payroll"),
-            "the real statement is kept: {shown:#?}"
-        );
+        assert!(entries[1].suspect.as_deref().is_some_and(|s| s.contains("RAISE")), "{shown:#?}");
+        assert_eq!(entries[2].statement.as_deref(), Some("DROP TABLE payroll"), "the real statement is kept: {shown:#?}");
         assert!(entries[2].suspect.is_some());
         // The forged FATAL line is no statement (its tail is not pgaudit's shape): counted.
-        assert!(entries
-            .iter()
-            .all(|e| e.statement.as_deref() != Some("DROP TABLE t")));
+        assert!(entries.iter().all(|e| e.statement.as_deref() != Some("DROP TABLE t")));
         assert_eq!(ingested.malformed, 1);
     }
 
@@ -442,29 +370,11 @@ mod tests {
         let mut records = Records::of_users_with_prefix(&prefix, &integration.user_prefix);
         records.push_event("e", None, &log);
         let requests: HashMap<String, String> = [(user.to_owned(), "REQ-1".to_owned())].into();
-        let (entries, _) = attribute(
-            records.records,
-            &integration,
-            &requests,
-            Retention {
-                now: Utc::now(),
-                keep: chrono::Duration::zero(),
-            },
-        );
-        let statement = entries
-            .iter()
-            .find(|e| e.kind == EntryKind::Statement)
-            .unwrap();
+        let (entries, _) = attribute(records.records, &integration, &requests, Retention { now: Utc::now(), keep: chrono::Duration::zero() });
+        let statement = entries.iter().find(|e| e.kind == EntryKind::Statement).unwrap();
         let objects = statement.object.as_deref().unwrap();
-        assert!(
-            objects.len() <= MAX_OBJECT_LIST_BYTES + 8 && objects.ends_with(", …"),
-            "{}",
-            objects.len()
-        );
-        assert!(
-            serde_json::to_string(statement).unwrap().len() < 64 * 1024,
-            "far below DynamoDB's 400 KB"
-        );
+        assert!(objects.len() <= MAX_OBJECT_LIST_BYTES + 8 && objects.ends_with(", …"), "{}", objects.len());
+        assert!(serde_json::to_string(statement).unwrap().len() < 64 * 1024, "far below DynamoDB's 400 KB");
     }
 
     #[test]

@@ -20,10 +20,10 @@ use std::collections::HashMap;
 use aws_lambda_events::event::cloudwatch_logs::LogData;
 use chrono::{DateTime, Utc};
 
+use crate::contract::integration::Integration;
 use crate::audit::server_log::{Record, Records};
 use crate::aws::store::sessions::SessionEntry;
 use crate::aws::store::{Store, StoreError};
-use crate::contract::integration::Integration;
 
 use attribution::{attribute, Ingested, Retention, NO_CONNECTION};
 
@@ -44,10 +44,7 @@ pub enum SessionsError {
     #[error("session audit store")]
     Store(#[from] StoreError),
     #[error("log group {log_group} belongs to more than one integration ({}); nothing was written: remove all but one", integrations.join(", "))]
-    AmbiguousLogGroup {
-        log_group: String,
-        integrations: Vec<String>,
-    },
+    AmbiguousLogGroup { log_group: String, integrations: Vec<String> },
 }
 
 /// Decodes a subscription delivery: `{"awslogs":{"data":"<base64 of gzip of LogData JSON>"}}`.
@@ -60,21 +57,16 @@ pub fn decode_subscription(payload: &serde_json::Value) -> Result<LogData, Sessi
         .and_then(|a| a.get("data"))
         .and_then(|d| d.as_str())
         .ok_or_else(|| malformed("no awslogs.data string".into()))?;
-    let compressed = base64::engine::general_purpose::STANDARD
-        .decode(data)
-        .map_err(|e| malformed(format!("awslogs.data is not base64: {e}")))?;
+    let compressed = base64::engine::general_purpose::STANDARD.decode(data).map_err(|e| malformed(format!("awslogs.data is not base64: {e}")))?;
     let mut json = Vec::new();
     flate2::read::GzDecoder::new(&compressed[..])
         .take(MAX_BATCH_BYTES + 1)
         .read_to_end(&mut json)
         .map_err(|e| malformed(format!("awslogs.data is not gzip: {e}")))?;
     if json.len() as u64 > MAX_BATCH_BYTES {
-        return Err(malformed(format!(
-            "awslogs.data decompresses to more than {MAX_BATCH_BYTES} bytes"
-        )));
+        return Err(malformed(format!("awslogs.data decompresses to more than {MAX_BATCH_BYTES} bytes")));
     }
-    serde_json::from_slice(&json)
-        .map_err(|e| malformed(format!("awslogs.data is not a log batch: {e}")))
+    serde_json::from_slice(&json).map_err(|e| malformed(format!("awslogs.data is not a log batch: {e}")))
 }
 
 /// The integration whose RDS or Aurora log group this is: `/aws/rds/instance/<id>/postgresql`
@@ -82,16 +74,8 @@ pub fn decode_subscription(payload: &serde_json::Value) -> Result<LogData, Sessi
 /// integration's cluster.
 /// A subscription delivers the log groups of the function's own region: an integration in
 /// another region (the same instance id can exist in two) is not the one.
-pub fn integration_of_log_group<'i>(
-    integrations: &'i [Integration],
-    log_group: &str,
-    region: Option<&str>,
-) -> Result<Option<&'i Integration>, SessionsError> {
-    let Some((level, id)) = log_group
-        .strip_prefix("/aws/rds/")
-        .and_then(|r| r.strip_suffix("/postgresql"))
-        .and_then(|r| r.split_once('/'))
-    else {
+pub fn integration_of_log_group<'i>(integrations: &'i [Integration], log_group: &str, region: Option<&str>) -> Result<Option<&'i Integration>, SessionsError> {
+    let Some((level, id)) = log_group.strip_prefix("/aws/rds/").and_then(|r| r.strip_suffix("/postgresql")).and_then(|r| r.split_once('/')) else {
         return Ok(None);
     };
     let in_region = |i: &&Integration| match (i.region.as_deref(), region) {
@@ -102,14 +86,8 @@ pub fn integration_of_log_group<'i>(
         .iter()
         .filter(in_region)
         .filter(|i| match (level, i.kind) {
-            ("instance", crate::engine::setup::Flavor::Rds) => i
-                .instance_id
-                .as_deref()
-                .is_some_and(|x| x.eq_ignore_ascii_case(id)),
-            ("cluster", crate::engine::setup::Flavor::Aurora) => i
-                .cluster_id
-                .as_deref()
-                .is_some_and(|x| x.eq_ignore_ascii_case(id)),
+            ("instance", crate::engine::setup::Flavor::Rds) => i.instance_id.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(id)),
+            ("cluster", crate::engine::setup::Flavor::Aurora) => i.cluster_id.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(id)),
             _ => false,
         })
         .collect();
@@ -118,25 +96,16 @@ pub fn integration_of_log_group<'i>(
         [one] => Ok(Some(one)),
         // Whichever sorted first would take every line, with its own prefix and audit settings:
         // a weaker twin could make the real integration's audited lines unattributed.
-        _ => Err(SessionsError::AmbiguousLogGroup {
-            log_group: log_group.to_owned(),
-            integrations: matching.iter().map(|i| i.name.clone()).collect(),
-        }),
+        _ => Err(SessionsError::AmbiguousLogGroup { log_group: log_group.to_owned(), integrations: matching.iter().map(|i| i.name.clone()).collect() }),
     }
 }
 
 /// For `doctor`: whether an RDS or Aurora integration's instance (or cluster) exports its
 /// `postgresql` log to CloudWatch Logs, where the audit function's subscription reads it.
 /// `None` for other kinds (self-hosted logs are read with `pgjit sessions ingest`).
-pub async fn log_export_finding(
-    svc: &crate::aws::Services,
-    integration: &Integration,
-) -> Option<crate::engine::doctor::Finding> {
+pub async fn log_export_finding(svc: &crate::aws::Services, integration: &Integration) -> Option<crate::engine::doctor::Finding> {
     use crate::engine::doctor::Finding;
-    if !matches!(
-        integration.kind,
-        crate::engine::setup::Flavor::Rds | crate::engine::setup::Flavor::Aurora
-    ) {
+    if !matches!(integration.kind, crate::engine::setup::Flavor::Rds | crate::engine::setup::Flavor::Aurora) {
         return None;
     }
     let (level, id) = match (&integration.instance_id, &integration.cluster_id) {
@@ -161,79 +130,39 @@ pub async fn log_export_finding(
 /// Ingests one subscription delivery. A control message (CloudWatch checking the destination)
 /// or a log group of no integration writes nothing; a malformed delivery is an error and
 /// writes nothing.
-pub async fn ingest_subscription(
-    store: &Store,
-    region: Option<&str>,
-    retention_days: u32,
-    payload: &serde_json::Value,
-    now: DateTime<Utc>,
-) -> Result<Ingested, SessionsError> {
+pub async fn ingest_subscription(store: &Store, region: Option<&str>, retention_days: u32, payload: &serde_json::Value, now: DateTime<Utc>) -> Result<Ingested, SessionsError> {
     let batch = decode_subscription(payload)?;
     if batch.message_type == "CONTROL_MESSAGE" {
         return Ok(Ingested::default());
     }
     if batch.message_type != "DATA_MESSAGE" {
-        return Err(SessionsError::Malformed(format!(
-            "messageType {:?}",
-            batch.message_type
-        )));
+        return Err(SessionsError::Malformed(format!("messageType {:?}", batch.message_type)));
     }
     let integrations = store.list_integrations().await?;
-    let found =
-        integration_of_log_group(&integrations, &batch.log_group, region).inspect_err(|e| {
-            if let SessionsError::AmbiguousLogGroup { integrations, .. } = e {
-                integrations.iter().for_each(|name| {
-                    crate::metrics::count_with_total("AuditLogGroupAmbiguous", 1, name)
-                });
-            }
-        })?;
+    let found = integration_of_log_group(&integrations, &batch.log_group, region).inspect_err(|e| {
+        if let SessionsError::AmbiguousLogGroup { integrations, .. } = e {
+            integrations.iter().for_each(|name| crate::metrics::count_with_total("AuditLogGroupAmbiguous", 1, name));
+        }
+    })?;
     let Some(integration) = found else {
         tracing::warn!(log_group = %batch.log_group, "log group of no rds or aurora integration; ignored");
-        return Ok(Ingested {
-            records: batch.log_events.len(),
-            ..Ingested::default()
-        });
+        return Ok(Ingested { records: batch.log_events.len(), ..Ingested::default() });
     };
     let prefix = line_prefix(integration)?;
     let mut records = Records::of_users_with_prefix(&prefix, &integration.user_prefix);
     for event in &batch.log_events {
-        records.push_event(
-            &event.id,
-            DateTime::from_timestamp_millis(event.timestamp),
-            &event.message,
-        );
+        records.push_event(&event.id, DateTime::from_timestamp_millis(event.timestamp), &event.message);
     }
-    ingest_records(
-        store,
-        integration,
-        records.records,
-        records.unparsed,
-        retention_days,
-        now,
-    )
-    .await
+    ingest_records(store, integration, records.records, records.unparsed, retention_days, now).await
 }
 
-fn line_prefix(
-    integration: &Integration,
-) -> Result<crate::audit::server_log::LinePrefix, SessionsError> {
-    integration
-        .line_prefix()
-        .map_err(|source| SessionsError::Prefix {
-            integration: integration.name.clone(),
-            source,
-        })
+fn line_prefix(integration: &Integration) -> Result<crate::audit::server_log::LinePrefix, SessionsError> {
+    integration.line_prefix().map_err(|source| SessionsError::Prefix { integration: integration.name.clone(), source })
 }
 
 /// Ingests a server log file of `integration` (`pgjit sessions ingest`). A record's key comes
 /// from its own text, so the same file (or a longer copy of it) is written once.
-pub async fn ingest_file(
-    store: &Store,
-    integration: &Integration,
-    text: &str,
-    retention_days: u32,
-    now: DateTime<Utc>,
-) -> Result<Ingested, SessionsError> {
+pub async fn ingest_file(store: &Store, integration: &Integration, text: &str, retention_days: u32, now: DateTime<Utc>) -> Result<Ingested, SessionsError> {
     let prefix = line_prefix(integration)?;
     // Each line is an event of its own, named by its line number (so records of one second
     // keep the file's order) and a digest of its text (so another file's line is another key).
@@ -242,85 +171,40 @@ pub async fn ingest_file(
         .enumerate()
         .map(|(number, line)| {
             use sha2::Digest;
-            format!(
-                "f{number:010}-{}",
-                hex::encode(&sha2::Sha256::digest(line.as_bytes())[..8])
-            )
+            format!("f{number:010}-{}", hex::encode(&sha2::Sha256::digest(line.as_bytes())[..8]))
         })
         .collect();
     let mut records = Records::of_users_with_prefix(&prefix, &integration.user_prefix);
     for (line, name) in text.split('\n').zip(&names) {
         records.push_event(name, None, line);
     }
-    ingest_records(
-        store,
-        integration,
-        records.records,
-        records.unparsed,
-        retention_days,
-        now,
-    )
-    .await
+    ingest_records(store, integration, records.records, records.unparsed, retention_days, now).await
 }
 
 /// Matches records to grants and writes their entries.
-async fn ingest_records(
-    store: &Store,
-    integration: &Integration,
-    records: Vec<Record<'_>>,
-    unparsed: usize,
-    retention_days: u32,
-    now: DateTime<Utc>,
-) -> Result<Ingested, SessionsError> {
-    let retention = Retention {
-        now,
-        keep: chrono::Duration::days(i64::from(retention_days)),
-    };
+async fn ingest_records(store: &Store, integration: &Integration, records: Vec<Record<'_>>, unparsed: usize, retention_days: u32, now: DateTime<Utc>) -> Result<Ingested, SessionsError> {
+    let retention = Retention { now, keep: chrono::Duration::days(i64::from(retention_days)) };
     // Each managed user's grant, looked up once per batch (all at once).
-    let users: std::collections::BTreeSet<&str> = records
-        .iter()
-        .filter_map(|r| r.fields.user)
-        .filter(|u| crate::access::is_login_role_name(u, &integration.user_prefix))
-        .collect();
+    let users: std::collections::BTreeSet<&str> =
+        records.iter().filter_map(|r| r.fields.user).filter(|u| crate::access::is_login_role_name(u, &integration.user_prefix)).collect();
     // A few lookups at a time: a batch full of made-up names must not throttle the table.
     use futures_util::stream::{StreamExt, TryStreamExt};
-    let lookups: Vec<(String, Option<String>)> =
-        futures_util::stream::iter(users.iter().map(|user| async move {
-            let grant = store
-                .grants_of_user(user)
-                .await?
-                .into_iter()
-                .filter(|g| g.integration == integration.name)
-                .max_by_key(|g| g.created_at);
-            Ok::<_, StoreError>((user.to_string(), grant.map(|g| g.request_id)))
-        }))
-        .buffer_unordered(8)
-        .try_collect()
-        .await?;
-    let requests: HashMap<String, String> = lookups
-        .into_iter()
-        .filter_map(|(user, request)| Some((user, request?)))
-        .collect();
+    let lookups: Vec<(String, Option<String>)> = futures_util::stream::iter(users.iter().map(|user| async move {
+        let grant = store.grants_of_user(user).await?.into_iter().filter(|g| g.integration == integration.name).max_by_key(|g| g.created_at);
+        Ok::<_, StoreError>((user.to_string(), grant.map(|g| g.request_id)))
+    }))
+    .buffer_unordered(8)
+    .try_collect()
+    .await?;
+    let requests: HashMap<String, String> = lookups.into_iter().filter_map(|(user, request)| Some((user, request?))).collect();
     let (mut entries, mut ingested) = attribute(records, integration, &requests, retention);
     ingested.unparsed = unparsed;
     connected_before(store, &mut entries).await?;
     store.put_session_entries(&entries).await?;
-    crate::metrics::count(
-        "AuditedStatements",
-        ingested.statements as u64,
-        &integration.name,
-    );
-    crate::metrics::count(
-        "UnattributedAuditLines",
-        ingested.unattributed as u64,
-        &integration.name,
-    );
+    crate::metrics::count("AuditedStatements", ingested.statements as u64, &integration.name);
+    crate::metrics::count("UnattributedAuditLines", ingested.unattributed as u64, &integration.name);
     // Lines session audit could not read in full: each one may hide a statement. Alarmed.
-    crate::metrics::count_with_total(
-        "AuditLinesNotRead",
-        (ingested.malformed + ingested.cut + ingested.unparsed) as u64,
-        &integration.name,
-    );
+    crate::metrics::count_with_total("AuditLinesNotRead", (ingested.malformed + ingested.cut + ingested.unparsed) as u64, &integration.name);
     if ingested.malformed + ingested.cut + ingested.unparsed > 0 {
         tracing::warn!(integration = %integration.name, malformed = ingested.malformed, cut = ingested.cut, unparsed = ingested.unparsed, "log lines session audit could not read in full");
     }
@@ -334,17 +218,11 @@ async fn ingest_records(
 /// held (a `connected` entry of the same request and server process is stored): one read per
 /// request with such statements.
 async fn connected_before(store: &Store, entries: &mut [SessionEntry]) -> Result<(), StoreError> {
-    let unproven: std::collections::BTreeSet<String> = entries
-        .iter()
-        .filter(|e| e.suspect.as_deref() == Some(NO_CONNECTION))
-        .map(|e| e.request_id.clone())
-        .collect();
+    let unproven: std::collections::BTreeSet<String> =
+        entries.iter().filter(|e| e.suspect.as_deref() == Some(NO_CONNECTION)).map(|e| e.request_id.clone()).collect();
     for request_id in unproven {
         let sessions = store.connected_sessions(&request_id).await?;
-        for entry in entries
-            .iter_mut()
-            .filter(|e| e.request_id == request_id && e.suspect.as_deref() == Some(NO_CONNECTION))
-        {
+        for entry in entries.iter_mut().filter(|e| e.request_id == request_id && e.suspect.as_deref() == Some(NO_CONNECTION)) {
             if sessions.contains(&(entry.db_user.clone(), entry.session)) {
                 entry.suspect = None;
             }
@@ -363,50 +241,20 @@ mod tests {
         let aurora = Integration::from_json(r#"{"name":"b","kind":"aurora","region":"us-east-1","cluster_id":"crm","admin":{"auth":"password","secret_id":"pgjit/b"},"max_duration_seconds":3600}"#).unwrap();
         let all = [rds, aurora];
         let here = Some("us-east-1");
-        let of = |all: &[Integration], group: &str, region: Option<&str>| {
-            integration_of_log_group(all, group, region)
-                .unwrap()
-                .map(|i| i.name.clone())
-        };
-        assert_eq!(
-            of(&all, "/aws/rds/instance/orders-db/postgresql", here).as_deref(),
-            Some("a")
-        );
-        assert_eq!(
-            of(&all, "/aws/rds/cluster/crm/postgresql", here).as_deref(),
-            Some("b")
-        );
-        for other in [
-            "/aws/rds/cluster/orders-db/postgresql",
-            "/aws/rds/instance/crm/postgresql",
-            "/aws/rds/instance/orders-db/upgrade",
-            "/aws/lambda/x",
-            "",
-        ] {
+        let of = |all: &[Integration], group: &str, region: Option<&str>| integration_of_log_group(all, group, region).unwrap().map(|i| i.name.clone());
+        assert_eq!(of(&all, "/aws/rds/instance/orders-db/postgresql", here).as_deref(), Some("a"));
+        assert_eq!(of(&all, "/aws/rds/cluster/crm/postgresql", here).as_deref(), Some("b"));
+        for other in ["/aws/rds/cluster/orders-db/postgresql", "/aws/rds/instance/crm/postgresql", "/aws/rds/instance/orders-db/upgrade", "/aws/lambda/x", ""] {
             assert!(of(&all, other, here).is_none(), "{other}");
         }
         // The same instance id in another region is another instance.
-        assert!(of(
-            &all,
-            "/aws/rds/instance/orders-db/postgresql",
-            Some("eu-west-1")
-        )
-        .is_none());
+        assert!(of(&all, "/aws/rds/instance/orders-db/postgresql", Some("eu-west-1")).is_none());
         // A twin of the same instance: refused, naming both, whichever sorts first.
         let twin = Integration::from_json(r#"{"name":"0-twin","kind":"rds","region":"us-east-1","instance_id":"Orders-DB","admin":{"auth":"password","secret_id":"pgjit/t"},"max_duration_seconds":3600}"#).unwrap();
         let with_twin = [twin, all[0].clone(), all[1].clone()];
-        let err =
-            integration_of_log_group(&with_twin, "/aws/rds/instance/orders-db/postgresql", here)
-                .unwrap_err()
-                .to_string();
-        assert!(
-            err.contains("0-twin, a") && err.contains("nothing was written"),
-            "{err}"
-        );
-        assert_eq!(
-            of(&with_twin, "/aws/rds/cluster/crm/postgresql", here).as_deref(),
-            Some("b")
-        );
+        let err = integration_of_log_group(&with_twin, "/aws/rds/instance/orders-db/postgresql", here).unwrap_err().to_string();
+        assert!(err.contains("0-twin, a") && err.contains("nothing was written"), "{err}");
+        assert_eq!(of(&with_twin, "/aws/rds/cluster/crm/postgresql", here).as_deref(), Some("b"));
     }
 
     #[test]
@@ -420,18 +268,9 @@ mod tests {
         };
         for (payload, says) in [
             (serde_json::json!({}), "no awslogs.data"),
-            (
-                serde_json::json!({"awslogs": {"data": "%%%"}}),
-                "not base64",
-            ),
-            (
-                serde_json::json!({"awslogs": {"data": "aGVsbG8="}}),
-                "not gzip",
-            ),
-            (
-                serde_json::json!({"awslogs": {"data": gz(b"[1,2]")}}),
-                "not a log batch",
-            ),
+            (serde_json::json!({"awslogs": {"data": "%%%"}}), "not base64"),
+            (serde_json::json!({"awslogs": {"data": "aGVsbG8="}}), "not gzip"),
+            (serde_json::json!({"awslogs": {"data": gz(b"[1,2]")}}), "not a log batch"),
         ] {
             let e = decode_subscription(&payload).unwrap_err().to_string();
             assert!(e.contains(says), "{e}");

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::aws::store::sessions::{EntryKind, SessionEntry};
+use crate::aws::store::sessions::{EntryKind, SessionEntry}; 
 
 /// One session of a temporary user, as `pgjit sessions` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -59,3 +59,4 @@ pub fn sessions_of(entries: &[SessionEntry]) -> Vec<Session> {
     }
     sessions
 }
+

@@ -57,22 +57,12 @@ struct Watch {
 
 impl Watch {
     fn new(answers: Answers, phase: Phase) -> Watch {
-        Watch {
-            answers,
-            phase,
-            header: [0; 9],
-            have: 0,
-            skip: 0,
-        }
+        Watch { answers, phase, header: [0; 9], have: 0, skip: 0 }
     }
 
     fn wrote(&mut self, bytes: &[u8]) {
         if self.phase == Phase::FirstWrite {
-            self.phase = if bytes.starts_with(&SSL_REQUEST) {
-                Phase::SslAnswer
-            } else {
-                Phase::Messages
-            };
+            self.phase = if bytes.starts_with(&SSL_REQUEST) { Phase::SslAnswer } else { Phase::Messages };
         }
     }
 
@@ -84,11 +74,7 @@ impl Watch {
                 // The server spoke first: not PostgreSQL's order; let tokio-postgres say so.
                 Phase::FirstWrite => self.phase = Phase::Messages,
                 Phase::SslAnswer => {
-                    self.phase = if bytes[0] == b'S' {
-                        Phase::Aside
-                    } else {
-                        Phase::Messages
-                    };
+                    self.phase = if bytes[0] == b'S' { Phase::Aside } else { Phase::Messages };
                     bytes = &bytes[1..];
                 }
                 Phase::Messages if self.skip > 0 => {
@@ -97,11 +83,7 @@ impl Watch {
                     bytes = &bytes[n..];
                 }
                 Phase::Messages => {
-                    let wanted = if self.have >= 1 && self.header[0] == b'R' {
-                        9
-                    } else {
-                        5
-                    };
+                    let wanted = if self.have >= 1 && self.header[0] == b'R' { 9 } else { 5 };
                     let n = (wanted - self.have).min(bytes.len());
                     self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
                     self.have += n;
@@ -120,31 +102,17 @@ impl Watch {
 
     /// A whole header is in: decides on an authentication request, then passes over the rest.
     fn message(&mut self) -> io::Result<()> {
-        let length = u32::from_be_bytes([
-            self.header[1],
-            self.header[2],
-            self.header[3],
-            self.header[4],
-        ]) as usize;
+        let length = u32::from_be_bytes([self.header[1], self.header[2], self.header[3], self.header[4]]) as usize;
         let body_seen = self.have - 5;
         self.have = 0;
         self.skip = length.saturating_sub(4 + body_seen);
         if self.header[0] != b'R' {
             return Ok(());
         }
-        match u32::from_be_bytes([
-            self.header[5],
-            self.header[6],
-            self.header[7],
-            self.header[8],
-        ]) {
+        match u32::from_be_bytes([self.header[5], self.header[6], self.header[7], self.header[8]]) {
             0 => self.phase = Phase::Aside,
             3 if self.answers == Answers::CleartextToken => {}
-            3 => {
-                return Err(refused(
-                    "the password in clear text (AuthenticationCleartextPassword)",
-                ))
-            }
+            3 => return Err(refused("the password in clear text (AuthenticationCleartextPassword)")),
             5 => return Err(refused("an MD5 password hash (AuthenticationMD5Password)")),
             _ => {}
         }
@@ -172,27 +140,17 @@ pub struct Guarded<S> {
 impl<S> Guarded<S> {
     /// The socket: it may carry the SSLRequest first.
     pub fn socket(inner: S, answers: Answers) -> Guarded<S> {
-        Guarded {
-            inner,
-            watch: Watch::new(answers, Phase::FirstWrite),
-        }
+        Guarded { inner, watch: Watch::new(answers, Phase::FirstWrite) }
     }
 
     /// The TLS stream: the startup and authentication run over it.
     fn tls(inner: S, answers: Answers) -> Guarded<S> {
-        Guarded {
-            inner,
-            watch: Watch::new(answers, Phase::Messages),
-        }
+        Guarded { inner, watch: Watch::new(answers, Phase::Messages) }
     }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
@@ -203,11 +161,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bytes: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         this.watch.wrote(bytes);
         Pin::new(&mut this.inner).poll_write(cx, bytes)
@@ -248,8 +202,7 @@ where
 {
     type Stream = Guarded<T::Stream>;
     type Error = T::Error;
-    type Future =
-        Pin<Box<dyn std::future::Future<Output = Result<Guarded<T::Stream>, T::Error>> + Send>>;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<Guarded<T::Stream>, T::Error>> + Send>>;
 
     fn connect(self, stream: S) -> Self::Future {
         let answers = self.answers;
@@ -295,20 +248,13 @@ mod tests {
                 let mut bytes = vec![b'N', 0, 0, 0, 6, b'x', 0];
                 bytes.extend(auth(code));
                 let mut watch = Watch::new(answers, Phase::Messages);
-                assert_eq!(
-                    feed(&mut watch, &bytes, size).is_err(),
-                    refused,
-                    "code {code}, {answers:?}, chunks of {size}"
-                );
+                assert_eq!(feed(&mut watch, &bytes, size).is_err(), refused, "code {code}, {answers:?}, chunks of {size}");
             }
             let mut watch = Watch::new(Answers::ScramOnly, Phase::Messages);
             let mut scram = sasl_offer();
             scram.extend(auth(0));
             scram.extend(auth(3)); // after AuthenticationOk nothing is read as a request
-            assert!(
-                feed(&mut watch, &scram, size).is_ok(),
-                "SCRAM, chunks of {size}"
-            );
+            assert!(feed(&mut watch, &scram, size).is_ok(), "SCRAM, chunks of {size}");
             assert_eq!(watch.phase, Phase::Aside);
         }
     }
@@ -317,19 +263,13 @@ mod tests {
     fn the_socket_stands_aside_once_tls_is_agreed() {
         let mut watch = Watch::new(Answers::ScramOnly, Phase::FirstWrite);
         watch.wrote(&SSL_REQUEST);
-        assert!(
-            watch.read(b"S\x16\x03\x03\x00\x05R\0\0\0\x08").is_ok(),
-            "ciphertext is not read as messages"
-        );
+        assert!(watch.read(b"S\x16\x03\x03\x00\x05R\0\0\0\x08").is_ok(), "ciphertext is not read as messages");
         assert_eq!(watch.phase, Phase::Aside);
         let mut plain = Watch::new(Answers::ScramOnly, Phase::FirstWrite);
         plain.wrote(&SSL_REQUEST);
         let mut bytes = vec![b'N'];
         bytes.extend(auth(3));
-        assert!(
-            plain.read(&bytes).is_err(),
-            "refused TLS, then asked for cleartext"
-        );
+        assert!(plain.read(&bytes).is_err(), "refused TLS, then asked for cleartext");
         let mut startup = Watch::new(Answers::ScramOnly, Phase::FirstWrite);
         startup.wrote(&[0, 0, 0, 40, 0, 3, 0, 0]);
         assert!(startup.read(&auth(5)).is_err());

@@ -7,9 +7,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, Error, RootCertStore, SignatureScheme,
-};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CaBundleError {
@@ -39,39 +37,26 @@ impl TlsConfigs {
         let unverified = config(&provider, Arc::new(NoVerification(provider.clone())))?;
         // A bad bundle fails the verifying modes only, with the bundle's own error.
         let verified = roots(ca_bundle).and_then(|roots| {
-            let webpki =
-                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                    .build()
-                    .map_err(|e| CaBundleError::Tls(e.to_string()))?;
+            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| CaBundleError::Tls(e.to_string()))?;
             let chain_only = config(&provider, Arc::new(ChainOnly(webpki.clone())))?;
             let full = config(&provider, webpki)?;
             Ok((chain_only, full))
         });
-        Ok(TlsConfigs {
-            unverified,
-            verified,
-        })
+        Ok(TlsConfigs { unverified, verified })
     }
 
     pub fn chain_only(&self) -> Result<Arc<ClientConfig>, CaBundleError> {
-        self.verified
-            .as_ref()
-            .map(|(c, _)| c.clone())
-            .map_err(Clone::clone)
+        self.verified.as_ref().map(|(c, _)| c.clone()).map_err(Clone::clone)
     }
 
     pub fn full(&self) -> Result<Arc<ClientConfig>, CaBundleError> {
-        self.verified
-            .as_ref()
-            .map(|(_, f)| f.clone())
-            .map_err(Clone::clone)
+        self.verified.as_ref().map(|(_, f)| f.clone()).map_err(Clone::clone)
     }
 }
 
-fn config(
-    provider: &Arc<CryptoProvider>,
-    verifier: Arc<dyn ServerCertVerifier>,
-) -> Result<Arc<ClientConfig>, CaBundleError> {
+fn config(provider: &Arc<CryptoProvider>, verifier: Arc<dyn ServerCertVerifier>) -> Result<Arc<ClientConfig>, CaBundleError> {
     let config = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| CaBundleError::Tls(e.to_string()))?
@@ -92,29 +77,18 @@ pub const SYSTEM_ROOTS: &str = "system";
 fn roots(ca_bundle: Option<&str>) -> Result<RootCertStore, CaBundleError> {
     let bundle = ca_bundle.ok_or(CaBundleError::NoRoots)?;
     if bundle.trim() == SYSTEM_ROOTS {
-        return Ok(RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        });
+        return Ok(RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() });
     }
     let mut roots = RootCertStore::empty();
     let pem: Vec<u8> = if bundle.trim_start().starts_with("-----BEGIN") {
         bundle.as_bytes().to_vec()
     } else {
-        std::fs::read(bundle).map_err(|e| CaBundleError::Read {
-            path: bundle.to_owned(),
-            reason: e.to_string(),
-        })?
+        std::fs::read(bundle).map_err(|e| CaBundleError::Read { path: bundle.to_owned(), reason: e.to_string() })?
     };
     let mut added = 0;
     for (index, cert) in CertificateDer::pem_slice_iter(&pem).enumerate() {
-        let cert = cert.map_err(|e| CaBundleError::Invalid {
-            index,
-            reason: e.to_string(),
-        })?;
-        roots.add(cert).map_err(|e| CaBundleError::Invalid {
-            index,
-            reason: e.to_string(),
-        })?;
+        let cert = cert.map_err(|e| CaBundleError::Invalid { index, reason: e.to_string() })?;
+        roots.add(cert).map_err(|e| CaBundleError::Invalid { index, reason: e.to_string() })?;
         added += 1;
     }
     if added == 0 {
@@ -137,10 +111,7 @@ impl ServerCertVerifier for ChainOnly {
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
         // webpki checks the chain before the name, so a name error means the chain was good.
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(Error::InvalidCertificate(CertificateError::NotValidForName))
             | Err(Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. })) => {
                 Ok(ServerCertVerified::assertion())
@@ -195,12 +166,7 @@ impl ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -209,12 +175,7 @@ impl ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -228,34 +189,16 @@ mod tests {
 
     #[test]
     fn bad_bundles_are_named() {
-        assert!(matches!(
-            roots(Some("/nonexistent/ca.pem")),
-            Err(CaBundleError::Read { .. })
-        ));
+        assert!(matches!(roots(Some("/nonexistent/ca.pem")), Err(CaBundleError::Read { .. })));
         let key_only = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
         assert!(matches!(roots(Some(key_only)), Err(CaBundleError::Empty)));
         assert!(roots(Some("-----BEGIN CERTIFICATE-----\nnot closed")).is_err());
         let garbage = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
-        assert!(matches!(
-            roots(Some(garbage)),
-            Err(CaBundleError::Invalid { index: 0, .. })
-        ));
-        assert!(
-            matches!(roots(None), Err(CaBundleError::NoRoots)),
-            "no bundle, no roots"
-        );
-        assert!(
-            roots(Some("system")).unwrap().len() > 100,
-            "the public roots only when named"
-        );
+        assert!(matches!(roots(Some(garbage)), Err(CaBundleError::Invalid { index: 0, .. })));
+        assert!(matches!(roots(None), Err(CaBundleError::NoRoots)), "no bundle, no roots");
+        assert!(roots(Some("system")).unwrap().len() > 100, "the public roots only when named");
         let rds = roots(Some(crate::engine::postgres::RDS_CA_BUNDLE)).unwrap();
-        let in_bundle = crate::engine::postgres::RDS_CA_BUNDLE
-            .matches("-----BEGIN CERTIFICATE-----")
-            .count();
-        assert_eq!(
-            rds.len(),
-            in_bundle,
-            "a bundle is trusted alone, without the public roots"
-        );
+        let in_bundle = crate::engine::postgres::RDS_CA_BUNDLE.matches("-----BEGIN CERTIFICATE-----").count();
+        assert_eq!(rds.len(), in_bundle, "a bundle is trusted alone, without the public roots");
     }
 }

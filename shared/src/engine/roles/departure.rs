@@ -4,9 +4,7 @@
 use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
 
-use super::revocation::{
-    dependent_databases, disarm, dropped_meanwhile, revoke_on, transaction, AtRevoke, Session,
-};
+use super::revocation::{dependent_databases, disarm, dropped_meanwhile, revoke_on, transaction, AtRevoke, Session};
 use super::{check_login_name, retry, role_oid, RoleError};
 use crate::engine::postgres::{ident, literal, Connector};
 
@@ -22,80 +20,27 @@ pub struct Deleted {
 
 /// Drops a login role for good: revoked first (if it was not), then what it owns handed to the
 /// holding role ([`hand_over`]), then `DROP ROLE`. Safe to repeat.
-pub async fn delete(
-    connector: &Connector,
-    maintenance_database: &str,
-    username: &str,
-    prefix: &str,
-    holding_role: &str,
-) -> Result<Deleted, RoleError> {
+pub async fn delete(connector: &Connector, maintenance_database: &str, username: &str, prefix: &str, holding_role: &str) -> Result<Deleted, RoleError> {
     check_login_name(username, prefix, connector.user())?;
     let client = connector.connect(maintenance_database).await?;
-    delete_over(
-        &client,
-        connector,
-        maintenance_database,
-        username,
-        prefix,
-        holding_role,
-    )
-    .await
+    delete_over(&client, connector, maintenance_database, username, prefix, holding_role).await
 }
 
 /// [`delete`] on an open connection to the maintenance database: one connection for the
 /// revoke, the hand-over and the drop.
-pub async fn delete_over(
-    client: &Client,
-    connector: &Connector,
-    maintenance_database: &str,
-    username: &str,
-    prefix: &str,
-    holding_role: &str,
-) -> Result<Deleted, RoleError> {
+pub async fn delete_over(client: &Client, connector: &Connector, maintenance_database: &str, username: &str, prefix: &str, holding_role: &str) -> Result<Deleted, RoleError> {
     check_login_name(username, prefix, connector.user())?;
-    let gone = || Deleted {
-        existed: false,
-        reassigned_in: Vec::new(),
-        handed_over: Vec::new(),
-    };
+    let gone = || Deleted { existed: false, reassigned_in: Vec::new(), handed_over: Vec::new() };
     let deleted = async {
-        let revoked = revoke_on(
-            client,
-            connector,
-            maintenance_database,
-            username,
-            prefix,
-            AtRevoke::LeaveToDelete,
-        )
-        .await?;
+        let revoked = revoke_on(client, connector, maintenance_database, username, prefix, AtRevoke::LeaveToDelete).await?;
         if !revoked.existed {
             return Ok(gone());
         }
-        let (reassigned_in, handed_over) = hand_over_on(
-            client,
-            connector,
-            maintenance_database,
-            username,
-            holding_role,
-            Departure::Login,
-        )
-        .await?;
+        let (reassigned_in, handed_over) = hand_over_on(client, connector, maintenance_database, username, holding_role, Departure::Login).await?;
         let drop = format!("DROP ROLE IF EXISTS {}", ident(username));
-        retry(maintenance_database, "dropping the role", || {
-            client.batch_execute(&drop)
-        })
-        .await?;
-        tracing::info!(
-            db_user = username,
-            databases = reassigned_in.len(),
-            handed_over = handed_over.len(),
-            "login role dropped"
-        );
-        Ok(Deleted {
-            existed: true,
-            reassigned_in,
-            handed_over,
-        })
+        retry(maintenance_database, "dropping the role", || client.batch_execute(&drop)).await?;
+        tracing::info!(db_user = username, databases = reassigned_in.len(), handed_over = handed_over.len(), "login role dropped");
+        Ok(Deleted { existed: true, reassigned_in, handed_over })
     };
     match deleted.await {
         Err(e) if dropped_meanwhile(&e) => Ok(gone()),
@@ -107,46 +52,20 @@ pub async fn delete_over(
 /// the role and its privileges stay, for the users who hold it now (so no `DROP OWNED`), and the
 /// hand-over holds the grant lock. Cleanup uses it: a user could act as its profile role before
 /// PostgreSQL 16.
-pub async fn hand_over(
-    connector: &Connector,
-    maintenance_database: &str,
-    role: &str,
-    holding_role: &str,
-) -> Result<Vec<String>, RoleError> {
+pub async fn hand_over(connector: &Connector, maintenance_database: &str, role: &str, holding_role: &str) -> Result<Vec<String>, RoleError> {
     let client = connector.connect(maintenance_database).await?;
-    Ok(hand_over_on(
-        &client,
-        connector,
-        maintenance_database,
-        role,
-        holding_role,
-        Departure::Profile,
-    )
-    .await?
-    .1)
+    Ok(hand_over_on(&client, connector, maintenance_database, role, holding_role, Departure::Profile).await?.1)
 }
 
 /// Marks a profile role as seen without members at `since` (or, with `None`, in use again):
 /// its comment carries the time, so the retention counts across cleanup runs.
-pub async fn mark_unused(
-    client: &Client,
-    database: &str,
-    role: &ManagedRole,
-    since: Option<DateTime<Utc>>,
-) -> Result<(), RoleError> {
+pub async fn mark_unused(client: &Client, database: &str, role: &ManagedRole, since: Option<DateTime<Utc>>) -> Result<(), RoleError> {
     let comment = match since {
         Some(since) => crate::engine::roles::marker_unused(role.created, since),
         None => crate::engine::roles::marker(role.created),
     };
-    let sql = format!(
-        "COMMENT ON ROLE {} IS {}",
-        ident(&role.name),
-        literal(&comment)
-    );
-    retry(database, "marking a profile role", || {
-        client.batch_execute(&sql)
-    })
-    .await
+    let sql = format!("COMMENT ON ROLE {} IS {}", ident(&role.name), literal(&comment));
+    retry(database, "marking a profile role", || client.batch_execute(&sql)).await
 }
 
 /// Drops a profile role that no one holds any more: what it owns goes to the holding role, its
@@ -154,25 +73,10 @@ pub async fn mark_unused(
 /// that database's grant lock and only if it still has no members (a grant that reuses it at the
 /// same moment either comes first, and the role stays, or after, and makes it anew). Returns
 /// what was handed over, or None when the role was in use again or gone.
-pub async fn drop_profile(
-    connector: &Connector,
-    maintenance_database: &str,
-    role: &str,
-    holding_role: &str,
-) -> Result<Option<Vec<String>>, RoleError> {
+pub async fn drop_profile(connector: &Connector, maintenance_database: &str, role: &str, holding_role: &str) -> Result<Option<Vec<String>>, RoleError> {
     let client = connector.connect(maintenance_database).await?;
-    let Some((oid, _)) = role_oid(&client, maintenance_database, role).await? else {
-        return Ok(None);
-    };
-    let (_, handed_over) = hand_over_on(
-        &client,
-        connector,
-        maintenance_database,
-        role,
-        holding_role,
-        Departure::Profile,
-    )
-    .await?;
+    let Some((oid, _)) = role_oid(&client, maintenance_database, role).await? else { return Ok(None) };
+    let (_, handed_over) = hand_over_on(&client, connector, maintenance_database, role, holding_role, Departure::Profile).await?;
     // The databases it holds privileges in (pg_shdepend rows of dbid 0, such as CONNECT on a
     // database, are shared objects: any database's DROP OWNED revokes those too).
     let rows = client
@@ -199,27 +103,15 @@ pub async fn drop_profile(
     let last = databases.len() - 1;
     for (i, database) in databases.iter().enumerate() {
         let session = Session::to(&client, maintenance_database, connector, database).await?;
-        let drop_role = if i == last {
-            format!("DROP ROLE {role_ident};\n")
-        } else {
-            String::new()
-        };
+        let drop_role = if i == last { format!("DROP ROLE {role_ident};\n") } else { String::new() };
         let sql = format!("BEGIN;\nSELECT pg_advisory_xact_lock({});\n{in_use}\nDROP OWNED BY {role_ident};\n{drop_role}COMMIT;", crate::engine::roles::GRANT_LOCK);
         match transaction(session.client(), database, "dropping a profile role", &sql).await {
             Ok(()) => {}
-            Err(RoleError::Sql { source, .. })
-                if source.code() == Some(&tokio_postgres::error::SqlState::RAISE_EXCEPTION) =>
-            {
-                return Ok(None)
-            }
+            Err(RoleError::Sql { source, .. }) if source.code() == Some(&tokio_postgres::error::SqlState::RAISE_EXCEPTION) => return Ok(None),
             Err(e) => return Err(e),
         }
     }
-    tracing::info!(
-        role,
-        handed_over = handed_over.len(),
-        "unused profile role dropped"
-    );
+    tracing::info!(role, handed_over = handed_over.len(), "unused profile role dropped");
     Ok(Some(handed_over))
 }
 
@@ -231,14 +123,7 @@ enum Departure {
     Profile,
 }
 
-async fn hand_over_on(
-    client: &Client,
-    connector: &Connector,
-    db: &str,
-    role: &str,
-    holding_role: &str,
-    departure: Departure,
-) -> Result<(Vec<String>, Vec<String>), RoleError> {
+async fn hand_over_on(client: &Client, connector: &Connector, db: &str, role: &str, holding_role: &str, departure: Departure) -> Result<(Vec<String>, Vec<String>), RoleError> {
     let Some((oid, _)) = role_oid(client, db, role).await? else {
         return Ok((Vec::new(), Vec::new()));
     };
@@ -247,10 +132,7 @@ async fn hand_over_on(
         // The admin must be a member to reassign what the role owns (a login role's revoke,
         // just before on this connection, repaired that already).
         let membership = format!("GRANT {} TO {}", ident(role), ident(connector.user()));
-        retry(db, "making the admin a member", || {
-            client.batch_execute(&membership)
-        })
-        .await?;
+        retry(db, "making the admin a member", || client.batch_execute(&membership)).await?;
     }
     let (mut reassigned_in, mut handed_over) = (Vec::new(), Vec::new());
     for database in dependent_databases(client, db, oid, "").await? {
@@ -259,17 +141,8 @@ async fn hand_over_on(
         let (changes, kept) = disarm(c, &database, role).await?;
         handed_over.extend(changes);
         let hand_over = hand_over_sql(c, &database, role, holding_role, departure).await?;
-        transaction(
-            c,
-            &database,
-            "handing owned objects to the holding role",
-            &hand_over,
-        )
-        .await?;
-        handed_over.extend(
-            kept.into_iter()
-                .map(|object| format!("{database}: {object} handed to {holding_role}")),
-        );
+        transaction(c, &database, "handing owned objects to the holding role", &hand_over).await?;
+        handed_over.extend(kept.into_iter().map(|object| format!("{database}: {object} handed to {holding_role}")));
         reassigned_in.push(database);
     }
     Ok((reassigned_in, handed_over))
@@ -278,13 +151,7 @@ async fn hand_over_on(
 /// The hand-over transaction of one database. A new owner needs CREATE on each object's schema
 /// (and on the database, for a schema): the holding role gets exactly that for the length of the
 /// transaction and loses it before COMMIT, so it is never seen holding a privilege.
-async fn hand_over_sql(
-    client: &Client,
-    database: &str,
-    role: &str,
-    holding_role: &str,
-    departure: Departure,
-) -> Result<String, RoleError> {
+async fn hand_over_sql(client: &Client, database: &str, role: &str, holding_role: &str, departure: Departure) -> Result<String, RoleError> {
     let row = client
         .query_one(
             "WITH o AS (SELECT oid FROM pg_roles WHERE rolname = $1) \
@@ -309,31 +176,20 @@ async fn hand_over_sql(
     let mut sql = String::from("BEGIN;\n");
     if departure == Departure::Profile {
         // Grants re-apply a profile's privileges under this lock: none runs halfway through.
-        sql.push_str(&format!(
-            "SELECT pg_advisory_xact_lock({});\n",
-            crate::engine::roles::GRANT_LOCK
-        ));
+        sql.push_str(&format!("SELECT pg_advisory_xact_lock({});\n", crate::engine::roles::GRANT_LOCK));
     }
     sql.push_str(&format!("GRANT CREATE ON DATABASE {db} TO {holding};\n"));
     if !schemas.is_empty() {
-        sql.push_str(&format!(
-            "GRANT CREATE ON SCHEMA {} TO {holding};\n",
-            schemas.join(", ")
-        ));
+        sql.push_str(&format!("GRANT CREATE ON SCHEMA {} TO {holding};\n", schemas.join(", ")));
     }
     sql.push_str(&format!("REASSIGN OWNED BY {user} TO {holding};\n"));
     if departure == Departure::Login {
         sql.push_str(&format!("DROP OWNED BY {user};\n"));
     }
     if !schemas.is_empty() {
-        sql.push_str(&format!(
-            "REVOKE CREATE ON SCHEMA {} FROM {holding};\n",
-            schemas.join(", ")
-        ));
+        sql.push_str(&format!("REVOKE CREATE ON SCHEMA {} FROM {holding};\n", schemas.join(", ")));
     }
-    sql.push_str(&format!(
-        "REVOKE CREATE ON DATABASE {db} FROM {holding};\nCOMMIT"
-    ));
+    sql.push_str(&format!("REVOKE CREATE ON DATABASE {db} FROM {holding};\nCOMMIT"));
     Ok(sql)
 }
 
@@ -341,11 +197,7 @@ async fn hand_over_sql(
 /// nothing, with no member but the admin. pgjit creates it when it is missing (the admin has
 /// CREATEROLE); a holding role that has gained anything is refused, since everything handed to
 /// it would gain the same.
-async fn ensure_holding_role(
-    client: &Client,
-    database: &str,
-    holding_role: &str,
-) -> Result<(), RoleError> {
+async fn ensure_holding_role(client: &Client, database: &str, holding_role: &str) -> Result<(), RoleError> {
     let row = client
         .query_opt(
             "SELECT r.rolcanlogin OR r.rolsuper OR r.rolcreaterole OR r.rolcreatedb OR r.rolreplication OR r.rolbypassrls, \
@@ -364,15 +216,11 @@ async fn ensure_holding_role(
                 "CREATE ROLE {holding} NOLOGIN;\nCOMMENT ON ROLE {holding} IS {};\nGRANT {holding} TO CURRENT_USER",
                 literal("pgjit: owns what departed temporary users created; no privileges, no login")
             );
-            retry(database, "creating the holding role", || {
-                client.batch_execute(&create)
-            })
-            .await?;
+            retry(database, "creating the holding role", || client.batch_execute(&create)).await?;
             Ok(())
         }
         Some(r) => {
-            let (powers, member_of, members, is_admin, usable): (bool, bool, bool, bool, bool) =
-                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+            let (powers, member_of, members, is_admin, usable): (bool, bool, bool, bool, bool) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
             let mut wrong = Vec::new();
             if is_admin {
                 wrong.push("it is the admin itself");
@@ -395,12 +243,7 @@ async fn ensure_holding_role(
             if !usable {
                 // From 16 only a role with ADMIN OPTION on it may grant this: setup-sql's job.
                 let membership = format!("GRANT {holding} TO CURRENT_USER");
-                retry(
-                    database,
-                    "making the admin a member of the holding role (run `pgjit setup-sql`)",
-                    || client.batch_execute(&membership),
-                )
-                .await?;
+                retry(database, "making the admin a member of the holding role (run `pgjit setup-sql`)", || client.batch_execute(&membership)).await?;
             }
             Ok(())
         }
@@ -429,10 +272,7 @@ pub struct ManagedRole {
 /// whose name has the shape pgjit gives (`<prefix><slug>_<8 random>` or `<prefix>p_<16 hex>`)
 /// and that carry pgjit's marker comment. A DBA's `pgjit_readonly` or an admin called
 /// `pgjit_admin` never looks like an orphan. Read in one statement.
-pub async fn managed_roles(
-    client: &Client,
-    prefix: &str,
-) -> Result<Vec<ManagedRole>, tokio_postgres::Error> {
+pub async fn managed_roles(client: &Client, prefix: &str) -> Result<Vec<ManagedRole>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT r.rolname::text, r.rolcanlogin, r.rolvaliduntil, shobj_description(r.oid, 'pg_authid'), \
@@ -457,9 +297,7 @@ pub async fn managed_roles(
                 created,
                 owns_objects: r.get(4),
                 members: r.get(5),
-                unused_since: r
-                    .get::<_, Option<&str>>(3)
-                    .and_then(crate::engine::roles::marker_unused_since),
+                unused_since: r.get::<_, Option<&str>>(3).and_then(crate::engine::roles::marker_unused_since),
             })
         })
         .collect())

@@ -70,12 +70,7 @@ pub(crate) const GRANT_LOCK: i64 = 0x7067_6a69_745f_6772; // "pgjit_gr"
 pub(super) const ATTEMPTS: u32 = 8;
 
 /// The cloud providers' admin roles: membership of these is never handed out unless listed.
-pub const CLOUD_ADMIN_ROLES: [&str; 4] = [
-    "rds_superuser",
-    "azure_pg_admin",
-    "cloudsqlsuperuser",
-    "alloydbsuperuser",
-];
+pub const CLOUD_ADMIN_ROLES: [&str; 4] = ["rds_superuser", "azure_pg_admin", "cloudsqlsuperuser", "alloydbsuperuser"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum RoleError {
@@ -88,11 +83,7 @@ pub enum RoleError {
     #[error("refused: {}", .0.join("; "))]
     Refused(Vec<String>),
     #[error("database {database:?}: the grant did not take effect for the profile role {profile:?}: {} (does the admin hold these privileges WITH GRANT OPTION?)", .missing.join(", "))]
-    NotGranted {
-        database: String,
-        profile: String,
-        missing: Vec<String>,
-    },
+    NotGranted { database: String, profile: String, missing: Vec<String> },
     #[error("database {database:?}: the catalog lookup could not be read")]
     Lookup {
         database: String,
@@ -114,16 +105,9 @@ pub enum RoleError {
 }
 
 impl RoleError {
-    pub(crate) fn sql(
-        database: &str,
-        action: &'static str,
-    ) -> impl FnOnce(tokio_postgres::Error) -> RoleError {
+    pub(crate) fn sql(database: &str, action: &'static str) -> impl FnOnce(tokio_postgres::Error) -> RoleError {
         let database = database.to_owned();
-        move |source| RoleError::Sql {
-            database,
-            action,
-            source,
-        }
+        move |source| RoleError::Sql { database, action, source }
     }
 }
 
@@ -139,12 +123,8 @@ const MARKER_PREFIX: &str = "pgjit-managed; created ";
 /// When a role carrying pgjit's marker was created; None for a comment pgjit did not write.
 pub fn marker_created(comment: &str) -> Option<DateTime<Utc>> {
     let at = comment.strip_prefix(MARKER_PREFIX)?;
-    let at = at
-        .split_once(UNUSED_SINCE)
-        .map_or(at, |(created, _)| created);
-    DateTime::parse_from_rfc3339(at)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
+    let at = at.split_once(UNUSED_SINCE).map_or(at, |(created, _)| created);
+    DateTime::parse_from_rfc3339(at).ok().map(|t| t.with_timezone(&Utc))
 }
 
 const UNUSED_SINCE: &str = "; unused since ";
@@ -152,11 +132,7 @@ const UNUSED_SINCE: &str = "; unused since ";
 /// pgjit's marker for a profile role that cleanup found without members at `since`: it is
 /// dropped once that lasts the integration's `profile_retention_days`.
 pub fn marker_unused(created: DateTime<Utc>, since: DateTime<Utc>) -> String {
-    format!(
-        "{}{UNUSED_SINCE}{}",
-        marker(created),
-        since.format("%Y-%m-%dT%H:%M:%SZ")
-    )
+    format!("{}{UNUSED_SINCE}{}", marker(created), since.format("%Y-%m-%dT%H:%M:%SZ"))
 }
 
 /// Since when a profile role has had no members, as its marker says (None: in use, or never
@@ -164,18 +140,13 @@ pub fn marker_unused(created: DateTime<Utc>, since: DateTime<Utc>) -> String {
 pub fn marker_unused_since(comment: &str) -> Option<DateTime<Utc>> {
     marker_created(comment)?;
     let (_, since) = comment.split_once(UNUSED_SINCE)?;
-    DateTime::parse_from_rfc3339(since)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(since).ok().map(|t| t.with_timezone(&Utc))
 }
 
 pub(crate) fn check_login_name(username: &str, prefix: &str, admin: &str) -> Result<(), RoleError> {
-    check_identifier(username)
-        .map_err(|m| RoleError::Invalid(format!("username {username:?} {m}")))?;
+    check_identifier(username).map_err(|m| RoleError::Invalid(format!("username {username:?} {m}")))?;
     if username == admin {
-        return Err(RoleError::Invalid(format!(
-            "username {username:?} is pgjit's own admin role"
-        )));
+        return Err(RoleError::Invalid(format!("username {username:?} is pgjit's own admin role")));
     }
     if prefix.is_empty() || !username.starts_with(prefix) {
         return Err(RoleError::Invalid(format!("username {username:?} does not carry the prefix {prefix:?}: pgjit only manages its own roles")));
@@ -184,11 +155,7 @@ pub(crate) fn check_login_name(username: &str, prefix: &str, admin: &str) -> Res
 }
 
 /// Runs `attempt` until it succeeds or fails with an error that is not worth a retry.
-pub(crate) async fn retry<T, F, Fut>(
-    database: &str,
-    action: &'static str,
-    attempt: F,
-) -> Result<T, RoleError>
+pub(crate) async fn retry<T, F, Fut>(database: &str, action: &'static str, attempt: F) -> Result<T, RoleError>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
@@ -199,24 +166,13 @@ where
         match attempt().await {
             Ok(v) => return Ok(v),
             Err(e) if n < ATTEMPTS && is_retryable(&e) => backoff(database, action, n, &e).await,
-            Err(source) => {
-                return Err(RoleError::Sql {
-                    database: database.to_owned(),
-                    action,
-                    source,
-                })
-            }
+            Err(source) => return Err(RoleError::Sql { database: database.to_owned(), action, source }),
         }
     }
 }
 
 /// A short, growing, jittered pause before another attempt after contention.
-pub(super) async fn backoff(
-    database: &str,
-    action: &str,
-    attempt: u32,
-    error: &tokio_postgres::Error,
-) {
+pub(super) async fn backoff(database: &str, action: &str, attempt: u32, error: &tokio_postgres::Error) {
     tracing::debug!(database, action, attempt, error = %error, "retrying after contention");
     let jitter = rand::random_range(0..20u64);
     tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt) + jitter)).await;
@@ -224,69 +180,32 @@ pub(super) async fn backoff(
 
 /// Moves a login role's `VALID UNTIL` (an extension, or its undo). Returns false when the role
 /// does not exist.
-pub async fn set_valid_until(
-    connector: &Connector,
-    maintenance_database: &str,
-    username: &str,
-    prefix: &str,
-    until: DateTime<Utc>,
-) -> Result<bool, RoleError> {
+pub async fn set_valid_until(connector: &Connector, maintenance_database: &str, username: &str, prefix: &str, until: DateTime<Utc>) -> Result<bool, RoleError> {
     check_login_name(username, prefix, connector.user())?;
     let client = connector.connect(maintenance_database).await?;
-    if role_oid(&client, maintenance_database, username)
-        .await?
-        .is_none()
-    {
+    if role_oid(&client, maintenance_database, username).await?.is_none() {
         return Ok(false);
     }
-    let alter = format!(
-        "ALTER ROLE {} VALID UNTIL {}",
-        ident(username),
-        literal(&until.format("%Y-%m-%d %H:%M:%S+00").to_string())
-    );
-    retry(maintenance_database, "moving the expiry", || {
-        client.batch_execute(&alter)
-    })
-    .await?;
+    let alter = format!("ALTER ROLE {} VALID UNTIL {}", ident(username), literal(&until.format("%Y-%m-%d %H:%M:%S+00").to_string()));
+    retry(maintenance_database, "moving the expiry", || client.batch_execute(&alter)).await?;
     Ok(true)
 }
 
 /// Gives a login role a new password (its SCRAM verifier, computed here, so the password never
 /// reaches the server); false when the role does not exist.
-pub async fn set_password(
-    client: &Client,
-    admin: &str,
-    maintenance_database: &str,
-    username: &str,
-    prefix: &str,
-    password: &SecretString,
-) -> Result<bool, RoleError> {
+pub async fn set_password(client: &Client, admin: &str, maintenance_database: &str, username: &str, prefix: &str, password: &SecretString) -> Result<bool, RoleError> {
     check_login_name(username, prefix, admin)?;
-    if role_oid(client, maintenance_database, username)
-        .await?
-        .is_none()
-    {
+    if role_oid(client, maintenance_database, username).await?.is_none() {
         return Ok(false);
     }
     let verifier = crate::engine::scram::verifier(password);
-    let alter = format!(
-        "ALTER ROLE {} PASSWORD {}",
-        ident(username),
-        literal(&verifier)
-    );
-    retry(maintenance_database, "setting a new password", || {
-        client.batch_execute(&alter)
-    })
-    .await?;
+    let alter = format!("ALTER ROLE {} PASSWORD {}", ident(username), literal(&verifier));
+    retry(maintenance_database, "setting a new password", || client.batch_execute(&alter)).await?;
     Ok(true)
 }
 
 /// The role's oid and the server's `server_version_num`, or None when the role does not exist.
-pub(crate) async fn role_oid(
-    client: &Client,
-    database: &str,
-    username: &str,
-) -> Result<Option<(u32, i32)>, RoleError> {
+pub(crate) async fn role_oid(client: &Client, database: &str, username: &str) -> Result<Option<(u32, i32)>, RoleError> {
     Ok(client
         .query_opt("SELECT oid, current_setting('server_version_num')::int FROM pg_roles WHERE rolname = $1", &[&username])
         .await
@@ -303,31 +222,12 @@ mod marker_tests {
         let created = chrono::Utc.with_ymd_and_hms(2026, 11, 1, 8, 0, 0).unwrap();
         let since = chrono::Utc.with_ymd_and_hms(2026, 11, 20, 3, 0, 0).unwrap();
         let plain = super::marker(created);
-        assert_eq!(
-            (
-                super::marker_created(&plain),
-                super::marker_unused_since(&plain)
-            ),
-            (Some(created), None)
-        );
+        assert_eq!((super::marker_created(&plain), super::marker_unused_since(&plain)), (Some(created), None));
         let unused = super::marker_unused(created, since);
-        assert_eq!(
-            (
-                super::marker_created(&unused),
-                super::marker_unused_since(&unused)
-            ),
-            (Some(created), Some(since))
-        );
+        assert_eq!((super::marker_created(&unused), super::marker_unused_since(&unused)), (Some(created), Some(since)));
         // A comment pgjit did not write is neither.
         for other in ["", "reporting role", "; unused since 2026-11-20T03:00:00Z"] {
-            assert_eq!(
-                (
-                    super::marker_created(other),
-                    super::marker_unused_since(other)
-                ),
-                (None, None),
-                "{other}"
-            );
+            assert_eq!((super::marker_created(other), super::marker_unused_since(other)), (None, None), "{other}");
         }
     }
 }

@@ -10,8 +10,8 @@
 
 use tokio_postgres::Client;
 
-use super::{check_login_name, retry, role_oid, RoleError};
 use crate::engine::postgres::{ident, Connector};
+use super::{check_login_name, retry, role_oid, RoleError};
 
 /// What a revoke found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,12 +26,7 @@ pub struct Revoked {
 
 impl Revoked {
     fn gone() -> Revoked {
-        Revoked {
-            existed: false,
-            sessions_ended: 0,
-            memberships_removed: 0,
-            disarmed: Vec::new(),
-        }
+        Revoked { existed: false, sessions_ended: 0, memberships_removed: 0, disarmed: Vec::new() }
     }
 }
 
@@ -40,12 +35,7 @@ impl Revoked {
 /// its memberships (verified gone: from 16 a REVOKE of another grantor's membership only warns),
 /// the members it gave itself to, its direct privileges, and the code it planted (see
 /// [`disarm`]). Safe to repeat.
-pub async fn revoke(
-    connector: &Connector,
-    maintenance_database: &str,
-    username: &str,
-    prefix: &str,
-) -> Result<Revoked, RoleError> {
+pub async fn revoke(connector: &Connector, maintenance_database: &str, username: &str, prefix: &str) -> Result<Revoked, RoleError> {
     check_login_name(username, prefix, connector.user())?;
     let client = connector.connect(maintenance_database).await?;
     revoke_over(&client, connector, maintenance_database, username, prefix).await
@@ -53,24 +43,9 @@ pub async fn revoke(
 
 /// [`revoke`] on an open connection to the maintenance database (cleanup reuses one for many
 /// roles); `connector` opens those to other databases the role has privileges in.
-pub async fn revoke_over(
-    client: &Client,
-    connector: &Connector,
-    maintenance_database: &str,
-    username: &str,
-    prefix: &str,
-) -> Result<Revoked, RoleError> {
+pub async fn revoke_over(client: &Client, connector: &Connector, maintenance_database: &str, username: &str, prefix: &str) -> Result<Revoked, RoleError> {
     check_login_name(username, prefix, connector.user())?;
-    match revoke_on(
-        client,
-        connector,
-        maintenance_database,
-        username,
-        prefix,
-        AtRevoke::Disarm,
-    )
-    .await
-    {
+    match revoke_on(client, connector, maintenance_database, username, prefix, AtRevoke::Disarm).await {
         // Dropped by a concurrent delete half-way through: gone is what revoke wants.
         Err(e) if dropped_meanwhile(&e) => Ok(Revoked::gone()),
         other => other,
@@ -84,17 +59,8 @@ pub(super) enum Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    pub(super) async fn to(
-        open: &'a Client,
-        open_database: &str,
-        connector: &Connector,
-        database: &str,
-    ) -> Result<Session<'a>, RoleError> {
-        Ok(if database == open_database {
-            Session::Open(open)
-        } else {
-            Session::New(connector.connect(database).await?)
-        })
+    pub(super) async fn to(open: &'a Client, open_database: &str, connector: &Connector, database: &str) -> Result<Session<'a>, RoleError> {
+        Ok(if database == open_database { Session::Open(open) } else { Session::New(connector.connect(database).await?) })
     }
 
     pub(super) fn client(&self) -> &Client {
@@ -119,14 +85,7 @@ pub(super) enum AtRevoke {
     LeaveToDelete,
 }
 
-pub(super) async fn revoke_on(
-    client: &Client,
-    connector: &Connector,
-    maintenance_database: &str,
-    username: &str,
-    prefix: &str,
-    at_revoke: AtRevoke,
-) -> Result<Revoked, RoleError> {
+pub(super) async fn revoke_on(client: &Client, connector: &Connector, maintenance_database: &str, username: &str, prefix: &str, at_revoke: AtRevoke) -> Result<Revoked, RoleError> {
     let db = maintenance_database;
     let Some((oid, version)) = role_oid(client, db, username).await? else {
         return Ok(Revoked::gone());
@@ -138,11 +97,7 @@ pub(super) async fn revoke_on(
     let memberships = memberships_of(client, db, oid).await?;
     let memberships_removed = memberships.len();
     if !memberships.is_empty() {
-        let list = memberships
-            .iter()
-            .map(|m| ident(m))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let list = memberships.iter().map(|m| ident(m)).collect::<Vec<_>>().join(", ");
         let revoke = format!("REVOKE {list} FROM {user}");
         retry(db, "revoking memberships", || client.batch_execute(&revoke)).await?;
         let left = memberships_of(client, db, oid).await?;
@@ -166,28 +121,15 @@ pub(super) async fn revoke_on(
         .map(|r| r.get(0))
         .collect();
     if !members.is_empty() {
-        let revoke = format!(
-            "REVOKE {user} FROM {}",
-            members
-                .iter()
-                .map(|m| ident(m))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        retry(db, "removing the role's members", || {
-            client.batch_execute(&revoke)
-        })
-        .await?;
+        let revoke = format!("REVOKE {user} FROM {}", members.iter().map(|m| ident(m)).collect::<Vec<_>>().join(", "));
+        retry(db, "removing the role's members", || client.batch_execute(&revoke)).await?;
     }
     // Direct privileges (pgjit grants none, but a role may have been given some) and what it
     // owns: in every database where the catalog records an ACL entry or an owned object.
     // The admin acts as the objects' owner through its membership: repaired first if the user
     // (or anyone) took it away.
     let membership = format!("GRANT {user} TO {}", ident(connector.user()));
-    retry(db, "making the admin a member", || {
-        client.batch_execute(&membership)
-    })
-    .await?;
+    retry(db, "making the admin a member", || client.batch_execute(&membership)).await?;
     let mut disarmed = Vec::new();
     for database in dependent_databases(client, db, oid, "").await? {
         let session = Session::to(client, db, connector, &database).await?;
@@ -202,85 +144,48 @@ pub(super) async fn revoke_on(
             Ok((changes, _)) => disarmed.extend(changes),
             Err(e) => {
                 tracing::error!(db_user = username, database = %database, error = %crate::engine::postgres::error_chain(&e), "disarming the role's objects failed; delete will try again");
-                disarmed.push(format!(
-                    "{database}: disarming failed ({e}); delete will try again"
-                ));
+                disarmed.push(format!("{database}: disarming failed ({e}); delete will try again"));
             }
         }
     }
     // Before 16 the user could act as its profile roles (SET ROLE): what it made that way is
     // owned by a role that outlives it and that other grants share, so it is disarmed now, not
     // when cleanup next hands it over.
-    let profiles: Vec<String> = memberships
-        .into_iter()
-        .filter(|m| crate::access::is_profile_role(m, prefix))
-        .collect();
+    let profiles: Vec<String> = memberships.into_iter().filter(|m| crate::access::is_profile_role(m, prefix)).collect();
     match disarm_profiles(client, connector, db, &profiles).await {
         Ok(changes) => disarmed.extend(changes),
         Err(e) => {
             tracing::error!(db_user = username, error = %crate::engine::postgres::error_chain(&e), "disarming what its profile roles own failed; cleanup hands it over");
-            disarmed.push(format!(
-                "disarming what its profile roles own failed ({e}); cleanup hands it over"
-            ));
+            disarmed.push(format!("disarming what its profile roles own failed ({e}); cleanup hands it over"));
         }
     }
-    tracing::info!(
-        db_user = username,
-        sessions_ended,
-        profiles = profiles.len(),
-        members = members.len(),
-        disarmed = disarmed.len(),
-        "login role revoked"
-    );
-    Ok(Revoked {
-        existed: true,
-        sessions_ended,
-        memberships_removed,
-        disarmed,
-    })
+    tracing::info!(db_user = username, sessions_ended, profiles = profiles.len(), members = members.len(), disarmed = disarmed.len(), "login role revoked");
+    Ok(Revoked { existed: true, sessions_ended, memberships_removed, disarmed })
 }
 
 /// Disarms (see [`disarm`]) whatever the given profile roles own, in every database where they
 /// own something. The roles stay, with their privileges, for the other grants that share them.
-async fn disarm_profiles(
-    client: &Client,
-    connector: &Connector,
-    db: &str,
-    profiles: &[String],
-) -> Result<Vec<String>, RoleError> {
+async fn disarm_profiles(client: &Client, connector: &Connector, db: &str, profiles: &[String]) -> Result<Vec<String>, RoleError> {
     let mut changed = Vec::new();
     for profile in profiles {
-        let Some((oid, _)) = role_oid(client, db, profile).await? else {
-            continue;
-        };
+        let Some((oid, _)) = role_oid(client, db, profile).await? else { continue };
         let databases = dependent_databases(client, db, oid, "o").await?;
         if databases.is_empty() {
             continue;
         }
         // Only a member may alter what the role owns.
         let membership = format!("GRANT {} TO {}", ident(profile), ident(connector.user()));
-        retry(db, "making the admin a member", || {
-            client.batch_execute(&membership)
-        })
-        .await?;
+        retry(db, "making the admin a member", || client.batch_execute(&membership)).await?;
         for database in databases {
             let session = Session::to(client, db, connector, &database).await?;
             let (changes, _) = disarm(session.client(), &database, profile).await?;
-            changed.extend(
-                changes
-                    .into_iter()
-                    .map(|c| format!("{c} (owned by profile role {profile})")),
-            );
+            changed.extend(changes.into_iter().map(|c| format!("{c} (owned by profile role {profile})")));
         }
     }
     Ok(changed)
 }
 
-async fn memberships_of(
-    client: &Client,
-    database: &str,
-    oid: u32,
-) -> Result<Vec<String>, RoleError> {
+async fn memberships_of(client: &Client, database: &str, oid: u32) -> Result<Vec<String>, RoleError> {
     Ok(client
         .query("SELECT r.rolname::text FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid WHERE m.member = $1 ORDER BY 1", &[&oid])
         .await
@@ -292,17 +197,8 @@ async fn memberships_of(
 
 /// Ends every session of the role. From 14 each termination waits (up to 5 s) until the
 /// session is gone; 13 has no timeout argument, so pgjit polls for that itself.
-async fn end_sessions(
-    client: &Client,
-    database: &str,
-    oid: u32,
-    server_version: i32,
-) -> Result<i64, RoleError> {
-    let terminate = if server_version >= 140000 {
-        "pg_terminate_backend(pid, 5000)"
-    } else {
-        "pg_terminate_backend(pid)"
-    };
+async fn end_sessions(client: &Client, database: &str, oid: u32, server_version: i32) -> Result<i64, RoleError> {
+    let terminate = if server_version >= 140000 { "pg_terminate_backend(pid, 5000)" } else { "pg_terminate_backend(pid)" };
     let row = client
         .query_one(
             &format!("SELECT count(*) FILTER (WHERE {terminate}) FROM pg_stat_activity WHERE usesysid = $1 AND pid <> pg_backend_pid()"),
@@ -326,19 +222,12 @@ async fn end_sessions(
             return Ok(row.get(0));
         }
     }
-    Err(RoleError::Invalid(format!(
-        "{left} session(s) of the role did not end within 5 s"
-    )))
+    Err(RoleError::Invalid(format!("{left} session(s) of the role did not end within 5 s")))
 }
 
 /// Databases in which `pg_shdepend` records a dependency of kind `deptype` on the role
 /// (`a`: ACL entries, `o`: ownership, empty: any); shared objects are reported under `fallback`.
-pub(super) async fn dependent_databases(
-    client: &Client,
-    fallback: &str,
-    oid: u32,
-    deptype: &str,
-) -> Result<Vec<String>, RoleError> {
+pub(super) async fn dependent_databases(client: &Client, fallback: &str, oid: u32, deptype: &str) -> Result<Vec<String>, RoleError> {
     let rows = client
         .query(
             "SELECT DISTINCT coalesce(d.datname::text, $3) FROM pg_shdepend s LEFT JOIN pg_database d ON d.oid = s.dbid \
@@ -352,11 +241,7 @@ pub(super) async fn dependent_databases(
 
 /// REVOKE ALL on every table, sequence, schema, function and the database itself where the role
 /// holds a privilege. The object names come from the server's own quoting (regclass, regprocedure).
-async fn revoke_direct_privileges(
-    client: &Client,
-    database: &str,
-    username: &str,
-) -> Result<(), RoleError> {
+async fn revoke_direct_privileges(client: &Client, database: &str, username: &str) -> Result<(), RoleError> {
     let rows = client
         .query(
             "SELECT CASE s.classid \
@@ -376,17 +261,11 @@ async fn revoke_direct_privileges(
         .await
         .map_err(RoleError::sql(database, "listing direct privileges"))?;
     let user = ident(username);
-    let statements: Vec<String> = rows
-        .iter()
-        .filter_map(|r| r.get::<_, Option<String>>(0))
-        .map(|object| format!("REVOKE ALL ON {object} FROM {user}"))
-        .collect();
+    let statements: Vec<String> =
+        rows.iter().filter_map(|r| r.get::<_, Option<String>>(0)).map(|object| format!("REVOKE ALL ON {object} FROM {user}")).collect();
     if !statements.is_empty() {
         let batch = statements.join(";\n");
-        retry(database, "revoking direct privileges", || {
-            client.batch_execute(&batch)
-        })
-        .await?;
+        retry(database, "revoking direct privileges", || client.batch_execute(&batch)).await?;
     }
     Ok(())
 }
@@ -429,18 +308,8 @@ SELECT kind, name, secdef, grantees, foreign_triggers FROM ( \
 /// `SECURITY DEFINER` is taken away, and every grant on the objects is revoked, so nobody but
 /// their owner can use them. Returns what it changed, for the audit trail, and the objects the
 /// owner still has (`kind name`). Safe to repeat.
-pub async fn disarm(
-    client: &Client,
-    database: &str,
-    owner: &str,
-) -> Result<(Vec<String>, Vec<String>), RoleError> {
-    let rows = client
-        .query(OWNED_OBJECTS, &[&owner])
-        .await
-        .map_err(RoleError::sql(
-            database,
-            "listing the objects the role owns",
-        ))?;
+pub async fn disarm(client: &Client, database: &str, owner: &str) -> Result<(Vec<String>, Vec<String>), RoleError> {
+    let rows = client.query(OWNED_OBJECTS, &[&owner]).await.map_err(RoleError::sql(database, "listing the objects the role owns"))?;
     let mut statements = Vec::new();
     let mut changed = Vec::new();
     let mut kept = Vec::new();
@@ -450,40 +319,23 @@ pub async fn disarm(
         let foreign_triggers: Option<&str> = row.get(4);
         if let Some(triggers) = foreign_triggers {
             statements.push(format!("DROP ROUTINE {name} CASCADE"));
-            changed.push(format!(
-                "{database}: dropped function {name} and its triggers {triggers}"
-            ));
+            changed.push(format!("{database}: dropped function {name} and its triggers {triggers}"));
             continue;
         }
         kept.push(format!("{} {name}", kind.to_lowercase()));
         if secdef {
             statements.push(format!("ALTER ROUTINE {name} SECURITY INVOKER"));
-            changed.push(format!(
-                "{database}: SECURITY DEFINER taken from function {name}"
-            ));
+            changed.push(format!("{database}: SECURITY DEFINER taken from function {name}"));
         }
         if !grantees.is_empty() {
             // CASCADE: grants others made through a grant option the user handed out go too.
-            statements.push(format!(
-                "REVOKE ALL ON {kind} {name} FROM {} CASCADE",
-                grantees.join(", ")
-            ));
-            changed.push(format!(
-                "{database}: grants on {} {name} to {} dropped",
-                kind.to_lowercase(),
-                grantees.join(", ")
-            ));
+            statements.push(format!("REVOKE ALL ON {kind} {name} FROM {} CASCADE", grantees.join(", ")));
+            changed.push(format!("{database}: grants on {} {name} to {} dropped", kind.to_lowercase(), grantees.join(", ")));
         }
     }
     if !statements.is_empty() {
         let batch = format!("BEGIN;\n{};\nCOMMIT", statements.join(";\n"));
-        transaction(
-            client,
-            database,
-            "disarming the objects the role owns",
-            &batch,
-        )
-        .await?;
+        transaction(client, database, "disarming the objects the role owns", &batch).await?;
         for c in &changed {
             tracing::warn!(database, role = owner, change = %c, "disarmed an object a temporary role owned");
         }
@@ -492,12 +344,7 @@ pub async fn disarm(
 }
 
 /// Runs `batch` (`BEGIN; …; COMMIT`) with retries on contention, rolling back whatever failed.
-pub(super) async fn transaction(
-    client: &Client,
-    database: &str,
-    action: &'static str,
-    batch: &str,
-) -> Result<(), RoleError> {
+pub(super) async fn transaction(client: &Client, database: &str, action: &'static str, batch: &str) -> Result<(), RoleError> {
     let run = || async {
         let result = client.batch_execute(batch).await;
         if result.is_err() {
@@ -507,3 +354,4 @@ pub(super) async fn transaction(
     };
     retry(database, action, run).await
 }
+
