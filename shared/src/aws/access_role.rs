@@ -255,8 +255,15 @@ pub async fn delete(svc: &Services, name: &str, request_id: &str) -> Result<(), 
         Ok(true) => {}
         Ok(false) => return Ok(()),
         Err(e) if e.operation == "iam:GetRole" && e.source.is_none() => {
-            tracing::warn!(role = %name, request_id, error = %e, "a role of the access role's name is not pgjit's: left alone");
-            return Ok(());
+            // Not pgjit's (or its tag was removed): the role stays, but pgjit's own policy,
+            // if it is there, goes.
+            tracing::warn!(role = %name, request_id, error = %e, "a role of the access role's name is not pgjit's: only pgjit's policy is removed");
+            let policy = crate::aws::iam::policy_name(request_id);
+            return match svc.iam.delete_role_policy().role_name(name).policy_name(&policy).send().await {
+                Ok(_) => Ok(()),
+                Err(e) if code_of(&e).as_deref() == Some("NoSuchEntity") => Ok(()),
+                Err(e) => Err(AwsError::new("iam:DeleteRolePolicy", e)),
+            };
         }
         Err(e) => return Err(e),
     }

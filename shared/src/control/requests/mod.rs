@@ -842,9 +842,10 @@ fn client_roots(
     match integration.ca_bundle.as_deref() {
         Some(b) if b.trim() == crate::engine::postgres::tls::SYSTEM_ROOTS => ("system", None),
         Some(b) if b.trim_start().starts_with("-----BEGIN") => ("pem", Some(b.to_owned())),
+        // Only certificates leave the function: a path that names anything else is not shown.
         Some(path) => match std::fs::read_to_string(path) {
-            Ok(pem) => ("pem", Some(pem)),
-            Err(_) => ("none", None),
+            Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") && !pem.contains("PRIVATE KEY") => ("pem", Some(pem)),
+            _ => ("none", None),
         },
         None if integration.kind.has_rds_certificates() => ("rds", None),
         None => ("none", None),
